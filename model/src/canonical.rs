@@ -1,0 +1,185 @@
+//! The canonical form of a snapshot and everything derived from it: the
+//! content hash, canonical YAML (what `vanectl get` prints and `diff` compares)
+//! and unified diffs.
+//!
+//! The canonical form is the [`SnapshotSpec`] with every default filled in and
+//! named collections sorted by name. Its canonical encoding is compact JSON
+//! with object keys sorted (serde_json's default map is ordered), so the same
+//! content hashes the same whatever the key order, formatting or omitted
+//! defaults of the file it came from.
+
+use std::fmt;
+
+use sha2::{Digest, Sha256};
+
+use crate::snapshot::*;
+use crate::spec::*;
+
+/// SHA-256 of a snapshot's canonical encoding, shown as 64 lowercase hex digits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ContentHash([u8; 32]);
+
+impl ContentHash {
+    /// The hash of arbitrary bytes.
+    pub fn of_bytes(bytes: &[u8]) -> Self {
+        let digest = Sha256::digest(bytes);
+        let mut out = [0u8; 32];
+        out.copy_from_slice(digest.as_slice());
+        Self(out)
+    }
+
+    /// Parses 64 hex digits.
+    pub fn parse(s: &str) -> Option<Self> {
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(s, &mut out).ok()?;
+        Some(Self(out))
+    }
+
+    /// The lowercase hex form.
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+}
+
+impl fmt::Display for ContentHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+impl Snapshot {
+    /// The canonical form: defaults filled in, named collections sorted.
+    pub fn to_spec(&self) -> SnapshotSpec {
+        SnapshotSpec {
+            listeners: self.listeners.iter().map(listener_spec).collect(),
+            route_tables: self
+                .route_tables
+                .iter()
+                .map(|t| RouteTableSpec {
+                    name: t.name.clone(),
+                    routes: t.routes.iter().map(route_spec).collect(),
+                })
+                .collect(),
+            clusters: self
+                .clusters
+                .iter()
+                .map(|c| ClusterSpec {
+                    name: c.name.clone(),
+                    lb: Some(c.lb.as_str().to_owned()),
+                    connect_timeout_ms: Some(millis(c.connect_timeout)),
+                    endpoints: c
+                        .endpoints
+                        .iter()
+                        .map(|e| EndpointSpec {
+                            address: e.address.to_string(),
+                            weight: Some(e.weight),
+                        })
+                        .collect(),
+                })
+                .collect(),
+            rate_limits: self
+                .rate_limits
+                .iter()
+                .map(|r| RateLimitSpec {
+                    name: r.name.clone(),
+                    requests_per_second: Some(r.requests_per_second),
+                    burst: Some(r.burst),
+                })
+                .collect(),
+            values: self.values.clone(),
+        }
+    }
+
+    /// The canonical encoding: compact JSON of [`Self::to_spec`], keys sorted.
+    pub fn canonical_bytes(&self) -> Vec<u8> {
+        // Going through `Value` sorts every object's keys, including those
+        // inside `values`. Neither step can fail for these types: every map
+        // key is a string and floats are finite (validated).
+        serde_json::to_value(self.to_spec())
+            .and_then(|v| serde_json::to_vec(&v))
+            .unwrap_or_default()
+    }
+
+    /// SHA-256 over [`Self::canonical_bytes`].
+    pub fn content_hash(&self) -> ContentHash {
+        ContentHash::of_bytes(&self.canonical_bytes())
+    }
+
+    /// Canonical YAML: what `vanectl get` prints and `vanectl diff` compares.
+    pub fn to_yaml(&self) -> String {
+        serde_norway::to_string(&self.to_spec()).unwrap_or_default()
+    }
+
+    /// The canonical form as a JSON value.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::to_value(self.to_spec()).unwrap_or_default()
+    }
+}
+
+fn millis(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn listener_spec(l: &Listener) -> ListenerSpec {
+    let (route_table, cluster) = match &l.target {
+        ListenerTarget::RouteTable(t) => (Some(t.clone()), None),
+        ListenerTarget::Cluster(c) => (None, Some(c.clone())),
+    };
+    ListenerSpec {
+        name: l.name.clone(),
+        address: l.address.to_string(),
+        protocol: Some(l.protocol().as_str().to_owned()),
+        route_table,
+        cluster,
+    }
+}
+
+fn route_spec(r: &Route) -> RouteSpec {
+    let m = &r.matcher;
+    let (path_prefix, path_exact, path_regex) = match &m.path {
+        PathMatch::Prefix(p) => (Some(p.clone()), None, None),
+        PathMatch::Exact(p) => (None, Some(p.clone()), None),
+        PathMatch::Regex(p) => (None, None, Some(p.source().to_owned())),
+    };
+    RouteSpec {
+        name: Some(r.name.clone()),
+        matcher: Some(RouteMatchSpec {
+            path_prefix,
+            path_exact,
+            path_regex,
+            host: m.host.as_ref().map(HostMatch::to_file_form),
+            headers: m
+                .headers
+                .iter()
+                .map(|h| {
+                    let mut spec = HeaderMatchSpec {
+                        name: h.name.clone(),
+                        ..HeaderMatchSpec::default()
+                    };
+                    match &h.kind {
+                        HeaderMatchKind::Exact(v) => spec.exact = Some(v.clone()),
+                        HeaderMatchKind::Regex(p) => spec.regex = Some(p.source().to_owned()),
+                        HeaderMatchKind::Present => spec.present = Some(true),
+                    }
+                    spec
+                })
+                .collect(),
+        }),
+        cluster: r.cluster.clone(),
+        timeout_ms: Some(millis(r.timeout)),
+        retries: Some(r.retries),
+        rate_limit: r.rate_limit.clone(),
+    }
+}
+
+/// A unified diff (3 lines of context) between two texts; empty when equal.
+pub fn unified_diff(old: &str, new: &str, old_label: &str, new_label: &str) -> String {
+    if old == new {
+        return String::new();
+    }
+    similar::TextDiff::from_lines(old, new)
+        .unified_diff()
+        .context_radius(3)
+        .header(old_label, new_label)
+        .to_string()
+}

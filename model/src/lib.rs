@@ -1,0 +1,34 @@
+//! Vane's domain model: what a configuration snapshot is, how it is validated,
+//! hashed, read from a file and rendered back.
+//!
+//! # Layout
+//! - [`spec`]: the unvalidated, serde-facing shape of a snapshot file (and of
+//!   the wire message). Every field is optional or a plain string here.
+//! - [`snapshot`]: the validated domain types ([`Snapshot`] and friends) that
+//!   the control server, the agent and the proxy work with.
+//! - [`validate`]: `spec -> Snapshot`, collecting every error with its field
+//!   path (`route_tables[0].routes[2].cluster: unknown cluster "paymnets"`).
+//! - [`file`]: reading YAML or JSON snapshot files.
+//! - [`proto`]: the protobuf edge (`TryFrom<pb::Snapshot>`, encoding).
+//! - [`canonical`]: the canonical encoding, its SHA-256 hash, canonical YAML
+//!   and unified diffs between versions.
+//!
+//! Every conversion into the domain goes through one function,
+//! [`validate::validate`], so a file, a push and a watch response are held to
+//! exactly the same rules.
+
+pub mod canonical;
+pub mod error;
+pub mod file;
+pub mod names;
+pub mod proto;
+pub mod snapshot;
+pub mod spec;
+pub mod validate;
+
+pub use canonical::{ContentHash, unified_diff};
+pub use error::{FieldError, FileError, ValidationError};
+pub use file::{Format, parse_file};
+pub use snapshot::*;
+pub use spec::SnapshotSpec;
+pub use validate::{DEFAULT_MAX_SNAPSHOT_BYTES, check_size, validate};

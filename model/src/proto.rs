@@ -1,0 +1,285 @@
+//! The protobuf edge: wire messages in, domain types out (and back).
+//!
+//! `pb::Snapshot -> SnapshotSpec` destructures every message exhaustively so a
+//! new proto field breaks the build here until it is handled; validation then
+//! runs exactly as for a file. The `Display` of the errors is what an agent
+//! sends as its NACK reason.
+
+use prost::Message;
+use vane_proto as pb;
+
+use crate::error::{FieldError, ValidationError};
+use crate::snapshot::Snapshot;
+use crate::spec::*;
+use crate::validate::validate;
+
+/// Why bytes received on the wire are not a snapshot.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// The bytes are not a protobuf `vane.v1.Snapshot`.
+    #[error("snapshot: not a valid vane.v1.Snapshot message: {0}")]
+    Protobuf(#[from] prost::DecodeError),
+    /// The message decodes but does not validate.
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+}
+
+impl Snapshot {
+    /// The wire form of the canonical snapshot.
+    pub fn to_proto(&self) -> pb::Snapshot {
+        spec_to_proto(&self.to_spec())
+    }
+
+    /// Encodes the wire form (what agents receive and the store keeps).
+    pub fn encode(&self) -> Vec<u8> {
+        self.to_proto().encode_to_vec()
+    }
+
+    /// Decodes and validates an encoded `vane.v1.Snapshot`.
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let msg = pb::Snapshot::decode(bytes)?;
+        Ok(Snapshot::try_from(msg)?)
+    }
+}
+
+impl TryFrom<pb::Snapshot> for Snapshot {
+    type Error = ValidationError;
+
+    fn try_from(msg: pb::Snapshot) -> Result<Self, Self::Error> {
+        validate(SnapshotSpec::try_from(msg)?)
+    }
+}
+
+fn opt(s: String) -> Option<String> {
+    if s.is_empty() { None } else { Some(s) }
+}
+
+impl TryFrom<pb::Snapshot> for SnapshotSpec {
+    type Error = ValidationError;
+
+    fn try_from(msg: pb::Snapshot) -> Result<Self, Self::Error> {
+        let pb::Snapshot {
+            listeners,
+            route_tables,
+            clusters,
+            rate_limits,
+            values,
+        } = msg;
+        let mut errors = Vec::new();
+        let mut json_values = std::collections::BTreeMap::new();
+        for (k, text) in values {
+            match serde_json::from_str::<serde_json::Value>(&text) {
+                Ok(v) => {
+                    json_values.insert(k, v);
+                }
+                Err(e) => errors.push(FieldError::new(
+                    format!("values[{k:?}]"),
+                    format!("not valid JSON: {e}"),
+                )),
+            }
+        }
+        if let Some(e) = ValidationError::from_errors(errors) {
+            return Err(e);
+        }
+        Ok(SnapshotSpec {
+            listeners: listeners.into_iter().map(listener_from_proto).collect(),
+            route_tables: route_tables
+                .into_iter()
+                .map(|t| {
+                    let pb::RouteTable { name, routes } = t;
+                    RouteTableSpec {
+                        name,
+                        routes: routes.into_iter().map(route_from_proto).collect(),
+                    }
+                })
+                .collect(),
+            clusters: clusters.into_iter().map(cluster_from_proto).collect(),
+            rate_limits: rate_limits
+                .into_iter()
+                .map(|r| {
+                    let pb::RateLimit {
+                        name,
+                        requests_per_second,
+                        burst,
+                    } = r;
+                    RateLimitSpec {
+                        name,
+                        requests_per_second,
+                        burst,
+                    }
+                })
+                .collect(),
+            values: json_values,
+        })
+    }
+}
+
+fn listener_from_proto(l: pb::Listener) -> ListenerSpec {
+    let pb::Listener {
+        name,
+        address,
+        protocol,
+        route_table,
+        cluster,
+    } = l;
+    ListenerSpec {
+        name,
+        address,
+        protocol: opt(protocol),
+        route_table: opt(route_table),
+        cluster: opt(cluster),
+    }
+}
+
+fn route_from_proto(r: pb::Route) -> RouteSpec {
+    let pb::Route {
+        name,
+        r#match,
+        cluster,
+        timeout_ms,
+        retries,
+        rate_limit,
+    } = r;
+    RouteSpec {
+        name: opt(name),
+        matcher: r#match.map(|m| {
+            let pb::RouteMatch {
+                path_prefix,
+                path_exact,
+                path_regex,
+                host,
+                headers,
+            } = m;
+            RouteMatchSpec {
+                path_prefix,
+                path_exact,
+                path_regex,
+                host: opt(host),
+                headers: headers
+                    .into_iter()
+                    .map(|h| {
+                        let pb::HeaderMatch {
+                            name,
+                            exact,
+                            regex,
+                            present,
+                        } = h;
+                        HeaderMatchSpec {
+                            name,
+                            exact,
+                            regex,
+                            present,
+                        }
+                    })
+                    .collect(),
+            }
+        }),
+        cluster,
+        timeout_ms,
+        retries,
+        rate_limit: opt(rate_limit),
+    }
+}
+
+fn cluster_from_proto(c: pb::Cluster) -> ClusterSpec {
+    let pb::Cluster {
+        name,
+        lb,
+        connect_timeout_ms,
+        endpoints,
+    } = c;
+    ClusterSpec {
+        name,
+        lb: opt(lb),
+        connect_timeout_ms,
+        endpoints: endpoints
+            .into_iter()
+            .map(|e| {
+                let pb::Endpoint { address, weight } = e;
+                EndpointSpec { address, weight }
+            })
+            .collect(),
+    }
+}
+
+/// The wire form of a spec (validated or not): what `vanectl push` sends.
+pub fn spec_to_proto(spec: &SnapshotSpec) -> pb::Snapshot {
+    pb::Snapshot {
+        listeners: spec
+            .listeners
+            .iter()
+            .map(|l| pb::Listener {
+                name: l.name.clone(),
+                address: l.address.clone(),
+                protocol: l.protocol.clone().unwrap_or_default(),
+                route_table: l.route_table.clone().unwrap_or_default(),
+                cluster: l.cluster.clone().unwrap_or_default(),
+            })
+            .collect(),
+        route_tables: spec
+            .route_tables
+            .iter()
+            .map(|t| pb::RouteTable {
+                name: t.name.clone(),
+                routes: t
+                    .routes
+                    .iter()
+                    .map(|r| pb::Route {
+                        name: r.name.clone().unwrap_or_default(),
+                        r#match: r.matcher.as_ref().map(|m| pb::RouteMatch {
+                            path_prefix: m.path_prefix.clone(),
+                            path_exact: m.path_exact.clone(),
+                            path_regex: m.path_regex.clone(),
+                            host: m.host.clone().unwrap_or_default(),
+                            headers: m
+                                .headers
+                                .iter()
+                                .map(|h| pb::HeaderMatch {
+                                    name: h.name.clone(),
+                                    exact: h.exact.clone(),
+                                    regex: h.regex.clone(),
+                                    present: h.present,
+                                })
+                                .collect(),
+                        }),
+                        cluster: r.cluster.clone(),
+                        timeout_ms: r.timeout_ms,
+                        retries: r.retries,
+                        rate_limit: r.rate_limit.clone().unwrap_or_default(),
+                    })
+                    .collect(),
+            })
+            .collect(),
+        clusters: spec
+            .clusters
+            .iter()
+            .map(|c| pb::Cluster {
+                name: c.name.clone(),
+                lb: c.lb.clone().unwrap_or_default(),
+                connect_timeout_ms: c.connect_timeout_ms,
+                endpoints: c
+                    .endpoints
+                    .iter()
+                    .map(|e| pb::Endpoint {
+                        address: e.address.clone(),
+                        weight: e.weight,
+                    })
+                    .collect(),
+            })
+            .collect(),
+        rate_limits: spec
+            .rate_limits
+            .iter()
+            .map(|r| pb::RateLimit {
+                name: r.name.clone(),
+                requests_per_second: r.requests_per_second,
+                burst: r.burst,
+            })
+            .collect(),
+        values: spec
+            .values
+            .iter()
+            .map(|(k, v)| (k.clone(), v.to_string()))
+            .collect(),
+    }
+}

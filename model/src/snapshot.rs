@@ -1,0 +1,274 @@
+//! The validated domain types. Built only by [`crate::validate`]; every value
+//! here has passed validation, so consumers (agent, proxy) never re-check.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// One whole configuration of a group: applied together or not at all.
+///
+/// Named collections are sorted by name; routes and endpoints keep the order
+/// they were given in (first route that matches wins).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Snapshot {
+    /// Sockets the data plane listens on.
+    pub listeners: Vec<Listener>,
+    /// Ordered route lists, referenced by HTTP listeners.
+    pub route_tables: Vec<RouteTable>,
+    /// Upstream endpoint sets.
+    pub clusters: Vec<Cluster>,
+    /// Named token buckets, referenced by routes.
+    pub rate_limits: Vec<RateLimit>,
+    /// Free-form values (feature flags, thresholds).
+    pub values: BTreeMap<String, serde_json::Value>,
+}
+
+impl Snapshot {
+    /// The listener called `name`.
+    pub fn listener(&self, name: &str) -> Option<&Listener> {
+        self.listeners.iter().find(|l| l.name == name)
+    }
+
+    /// The route table called `name`.
+    pub fn route_table(&self, name: &str) -> Option<&RouteTable> {
+        self.route_tables.iter().find(|t| t.name == name)
+    }
+
+    /// The cluster called `name`.
+    pub fn cluster(&self, name: &str) -> Option<&Cluster> {
+        self.clusters.iter().find(|c| c.name == name)
+    }
+
+    /// The rate limit called `name`.
+    pub fn rate_limit(&self, name: &str) -> Option<&RateLimit> {
+        self.rate_limits.iter().find(|r| r.name == name)
+    }
+}
+
+/// A socket the data plane listens on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listener {
+    /// Unique name.
+    pub name: String,
+    /// Where to bind.
+    pub address: SocketAddr,
+    /// What is spoken on it, and where it sends traffic.
+    pub target: ListenerTarget,
+}
+
+impl Listener {
+    /// The listener's protocol.
+    pub fn protocol(&self) -> Protocol {
+        match self.target {
+            ListenerTarget::RouteTable(_) => Protocol::Http,
+            ListenerTarget::Cluster(_) => Protocol::Tcp,
+        }
+    }
+}
+
+/// Protocol of a listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    /// HTTP/1.1 and h2c, routed by a route table.
+    Http,
+    /// Raw TCP, copied to a cluster.
+    Tcp,
+}
+
+impl Protocol {
+    /// The name used in files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Http => "http",
+            Protocol::Tcp => "tcp",
+        }
+    }
+}
+
+/// Where a listener sends traffic; the variant fixes the protocol.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenerTarget {
+    /// An HTTP listener routed by this route table.
+    RouteTable(String),
+    /// A TCP listener forwarding to this cluster.
+    Cluster(String),
+}
+
+/// An ordered list of routes; the first that matches a request wins.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteTable {
+    /// Unique name.
+    pub name: String,
+    /// Routes in match order. Never empty.
+    pub routes: Vec<Route>,
+}
+
+/// One route: a match, and where and how to send what matches.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Route {
+    /// Unique within its table; defaults to `<table>.<index>`.
+    pub name: String,
+    /// What requests this route takes.
+    pub matcher: RouteMatch,
+    /// The cluster receiving the requests.
+    pub cluster: String,
+    /// Whole-request timeout, including retries.
+    pub timeout: Duration,
+    /// Retries on connect failure and on 502/503/504 for idempotent methods.
+    pub retries: u32,
+    /// Name of the rate limit applied, if any.
+    pub rate_limit: Option<String>,
+}
+
+/// What a route matches: all of path, host and headers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteMatch {
+    /// Path matcher.
+    pub path: PathMatch,
+    /// Host matcher, if any.
+    pub host: Option<HostMatch>,
+    /// Header matchers; all must match.
+    pub headers: Vec<HeaderMatch>,
+}
+
+/// How a request path is matched.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PathMatch {
+    /// The path starts with this string.
+    Prefix(String),
+    /// The path equals this string.
+    Exact(String),
+    /// The whole path matches this regular expression.
+    Regex(Pattern),
+}
+
+/// How the request's host (`:authority` or `Host`, without port) is matched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostMatch {
+    /// Equal, ignoring ASCII case (stored lowercase).
+    Exact(String),
+    /// `*.example.com`: ends with `.example.com` (stored lowercase, with the dot).
+    Suffix(String),
+}
+
+impl HostMatch {
+    /// The form used in files: `api.example.com` or `*.example.com`.
+    pub fn to_file_form(&self) -> String {
+        match self {
+            HostMatch::Exact(h) => h.clone(),
+            HostMatch::Suffix(s) => format!("*{s}"),
+        }
+    }
+}
+
+/// A header match.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeaderMatch {
+    /// Header name, lowercase.
+    pub name: String,
+    /// How its value is matched.
+    pub kind: HeaderMatchKind,
+}
+
+/// How a header's value is matched.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HeaderMatchKind {
+    /// The value equals this string.
+    Exact(String),
+    /// The whole value matches this regular expression.
+    Regex(Pattern),
+    /// The header is present, whatever its value.
+    Present,
+}
+
+/// A compiled regular expression, anchored to match the whole input, that
+/// remembers its source. Compared by source.
+#[derive(Debug, Clone)]
+pub struct Pattern {
+    source: String,
+    regex: regex::Regex,
+}
+
+impl Pattern {
+    /// Compiles `source`, anchored at both ends.
+    pub fn new(source: &str) -> Result<Self, regex::Error> {
+        let regex = regex::RegexBuilder::new(&format!("^(?:{source})$"))
+            .size_limit(1 << 20)
+            .build()?;
+        Ok(Self {
+            source: source.to_owned(),
+            regex,
+        })
+    }
+
+    /// The expression as written in the snapshot.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// Whether the whole of `input` matches.
+    pub fn is_match(&self, input: &str) -> bool {
+        self.regex.is_match(input)
+    }
+}
+
+impl PartialEq for Pattern {
+    fn eq(&self, other: &Self) -> bool {
+        self.source == other.source
+    }
+}
+
+/// A set of upstream endpoints and how to balance between them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cluster {
+    /// Unique name.
+    pub name: String,
+    /// Load-balancing policy.
+    pub lb: LbPolicy,
+    /// Timeout of a TCP connect to one endpoint.
+    pub connect_timeout: Duration,
+    /// Endpoints, never empty, addresses unique.
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// Load-balancing policy of a cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LbPolicy {
+    /// Weighted round robin.
+    RoundRobin,
+    /// Power of two choices on outstanding requests, weighted.
+    LeastRequest,
+    /// Weighted random.
+    Random,
+}
+
+impl LbPolicy {
+    /// The name used in files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LbPolicy::RoundRobin => "round_robin",
+            LbPolicy::LeastRequest => "least_request",
+            LbPolicy::Random => "random",
+        }
+    }
+}
+
+/// One upstream endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// Where to connect.
+    pub address: SocketAddr,
+    /// Relative weight, at least 1.
+    pub weight: u32,
+}
+
+/// A named token bucket.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RateLimit {
+    /// Unique name.
+    pub name: String,
+    /// Refill rate, tokens per second.
+    pub requests_per_second: f64,
+    /// Bucket size.
+    pub burst: u64,
+}

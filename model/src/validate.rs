@@ -1,0 +1,592 @@
+//! `SnapshotSpec -> Snapshot`: every rule a snapshot must pass, in one place.
+//!
+//! Validation does not stop at the first problem: it collects every error with
+//! the path of its field, in file order, so an operator fixes a file in one go.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use crate::error::{FieldError, ValidationError};
+use crate::names::check_name;
+use crate::snapshot::*;
+use crate::spec::*;
+
+/// Default limit on a snapshot's encoded size: 4 MiB.
+pub const DEFAULT_MAX_SNAPSHOT_BYTES: usize = 4 * 1024 * 1024;
+/// Default route timeout.
+pub const DEFAULT_TIMEOUT_MS: u64 = 15_000;
+/// Longest accepted route timeout: 10 minutes.
+pub const MAX_TIMEOUT_MS: u64 = 600_000;
+/// Default cluster connect timeout.
+pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 1_000;
+/// Longest accepted connect timeout: 1 minute.
+pub const MAX_CONNECT_TIMEOUT_MS: u64 = 60_000;
+/// Most retries a route may ask for.
+pub const MAX_RETRIES: u32 = 10;
+/// Largest endpoint weight.
+pub const MAX_WEIGHT: u32 = 10_000;
+/// Largest rate of a rate limit, requests per second.
+pub const MAX_REQUESTS_PER_SECOND: f64 = 10_000_000.0;
+/// Largest burst of a rate limit.
+pub const MAX_BURST: u64 = 100_000_000;
+/// Longest key of `values`.
+pub const MAX_VALUE_KEY_LEN: usize = 256;
+
+/// Refuses an encoded snapshot larger than `limit` bytes.
+pub fn check_size(encoded_len: usize, limit: usize) -> Result<(), FieldError> {
+    if encoded_len > limit {
+        Err(FieldError::new(
+            "snapshot",
+            format!("encoded size {encoded_len} bytes exceeds the limit of {limit} bytes"),
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+/// Validates `spec` and builds the domain snapshot, or returns every error.
+pub fn validate(spec: SnapshotSpec) -> Result<Snapshot, ValidationError> {
+    let mut v = Validator::default();
+    let snapshot = v.snapshot(spec);
+    match ValidationError::from_errors(v.errors) {
+        Some(e) => Err(e),
+        None => Ok(snapshot),
+    }
+}
+
+#[derive(Default)]
+struct Validator {
+    errors: Vec<FieldError>,
+}
+
+impl Validator {
+    fn err(&mut self, path: impl Into<String>, reason: impl Into<String>) {
+        self.errors.push(FieldError::new(path, reason));
+    }
+
+    fn name(&mut self, path: &str, name: &str) {
+        if let Err(reason) = check_name(name) {
+            self.err(format!("{path}.name"), reason);
+        }
+    }
+
+    /// Reports names used twice in one collection.
+    fn unique<'a>(&mut self, collection: &str, names: impl Iterator<Item = &'a str>) {
+        let mut seen: HashMap<&str, usize> = HashMap::new();
+        for (i, n) in names.enumerate() {
+            if let Some(first) = seen.get(n) {
+                self.err(
+                    format!("{collection}[{i}].name"),
+                    format!("duplicate name {n:?} (also {collection}[{first}])"),
+                );
+            } else {
+                seen.insert(n, i);
+            }
+        }
+    }
+
+    fn snapshot(&mut self, spec: SnapshotSpec) -> Snapshot {
+        let SnapshotSpec {
+            listeners,
+            route_tables,
+            clusters,
+            rate_limits,
+            values,
+        } = spec;
+
+        self.unique("listeners", listeners.iter().map(|l| l.name.as_str()));
+        self.unique("route_tables", route_tables.iter().map(|t| t.name.as_str()));
+        self.unique("clusters", clusters.iter().map(|c| c.name.as_str()));
+        self.unique("rate_limits", rate_limits.iter().map(|r| r.name.as_str()));
+
+        let refs = Refs {
+            clusters: clusters.iter().map(|c| c.name.clone()).collect(),
+            tables: route_tables.iter().map(|t| t.name.clone()).collect(),
+            limits: rate_limits.iter().map(|r| r.name.clone()).collect(),
+        };
+
+        let mut out = Snapshot {
+            listeners: Vec::new(),
+            route_tables: Vec::new(),
+            clusters: Vec::new(),
+            rate_limits: Vec::new(),
+            values: BTreeMap::new(),
+        };
+        let mut bound: HashMap<SocketAddr, usize> = HashMap::new();
+        for (i, l) in listeners.iter().enumerate() {
+            if let Some(listener) = self.listener(i, l, &refs) {
+                if let Some(first) = bound.get(&listener.address) {
+                    self.err(
+                        format!("listeners[{i}].address"),
+                        format!("{} is already used by listeners[{first}]", listener.address),
+                    );
+                } else {
+                    bound.insert(listener.address, i);
+                }
+                out.listeners.push(listener);
+            }
+        }
+        for (i, t) in route_tables.into_iter().enumerate() {
+            if let Some(table) = self.route_table(i, t, &refs) {
+                out.route_tables.push(table);
+            }
+        }
+        for (i, c) in clusters.into_iter().enumerate() {
+            if let Some(cluster) = self.cluster(i, c) {
+                out.clusters.push(cluster);
+            }
+        }
+        for (i, r) in rate_limits.into_iter().enumerate() {
+            if let Some(limit) = self.rate_limit(i, r) {
+                out.rate_limits.push(limit);
+            }
+        }
+        for (key, value) in values {
+            if key.is_empty() {
+                self.err("values", "keys must not be empty");
+            } else if key.len() > MAX_VALUE_KEY_LEN {
+                self.err(
+                    format!("values[{key:?}]"),
+                    format!("key is over {MAX_VALUE_KEY_LEN} characters"),
+                );
+            } else {
+                out.values.insert(key, value);
+            }
+        }
+        out.listeners.sort_by(|a, b| a.name.cmp(&b.name));
+        out.route_tables.sort_by(|a, b| a.name.cmp(&b.name));
+        out.clusters.sort_by(|a, b| a.name.cmp(&b.name));
+        out.rate_limits.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    fn listener(&mut self, i: usize, l: &ListenerSpec, refs: &Refs) -> Option<Listener> {
+        let path = format!("listeners[{i}]");
+        self.name(&path, &l.name);
+        let address = match parse_socket_addr(&l.address) {
+            Ok(a) => Some(a),
+            Err(reason) => {
+                self.err(format!("{path}.address"), reason);
+                None
+            }
+        };
+        let target = match l.protocol.as_deref().unwrap_or("http") {
+            "http" => {
+                if let Some(c) = &l.cluster {
+                    self.err(
+                        format!("{path}.cluster"),
+                        format!("an http listener routes by route_table, not cluster (got {c:?})"),
+                    );
+                }
+                match &l.route_table {
+                    None => {
+                        self.err(
+                            format!("{path}.route_table"),
+                            "required for an http listener",
+                        );
+                        None
+                    }
+                    Some(t) if !refs.tables.contains(t) => {
+                        self.err(
+                            format!("{path}.route_table"),
+                            format!("unknown route table {t:?}"),
+                        );
+                        None
+                    }
+                    Some(t) => Some(ListenerTarget::RouteTable(t.clone())),
+                }
+            }
+            "tcp" => {
+                if let Some(t) = &l.route_table {
+                    self.err(
+                        format!("{path}.route_table"),
+                        format!(
+                            "a tcp listener forwards to a cluster, not a route table (got {t:?})"
+                        ),
+                    );
+                }
+                match &l.cluster {
+                    None => {
+                        self.err(format!("{path}.cluster"), "required for a tcp listener");
+                        None
+                    }
+                    Some(c) if !refs.clusters.contains(c) => {
+                        self.err(format!("{path}.cluster"), format!("unknown cluster {c:?}"));
+                        None
+                    }
+                    Some(c) => Some(ListenerTarget::Cluster(c.clone())),
+                }
+            }
+            other => {
+                self.err(
+                    format!("{path}.protocol"),
+                    format!("unknown protocol {other:?} (expected \"http\" or \"tcp\")"),
+                );
+                None
+            }
+        };
+        Some(Listener {
+            name: l.name.clone(),
+            address: address?,
+            target: target?,
+        })
+    }
+
+    fn route_table(&mut self, i: usize, t: RouteTableSpec, refs: &Refs) -> Option<RouteTable> {
+        let path = format!("route_tables[{i}]");
+        self.name(&path, &t.name);
+        if t.routes.is_empty() {
+            self.err(format!("{path}.routes"), "must have at least one route");
+        }
+        let names: Vec<String> = t
+            .routes
+            .iter()
+            .enumerate()
+            .map(|(j, r)| r.name.clone().unwrap_or_else(|| format!("{}.{j}", t.name)))
+            .collect();
+        self.unique(&format!("{path}.routes"), names.iter().map(String::as_str));
+        let mut routes = Vec::with_capacity(t.routes.len());
+        let mut ok = true;
+        for ((j, r), name) in t.routes.into_iter().enumerate().zip(names) {
+            match self.route(&format!("{path}.routes[{j}]"), r, name, refs) {
+                Some(route) => routes.push(route),
+                None => ok = false,
+            }
+        }
+        ok.then_some(RouteTable {
+            name: t.name,
+            routes,
+        })
+    }
+
+    fn route(&mut self, path: &str, r: RouteSpec, name: String, refs: &Refs) -> Option<Route> {
+        if r.name.is_some()
+            && let Err(reason) = check_name(&name)
+        {
+            self.err(format!("{path}.name"), reason);
+        }
+        let before = self.errors.len();
+        let matcher = self.route_match(&format!("{path}.match"), r.matcher.unwrap_or_default());
+        if !refs.clusters.contains(&r.cluster) {
+            self.err(
+                format!("{path}.cluster"),
+                format!("unknown cluster {:?}", r.cluster),
+            );
+        }
+        let timeout_ms = r.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS);
+        if !(1..=MAX_TIMEOUT_MS).contains(&timeout_ms) {
+            self.err(
+                format!("{path}.timeout_ms"),
+                format!("{timeout_ms} is out of range (1 to {MAX_TIMEOUT_MS} ms)"),
+            );
+        }
+        let retries = r.retries.unwrap_or(0);
+        if retries > MAX_RETRIES {
+            self.err(
+                format!("{path}.retries"),
+                format!("{retries} is over the limit of {MAX_RETRIES}"),
+            );
+        }
+        if let Some(limit) = &r.rate_limit
+            && !refs.limits.contains(limit)
+        {
+            self.err(
+                format!("{path}.rate_limit"),
+                format!("unknown rate limit {limit:?}"),
+            );
+        }
+        if self.errors.len() > before {
+            return None;
+        }
+        Some(Route {
+            name,
+            matcher: matcher?,
+            cluster: r.cluster,
+            timeout: Duration::from_millis(timeout_ms),
+            retries,
+            rate_limit: r.rate_limit,
+        })
+    }
+
+    fn route_match(&mut self, path: &str, m: RouteMatchSpec) -> Option<RouteMatch> {
+        let before = self.errors.len();
+        let given = [
+            m.path_prefix.is_some(),
+            m.path_exact.is_some(),
+            m.path_regex.is_some(),
+        ]
+        .iter()
+        .filter(|g| **g)
+        .count();
+        if given > 1 {
+            self.err(
+                path,
+                "give at most one of path_prefix, path_exact and path_regex",
+            );
+        }
+        let path_match = if let Some(p) = m.path_regex {
+            match Pattern::new(&p) {
+                Ok(re) => PathMatch::Regex(re),
+                Err(e) => {
+                    self.err(
+                        format!("{path}.path_regex"),
+                        format!("invalid regex {p:?}: {}", one_line(&e.to_string())),
+                    );
+                    PathMatch::Prefix("/".into())
+                }
+            }
+        } else if let Some(p) = m.path_exact {
+            if !p.starts_with('/') {
+                self.err(
+                    format!("{path}.path_exact"),
+                    format!("{p:?} must start with '/'"),
+                );
+            }
+            PathMatch::Exact(p)
+        } else {
+            let p = m.path_prefix.unwrap_or_else(|| "/".into());
+            if !p.starts_with('/') {
+                self.err(
+                    format!("{path}.path_prefix"),
+                    format!("{p:?} must start with '/'"),
+                );
+            }
+            PathMatch::Prefix(p)
+        };
+        let host = match m.host {
+            None => None,
+            Some(h) => match parse_host_match(&h) {
+                Ok(h) => Some(h),
+                Err(reason) => {
+                    self.err(format!("{path}.host"), reason);
+                    None
+                }
+            },
+        };
+        let mut headers = Vec::with_capacity(m.headers.len());
+        for (k, h) in m.headers.into_iter().enumerate() {
+            let hpath = format!("{path}.headers[{k}]");
+            if let Some(hm) = self.header_match(&hpath, h) {
+                headers.push(hm);
+            }
+        }
+        (self.errors.len() == before).then_some(RouteMatch {
+            path: path_match,
+            host,
+            headers,
+        })
+    }
+
+    fn header_match(&mut self, path: &str, h: HeaderMatchSpec) -> Option<HeaderMatch> {
+        let name = h.name.to_ascii_lowercase();
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+        {
+            self.err(
+                format!("{path}.name"),
+                format!("{:?} is not a valid header name", h.name),
+            );
+            return None;
+        }
+        let kind = match (h.exact, h.regex, h.present) {
+            (Some(v), None, None) => HeaderMatchKind::Exact(v),
+            (None, Some(re), None) => match Pattern::new(&re) {
+                Ok(p) => HeaderMatchKind::Regex(p),
+                Err(e) => {
+                    self.err(
+                        format!("{path}.regex"),
+                        format!("invalid regex {re:?}: {}", one_line(&e.to_string())),
+                    );
+                    return None;
+                }
+            },
+            (None, None, Some(true)) => HeaderMatchKind::Present,
+            (None, None, Some(false)) => {
+                self.err(
+                    format!("{path}.present"),
+                    "must be true when given (to match an absent header, leave the header out)",
+                );
+                return None;
+            }
+            _ => {
+                self.err(path, "give exactly one of exact, regex and present");
+                return None;
+            }
+        };
+        Some(HeaderMatch { name, kind })
+    }
+
+    fn cluster(&mut self, i: usize, c: ClusterSpec) -> Option<Cluster> {
+        let path = format!("clusters[{i}]");
+        let before = self.errors.len();
+        self.name(&path, &c.name);
+        let lb = match c.lb.as_deref().unwrap_or("round_robin") {
+            "round_robin" => LbPolicy::RoundRobin,
+            "least_request" => LbPolicy::LeastRequest,
+            "random" => LbPolicy::Random,
+            other => {
+                self.err(
+                    format!("{path}.lb"),
+                    format!(
+                        "unknown policy {other:?} (expected \"round_robin\", \"least_request\" or \"random\")"
+                    ),
+                );
+                LbPolicy::RoundRobin
+            }
+        };
+        let connect_timeout_ms = c.connect_timeout_ms.unwrap_or(DEFAULT_CONNECT_TIMEOUT_MS);
+        if !(1..=MAX_CONNECT_TIMEOUT_MS).contains(&connect_timeout_ms) {
+            self.err(
+                format!("{path}.connect_timeout_ms"),
+                format!("{connect_timeout_ms} is out of range (1 to {MAX_CONNECT_TIMEOUT_MS} ms)"),
+            );
+        }
+        if c.endpoints.is_empty() {
+            self.err(
+                format!("{path}.endpoints"),
+                "must have at least one endpoint",
+            );
+        }
+        let mut endpoints = Vec::with_capacity(c.endpoints.len());
+        let mut seen: HashMap<SocketAddr, usize> = HashMap::new();
+        for (j, e) in c.endpoints.iter().enumerate() {
+            let epath = format!("{path}.endpoints[{j}]");
+            let weight = e.weight.unwrap_or(1);
+            if !(1..=MAX_WEIGHT).contains(&weight) {
+                self.err(
+                    format!("{epath}.weight"),
+                    format!("{weight} is out of range (1 to {MAX_WEIGHT})"),
+                );
+            }
+            match parse_socket_addr(&e.address) {
+                Ok(address) => {
+                    if let Some(first) = seen.get(&address) {
+                        self.err(
+                            format!("{epath}.address"),
+                            format!("duplicate endpoint {address} (also endpoints[{first}])"),
+                        );
+                    } else {
+                        seen.insert(address, j);
+                    }
+                    endpoints.push(Endpoint { address, weight });
+                }
+                Err(reason) => self.err(format!("{epath}.address"), reason),
+            }
+        }
+        (self.errors.len() == before).then_some(Cluster {
+            name: c.name,
+            lb,
+            connect_timeout: Duration::from_millis(connect_timeout_ms),
+            endpoints,
+        })
+    }
+
+    fn rate_limit(&mut self, i: usize, r: RateLimitSpec) -> Option<RateLimit> {
+        let path = format!("rate_limits[{i}]");
+        let before = self.errors.len();
+        self.name(&path, &r.name);
+        let rps = match r.requests_per_second {
+            None => {
+                self.err(format!("{path}.requests_per_second"), "required");
+                0.0
+            }
+            Some(rps) if !(rps.is_finite() && rps > 0.0 && rps <= MAX_REQUESTS_PER_SECOND) => {
+                self.err(
+                    format!("{path}.requests_per_second"),
+                    format!("{rps} is out of range (above 0, at most {MAX_REQUESTS_PER_SECOND})"),
+                );
+                0.0
+            }
+            Some(rps) => rps,
+        };
+        let burst = r.burst.unwrap_or_else(|| default_burst(rps));
+        if !(1..=MAX_BURST).contains(&burst) {
+            self.err(
+                format!("{path}.burst"),
+                format!("{burst} is out of range (1 to {MAX_BURST})"),
+            );
+        }
+        (self.errors.len() == before).then_some(RateLimit {
+            name: r.name,
+            requests_per_second: rps,
+            burst,
+        })
+    }
+}
+
+/// The burst of a rate limit that gives none: one second's worth, at least 1.
+fn default_burst(rps: f64) -> u64 {
+    // `as` saturates; rps is at most MAX_REQUESTS_PER_SECOND here.
+    (rps.ceil() as u64).max(1)
+}
+
+/// The names that references may point at.
+struct Refs {
+    clusters: HashSet<String>,
+    tables: HashSet<String>,
+    limits: HashSet<String>,
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Parses `ip:port` (IPv6 in brackets), with a reason an operator can act on.
+pub fn parse_socket_addr(s: &str) -> Result<SocketAddr, String> {
+    let Some((host, port)) = s.rsplit_once(':') else {
+        return Err(format!("{s:?} is not an address of the form ip:port"));
+    };
+    let port: u64 = port
+        .parse()
+        .map_err(|_| format!("{s:?}: port {port:?} is not a number"))?;
+    if !(1..=65535).contains(&port) {
+        return Err(format!("port {port} out of range (1-65535)"));
+    }
+    let ip_text = match host.strip_prefix('[') {
+        Some(rest) => rest
+            .strip_suffix(']')
+            .ok_or_else(|| format!("{s:?}: unbalanced '[' in address"))?,
+        None if host.contains(':') => {
+            return Err(format!(
+                "{s:?}: write an IPv6 address in brackets, e.g. [::1]:8080"
+            ));
+        }
+        None => host,
+    };
+    let ip: IpAddr = ip_text.parse().map_err(|_| {
+        format!("{ip_text:?} is not an IP address (host names are not resolved; give an IP)")
+    })?;
+    u16::try_from(port)
+        .map(|p| SocketAddr::new(ip, p))
+        .map_err(|_| format!("port {port} out of range (1-65535)"))
+}
+
+fn parse_host_match(h: &str) -> Result<HostMatch, String> {
+    let lower = h.to_ascii_lowercase();
+    let (suffix, rest) = match lower.strip_prefix("*.") {
+        Some(rest) => (true, rest),
+        None => (false, lower.as_str()),
+    };
+    let valid = !rest.is_empty()
+        && rest.len() <= 253
+        && rest.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+    if !valid {
+        return Err(format!(
+            "{h:?} is not a host name (expected e.g. \"api.example.com\" or \"*.example.com\")"
+        ));
+    }
+    Ok(if suffix {
+        HostMatch::Suffix(format!(".{rest}"))
+    } else {
+        HostMatch::Exact(lower)
+    })
+}

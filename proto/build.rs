@@ -1,0 +1,21 @@
+//! Compiles `vane/v1/*.proto` with protox (pure Rust, no system `protoc`).
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let files = [
+        "vane/v1/snapshot.proto",
+        "vane/v1/discovery.proto",
+        "vane/v1/admin.proto",
+        "vane/v1/store.proto",
+    ];
+    for f in &files {
+        println!("cargo:rerun-if-changed={f}");
+    }
+    let fds = protox::compile(files, ["."])?;
+    tonic_prost_build::configure()
+        // Snapshot bodies are encoded once per version and shared by every
+        // stream: `Bytes` makes each clone a reference-count increment.
+        .bytes(".")
+        .btree_map(".")
+        .compile_fds(fds)?;
+    Ok(())
+}
