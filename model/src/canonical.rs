@@ -2,11 +2,16 @@
 //! content hash, canonical YAML (what `vanectl get` prints and `diff` compares)
 //! and unified diffs.
 //!
-//! The canonical form is the [`SnapshotSpec`] with every default filled in and
-//! named collections sorted by name. Its canonical encoding is compact JSON
-//! with object keys sorted (serde_json's default map is ordered), so the same
-//! content hashes the same whatever the key order, formatting or omitted
-//! defaults of the file it came from.
+//! Two forms, both with named collections sorted by name:
+//! - the *effective* form ([`Snapshot::to_spec`]): every default filled in;
+//!   what operators read (`vanectl get`, `diff`, the sidecar's output);
+//! - the *canonical* form ([`Snapshot::canonical_spec`]): every value equal to
+//!   its default left out. Its encoding, compact JSON with object keys sorted
+//!   (serde_json's default map is ordered), is what the hash covers, so the
+//!   same content hashes the same whatever the key order, formatting or
+//!   spelled-out defaults of the file it came from, and a later release that
+//!   adds a field with a default does not change the hash of snapshots that
+//!   do not use it (agents of both releases agree).
 
 use std::fmt;
 
@@ -14,6 +19,7 @@ use sha2::{Digest, Sha256};
 
 use crate::snapshot::*;
 use crate::spec::*;
+use crate::validate::{DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_TIMEOUT_MS, default_burst};
 
 /// SHA-256 of a snapshot's canonical encoding, shown as 64 lowercase hex digits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -75,6 +81,12 @@ impl Snapshot {
                             weight: Some(e.weight),
                         })
                         .collect(),
+                    outlier_detection: Some(OutlierDetectionSpec {
+                        consecutive_failures: Some(c.outlier.consecutive_failures),
+                        base_ejection_ms: Some(millis(c.outlier.base_ejection)),
+                        max_ejection_ms: Some(millis(c.outlier.max_ejection)),
+                        max_ejection_percent: Some(c.outlier.max_ejection_percent),
+                    }),
                 })
                 .collect(),
             rate_limits: self
@@ -90,12 +102,56 @@ impl Snapshot {
         }
     }
 
-    /// The canonical encoding: compact JSON of [`Self::to_spec`], keys sorted.
+    /// The canonical form: like [`Self::to_spec`] but with every value equal
+    /// to its default left out.
+    pub fn canonical_spec(&self) -> SnapshotSpec {
+        let mut spec = self.to_spec();
+        for l in &mut spec.listeners {
+            elide(&mut l.protocol, &Protocol::Http.as_str().to_owned());
+        }
+        for t in &mut spec.route_tables {
+            for (i, r) in t.routes.iter_mut().enumerate() {
+                elide(&mut r.name, &format!("{}.{i}", t.name));
+                elide(&mut r.timeout_ms, &DEFAULT_TIMEOUT_MS);
+                elide(&mut r.retries, &0);
+                elide(
+                    &mut r.matcher,
+                    &RouteMatchSpec {
+                        path_prefix: Some("/".into()),
+                        ..RouteMatchSpec::default()
+                    },
+                );
+            }
+        }
+        let outlier = OutlierDetection::default();
+        let default_outlier = OutlierDetectionSpec {
+            consecutive_failures: Some(outlier.consecutive_failures),
+            base_ejection_ms: Some(millis(outlier.base_ejection)),
+            max_ejection_ms: Some(millis(outlier.max_ejection)),
+            max_ejection_percent: Some(outlier.max_ejection_percent),
+        };
+        for c in &mut spec.clusters {
+            elide(&mut c.lb, &LbPolicy::RoundRobin.as_str().to_owned());
+            elide(&mut c.connect_timeout_ms, &DEFAULT_CONNECT_TIMEOUT_MS);
+            for e in &mut c.endpoints {
+                elide(&mut e.weight, &1);
+            }
+            elide(&mut c.outlier_detection, &default_outlier);
+        }
+        for r in &mut spec.rate_limits {
+            if let Some(rps) = r.requests_per_second {
+                elide(&mut r.burst, &default_burst(rps));
+            }
+        }
+        spec
+    }
+
+    /// The canonical encoding: compact JSON of [`Self::canonical_spec`], keys sorted.
     pub fn canonical_bytes(&self) -> Vec<u8> {
         // Going through `Value` sorts every object's keys, including those
         // inside `values`. Neither step can fail for these types: every map
         // key is a string and floats are finite (validated).
-        serde_json::to_value(self.to_spec())
+        serde_json::to_value(self.canonical_spec())
             .and_then(|v| serde_json::to_vec(&v))
             .unwrap_or_default()
     }
@@ -113,6 +169,13 @@ impl Snapshot {
     /// The canonical form as a JSON value.
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::to_value(self.to_spec()).unwrap_or_default()
+    }
+}
+
+/// Clears `slot` when it holds the default.
+fn elide<T: PartialEq>(slot: &mut Option<T>, default: &T) {
+    if slot.as_ref() == Some(default) {
+        *slot = None;
     }
 }
 

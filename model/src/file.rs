@@ -59,9 +59,24 @@ pub fn parse_file(bytes: &[u8], format: Format) -> Result<SnapshotSpec, FileErro
         }
         Format::Yaml => {
             let de = serde_norway::Deserializer::from_slice(bytes);
-            serde_path_to_error::deserialize(de).map_err(|e| FileError::Syntax {
-                path: path_of(e.path()),
-                message: e.inner().to_string(),
+            serde_path_to_error::deserialize(de).map_err(|e| {
+                let path = path_of(e.path());
+                let message = e.inner().to_string();
+                // serde_norway already names the path in most messages
+                // ("listeners[0]: unknown field ..."): do not say it twice.
+                match message.split_once(": ") {
+                    Some((prefix, _))
+                        if !prefix.is_empty()
+                            && !prefix.contains(' ')
+                            && path.starts_with(prefix) =>
+                    {
+                        FileError::Syntax {
+                            path: String::new(),
+                            message,
+                        }
+                    }
+                    _ => FileError::Syntax { path, message },
+                }
             })
         }
     }
@@ -92,8 +107,14 @@ pub enum ReadError {
 }
 
 fn path_of(p: &serde_path_to_error::Path) -> String {
-    let s = p.to_string();
-    if s == "." { String::new() } else { s }
+    // Segments the parser could not name (a syntax error inside a value)
+    // show as `?`: leave them out rather than print `listeners[0].?`.
+    let s = p.to_string().replace(".?", "");
+    if s == "." || s == "?" {
+        String::new()
+    } else {
+        s
+    }
 }
 
 /// Whether the file holds nothing: only whitespace, or (YAML) comments.

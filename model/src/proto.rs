@@ -25,9 +25,9 @@ pub enum DecodeError {
 }
 
 impl Snapshot {
-    /// The wire form of the canonical snapshot.
+    /// The wire form of the canonical snapshot (defaults left out).
     pub fn to_proto(&self) -> pb::Snapshot {
-        spec_to_proto(&self.to_spec())
+        spec_to_proto(&self.canonical_spec())
     }
 
     /// Encodes the wire form (what agents receive and the store keeps).
@@ -187,6 +187,7 @@ fn cluster_from_proto(c: pb::Cluster) -> ClusterSpec {
         lb,
         connect_timeout_ms,
         endpoints,
+        outlier_detection,
     } = c;
     ClusterSpec {
         name,
@@ -199,6 +200,20 @@ fn cluster_from_proto(c: pb::Cluster) -> ClusterSpec {
                 EndpointSpec { address, weight }
             })
             .collect(),
+        outlier_detection: outlier_detection.map(|o| {
+            let pb::OutlierDetection {
+                consecutive_failures,
+                base_ejection_ms,
+                max_ejection_ms,
+                max_ejection_percent,
+            } = o;
+            OutlierDetectionSpec {
+                consecutive_failures,
+                base_ejection_ms,
+                max_ejection_ms,
+                max_ejection_percent,
+            }
+        }),
     }
 }
 
@@ -265,6 +280,12 @@ pub fn spec_to_proto(spec: &SnapshotSpec) -> pb::Snapshot {
                         weight: e.weight,
                     })
                     .collect(),
+                outlier_detection: c.outlier_detection.as_ref().map(|o| pb::OutlierDetection {
+                    consecutive_failures: o.consecutive_failures,
+                    base_ejection_ms: o.base_ejection_ms,
+                    max_ejection_ms: o.max_ejection_ms,
+                    max_ejection_percent: o.max_ejection_percent,
+                }),
             })
             .collect(),
         rate_limits: spec

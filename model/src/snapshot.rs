@@ -229,6 +229,33 @@ pub struct Cluster {
     pub connect_timeout: Duration,
     /// Endpoints, never empty, addresses unique.
     pub endpoints: Vec<Endpoint>,
+    /// Passive outlier detection.
+    pub outlier: OutlierDetection,
+}
+
+/// When the data plane ejects an endpoint on its own observations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutlierDetection {
+    /// Consecutive connect failures or 5xx that eject an endpoint.
+    pub consecutive_failures: u32,
+    /// First ejection; doubles on each repeated ejection.
+    pub base_ejection: Duration,
+    /// Longest ejection.
+    pub max_ejection: Duration,
+    /// Most endpoints of the cluster ejected at once, in percent (at least one
+    /// endpoint always stays in).
+    pub max_ejection_percent: u32,
+}
+
+impl Default for OutlierDetection {
+    fn default() -> Self {
+        Self {
+            consecutive_failures: 5,
+            base_ejection: Duration::from_secs(30),
+            max_ejection: Duration::from_secs(300),
+            max_ejection_percent: 50,
+        }
+    }
 }
 
 /// Load-balancing policy of a cluster.

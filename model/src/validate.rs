@@ -30,6 +30,10 @@ pub const MAX_WEIGHT: u32 = 10_000;
 pub const MAX_REQUESTS_PER_SECOND: f64 = 10_000_000.0;
 /// Largest burst of a rate limit.
 pub const MAX_BURST: u64 = 100_000_000;
+/// Most consecutive failures an outlier detector may wait for.
+pub const MAX_CONSECUTIVE_FAILURES: u32 = 10_000;
+/// Longest ejection: 1 hour.
+pub const MAX_EJECTION_MS: u64 = 3_600_000;
 /// Longest key of `values`.
 pub const MAX_VALUE_KEY_LEN: usize = 256;
 
@@ -476,12 +480,55 @@ impl Validator {
                 Err(reason) => self.err(format!("{epath}.address"), reason),
             }
         }
+        let outlier = self.outlier(&format!("{path}.outlier_detection"), c.outlier_detection);
         (self.errors.len() == before).then_some(Cluster {
             name: c.name,
             lb,
             connect_timeout: Duration::from_millis(connect_timeout_ms),
             endpoints,
+            outlier,
         })
+    }
+
+    fn outlier(&mut self, path: &str, o: Option<OutlierDetectionSpec>) -> OutlierDetection {
+        let d = OutlierDetection::default();
+        let o = o.unwrap_or_default();
+        let failures = o.consecutive_failures.unwrap_or(d.consecutive_failures);
+        if !(1..=MAX_CONSECUTIVE_FAILURES).contains(&failures) {
+            self.err(
+                format!("{path}.consecutive_failures"),
+                format!("{failures} is out of range (1 to {MAX_CONSECUTIVE_FAILURES})"),
+            );
+        }
+        let base = o.base_ejection_ms.unwrap_or(millis(d.base_ejection));
+        if !(1..=MAX_EJECTION_MS).contains(&base) {
+            self.err(
+                format!("{path}.base_ejection_ms"),
+                format!("{base} is out of range (1 to {MAX_EJECTION_MS} ms)"),
+            );
+        }
+        let max = o
+            .max_ejection_ms
+            .unwrap_or(millis(d.max_ejection).max(base));
+        if !(base..=MAX_EJECTION_MS).contains(&max) {
+            self.err(
+                format!("{path}.max_ejection_ms"),
+                format!("{max} is out of range (base_ejection_ms {base} to {MAX_EJECTION_MS} ms)"),
+            );
+        }
+        let percent = o.max_ejection_percent.unwrap_or(d.max_ejection_percent);
+        if percent > 100 {
+            self.err(
+                format!("{path}.max_ejection_percent"),
+                format!("{percent} is over 100"),
+            );
+        }
+        OutlierDetection {
+            consecutive_failures: failures,
+            base_ejection: Duration::from_millis(base),
+            max_ejection: Duration::from_millis(max),
+            max_ejection_percent: percent,
+        }
     }
 
     fn rate_limit(&mut self, i: usize, r: RateLimitSpec) -> Option<RateLimit> {
@@ -517,8 +564,12 @@ impl Validator {
     }
 }
 
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 /// The burst of a rate limit that gives none: one second's worth, at least 1.
-fn default_burst(rps: f64) -> u64 {
+pub(crate) fn default_burst(rps: f64) -> u64 {
     // `as` saturates; rps is at most MAX_REQUESTS_PER_SECOND here.
     (rps.ceil() as u64).max(1)
 }

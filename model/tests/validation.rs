@@ -128,3 +128,60 @@ fn size_limit() {
         "snapshot: encoded size 11 bytes exceeds the limit of 10 bytes"
     );
 }
+
+#[test]
+fn defaults_are_left_out_of_the_canonical_form() {
+    let a = parse(EXAMPLE).unwrap();
+    let canonical = String::from_utf8(a.canonical_bytes()).unwrap();
+    assert!(!canonical.contains("\"weight\":1"), "{canonical}");
+    assert!(!canonical.contains("outlier_detection"), "{canonical}");
+    assert!(canonical.contains("\"weight\":3"), "{canonical}");
+    // The effective form shows them.
+    let effective = a.to_yaml();
+    assert!(effective.contains("outlier_detection"), "{effective}");
+    assert!(effective.contains("consecutive_failures: 5"), "{effective}");
+    // Spelling a default out changes nothing.
+    let explicit = parse(&EXAMPLE.replace(
+        "{ name: postgres, endpoints",
+        "{ name: postgres, lb: round_robin, outlier_detection: { consecutive_failures: 5 }, endpoints",
+    ))
+    .unwrap();
+    assert_eq!(a.content_hash(), explicit.content_hash());
+    let changed = parse(&EXAMPLE.replace(
+        "{ name: postgres, endpoints",
+        "{ name: postgres, outlier_detection: { consecutive_failures: 2 }, endpoints",
+    ))
+    .unwrap();
+    assert_ne!(a.content_hash(), changed.content_hash());
+    assert_eq!(
+        changed
+            .cluster("postgres")
+            .unwrap()
+            .outlier
+            .consecutive_failures,
+        2
+    );
+}
+
+#[test]
+fn yaml_errors_name_the_path_once() {
+    let e = parse_file(
+        b"listeners:\n  - { name: web, adress: \"127.0.0.1:1\", route_table: main }\n",
+        Format::Yaml,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.starts_with("listeners[0]: unknown field `adress`"), "{e}");
+    assert_eq!(e.matches("listeners[0]").count(), 1, "{e}");
+    let e = parse_file(
+        b"clusters:\n  - name: a\n    endpoints:\n      - { address: \"1.2.3.4:5\", weight: -1 }\n",
+        Format::Yaml,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.starts_with("clusters[0].endpoints[0].weight: invalid type"),
+        "{e}"
+    );
+    assert_eq!(e.matches("weight").count(), 1, "{e}");
+}

@@ -1,0 +1,209 @@
+//! The sidecar's files and commands: the output file (rewritten atomically on
+//! every apply), the candidate handed to `--check-cmd`, and `--on-change`.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+use vane_agent::Current;
+use vane_agent::cache::write_atomic;
+
+/// Most bytes of a check command's stderr kept as the NACK reason.
+const MAX_REASON_BYTES: usize = 2048;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum OutputFormat {
+    Json,
+    Yaml,
+}
+
+/// Renders a configuration: the canonical snapshot with `group`, `version`,
+/// `hash` and `source` added at the top.
+pub(crate) fn render(c: &Current, group: &str, format: OutputFormat) -> Result<Vec<u8>, String> {
+    let mut doc = serde_json::Map::new();
+    doc.insert("group".into(), group.into());
+    doc.insert("version".into(), c.version.into());
+    doc.insert("hash".into(), c.hash.clone().into());
+    doc.insert("source".into(), c.source.as_str().into());
+    if let serde_json::Value::Object(body) = c.snapshot.to_json() {
+        doc.extend(body);
+    }
+    let doc = serde_json::Value::Object(doc);
+    match format {
+        OutputFormat::Json => serde_json::to_vec_pretty(&doc)
+            .map(|mut v| {
+                v.push(b'\n');
+                v
+            })
+            .map_err(|e| e.to_string()),
+        OutputFormat::Yaml => serde_norway::to_string(&doc)
+            .map(String::into_bytes)
+            .map_err(|e| e.to_string()),
+    }
+}
+
+pub(crate) struct Outputs {
+    output: Option<PathBuf>,
+    format: OutputFormat,
+    group: String,
+    scratch_dir: PathBuf,
+    check_cmd: Option<String>,
+    check_timeout: Duration,
+}
+
+impl Outputs {
+    pub(crate) fn new(
+        output: Option<PathBuf>,
+        format: OutputFormat,
+        group: String,
+        cache_dir: PathBuf,
+        check_cmd: Option<String>,
+        check_timeout: Duration,
+    ) -> Self {
+        // Candidates go next to the output (same filesystem, same
+        // permissions as what the checked program reads), else to the cache.
+        let scratch_dir = output
+            .as_ref()
+            .and_then(|o| o.parent())
+            .filter(|p| !p.as_os_str().is_empty())
+            .map(Path::to_path_buf)
+            .unwrap_or(cache_dir);
+        Self {
+            output,
+            format,
+            group,
+            scratch_dir,
+            check_cmd,
+            check_timeout,
+        }
+    }
+
+    /// The sink: rewrites the output file atomically.
+    pub(crate) fn write(&self, c: &Current) -> Result<(), String> {
+        let Some(path) = &self.output else {
+            return Ok(());
+        };
+        let bytes = render(c, &self.group, self.format)?;
+        write_atomic(path, &bytes).map_err(|e| format!("cannot write {}: {e}", path.display()))
+    }
+
+    /// The validator: runs `--check-cmd` on the candidate.
+    pub(crate) fn check(&self, candidate: &Current) -> Result<(), String> {
+        let Some(cmd) = &self.check_cmd else {
+            return Ok(());
+        };
+        let ext = match self.format {
+            OutputFormat::Json => "json",
+            OutputFormat::Yaml => "yaml",
+        };
+        std::fs::create_dir_all(&self.scratch_dir)
+            .map_err(|e| format!("cannot create {}: {e}", self.scratch_dir.display()))?;
+        let path = self.scratch_dir.join(format!(
+            ".vane-candidate-{}-v{}.{ext}",
+            std::process::id(),
+            candidate.version
+        ));
+        let bytes = render(candidate, &self.group, self.format)?;
+        write_atomic(&path, &bytes)
+            .map_err(|e| format!("cannot write the candidate {}: {e}", path.display()))?;
+        let result = run_check(cmd, &path, self.check_timeout);
+        let _ = std::fs::remove_file(&path);
+        result
+    }
+}
+
+/// Runs `sh -c '<cmd> "$1"' <path>`; Ok on exit 0, else the trimmed stderr.
+fn run_check(cmd: &str, candidate: &Path, timeout: Duration) -> Result<(), String> {
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(format!("{cmd} \"$1\""))
+        .arg("vane-check")
+        .arg(candidate)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("check-cmd: cannot run {cmd:?}: {e}"))?;
+    // Read stderr on a thread so a chatty command cannot block on a full pipe.
+    let stderr = child.stderr.take();
+    let reader = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        if let Some(mut s) = stderr {
+            let _ = s.read_to_end(&mut buf);
+        }
+        buf
+    });
+    let started = Instant::now();
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if started.elapsed() > timeout => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("check-cmd timed out after {timeout:?}"));
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(5)),
+            Err(e) => return Err(format!("check-cmd: {e}")),
+        }
+    };
+    let stderr = reader.join().unwrap_or_default();
+    if status.success() {
+        return Ok(());
+    }
+    let mut text = String::from_utf8_lossy(&stderr).trim().to_string();
+    if text.len() > MAX_REASON_BYTES {
+        let mut cut = MAX_REASON_BYTES;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+        text.push('…');
+    }
+    if text.is_empty() {
+        text = format!("check-cmd failed with {status}");
+    }
+    Err(text)
+}
+
+/// Runs `--on-change` after every apply, one at a time (latest wins: changes
+/// arriving while it runs are coalesced into one more run).
+pub(crate) async fn run_on_change(
+    cmd: String,
+    mut changes: watch::Receiver<std::sync::Arc<Current>>,
+    output: Option<PathBuf>,
+    mut stop: watch::Receiver<bool>,
+) {
+    // The configuration loaded at startup is not a change.
+    changes.borrow_and_update();
+    loop {
+        tokio::select! {
+            r = changes.changed() => if r.is_err() { return },
+            _ = stop.changed() => return,
+        }
+        let current = changes.borrow_and_update().clone();
+        let mut command = tokio::process::Command::new("sh");
+        command
+            .arg("-c")
+            .arg(&cmd)
+            .env("VANE_VERSION", current.version.to_string())
+            .env("VANE_HASH", &current.hash)
+            .env("VANE_SOURCE", current.source.as_str())
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        if let Some(o) = &output {
+            command.env("VANE_OUTPUT", o);
+        }
+        match tokio::time::timeout(Duration::from_secs(60), command.status()).await {
+            Ok(Ok(s)) if s.success() => {
+                tracing::info!(version = current.version, "on-change command succeeded");
+            }
+            Ok(Ok(s)) => {
+                tracing::warn!(version = current.version, status = %s, "on-change command failed")
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "on-change command could not run"),
+            Err(_) => tracing::warn!("on-change command timed out after 60s"),
+        }
+    }
+}

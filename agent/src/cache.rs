@@ -1,0 +1,201 @@
+//! The agent's disk cache: the last applied snapshot of a group, written
+//! atomically (temp file, fsync, rename, fsync of the directory) so a crash at
+//! any moment leaves either the old file or the new one, never half of one.
+//!
+//! The file is an encoded `vane.v1.StoredVersion` (version, hash and the
+//! snapshot's bytes). Nothing in it is trusted: loading hands the bytes to the
+//! same apply path as a live update, which recomputes the hash over the
+//! content and validates it.
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use prost::Message;
+use vane_proto as pb;
+
+/// Largest cache file read back (a snapshot is at most a few MiB).
+const MAX_CACHE_BYTES: u64 = 256 * 1024 * 1024;
+
+/// What the cache holds: a candidate for the apply path.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CachedSnapshot {
+    /// Version the control plane gave it.
+    pub version: u64,
+    /// Hash the control plane gave it (checked again on apply).
+    pub hash: String,
+    /// Encoded `vane.v1.Snapshot`.
+    pub body: Bytes,
+}
+
+/// Why the cache could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    /// No cache file yet.
+    #[error("no cache file at {0}")]
+    Missing(PathBuf),
+    /// Reading or writing failed.
+    #[error("cache file {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not a cache file (truncated, corrupted, foreign).
+    #[error("cache file {path} is corrupt: {reason}")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// The cache of one group in one directory.
+#[derive(Debug, Clone)]
+pub struct DiskCache {
+    dir: PathBuf,
+    path: PathBuf,
+}
+
+impl DiskCache {
+    /// The cache of `group` in `dir` (the file is `<dir>/<group>.snapshot.pb`).
+    pub fn new(dir: impl Into<PathBuf>, group: &str) -> Self {
+        let dir = dir.into();
+        let path = dir.join(format!("{group}.snapshot.pb"));
+        Self { dir, path }
+    }
+
+    /// The cache file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Reads the cache file. The content is not verified here.
+    pub fn load(&self) -> Result<CachedSnapshot, CacheError> {
+        let io = |source| CacheError::Io {
+            path: self.path.clone(),
+            source,
+        };
+        let corrupt = |reason: String| CacheError::Corrupt {
+            path: self.path.clone(),
+            reason,
+        };
+        let meta = match fs::metadata(&self.path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(CacheError::Missing(self.path.clone()));
+            }
+            Err(e) => return Err(io(e)),
+        };
+        if meta.len() > MAX_CACHE_BYTES {
+            return Err(corrupt(format!(
+                "{} bytes is over the limit of {MAX_CACHE_BYTES}",
+                meta.len()
+            )));
+        }
+        let bytes = fs::read(&self.path).map_err(io)?;
+        let stored = pb::StoredVersion::decode(bytes.as_slice())
+            .map_err(|e| corrupt(format!("not a vane.v1.StoredVersion: {e}")))?;
+        let info = stored
+            .info
+            .ok_or_else(|| corrupt("no version info".into()))?;
+        if info.version == 0 || info.hash.is_empty() {
+            return Err(corrupt("no version or hash".into()));
+        }
+        Ok(CachedSnapshot {
+            version: info.version,
+            hash: info.hash,
+            body: stored.snapshot,
+        })
+    }
+
+    /// Writes the cache file atomically and durably.
+    pub fn store(&self, snapshot: &CachedSnapshot) -> Result<(), CacheError> {
+        let io = |source| CacheError::Io {
+            path: self.path.clone(),
+            source,
+        };
+        fs::create_dir_all(&self.dir).map_err(io)?;
+        let record = pb::StoredVersion {
+            info: Some(pb::VersionInfo {
+                version: snapshot.version,
+                hash: snapshot.hash.clone(),
+                size_bytes: snapshot.body.len() as u64,
+                ..pb::VersionInfo::default()
+            }),
+            snapshot: snapshot.body.clone(),
+        };
+        write_atomic(&self.path, &record.encode_to_vec()).map_err(io)
+    }
+}
+
+/// Writes `bytes` to `path` so that readers and crashes see the old content or
+/// the new one: temp file in the same directory, fsync, rename, fsync the
+/// directory (without the last step the rename itself may not survive a crash).
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "file".into());
+    let tmp = dir.join(format!(
+        ".{name}.tmp-{}-{}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    let result = (|| {
+        let mut f = File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        drop(f);
+        fs::rename(&tmp, path)?;
+        File::open(&dir)?.sync_all()
+    })();
+    if result.is_err() {
+        // Best effort: a leftover temp file is harmless but untidy.
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_corruption() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = DiskCache::new(dir.path(), "edge");
+        assert!(matches!(cache.load(), Err(CacheError::Missing(_))));
+        let snap = CachedSnapshot {
+            version: 7,
+            hash: "ab".repeat(32),
+            body: Bytes::from_static(b"\x0a\x00"),
+        };
+        cache.store(&snap).unwrap();
+        assert_eq!(cache.load().unwrap(), snap);
+
+        // Truncation is detected (or yields content that fails its hash later).
+        let bytes = fs::read(cache.path()).unwrap();
+        fs::write(cache.path(), &bytes[..bytes.len() / 2]).unwrap();
+        assert!(cache.load().is_err());
+
+        fs::write(cache.path(), b"garbage garbage garbage").unwrap();
+        assert!(matches!(cache.load(), Err(CacheError::Corrupt { .. })));
+
+        // No temp files are left behind.
+        let leftovers: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().contains(".tmp-"))
+            .collect();
+        assert!(leftovers.is_empty());
+    }
+}

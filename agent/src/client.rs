@@ -1,0 +1,348 @@
+//! The watch loop: hold one stream to a control server, feed every response
+//! through the apply path, answer ACK or NACK; when the stream breaks, keep
+//! serving and reconnect behind backoff and the circuit breaker, rotating
+//! across servers.
+//!
+//! States: `Gate` (ask the breaker) -> `Connect` -> `Streaming` -> on any end,
+//! classify the error -> `Backoff` (sleep) -> `Gate`. Shutdown is observed in
+//! every state that waits.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Endpoint;
+use vane_proto as pb;
+
+use crate::apply::{Applier, ApplyOutcome, Candidate};
+use crate::backoff::Backoff;
+use crate::breaker::{Breaker, Permit};
+use crate::config::AgentConfig;
+use crate::state::Source;
+
+/// A stream that stays up this long counts as having delivered, even if the
+/// agent was already current and the server had nothing to send.
+const HEALTHY_STREAM_AFTER: Duration = Duration::from_secs(10);
+
+/// Largest response accepted from a server.
+const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
+
+/// How a stream ended.
+#[derive(Debug)]
+enum End {
+    /// We were asked to stop.
+    Shutdown,
+    /// The stream could not be opened or broke.
+    Broken {
+        /// Whether the stream was established (the server answered).
+        established: bool,
+        /// Whether it delivered (a response, or a long quiet life).
+        delivered: bool,
+        /// What happened.
+        error: LinkError,
+    },
+}
+
+/// Errors of the link, classified for the retry policy.
+#[derive(Debug)]
+pub(crate) enum LinkError {
+    /// Connecting failed (refused, unreachable, timeout).
+    Connect(String),
+    /// The server ended the stream with a status.
+    Status(tonic::Status),
+    /// The server closed the stream cleanly.
+    Closed,
+}
+
+impl LinkError {
+    /// Errors a fast retry cannot fix: the agent is misconfigured or not
+    /// allowed. Retried at the backoff cap, logged as configuration errors.
+    fn is_config_error(&self) -> bool {
+        matches!(
+            self,
+            LinkError::Status(s) if matches!(
+                s.code(),
+                tonic::Code::Unauthenticated
+                    | tonic::Code::PermissionDenied
+                    | tonic::Code::InvalidArgument
+            )
+        )
+    }
+}
+
+impl std::fmt::Display for LinkError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LinkError::Connect(e) => write!(f, "connect failed: {e}"),
+            LinkError::Status(s) => write!(f, "stream failed: {:?}: {}", s.code(), s.message()),
+            LinkError::Closed => f.write_str("stream closed by the server"),
+        }
+    }
+}
+
+/// Everything the loop needs.
+pub(crate) struct Runtime {
+    pub(crate) config: Arc<AgentConfig>,
+    pub(crate) applier: Arc<Applier>,
+}
+
+/// Runs until `shutdown` turns true.
+pub(crate) async fn run(rt: Arc<Runtime>, mut shutdown: watch::Receiver<bool>) {
+    let config = rt.config.clone();
+    let shared = rt.applier.shared.clone();
+    let mut backoff = Backoff::new(config.backoff);
+    let mut breaker = Breaker::new(config.breaker);
+    let mut server_index = 0usize;
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        match breaker.acquire(Instant::now()) {
+            Permit::WaitUntil(until) => {
+                shared.link().breaker = breaker.state();
+                tokio::select! {
+                    _ = tokio::time::sleep_until(until) => continue,
+                    _ = shutdown.changed() => return,
+                }
+            }
+            Permit::Attempt | Permit::Probe => {}
+        }
+        shared.link().breaker = breaker.state();
+        let server = config.servers[server_index % config.servers.len()].clone();
+        let end = stream_once(&rt, &server, &mut shutdown).await;
+        let End::Broken {
+            established,
+            delivered,
+            error,
+        } = end
+        else {
+            return;
+        };
+        shared.unconfirm();
+        {
+            let mut link = shared.link();
+            link.connected = false;
+            link.last_error = Some(format!("{server}: {error}"));
+        }
+        shared.metrics.reconnects.inc();
+        if established {
+            breaker.on_success();
+        } else {
+            breaker.on_failure(Instant::now());
+        }
+        shared.link().breaker = breaker.state();
+        if delivered {
+            backoff.reset();
+        }
+        let delay = if error.is_config_error() {
+            tracing::error!(%server, %error, "configuration error; retrying at the backoff cap");
+            backoff.cap()
+        } else {
+            let d = backoff.next_delay();
+            tracing::warn!(%server, %error, delay_ms = d.as_millis() as u64, "watch stream lost; reconnecting");
+            d
+        };
+        // Try the next server on the next attempt; a stream that delivered
+        // and then broke may be a restart of the same server, which the next
+        // rotation will come back to.
+        server_index = server_index.wrapping_add(1);
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+fn request(rt: &Runtime, nonce: String, error: Option<pb::ErrorDetail>) -> pb::WatchRequest {
+    let current = rt.applier.shared.current.load();
+    let c = &rt.config;
+    pb::WatchRequest {
+        node: Some(pb::Node {
+            id: c.node_id.clone(),
+            group: c.group.clone(),
+            labels: c.labels.clone(),
+            agent_build: c.agent_build.clone(),
+        }),
+        // Defaults are not a control-plane version: report none.
+        version_info: if current.source == Source::Defaults {
+            0
+        } else {
+            current.version
+        },
+        hash: if current.source == Source::Defaults {
+            String::new()
+        } else {
+            current.hash.clone()
+        },
+        response_nonce: nonce,
+        error_detail: error,
+    }
+}
+
+async fn stream_once(rt: &Arc<Runtime>, server: &str, shutdown: &mut watch::Receiver<bool>) -> End {
+    let config = &rt.config;
+    let shared = rt.applier.shared.clone();
+    let broken = |established, delivered, error| End::Broken {
+        established,
+        delivered,
+        error,
+    };
+    let endpoint = match Endpoint::from_shared(server.to_owned()) {
+        Ok(e) => e
+            .connect_timeout(config.connect_timeout)
+            .http2_keep_alive_interval(config.keepalive_interval)
+            .keep_alive_timeout(config.keepalive_timeout)
+            .keep_alive_while_idle(true)
+            .tcp_nodelay(true),
+        Err(e) => return broken(false, false, LinkError::Connect(e.to_string())),
+    };
+    let channel = tokio::select! {
+        r = endpoint.connect() => match r {
+            Ok(c) => c,
+            Err(e) => return broken(false, false, LinkError::Connect(error_chain(&e))),
+        },
+        _ = shutdown.changed() => return End::Shutdown,
+    };
+    let mut client = pb::config_discovery_client::ConfigDiscoveryClient::new(channel)
+        .max_decoding_message_size(MAX_RESPONSE_BYTES);
+    // Bounded: at most one answer per response is ever queued.
+    let (tx, rx) = mpsc::channel::<pb::WatchRequest>(4);
+    if tx.send(request(rt, String::new(), None)).await.is_err() {
+        return broken(false, false, LinkError::Closed);
+    }
+    let opened = tokio::select! {
+        r = tokio::time::timeout(config.connect_timeout, client.watch(ReceiverStream::new(rx))) => r,
+        _ = shutdown.changed() => return End::Shutdown,
+    };
+    let mut inbound = match opened {
+        Ok(Ok(response)) => response.into_inner(),
+        Ok(Err(status)) => return broken(false, false, LinkError::Status(status)),
+        Err(_) => {
+            return broken(
+                false,
+                false,
+                LinkError::Connect("timed out waiting for the stream to open".into()),
+            );
+        }
+    };
+    {
+        let mut link = shared.link();
+        link.connected = true;
+        link.server = Some(server.to_owned());
+    }
+    // The server sends the head at once unless we already run it: an open
+    // stream with nothing to say confirms what we run.
+    shared.confirm();
+    tracing::info!(%server, "watch stream established");
+    let opened_at = Instant::now();
+    let mut delivered = false;
+    loop {
+        let quiet_deadline = opened_at + HEALTHY_STREAM_AFTER;
+        let message = tokio::select! {
+            m = inbound.message() => m,
+            _ = tokio::time::sleep_until(quiet_deadline), if !delivered => {
+                delivered = true;
+                continue;
+            }
+            _ = shutdown.changed() => return End::Shutdown,
+        };
+        let response = match message {
+            Ok(Some(r)) => r,
+            Ok(None) => return broken(true, delivered, LinkError::Closed),
+            Err(status) => return broken(true, delivered, LinkError::Status(status)),
+        };
+        delivered = true;
+        let answer = handle_response(rt, response).await;
+        if tx.send(answer).await.is_err() {
+            return broken(true, delivered, LinkError::Closed);
+        }
+    }
+}
+
+/// Applies one response and builds its ACK or NACK.
+async fn handle_response(rt: &Arc<Runtime>, response: pb::WatchResponse) -> pb::WatchRequest {
+    let pb::WatchResponse {
+        group,
+        version,
+        hash,
+        nonce,
+        body,
+        created_at_unix_ms: _,
+    } = response;
+    let shared = rt.applier.shared.clone();
+    let candidate = match body {
+        Some(pb::watch_response::Body::Snapshot(bytes)) if group == rt.config.group => {
+            Ok(Candidate {
+                version,
+                hash,
+                body: bytes,
+                origin: Source::Live,
+            })
+        }
+        Some(_) => Err(format!(
+            "group: response is for group {group:?}, this agent follows {:?}",
+            rt.config.group
+        )),
+        None => Err("body: response carries no snapshot".to_string()),
+    };
+    let outcome = match candidate {
+        Err(reason) => ApplyOutcome::Rejected(crate::apply::Rejection {
+            code: crate::apply::code::INVALID_ARGUMENT,
+            reason,
+        }),
+        Ok(candidate) => {
+            let applier = rt.applier.clone();
+            // Decoding, hashing, the embedder's hooks and the fsync of the
+            // cache are blocking work.
+            match tokio::task::spawn_blocking(move || applier.apply(candidate)).await {
+                Ok(o) => o,
+                Err(e) => ApplyOutcome::Rejected(crate::apply::Rejection {
+                    code: crate::apply::code::INTERNAL,
+                    reason: format!("apply failed: {e}"),
+                }),
+            }
+        }
+    };
+    match outcome {
+        ApplyOutcome::Applied | ApplyOutcome::AlreadyCurrent => {
+            tracing::info!(version, "applied; ACK");
+            shared.confirm();
+            request(rt, nonce, None)
+        }
+        ApplyOutcome::Rejected(rejection) => {
+            tracing::warn!(version, reason = %rejection.reason, "refused; NACK, keeping the running config");
+            shared.unconfirm();
+            {
+                let mut link = shared.link();
+                link.last_nack = Some((version, rejection.reason.clone()));
+                link.last_error = Some(format!("NACK of version {version}: {}", rejection.reason));
+            }
+            request(
+                rt,
+                nonce,
+                Some(pb::ErrorDetail {
+                    code: rejection.code,
+                    message: rejection.reason,
+                }),
+            )
+        }
+    }
+}
+
+/// An error and its causes on one line (tonic's transport errors hide the
+/// useful part, e.g. "Connection refused", in their sources).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}

@@ -1,0 +1,424 @@
+//! The agent against a fake control server that each test scripts: what it
+//! sends, and what the agent answers (ACK/NACK), over real gRPC on loopback.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::net::TcpListener;
+use tokio::sync::{Mutex, mpsc};
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::{Request, Response, Status, Streaming};
+use vane_agent::{Agent, AgentHandle, BackoffConfig, BreakerConfig, Current, HealthState, Source};
+use vane_model::{Format, Snapshot, parse_file, validate};
+use vane_proto as pb;
+use vane_proto::config_discovery_server::{ConfigDiscovery, ConfigDiscoveryServer};
+
+const EXAMPLE: &str = include_str!("../../examples/snapshot.yaml");
+const WAIT: Duration = Duration::from_secs(10);
+
+fn example(weight: u32) -> Snapshot {
+    let mut s = validate(parse_file(EXAMPLE.as_bytes(), Format::Yaml).unwrap()).unwrap();
+    s.clusters[0].endpoints[0].weight = weight;
+    s
+}
+
+fn response(version: u64, s: &Snapshot, nonce: &str) -> pb::WatchResponse {
+    pb::WatchResponse {
+        group: "edge".into(),
+        version,
+        hash: s.content_hash().to_hex(),
+        nonce: nonce.into(),
+        body: Some(pb::watch_response::Body::Snapshot(Bytes::from(s.encode()))),
+        created_at_unix_ms: 0,
+    }
+}
+
+/// One stream the fake accepted.
+struct FakeStream {
+    inbound: Streaming<pb::WatchRequest>,
+    out: mpsc::Sender<Result<pb::WatchResponse, Status>>,
+}
+
+impl FakeStream {
+    async fn recv(&mut self) -> pb::WatchRequest {
+        tokio::time::timeout(WAIT, self.inbound.message())
+            .await
+            .expect("the agent did not answer in time")
+            .unwrap()
+            .expect("stream ended")
+    }
+
+    async fn send(&self, r: pb::WatchResponse) {
+        self.out.send(Ok(r)).await.unwrap();
+    }
+}
+
+struct Fake {
+    streams: mpsc::Sender<FakeStream>,
+    deny: Option<tonic::Code>,
+    attempts: Arc<AtomicUsize>,
+}
+
+#[tonic::async_trait]
+impl ConfigDiscovery for Fake {
+    type WatchStream = ReceiverStream<Result<pb::WatchResponse, Status>>;
+
+    async fn watch(
+        &self,
+        request: Request<Streaming<pb::WatchRequest>>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        self.attempts.fetch_add(1, Ordering::SeqCst);
+        if let Some(code) = self.deny {
+            return Err(Status::new(code, "not allowed to watch group edge"));
+        }
+        let (tx, rx) = mpsc::channel(8);
+        let _ = self
+            .streams
+            .send(FakeStream {
+                inbound: request.into_inner(),
+                out: tx,
+            })
+            .await;
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+struct FakeServer {
+    url: String,
+    streams: Mutex<mpsc::Receiver<FakeStream>>,
+    attempts: Arc<AtomicUsize>,
+}
+
+impl FakeServer {
+    async fn start(deny: Option<tonic::Code>) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (tx, rx) = mpsc::channel(8);
+        let attempts = Arc::new(AtomicUsize::new(0));
+        let fake = Fake {
+            streams: tx,
+            deny,
+            attempts: attempts.clone(),
+        };
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(ConfigDiscoveryServer::new(fake))
+                .serve_with_incoming(TcpListenerStream::new(listener)),
+        );
+        Self {
+            url,
+            streams: Mutex::new(rx),
+            attempts,
+        }
+    }
+
+    async fn accept(&self) -> FakeStream {
+        tokio::time::timeout(WAIT, self.streams.lock().await.recv())
+            .await
+            .expect("the agent did not connect in time")
+            .unwrap()
+    }
+}
+
+fn fast_backoff() -> BackoffConfig {
+    BackoffConfig {
+        base: Duration::from_millis(10),
+        cap: Duration::from_millis(100),
+    }
+}
+
+fn agent(url: &str, cache: &std::path::Path) -> vane_agent::AgentBuilder {
+    Agent::builder()
+        .servers([url.to_string()])
+        .node_id("n1")
+        .group("edge")
+        .cache_dir(cache)
+        .backoff(fast_backoff())
+}
+
+async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !f() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn good_update_is_acked_after_apply_and_cached() {
+    let fake = FakeServer::start(None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let a = agent(&fake.url, dir.path()).start().unwrap();
+    let mut s = fake.accept().await;
+    let first = s.recv().await;
+    assert_eq!(first.version_info, 0);
+    assert_eq!(first.node.as_ref().unwrap().id, "n1");
+    assert_eq!(first.node.as_ref().unwrap().group, "edge");
+    assert!(first.response_nonce.is_empty());
+
+    s.send(response(1, &example(1), "a")).await;
+    let ack = s.recv().await;
+    assert_eq!(ack.response_nonce, "a");
+    assert_eq!(ack.version_info, 1);
+    assert!(ack.error_detail.is_none());
+    // ACK comes after apply: the new config is already visible.
+    let cur = a.current();
+    assert_eq!(cur.version, 1);
+    assert_eq!(cur.source, Source::Live);
+    assert_eq!(ack.hash, cur.hash);
+    assert_eq!(*a.snapshot(), example(1));
+    assert!(dir.path().join("edge.snapshot.pb").exists());
+    assert_eq!(a.health().state, HealthState::Healthy);
+    assert_eq!(a.status().source, "live");
+    a.shutdown().await;
+}
+
+#[tokio::test]
+async fn bad_hash_lower_version_and_validator_refusals_are_nacked() {
+    let fake = FakeServer::start(None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let a = agent(&fake.url, dir.path())
+        .validator(|c: &Current, _: &Current| {
+            if c.snapshot.clusters[0].endpoints[0].weight == 7 {
+                Err("listener web: 127.0.0.1:18080 is already in use".to_string())
+            } else {
+                Ok(())
+            }
+        })
+        .start()
+        .unwrap();
+    let mut s = fake.accept().await;
+    s.recv().await;
+    s.send(response(3, &example(1), "1")).await;
+    assert!(s.recv().await.error_detail.is_none());
+
+    // Hash mismatch.
+    let mut bad = response(4, &example(2), "2");
+    bad.hash = example(1).content_hash().to_hex();
+    s.send(bad).await;
+    let nack = s.recv().await;
+    assert_eq!(nack.response_nonce, "2");
+    assert_eq!(
+        nack.version_info, 3,
+        "a NACK reports the version still running"
+    );
+    let detail = nack.error_detail.unwrap();
+    assert!(
+        detail.message.contains("hash mismatch"),
+        "{}",
+        detail.message
+    );
+
+    // Lower version.
+    s.send(response(2, &example(2), "3")).await;
+    let detail = s.recv().await.error_detail.unwrap();
+    assert!(detail.message.contains("older than the running version 3"));
+
+    // The embedder's validator.
+    s.send(response(5, &example(7), "4")).await;
+    let detail = s.recv().await.error_detail.unwrap();
+    assert_eq!(
+        detail.message,
+        "listener web: 127.0.0.1:18080 is already in use"
+    );
+
+    let cur = a.current();
+    assert_eq!(cur.version, 3);
+    assert_eq!(*cur.snapshot, example(1));
+    assert_eq!(a.health().last_nack.unwrap().0, 5);
+
+    // And a good one still goes through afterwards.
+    s.send(response(6, &example(2), "5")).await;
+    assert_eq!(s.recv().await.version_info, 6);
+    a.shutdown().await;
+}
+
+#[tokio::test]
+async fn same_version_is_acked_without_reapplying() {
+    let fake = FakeServer::start(None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let commits = Arc::new(AtomicUsize::new(0));
+    let c2 = commits.clone();
+    let a = agent(&fake.url, dir.path())
+        .sink(move |_: &Current| {
+            c2.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        })
+        .start()
+        .unwrap();
+    let mut s = fake.accept().await;
+    s.recv().await;
+    s.send(response(1, &example(1), "x")).await;
+    s.recv().await;
+    s.send(response(1, &example(1), "y")).await;
+    let ack = s.recv().await;
+    assert_eq!((ack.version_info, ack.response_nonce.as_str()), (1, "y"));
+    assert!(ack.error_detail.is_none());
+    assert_eq!(commits.load(Ordering::SeqCst), 1, "applied once");
+    a.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_broken_stream_keeps_the_config_and_reconnects_with_it() {
+    let fake = FakeServer::start(None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let a = agent(&fake.url, dir.path()).start().unwrap();
+    let mut s = fake.accept().await;
+    s.recv().await;
+    s.send(response(2, &example(3), "n")).await;
+    s.recv().await;
+    // The server fails the stream in the middle of the conversation.
+    s.out
+        .send(Err(Status::internal("replica going away")))
+        .await
+        .unwrap();
+    let mut again = fake.accept().await;
+    let hello = again.recv().await;
+    assert_eq!(hello.version_info, 2);
+    assert_eq!(hello.hash, example(3).content_hash().to_hex());
+    assert_eq!(a.current().version, 2);
+    assert_eq!(*a.snapshot(), example(3));
+    a.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_dead_peer_mid_response_is_survived() {
+    // A "server" that accepts TCP, writes half of an HTTP/2 frame and hangs up.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let acc = accepted.clone();
+    tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        while let Ok((mut sock, _)) = listener.accept().await {
+            acc.fetch_add(1, Ordering::SeqCst);
+            let _ = sock.write_all(&[0, 0, 18, 4, 0, 0]).await;
+            drop(sock);
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let a = agent(&url, dir.path())
+        .defaults(example(9))
+        .start()
+        .unwrap();
+    eventually("two attempts", || accepted.load(Ordering::SeqCst) >= 2).await;
+    assert_eq!(*a.snapshot(), example(9), "still serving the defaults");
+    assert!(!a.health().connected);
+    a.shutdown().await;
+}
+
+#[tokio::test]
+async fn unreachable_server_backs_off_and_opens_the_breaker() {
+    // Accepts TCP and closes at once: every attempt fails, and is counted.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let acc = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((sock, _)) = listener.accept().await {
+            acc.fetch_add(1, Ordering::SeqCst);
+            drop(sock);
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let a = agent(&url, dir.path())
+        .breaker(BreakerConfig {
+            failure_threshold: 3,
+            open_for: Duration::from_millis(1500),
+        })
+        .start()
+        .unwrap();
+    eventually("breaker opens", || a.status().breaker == "open").await;
+    assert_eq!(a.status().reconnects, 3, "three failed attempts open it");
+    let at_open = accepted.load(Ordering::SeqCst);
+    assert!(at_open >= 3, "each attempt reached the server: {at_open}");
+    // While open, nothing goes out.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(accepted.load(Ordering::SeqCst), at_open);
+    assert_eq!(a.status().breaker, "open");
+    // Then exactly one probe, which fails and reopens the breaker.
+    eventually("a probe", || accepted.load(Ordering::SeqCst) > at_open).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(a.status().reconnects, 4, "a single probe");
+    assert_eq!(a.status().breaker, "open");
+    let err = a.health().last_error.unwrap();
+    assert!(err.contains(&url), "{err}");
+    a.shutdown().await;
+}
+
+#[tokio::test]
+async fn permission_denied_is_not_retried_fast() {
+    let fake = FakeServer::start(Some(tonic::Code::PermissionDenied)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let a = agent(&fake.url, dir.path())
+        .backoff(BackoffConfig {
+            base: Duration::from_millis(5),
+            cap: Duration::from_millis(400),
+        })
+        .breaker(BreakerConfig {
+            failure_threshold: 1000,
+            open_for: Duration::from_secs(1),
+        })
+        .start()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let attempts = fake.attempts.load(Ordering::SeqCst);
+    // With 5 ms backoff a fast loop would make ~100 attempts; at the 400 ms
+    // cap there are at most 3 in a second.
+    assert!((1..=4).contains(&attempts), "{attempts} attempts in 1s");
+    let err = a.health().last_error.unwrap();
+    assert!(err.contains("PermissionDenied"), "{err}");
+    a.shutdown().await;
+}
+
+#[tokio::test]
+async fn startup_serves_the_cache_then_defaults_when_it_is_corrupt() {
+    let fake = FakeServer::start(None).await;
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let a = agent(&fake.url, dir.path()).start().unwrap();
+        let mut s = fake.accept().await;
+        s.recv().await;
+        s.send(response(4, &example(2), "c")).await;
+        s.recv().await;
+        a.shutdown().await;
+    }
+    // Control plane unreachable (nothing listens on this port any more).
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", l.local_addr().unwrap())
+    };
+    let a: AgentHandle = agent(&dead, dir.path())
+        .defaults(example(9))
+        .start()
+        .unwrap();
+    // No waiting: the cache is applied inside start().
+    let cur = a.current();
+    assert_eq!((cur.version, cur.source), (4, Source::Cache));
+    assert_eq!(*cur.snapshot, example(2));
+    assert_eq!(a.health().state, HealthState::Healthy);
+    a.shutdown().await;
+
+    // Corrupt the cache: defaults, reported as degraded with the reason.
+    let path = dir.path().join("edge.snapshot.pb");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let n = bytes.len();
+    bytes[n - 10] ^= 0xff;
+    std::fs::write(&path, &bytes).unwrap();
+    let a = agent(&dead, dir.path())
+        .defaults(example(9))
+        .start()
+        .unwrap();
+    let cur = a.current();
+    assert_eq!((cur.version, cur.source), (0, Source::Defaults));
+    assert_eq!(*cur.snapshot, example(9));
+    let HealthState::Degraded { reason } = a.health().state else {
+        panic!("expected degraded");
+    };
+    assert!(reason.contains("serving embedded defaults"), "{reason}");
+    assert!(reason.contains("unusable"), "{reason}");
+    a.shutdown().await;
+}

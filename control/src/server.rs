@@ -1,0 +1,375 @@
+//! The control server as a library: open the store, seed the hub, bind,
+//! serve `ConfigDiscovery` and `Admin`, and shut down within a grace period.
+//!
+//! The binary (`src/bin/vane-control.rs`) only parses flags, sets up logging
+//! and signals, and calls [`Server::bind`] then [`Server::serve`]; tests can
+//! do the same in-process.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tonic::transport::server::TcpIncoming;
+
+use crate::admin::AdminService;
+use crate::agents::{AgentRegistry, DEFAULT_FORGET_AFTER};
+use crate::hub::Hub;
+use crate::store::{RedbStore, Store, StoreError};
+use crate::watch::DiscoveryService;
+
+/// Where the server listens unless configured.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
+/// Where the server keeps its data unless configured.
+pub const DEFAULT_DATA_DIR: &str = "./vane-data";
+/// How long shutdown waits for streams and pushes unless configured.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// How the server runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Address to listen on. Default `127.0.0.1:7070`; port 0 picks a free
+    /// port (see [`Server::local_addr`]).
+    pub listen: SocketAddr,
+    /// Directory of the embedded store. Default `./vane-data`.
+    pub data_dir: PathBuf,
+    /// Largest encoded snapshot accepted. Default
+    /// [`vane_model::DEFAULT_MAX_SNAPSHOT_BYTES`] (4 MiB).
+    pub max_snapshot_bytes: usize,
+    /// How long shutdown waits for open streams and pushes in progress
+    /// before dropping them. Default 10s.
+    pub shutdown_grace: Duration,
+    /// How long a disconnected agent stays in `Status`. Default 1h.
+    pub agent_forget_after: Duration,
+    /// Interval of HTTP/2 pings on idle connections, which find dead agents
+    /// behind silent network failures. Default 20s.
+    pub http2_keepalive_interval: Duration,
+    /// How long a ping may go unanswered before the connection is closed.
+    /// Default 10s.
+    pub http2_keepalive_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
+            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            max_snapshot_bytes: vane_model::DEFAULT_MAX_SNAPSHOT_BYTES,
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            agent_forget_after: DEFAULT_FORGET_AFTER,
+            http2_keepalive_interval: Duration::from_secs(20),
+            http2_keepalive_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The listen address cannot be bound.
+    #[error("listen: cannot bind {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The store failed to open, seed or close.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The gRPC transport failed.
+    #[error("serving gRPC: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// A server that has opened its store and bound its socket.
+pub struct Server {
+    config: Config,
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    store: Arc<dyn Store>,
+    hub: Arc<Hub>,
+    agents: Arc<AgentRegistry>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("config", &self.config)
+            .field("local_addr", &self.local_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Server {
+    /// Opens the embedded store in `config.data_dir` and binds `config.listen`.
+    pub async fn bind(config: Config) -> Result<Self, ServerError> {
+        let store: Arc<dyn Store> = Arc::new(RedbStore::open(&config.data_dir).await?);
+        Self::bind_with_store(config, store).await
+    }
+
+    /// Binds `config.listen` serving `store` (any backend); `data_dir` is
+    /// not used. The store is closed when the server stops, or here if
+    /// binding fails.
+    pub async fn bind_with_store(
+        config: Config,
+        store: Arc<dyn Store>,
+    ) -> Result<Self, ServerError> {
+        let bound = async {
+            let heads = store.heads().await?;
+            let listener =
+                TcpListener::bind(config.listen)
+                    .await
+                    .map_err(|source| ServerError::Bind {
+                        addr: config.listen,
+                        source,
+                    })?;
+            let local_addr = listener.local_addr().map_err(|source| ServerError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+            Ok::<_, ServerError>((heads, listener, local_addr))
+        }
+        .await;
+        let (heads, listener, local_addr) = match bound {
+            Ok(bound) => bound,
+            Err(e) => {
+                if let Err(close) = store.close().await {
+                    tracing::warn!(error = %close, "closing the store after a failed start");
+                }
+                return Err(e);
+            }
+        };
+        tracing::info!(groups = heads.len(), "hub seeded from the store");
+        Ok(Self {
+            hub: Arc::new(Hub::seeded(&heads)),
+            agents: Arc::new(AgentRegistry::new(config.agent_forget_after)),
+            config,
+            listener,
+            local_addr,
+            store,
+        })
+    }
+
+    /// The bound address (the real port when `listen` had port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Serves until `shutdown` completes, then: stops accepting, ends every
+    /// watch stream, waits at most `shutdown_grace` for streams and pushes in
+    /// progress, and closes the store.
+    pub async fn serve(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), ServerError> {
+        let Self {
+            config,
+            listener,
+            local_addr,
+            store,
+            hub,
+            agents,
+        } = self;
+        let stop = CancellationToken::new();
+        let tasks = TaskTracker::new();
+
+        let discovery = DiscoveryService::new(
+            Arc::clone(&hub),
+            Arc::clone(&agents),
+            stop.clone(),
+            tasks.clone(),
+        );
+        let admin = AdminService::new(
+            Arc::clone(&store),
+            Arc::clone(&hub),
+            Arc::clone(&agents),
+            tasks.clone(),
+            config.max_snapshot_bytes,
+        );
+        tasks.spawn(sweep_agents(Arc::clone(&agents), stop.clone()));
+
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let server = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(config.http2_keepalive_interval))
+            .http2_keepalive_timeout(Some(config.http2_keepalive_timeout))
+            .add_service(discovery.into_server())
+            .add_service(admin.into_server())
+            .serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned());
+        tracing::info!(addr = %local_addr, data_dir = %config.data_dir.display(), "serving");
+
+        tokio::pin!(server);
+        let served = tokio::select! {
+            served = &mut server => served.map_err(ServerError::from),
+            () = shutdown => {
+                tracing::info!(grace = ?config.shutdown_grace, "shutting down");
+                stop.cancel();
+                let drain = async {
+                    let served = (&mut server).await;
+                    tasks.close();
+                    tasks.wait().await;
+                    served
+                };
+                match tokio::time::timeout(config.shutdown_grace, drain).await {
+                    Ok(served) => served.map_err(ServerError::from),
+                    Err(_) => {
+                        tracing::warn!(
+                            grace = ?config.shutdown_grace,
+                            "grace period over; dropping the connections still open"
+                        );
+                        Ok(())
+                    }
+                }
+            }
+        };
+        // Also reached when the transport failed on its own.
+        stop.cancel();
+        tasks.close();
+        let closed = store.close().await;
+        tracing::info!("stopped");
+        served?;
+        closed.map_err(ServerError::from)
+    }
+}
+
+/// Binds and serves until `shutdown` completes (see [`Server::serve`]).
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServerError> {
+    Server::bind(config).await?.serve(shutdown).await
+}
+
+/// Forgets long-disconnected agents now and then, until `stop`.
+async fn sweep_agents(agents: Arc<AgentRegistry>, stop: CancellationToken) {
+    let period = (agents.forget_after() / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
+    let mut ticks = tokio::time::interval(period);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = ticks.tick() => {
+                let forgotten = agents.sweep();
+                if forgotten > 0 {
+                    tracing::debug!(forgotten, "forgot disconnected agents");
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio_stream::wrappers::ReceiverStream;
+    use vane_proto as pb;
+
+    use super::*;
+
+    fn config(dir: &std::path::Path) -> Config {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            data_dir: dir.to_path_buf(),
+            shutdown_grace: Duration::from_secs(5),
+            ..Config::default()
+        }
+    }
+
+    fn snapshot() -> pb::Snapshot {
+        let spec = vane_model::parse_file(
+            br#"{"clusters": [{"name": "c", "endpoints": [{"address": "127.0.0.1:1"}]}]}"#,
+            vane_model::Format::Json,
+        )
+        .unwrap();
+        vane_model::proto::spec_to_proto(&spec)
+    }
+
+    #[tokio::test]
+    async fn serves_and_shuts_down_with_an_open_stream() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = Server::bind(config(dir.path())).await.unwrap();
+        let addr = server.local_addr();
+        assert_ne!(addr.port(), 0);
+        let stop = CancellationToken::new();
+        let running = tokio::spawn(server.serve(stop.clone().cancelled_owned()));
+
+        let url = format!("http://{addr}");
+        let mut admin = pb::admin_client::AdminClient::connect(url.clone())
+            .await
+            .unwrap();
+        let pushed = admin
+            .push(pb::PushRequest {
+                group: "edge".into(),
+                snapshot: Some(snapshot()),
+                expected_version: Some(0),
+                dry_run: false,
+                message: "first".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(pushed.version, 1);
+
+        let mut watch = pb::config_discovery_client::ConfigDiscoveryClient::connect(url)
+            .await
+            .unwrap();
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tx.send(pb::WatchRequest {
+            node: Some(pb::Node {
+                id: "n".into(),
+                group: "edge".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let mut responses = watch
+            .watch(ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        let first = responses.message().await.unwrap().unwrap();
+        assert_eq!((first.version, first.hash), (1, pushed.hash));
+
+        // The agent keeps its stream (and request side) open: shutdown must
+        // still finish quickly.
+        let started = std::time::Instant::now();
+        stop.cancel();
+        tokio::time::timeout(Duration::from_secs(5), running)
+            .await
+            .expect("server did not stop in time")
+            .unwrap()
+            .unwrap();
+        assert!(started.elapsed() < Duration::from_secs(4));
+        let end = responses.message().await;
+        assert!(
+            matches!(&end, Err(s) if s.code() == tonic::Code::Unavailable),
+            "{end:?}"
+        );
+        drop(tx);
+
+        // The store was closed: the data dir opens again, with the version.
+        let server = Server::bind(config(dir.path())).await.unwrap();
+        let stop = CancellationToken::new();
+        let running = tokio::spawn(server.serve(stop.clone().cancelled_owned()));
+        stop.cancel();
+        running.await.unwrap().unwrap();
+        let store = RedbStore::open(dir.path()).await.unwrap();
+        assert_eq!(store.get("edge", None).await.unwrap().unwrap().version, 1);
+        store.close().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn bind_failure_releases_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut cfg = config(dir.path());
+        cfg.listen = taken.local_addr().unwrap();
+        let err = Server::bind(cfg).await.unwrap_err();
+        assert!(err.to_string().starts_with("listen: cannot bind"), "{err}");
+        // The store is closed, so a second open succeeds.
+        let store = RedbStore::open(dir.path()).await.unwrap();
+        store.close().await.unwrap();
+    }
+}

@@ -1,0 +1,201 @@
+//! The versioned snapshot store: the one interface every backend (embedded
+//! redb now, etcd later) implements, and the types that cross it.
+//!
+//! # Contract
+//! - Versions are per group, start at 1, and strictly increase by one. A
+//!   version number is never reused: not after a rollback (which is a new
+//!   version), a restart or a crash.
+//! - A push whose content hash equals the group's head is
+//!   [`PushOutcome::Unchanged`]: nothing is stored and the head is returned.
+//! - With `expected_version: Some(n)`, a push is refused with
+//!   [`StoreError::Conflict`] unless the head is `n` (0: the group has no
+//!   version yet). The conflict check comes before the unchanged check, so a
+//!   stale compare-and-set always says so.
+//! - A push that returns `Ok` is durable; a push that fails changes nothing.
+//!
+//! Every backend must pass the generic suite in `tests_suite.rs`.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+pub mod redb;
+#[cfg(test)]
+pub(crate) mod tests_suite;
+
+pub use self::redb::RedbStore;
+
+/// A version to store: what the Admin API hands to [`Store::push`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewVersion {
+    /// The group (already checked with `vane_model::names::check_group`).
+    pub group: String,
+    /// The encoded canonical `vane.v1.Snapshot`: exactly the bytes agents receive.
+    pub snapshot: Bytes,
+    /// The content hash of the snapshot (lowercase hex SHA-256).
+    pub hash: String,
+    /// The operator's message.
+    pub message: String,
+    /// Who pushed ("" when unauthenticated).
+    pub author: String,
+    /// For a rollback: the version whose content this restores.
+    pub rollback_of: Option<u64>,
+    /// Compare-and-set: refuse unless the head is this version (0: absent).
+    pub expected_version: Option<u64>,
+}
+
+/// Everything known about one stored version except its content.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VersionMeta {
+    /// The group.
+    pub group: String,
+    /// The version, from 1.
+    pub version: u64,
+    /// The content hash (lowercase hex SHA-256).
+    pub hash: String,
+    /// The operator's message.
+    pub message: String,
+    /// Who pushed ("" when unauthenticated).
+    pub author: String,
+    /// When the version was stored, Unix milliseconds.
+    pub created_at_unix_ms: i64,
+    /// For a rollback: the version whose content was restored.
+    pub rollback_of: Option<u64>,
+    /// Size of the encoded snapshot in bytes.
+    pub size_bytes: u64,
+}
+
+/// One stored version with its content.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VersionRecord {
+    /// The group.
+    pub group: String,
+    /// The version, from 1.
+    pub version: u64,
+    /// The content hash (lowercase hex SHA-256).
+    pub hash: String,
+    /// The operator's message.
+    pub message: String,
+    /// Who pushed ("" when unauthenticated).
+    pub author: String,
+    /// When the version was stored, Unix milliseconds.
+    pub created_at_unix_ms: i64,
+    /// For a rollback: the version whose content was restored.
+    pub rollback_of: Option<u64>,
+    /// The encoded canonical `vane.v1.Snapshot`.
+    pub snapshot: Bytes,
+}
+
+impl VersionRecord {
+    /// The record without its content.
+    pub fn meta(&self) -> VersionMeta {
+        VersionMeta {
+            group: self.group.clone(),
+            version: self.version,
+            hash: self.hash.clone(),
+            message: self.message.clone(),
+            author: self.author.clone(),
+            created_at_unix_ms: self.created_at_unix_ms,
+            rollback_of: self.rollback_of,
+            size_bytes: self.snapshot.len() as u64,
+        }
+    }
+}
+
+/// What a successful push did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PushOutcome {
+    /// A new version was stored (and is durable).
+    Created(VersionRecord),
+    /// The content equals the head: nothing was stored; this is the head.
+    Unchanged(VersionRecord),
+}
+
+impl PushOutcome {
+    /// The created version, or the head when unchanged.
+    pub fn record(&self) -> &VersionRecord {
+        match self {
+            Self::Created(r) | Self::Unchanged(r) => r,
+        }
+    }
+
+    /// Takes the record out.
+    pub fn into_record(self) -> VersionRecord {
+        match self {
+            Self::Created(r) | Self::Unchanged(r) => r,
+        }
+    }
+
+    /// True when nothing was stored.
+    pub fn is_unchanged(&self) -> bool {
+        matches!(self, Self::Unchanged(_))
+    }
+}
+
+/// Why a store operation failed. Only `Conflict` is the caller's doing; the
+/// others are the store's. A push that fails stored nothing, with the one
+/// exception every database shares: when the commit itself fails (`Io`), the
+/// version may or may not have reached the disk, and a read tells which.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// Compare-and-set refused: the head is `actual`, not `expected`.
+    #[error("conflict: group {group:?} is at version {actual}, expected {expected}")]
+    Conflict {
+        /// The group.
+        group: String,
+        /// The version the caller expected (0: absent).
+        expected: u64,
+        /// The group's head (0: absent).
+        actual: u64,
+    },
+    /// The store cannot serve requests now (closed, shutting down, backend
+    /// down). Retrying later is safe.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// Stored data cannot be read back: a record that does not decode, a
+    /// head without its version, an unknown schema.
+    #[error("store corrupt: {0}")]
+    Corrupt(String),
+    /// The backend failed reading or writing.
+    #[error("store I/O error: {0}")]
+    Io(String),
+}
+
+/// The versioned snapshot store. `Arc<dyn Store>` is what the server holds.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Stores a new version of a group, or reports it unchanged or conflicting.
+    /// Returns only once the version is durable.
+    async fn push(&self, new: NewVersion) -> Result<PushOutcome, StoreError>;
+
+    /// One version of a group; the head when `version` is `None`. `Ok(None)`
+    /// when the group or that version does not exist.
+    async fn get(
+        &self,
+        group: &str,
+        version: Option<u64>,
+    ) -> Result<Option<VersionRecord>, StoreError>;
+
+    /// The versions of a group, newest first, at most `limit` (0: all).
+    /// Empty when the group does not exist.
+    async fn history(&self, group: &str, limit: usize) -> Result<Vec<VersionMeta>, StoreError>;
+
+    /// The head of every group, sorted by group (seeds the hub at startup).
+    async fn heads(&self) -> Result<Vec<VersionRecord>, StoreError>;
+
+    /// Every group that has at least one version, sorted.
+    async fn groups(&self) -> Result<Vec<String>, StoreError>;
+
+    /// Finishes the writes in progress, stops the backend's workers and
+    /// releases its resources. Later calls fail with `Unavailable`.
+    async fn close(&self) -> Result<(), StoreError>;
+}
+
+/// Now, in Unix milliseconds (0 if the clock is before 1970).
+pub(crate) fn now_unix_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}

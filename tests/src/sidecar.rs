@@ -1,0 +1,152 @@
+//! The `vane-agent` sidecar as a real process, and a minimal HTTP/1.1 GET for
+//! admin endpoints (status, metrics) on loopback.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::{STARTUP_TIMEOUT, bin_path};
+
+const ADMIN_PREFIX: &str = "vane-agent admin listening on ";
+
+/// `GET path` on `addr`; returns the status code and the body.
+pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let (head, body) = response.split_once("\r\n\r\n").ok_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::InvalidData, "malformed HTTP response")
+    })?;
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "no status code"))?;
+    Ok((code, body.to_owned()))
+}
+
+/// A running `vane-agent` with an admin endpoint; killed on drop.
+pub struct Sidecar {
+    child: Option<Child>,
+    /// Its admin address.
+    pub admin: SocketAddr,
+    log: PathBuf,
+    /// When the admin endpoint answered first (the process was started just before).
+    pub ready_after: Duration,
+}
+
+impl Sidecar {
+    /// Starts `vane-agent ARGS --admin-listen 127.0.0.1:0`, logging stderr to
+    /// `log`, and waits until the admin endpoint listens.
+    pub fn start(args: &[&str], log: &Path) -> Self {
+        let started = Instant::now();
+        let log_file = std::fs::File::create(log).expect("create the agent log");
+        let mut child = Command::new(bin_path("vane-agent"))
+            .args(args)
+            .args(["--admin-listen", "127.0.0.1:0"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log_file))
+            .spawn()
+            .expect("spawn vane-agent");
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some(rest) = line.trim().strip_prefix(ADMIN_PREFIX)
+                    && let Some(tx) = tx.take()
+                {
+                    let _ = tx.send(rest.trim().to_owned());
+                }
+            }
+        });
+        let Ok(line) = rx.recv_timeout(STARTUP_TIMEOUT) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "vane-agent did not print {ADMIN_PREFIX:?}<addr>; its stderr:\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        };
+        Self {
+            child: Some(child),
+            admin: line.parse().expect("an admin address"),
+            log: log.to_path_buf(),
+            ready_after: started.elapsed(),
+        }
+    }
+
+    /// `GET /status` as JSON.
+    pub fn status(&self) -> serde_json::Value {
+        let (code, body) = http_get(self.admin, "/status").expect("GET /status");
+        assert_eq!(code, 200, "GET /status: {body}");
+        serde_json::from_str(&body).expect("/status is JSON")
+    }
+
+    /// Polls `/status` until `pred` holds; panics with the last one after 20 s.
+    #[track_caller]
+    pub fn wait_status(
+        &self,
+        what: &str,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let s = self.status();
+            if pred(&s) {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "agent did not reach {what}; last /status: {s}\nlog:\n{}",
+                self.logs()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The agent's stderr so far.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM and wait (killed after `within`).
+    pub fn terminate(&mut self, within: Duration) -> Option<ExitStatus> {
+        let mut child = self.child.take()?;
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).ok()?);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        None
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if thread::panicking() {
+            eprintln!("--- vane-agent stderr ---\n{}", self.logs());
+        }
+    }
+}

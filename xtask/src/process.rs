@@ -1,0 +1,103 @@
+//! Helpers for running commands: cargo itself, timed steps, the target
+//! directory, PATH lookups.
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+
+/// The cargo that runs us (so `cargo +nightly xtask` stays on nightly).
+pub(crate) fn cargo() -> Command {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    Command::new(cargo)
+}
+
+/// Where cargo puts build output: `$CARGO_TARGET_DIR` or `<root>/target`.
+pub(crate) fn target_dir(root: &Path) -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => root.join(dir),
+        None => root.join("target"),
+    }
+}
+
+/// Runs `cmd` with inherited stdio; fails with the command line when it fails.
+/// Returns how long it took.
+pub(crate) fn run(cmd: &mut Command) -> Result<Duration> {
+    let line = display(cmd);
+    let start = Instant::now();
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start `{line}`"))?;
+    let took = start.elapsed();
+    if !status.success() {
+        bail!("`{line}` failed ({status}) after {}", seconds(took));
+    }
+    Ok(took)
+}
+
+/// The command as a shell line (program name without its directory).
+pub(crate) fn display(cmd: &Command) -> String {
+    let program = Path::new(cmd.get_program())
+        .file_name()
+        .unwrap_or(cmd.get_program());
+    std::iter::once(program)
+        .chain(cmd.get_args())
+        .map(shell_quote)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Quotes an argument the way a person would type it in a shell.
+pub(crate) fn shell_quote(arg: &OsStr) -> String {
+    let s = arg.to_string_lossy();
+    let plain = !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./:=@,+%".contains(c));
+    if plain {
+        s.into_owned()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
+/// `1.23s`.
+pub(crate) fn seconds(d: Duration) -> String {
+    format!("{:.2}s", d.as_secs_f64())
+}
+
+/// Whether `bin` is an executable file on `$PATH` (what `which` answers).
+pub(crate) fn on_path(bin: &str) -> bool {
+    use std::os::unix::fs::PermissionsExt as _;
+    let Some(path) = std::env::var_os("PATH") else {
+        return false;
+    };
+    std::env::split_paths(&path).any(|dir| {
+        std::fs::metadata(dir.join(bin))
+            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            .unwrap_or(false)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting() {
+        assert_eq!(shell_quote(OsStr::new("edge")), "edge");
+        assert_eq!(shell_quote(OsStr::new("a b")), "'a b'");
+        assert_eq!(shell_quote(OsStr::new("it's")), r"'it'\''s'");
+        assert_eq!(shell_quote(OsStr::new("")), "''");
+        let mut cmd = Command::new("/usr/bin/vanectl");
+        cmd.args(["push", "edge", "-m", "first version"]);
+        assert_eq!(display(&cmd), "vanectl push edge -m 'first version'");
+    }
+
+    #[test]
+    fn path_lookup() {
+        assert!(on_path("sh"));
+        assert!(!on_path("surely-no-such-binary-here"));
+    }
+}
