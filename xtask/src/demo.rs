@@ -188,7 +188,10 @@ fn steps() -> Vec<Step> {
                       stream; the agent applies it and rewrites its output file.",
             action: |d| {
                 let pushed = Instant::now();
-                d.vanectl(&["push", GROUP, "-f", "snapshot-v2.yaml", "-m", "shift again"], 0)?;
+                d.vanectl(
+                    &["push", GROUP, "-f", "snapshot-v2.yaml", "-m", "shift again"],
+                    0,
+                )?;
                 d.wait_agent_version(4)?;
                 println!(
                     "(the agent applied version 4 {} after the push returned)",
