@@ -141,46 +141,13 @@ impl ControlServer {
             .root
             .path()
             .join(format!("control-{}.log", self.starts));
-        let log = File::create(&log_path).expect("create the server log");
-        let mut child = Command::new(bin_path("vane-control"))
-            .arg("--listen")
+        let mut cmd = Command::new(bin_path("vane-control"));
+        cmd.arg("--listen")
             .arg(&self.listen)
             .arg("--data-dir")
             .arg(self.data_dir())
-            .args(&self.extra_args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("spawn vane-control");
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let (tx, rx) = mpsc::channel();
-        // Reads the address line, then keeps draining stdout so the server can
-        // never block on a full pipe. Ends when the server's stdout closes.
-        thread::spawn(move || {
-            let mut tx = Some(tx);
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if let Some(rest) = line.trim().strip_prefix(LISTENING_PREFIX)
-                    && let Some(tx) = tx.take()
-                {
-                    let _ = tx.send(rest.trim().to_owned());
-                }
-            }
-        });
-        let line = match rx.recv_timeout(STARTUP_TIMEOUT) {
-            Ok(line) => line,
-            Err(_) => {
-                let status = child.try_wait().ok().flatten();
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "vane-control did not print {LISTENING_PREFIX:?}<addr> within {STARTUP_TIMEOUT:?} \
-                     (exit status: {status:?}); its stderr:\n{}",
-                    read_lossy(&log_path)
-                );
-            }
-        };
+            .args(&self.extra_args);
+        let (child, line) = spawn_announced(cmd, LISTENING_PREFIX, &log_path);
         self.addr = line
             .parse()
             .unwrap_or_else(|e| panic!("vane-control printed an unparsable address {line:?}: {e}"));
@@ -277,6 +244,51 @@ impl ControlServer {
     /// Runs `vanectl --server <this server> <args>`.
     pub fn ctl(&self, args: &[&str]) -> Output {
         vanectl(&self.url(), args)
+    }
+}
+
+/// Spawns `cmd` with stdout piped and stderr written to `log`, and waits (up
+/// to [`STARTUP_TIMEOUT`]) for a stdout line starting with `prefix`, which our
+/// binaries print once they listen. Returns the child and the rest of that
+/// line (an address). Stdout keeps being drained so the child can never block
+/// on a full pipe.
+pub fn spawn_announced(mut cmd: Command, prefix: &'static str, log: &Path) -> (Child, String) {
+    let program = Path::new(cmd.get_program())
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let file = File::create(log).expect("create the log file");
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(file))
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {program}: {e}"));
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let mut tx = Some(tx);
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if let Some(rest) = line.trim().strip_prefix(prefix)
+                && let Some(tx) = tx.take()
+            {
+                let _ = tx.send(rest.trim().to_owned());
+            }
+        }
+    });
+    match rx.recv_timeout(STARTUP_TIMEOUT) {
+        Ok(line) => (child, line),
+        Err(_) => {
+            let status = child.try_wait().ok().flatten();
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "{program} did not print {prefix:?}<addr> within {STARTUP_TIMEOUT:?} \
+             (exit status: {status:?}); its stderr:\n{}",
+                read_lossy(log)
+            );
+        }
     }
 }
 

@@ -1,15 +1,14 @@
 //! The `vane-agent` sidecar as a real process, and a minimal HTTP/1.1 GET for
 //! admin endpoints (status, metrics) on loopback.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
+use std::process::{Child, Command, ExitStatus};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::{STARTUP_TIMEOUT, bin_path};
+use crate::{bin_path, spawn_announced};
 
 const ADMIN_PREFIX: &str = "vane-agent admin listening on ";
 
@@ -49,36 +48,9 @@ impl Sidecar {
     /// `log`, and waits until the admin endpoint listens.
     pub fn start(args: &[&str], log: &Path) -> Self {
         let started = Instant::now();
-        let log_file = std::fs::File::create(log).expect("create the agent log");
-        let mut child = Command::new(bin_path("vane-agent"))
-            .args(args)
-            .args(["--admin-listen", "127.0.0.1:0"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log_file))
-            .spawn()
-            .expect("spawn vane-agent");
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let (tx, rx) = mpsc::channel();
-        thread::spawn(move || {
-            let mut tx = Some(tx);
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if let Some(rest) = line.trim().strip_prefix(ADMIN_PREFIX)
-                    && let Some(tx) = tx.take()
-                {
-                    let _ = tx.send(rest.trim().to_owned());
-                }
-            }
-        });
-        let Ok(line) = rx.recv_timeout(STARTUP_TIMEOUT) else {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "vane-agent did not print {ADMIN_PREFIX:?}<addr>; its stderr:\n{}",
-                std::fs::read_to_string(log).unwrap_or_default()
-            );
-        };
+        let mut cmd = Command::new(bin_path("vane-agent"));
+        cmd.args(args).args(["--admin-listen", "127.0.0.1:0"]);
+        let (child, line) = spawn_announced(cmd, ADMIN_PREFIX, log);
         Self {
             child: Some(child),
             admin: line.parse().expect("an admin address"),
