@@ -16,6 +16,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // stream: `Bytes` makes each clone a reference-count increment.
         .bytes(".")
         .btree_map(".")
+        // Smaller per-call buffers than tonic's default (src/codec.rs).
+        .codec_path("crate::codec::VaneCodec")
         .compile_fds(fds)?;
     Ok(())
 }

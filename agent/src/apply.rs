@@ -6,6 +6,15 @@
 //! embedder's validator -> embedder's sink -> ONE swap -> persist the cache
 //! (live only) -> the caller ACKs. A refusal carries a reason an operator can
 //! act on; it becomes the NACK's `error_detail` and the old config stays.
+//!
+//! A delta response takes this same path: the stream task rebuilds the full
+//! candidate from the running snapshot and the delta first
+//! (`vane_model::delta::apply_encoded`), so its version, hash, validation,
+//! hooks, swap and cache are checked exactly like a full snapshot's.
+//!
+//! One exception to "ACK after the cache write": when the cache cannot be
+//! written (disk full), the new config already runs, so the agent still ACKs
+//! and reports the error in `last_error`; only a restart would lose it.
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -23,7 +32,7 @@ pub mod code {
     /// The snapshot is valid but cannot be applied here (older version,
     /// refused by the embedder).
     pub const FAILED_PRECONDITION: i32 = 9;
-    /// Applying failed for a local reason.
+    /// Applying failed for a local reason (the apply task itself failed).
     pub const INTERNAL: i32 = 13;
 }
 
@@ -92,13 +101,19 @@ pub struct Rejection {
     pub code: i32,
     /// What an operator reads.
     pub reason: String,
+    /// The content does not hash to the candidate's claimed hash. For a
+    /// snapshot rebuilt from a delta this means the rebuild went wrong (not
+    /// that the version is bad), and the agent asks for the full snapshot.
+    pub hash_mismatch: bool,
 }
 
 impl Rejection {
-    fn new(code: i32, reason: impl Into<String>) -> Self {
+    /// A refusal with `code` (see [`code`]) and `reason`.
+    pub fn new(code: i32, reason: impl Into<String>) -> Self {
         Self {
             code,
             reason: reason.into(),
+            hash_mismatch: false,
         }
     }
 }
@@ -153,13 +168,8 @@ impl Applier {
                     ),
                 );
             }
-            if c.origin == Source::Live && running.source == Source::Cache {
-                // The control plane confirms the cached content: same
-                // snapshot, only its provenance changes.
-                let mut promoted = (*running).clone();
-                promoted.source = Source::Live;
-                self.shared.install(promoted);
-            }
+            // Nothing to apply. The stream task confirms it, which also
+            // marks cached content as live.
             return ApplyOutcome::AlreadyCurrent;
         }
         if c.body.len() > self.max_snapshot_bytes {
@@ -178,13 +188,15 @@ impl Applier {
         };
         let actual = snapshot.content_hash().to_hex();
         if actual != c.hash {
-            return reject(
+            let mut rejection = Rejection::new(
                 code::INVALID_ARGUMENT,
                 format!(
                     "hash mismatch: version {} claims hash {} but its content hashes to {actual}",
                     c.version, c.hash
                 ),
             );
+            rejection.hash_mismatch = true;
+            return ApplyOutcome::Rejected(rejection);
         }
         let next = Current {
             version: c.version,
@@ -201,7 +213,7 @@ impl Applier {
         if let Some(sink) = &self.sink
             && let Err(reason) = sink.commit(&next)
         {
-            return reject(code::INTERNAL, reason);
+            return reject(code::FAILED_PRECONDITION, reason);
         }
         let persist = (c.origin == Source::Live).then(|| CachedSnapshot {
             version: next.version,
@@ -282,6 +294,7 @@ mod tests {
         c.hash = example(1).content_hash().to_hex();
         let r = rejected(a.apply(c));
         assert!(r.reason.starts_with("hash mismatch"), "{}", r.reason);
+        assert!(r.hash_mismatch);
         // Garbage body.
         let mut c = live(3, &example(5));
         c.body = Bytes::from_static(b"\xff\xff\xff");
@@ -318,6 +331,8 @@ mod tests {
         assert_eq!(a.apply(c), ApplyOutcome::Applied);
         assert_eq!(a.shared.current.load().source, Source::Cache);
         assert_eq!(a.apply(live(4, &example(1))), ApplyOutcome::AlreadyCurrent);
+        assert_eq!(a.shared.current.load().source, Source::Cache);
+        a.shared.confirm_current();
         assert_eq!(a.shared.current.load().source, Source::Live);
     }
 

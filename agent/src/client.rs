@@ -16,15 +16,21 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Endpoint;
 use vane_proto as pb;
 
-use crate::apply::{Applier, ApplyOutcome, Candidate};
+use crate::apply::{Applier, ApplyOutcome, Candidate, Rejection, code};
 use crate::backoff::Backoff;
 use crate::breaker::{Breaker, Permit};
 use crate::config::AgentConfig;
-use crate::state::Source;
+use crate::state::{Current, Source};
 
 /// A stream that stays up this long counts as having delivered, even if the
 /// agent was already current and the server had nothing to send.
 const HEALTHY_STREAM_AFTER: Duration = Duration::from_secs(10);
+
+/// The server sends the head as soon as a stream opens unless the agent
+/// already runs it. A new stream that stays silent this long therefore
+/// confirms what the agent runs. Until then the open stream is only a
+/// provisional confirmation: staleness keeps counting from the last real one.
+const QUIET_CONFIRM_AFTER: Duration = Duration::from_secs(2);
 
 /// Largest response accepted from a server.
 const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
@@ -155,7 +161,14 @@ pub(crate) async fn run(rt: Arc<Runtime>, mut shutdown: watch::Receiver<bool>) {
     }
 }
 
-fn request(rt: &Runtime, nonce: String, error: Option<pb::ErrorDetail>) -> pb::WatchRequest {
+/// A request naming what runs now. `want_full` asks for the full snapshot
+/// after a delta that could not be used.
+fn request(
+    rt: &Runtime,
+    nonce: String,
+    error: Option<pb::ErrorDetail>,
+    want_full: bool,
+) -> pb::WatchRequest {
     let current = rt.applier.shared.current.load();
     let c = &rt.config;
     pb::WatchRequest {
@@ -178,6 +191,8 @@ fn request(rt: &Runtime, nonce: String, error: Option<pb::ErrorDetail>) -> pb::W
         },
         response_nonce: nonce,
         error_detail: error,
+        want_full,
+        accept_delta: true,
     }
 }
 
@@ -209,7 +224,11 @@ async fn stream_once(rt: &Arc<Runtime>, server: &str, shutdown: &mut watch::Rece
         .max_decoding_message_size(MAX_RESPONSE_BYTES);
     // Bounded: at most one answer per response is ever queued.
     let (tx, rx) = mpsc::channel::<pb::WatchRequest>(4);
-    if tx.send(request(rt, String::new(), None)).await.is_err() {
+    if tx
+        .send(request(rt, String::new(), None, false))
+        .await
+        .is_err()
+    {
         return broken(false, false, LinkError::Closed);
     }
     let opened = tokio::select! {
@@ -232,17 +251,21 @@ async fn stream_once(rt: &Arc<Runtime>, server: &str, shutdown: &mut watch::Rece
         link.connected = true;
         link.server = Some(server.to_owned());
     }
-    // The server sends the head at once unless we already run it: an open
-    // stream with nothing to say confirms what we run.
-    shared.confirm();
     tracing::info!(%server, "watch stream established");
     let opened_at = Instant::now();
     let mut delivered = false;
+    // Whether the control plane has confirmed what we run on this stream
+    // (an ACKed response, or a silent start: see QUIET_CONFIRM_AFTER).
+    let mut confirmed = false;
     loop {
-        let quiet_deadline = opened_at + HEALTHY_STREAM_AFTER;
         let message = tokio::select! {
             m = inbound.message() => m,
-            _ = tokio::time::sleep_until(quiet_deadline), if !delivered => {
+            _ = tokio::time::sleep_until(opened_at + QUIET_CONFIRM_AFTER), if !confirmed => {
+                confirmed = true;
+                shared.confirm_current();
+                continue;
+            }
+            _ = tokio::time::sleep_until(opened_at + HEALTHY_STREAM_AFTER), if !delivered => {
                 delivered = true;
                 continue;
             }
@@ -254,11 +277,26 @@ async fn stream_once(rt: &Arc<Runtime>, server: &str, shutdown: &mut watch::Rece
             Err(status) => return broken(true, delivered, LinkError::Status(status)),
         };
         delivered = true;
-        let answer = handle_response(rt, response).await;
+        confirmed = true;
+        // The apply runs on a blocking thread that cannot be cancelled; on
+        // shutdown we stop waiting for it (it finishes on its own, and its
+        // ACK is never sent).
+        let answer = tokio::select! {
+            a = handle_response(rt, response) => a,
+            _ = shutdown.changed() => return End::Shutdown,
+        };
         if tx.send(answer).await.is_err() {
             return broken(true, delivered, LinkError::Closed);
         }
     }
+}
+
+/// What a response carries, once checked against this agent.
+enum Body {
+    /// The full snapshot.
+    Full(bytes::Bytes),
+    /// A delta from the version this agent runs (already checked).
+    Delta(bytes::Bytes),
 }
 
 /// Applies one response and builds its ACK or NACK.
@@ -269,47 +307,103 @@ async fn handle_response(rt: &Arc<Runtime>, response: pb::WatchResponse) -> pb::
         hash,
         nonce,
         body,
+        base_version,
+        base_hash,
         created_at_unix_ms: _,
     } = response;
     let shared = rt.applier.shared.clone();
-    let candidate = match body {
-        Some(pb::watch_response::Body::Snapshot(bytes)) if group == rt.config.group => {
-            Ok(Candidate {
-                version,
-                hash,
-                body: bytes,
-                origin: Source::Live,
-            })
+    let delta_response = matches!(body, Some(pb::watch_response::Body::Delta(_)));
+    let checked = if body.is_some() && group != rt.config.group {
+        Err(Rejection::new(
+            code::INVALID_ARGUMENT,
+            format!(
+                "group: response is for group {group:?}, this agent follows {:?}",
+                rt.config.group
+            ),
+        ))
+    } else {
+        match body {
+            Some(pb::watch_response::Body::Snapshot(bytes)) => Ok(Body::Full(bytes)),
+            Some(pb::watch_response::Body::Delta(delta)) => {
+                let running = shared.current.load();
+                if running.source != Source::Defaults
+                    && running.version == base_version
+                    && running.hash == base_hash
+                {
+                    Ok(Body::Delta(delta))
+                } else {
+                    Err(base_mismatch(base_version, &running))
+                }
+            }
+            None => Err(Rejection::new(
+                code::INVALID_ARGUMENT,
+                "body: response carries no snapshot",
+            )),
         }
-        Some(_) => Err(format!(
-            "group: response is for group {group:?}, this agent follows {:?}",
-            rt.config.group
-        )),
-        None => Err("body: response carries no snapshot".to_string()),
     };
-    let outcome = match candidate {
-        Err(reason) => ApplyOutcome::Rejected(crate::apply::Rejection {
-            code: crate::apply::code::INVALID_ARGUMENT,
-            reason,
-        }),
-        Ok(candidate) => {
+    let outcome = match checked {
+        Err(rejection) => ApplyOutcome::Rejected(rejection),
+        Ok(body) => {
             let applier = rt.applier.clone();
-            // Decoding, hashing, the embedder's hooks and the fsync of the
-            // cache are blocking work.
-            match tokio::task::spawn_blocking(move || applier.apply(candidate)).await {
+            // Rebuilding from a delta, decoding, hashing, the embedder's
+            // hooks and the fsync of the cache are blocking work.
+            let apply = move || {
+                let body = match body {
+                    Body::Full(bytes) => bytes,
+                    Body::Delta(delta) => {
+                        let running = applier.shared.current.load_full();
+                        match vane_model::delta::apply_encoded(&running.snapshot, &delta) {
+                            Ok(full) => bytes::Bytes::from(full),
+                            Err(e) => {
+                                let mut r = Rejection::new(
+                                    code::FAILED_PRECONDITION,
+                                    format!(
+                                        "delta does not apply to version {}: {e}",
+                                        running.version
+                                    ),
+                                );
+                                r.hash_mismatch = true;
+                                return ApplyOutcome::Rejected(r);
+                            }
+                        }
+                    }
+                };
+                applier.apply(Candidate {
+                    version,
+                    hash,
+                    body,
+                    origin: Source::Live,
+                })
+            };
+            match tokio::task::spawn_blocking(apply).await {
                 Ok(o) => o,
-                Err(e) => ApplyOutcome::Rejected(crate::apply::Rejection {
-                    code: crate::apply::code::INTERNAL,
-                    reason: format!("apply failed: {e}"),
-                }),
+                Err(e) => ApplyOutcome::Rejected(Rejection::new(
+                    code::INTERNAL,
+                    format!("apply failed: {e}"),
+                )),
             }
         }
     };
     match outcome {
         ApplyOutcome::Applied | ApplyOutcome::AlreadyCurrent => {
-            tracing::info!(version, "applied; ACK");
-            shared.confirm();
-            request(rt, nonce, None)
+            tracing::info!(version, delta = delta_response, "applied; ACK");
+            shared.confirm_current();
+            request(rt, nonce, None, false)
+        }
+        // A delta this agent could not turn into exactly the version's
+        // content: nothing is wrong with the version itself, so this is no
+        // refusal to report; ask for the whole snapshot instead.
+        ApplyOutcome::Rejected(rejection) if delta_response && rejection.hash_mismatch => {
+            tracing::info!(version, reason = %rejection.reason, "cannot use the delta; asking for the full snapshot");
+            request(
+                rt,
+                nonce,
+                Some(pb::ErrorDetail {
+                    code: code::FAILED_PRECONDITION,
+                    message: rejection.reason,
+                }),
+                true,
+            )
         }
         ApplyOutcome::Rejected(rejection) => {
             tracing::warn!(version, reason = %rejection.reason, "refused; NACK, keeping the running config");
@@ -326,9 +420,30 @@ async fn handle_response(rt: &Arc<Runtime>, response: pb::WatchResponse) -> pb::
                     code: rejection.code,
                     message: rejection.reason,
                 }),
+                false,
             )
         }
     }
+}
+
+/// The refusal of a delta whose base is not what this agent runs.
+fn base_mismatch(base_version: u64, running: &Current) -> Rejection {
+    let mut r = Rejection::new(
+        code::FAILED_PRECONDITION,
+        format!(
+            "delta: its base is version {base_version}, this agent runs version {} ({})",
+            running.version,
+            if running.source == Source::Defaults {
+                "its defaults"
+            } else {
+                running.source.as_str()
+            }
+        ),
+    );
+    // Like a rebuilt snapshot that does not hash right: not the version's
+    // fault, and the full snapshot fixes it.
+    r.hash_mismatch = true;
+    r
 }
 
 /// An error and its causes on one line (tonic's transport errors hide the

@@ -168,7 +168,9 @@ impl AgentBuilder {
     }
 
     /// Loads the cache (or the defaults) through the apply path, then starts
-    /// the watch loop in the background. Never waits for the network.
+    /// the watch loop in the background. Never waits for the network; it does
+    /// block the calling thread while the cache is read and the embedder's
+    /// hooks run (on a multi-threaded runtime, via `block_in_place`).
     pub fn start(self) -> Result<AgentHandle, StartError> {
         self.config.validate().map_err(StartError::Config)?;
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| StartError::NoRuntime)?;
@@ -184,7 +186,13 @@ impl AgentBuilder {
                 .map(|d| DiskCache::new(d, &config.group)),
             max_snapshot_bytes: config.max_snapshot_bytes,
         });
-        startup(&applier, self.defaults);
+        // Loading the cache runs the embedder's hooks and may fsync: blocking
+        // work, kept off the async workers where the runtime allows it.
+        if runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread {
+            tokio::task::block_in_place(|| startup(&applier, self.defaults));
+        } else {
+            startup(&applier, self.defaults);
+        }
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let rt = Arc::new(client::Runtime {
             config: config.clone(),

@@ -236,6 +236,18 @@ impl Shared {
         link.last_confirmed = Instant::now();
     }
 
+    /// The control plane confirms what we run; content loaded from the cache
+    /// is now known to be live (same content, only its provenance changes).
+    pub(crate) fn confirm_current(&self) {
+        let current = self.current.load_full();
+        if current.source == Source::Cache {
+            let mut promoted = (*current).clone();
+            promoted.source = Source::Live;
+            self.install(promoted);
+        }
+        self.confirm();
+    }
+
     /// Confirmation stops (stream lost, or the last response was refused).
     pub(crate) fn unconfirm(&self) {
         let mut link = self.link();

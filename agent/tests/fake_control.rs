@@ -32,6 +32,29 @@ fn response(version: u64, s: &Snapshot, nonce: &str) -> pb::WatchResponse {
         hash: s.content_hash().to_hex(),
         nonce: nonce.into(),
         body: Some(pb::watch_response::Body::Snapshot(Bytes::from(s.encode()))),
+        base_version: 0,
+        base_hash: String::new(),
+        created_at_unix_ms: 0,
+    }
+}
+
+/// A delta response from `base` (version `base_version`) to `target`, as
+/// the control server builds it.
+fn delta_response(
+    version: u64,
+    target: &Snapshot,
+    (base_version, base): (u64, &Snapshot),
+    nonce: &str,
+) -> pb::WatchResponse {
+    let delta = vane_model::delta::diff_encoded(&base.encode(), &target.encode()).unwrap();
+    pb::WatchResponse {
+        group: "edge".into(),
+        version,
+        hash: target.content_hash().to_hex(),
+        nonce: nonce.into(),
+        body: Some(pb::watch_response::Body::Delta(Bytes::from(delta))),
+        base_version,
+        base_hash: base.content_hash().to_hex(),
         created_at_unix_ms: 0,
     }
 }
@@ -420,5 +443,124 @@ async fn startup_serves_the_cache_then_defaults_when_it_is_corrupt() {
     };
     assert!(reason.contains("serving embedded defaults"), "{reason}");
     assert!(reason.contains("unusable"), "{reason}");
+    a.shutdown().await;
+}
+
+#[tokio::test]
+async fn deltas_are_applied_through_the_same_path_and_acked() {
+    let fake = FakeServer::start(None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let commits = Arc::new(AtomicUsize::new(0));
+    let c2 = commits.clone();
+    let a = agent(&fake.url, dir.path())
+        .sink(move |_: &Current| {
+            c2.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        })
+        .start()
+        .unwrap();
+    let mut s = fake.accept().await;
+    let first = s.recv().await;
+    assert!(first.accept_delta, "the agent says it applies deltas");
+    s.send(response(1, &example(1), "1")).await;
+    assert!(s.recv().await.error_detail.is_none());
+
+    s.send(delta_response(2, &example(2), (1, &example(1)), "2"))
+        .await;
+    let ack = s.recv().await;
+    assert!(ack.error_detail.is_none(), "{:?}", ack.error_detail);
+    assert!(!ack.want_full);
+    assert_eq!((ack.version_info, ack.response_nonce.as_str()), (2, "2"));
+    assert_eq!(ack.hash, example(2).content_hash().to_hex());
+    assert_eq!(*a.snapshot(), example(2));
+    assert_eq!(
+        commits.load(Ordering::SeqCst),
+        2,
+        "the sink saw the rebuilt snapshot"
+    );
+    // The cache holds the whole version, not the delta.
+    let cached = std::fs::read(dir.path().join("edge.snapshot.pb")).unwrap();
+    assert!(cached.len() > 100);
+    a.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_delta_that_does_not_rebuild_the_version_asks_for_the_full_snapshot() {
+    let fake = FakeServer::start(None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let a = agent(&fake.url, dir.path()).start().unwrap();
+    let mut s = fake.accept().await;
+    s.recv().await;
+    s.send(response(1, &example(1), "1")).await;
+    s.recv().await;
+    let running_hash = example(1).content_hash().to_hex();
+
+    // The rebuilt content does not hash to the response's hash.
+    let mut wrong = delta_response(2, &example(2), (1, &example(1)), "2");
+    wrong.hash = example(3).content_hash().to_hex();
+    s.send(wrong).await;
+    let nack = s.recv().await;
+    assert!(nack.want_full, "asks for the full snapshot");
+    let detail = nack.error_detail.unwrap();
+    assert_eq!(detail.code, 9, "FAILED_PRECONDITION");
+    assert!(
+        detail.message.starts_with("hash mismatch"),
+        "{}",
+        detail.message
+    );
+    assert_eq!(
+        (nack.version_info, nack.hash.as_str()),
+        (1, running_hash.as_str())
+    );
+    assert_eq!(a.current().version, 1, "nothing moved");
+
+    // A delta from a version the agent does not run.
+    s.send(delta_response(3, &example(3), (2, &example(2)), "3"))
+        .await;
+    let nack = s.recv().await;
+    assert!(nack.want_full);
+    let detail = nack.error_detail.unwrap();
+    assert!(
+        detail
+            .message
+            .contains("its base is version 2, this agent runs version 1"),
+        "{}",
+        detail.message
+    );
+
+    // A delta that does not even apply (a splice past the end).
+    let broken = pb::SnapshotDelta {
+        route_table_patches: vec![pb::RouteTablePatch {
+            name: "main".into(),
+            splices: vec![pb::RouteSplice {
+                start: 50,
+                delete_count: 1,
+                insert: vec![],
+            }],
+        }],
+        ..Default::default()
+    };
+    let mut r = delta_response(2, &example(2), (1, &example(1)), "4");
+    r.body = Some(pb::watch_response::Body::Delta(Bytes::from(
+        prost::Message::encode_to_vec(&broken),
+    )));
+    s.send(r).await;
+    let nack = s.recv().await;
+    assert!(nack.want_full);
+    assert!(
+        nack.error_detail
+            .unwrap()
+            .message
+            .contains("route_table_patches[0].splices[0]"),
+    );
+    // None of that is a refusal of a version.
+    assert!(a.health().last_nack.is_none());
+
+    // The full snapshot the server then sends is applied.
+    s.send(response(2, &example(2), "5")).await;
+    let ack = s.recv().await;
+    assert!(ack.error_detail.is_none());
+    assert_eq!(ack.version_info, 2);
+    assert_eq!(*a.snapshot(), example(2));
     a.shutdown().await;
 }

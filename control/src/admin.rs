@@ -4,8 +4,9 @@
 //! Every refusal names the field and the reason in one line, with the gRPC
 //! code saying whose fault it is: `InvalidArgument` for a bad request,
 //! `FailedPrecondition` for a compare-and-set conflict or a rollback target
-//! that no longer validates, `NotFound` for an unknown group or version,
-//! `Unavailable`/`Internal` for the store's own failures.
+//! that no longer validates or a store that is read-only (etcd away),
+//! `NotFound` for an unknown group or version, `Unavailable`/`Internal` for
+//! the store's own failures.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,7 +18,7 @@ use tonic::{Request, Response, Status};
 use vane_model::Snapshot;
 use vane_proto as pb;
 
-use crate::agents::{AgentRecord, AgentRegistry, AgentState};
+use crate::agents::{AgentRecord, AgentRegistry, AgentState, SharedAgent};
 use crate::hub::{Hub, Published};
 use crate::store::{NewVersion, PushOutcome, Store, StoreError, VersionMeta, VersionRecord};
 
@@ -32,6 +33,8 @@ pub struct AdminService {
     agents: Arc<AgentRegistry>,
     tasks: TaskTracker,
     max_snapshot_bytes: usize,
+    /// This server's name among the replicas ("" for a single server).
+    replica: String,
 }
 
 impl std::fmt::Debug for AdminService {
@@ -58,7 +61,16 @@ impl AdminService {
             agents,
             tasks,
             max_snapshot_bytes,
+            replica: String::new(),
         }
+    }
+
+    /// Names this server among the replicas: `Status` shows it next to the
+    /// agents it serves.
+    #[must_use]
+    pub fn with_replica(mut self, replica: impl Into<String>) -> Self {
+        self.replica = replica.into();
+        self
     }
 
     /// The tonic server wrapper, accepting requests a little larger than the
@@ -280,19 +292,23 @@ impl pb::admin_server::Admin for AdminService {
         // The old content must still be acceptable today: validation rules or
         // the size limit may have tightened since it was stored, and agents
         // would refuse what we cannot validate ourselves.
+        // The content is re-encoded and re-hashed by today's rules, exactly
+        // like a push: agents verify against those rules, not the stored ones.
         let max = self.max_snapshot_bytes;
         let bytes = target.snapshot.clone();
         let (group, version) = (request.group.clone(), request.to_version);
-        tokio::task::spawn_blocking(move || {
-            Snapshot::decode(&bytes).map_err(|e| e.to_string())?;
-            vane_model::check_size(bytes.len(), max).map_err(|e| e.to_string())
+        let (snapshot, hash) = tokio::task::spawn_blocking(move || {
+            let snapshot = Snapshot::decode(&bytes).map_err(|e| e.to_string())?;
+            let encoded = Bytes::from(snapshot.encode());
+            vane_model::check_size(encoded.len(), max).map_err(|e| e.to_string())?;
+            Ok::<_, String>((encoded, snapshot.content_hash().to_hex()))
         })
         .await
         .map_err(|e| Status::internal(format!("validation task failed: {e}")))?
         .map_err(|e| {
-            Status::failed_precondition(format!(
+            Status::failed_precondition(capped(format!(
                 "to_version: version {version} of group {group:?} no longer validates: {e}"
-            ))
+            )))
         })?;
         let message = if request.message.is_empty() {
             format!("rollback to {}", request.to_version)
@@ -302,8 +318,8 @@ impl pb::admin_server::Admin for AdminService {
         let outcome = self
             .commit(NewVersion {
                 group: request.group,
-                snapshot: target.snapshot,
-                hash: target.hash,
+                snapshot,
+                hash,
                 message,
                 author: String::new(),
                 rollback_of: Some(request.to_version),
@@ -331,11 +347,21 @@ impl pb::admin_server::Admin for AdminService {
             .map(|h| (h.group.clone(), h))
             .collect();
         let head_version = |group: &str| heads.get(group).map_or(0, |h| h.version);
-        let agents = self
-            .agents
-            .list(filter)
+        // With a clustered store, the other replicas' agents too; when the
+        // store cannot say, this replica's own, and the store shows degraded.
+        let others = match self.store.agent_directory() {
+            Some(directory) => match directory.others(filter).await {
+                Ok(others) => others,
+                Err(e) => {
+                    tracing::debug!(error = %e, "status without the other replicas' agents");
+                    Vec::new()
+                }
+            },
+            None => Vec::new(),
+        };
+        let agents = crate::agents::merge(self.agents.list(filter), &self.replica, others)
             .iter()
-            .map(|a| agent_status(a, head_version(&a.group)))
+            .map(|a| agent_status(a, head_version(&a.record.group)))
             .collect();
         let mut groups: Vec<pb::GroupStatus> = heads
             .values()
@@ -357,7 +383,19 @@ impl pb::admin_server::Admin for AdminService {
             });
         }
         groups.sort_by(|a, b| a.group.cmp(&b.group));
-        Ok(Response::new(pb::StatusResponse { agents, groups }))
+        let health = self.store.health();
+        let store = pb::StoreStatus {
+            backend: health.backend.to_owned(),
+            location: health.location,
+            degraded: health.degraded.is_some(),
+            reason: health.degraded.unwrap_or_default(),
+            replica: self.replica.clone(),
+        };
+        Ok(Response::new(pb::StatusResponse {
+            agents,
+            groups,
+            store: Some(store),
+        }))
     }
 }
 
@@ -369,10 +407,28 @@ pub fn request_size_limit(max_snapshot_bytes: usize) -> usize {
         .saturating_add(64 * 1024)
 }
 
+/// Longest error message the Admin API returns. gRPC carries it in HTTP/2
+/// headers, and clients reset streams whose headers exceed 16 KiB, which
+/// would turn a validation error into what looks like a broken connection.
+const MAX_ERROR_MESSAGE_BYTES: usize = 8 * 1024;
+
+/// `message`, cut to [`MAX_ERROR_MESSAGE_BYTES`] on a character boundary.
+fn capped(mut message: String) -> String {
+    if message.len() > MAX_ERROR_MESSAGE_BYTES {
+        let mut cut = MAX_ERROR_MESSAGE_BYTES;
+        while !message.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        message.truncate(cut);
+        message.push_str(" …");
+    }
+    message
+}
+
 /// Validates a pushed snapshot and returns its canonical encoding and hash.
 fn prepare(snapshot: pb::Snapshot, max: usize) -> Result<(Bytes, String), Status> {
-    let snapshot =
-        Snapshot::try_from(snapshot).map_err(|e| Status::invalid_argument(e.to_string()))?;
+    let snapshot = Snapshot::try_from(snapshot)
+        .map_err(|e| Status::invalid_argument(capped(e.to_string())))?;
     let encoded = Bytes::from(snapshot.encode());
     vane_model::check_size(encoded.len(), max)
         .map_err(|e| Status::invalid_argument(e.to_string()))?;
@@ -438,6 +494,14 @@ fn store_status(e: StoreError) -> Status {
             actual,
         } => conflict(&group, expected, actual),
         StoreError::Unavailable(_) => Status::unavailable(e.to_string()),
+        // Not UNAVAILABLE: this server answered, and it is the store behind
+        // it that is away. vanectl reads UNAVAILABLE as "server unreachable"
+        // (exit 3); this is a refusal (exit 1) whose message says why and
+        // whether anything was stored.
+        StoreError::Degraded(_) => {
+            tracing::warn!(error = %e, "store degraded");
+            Status::failed_precondition(e.to_string())
+        }
         StoreError::Corrupt(_) | StoreError::Io(_) => {
             tracing::error!(error = %e, "store failure");
             Status::internal(e.to_string())
@@ -469,7 +533,8 @@ fn version_info(m: &VersionMeta) -> pb::VersionInfo {
     }
 }
 
-fn agent_status(a: &AgentRecord, head: u64) -> pb::AgentStatus {
+fn agent_status(shared: &SharedAgent, head: u64) -> pb::AgentStatus {
+    let a: &AgentRecord = &shared.record;
     let state = match a.state(head) {
         AgentState::Synced => pb::AgentState::Synced,
         AgentState::Stale => pb::AgentState::Stale,
@@ -491,6 +556,7 @@ fn agent_status(a: &AgentRecord, head: u64) -> pb::AgentStatus {
         connected: a.connected,
         sent_version: a.sent_version,
         peer: a.peer.clone(),
+        replica: shared.replica.clone(),
     }
 }
 

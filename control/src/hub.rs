@@ -5,17 +5,32 @@
 //! every stream of the group shares the same `Arc` and `Bytes`. A slow stream
 //! never makes the hub hold more than the head: `tokio::sync::watch` keeps
 //! only the latest value, and a stream that falls behind skips straight to it.
+//!
+//! For deltas the head also keeps the bytes of the few versions before it
+//! ([`DELTA_BASES`]) and, per base, the encoded delta to the head, built once
+//! on first use and shared by every stream (the cache is bounded by the
+//! bases, and dropped with the head).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
 use bytes::Bytes;
-use tokio::sync::watch;
+use tokio::sync::{OnceCell, watch};
+use tokio::time::Instant;
 
 use crate::store::VersionRecord;
 
+/// How many versions before the head the hub keeps (their bytes only) to
+/// build deltas from. An agent further behind receives the full snapshot.
+pub const DELTA_BASES: usize = 4;
+
+/// A delta is sent only when it encodes to less than this share
+/// (numerator, denominator) of the full snapshot: past that the full costs
+/// the agent less work and cannot fail on a base mismatch.
+pub const DELTA_MAX_SHARE: (usize, usize) = (1, 2);
+
 /// One version of a group as streams send it.
-#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Published {
     /// The group.
     pub group: String,
@@ -27,30 +42,153 @@ pub struct Published {
     pub created_at_unix_ms: i64,
     /// The encoded canonical `vane.v1.Snapshot`, shared by every stream.
     pub snapshot: Bytes,
+    /// When this server published it (monotonic): where push-to-ACK time
+    /// starts.
+    pub published_at: Instant,
+    /// Up to [`DELTA_BASES`] versions before this one, newest first, each
+    /// with the delta from it to this version once a stream asked for it.
+    /// Set by [`Hub::publish`]. Bounded, and dropped with this version.
+    bases: Vec<Base>,
+}
+
+/// An older version a delta to the head can start from.
+struct Base {
+    version: u64,
+    hash: String,
+    snapshot: Bytes,
+    /// The encoded `vane.v1.SnapshotDelta` from this base to the version
+    /// holding it (`None`: not worth sending, or it could not be built).
+    /// Computed once, by the first stream that needs it; every other stream
+    /// shares the bytes.
+    delta: OnceCell<Option<Bytes>>,
+}
+
+impl std::fmt::Debug for Published {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Published")
+            .field("group", &self.group)
+            .field("version", &self.version)
+            .field("hash", &self.hash)
+            .field("created_at_unix_ms", &self.created_at_unix_ms)
+            .field("snapshot_bytes", &self.snapshot.len())
+            .field(
+                "bases",
+                &self.bases.iter().map(|b| b.version).collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+impl Published {
+    /// A version ready to publish, published now.
+    pub fn new(
+        group: String,
+        version: u64,
+        hash: String,
+        created_at_unix_ms: i64,
+        snapshot: Bytes,
+    ) -> Self {
+        Self {
+            group,
+            version,
+            hash,
+            created_at_unix_ms,
+            snapshot,
+            published_at: Instant::now(),
+            bases: Vec::new(),
+        }
+    }
+
+    /// The versions a delta to this one can start from, newest first.
+    pub fn delta_bases(&self) -> Vec<u64> {
+        self.bases.iter().map(|b| b.version).collect()
+    }
+
+    /// The encoded delta from `(version, hash)` to this version, when the
+    /// hub kept that base and the delta is small enough to be worth sending
+    /// (see [`DELTA_MAX_SHARE`]). The first caller computes it on the
+    /// blocking pool; concurrent callers wait for that one computation.
+    pub async fn delta_from(&self, version: u64, hash: &str) -> Option<Bytes> {
+        let base = self
+            .bases
+            .iter()
+            .find(|b| b.version == version && b.hash == hash)?;
+        base.delta
+            .get_or_init(|| async {
+                let (old, new) = (base.snapshot.clone(), self.snapshot.clone());
+                let built = tokio::task::spawn_blocking(move || build_delta(&old, &new)).await;
+                match built {
+                    Ok(Ok(delta)) => {
+                        tracing::debug!(
+                            group = %self.group,
+                            from = version,
+                            to = self.version,
+                            delta_bytes = delta.as_ref().map(Bytes::len),
+                            full_bytes = self.snapshot.len(),
+                            "delta built"
+                        );
+                        delta
+                    }
+                    Ok(Err(e)) => {
+                        tracing::warn!(
+                            group = %self.group,
+                            from = version,
+                            to = self.version,
+                            error = %e,
+                            "cannot build a delta; sending full snapshots"
+                        );
+                        None
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "delta task failed; sending full snapshots");
+                        None
+                    }
+                }
+            })
+            .await
+            .clone()
+    }
+}
+
+/// The delta from `old` to `new` (both encoded canonical snapshots), or
+/// `None` when it would not be much smaller than `new`.
+fn build_delta(old: &[u8], new: &[u8]) -> Result<Option<Bytes>, vane_model::delta::DeltaError> {
+    let delta = vane_model::delta::diff_encoded(old, new)?;
+    let (num, den) = DELTA_MAX_SHARE;
+    let worth_it = delta.len().saturating_mul(den) < new.len().saturating_mul(num);
+    Ok(worth_it.then(|| Bytes::from(delta)))
 }
 
 impl From<&VersionRecord> for Published {
     fn from(r: &VersionRecord) -> Self {
-        Self {
-            group: r.group.clone(),
-            version: r.version,
-            hash: r.hash.clone(),
-            created_at_unix_ms: r.created_at_unix_ms,
-            // A reference-count increment, not a copy.
-            snapshot: r.snapshot.clone(),
-        }
+        // Cloning `snapshot` is a reference-count increment, not a copy.
+        Self::new(
+            r.group.clone(),
+            r.version,
+            r.hash.clone(),
+            r.created_at_unix_ms,
+            r.snapshot.clone(),
+        )
     }
 }
 
 /// What a group's channel holds: its head, `None` before the first version.
 pub type Head = Option<Arc<Published>>;
 
+/// One group's channel and what the metrics read of it.
+#[derive(Debug, Clone)]
+struct Channel {
+    sender: watch::Sender<Head>,
+    /// Versions published (made head) since the server started.
+    published: Arc<AtomicU64>,
+}
+
 /// The per-group channels.
 #[derive(Debug, Default)]
 pub struct Hub {
     // A std lock: every critical section is a map lookup or insert, never an
     // await, and the watch channels themselves need no lock to send.
-    groups: RwLock<HashMap<String, watch::Sender<Head>>>,
+    groups: RwLock<HashMap<String, Channel>>,
 }
 
 impl Hub {
@@ -71,25 +209,30 @@ impl Hub {
     /// Makes `published` the head of its group if it is newer than the
     /// current head. Returns whether it did. Versions only move forward, so
     /// two pushes finishing in either order leave the newer one published.
-    pub fn publish(&self, published: Published) -> bool {
-        let sender = self.sender(&published.group);
-        let published = Arc::new(published);
-        sender.send_if_modified(|head| {
+    /// The previous head and its own bases become the new head's delta bases.
+    pub fn publish(&self, mut published: Published) -> bool {
+        let channel = self.channel(&published.group);
+        let sent = channel.sender.send_if_modified(|head| {
             let newer = head
                 .as_ref()
                 .is_none_or(|current| published.version > current.version);
             if newer {
-                *head = Some(Arc::clone(&published));
+                published.bases = head.as_deref().map(bases_after).unwrap_or_default();
+                *head = Some(Arc::new(published));
             }
             newer
-        })
+        });
+        if sent {
+            channel.published.fetch_add(1, Ordering::Relaxed);
+        }
+        sent
     }
 
     /// A receiver of the group's head, marked as seen: `changed()` fires on
     /// the next version. Creates the group's channel if needed, so an agent
     /// may watch a group before its first push.
     pub fn subscribe(&self, group: &str) -> watch::Receiver<Head> {
-        let mut rx = self.sender(group).subscribe();
+        let mut rx = self.channel(group).sender.subscribe();
         rx.mark_unchanged();
         rx
     }
@@ -98,7 +241,7 @@ impl Hub {
     pub fn head(&self, group: &str) -> Head {
         self.read()
             .get(group)
-            .and_then(|sender| sender.borrow().clone())
+            .and_then(|channel| channel.sender.borrow().clone())
     }
 
     /// The head of every group that has one, sorted by group.
@@ -106,28 +249,64 @@ impl Hub {
         let mut heads: Vec<_> = self
             .read()
             .values()
-            .filter_map(|sender| sender.borrow().clone())
+            .filter_map(|channel| channel.sender.borrow().clone())
             .collect();
         heads.sort_by(|a, b| a.group.cmp(&b.group));
         heads
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, watch::Sender<Head>>> {
+    /// Versions published per group since the server started (seeding
+    /// included), sorted by group.
+    pub fn published_counts(&self) -> Vec<(String, u64)> {
+        let mut out: Vec<_> = self
+            .read()
+            .iter()
+            .map(|(g, c)| (g.clone(), c.published.load(Ordering::Relaxed)))
+            .collect();
+        out.sort();
+        out
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Channel>> {
         // A poisoned lock only means a panic elsewhere; the map is still whole.
         self.groups.read().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn sender(&self, group: &str) -> watch::Sender<Head> {
-        if let Some(sender) = self.read().get(group) {
-            return sender.clone();
+    fn channel(&self, group: &str) -> Channel {
+        if let Some(channel) = self.read().get(group) {
+            return channel.clone();
         }
         self.groups
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .entry(group.to_owned())
-            .or_insert_with(|| watch::Sender::new(None))
+            .or_insert_with(|| Channel {
+                sender: watch::Sender::new(None),
+                published: Arc::new(AtomicU64::new(0)),
+            })
             .clone()
     }
+}
+
+/// The delta bases of the version published after `previous`: `previous`
+/// itself, then its own bases, at most [`DELTA_BASES`] in all. Only bytes are
+/// shared; deltas are computed anew against the new head.
+fn bases_after(previous: &Published) -> Vec<Base> {
+    std::iter::once((previous.version, &previous.hash, &previous.snapshot))
+        .chain(
+            previous
+                .bases
+                .iter()
+                .map(|b| (b.version, &b.hash, &b.snapshot)),
+        )
+        .take(DELTA_BASES)
+        .map(|(version, hash, snapshot)| Base {
+            version,
+            hash: hash.clone(),
+            snapshot: snapshot.clone(),
+            delta: OnceCell::new(),
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -135,13 +314,13 @@ mod tests {
     use super::*;
 
     fn published(group: &str, version: u64) -> Published {
-        Published {
-            group: group.into(),
+        Published::new(
+            group.into(),
             version,
-            hash: format!("h{version}"),
-            created_at_unix_ms: 1,
-            snapshot: Bytes::from(vec![version as u8]),
-        }
+            format!("h{version}"),
+            1,
+            Bytes::from(vec![version as u8]),
+        )
     }
 
     #[test]
@@ -225,5 +404,66 @@ mod tests {
             t.await.unwrap();
         }
         assert_eq!(hub.head("g").unwrap().version, 200);
+    }
+
+    fn real(version: u64, routes: usize, timeout: u64) -> Published {
+        let routes: Vec<String> = (0..routes)
+            .map(|i| {
+                format!(
+                    r#"{{"match": {{"path_prefix": "/r{i}"}}, "cluster": "c", "timeout_ms": {}}}"#,
+                    if i == 0 { timeout } else { 1000 }
+                )
+            })
+            .collect();
+        let json = format!(
+            r#"{{"clusters": [{{"name": "c", "endpoints": [{{"address": "127.0.0.1:1"}}]}}],
+                "route_tables": [{{"name": "main", "routes": [{}]}}]}}"#,
+            routes.join(",")
+        );
+        let spec = vane_model::parse_file(json.as_bytes(), vane_model::Format::Json).unwrap();
+        let s = vane_model::validate(spec).unwrap();
+        Published::new(
+            "g".into(),
+            version,
+            s.content_hash().to_hex(),
+            0,
+            Bytes::from(s.encode()),
+        )
+    }
+
+    #[test]
+    fn keeps_a_bounded_number_of_bases() {
+        let hub = Hub::new();
+        hub.publish(published("g", 1));
+        assert!(hub.head("g").unwrap().delta_bases().is_empty());
+        for v in 2..=10 {
+            hub.publish(published("g", v));
+        }
+        assert_eq!(hub.head("g").unwrap().delta_bases(), vec![9, 8, 7, 6]);
+        assert_eq!(hub.published_counts(), vec![("g".to_owned(), 10)]);
+    }
+
+    #[tokio::test]
+    async fn deltas_are_built_once_and_shared() {
+        let hub = Hub::new();
+        let v1 = real(1, 50, 1000);
+        let h1 = v1.hash.clone();
+        hub.publish(v1);
+        hub.publish(real(2, 50, 2000));
+        let head = hub.head("g").unwrap();
+        let a = head.delta_from(1, &h1).await.expect("a delta from 1");
+        let b = head.delta_from(1, &h1).await.unwrap();
+        assert_eq!(a.as_ptr(), b.as_ptr(), "the same bytes, not rebuilt");
+        assert!(a.len() * 10 < head.snapshot.len());
+        // Unknown base, or the right number with another hash: no delta.
+        assert!(head.delta_from(7, &h1).await.is_none());
+        assert!(head.delta_from(1, "other").await.is_none());
+
+        // The first route changed and routes were added at the end: the
+        // splice covers the whole table, so the delta is not worth sending.
+        hub.publish(real(3, 60, 7));
+        let head = hub.head("g").unwrap();
+        let h2 = real(2, 50, 2000).hash;
+        assert!(head.delta_from(2, &h2).await.is_none());
     }
 }

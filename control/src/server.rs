@@ -18,8 +18,9 @@ use tonic::transport::server::TcpIncoming;
 
 use crate::admin::AdminService;
 use crate::agents::{AgentRegistry, DEFAULT_FORGET_AFTER};
-use crate::hub::Hub;
-use crate::store::{RedbStore, Store, StoreError};
+use crate::hub::{Hub, Published};
+use crate::metrics::Metrics;
+use crate::store::{EtcdConfig, EtcdStore, FeedEvent, HeadFeed, RedbStore, Store, StoreError};
 use crate::watch::DiscoveryService;
 
 /// Where the server listens unless configured.
@@ -37,6 +38,13 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Directory of the embedded store. Default `./vane-data`.
     pub data_dir: PathBuf,
+    /// The clustered store: when set, versions live in etcd (shared with
+    /// the other replicas) and `data_dir` is not used. Default `None`.
+    pub etcd: Option<EtcdConfig>,
+    /// This server's name among the replicas, shown in `vanectl status`
+    /// next to the agents it serves. Default: the bound address, with the
+    /// host's name when listening on every interface.
+    pub replica_name: Option<String>,
     /// Largest encoded snapshot accepted. Default
     /// [`vane_model::DEFAULT_MAX_SNAPSHOT_BYTES`] (4 MiB).
     pub max_snapshot_bytes: usize,
@@ -51,6 +59,9 @@ pub struct Config {
     /// How long a ping may go unanswered before the connection is closed.
     /// Default 10s.
     pub http2_keepalive_timeout: Duration,
+    /// Address of the admin HTTP endpoint (`GET /metrics`, `GET /healthz`).
+    /// Default none: not served.
+    pub admin_listen: Option<SocketAddr>,
 }
 
 impl Default for Config {
@@ -58,11 +69,14 @@ impl Default for Config {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            etcd: None,
+            replica_name: None,
             max_snapshot_bytes: vane_model::DEFAULT_MAX_SNAPSHOT_BYTES,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             agent_forget_after: DEFAULT_FORGET_AFTER,
             http2_keepalive_interval: Duration::from_secs(20),
             http2_keepalive_timeout: Duration::from_secs(10),
+            admin_listen: None,
         }
     }
 }
@@ -91,6 +105,8 @@ pub struct Server {
     config: Config,
     listener: TcpListener,
     local_addr: SocketAddr,
+    /// The admin endpoint's socket and address, when configured.
+    admin: Option<(TcpListener, SocketAddr)>,
     store: Arc<dyn Store>,
     hub: Arc<Hub>,
     agents: Arc<AgentRegistry>,
@@ -106,9 +122,13 @@ impl std::fmt::Debug for Server {
 }
 
 impl Server {
-    /// Opens the embedded store in `config.data_dir` and binds `config.listen`.
+    /// Opens the store (etcd when `config.etcd` is set, else the embedded
+    /// store in `config.data_dir`) and binds `config.listen`.
     pub async fn bind(config: Config) -> Result<Self, ServerError> {
-        let store: Arc<dyn Store> = Arc::new(RedbStore::open(&config.data_dir).await?);
+        let store: Arc<dyn Store> = match &config.etcd {
+            Some(etcd) => Arc::new(EtcdStore::connect(etcd.clone()).await?),
+            None => Arc::new(RedbStore::open(&config.data_dir).await?),
+        };
         Self::bind_with_store(config, store).await
     }
 
@@ -132,10 +152,19 @@ impl Server {
                 addr: config.listen,
                 source,
             })?;
-            Ok::<_, ServerError>((heads, listener, local_addr))
+            let admin = match config.admin_listen {
+                Some(addr) => {
+                    let bind_error = |source| ServerError::Bind { addr, source };
+                    let admin = TcpListener::bind(addr).await.map_err(bind_error)?;
+                    let bound = admin.local_addr().map_err(bind_error)?;
+                    Some((admin, bound))
+                }
+                None => None,
+            };
+            Ok::<_, ServerError>((heads, listener, local_addr, admin))
         }
         .await;
-        let (heads, listener, local_addr) = match bound {
+        let (heads, listener, local_addr, admin) = match bound {
             Ok(bound) => bound,
             Err(e) => {
                 if let Err(close) = store.close().await {
@@ -151,8 +180,14 @@ impl Server {
             config,
             listener,
             local_addr,
+            admin,
             store,
         })
+    }
+
+    /// The admin endpoint's bound address, when `admin_listen` was set.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(|(_, addr)| *addr)
     }
 
     /// The bound address (the real port when `listen` had port 0).
@@ -168,6 +203,7 @@ impl Server {
             config,
             listener,
             local_addr,
+            admin: admin_endpoint,
             store,
             hub,
             agents,
@@ -175,20 +211,53 @@ impl Server {
         let stop = CancellationToken::new();
         let tasks = TaskTracker::new();
 
+        let metrics = Arc::new(Metrics::new());
         let discovery = DiscoveryService::new(
             Arc::clone(&hub),
             Arc::clone(&agents),
             stop.clone(),
             tasks.clone(),
-        );
+        )
+        .with_metrics(Arc::clone(&metrics));
+        if let Some((admin_listener, admin_addr)) = admin_endpoint {
+            let mut registry = metrics.registry(Arc::clone(&hub), Arc::clone(&agents));
+            registry
+                .register_collector(Box::new(crate::store::HealthCollector(Arc::clone(&store))));
+            let stopped = stop.clone();
+            tasks.spawn(async move {
+                tracing::info!(addr = %admin_addr, "admin endpoint serving /metrics");
+                if let Err(e) = crate::metrics::serve_admin(admin_listener, registry, stopped).await
+                {
+                    tracing::error!(error = %e, "admin endpoint failed");
+                }
+            });
+        }
+        let replica = config
+            .replica_name
+            .clone()
+            .unwrap_or_else(|| default_replica_name(local_addr));
         let admin = AdminService::new(
             Arc::clone(&store),
             Arc::clone(&hub),
             Arc::clone(&agents),
             tasks.clone(),
             config.max_snapshot_bytes,
-        );
+        )
+        .with_replica(replica.clone());
         tasks.spawn(sweep_agents(Arc::clone(&agents), stop.clone()));
+        // A clustered store: other replicas' pushes reach this hub through
+        // the store's feed, and agents' status is shared with them.
+        if let Some(feed) = store.feed() {
+            tasks.spawn(follow_feed(feed, Arc::clone(&hub), stop.clone()));
+        }
+        if let Some(directory) = store.agent_directory() {
+            tasks.spawn(crate::agents::replicate(
+                Arc::clone(&agents),
+                directory,
+                replica.clone(),
+                stop.clone(),
+            ));
+        }
 
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
         let server = tonic::transport::Server::builder()
@@ -197,7 +266,14 @@ impl Server {
             .add_service(discovery.into_server())
             .add_service(admin.into_server())
             .serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned());
-        tracing::info!(addr = %local_addr, data_dir = %config.data_dir.display(), "serving");
+        let health = store.health();
+        tracing::info!(
+            addr = %local_addr,
+            store = health.backend,
+            location = %health.location,
+            replica = %replica,
+            "serving"
+        );
 
         tokio::pin!(server);
         let served = tokio::select! {
@@ -239,6 +315,68 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
     Server::bind(config).await?.serve(shutdown).await
+}
+
+/// The replica's name when none is configured: the bound address, with the
+/// host's name instead of an unspecified IP (`0.0.0.0`, `::`).
+fn default_replica_name(addr: SocketAddr) -> String {
+    if addr.ip().is_unspecified()
+        && let Ok(host) = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        && !host.trim().is_empty()
+    {
+        return format!("{}:{}", host.trim(), addr.port());
+    }
+    addr.to_string()
+}
+
+/// Publishes the heads the store's feed reports (pushes made through any
+/// replica) to the hub, until `stop`. The hub ignores versions it already
+/// has, so this replica's own pushes, published by the Admin API at once,
+/// are not sent twice; and it never goes back, so a re-read after
+/// compaction cannot make a stream serve an older version.
+async fn follow_feed(mut feed: HeadFeed, hub: Arc<Hub>, stop: CancellationToken) {
+    use futures::StreamExt as _;
+    let mut lost_since: Option<std::time::Instant> = None;
+    loop {
+        let event = tokio::select! {
+            () = stop.cancelled() => return,
+            event = feed.next() => event,
+        };
+        match event {
+            None => return,
+            Some(FeedEvent::Heads(records) | FeedEvent::Resynced(records)) => {
+                if let Some(since) = lost_since.take() {
+                    tracing::info!(after = ?since.elapsed(), "store feed resumed");
+                }
+                for record in &records {
+                    if hub.publish(Published::from(record)) {
+                        tracing::debug!(
+                            group = %record.group,
+                            version = record.version,
+                            "new head from the store"
+                        );
+                    }
+                }
+            }
+            Some(FeedEvent::Resumed) => {
+                if let Some(since) = lost_since.take() {
+                    tracing::info!(after = ?since.elapsed(), "store feed resumed");
+                }
+            }
+            Some(FeedEvent::Lost { error, retry_in }) => {
+                if lost_since.is_none() {
+                    lost_since = Some(std::time::Instant::now());
+                    tracing::warn!(
+                        error = %error,
+                        ?retry_in,
+                        "lost the store's change feed; streaming the last known snapshots (read-only)"
+                    );
+                } else {
+                    tracing::debug!(error = %error, ?retry_in, "store feed still down");
+                }
+            }
+        }
+    }
 }
 
 /// Forgets long-disconnected agents now and then, until `stop`.

@@ -13,6 +13,18 @@
 //!    only count as a sign of life.
 //! 4. Each newer head is sent when it is published.
 //!
+//! # Deltas
+//! If the first request set `accept_delta`, a newer head is sent as a delta
+//! from the version the agent is known to run: the version of the last
+//! response if it is not answered yet (the agent applies responses in order
+//! and will run it unless it refuses it), else the last version it acked on
+//! this stream, or the head it said it ran when it connected. The response
+//! that opens a stream is always a full snapshot. The hub builds each
+//! (base, head) delta once and every stream shares its bytes; when there is
+//! no delta (base too old, delta too large), the full snapshot goes. A
+//! request with `want_full` answering the last response makes the next
+//! response the full head, even if this stream already carried it.
+//!
 //! # Backpressure
 //! Responses go through an mpsc of capacity 1, and a slot is reserved only
 //! when a version is pending. While the agent is slow the pending version is
@@ -23,21 +35,24 @@
 //! Every stream task watches the server's cancellation token; on shutdown it
 //! ends the stream with `UNAVAILABLE` (agents reconnect, possibly elsewhere).
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio_stream::wrappers::ReceiverStream;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tonic::{Request, Response, Status, Streaming};
-use tracing::Instrument;
+use tonic::codec::Codec as _;
+use tonic::{Status, Streaming};
 use vane_proto as pb;
 
 use crate::agents::{AgentRegistry, NodeInfo, StreamKey};
 use crate::hub::{Head, Hub, Published};
+use crate::metrics::{Metrics, StreamMetrics};
 
 /// How long a new stream may take to send its first request.
 pub const FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -49,9 +64,6 @@ pub const MAX_LABELS: usize = 64;
 /// registry hold arbitrary amounts of text.
 pub const MAX_NACK_REASON_LEN: usize = 4096;
 
-/// The response stream type of `Watch`.
-pub type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchResponse, Status>> + Send>>;
-
 /// The `ConfigDiscovery` gRPC service.
 #[derive(Debug, Clone)]
 pub struct DiscoveryService {
@@ -59,6 +71,7 @@ pub struct DiscoveryService {
     agents: Arc<AgentRegistry>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
+    metrics: Arc<Metrics>,
 }
 
 impl DiscoveryService {
@@ -76,28 +89,32 @@ impl DiscoveryService {
             agents,
             shutdown,
             tasks,
+            metrics: Arc::new(Metrics::new()),
         }
     }
 
-    /// The tonic server wrapper.
-    pub fn into_server(self) -> pb::config_discovery_server::ConfigDiscoveryServer<Self> {
-        pb::config_discovery_server::ConfigDiscoveryServer::new(self)
+    /// Counts into `metrics` (by default, metrics nobody reads).
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
-}
 
-#[tonic::async_trait]
-impl pb::config_discovery_server::ConfigDiscovery for DiscoveryService {
-    type WatchStream = WatchStream;
+    /// The gRPC service to add to a tonic server: `vane.v1.ConfigDiscovery`
+    /// with its one method, `Watch`.
+    pub fn into_server(self) -> WatchServer {
+        WatchServer {
+            service: Arc::new(self),
+        }
+    }
 
-    async fn watch(
+    /// Opens one watch stream: reads and checks the first request, records
+    /// the agent, starts the stream's task and returns its response body.
+    async fn open(
         &self,
-        request: Request<Streaming<pb::WatchRequest>>,
-    ) -> Result<Response<Self::WatchStream>, Status> {
-        let peer = request
-            .remote_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_default();
-        let mut inbound = request.into_inner();
+        peer: String,
+        mut inbound: Streaming<pb::WatchRequest>,
+    ) -> Result<WatchBody, Status> {
         let first = tokio::select! {
             () = self.shutdown.cancelled() => {
                 return Err(Status::unavailable("the server is shutting down"));
@@ -152,43 +169,233 @@ impl pb::config_discovery_server::ConfigDiscovery for DiscoveryService {
             );
         });
 
-        let (tx, rx) = mpsc::channel(1);
+        // Boxed: tokio's mpsc allocates its slots 32 at a time, and 32
+        // inline responses were 5 KiB per stream, idle or not.
+        let (tx, rx) = mpsc::channel::<Box<pb::WatchResponse>>(1);
         let (end_tx, end_rx) = oneshot::channel::<Status>();
-        let mut stream = WatchState {
-            agents: Arc::clone(&self.agents),
-            nonce_prefix: format!("{:x}", key.generation()),
+        let metrics = self.metrics.stream(&node.group);
+        let mut stream = WatchState::new(
+            Arc::clone(&self.agents),
             key,
             node,
-            next_nonce: 0,
-            last_nonce: String::new(),
-            sent: None,
-            known_version: 0,
-            pending: None,
-        };
-        if runs_head {
-            stream.known_version = head.as_ref().map_or(0, |h| h.version);
-        } else {
-            stream.pending = head;
+            first.accept_delta,
+            metrics,
+        );
+        stream.span = span;
+        match head {
+            Some(head) if runs_head => {
+                stream.known_version = head.version;
+                // Checked against our own record: a delta may start here.
+                stream.acked = Some((head.version, head.hash.clone()));
+            }
+            head => stream.pending = head,
         }
         let shutdown = self.shutdown.clone();
-        self.tasks.spawn(
-            async move {
-                let end = stream.run(inbound, heads, tx, shutdown).await;
-                if let Some(status) = end {
-                    // The agent may be gone already; nothing to tell then.
-                    let _ = end_tx.send(status);
-                }
+        // Not `.instrument(span)`: entering a span on every poll of ten
+        // thousand streams costs more than the rest of a wake-up; the
+        // stream's log lines name the span as their parent instead.
+        self.tasks.spawn(async move {
+            let end = stream.run(inbound, heads, tx, shutdown).await;
+            if let Some(status) = end {
+                // The agent may be gone already; nothing to tell then.
+                let _ = end_tx.send(status);
             }
-            .instrument(span),
-        );
+        });
 
-        // Responses, then the final status if the task set one.
-        let responses = ReceiverStream::new(rx).map(Ok).chain(
-            futures::stream::once(end_rx)
-                .filter_map(|end| futures::future::ready(end.ok().map(Err))),
-        );
-        Ok(Response::new(Box::pin(responses)))
+        Ok(WatchBody {
+            responses: rx,
+            body: None,
+            end: Some(end_rx),
+        })
     }
+}
+
+/// Largest request accepted on a watch stream (a first request with 64
+/// labels, or a NACK with a long reason, is well below it).
+pub const MAX_REQUEST_BYTES: usize = 1024 * 1024;
+
+/// The `vane.v1.ConfigDiscovery` service as a tower service, written out
+/// rather than generated so that responses can be sent without tonic's
+/// per-call encode buffer: tonic would copy every snapshot into a buffer of
+/// each stream, and keep that buffer (as large as the largest snapshot sent)
+/// for the stream's life. Here a response is a few bytes of header and
+/// fields, followed by the hub's shared `Bytes` itself, which hyper hands
+/// to the socket without a copy. Requests are decoded by tonic as usual.
+#[derive(Debug, Clone)]
+pub struct WatchServer {
+    service: Arc<DiscoveryService>,
+}
+
+impl tonic::server::NamedService for WatchServer {
+    const NAME: &'static str = "vane.v1.ConfigDiscovery";
+}
+
+/// The path of the one method.
+const WATCH_PATH: &str = "/vane.v1.ConfigDiscovery/Watch";
+
+impl tonic::codegen::Service<http::Request<tonic::body::Body>> for WatchServer {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        let service = Arc::clone(&self.service);
+        Box::pin(async move {
+            if request.uri().path() != WATCH_PATH {
+                return Ok(Status::unimplemented(format!(
+                    "{}: no such method of vane.v1.ConfigDiscovery",
+                    request.uri().path()
+                ))
+                .into_http());
+            }
+            let encoding = request
+                .headers()
+                .get("grpc-encoding")
+                .and_then(|v| v.to_str().ok());
+            if encoding.is_some_and(|e| e != "identity") {
+                return Ok(Status::unimplemented(
+                    "grpc-encoding: compressed requests are not supported",
+                )
+                .into_http());
+            }
+            let (parts, body) = request.into_parts();
+            let peer = parts
+                .extensions
+                .get::<tonic::transport::server::TcpConnectInfo>()
+                .and_then(tonic::transport::server::TcpConnectInfo::remote_addr)
+                .map(|a| a.to_string())
+                .unwrap_or_default();
+            let inbound = Streaming::new_request(
+                vane_proto::codec::VaneCodec::<pb::WatchResponse, pb::WatchRequest>::default()
+                    .decoder(),
+                body,
+                None,
+                Some(MAX_REQUEST_BYTES),
+            );
+            Ok(match service.open(peer, inbound).await {
+                Ok(body) => {
+                    let mut response = http::Response::new(tonic::body::Body::new(body));
+                    response.headers_mut().insert(
+                        http::header::CONTENT_TYPE,
+                        http::HeaderValue::from_static("application/grpc"),
+                    );
+                    response
+                }
+                Err(status) => status.into_http(),
+            })
+        })
+    }
+}
+
+/// The response body of one watch stream: each response as gRPC frames,
+/// then the trailers (`grpc-status`).
+#[derive(Debug)]
+pub struct WatchBody {
+    responses: mpsc::Receiver<Box<pb::WatchResponse>>,
+    /// The shared snapshot or delta bytes of the response whose head was
+    /// just yielded.
+    body: Option<bytes::Bytes>,
+    /// The status the stream task ends with (dropped: OK).
+    end: Option<oneshot::Receiver<Status>>,
+}
+
+/// Bodies up to this size are copied behind their response's fields (one
+/// frame); larger ones go as their own frame, shared, not copied.
+const COPY_BODY_BELOW: usize = 1024;
+
+impl http_body::Body for WatchBody {
+    type Data = bytes::Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        if let Some(body) = self.body.take() {
+            return Poll::Ready(Some(Ok(http_body::Frame::data(body))));
+        }
+        match self.responses.poll_recv(cx) {
+            Poll::Ready(Some(response)) => {
+                let (head, body) = encode_response(*response)?;
+                self.body = body;
+                return Poll::Ready(Some(Ok(http_body::Frame::data(head))));
+            }
+            Poll::Ready(None) => {}
+            Poll::Pending => return Poll::Pending,
+        }
+        // The stream task ended: its status, if it set one, goes in the
+        // trailers.
+        let Some(end) = self.end.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let status = match Pin::new(end).poll(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Ok(status)) => status,
+            Poll::Ready(Err(_)) => Status::ok(""),
+        };
+        self.end = None;
+        let mut trailers = http::HeaderMap::new();
+        if let Err(e) = status.add_header(&mut trailers) {
+            tracing::warn!(error = %e, "cannot encode the final status of a watch stream");
+            trailers.insert("grpc-status", http::HeaderValue::from_static("13"));
+        }
+        Poll::Ready(Some(Ok(http_body::Frame::trailers(trailers))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.end.is_none() && self.body.is_none()
+    }
+}
+
+/// One response as a gRPC message: the frame header (no compression, the
+/// length) and every field but the body, encoded here, then the body's key
+/// and length; the body itself is returned apart (shared, not copied)
+/// unless it is small. Protobuf fields may come in any order, so this is
+/// exactly a `WatchResponse` to any decoder.
+fn encode_response(
+    mut response: pb::WatchResponse,
+) -> Result<(bytes::Bytes, Option<bytes::Bytes>), Status> {
+    use bytes::BufMut as _;
+    use prost::Message as _;
+    use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
+
+    let (tag, body) = match response.body.take() {
+        Some(pb::watch_response::Body::Snapshot(b)) => (5, Some(b)),
+        Some(pb::watch_response::Body::Delta(b)) => (6, Some(b)),
+        None => (0, None),
+    };
+    let fields = response.encoded_len();
+    let body_len = body.as_ref().map_or(0, |b| {
+        key_len(tag) + encoded_len_varint(b.len() as u64) + b.len()
+    });
+    let message_len = u32::try_from(fields + body_len)
+        .map_err(|_| Status::internal("response: larger than a gRPC message can be"))?;
+    let copy = body.as_ref().is_some_and(|b| b.len() < COPY_BODY_BELOW);
+    let mut head =
+        bytes::BytesMut::with_capacity(5 + fields + 16 + if copy { body_len } else { 0 });
+    head.put_u8(0);
+    head.put_u32(message_len);
+    response
+        .encode(&mut head)
+        .map_err(|e| Status::internal(format!("response: {e}")))?;
+    let body = match body {
+        Some(b) => {
+            encode_key(tag, WireType::LengthDelimited, &mut head);
+            encode_varint(b.len() as u64, &mut head);
+            if copy {
+                head.put_slice(&b);
+                None
+            } else {
+                Some(b)
+            }
+        }
+        None => None,
+    };
+    Ok((head.freeze(), body))
 }
 
 /// Checks the node of a stream's first request. The error names the field.
@@ -242,6 +449,18 @@ fn check_text(field: &str, s: &str) -> Result<(), String> {
     }
 }
 
+/// The last response sent on a stream.
+#[derive(Debug, Clone)]
+struct Sent {
+    version: u64,
+    hash: String,
+    /// When its version was published, if after the stream opened (the
+    /// start of its push-to-ACK time).
+    pushed_at: Option<Instant>,
+    /// Whether the agent answered it (ACK or NACK).
+    answered: bool,
+}
+
 /// One stream's protocol state.
 struct WatchState {
     agents: Arc<AgentRegistry>,
@@ -251,66 +470,128 @@ struct WatchState {
     next_nonce: u64,
     /// Nonce of the last response sent ("" before the first).
     last_nonce: String,
-    /// (version, hash) of the last response sent.
-    sent: Option<(u64, String)>,
+    /// The last response sent.
+    sent: Option<Sent>,
     /// Highest version sent or known to run on the agent: only newer heads
     /// are sent.
     known_version: u64,
     /// The version waiting for room in the channel.
     pending: Option<Arc<Published>>,
+    /// Whether the agent applies deltas (its first request said so).
+    accept_delta: bool,
+    /// (version, hash) the agent runs as far as this stream knows: the last
+    /// version it acked here, or the head it said it ran on connecting.
+    acked: Option<(u64, String)>,
+    /// The next response must be a full snapshot: the agent asked for one.
+    want_full: bool,
+    /// When the stream opened.
+    opened_at: Instant,
+    metrics: StreamMetrics,
+    /// The stream's span (group, node, peer), parent of its log lines.
+    span: tracing::Span,
+}
+
+/// What a request after the first asks of the stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    /// Nothing to send.
+    Nothing,
+    /// Send the head again, whole (the agent could not use a delta).
+    ResendFull,
 }
 
 impl WatchState {
+    fn new(
+        agents: Arc<AgentRegistry>,
+        key: StreamKey,
+        node: NodeInfo,
+        accept_delta: bool,
+        metrics: StreamMetrics,
+    ) -> Self {
+        Self {
+            agents,
+            nonce_prefix: format!("{:x}", key.generation()),
+            key,
+            node,
+            next_nonce: 0,
+            last_nonce: String::new(),
+            sent: None,
+            known_version: 0,
+            pending: None,
+            accept_delta,
+            acked: None,
+            want_full: false,
+            opened_at: Instant::now(),
+            metrics,
+            span: tracing::Span::none(),
+        }
+    }
+
     /// Drives the stream until the agent leaves or the server shuts down.
     /// Returns the status to end the stream with, if any.
     async fn run(
         &mut self,
-        mut inbound: Streaming<pb::WatchRequest>,
-        mut heads: watch::Receiver<Head>,
-        tx: mpsc::Sender<pb::WatchResponse>,
+        mut inbound: impl Stream<Item = Result<pb::WatchRequest, Status>> + Unpin,
+        heads: watch::Receiver<Head>,
+        tx: mpsc::Sender<Box<pb::WatchResponse>>,
         shutdown: CancellationToken,
     ) -> Option<Status> {
+        // The futures that outlive one turn of the loop are made once: the
+        // shutdown token and the group's channel are shared by every stream,
+        // and registering with them anew on every wake-up (an ACK, a send)
+        // would take their locks ten thousand times per push.
+        let cancelled = shutdown.cancelled();
+        tokio::pin!(cancelled);
+        let closed = tx.closed();
+        tokio::pin!(closed);
+        let current = heads.clone();
+        let mut heads = tokio_stream::wrappers::WatchStream::from_changes(heads);
         let end = loop {
             tokio::select! {
                 // Shutdown first, so a busy stream cannot delay it.
                 biased;
-                () = shutdown.cancelled() => {
+                () = &mut cancelled => {
                     break Some(Status::unavailable("the server is shutting down"));
                 }
                 permit = tx.reserve(), if self.pending.is_some() => match permit {
                     Ok(permit) => {
                         if let Some(published) = self.pending.take() {
-                            permit.send(self.response(&published));
+                            let delta = self.delta_for(&published).await;
+                            permit.send(Box::new(self.response(&published, delta)));
                         }
                     }
                     // The response stream was dropped: the agent is gone.
                     Err(_) => break None,
                 },
-                changed = heads.changed() => match changed {
-                    Ok(()) => {
-                        let head = heads.borrow_and_update().clone();
-                        self.offer(head);
-                    }
+                head = heads.next() => match head {
+                    Some(head) => self.offer(head),
                     // The hub is gone, which only happens at shutdown.
-                    Err(_) => break Some(Status::unavailable("the server is shutting down")),
+                    None => break Some(Status::unavailable("the server is shutting down")),
                 },
-                request = inbound.message() => match request {
-                    Ok(Some(request)) => {
-                        if let Err(status) = self.on_request(request) {
-                            break Some(status);
+                request = inbound.next() => match request {
+                    Some(Ok(request)) => match self.on_request(request) {
+                        Ok(Answer::Nothing) => {}
+                        Ok(Answer::ResendFull) => {
+                            // The head, even if this stream carried it; a
+                            // newer pending version is the head anyway.
+                            if let Some(head) = current.borrow().clone() {
+                                self.pending = Some(head);
+                            }
                         }
-                    }
-                    Ok(None) => break None,
-                    Err(status) => {
-                        tracing::debug!(%status, "agent stream failed");
+                        Err(status) => break Some(status),
+                    },
+                    None => break None,
+                    Some(Err(status)) => {
+                        tracing::debug!(parent: &self.span, %status, "agent stream failed");
                         break None;
                     }
                 },
-                () = tx.closed() => break None,
+                () = &mut closed => break None,
             }
         };
         self.agents.disconnect(&self.key);
         tracing::info!(
+            parent: &self.span,
             reason = end.as_ref().map_or("agent left", |s| s.message()),
             "agent disconnected"
         );
@@ -330,30 +611,94 @@ impl WatchState {
         }
     }
 
-    fn response(&mut self, published: &Published) -> pb::WatchResponse {
+    /// The version the agent will run when it reads the next response, if
+    /// a delta may start from it.
+    fn delta_base(&self) -> Option<(u64, String)> {
+        if !self.accept_delta || self.want_full {
+            return None;
+        }
+        match &self.sent {
+            Some(sent) if !sent.answered => Some((sent.version, sent.hash.clone())),
+            _ => self.acked.clone(),
+        }
+    }
+
+    /// The delta to send instead of `published`'s full snapshot, if any:
+    /// (base version, base hash, encoded delta).
+    async fn delta_for(&self, published: &Published) -> Option<(u64, String, bytes::Bytes)> {
+        let (version, hash) = self.delta_base()?;
+        if version >= published.version {
+            return None;
+        }
+        let delta = published.delta_from(version, &hash).await?;
+        Some((version, hash, delta))
+    }
+
+    fn response(
+        &mut self,
+        published: &Published,
+        delta: Option<(u64, String, bytes::Bytes)>,
+    ) -> pb::WatchResponse {
         self.next_nonce += 1;
         let nonce = format!("{}-{}", self.nonce_prefix, self.next_nonce);
         self.last_nonce.clone_from(&nonce);
-        self.sent = Some((published.version, published.hash.clone()));
+        self.sent = Some(Sent {
+            version: published.version,
+            hash: published.hash.clone(),
+            pushed_at: (published.published_at >= self.opened_at).then_some(published.published_at),
+            answered: false,
+        });
         self.known_version = published.version;
+        self.want_full = false;
         self.agents.record_sent(&self.key, published.version);
-        tracing::debug!(version = published.version, %nonce, "sent");
+        // Either way the body shares the hub's buffer: no copy per stream.
+        let (body, base_version, base_hash) = match delta {
+            Some((base_version, base_hash, delta)) => {
+                tracing::debug!(parent: &self.span, version = published.version, base_version, %nonce, "sent delta");
+                self.metrics.sent_delta(delta.len());
+                (
+                    pb::watch_response::Body::Delta(delta),
+                    base_version,
+                    base_hash,
+                )
+            }
+            None => {
+                tracing::debug!(parent: &self.span, version = published.version, %nonce, "sent");
+                self.metrics.sent_full(published.snapshot.len());
+                (
+                    pb::watch_response::Body::Snapshot(published.snapshot.clone()),
+                    0,
+                    String::new(),
+                )
+            }
+        };
         pb::WatchResponse {
             group: published.group.clone(),
             version: published.version,
             hash: published.hash.clone(),
             nonce,
-            // Shares the hub's buffer: no copy per stream.
-            body: Some(pb::watch_response::Body::Snapshot(
-                published.snapshot.clone(),
-            )),
+            body: Some(body),
+            base_version,
+            base_hash,
             created_at_unix_ms: published.created_at_unix_ms,
         }
     }
 
     /// Handles one request after the first. An error ends the stream.
-    fn on_request(&mut self, request: pb::WatchRequest) -> Result<(), Status> {
-        self.agents.touch(&self.key);
+    /// Every request counts as a sign of life (`last_seen`): an ACK or NACK
+    /// records it with what it records, anything else by itself (one
+    /// registry update per request, not two).
+    fn on_request(&mut self, request: pb::WatchRequest) -> Result<Answer, Status> {
+        let recorded = self.handle_request(&request)?;
+        if !recorded.0 {
+            self.agents.touch(&self.key);
+        }
+        Ok(recorded.1)
+    }
+
+    /// [`Self::on_request`] but for `last_seen`: also says whether the
+    /// registry was updated.
+    fn handle_request(&mut self, request: &pb::WatchRequest) -> Result<(bool, Answer), Status> {
         if let Some(node) = &request.node
             && (node.id != self.node.id || node.group != self.node.group)
         {
@@ -363,36 +708,75 @@ impl WatchState {
             )));
         }
         if request.response_nonce.is_empty() || request.response_nonce != self.last_nonce {
-            tracing::debug!(nonce = %request.response_nonce, "stale request ignored");
-            return Ok(());
+            tracing::debug!(parent: &self.span, nonce = %request.response_nonce, "stale request ignored");
+            return Ok((false, Answer::Nothing));
         }
-        let Some((version, hash)) = &self.sent else {
-            return Ok(());
+        let Some(sent) = self.sent.take() else {
+            return Ok((false, Answer::Nothing));
         };
-        if let Some(error) = &request.error_detail {
+        let (version, answer) = (
+            sent.version,
+            Sent {
+                answered: true,
+                ..sent
+            },
+        );
+        let sent = &answer;
+        let outcome = if request.want_full {
+            // Not a refusal of the content: the agent could not rebuild it
+            // from the delta. It keeps what it runs; send it the whole head.
+            tracing::info!(
+                parent: &self.span,
+                version,
+                reason = request
+                    .error_detail
+                    .as_ref()
+                    .map_or("", |e| e.message.as_str()),
+                "agent could not apply a delta; sending the full snapshot"
+            );
+            self.metrics.delta_fallback();
+            self.want_full = true;
+            (false, Answer::ResendFull)
+        } else if let Some(error) = &request.error_detail {
             let reason = nack_reason(&error.message);
-            tracing::warn!(version, code = error.code, %reason, "agent refused version (NACK)");
-            self.agents.record_nack(&self.key, *version, &reason);
-        } else if request.version_info == *version {
-            if request.hash.is_empty() || request.hash == *hash {
-                tracing::debug!(version, "acked");
-                self.agents.record_ack(&self.key, *version, hash);
-            } else {
+            tracing::warn!(parent: &self.span, version, code = error.code, %reason, "agent refused version (NACK)");
+            self.metrics.nacked();
+            self.agents.record_nack(&self.key, version, &reason);
+            (true, Answer::Nothing)
+        } else if request.version_info == version
+            && (request.hash.is_empty() || request.hash == sent.hash)
+        {
+            tracing::debug!(parent: &self.span, version, "acked");
+            self.metrics.acked(sent.pushed_at.map(|at| at.elapsed()));
+            self.agents.record_ack(&self.key, version, &sent.hash);
+            self.acked = Some((version, sent.hash.clone()));
+            (true, Answer::Nothing)
+        } else {
+            if request.version_info == version {
                 tracing::warn!(
+                    parent: &self.span,
                     version,
-                    sent = %hash,
+                    sent = %sent.hash,
                     acked = %request.hash,
                     "ACK names another hash than the one sent; not recorded"
                 );
+            } else {
+                tracing::debug!(
+                    parent: &self.span,
+                    version,
+                    version_info = request.version_info,
+                    "answer neither acks nor nacks the last response"
+                );
             }
-        } else {
-            tracing::debug!(
-                version,
-                version_info = request.version_info,
-                "answer neither acks nor nacks the last response"
-            );
-        }
-        Ok(())
+            // Not an answer: the response still waits for one.
+            self.sent = Some(Sent {
+                answered: false,
+                ..answer
+            });
+            return Ok((false, Answer::Nothing));
+        };
+        self.sent = Some(answer);
+        Ok(outcome)
     }
 }
 
@@ -417,6 +801,8 @@ mod tests {
     use std::net::SocketAddr;
 
     use bytes::Bytes;
+    use tokio_stream::wrappers::ReceiverStream;
+    use tonic::Response;
     use tonic::transport::server::TcpIncoming;
 
     use super::*;
@@ -465,13 +851,13 @@ mod tests {
         }
 
         fn publish(&self, version: u64) {
-            self.hub.publish(Published {
-                group: "edge".into(),
+            self.hub.publish(Published::new(
+                "edge".into(),
                 version,
-                hash: hash(version),
-                created_at_unix_ms: 1000 + version as i64,
-                snapshot: Bytes::from(format!("snapshot {version}")),
-            });
+                hash(version),
+                1000 + version as i64,
+                Bytes::from(format!("snapshot {version}")),
+            ));
         }
 
         async fn connect(&self, first: pb::WatchRequest) -> Agent {
@@ -799,6 +1185,255 @@ mod tests {
             .unwrap();
     }
 
+    /// A real snapshot: `routes` routes, the first `edited` of them with
+    /// another timeout. Returns (encoded canonical bytes, hash).
+    fn real(routes: usize, edited: usize) -> (Bytes, String) {
+        let routes: Vec<String> = (0..routes)
+            .map(|i| {
+                let timeout = if i < edited { 7000 } else { 1000 };
+                format!(r#"{{"match": {{"path_prefix": "/r{i}"}}, "cluster": "c", "timeout_ms": {timeout}}}"#)
+            })
+            .collect();
+        let json = format!(
+            r#"{{"clusters": [{{"name": "c", "endpoints": [{{"address": "127.0.0.1:1"}}]}}],
+                "route_tables": [{{"name": "main", "routes": [{}]}}]}}"#,
+            routes.join(",")
+        );
+        let spec = vane_model::parse_file(json.as_bytes(), vane_model::Format::Json).unwrap();
+        let s = vane_model::validate(spec).unwrap();
+        (Bytes::from(s.encode()), s.content_hash().to_hex())
+    }
+
+    impl Harness {
+        /// Publishes version `edited + 1` of a 40-route snapshot whose
+        /// first `edited` routes differ from the base. Returns its hash.
+        fn publish_real(&self, edited: usize) -> String {
+            let (bytes, hash) = real(40, edited);
+            self.hub.publish(Published::new(
+                "edge".into(),
+                edited as u64 + 1,
+                hash.clone(),
+                0,
+                bytes,
+            ));
+            hash
+        }
+    }
+
+    fn delta_first(id: &str, version: u64, hash: &str) -> pb::WatchRequest {
+        let mut r = first(id, version, hash);
+        r.accept_delta = true;
+        r
+    }
+
+    /// What an agent runs after a response: the full body, or the delta
+    /// applied to what it ran (which must be the response's base).
+    fn rebuild(running: Option<&Bytes>, r: &pb::WatchResponse) -> Bytes {
+        match r.body.as_ref().unwrap() {
+            pb::watch_response::Body::Snapshot(b) => {
+                assert_eq!((r.base_version, r.base_hash.as_str()), (0, ""));
+                b.clone()
+            }
+            pb::watch_response::Body::Delta(d) => {
+                let base = vane_model::Snapshot::decode(running.unwrap()).unwrap();
+                let full = vane_model::delta::apply_encoded(&base, d).unwrap();
+                let s = vane_model::Snapshot::decode(&full).unwrap();
+                assert_eq!(
+                    s.content_hash().to_hex(),
+                    r.hash,
+                    "rebuilt content hashes right"
+                );
+                Bytes::from(full)
+            }
+        }
+    }
+
+    fn is_delta(r: &pb::WatchResponse) -> bool {
+        matches!(r.body, Some(pb::watch_response::Body::Delta(_)))
+    }
+
+    #[tokio::test]
+    async fn deltas_follow_the_first_full_and_want_full_gets_the_whole_head() {
+        let h = Harness::start().await;
+        let h1 = h.publish_real(0);
+        let mut agent = h.connect(delta_first("a", 0, "")).await;
+        let r1 = agent.next().await;
+        assert!(!is_delta(&r1), "a stream opens with a full snapshot");
+        let mut running = rebuild(None, &r1);
+        agent.ack(&r1).await;
+        h.wait_for("a", |a| a.acked_version == 1).await;
+
+        let h2 = h.publish_real(1);
+        let r2 = agent.next().await;
+        assert!(is_delta(&r2));
+        assert_eq!(
+            (r2.version, r2.base_version, r2.base_hash.as_str()),
+            (2, 1, h1.as_str())
+        );
+        let size = match r2.body.as_ref().unwrap() {
+            pb::watch_response::Body::Delta(d) => d.len(),
+            pb::watch_response::Body::Snapshot(_) => unreachable!(),
+        };
+        assert!(
+            size * 10 < running.len(),
+            "delta {size} bytes, full {}",
+            running.len()
+        );
+        rebuild(Some(&running), &r2);
+        agent.ack(&r2).await;
+        h.wait_for("a", |a| a.acked_version == 2).await;
+
+        // The agent cannot use the next delta (say its rebuild hashed wrong):
+        // it keeps 2 and asks for the whole snapshot, which comes at once.
+        h.publish_real(2);
+        let r3 = agent.next().await;
+        assert!(is_delta(&r3));
+        assert_eq!(r3.base_version, 2);
+        agent
+            .tx
+            .send(pb::WatchRequest {
+                version_info: 2,
+                hash: h2.clone(),
+                response_nonce: r3.nonce.clone(),
+                error_detail: Some(pb::ErrorDetail {
+                    code: 9,
+                    message: "hash mismatch: rebuilt content hashes to 00…".into(),
+                }),
+                want_full: true,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let full3 = agent.next().await;
+        assert!(
+            !is_delta(&full3),
+            "want_full is answered with the full snapshot"
+        );
+        assert_eq!((full3.version, &full3.hash), (3, &r3.hash));
+        assert_ne!(full3.nonce, r3.nonce);
+        running = rebuild(None, &full3);
+        agent.ack(&full3).await;
+        h.wait_for("a", |a| a.acked_version == 3).await;
+        let a = h.agent("a");
+        assert_eq!(
+            a.last_nacked_version, 0,
+            "asking for the full snapshot is no refusal"
+        );
+        assert_eq!(a.state(3), AgentState::Synced);
+
+        // Back to deltas, based on what the agent runs now.
+        h.publish_real(3);
+        let r4 = agent.next().await;
+        assert!(is_delta(&r4));
+        assert_eq!(r4.base_version, 3);
+        running = rebuild(Some(&running), &r4);
+
+        // Not answered yet: the next one is based on the version in flight,
+        // which the agent runs once it has read it.
+        h.publish_real(4);
+        let r5 = agent.next().await;
+        assert_eq!((r5.version, r5.base_version), (5, 4));
+        rebuild(Some(&running), &r5);
+
+        // An agent that does not accept deltas only ever gets full snapshots.
+        let mut old = h.connect(first("old", 5, &r5.hash)).await;
+        old.nothing_for_a_while().await;
+        h.publish_real(5);
+        let r6 = old.next().await;
+        assert!(!is_delta(&r6));
+
+        // Reconnecting while running the head: the next push is a delta from it.
+        let mut back = h.connect(delta_first("back", 6, &r6.hash)).await;
+        back.nothing_for_a_while().await;
+        h.publish_real(6);
+        let r7 = back.next().await;
+        assert!(is_delta(&r7));
+        assert_eq!(r7.base_version, 6);
+
+        h.shutdown.cancel();
+        h.server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_delta_is_not_sent_when_the_base_is_unknown() {
+        let h = Harness::start().await;
+        for edited in 0..8 {
+            h.publish_real(edited);
+        }
+        // Claims version 2, with its real hash: too old for the hub's bases,
+        // and a stream opens with a full snapshot anyway.
+        let (_, hash2) = real(40, 1);
+        let mut agent = h.connect(delta_first("a", 2, &hash2)).await;
+        let r = agent.next().await;
+        assert!(!is_delta(&r));
+        assert_eq!(r.version, 8);
+        h.shutdown.cancel();
+        h.server.await.unwrap();
+    }
+
+    /// An agent that never reads: however many versions are pushed, its
+    /// stream holds one response in the channel and at most one pending
+    /// version, and every older version is freed.
+    #[tokio::test]
+    async fn a_stuck_agent_holds_at_most_two_versions() {
+        let hub = Arc::new(Hub::new());
+        let agents = Arc::new(AgentRegistry::default());
+        let node = NodeInfo {
+            id: "stuck".into(),
+            group: "edge".into(),
+            labels: BTreeMap::new(),
+            agent_build: String::new(),
+        };
+        let key = agents.connect(&node, "", None);
+        let mut state = WatchState::new(
+            Arc::clone(&agents),
+            key,
+            node,
+            true,
+            Metrics::new().stream("edge"),
+        );
+        let heads = hub.subscribe("edge");
+        // The agent never reads `responses`; its requests never end.
+        let (tx, responses) = mpsc::channel(1);
+        let (_requests_tx, requests_rx) = mpsc::channel::<Result<pb::WatchRequest, Status>>(1);
+        let shutdown = CancellationToken::new();
+        let stop = shutdown.clone();
+        let task = tokio::spawn(async move {
+            let inbound = ReceiverStream::new(requests_rx);
+            state.run(inbound, heads, tx, stop).await;
+            state
+        });
+
+        let mut published = Vec::new();
+        for v in 1..=500u64 {
+            hub.publish(Published::new(
+                "edge".into(),
+                v,
+                hash(v),
+                0,
+                Bytes::from(vec![0u8; 64 * 1024]),
+            ));
+            published.push(Arc::downgrade(&hub.head("edge").unwrap()));
+            tokio::task::yield_now().await;
+        }
+        // Let the stream task see the last head.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let alive = published.iter().filter(|w| w.strong_count() > 0).count();
+        assert!(
+            alive <= 2,
+            "{alive} versions still held (the head and one pending at most)"
+        );
+        assert_eq!(responses.len(), 1, "one response waits in the channel");
+
+        shutdown.cancel();
+        let state = task.await.unwrap();
+        assert_eq!(state.pending.as_ref().map(|p| p.version), Some(500));
+        assert_eq!(
+            state.known_version, 1,
+            "only the first version was ever sent"
+        );
+    }
+
     #[test]
     fn latest_wins_while_the_agent_is_slow() {
         let agents = Arc::new(AgentRegistry::default());
@@ -809,29 +1444,20 @@ mod tests {
             agent_build: String::new(),
         };
         let key = agents.connect(&node, "", None);
-        let mut state = WatchState {
-            agents,
-            key,
-            node,
-            nonce_prefix: "x".into(),
-            next_nonce: 0,
-            last_nonce: String::new(),
-            sent: None,
-            known_version: 0,
-            pending: None,
-        };
+        let mut state = WatchState::new(agents, key, node, false, Metrics::new().stream("edge"));
+        state.nonce_prefix = "x".into();
         let p = |v: u64| {
-            Some(Arc::new(Published {
-                group: "edge".into(),
-                version: v,
-                hash: hash(v),
-                created_at_unix_ms: 0,
-                snapshot: Bytes::new(),
-            }))
+            Some(Arc::new(Published::new(
+                "edge".into(),
+                v,
+                hash(v),
+                0,
+                Bytes::new(),
+            )))
         };
         state.offer(p(1));
         let next = state.pending.take().unwrap();
-        let sent = state.response(&next);
+        let sent = state.response(&next, None);
         assert_eq!((sent.version, sent.nonce.as_str()), (1, "x-1"));
         for v in 2..=10 {
             state.offer(p(v));
@@ -840,13 +1466,48 @@ mod tests {
         state.offer(p(1));
         assert_eq!(state.pending.as_ref().unwrap().version, 10);
         let next = state.pending.take().unwrap();
-        let sent = state.response(&next);
+        let sent = state.response(&next, None);
         assert_eq!((sent.version, sent.nonce.as_str()), (10, "x-2"));
         state.offer(p(10));
         assert!(
             state.pending.is_none(),
             "an already sent version is not resent"
         );
+    }
+
+    #[test]
+    fn responses_are_framed_without_copying_large_bodies() {
+        use prost::Message as _;
+        for (size, delta) in [(10usize, false), (5000, false), (100, true), (70_000, true)] {
+            let shared = Bytes::from(vec![7u8; size]);
+            let body = if delta {
+                pb::watch_response::Body::Delta(shared.clone())
+            } else {
+                pb::watch_response::Body::Snapshot(shared.clone())
+            };
+            let response = pb::WatchResponse {
+                group: "edge".into(),
+                version: 9,
+                hash: hash(9),
+                nonce: "n-1".into(),
+                body: Some(body),
+                base_version: u64::from(delta) * 8,
+                base_hash: if delta { hash(8) } else { String::new() },
+                created_at_unix_ms: 1234,
+            };
+            let (head, body) = encode_response(response.clone()).unwrap();
+            let mut wire = head.to_vec();
+            if let Some(b) = &body {
+                assert_eq!(b.as_ptr(), shared.as_ptr(), "the shared bytes themselves");
+                wire.extend_from_slice(b);
+            } else {
+                assert!(size < COPY_BODY_BELOW);
+            }
+            assert_eq!(wire[0], 0, "not compressed");
+            let len = u32::from_be_bytes([wire[1], wire[2], wire[3], wire[4]]) as usize;
+            assert_eq!(len, wire.len() - 5);
+            assert_eq!(pb::WatchResponse::decode(&wire[5..]).unwrap(), response);
+        }
     }
 
     #[test]

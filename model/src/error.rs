@@ -63,14 +63,22 @@ impl ValidationError {
     }
 }
 
+/// Most errors [`ValidationError`]'s `Display` lists; the rest are counted.
+pub const MAX_DISPLAYED_ERRORS: usize = 20;
+
 impl fmt::Display for ValidationError {
-    /// One line: the errors joined by "; ".
+    /// One line: the first [`MAX_DISPLAYED_ERRORS`] errors joined by "; ",
+    /// then how many more there are.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, e) in self.errors.iter().enumerate() {
+        for (i, e) in self.errors.iter().take(MAX_DISPLAYED_ERRORS).enumerate() {
             if i > 0 {
                 f.write_str("; ")?;
             }
             write!(f, "{e}")?;
+        }
+        let more = self.errors.len().saturating_sub(MAX_DISPLAYED_ERRORS);
+        if more > 0 {
+            write!(f, "; … and {more} more errors")?;
         }
         Ok(())
     }

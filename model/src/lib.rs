@@ -12,12 +12,15 @@
 //! - [`proto`]: the protobuf edge (`TryFrom<pb::Snapshot>`, encoding).
 //! - [`canonical`]: the canonical encoding, its SHA-256 hash, canonical YAML
 //!   and unified diffs between versions.
+//! - [`delta`]: the changes between two versions (what a delta response
+//!   carries) and their application to the running version.
 //!
 //! Every conversion into the domain goes through one function,
 //! [`validate::validate`], so a file, a push and a watch response are held to
 //! exactly the same rules.
 
 pub mod canonical;
+pub mod delta;
 pub mod error;
 pub mod file;
 pub mod names;

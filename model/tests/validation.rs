@@ -185,3 +185,21 @@ fn yaml_errors_name_the_path_once() {
     );
     assert_eq!(e.matches("weight").count(), 1, "{e}");
 }
+
+#[test]
+fn a_flood_of_errors_stays_one_readable_line() {
+    let endpoints: Vec<String> = (0..400)
+        .map(|i| format!("{{ address: \"127.0.0.1:{}\", weight: 0 }}", 1000 + i))
+        .collect();
+    let yaml = format!(
+        "clusters:\n  - {{ name: big, endpoints: [ {} ] }}\n",
+        endpoints.join(", ")
+    );
+    let e = parse(&yaml).unwrap_err();
+    assert!(
+        e.starts_with("clusters[0].endpoints[0].weight: 0 is out of range"),
+        "{e}"
+    );
+    assert!(e.ends_with("; … and 380 more errors"), "{e}");
+    assert!(e.len() < 4096, "{}", e.len());
+}

@@ -8,4 +8,6 @@ pub mod v1 {
     tonic::include_proto!("vane.v1");
 }
 
+pub mod codec;
+
 pub use v1::*;

@@ -1,1 +1,79 @@
-//! placeholder
+//! `vane-proxy-core`: Vane's data plane, an L7 (HTTP/1.1, h2c) and L4 (TCP)
+//! proxy that follows a Vane control server through the embedded
+//! [`vane_agent`] and never waits on it: requests read a configuration
+//! compiled ahead of time, so a slow, dead or misbehaving control plane
+//! cannot fail or delay a single request.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), vane_proxy_core::ProxyError> {
+//! use vane_proxy_core::{Proxy, ProxyConfig};
+//! let mut config = ProxyConfig::default();
+//! config.agent.servers = vec!["http://127.0.0.1:7070".into()];
+//! config.agent.node_id = "edge-1".into();
+//! config.agent.group = "edge".into();
+//! config.agent.cache_dir = Some("/var/cache/vane".into());
+//! let proxy = Proxy::start(config)?; // serves the cache at once, if any
+//! // ... on SIGTERM:
+//! proxy.shutdown().await;
+//! # Ok(()) }
+//! ```
+//!
+//! # Layout
+//! - [`proxy`]: the whole, and the one path every configuration takes:
+//!   validator (bind) -> agent swap -> activation (compile, swap, reconcile).
+//! - `listeners`: the listener manager: binding in the validator, start,
+//!   drain on removal, socket hand-over between listeners.
+//! - `compile`: snapshot -> `Compiled` (one `ArcSwap`), carrying runtime
+//!   state across snapshots.
+//! - `route`: compiled route matching (host, path, headers; first wins).
+//! - `cluster`: endpoints and their state, load balancing (`lb`), outlier
+//!   detection (`outlier`), retry budget (`budget`).
+//! - `ratelimit`: lock-free token buckets (GCRA).
+//! - `http`: downstream connections (`server`), forwarding and retries
+//!   (`forward`), header rules (`headers`), local errors (`local`), bodies.
+//! - `upstream`: upstream HTTP/1.1 connections, pooled per worker thread.
+//! - `tcp`: the L4 proxy.
+//! - [`admin`]: `/healthz`, `/readyz`, `/status`, `/config_dump`, `/metrics`.
+//! - `metrics`, `histogram`: Prometheus families resolved at compile time.
+//! - `workers`: thread per core: one single-threaded runtime per worker;
+//!   connections and their upstream pools stay on the worker that accepted.
+//! - `clock`: a monotonic clock as integers, for atomics.
+//!
+//! # Invariants
+//! - The request path never awaits the control plane: it reads the
+//!   compiled configuration with one lock-free `ArcSwap` load, and takes no
+//!   lock (atomics only; the ejection decision takes a per-cluster lock, and
+//!   only when an endpoint's failure streak reaches its threshold).
+//! - A snapshot applies whole or not at all: listener addresses are bound
+//!   in the agent's validator, before anything is swapped, so a bind error
+//!   is a NACK and leaves the running configuration untouched.
+//! - Runtime state (ejections, cursors, budgets, token buckets, pooled
+//!   connections) survives every snapshot that keeps its cluster, endpoint
+//!   or limit.
+//! - Every answer the proxy makes itself carries `x-vane-error` naming its
+//!   cause; none is ever caused by the control plane being unavailable.
+//!
+//! # Threads
+//! The embedder's runtime runs the control side (agent, activation, admin).
+//! The data plane runs on its own worker threads, one single-threaded
+//! runtime each, every listener accepting on every worker through a
+//! `SO_REUSEPORT` group; a connection and all its work stay on one thread.
+
+pub mod admin;
+mod clock;
+mod cluster;
+mod compile;
+mod error;
+mod histogram;
+mod http;
+mod listeners;
+mod metrics;
+pub mod proxy;
+mod ratelimit;
+mod route;
+mod tcp;
+mod upstream;
+mod workers;
+
+pub use error::ProxyError;
+pub use proxy::{Proxy, ProxyConfig, ProxyHandle};

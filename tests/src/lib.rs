@@ -17,6 +17,7 @@
 
 #![allow(clippy::unwrap_used)] // Test support: a panic is how a test fails.
 
+pub mod etcd;
 pub mod sidecar;
 
 use std::fs::File;
@@ -625,6 +626,9 @@ impl WatchClient {
             hash: hash.to_owned(),
             response_nonce: String::new(),
             error_detail: None,
+            // A minimal agent: full snapshots only.
+            want_full: false,
+            accept_delta: false,
         })
         .await
         .expect("the request stream is open");
@@ -678,6 +682,8 @@ impl WatchClient {
             hash: resp.hash.clone(),
             response_nonce: resp.nonce.clone(),
             error_detail: None,
+            want_full: false,
+            accept_delta: false,
         })
         .await;
     }
@@ -694,6 +700,8 @@ impl WatchClient {
                 code: 3,
                 message: reason.to_owned(),
             }),
+            want_full: false,
+            accept_delta: false,
         })
         .await;
     }
@@ -713,6 +721,10 @@ pub fn decode_snapshot(resp: &pb::WatchResponse) -> vane_model::Snapshot {
     match &resp.body {
         Some(pb::watch_response::Body::Snapshot(bytes)) => vane_model::Snapshot::decode(bytes)
             .unwrap_or_else(|e| panic!("the watch response's snapshot does not decode: {e}")),
+        Some(pb::watch_response::Body::Delta(_)) => {
+            panic!("a delta was sent to a client that does not accept deltas: {resp:?}")
+        }
         None => panic!("the watch response has no snapshot: {resp:?}"),
     }
 }
+pub mod proxy;

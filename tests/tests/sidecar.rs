@@ -113,6 +113,17 @@ fn follows_pushes_and_outlives_the_control_plane() {
     assert_eq!(s["source"], "cache");
     assert_eq!(s["state"], "healthy");
     assert_eq!(output_json(&output)["version"], 2);
+
+    // The control server comes back with nothing newer: it sends nothing, and
+    // the quiet open stream confirms the cached content as live.
+    server.restart_same_port();
+    let s = agent.wait_status("cache confirmed live", |s| s["source"] == "live");
+    assert_eq!(
+        (s["version"].clone(), s["state"].clone()),
+        (2.into(), "healthy".into())
+    );
+    assert_eq!(s["staleness_ms"], 0);
+    server.kill();
     drop(agent);
 
     // Corrupt the cache: the defaults are served, degraded, with the reason.

@@ -25,9 +25,9 @@ const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a process may take to exit after SIGTERM before it is killed.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// The line vane-control prints on stdout once it accepts connections.
-const LISTENING: &str = "vane-control listening on ";
+pub(crate) const LISTENING: &str = "vane-control listening on ";
 /// The line vane-agent prints on stdout once its admin endpoint listens.
-const AGENT_LISTENING: &str = "vane-agent admin listening on ";
+pub(crate) const AGENT_LISTENING: &str = "vane-agent admin listening on ";
 
 /// The group the demo works on.
 const GROUP: &str = "edge";
@@ -408,6 +408,7 @@ impl Demo {
 }
 
 pub(crate) fn run(root: &Path) -> Result<()> {
+    crate::test::ensure_protoc(&mut crate::test::Apt::default())?;
     println!("==> building vane-control, vanectl and vane-agent (debug)");
     let mut build = cargo();
     build
@@ -539,17 +540,17 @@ fn replace_once(text: &str, from: &str, to: &str) -> Result<String> {
 /// A running process of ours that prints `<prefix>ADDR` on stdout once it is
 /// ready (vane-control, vane-agent). Dropping it stops the process (SIGTERM,
 /// then SIGKILL), so no error path leaves one behind.
-struct Server {
-    name: &'static str,
+pub(crate) struct Server {
+    pub(crate) name: &'static str,
     child: Child,
-    addr: SocketAddr,
-    log: PathBuf,
+    pub(crate) addr: SocketAddr,
+    pub(crate) log: PathBuf,
 }
 
 impl Server {
     /// Starts `program ARGS` and waits for the address it prints after
     /// `prefix`. Its output goes to `WORK/<name>.log`.
-    fn start(
+    pub(crate) fn start(
         name: &'static str,
         program: &Path,
         args: &[std::ffi::OsString],
@@ -620,7 +621,7 @@ impl Server {
     }
 
     /// SIGTERM, then wait up to [`STOP_TIMEOUT`] (SIGKILL after that).
-    fn stop(&mut self) -> Result<(ExitStatus, Duration)> {
+    pub(crate) fn stop(&mut self) -> Result<(ExitStatus, Duration)> {
         let start = Instant::now();
         let pid = Pid::from_raw(i32::try_from(self.child.id()).context("pid out of range")?);
         kill(pid, Signal::SIGTERM)
@@ -641,7 +642,7 @@ impl Server {
     }
 
     /// SIGKILL: no warning, no drain.
-    fn kill(&mut self) -> Result<()> {
+    pub(crate) fn kill(&mut self) -> Result<()> {
         println!("$ kill -9 {}   # {}", self.child.id(), self.name);
         self.child
             .kill()
@@ -666,7 +667,7 @@ fn parse_listening(line: &str, prefix: &str) -> Option<SocketAddr> {
 }
 
 /// `GET path` over HTTP/1.1 on loopback; the body when the status is 200.
-fn http_get(addr: SocketAddr, path: &str) -> Result<String> {
+pub(crate) fn http_get(addr: SocketAddr, path: &str) -> Result<String> {
     use std::io::Read as _;
     let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))
         .with_context(|| format!("cannot connect to {addr}"))?;
@@ -689,7 +690,7 @@ fn http_get(addr: SocketAddr, path: &str) -> Result<String> {
 }
 
 /// Polls `done` every 50 ms for up to 30 s.
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) -> Result<()> {
+pub(crate) fn wait_until(what: &str, mut done: impl FnMut() -> bool) -> Result<()> {
     let start = Instant::now();
     while !done() {
         ensure!(
@@ -701,19 +702,19 @@ fn wait_until(what: &str, mut done: impl FnMut() -> bool) -> Result<()> {
     Ok(())
 }
 
-fn millis(d: Duration) -> String {
+pub(crate) fn millis(d: Duration) -> String {
     format!("{} ms", d.as_millis())
 }
 
 /// The last `n` lines of a file (for error messages).
-fn tail(path: &Path, n: usize) -> String {
+pub(crate) fn tail(path: &Path, n: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 /// Word-wraps `text` to `width` columns, continuing lines with `indent`.
-fn wrap(text: &str, width: usize, indent: &str) -> String {
+pub(crate) fn wrap(text: &str, width: usize, indent: &str) -> String {
     let mut out = String::new();
     let mut col = 0;
     for word in text.split_whitespace() {

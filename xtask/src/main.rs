@@ -4,7 +4,15 @@
 //!   clippy, build and every test, stopping at the first failure.
 //! - `cargo xtask demo`: builds the binaries, starts a control server on a
 //!   temporary data directory and walks through vanectl against it.
+//! - `cargo xtask demo --cluster`: three etcd members, two replicas, a proxy
+//!   under traffic given both replicas; a replica is killed.
+//! - `cargo xtask bench proxy`: vane-proxy vs nginx under wrk; writes
+//!   docs/benchmarks.md.
+//! - `cargo xtask bench fanout` / `bench push`: the control plane under
+//!   N simulated agents, and durable pushes per second.
 
+mod bench;
+mod cluster_demo;
 mod demo;
 mod process;
 mod test;
@@ -26,18 +34,30 @@ struct Args {
 enum Task {
     /// Build, start a control server on a temporary data dir, and walk through
     /// push, get, history, diff, rollback, a refused push, a dry run and status.
-    Demo,
+    Demo {
+        /// Instead: three etcd members and two control-server replicas, a
+        /// proxy (or sidecar) given both, a replica killed under traffic.
+        #[arg(long)]
+        cluster: bool,
+    },
     /// Install missing test tools (when root), then run fmt --check, clippy,
     /// build and every test; stops at the first failure.
     Test,
+    /// Performance numbers from real processes (see `cargo xtask bench --help`).
+    Bench {
+        #[command(subcommand)]
+        which: bench::Bench,
+    },
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
     let root = workspace_root();
     let result = match args.task {
-        Task::Demo => demo::run(&root),
+        Task::Demo { cluster: false } => demo::run(&root),
+        Task::Demo { cluster: true } => cluster_demo::run(&root),
         Task::Test => test::run(&root),
+        Task::Bench { which } => bench::run(&root, which),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

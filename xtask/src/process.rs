@@ -8,10 +8,39 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 
-/// The cargo that runs us (so `cargo +nightly xtask` stays on nightly).
+/// The cargo that runs us (so `cargo +nightly xtask` stays on nightly),
+/// with `PROTOC` set for build scripts that compile protos (the etcd client)
+/// when a `protoc` is on PATH and none was chosen already.
 pub(crate) fn cargo() -> Command {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    Command::new(cargo)
+    let mut cmd = Command::new(cargo);
+    if std::env::var_os("PROTOC").is_none()
+        && let Some(protoc) = which("protoc")
+    {
+        cmd.env("PROTOC", protoc);
+    }
+    cmd
+}
+
+/// The `protoc` builds use: `$PROTOC`, else the one on PATH.
+pub(crate) fn protoc() -> Option<PathBuf> {
+    match std::env::var_os("PROTOC") {
+        Some(path) => Some(PathBuf::from(path)),
+        None => which("protoc"),
+    }
+}
+
+/// The full path of `bin` on `$PATH`.
+pub(crate) fn which(bin: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(bin))
+        .find(|candidate| {
+            std::fs::metadata(candidate)
+                .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+                .unwrap_or(false)
+        })
 }
 
 /// Where cargo puts build output: `$CARGO_TARGET_DIR` or `<root>/target`.
@@ -69,15 +98,7 @@ pub(crate) fn seconds(d: Duration) -> String {
 
 /// Whether `bin` is an executable file on `$PATH` (what `which` answers).
 pub(crate) fn on_path(bin: &str) -> bool {
-    use std::os::unix::fs::PermissionsExt as _;
-    let Some(path) = std::env::var_os("PATH") else {
-        return false;
-    };
-    std::env::split_paths(&path).any(|dir| {
-        std::fs::metadata(dir.join(bin))
-            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-            .unwrap_or(false)
-    })
+    which(bin).is_some()
 }
 
 #[cfg(test)]

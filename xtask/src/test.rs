@@ -10,15 +10,20 @@ use anyhow::{Result, bail};
 use crate::process::{cargo, display, on_path, run as run_cmd, seconds};
 
 /// Programs the end-to-end tests run, with the Debian package that provides
-/// each: `(binary, package)`. Later features add e.g. `("etcd", "etcd-server")`,
-/// `("wrk", "wrk")`, `("nginx", "nginx")`.
-const TOOLS: &[(&str, &str)] = &[];
+/// each: `(binary, package)`. Debian's etcd-server installs `/usr/bin/etcd`.
+const TOOLS: &[(&str, &str)] = &[("etcd", "etcd-server")];
+
+/// Debian packages that give a `protoc` able to build the etcd client: the
+/// compiler, and the well-known `.proto` files (`google/protobuf/*.proto`)
+/// that etcd's protos import, which Debian ships separately.
+const PROTOC_PACKAGES: &[&str] = &["protobuf-compiler", "libprotobuf-dev"];
 
 pub(crate) fn run(root: &Path) -> Result<()> {
     let start = Instant::now();
     ensure_cargo_component("fmt", "rustfmt")?;
     ensure_cargo_component("clippy", "clippy")?;
     let mut apt = Apt::default();
+    ensure_protoc(&mut apt)?;
     for (bin, package) in TOOLS {
         apt.ensure_tool(bin, package)?;
     }
@@ -99,6 +104,58 @@ fn nextest_installed() -> bool {
     cargo_subcommand_works("nextest")
 }
 
+/// Makes sure the build has a `protoc` that finds the well-known types
+/// (the `etcd-client` crate's build script compiles etcd's protos with it),
+/// installing Debian's packages when it does not. Child cargo commands get
+/// it as `PROTOC` (see `process::cargo`).
+pub(crate) fn ensure_protoc(apt: &mut Apt) -> Result<()> {
+    if protoc_works() {
+        return Ok(());
+    }
+    apt.install(
+        PROTOC_PACKAGES,
+        "`protoc` and the well-known types, to build the etcd client",
+    )?;
+    if !protoc_works() {
+        bail!(
+            "installed {}, but `protoc` still cannot compile a proto importing \
+             google/protobuf/descriptor.proto",
+            PROTOC_PACKAGES.join(" ")
+        );
+    }
+    Ok(())
+}
+
+/// Whether the `protoc` cargo would use compiles a file importing a
+/// well-known type: exactly what the etcd client's build needs.
+fn protoc_works() -> bool {
+    let Some(protoc) = crate::process::protoc() else {
+        return false;
+    };
+    let Ok(dir) = tempfile::tempdir() else {
+        return false;
+    };
+    let probe = dir.path().join("probe.proto");
+    let source = "syntax = \"proto3\";\nimport \"google/protobuf/descriptor.proto\";\n";
+    if std::fs::write(&probe, source).is_err() {
+        return false;
+    }
+    let mut cmd = Command::new(protoc);
+    cmd.arg("-I")
+        .arg(dir.path())
+        .arg("--descriptor_set_out")
+        .arg(dir.path().join("out.pb"))
+        .arg(&probe)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    // PROTOC_INCLUDE is where prost-build looks for the well-known types
+    // when protoc does not know them itself.
+    if let Some(include) = std::env::var_os("PROTOC_INCLUDE") {
+        cmd.arg("-I").arg(include);
+    }
+    cmd.status().is_ok_and(|s| s.success())
+}
+
 /// Installs missing tools with apt-get, running `apt-get update` at most once.
 #[derive(Debug, Default)]
 pub(crate) struct Apt {
@@ -114,19 +171,30 @@ impl Apt {
         if on_path(bin) {
             return Ok(());
         }
+        self.install(&[package], &format!("`{bin}`"))?;
+        if !on_path(bin) {
+            bail!("installed {package}, but `{bin}` is still not on PATH");
+        }
+        Ok(())
+    }
+
+    /// Installs Debian `packages`, needed for `what`, when we are root and
+    /// have apt-get; otherwise fails with the command to run.
+    pub(crate) fn install(&mut self, packages: &[&str], what: &str) -> Result<()> {
+        let list = packages.join(" ");
         if !nix::unistd::geteuid().is_root() {
             bail!(
-                "the tests need `{bin}`, which is not installed; install it with \
-                 `sudo apt-get install -y {package}` and run again"
+                "the build or the tests need {what}, which is missing; install it with \
+                 `sudo apt-get install -y {list}` and run again"
             );
         }
         if !on_path("apt-get") {
             bail!(
-                "the tests need `{bin}` (Debian package {package}), which is not installed, \
+                "the build or the tests need {what} (Debian packages {list}), which is missing, \
                  and there is no apt-get here to install it: install it and run again"
             );
         }
-        println!("==> installing {package} (for `{bin}`)");
+        println!("==> installing {list} (for {what})");
         if !self.updated {
             let mut update = Command::new("apt-get");
             update
@@ -137,12 +205,10 @@ impl Apt {
         }
         let mut install = Command::new("apt-get");
         install
-            .args(["install", "-y", "--no-install-recommends", package])
+            .args(["install", "-y", "--no-install-recommends"])
+            .args(packages)
             .env("DEBIAN_FRONTEND", "noninteractive");
         run_cmd(&mut install)?;
-        if !on_path(bin) {
-            bail!("installed {package}, but `{bin}` is still not on PATH");
-        }
         Ok(())
     }
 }
@@ -157,5 +223,10 @@ mod tests {
         let mut apt = Apt::default();
         apt.ensure_tool("sh", "dash").unwrap();
         assert!(!apt.updated);
+    }
+
+    #[test]
+    fn the_tools_include_etcd() {
+        assert!(TOOLS.contains(&("etcd", "etcd-server")));
     }
 }

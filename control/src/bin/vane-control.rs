@@ -8,10 +8,19 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Parser, ValueEnum};
+use clap::{CommandFactory as _, Parser, ValueEnum};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing_subscriber::EnvFilter;
+use vane_control::store::EtcdConfig;
 use vane_control::{Config, Server};
+
+// mimalloc: with ten thousand watch streams, glibc's malloc cost about a
+// fifth more CPU per push and stalled the next push by tens of milliseconds
+// while it consolidated (docs/benchmarks.md, control-plane section). Build
+// with `--no-default-features` to profile allocations with heaptrack.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// The Vane control server: stores versioned configuration snapshots per
 /// group and streams them to agents.
@@ -22,9 +31,36 @@ struct Args {
     /// printed on stdout as `vane-control listening on ADDR`).
     #[arg(long, default_value = vane_control::server::DEFAULT_LISTEN)]
     listen: SocketAddr,
+    /// Where versions are stored: `embedded` (a database in --data-dir, for
+    /// a single server) or `etcd` (shared by every replica of a cluster).
+    #[arg(long, value_enum, default_value_t = StoreKind::Embedded)]
+    store: StoreKind,
     /// Directory of the embedded store (created if missing).
     #[arg(long, default_value = vane_control::server::DEFAULT_DATA_DIR)]
     data_dir: PathBuf,
+    /// etcd client URLs, comma-separated (with --store etcd).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        required_if_eq("store", "etcd"),
+        value_parser = parse_endpoint
+    )]
+    etcd_endpoints: Vec<String>,
+    /// Key prefix of everything Vane stores in etcd.
+    #[arg(long, default_value = "/vane")]
+    etcd_prefix: String,
+    /// Bound on each etcd operation, retries included: a push etcd does not
+    /// confirm within it fails.
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    etcd_timeout: Duration,
+    /// Lease of this replica's agent records in etcd: how long the agents of
+    /// a replica that died stay listed by the others.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    etcd_lease_ttl: Duration,
+    /// This server's name among the replicas, shown by `vanectl status`
+    /// [default: the listen address].
+    #[arg(long)]
+    replica_name: Option<String>,
     /// Largest encoded snapshot accepted, in bytes.
     #[arg(long, default_value_t = vane_model::DEFAULT_MAX_SNAPSHOT_BYTES)]
     max_snapshot_bytes: usize,
@@ -34,9 +70,33 @@ struct Args {
     /// How long a disconnected agent stays listed in `vanectl status`.
     #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
     forget_agents_after: Duration,
+    /// Address of the admin HTTP endpoint serving `GET /metrics`
+    /// (Prometheus) and `GET /healthz`; off unless set. The bound address is
+    /// printed on stdout as `vane-control admin listening on ADDR`.
+    #[arg(long)]
+    admin_listen: Option<SocketAddr>,
     /// Log format on stderr (level from RUST_LOG, default info).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+}
+
+/// An etcd client URL: `http://host:port`.
+fn parse_endpoint(s: &str) -> Result<String, String> {
+    let uri: tonic::codegen::http::Uri =
+        s.parse().map_err(|e| format!("{s:?} is not a URL: {e}"))?;
+    match (uri.scheme_str(), uri.host()) {
+        (Some("http"), Some(_)) => Ok(s.to_owned()),
+        (Some("https"), _) => Err(format!(
+            "{s:?}: TLS to etcd is not supported yet; use an http:// URL on a private network"
+        )),
+        _ => Err(format!("{s:?} must be an http://host:port URL")),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum StoreKind {
+    Embedded,
+    Etcd,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -47,6 +107,15 @@ enum LogFormat {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if args.store == StoreKind::Embedded && !args.etcd_endpoints.is_empty() {
+        // Exits with clap's usage error (code 2).
+        Args::command()
+            .error(
+                clap::error::ErrorKind::ArgumentConflict,
+                "--etcd-endpoints: only used with --store etcd",
+            )
+            .exit();
+    }
     init_logging(args.log_format);
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
@@ -78,12 +147,21 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
 
+    let etcd = (args.store == StoreKind::Etcd).then_some(EtcdConfig {
+        endpoints: args.etcd_endpoints,
+        prefix: args.etcd_prefix,
+        request_timeout: args.etcd_timeout,
+        lease_ttl: args.etcd_lease_ttl,
+    });
     let config = Config {
         listen: args.listen,
         data_dir: args.data_dir,
+        etcd,
+        replica_name: args.replica_name,
         max_snapshot_bytes: args.max_snapshot_bytes,
         shutdown_grace: args.shutdown_grace,
         agent_forget_after: args.forget_agents_after,
+        admin_listen: args.admin_listen,
         ..Config::default()
     };
     let server = Server::bind(config).await?;
@@ -91,6 +169,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     // Tests and scripts read this exact line to find the port.
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "vane-control listening on {}", server.local_addr())
+        .and_then(|()| match server.admin_addr() {
+            Some(addr) => writeln!(stdout, "{}", vane_control::metrics::admin_line(addr)),
+            None => Ok(()),
+        })
         .and_then(|()| stdout.flush())
         .context("writing the listen address to stdout")?;
     drop(stdout);

@@ -30,11 +30,17 @@ pub(crate) async fn execute(cli: &Cli) -> Result<String, CliError> {
         let mut admin = client::connect(&url, cli.timeout).await?;
         dispatch(&mut admin, cli, &url, pushed).await
     };
+    let writes = matches!(cli.command, Command::Push { .. } | Command::Rollback { .. });
     match tokio::time::timeout(cli.timeout, call).await {
         Ok(result) => result,
         Err(_) => Err(CliError::unreachable(format!(
-            "no answer from the control server at {url} within {} (see --timeout)",
-            humantime::format_duration(cli.timeout)
+            "no answer from the control server at {url} within {} (see --timeout){}",
+            humantime::format_duration(cli.timeout),
+            if writes {
+                "; the change may still have been stored: check `vanectl history`"
+            } else {
+                ""
+            }
         ))),
     }
 }
@@ -117,11 +123,21 @@ async fn dispatch(
                 group: group.clone().unwrap_or_default(),
             };
             let resp = admin.status(request).await.map_err(refused)?.into_inner();
-            let mut agents: Vec<AgentView> = resp.agents.iter().map(AgentView::from).collect();
+            let degraded = resp.store.as_ref().is_some_and(|s| s.degraded);
+            let mut agents: Vec<AgentView> = resp
+                .agents
+                .iter()
+                .map(|a| {
+                    let mut view = AgentView::from(a);
+                    view.control_degraded = degraded;
+                    view
+                })
+                .collect();
             agents.sort_by(|a, b| (&a.group, &a.node_id).cmp(&(&b.group, &b.node_id)));
             Ok(output::status(
                 &agents,
                 &resp.groups,
+                resp.store.as_ref(),
                 fmt,
                 SystemTime::now(),
             ))

@@ -102,6 +102,12 @@ pub(crate) struct AgentView {
     pub(crate) labels: BTreeMap<String, String>,
     pub(crate) peer: String,
     pub(crate) agent_build: String,
+    /// The control server (replica) holding the agent's stream.
+    pub(crate) replica: String,
+    /// True when the server that answered cannot reach its store (etcd): it
+    /// keeps streaming the last known snapshots, pushes fail, and it may not
+    /// list the other replicas' agents.
+    pub(crate) control_degraded: bool,
     /// For relative times in the table; not part of the JSON contract.
     #[serde(skip)]
     connected_since_ms: i64,
@@ -126,6 +132,8 @@ impl From<&pb::AgentStatus> for AgentView {
             labels: a.labels.clone().into_iter().collect(),
             peer: a.peer.clone(),
             agent_build: a.agent_build.clone(),
+            replica: a.replica.clone(),
+            control_degraded: false,
             connected_since_ms: a.connected_since_unix_ms,
             last_seen_ms: a.last_seen_unix_ms,
         }
@@ -300,11 +308,13 @@ pub(crate) fn diff(view: &DiffView, format: OutputFormat, color: bool) -> String
     out
 }
 
-/// `status`: one row per agent, then one summary line per group. JSON and
-/// YAML are the array of agents.
+/// `status`: one row per agent, then one summary line per group, then (for
+/// a cluster, or a store in trouble) a line on the store. JSON and YAML are
+/// the array of agents.
 pub(crate) fn status(
     agents: &[AgentView],
     groups: &[pb::GroupStatus],
+    store: Option<&pb::StoreStatus>,
     format: OutputFormat,
     now: SystemTime,
 ) -> String {
@@ -312,9 +322,10 @@ pub(crate) fn status(
         return encode(&agents, format);
     }
     let now_ms = unix_ms(now);
+    let clustered = store.is_some_and(|s| s.backend == "etcd");
     let mut out = String::new();
     if !agents.is_empty() {
-        let rows = agents
+        let mut rows: Vec<Vec<String>> = agents
             .iter()
             .map(|a| {
                 vec![
@@ -342,20 +353,25 @@ pub(crate) fn status(
                 ]
             })
             .collect();
-        out.push_str(&table(
-            &[
-                "GROUP",
-                "NODE",
-                "STATE",
-                "ACKED",
-                "SENT",
-                "CONNECTED",
-                "LAST SEEN",
-                "LABELS",
-                "NACK",
-            ],
-            rows,
-        ));
+        let mut headers = vec![
+            "GROUP",
+            "NODE",
+            "STATE",
+            "ACKED",
+            "SENT",
+            "CONNECTED",
+            "LAST SEEN",
+            "LABELS",
+            "NACK",
+        ];
+        // In a cluster, which replica each agent is on (before LABELS).
+        if clustered {
+            headers.insert(7, "REPLICA");
+            for (row, a) in rows.iter_mut().zip(agents) {
+                row.insert(7, a.replica.clone());
+            }
+        }
+        out.push_str(&table(&headers, rows));
         out.push('\n');
     }
     let mut names: Vec<&str> = groups.iter().map(|g| g.group.as_str()).collect();
@@ -398,6 +414,23 @@ pub(crate) fn status(
                 let _ = write!(out, ", {not_sent} not sent");
             }
             out.push('\n');
+        }
+    }
+    if let Some(store) = store
+        && (clustered || store.degraded)
+    {
+        let _ = write!(out, "store: {} {}", store.backend, store.location);
+        if !store.replica.is_empty() {
+            let _ = write!(out, " (answered by {})", store.replica);
+        }
+        if store.degraded {
+            let _ = writeln!(
+                out,
+                ": DEGRADED, read-only (agents keep the last known snapshots; pushes fail): {}",
+                one_line(&store.reason)
+            );
+        } else {
+            out.push_str(": ok\n");
         }
     }
     out
@@ -488,8 +521,14 @@ fn size(bytes: u64) -> String {
     }
 }
 
+/// 10000-01-01T00:00:00Z: RFC 3339 has four-digit years, and humantime
+/// refuses to format later instants.
+const MAX_RFC3339_UNIX_MS: u64 = 253_402_300_800_000;
+
 fn system_time(unix_ms: i64) -> Option<SystemTime> {
-    let ms = u64::try_from(unix_ms).ok().filter(|&ms| ms > 0)?;
+    let ms = u64::try_from(unix_ms)
+        .ok()
+        .filter(|&ms| ms > 0 && ms < MAX_RFC3339_UNIX_MS)?;
     UNIX_EPOCH.checked_add(Duration::from_millis(ms))
 }
 
@@ -534,6 +573,14 @@ fn since(then_ms: i64, now_ms: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timestamps_beyond_year_9999_are_not_shown() {
+        assert_eq!(rfc3339(i64::MAX), None);
+        assert_eq!(rfc3339(253_402_300_800_000), None);
+        assert!(rfc3339(253_402_300_799_999).is_some());
+        assert_eq!(rfc3339(0), None);
+    }
 
     const HASH: &str = "ab12cd34ef56ab12cd34ef56ab12cd34ef56ab12cd34ef56ab12cd34ef56abcd";
     // 2025-01-02T03:04:05.678Z
@@ -759,6 +806,7 @@ mod tests {
             connected: true,
             sent_version: 3,
             peer: "127.0.0.1:50000".into(),
+            replica: "127.0.0.1:7070".into(),
         }
     }
 
@@ -771,7 +819,7 @@ mod tests {
         .iter()
         .map(AgentView::from)
         .collect();
-        let out = status(&agents, &[], OutputFormat::Json, SystemTime::now());
+        let out = status(&agents, &[], None, OutputFormat::Json, SystemTime::now());
         let v: serde_json::Value = serde_json::from_str(&out).unwrap();
         let arr = v.as_array().unwrap();
         assert_eq!(arr[0]["state"], "SYNCED");
@@ -799,6 +847,8 @@ mod tests {
             "acked_hash",
             "peer",
             "agent_build",
+            "replica",
+            "control_degraded",
         ] {
             assert!(arr[0].get(key).is_some(), "{key}");
         }
@@ -828,7 +878,7 @@ mod tests {
             },
         ];
         let now = system_time(T + 120_000).unwrap();
-        let out = status(&agents, &groups, OutputFormat::Table, now);
+        let out = status(&agents, &groups, None, OutputFormat::Table, now);
         let lines: Vec<&str> = out.lines().collect();
         assert!(lines[0].starts_with("GROUP  NODE  STATE"));
         assert!(
@@ -843,9 +893,56 @@ mod tests {
         ));
         assert!(out.ends_with("lonely: head version 1 (sha256 ab12cd34ef56), no agents\n"));
         assert_eq!(
-            status(&[], &[], OutputFormat::Table, now),
+            status(&[], &[], None, OutputFormat::Table, now),
             "no groups and no agents yet\n"
         );
+    }
+
+    #[test]
+    fn status_of_a_cluster_shows_replicas_and_the_store() {
+        let mut a = AgentView::from(&agent("n1", pb::AgentState::Synced, 3));
+        a.control_degraded = true;
+        let mut store = pb::StoreStatus {
+            backend: "etcd".into(),
+            location: "http://127.0.0.1:2379 prefix /vane".into(),
+            degraded: false,
+            reason: String::new(),
+            replica: "10.0.0.1:7070".into(),
+        };
+        let now = system_time(T + 120_000).unwrap();
+        let out = status(
+            std::slice::from_ref(&a),
+            &[],
+            Some(&store),
+            OutputFormat::Table,
+            now,
+        );
+        let lines: Vec<&str> = out.lines().collect();
+        assert!(
+            lines[0].contains("LAST SEEN  REPLICA         LABELS"),
+            "{}",
+            lines[0]
+        );
+        assert!(lines[1].contains("127.0.0.1:7070"), "{}", lines[1]);
+        assert!(out.ends_with(
+            "store: etcd http://127.0.0.1:2379 prefix /vane (answered by 10.0.0.1:7070): ok\n"
+        ));
+        store.degraded = true;
+        store.reason = "etcd at http://127.0.0.1:2379 did not answer within 3s".into();
+        let out = status(&[], &[], Some(&store), OutputFormat::Table, now);
+        assert!(
+            out.ends_with("DEGRADED, read-only (agents keep the last known snapshots; pushes fail): etcd at http://127.0.0.1:2379 did not answer within 3s\n"),
+            "{out}"
+        );
+        // A single server says nothing about its store while all is well.
+        store.backend = "embedded".into();
+        store.degraded = false;
+        let out = status(&[], &[], Some(&store), OutputFormat::Table, now);
+        assert_eq!(out, "no groups and no agents yet\n");
+        let json = status(&[a], &[], Some(&store), OutputFormat::Json, now);
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(v[0]["control_degraded"], true);
+        assert_eq!(v[0]["replica"], "127.0.0.1:7070");
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! The versioned snapshot store: the one interface every backend (embedded
-//! redb now, etcd later) implements, and the types that cross it.
+//! The versioned snapshot store: the one interface every backend implements
+//! (embedded redb for a single server, etcd for a cluster of replicas), and
+//! the types that cross it.
 //!
 //! # Contract
 //! - Versions are per group, start at 1, and strictly increase by one. A
@@ -13,17 +14,29 @@
 //!   stale compare-and-set always says so.
 //! - A push that returns `Ok` is durable; a push that fails changes nothing.
 //!
+//! - A backend that other processes write too (etcd: every replica) offers a
+//!   change feed ([`Store::feed`]) that reports every head any writer
+//!   creates; a backend whose only writer is this process has none, since the
+//!   Admin API publishes its own pushes.
+//!
 //! Every backend must pass the generic suite in `tests_suite.rs`.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use futures::Stream;
 
+use crate::agents::AgentDirectory;
+
+pub mod etcd;
 pub mod redb;
 #[cfg(test)]
 pub(crate) mod tests_suite;
 
+pub use self::etcd::{EtcdConfig, EtcdStore};
 pub use self::redb::RedbStore;
 
 /// A version to store: what the Admin API hands to [`Store::push`].
@@ -149,10 +162,15 @@ pub enum StoreError {
         /// The group's head (0: absent).
         actual: u64,
     },
-    /// The store cannot serve requests now (closed, shutting down, backend
-    /// down). Retrying later is safe.
+    /// The store cannot serve requests now (closed, shutting down). Retrying
+    /// later is safe.
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// The backend (etcd) did not answer in time: the server is read-only
+    /// until it returns. The message says whether anything may have been
+    /// stored (when the write itself went out and no answer came back).
+    #[error("store unavailable: {0}")]
+    Degraded(String),
     /// Stored data cannot be read back: a record that does not decode, a
     /// head without its version, an unknown schema.
     #[error("store corrupt: {0}")]
@@ -190,6 +208,90 @@ pub trait Store: Send + Sync + 'static {
     /// Finishes the writes in progress, stops the backend's workers and
     /// releases its resources. Later calls fail with `Unavailable`.
     async fn close(&self) -> Result<(), StoreError>;
+
+    /// Which backend this is, where its data lives, and whether it accepts
+    /// writes now. Cheap (no I/O): it reports what the last operations saw.
+    fn health(&self) -> StoreHealth;
+
+    /// The change feed: the heads every writer creates, in the order the
+    /// backend committed them. `None` when this process is the only writer.
+    /// Each call starts a new feed, which first re-reads every head.
+    fn feed(&self) -> Option<HeadFeed> {
+        None
+    }
+
+    /// Where replicas share their agents' ACK/NACK state, so `Status` on any
+    /// replica lists every agent. `None` for a single server.
+    fn agent_directory(&self) -> Option<Arc<dyn AgentDirectory>> {
+        None
+    }
+}
+
+/// Which backend a store is and whether it accepts writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreHealth {
+    /// `"embedded"` or `"etcd"`.
+    pub backend: &'static str,
+    /// Where the data lives: the database file, or the etcd endpoints and
+    /// key prefix.
+    pub location: String,
+    /// Why the store is read-only now; `None` while it accepts writes.
+    pub degraded: Option<String>,
+}
+
+/// What a [`HeadFeed`] reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FeedEvent {
+    /// New heads (at most one per group), in commit order.
+    Heads(Vec<VersionRecord>),
+    /// Every head, re-read: when the feed starts, and whenever it lost track
+    /// of the changes in between (history compacted).
+    Resynced(Vec<VersionRecord>),
+    /// The feed follows the backend again after it was [`Self::Lost`]
+    /// (resuming where it stopped: nothing was missed).
+    Resumed,
+    /// The feed lost the backend; it retries by itself after `retry_in` and
+    /// resumes where it stopped.
+    Lost {
+        /// What went wrong.
+        error: StoreError,
+        /// When it tries again.
+        retry_in: Duration,
+    },
+}
+
+/// A store's change feed (see [`Store::feed`]). It ends only when the store
+/// is closed.
+pub type HeadFeed = Pin<Box<dyn Stream<Item = FeedEvent> + Send>>;
+
+/// The store's health for Prometheus, read at scrape time:
+/// `vane_control_store_degraded{backend}` is 1 while the store is read-only
+/// (etcd unreachable), else 0.
+pub struct HealthCollector(pub Arc<dyn Store>);
+
+impl std::fmt::Debug for HealthCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("HealthCollector").finish_non_exhaustive()
+    }
+}
+
+impl prometheus_client::collector::Collector for HealthCollector {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric as _;
+        let health = self.0.health();
+        let mut metric = encoder.encode_descriptor(
+            "vane_control_store_degraded",
+            "1 while the store cannot be written (etcd unreachable): streams go on with the last known snapshots and pushes fail",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        let labels = [("backend", health.backend)];
+        prometheus_client::metrics::gauge::ConstGauge::new(i64::from(health.degraded.is_some()))
+            .encode(metric.encode_family(&labels)?)
+    }
 }
 
 /// Now, in Unix milliseconds (0 if the clock is before 1970).

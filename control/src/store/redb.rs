@@ -38,7 +38,10 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, Table, TableDe
 use tokio::sync::{mpsc, oneshot};
 use vane_proto as pb;
 
-use super::{NewVersion, PushOutcome, Store, StoreError, VersionMeta, VersionRecord, now_unix_ms};
+use super::{
+    NewVersion, PushOutcome, Store, StoreError, StoreHealth, VersionMeta, VersionRecord,
+    now_unix_ms,
+};
 
 /// File name of the database inside the data directory.
 pub const DB_FILE: &str = "vane.redb";
@@ -330,6 +333,19 @@ impl Store for RedbStore {
             tracing::info!(path = %self.path.display(), "store closed");
         }
         Ok(())
+    }
+
+    fn health(&self) -> StoreHealth {
+        let closed = self
+            .db
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_none();
+        StoreHealth {
+            backend: "embedded",
+            location: self.path.display().to_string(),
+            degraded: closed.then(|| "the store is closed".to_owned()),
+        }
     }
 }
 

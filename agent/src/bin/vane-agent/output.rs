@@ -115,7 +115,12 @@ impl Outputs {
 }
 
 /// Runs `sh -c '<cmd> "$1"' <path>`; Ok on exit 0, else the trimmed stderr.
+///
+/// The command runs in its own process group so a timeout kills everything it
+/// started, and nothing it leaves behind (a background process holding its
+/// stderr open) can keep the apply waiting past the deadline.
 fn run_check(cmd: &str, candidate: &Path, timeout: Duration) -> Result<(), String> {
+    use std::os::unix::process::CommandExt as _;
     let mut child = Command::new("sh")
         .arg("-c")
         .arg(format!("{cmd} \"$1\""))
@@ -124,22 +129,30 @@ fn run_check(cmd: &str, candidate: &Path, timeout: Duration) -> Result<(), Strin
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
+        .process_group(0)
         .spawn()
         .map_err(|e| format!("check-cmd: cannot run {cmd:?}: {e}"))?;
+    let group = i32::try_from(child.id())
+        .ok()
+        .map(nix::unistd::Pid::from_raw);
     // Read stderr on a thread so a chatty command cannot block on a full pipe.
     let stderr = child.stderr.take();
-    let reader = std::thread::spawn(move || {
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    std::thread::spawn(move || {
         let mut buf = Vec::new();
         if let Some(mut s) = stderr {
             let _ = s.read_to_end(&mut buf);
         }
-        buf
+        let _ = tx.send(buf);
     });
-    let started = Instant::now();
+    let deadline = Instant::now() + timeout;
     let status = loop {
         match child.try_wait() {
             Ok(Some(status)) => break status,
-            Ok(None) if started.elapsed() > timeout => {
+            Ok(None) if Instant::now() >= deadline => {
+                if let Some(pgid) = group {
+                    let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
+                }
                 let _ = child.kill();
                 let _ = child.wait();
                 return Err(format!("check-cmd timed out after {timeout:?}"));
@@ -148,7 +161,12 @@ fn run_check(cmd: &str, candidate: &Path, timeout: Duration) -> Result<(), Strin
             Err(e) => return Err(format!("check-cmd: {e}")),
         }
     };
-    let stderr = reader.join().unwrap_or_default();
+    // Whatever stderr said until now; a leftover holder of the pipe cannot
+    // stretch this past the deadline (plus a moment to drain).
+    let wait = deadline
+        .saturating_duration_since(Instant::now())
+        .max(Duration::from_millis(100));
+    let stderr = rx.recv_timeout(wait).unwrap_or_default();
     if status.success() {
         return Ok(());
     }
@@ -205,5 +223,50 @@ pub(crate) async fn run_on_change(
             Ok(Err(e)) => tracing::warn!(error = %e, "on-change command could not run"),
             Err(_) => tracing::warn!("on-change command timed out after 60s"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn candidate() -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("candidate.json");
+        std::fs::write(&path, "{}").unwrap();
+        (dir, path)
+    }
+
+    #[test]
+    fn exit_codes_and_trimmed_stderr() {
+        let (_d, path) = candidate();
+        assert!(run_check("test -f", &path, Duration::from_secs(10)).is_ok());
+        let e = run_check(
+            "echo '  port 80 is taken  ' >&2; false",
+            &path,
+            Duration::from_secs(10),
+        )
+        .unwrap_err();
+        assert_eq!(e, "port 80 is taken");
+        let e = run_check("exit 3 ||", &path, Duration::from_secs(10)).unwrap_err();
+        assert!(e.contains("check-cmd failed"), "{e}");
+    }
+
+    #[test]
+    fn a_slow_check_times_out_and_is_killed() {
+        let (_d, path) = candidate();
+        let started = Instant::now();
+        let e = run_check("sleep 30; true", &path, Duration::from_millis(300)).unwrap_err();
+        assert!(e.contains("timed out"), "{e}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn a_background_leftover_does_not_wedge_the_apply() {
+        let (_d, path) = candidate();
+        let started = Instant::now();
+        // The check succeeds at once but leaves a process holding stderr.
+        run_check("(sleep 30 &) ; true", &path, Duration::from_millis(500)).unwrap();
+        assert!(started.elapsed() < Duration::from_secs(5));
     }
 }

@@ -1,0 +1,27 @@
+//! Vane's control-plane load generator: thousands of simulated agents on
+//! real gRPC watch streams, and concurrent pushers, against a running
+//! `vane-control`, with the figures `cargo xtask bench` reports.
+//!
+//! It is a crate of its own because it must run as an optimised binary
+//! beside a release server (`cargo xtask` itself is a debug build), and it
+//! belongs neither in the server nor in the agent library: it is a fake
+//! fleet.
+//!
+//! # Layout
+//! - [`fleet`]: N simulated agents over C HTTP/2 connections (multiplexed
+//!   when C < N), each speaking the watch protocol like `vane-agent` does:
+//!   first request, apply (verify the hash), ACK, deltas with fallback to
+//!   full, and the times each response arrived and was ACKed.
+//! - [`snapshots`]: the snapshots the benchmark pushes (R routes).
+//! - [`fanout`]: the fan-out scenario (connect, full pushes, one-route
+//!   pushes) and its report.
+//! - [`push`]: the durable-push throughput scenario and its report.
+//! - [`sys`]: RLIMIT_NOFILE, and a process's RSS and CPU time from `/proc`.
+//! - [`stats`]: percentiles of latency samples.
+
+pub mod fanout;
+pub mod fleet;
+pub mod push;
+pub mod snapshots;
+pub mod stats;
+pub mod sys;

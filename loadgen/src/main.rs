@@ -1,0 +1,171 @@
+//! `vane-loadgen`: runs one scenario against a running `vane-control` and
+//! prints its report as one JSON object on stdout (progress on stderr).
+//! `cargo xtask bench` starts the server and this binary, both built in
+//! release mode; see docs/benchmarks.md.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use vane_loadgen::fanout::{self, FanoutConfig};
+use vane_loadgen::fleet::Verify;
+use vane_loadgen::push::{self, PushConfig};
+use vane_loadgen::sys;
+
+/// Load generator for Vane's control plane.
+#[derive(Debug, Parser)]
+#[command(name = "vane-loadgen")]
+struct Args {
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Debug, Subcommand)]
+enum Scenario {
+    /// N simulated agents on C connections; whole-snapshot and one-route
+    /// pushes of an R-route snapshot; convergence times, bytes, server RSS
+    /// and CPU.
+    Fanout {
+        /// The control server.
+        #[arg(long, default_value = "http://127.0.0.1:7070")]
+        server: String,
+        /// The server's process id, for its RSS and CPU time.
+        #[arg(long)]
+        server_pid: Option<u32>,
+        /// The group the agents watch.
+        #[arg(long, default_value = "bench")]
+        group: String,
+        /// Simulated agents (N).
+        #[arg(long, default_value_t = 1000)]
+        agents: usize,
+        /// HTTP/2 connections (C; default N: one per agent).
+        #[arg(long)]
+        connections: Option<usize>,
+        /// Routes in the pushed snapshot (R).
+        #[arg(long, default_value_t = 100)]
+        routes: usize,
+        /// Pushes per phase (whole, then one-route).
+        #[arg(long, default_value_t = 5)]
+        pushes: usize,
+        /// How agents check responses: shared (each distinct response once
+        /// for the fleet), every (each agent itself), none.
+        #[arg(long, default_value = "shared")]
+        verify: Verify,
+        /// Agents do not accept deltas (every response is a full snapshot).
+        #[arg(long)]
+        no_delta: bool,
+        /// Pause before reading the server's memory.
+        #[arg(long, default_value = "2s", value_parser = humantime_secs)]
+        settle: Duration,
+        /// Longest wait for every agent to ACK one push.
+        #[arg(long, default_value = "120s", value_parser = humantime_secs)]
+        ack_timeout: Duration,
+        /// Connections opened at once.
+        #[arg(long, default_value_t = 256)]
+        connect_parallelism: usize,
+        /// Threads checking responses with `--verify every`.
+        #[arg(long, default_value_t = 1)]
+        verify_threads: usize,
+    },
+    /// Durable pushes per second with 1, 8 and 64 concurrent pushers.
+    Push {
+        /// The control server.
+        #[arg(long, default_value = "http://127.0.0.1:7070")]
+        server: String,
+        /// Numbers of concurrent pushers, comma-separated.
+        #[arg(long, default_value = "1,8,64", value_delimiter = ',')]
+        concurrency: Vec<usize>,
+        /// How long each measurement runs.
+        #[arg(long, default_value = "3s", value_parser = humantime_secs)]
+        duration: Duration,
+        /// Directory on the server's disk to time fsync in (its data dir).
+        #[arg(long)]
+        fsync_dir: Option<PathBuf>,
+    },
+}
+
+/// Parses `1.5s`, `300ms` or a plain number of seconds.
+fn humantime_secs(s: &str) -> Result<Duration, String> {
+    let parsed = if let Some(ms) = s.strip_suffix("ms") {
+        ms.parse::<f64>().map(|v| v / 1e3)
+    } else {
+        s.strip_suffix('s').unwrap_or(s).parse::<f64>()
+    };
+    match parsed {
+        Ok(secs) if secs >= 0.0 && secs.is_finite() => Ok(Duration::from_secs_f64(secs)),
+        _ => Err(format!("{s:?} is not a duration like 2s or 300ms")),
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("vane-loadgen: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[tokio::main]
+async fn run(args: Args) -> Result<()> {
+    let json = match args.scenario {
+        Scenario::Fanout {
+            server,
+            server_pid,
+            group,
+            agents,
+            connections,
+            routes,
+            pushes,
+            verify,
+            no_delta,
+            settle,
+            ack_timeout,
+            connect_parallelism,
+            verify_threads,
+        } => {
+            let connections = connections.unwrap_or(agents);
+            // One socket per connection, plus room for everything else.
+            sys::raise_nofile(connections as u64 + 256)?;
+            let report = fanout::run(&FanoutConfig {
+                server,
+                server_pid,
+                group,
+                agents,
+                connections,
+                routes,
+                pushes,
+                verify,
+                accept_delta: !no_delta,
+                settle,
+                ack_timeout,
+                connect_parallelism,
+                verify_threads,
+            })
+            .await?;
+            serde_json::to_string(&report)?
+        }
+        Scenario::Push {
+            server,
+            concurrency,
+            duration,
+            fsync_dir,
+        } => {
+            sys::raise_nofile(concurrency.iter().sum::<usize>() as u64 + 256)?;
+            let report = push::run(&PushConfig {
+                server,
+                concurrency,
+                duration,
+                fsync_dir,
+            })
+            .await?;
+            serde_json::to_string(&report)?
+        }
+    };
+    println!("{json}");
+    Ok(())
+}

@@ -1,0 +1,134 @@
+//! Compiling a snapshot into what the request path reads: one immutable
+//! [`Compiled`] value behind one `ArcSwap`, built aside from the running one
+//! and swapped in whole. Runtime state that must outlive a snapshot (pools,
+//! cursors, ejections, budgets, token buckets) is carried over from the
+//! running build when the cluster or limit is unchanged.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use vane_agent::Current;
+use vane_model::ListenerTarget;
+
+use crate::cluster::ClusterRt;
+use crate::metrics::Metrics;
+use crate::ratelimit::RateLimiter;
+use crate::route::{RouteRt, RouteTableRt};
+
+/// What a listener of the running build sends traffic to.
+#[derive(Debug, Clone)]
+pub(crate) enum ListenerRoutes {
+    /// HTTP: a route table, compiled for this listener (its metric labels).
+    Http(Arc<RouteTableRt>),
+    /// TCP: a cluster.
+    Tcp(Arc<ClusterRt>),
+}
+
+/// The data plane's whole configuration: built once per snapshot, read
+/// lock-free by every request.
+#[derive(Debug)]
+pub(crate) struct Compiled {
+    /// The snapshot this was compiled from, with version, hash and source.
+    pub(crate) current: Arc<Current>,
+    /// Whether a configuration (live, cached or defaults) is loaded.
+    pub(crate) ready: bool,
+    /// By listener name.
+    pub(crate) listeners: HashMap<String, ListenerRoutes>,
+    /// By cluster name.
+    pub(crate) clusters: HashMap<String, Arc<ClusterRt>>,
+    /// By rate-limit name.
+    pub(crate) limits: HashMap<String, Arc<RateLimiter>>,
+}
+
+impl Compiled {
+    /// Nothing loaded yet: no listeners, not ready.
+    pub(crate) fn empty(current: Arc<Current>) -> Self {
+        Self {
+            current,
+            ready: false,
+            listeners: HashMap::new(),
+            clusters: HashMap::new(),
+            limits: HashMap::new(),
+        }
+    }
+}
+
+/// Compiles `current`, keeping the runtime state of `previous`.
+///
+/// Cannot fail: the snapshot passed validation, so every reference resolves.
+/// (A reference that somehow does not is skipped with an error log rather
+/// than taking the data plane down.)
+pub(crate) fn compile(current: Arc<Current>, previous: &Compiled, metrics: &Metrics) -> Compiled {
+    let snapshot = current.snapshot.clone();
+    let limits: HashMap<String, Arc<RateLimiter>> = snapshot
+        .rate_limits
+        .iter()
+        .map(|l| {
+            let kept = previous
+                .limits
+                .get(&l.name)
+                .filter(|old| old.same_as(l.requests_per_second, l.burst))
+                .cloned();
+            let limiter = kept.unwrap_or_else(|| {
+                Arc::new(RateLimiter::new(&l.name, l.requests_per_second, l.burst))
+            });
+            (l.name.clone(), limiter)
+        })
+        .collect();
+    let clusters: HashMap<String, Arc<ClusterRt>> = snapshot
+        .clusters
+        .iter()
+        .map(|c| {
+            let prev = previous.clusters.get(&c.name).map(|p| &**p);
+            (c.name.clone(), Arc::new(ClusterRt::build(c, prev, metrics)))
+        })
+        .collect();
+    let mut listeners = HashMap::new();
+    for l in &snapshot.listeners {
+        let routes = match &l.target {
+            ListenerTarget::Cluster(c) => match clusters.get(c) {
+                Some(c) => ListenerRoutes::Tcp(c.clone()),
+                None => {
+                    tracing::error!(listener = %l.name, cluster = %c, "unknown cluster; listener skipped");
+                    continue;
+                }
+            },
+            ListenerTarget::RouteTable(t) => {
+                let Some(table) = snapshot.route_table(t) else {
+                    tracing::error!(listener = %l.name, route_table = %t, "unknown route table; listener skipped");
+                    continue;
+                };
+                let routes = table
+                    .routes
+                    .iter()
+                    .filter_map(|r| {
+                        let Some(cluster) = clusters.get(&r.cluster) else {
+                            tracing::error!(route = %r.name, cluster = %r.cluster, "unknown cluster; route skipped");
+                            return None;
+                        };
+                        let limit = r.rate_limit.as_ref().and_then(|n| limits.get(n)).cloned();
+                        let stats = metrics.route_stats(
+                            &l.name,
+                            &r.name,
+                            &r.cluster,
+                            r.rate_limit.as_deref(),
+                        );
+                        Some(Arc::new(RouteRt::new(r, cluster.clone(), limit, stats)))
+                    })
+                    .collect();
+                ListenerRoutes::Http(Arc::new(RouteTableRt {
+                    routes,
+                    no_route: metrics.no_route(&l.name),
+                }))
+            }
+        };
+        listeners.insert(l.name.clone(), routes);
+    }
+    Compiled {
+        ready: !current.hash.is_empty(),
+        current,
+        listeners,
+        clusters,
+        limits,
+    }
+}

@@ -1,0 +1,8 @@
+//! The HTTP data plane: serving downstream connections (HTTP/1.1 and h2c on
+//! one port) and forwarding each request to its route's cluster.
+
+pub(crate) mod body;
+pub(crate) mod forward;
+pub(crate) mod headers;
+pub(crate) mod local;
+pub(crate) mod server;

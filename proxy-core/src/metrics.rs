@@ -1,0 +1,358 @@
+//! The data plane's Prometheus metrics. Label sets are resolved to counter
+//! handles when a snapshot is compiled, so the request path only increments
+//! atomics: no label hashing, no map lookups, no locks.
+//!
+//! Label sets of routes and clusters that a new snapshot no longer has are
+//! removed from the families, so `/metrics` stays bounded under churn.
+
+use std::collections::HashSet;
+use std::hash::Hash;
+use std::sync::Mutex;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::histogram::LatencyHistogram;
+
+/// Status classes counted per route.
+pub(crate) const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct RequestLabels {
+    listener: String,
+    route: String,
+    cluster: String,
+    class: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct RouteLabels {
+    listener: String,
+    route: String,
+    cluster: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct ClusterLabels {
+    cluster: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct UpstreamErrorLabels {
+    cluster: String,
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct RateLimitedLabels {
+    listener: String,
+    route: String,
+    limit: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct ListenerLabels {
+    listener: String,
+}
+
+/// Handles of one route on one listener.
+#[derive(Debug, Clone)]
+pub(crate) struct RouteStats {
+    /// Requests by status class (index = first digit - 1).
+    pub(crate) requests: [Counter; 5],
+    /// Time to the response headers (or to the local error).
+    pub(crate) duration: LatencyHistogram,
+    /// Requests refused by the route's rate limit.
+    pub(crate) rate_limited: Counter,
+}
+
+impl RouteStats {
+    /// Counts a response with `status`.
+    #[inline]
+    pub(crate) fn count(&self, status: http::StatusCode) {
+        let class = (status.as_u16() / 100).clamp(1, 5) as usize - 1;
+        self.requests[class].inc();
+    }
+}
+
+/// Handles of one cluster.
+#[derive(Debug, Clone)]
+pub(crate) struct ClusterStats {
+    pub(crate) connect_errors: Counter,
+    pub(crate) timeouts: Counter,
+    pub(crate) protocol_errors: Counter,
+    pub(crate) retries: Counter,
+    pub(crate) budget_exhausted: Counter,
+    pub(crate) ejections: Counter,
+    pub(crate) ejected: Gauge,
+}
+
+/// Handles of one listener.
+#[derive(Debug, Clone)]
+pub(crate) struct ListenerStats {
+    /// Connections open now.
+    pub(crate) connections_active: Gauge,
+    /// Connections accepted.
+    pub(crate) connections_total: Counter,
+    /// Connections refused because the proxy is at its connection limit.
+    pub(crate) connections_refused: Counter,
+}
+
+#[derive(Debug, Default)]
+struct Keys {
+    requests: HashSet<RequestLabels>,
+    routes: HashSet<RouteLabels>,
+    clusters: HashSet<ClusterLabels>,
+    upstream_errors: HashSet<UpstreamErrorLabels>,
+    rate_limited: HashSet<RateLimitedLabels>,
+}
+
+/// Every metric family of the data plane.
+#[derive(Debug)]
+pub(crate) struct Metrics {
+    requests: Family<RequestLabels, Counter>,
+    duration: Family<RouteLabels, LatencyHistogram>,
+    upstream_errors: Family<UpstreamErrorLabels, Counter>,
+    retries: Family<ClusterLabels, Counter>,
+    budget_exhausted: Family<ClusterLabels, Counter>,
+    ejections: Family<ClusterLabels, Counter>,
+    ejected: Family<ClusterLabels, Gauge>,
+    rate_limited: Family<RateLimitedLabels, Counter>,
+    connections_active: Family<ListenerLabels, Gauge>,
+    connections_total: Family<ListenerLabels, Counter>,
+    connections_refused: Family<ListenerLabels, Counter>,
+    /// Version the data plane runs (activated, not just received).
+    pub(crate) config_version: Gauge,
+    /// Snapshots activated by the data plane.
+    pub(crate) activations: Counter,
+    /// Listeners the data plane runs.
+    pub(crate) listeners: Gauge,
+    /// The label sets the running build uses (and the one being compiled).
+    live: Mutex<Keys>,
+    building: Mutex<Keys>,
+}
+
+impl Metrics {
+    /// Empty families.
+    pub(crate) fn new() -> Self {
+        Self {
+            requests: Family::default(),
+            duration: Family::default(),
+            upstream_errors: Family::default(),
+            retries: Family::default(),
+            budget_exhausted: Family::default(),
+            ejections: Family::default(),
+            ejected: Family::default(),
+            rate_limited: Family::default(),
+            connections_active: Family::default(),
+            connections_total: Family::default(),
+            connections_refused: Family::default(),
+            config_version: Gauge::default(),
+            activations: Counter::default(),
+            listeners: Gauge::default(),
+            live: Mutex::new(Keys::default()),
+            building: Mutex::new(Keys::default()),
+        }
+    }
+
+    /// Registers every family in `registry`.
+    pub(crate) fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "vane_proxy_requests",
+            "HTTP requests by listener, route, cluster and status class",
+            self.requests.clone(),
+        );
+        registry.register(
+            "vane_proxy_request_duration_seconds",
+            "Time from request to response headers (or local error), by listener, route and cluster",
+            self.duration.clone(),
+        );
+        registry.register(
+            "vane_proxy_upstream_errors",
+            "Upstream failures by cluster and kind (connect, timeout, protocol)",
+            self.upstream_errors.clone(),
+        );
+        registry.register(
+            "vane_proxy_upstream_retries",
+            "Retries sent to a cluster",
+            self.retries.clone(),
+        );
+        registry.register(
+            "vane_proxy_retry_budget_exhausted",
+            "Retries not sent because the cluster's retry budget was spent",
+            self.budget_exhausted.clone(),
+        );
+        registry.register(
+            "vane_proxy_outlier_ejections",
+            "Endpoints ejected by passive outlier detection",
+            self.ejections.clone(),
+        );
+        registry.register(
+            "vane_proxy_outlier_ejected_endpoints",
+            "Endpoints currently ejected",
+            self.ejected.clone(),
+        );
+        registry.register(
+            "vane_proxy_rate_limited",
+            "Requests refused with 429 by a rate limit",
+            self.rate_limited.clone(),
+        );
+        registry.register(
+            "vane_proxy_connections_active",
+            "Downstream connections open, by listener",
+            self.connections_active.clone(),
+        );
+        registry.register(
+            "vane_proxy_connections",
+            "Downstream connections accepted, by listener",
+            self.connections_total.clone(),
+        );
+        registry.register(
+            "vane_proxy_connections_refused",
+            "Downstream connections closed at once because the proxy was at --max-connections",
+            self.connections_refused.clone(),
+        );
+        registry.register(
+            "vane_proxy_config_version",
+            "Version of the configuration the data plane runs (0: defaults or none)",
+            self.config_version.clone(),
+        );
+        registry.register(
+            "vane_proxy_config_activations",
+            "Snapshots activated by the data plane (routing compiled, listeners reconciled)",
+            self.activations.clone(),
+        );
+        registry.register(
+            "vane_proxy_listeners",
+            "Listeners accepting connections",
+            self.listeners.clone(),
+        );
+    }
+
+    fn note<K: Clone + Eq + Hash>(&self, pick: impl FnOnce(&mut Keys) -> &mut HashSet<K>, k: &K) {
+        let mut b = self.building.lock().unwrap_or_else(|p| p.into_inner());
+        pick(&mut b).insert(k.clone());
+    }
+
+    /// Handles of `route` of `listener`, sending to `cluster`.
+    pub(crate) fn route_stats(
+        &self,
+        listener: &str,
+        route: &str,
+        cluster: &str,
+        limit: Option<&str>,
+    ) -> RouteStats {
+        let requests = CLASSES.map(|class| {
+            let k = RequestLabels {
+                listener: listener.to_owned(),
+                route: route.to_owned(),
+                cluster: cluster.to_owned(),
+                class: class.to_owned(),
+            };
+            self.note(|b| &mut b.requests, &k);
+            self.requests.get_or_create_owned(&k)
+        });
+        let rk = RouteLabels {
+            listener: listener.to_owned(),
+            route: route.to_owned(),
+            cluster: cluster.to_owned(),
+        };
+        self.note(|b| &mut b.routes, &rk);
+        let limited = RateLimitedLabels {
+            listener: listener.to_owned(),
+            route: route.to_owned(),
+            limit: limit.unwrap_or_default().to_owned(),
+        };
+        let rate_limited = if limit.is_some() {
+            self.note(|b| &mut b.rate_limited, &limited);
+            self.rate_limited.get_or_create_owned(&limited)
+        } else {
+            // Never incremented: a detached counter keeps the type simple.
+            Counter::default()
+        };
+        RouteStats {
+            requests,
+            duration: self.duration.get_or_create_owned(&rk),
+            rate_limited,
+        }
+    }
+
+    /// Handles of requests of `listener` that match no route.
+    pub(crate) fn no_route(&self, listener: &str) -> Counter {
+        let k = RequestLabels {
+            listener: listener.to_owned(),
+            route: String::new(),
+            cluster: String::new(),
+            class: "4xx".to_owned(),
+        };
+        self.note(|b| &mut b.requests, &k);
+        self.requests.get_or_create_owned(&k)
+    }
+
+    /// Handles of `cluster`.
+    pub(crate) fn cluster_stats(&self, cluster: &str) -> ClusterStats {
+        let ck = ClusterLabels {
+            cluster: cluster.to_owned(),
+        };
+        self.note(|b| &mut b.clusters, &ck);
+        let err = |kind: &str| {
+            let k = UpstreamErrorLabels {
+                cluster: cluster.to_owned(),
+                kind: kind.to_owned(),
+            };
+            self.note(|b| &mut b.upstream_errors, &k);
+            self.upstream_errors.get_or_create_owned(&k)
+        };
+        ClusterStats {
+            connect_errors: err("connect"),
+            timeouts: err("timeout"),
+            protocol_errors: err("protocol"),
+            retries: self.retries.get_or_create_owned(&ck),
+            budget_exhausted: self.budget_exhausted.get_or_create_owned(&ck),
+            ejections: self.ejections.get_or_create_owned(&ck),
+            ejected: self.ejected.get_or_create_owned(&ck),
+        }
+    }
+
+    /// Handles of listener `name` (kept for the process's life: listeners
+    /// are few, and a draining listener still counts its connections).
+    pub(crate) fn listener_stats(&self, name: &str) -> ListenerStats {
+        let k = ListenerLabels {
+            listener: name.to_owned(),
+        };
+        ListenerStats {
+            connections_active: self.connections_active.get_or_create_owned(&k),
+            connections_total: self.connections_total.get_or_create_owned(&k),
+            connections_refused: self.connections_refused.get_or_create_owned(&k),
+        }
+    }
+
+    /// The build that was being compiled is now the running one: drop label
+    /// sets only the previous build used.
+    pub(crate) fn commit_build(&self) {
+        let next = std::mem::take(&mut *self.building.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        let old = std::mem::replace(&mut *live, next);
+        for k in old.requests.difference(&live.requests) {
+            self.requests.remove(k);
+        }
+        for k in old.routes.difference(&live.routes) {
+            self.duration.remove(k);
+        }
+        for k in old.clusters.difference(&live.clusters) {
+            self.retries.remove(k);
+            self.budget_exhausted.remove(k);
+            self.ejections.remove(k);
+            self.ejected.remove(k);
+        }
+        for k in old.upstream_errors.difference(&live.upstream_errors) {
+            self.upstream_errors.remove(k);
+        }
+        for k in old.rate_limited.difference(&live.rate_limited) {
+            self.rate_limited.remove(k);
+        }
+    }
+}

@@ -1,0 +1,503 @@
+//! Real etcd for the cluster tests: members as child processes on free
+//! loopback ports with temporary data directories (SIGKILLed and restarted
+//! at will), a few calls to etcd's JSON gateway (health, leader, compaction),
+//! a TCP relay that can cut one replica off from etcd, and the flags that
+//! make `vane-control` a replica.
+//!
+//! `etcd` must be on PATH: `cargo xtask test` installs Debian's
+//! `etcd-server`. Without it the cluster tests fail, saying so.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+use crate::ControlServer;
+
+/// How long a member (or the whole cluster) may take to become healthy.
+pub const ETCD_READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A free loopback port for a process to listen on, chosen below the
+/// kernel's ephemeral range: a port from `bind(":0")` is one the kernel also
+/// hands to outgoing connections, and these tests open many (every vanectl
+/// run, every etcd client), so such a port is sometimes taken by the time
+/// the process binds it.
+pub fn free_listen_port() -> u16 {
+    use std::sync::atomic::AtomicU16;
+    // Spread over the range by process, then walk it.
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    const LOW: u16 = 20_000;
+    const SPAN: u16 = 12_000;
+    let start = (std::process::id() % u32::from(SPAN)) as u16;
+    for _ in 0..SPAN {
+        let offset = (start.wrapping_add(NEXT.fetch_add(7, Ordering::Relaxed))) % SPAN;
+        let port = LOW + offset;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port between {LOW} and {}", LOW + SPAN)
+}
+
+/// [`free_listen_port`] as an address.
+pub fn free_listen_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], free_listen_port()))
+}
+
+fn free_port() -> u16 {
+    free_listen_port()
+}
+
+fn etcd_binary() -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|dir| dir.join("etcd"))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "the cluster tests need `etcd` on PATH: install Debian's etcd-server \
+                 (`cargo xtask test` does) and run again"
+            )
+        })
+}
+
+/// One member of an [`EtcdCluster`].
+struct Member {
+    name: String,
+    client_port: u16,
+    peer_port: u16,
+    child: Option<Child>,
+    starts: u32,
+}
+
+impl Member {
+    fn client_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    fn peer_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.peer_port)
+    }
+}
+
+/// An etcd cluster of real processes, killed when dropped.
+pub struct EtcdCluster {
+    members: Vec<Member>,
+    initial_cluster: String,
+    root: TempDir,
+}
+
+impl EtcdCluster {
+    /// Starts `n` members and waits until every one is healthy.
+    pub fn start(n: usize) -> Self {
+        assert!(n > 0, "a cluster has members");
+        let members: Vec<Member> = (0..n)
+            .map(|i| Member {
+                name: format!("m{i}"),
+                client_port: free_port(),
+                peer_port: free_port(),
+                child: None,
+                starts: 0,
+            })
+            .collect();
+        let initial_cluster = members
+            .iter()
+            .map(|m| format!("{}={}", m.name, m.peer_url()))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut cluster = Self {
+            members,
+            initial_cluster,
+            root: tempfile::Builder::new()
+                .prefix("vane-etcd-")
+                .tempdir()
+                .expect("create a temporary directory"),
+        };
+        for i in 0..n {
+            cluster.spawn(i);
+        }
+        cluster.wait_healthy();
+        cluster
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let data = self
+            .root
+            .path()
+            .join(format!("{}.etcd", self.members[i].name));
+        let member = &mut self.members[i];
+        member.starts += 1;
+        let log_path = self
+            .root
+            .path()
+            .join(format!("{}-{}.log", member.name, member.starts));
+        let log = File::create(&log_path).expect("create the etcd log");
+        let child = Command::new(etcd_binary())
+            .args(["--name", &member.name])
+            .arg("--data-dir")
+            .arg(&data)
+            .args(["--listen-client-urls", &member.client_url()])
+            .args(["--advertise-client-urls", &member.client_url()])
+            .args(["--listen-peer-urls", &member.peer_url()])
+            .args(["--initial-advertise-peer-urls", &member.peer_url()])
+            .args(["--initial-cluster", &self.initial_cluster])
+            .args(["--initial-cluster-state", "new"])
+            .args(["--initial-cluster-token", "vane-tests"])
+            .args(["--logger", "zap", "--log-level", "warn"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn etcd");
+        member.child = Some(child);
+    }
+
+    /// Every member's client URL.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members.iter().map(Member::client_url).collect()
+    }
+
+    /// One member's client URL.
+    pub fn endpoint(&self, i: usize) -> String {
+        self.members[i].client_url()
+    }
+
+    /// The client address of member `i` (for a [`Relay`]).
+    pub fn client_addr(&self, i: usize) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.members[i].client_port))
+    }
+
+    /// How many members there are.
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    /// Whether there are no members (never: [`Self::start`] refuses).
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    /// SIGKILLs member `i`.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.members[i].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGKILLs every member.
+    pub fn kill_all(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill(i);
+        }
+    }
+
+    /// Starts member `i` again on its ports and data (after [`Self::kill`]);
+    /// does not wait for it.
+    pub fn restart(&mut self, i: usize) {
+        assert!(self.members[i].child.is_none(), "kill the member first");
+        self.spawn(i);
+    }
+
+    /// Starts every stopped member again and waits until all are healthy.
+    pub fn restart_all(&mut self) {
+        for i in 0..self.members.len() {
+            if self.members[i].child.is_none() {
+                self.spawn(i);
+            }
+        }
+        self.wait_healthy();
+    }
+
+    /// Waits until every running member reports itself healthy (it has a
+    /// leader and answers a quorum read).
+    pub fn wait_healthy(&self) {
+        let deadline = Instant::now() + ETCD_READY_TIMEOUT;
+        for (i, m) in self.members.iter().enumerate() {
+            if m.child.is_none() {
+                continue;
+            }
+            loop {
+                if self.healthy(i) {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "etcd member {} did not become healthy; logs:\n{}",
+                    m.name,
+                    self.logs()
+                );
+                thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+
+    /// Whether member `i` answers `/health` with `true`.
+    pub fn healthy(&self, i: usize) -> bool {
+        http(self.client_addr(i), "GET", "/health", "")
+            .is_ok_and(|(code, body)| code == 200 && body.contains("\"true\""))
+    }
+
+    /// The index of the member that is the leader, asked of the running
+    /// members; `None` while there is none.
+    pub fn leader(&self) -> Option<usize> {
+        for (i, m) in self.members.iter().enumerate() {
+            if m.child.is_none() {
+                continue;
+            }
+            let Ok((200, body)) = http(self.client_addr(i), "POST", "/v3/maintenance/status", "{}")
+            else {
+                continue;
+            };
+            let Ok(json) = serde_json::from_str::<serde_json::Value>(&body) else {
+                continue;
+            };
+            let me = json["header"]["member_id"].as_str().unwrap_or_default();
+            let leader = json["leader"].as_str().unwrap_or_default();
+            if !leader.is_empty() && leader != "0" && me == leader {
+                return Some(i);
+            }
+        }
+        None
+    }
+
+    /// Waits for a leader and returns its index.
+    #[track_caller]
+    pub fn wait_leader(&self) -> usize {
+        let deadline = Instant::now() + ETCD_READY_TIMEOUT;
+        loop {
+            if let Some(i) = self.leader() {
+                return i;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no etcd leader; logs:\n{}",
+                self.logs()
+            );
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The current revision, read from member `i`.
+    pub fn revision(&self, i: usize) -> i64 {
+        // `eA==` is the key "x" in base64, as the gateway wants keys.
+        let (code, body) = http(
+            self.client_addr(i),
+            "POST",
+            "/v3/kv/range",
+            r#"{"key":"eA=="}"#,
+        )
+        .expect("POST /v3/kv/range");
+        assert_eq!(code, 200, "range: {body}");
+        let json: serde_json::Value = serde_json::from_str(&body).expect("range answers JSON");
+        json["header"]["revision"]
+            .as_str()
+            .and_then(|r| r.parse().ok())
+            .unwrap_or_else(|| panic!("no revision in {body}"))
+    }
+
+    /// Compacts the history up to the current revision (through member
+    /// `i`); returns that revision.
+    pub fn compact(&self, i: usize) -> i64 {
+        let revision = self.revision(i);
+        let (code, body) = http(
+            self.client_addr(i),
+            "POST",
+            "/v3/kv/compaction",
+            &format!(r#"{{"revision":"{revision}","physical":true}}"#),
+        )
+        .expect("POST /v3/kv/compaction");
+        assert_eq!(code, 200, "compaction: {body}");
+        revision
+    }
+
+    /// Every member's logs so far.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for m in &self.members {
+            for n in 1..=m.starts {
+                let path = self.root.path().join(format!("{}-{n}.log", m.name));
+                let text = std::fs::read_to_string(&path).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(30).collect();
+                out.push_str(&format!("--- {} (start {n}) ---\n", m.name));
+                for line in tail.into_iter().rev() {
+                    out.push_str(line);
+                    out.push('\n');
+                }
+            }
+        }
+        out
+    }
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        self.kill_all();
+        if thread::panicking() {
+            eprintln!("--- etcd logs ---\n{}", self.logs());
+        }
+    }
+}
+
+/// A minimal HTTP/1.1 request on loopback; returns the status and the body
+/// (chunked bodies decoded).
+fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> std::io::Result<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response)?;
+    let response = String::from_utf8_lossy(&response).into_owned();
+    let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_owned());
+    let (head, rest) = response
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| bad("malformed HTTP response"))?;
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| bad("no status code"))?;
+    let chunked = head.lines().any(|l| {
+        l.to_ascii_lowercase()
+            .starts_with("transfer-encoding: chunked")
+    });
+    if !chunked {
+        return Ok((code, rest.to_owned()));
+    }
+    let mut body = String::new();
+    let mut rest = rest;
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let size = usize::from_str_radix(size.trim(), 16).map_err(|_| bad("bad chunk size"))?;
+        if size == 0 || after.len() < size {
+            break;
+        }
+        body.push_str(&after[..size]);
+        rest = after[size..].trim_start_matches("\r\n");
+    }
+    Ok((code, body))
+}
+
+/// A TCP relay to one address that can be cut (every connection closed,
+/// new ones refused at once) and restored: a network partition between one
+/// replica and etcd.
+pub struct Relay {
+    addr: SocketAddr,
+    open: Arc<AtomicBool>,
+    conns: Arc<Mutex<Vec<TcpStream>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Relay {
+    /// Starts relaying `127.0.0.1:<free port>` to `target`.
+    pub fn start(target: SocketAddr) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the relay");
+        let addr = listener.local_addr().expect("a bound address");
+        let open = Arc::new(AtomicBool::new(true));
+        let conns: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (open2, conns2, stop2) = (Arc::clone(&open), Arc::clone(&conns), Arc::clone(&stop));
+        thread::spawn(move || {
+            for client in listener.incoming() {
+                if stop2.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(client) = client else { continue };
+                if !open2.load(Ordering::SeqCst) {
+                    let _ = client.shutdown(Shutdown::Both);
+                    continue;
+                }
+                let Ok(server) = TcpStream::connect(target) else {
+                    let _ = client.shutdown(Shutdown::Both);
+                    continue;
+                };
+                let _ = client.set_nodelay(true);
+                let _ = server.set_nodelay(true);
+                {
+                    let mut all = conns2.lock().unwrap_or_else(|p| p.into_inner());
+                    all.extend([&client, &server].iter().filter_map(|s| s.try_clone().ok()));
+                }
+                for (mut from, mut to) in [
+                    (client.try_clone(), server.try_clone()),
+                    (server.try_clone(), client.try_clone()),
+                ]
+                .into_iter()
+                .filter_map(|(a, b)| Some((a.ok()?, b.ok()?)))
+                {
+                    thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(Shutdown::Both);
+                        let _ = from.shutdown(Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Self {
+            addr,
+            open,
+            conns,
+            stop,
+        }
+    }
+
+    /// The relay's URL, to give a replica as its etcd endpoint.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Closes every relayed connection and refuses new ones.
+    pub fn cut(&self) {
+        self.open.store(false, Ordering::SeqCst);
+        let mut all = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        for conn in all.drain(..) {
+            let _ = conn.shutdown(Shutdown::Both);
+        }
+    }
+
+    /// Relays new connections again.
+    pub fn restore(&self) {
+        self.open.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.cut();
+        // Wakes the accept loop so it sees `stop`.
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_millis(200));
+    }
+}
+
+/// A `vane-control` replica on `endpoints` (comma-joined into
+/// `--etcd-endpoints`), named `name`, with `extra` flags. The data dir the
+/// harness passes is not used by the etcd store.
+pub fn start_replica(name: &str, endpoints: &[String], extra: &[&str]) -> ControlServer {
+    let endpoints = endpoints.join(",");
+    let mut args = vec![
+        "--store",
+        "etcd",
+        "--etcd-endpoints",
+        &endpoints,
+        "--replica-name",
+        name,
+        // Quick expiry of a dead replica's agents, so tests need not wait.
+        "--etcd-lease-ttl",
+        "3s",
+        "--shutdown-grace",
+        "3s",
+    ];
+    args.extend_from_slice(extra);
+    ControlServer::start_with(&args)
+}

@@ -1,0 +1,45 @@
+//! `cargo xtask bench`: performance numbers from real processes on this
+//! machine (not timed tests: nothing here passes or fails on a number).
+//!
+//! - `cargo xtask bench proxy`: vane-proxy against nginx, driven by wrk.
+//! - `cargo xtask bench fanout`: N simulated agents (`vane-loadgen`) on a
+//!   release control server: convergence, bytes, memory and CPU per push.
+//! - `cargo xtask bench push`: durable pushes per second, 1/8/64 pushers.
+
+mod fanout;
+mod proxy;
+mod push;
+
+use std::path::Path;
+
+use anyhow::Result;
+use clap::Subcommand;
+
+/// What to benchmark.
+#[derive(Debug, Subcommand)]
+pub(crate) enum Bench {
+    /// vane-proxy vs nginx with the same upstream, driven by wrk (installs
+    /// wrk and nginx when missing): HTTP/1.1 keep-alive, a new connection
+    /// per request, TCP, and p99 under a config push every 100 ms. Writes
+    /// docs/benchmarks.md.
+    Proxy(proxy::Options),
+    /// A release vane-control and N simulated agents on C connections
+    /// (vane-loadgen): whole-snapshot and one-route pushes of R routes;
+    /// time to all received and all ACKed, bytes per push, server memory
+    /// per agent and CPU per push.
+    Fanout(fanout::Options),
+    /// Durable pushes per second on the embedded store with 1, 8 and 64
+    /// concurrent pushers.
+    Push(push::Options),
+}
+
+/// Runs the chosen benchmark.
+pub(crate) fn run(root: &Path, bench: Bench) -> Result<()> {
+    // Every bench builds the workspace, whose etcd client needs protoc.
+    crate::test::ensure_protoc(&mut crate::test::Apt::default())?;
+    match bench {
+        Bench::Proxy(options) => proxy::run(root, &options),
+        Bench::Fanout(options) => fanout::run(root, &options),
+        Bench::Push(options) => push::run(root, &options),
+    }
+}

@@ -1,0 +1,745 @@
+//! `cargo xtask demo --cluster`: the clustered control plane, live. Starts
+//! three etcd members and two vane-control replicas on them, a proxy (the
+//! `vane-proxy` data plane when it builds, else the `vane-agent` sidecar)
+//! given both replicas and, for the proxy, a backend and steady traffic;
+//! then pushes through either replica, kills the replica the proxy follows
+//! and an etcd member, and shows that no request failed.
+//!
+//! Everything runs on loopback ports in a temporary directory and is
+//! stopped (and removed) at the end, or on any error.
+
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail, ensure};
+
+use crate::demo::{AGENT_LISTENING, LISTENING, Server, http_get, millis, tail, wait_until, wrap};
+use crate::process::{cargo, display, run as run_cmd, seconds, target_dir};
+
+/// The group the demo works on.
+const GROUP: &str = "edge";
+/// The line vane-proxy prints once its admin endpoint listens.
+const PROXY_LISTENING: &str = "vane-proxy admin listening on ";
+
+/// A free loopback port below the kernel's ephemeral range (32768+), so no
+/// outgoing connection takes it between this check and the bind.
+fn free_port() -> Result<u16> {
+    use std::sync::atomic::AtomicU32;
+    // Spread by process, then walk: consecutive calls get different ports
+    // even though each released its probe.
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = std::process::id() % 10_000;
+    (0..10_000u32)
+        .map(|_| {
+            let step = NEXT.fetch_add(7, Ordering::Relaxed);
+            u16::try_from(20_000 + (start + step) % 10_000).unwrap_or(20_000)
+        })
+        .find(|port| TcpListener::bind(("127.0.0.1", *port)).is_ok())
+        .context("no free loopback port between 20000 and 30000")
+}
+
+/// One etcd member, killed on drop.
+struct Etcd {
+    name: String,
+    client_port: u16,
+    peer_port: u16,
+    data: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Etcd {
+    fn client_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    fn peer_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.peer_port)
+    }
+
+    fn client_addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.client_port))
+    }
+
+    fn spawn(&mut self, initial_cluster: &str) -> Result<()> {
+        let log = std::fs::File::create(&self.log)
+            .with_context(|| format!("cannot create {}", self.log.display()))?;
+        let child = Command::new("etcd")
+            .args(["--name", &self.name])
+            .arg("--data-dir")
+            .arg(&self.data)
+            .args(["--listen-client-urls", &self.client_url()])
+            .args(["--advertise-client-urls", &self.client_url()])
+            .args(["--listen-peer-urls", &self.peer_url()])
+            .args(["--initial-advertise-peer-urls", &self.peer_url()])
+            .args(["--initial-cluster", initial_cluster])
+            .args(["--initial-cluster-state", "new"])
+            .args(["--logger", "zap", "--log-level", "warn"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("cannot start etcd")?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    fn healthy(&self) -> bool {
+        http_get(self.client_addr(), "/health").is_ok_and(|body| body.contains("\"true\""))
+    }
+
+    /// Whether this member is the leader (asked through etcd's JSON gateway).
+    fn is_leader(&self) -> bool {
+        let Ok(body) = http_post(self.client_addr(), "/v3/maintenance/status", "{}") else {
+            return false;
+        };
+        let Ok(json) = serde_json::from_str::<serde_json::Value>(&body) else {
+            return false;
+        };
+        let me = json["header"]["member_id"].as_str().unwrap_or_default();
+        !me.is_empty() && json["leader"].as_str() == Some(me)
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// `POST path` with a JSON body on loopback; the body of a 200 answer.
+fn http_post(addr: SocketAddr, path: &str, body: &str) -> Result<String> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .context("malformed HTTP response")?;
+    ensure!(head.starts_with("HTTP/1.1 200"), "POST {path}: {head}");
+    Ok(body.to_owned())
+}
+
+/// An HTTP backend answering every request with 200 "ok", until dropped.
+struct Backend {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Backend {
+    fn start() -> Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        // Non-blocking accept so the loop sees `stop`.
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((conn, _)) => {
+                        std::thread::spawn(move || serve_ok(conn));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        Ok(Self {
+            addr,
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Answers every request of one keep-alive connection with 200 "ok"; ends
+/// when the peer closes it.
+fn serve_ok(conn: TcpStream) {
+    let _ = conn.set_nonblocking(false);
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
+    let Ok(mut writer) = conn.try_clone() else {
+        return;
+    };
+    let mut reader = BufReader::new(conn);
+    loop {
+        let mut line = String::new();
+        // The request line and headers, up to the blank line.
+        loop {
+            line.clear();
+            match reader.read_line(&mut line) {
+                Ok(0) | Err(_) => return,
+                Ok(_) if line == "\r\n" => break,
+                Ok(_) => {}
+            }
+        }
+        if writer
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n")
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// One client sending GETs through the proxy back to back (a new
+/// connection each, the harshest case for a data plane), counting answers.
+struct Traffic {
+    ok: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Traffic {
+    fn start(addr: SocketAddr) -> Self {
+        let (ok, failed, stop) = (
+            Arc::new(AtomicU64::new(0)),
+            Arc::new(AtomicU64::new(0)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let (ok2, failed2, stop2) = (Arc::clone(&ok), Arc::clone(&failed), Arc::clone(&stop));
+        let thread = std::thread::spawn(move || {
+            while !stop2.load(Ordering::Relaxed) {
+                let good = http_get(addr, "/").is_ok_and(|body| body == "ok\n");
+                if good { &ok2 } else { &failed2 }.fetch_add(1, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        });
+        Self {
+            ok,
+            failed,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn counts(&self) -> (u64, u64) {
+        (
+            self.ok.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+        )
+    }
+}
+
+impl Drop for Traffic {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The snapshot the demo pushes: one HTTP listener routing to the backend,
+/// with `step` as a value so each push is a new version.
+fn snapshot(listen: SocketAddr, backend: SocketAddr, step: u32) -> String {
+    format!(
+        r#"listeners:
+  - {{ name: web, address: "{listen}", protocol: http, route_table: main }}
+route_tables:
+  - name: main
+    routes:
+      - {{ match: {{ path_prefix: / }}, cluster: app }}
+clusters:
+  - {{ name: app, endpoints: [ {{ address: "{backend}" }} ] }}
+values:
+  demo.step: {step}
+"#
+    )
+}
+
+/// Everything the tour needs.
+struct Cluster {
+    bin: PathBuf,
+    work: PathBuf,
+    etcd: Vec<Etcd>,
+    a: Option<Server>,
+    b: Server,
+    a_url: String,
+    b_url: String,
+    agent: Option<Server>,
+    /// Whether `agent` is vane-proxy (else the sidecar).
+    proxy: bool,
+    traffic: Option<Traffic>,
+    web: SocketAddr,
+    backend: Backend,
+}
+
+impl Cluster {
+    fn vanectl(&self, server: &str, args: &[&str], expect: i32) -> Result<()> {
+        let mut cmd = Command::new(self.bin.join("vanectl"));
+        cmd.arg("--server")
+            .arg(server)
+            .args(args)
+            .current_dir(&self.work);
+        println!("$ {}", display(&cmd));
+        let status = cmd.status().context("cannot run vanectl")?;
+        ensure!(
+            status.code() == Some(expect),
+            "`{}` exited with {status}; the demo expected exit code {expect}",
+            display(&cmd)
+        );
+        Ok(())
+    }
+
+    fn write_snapshot(&self, step: u32) -> Result<String> {
+        let name = format!("step{step}.yaml");
+        std::fs::write(
+            self.work.join(&name),
+            snapshot(self.web, self.backend.addr, step),
+        )?;
+        Ok(name)
+    }
+
+    fn agent_status(&self) -> Result<serde_json::Value> {
+        let agent = self.agent.as_ref().context("no agent is running")?;
+        let body = http_get(agent.addr, "/status")?;
+        serde_json::from_str(&body).context("/status is not JSON")
+    }
+
+    fn show_agent_status(&self) -> Result<()> {
+        let agent = self.agent.as_ref().context("no agent is running")?;
+        let s = self.agent_status()?;
+        println!("$ curl -s http://{}/status   # {}", agent.addr, agent.name);
+        for key in [
+            "version",
+            "source",
+            "state",
+            "connected",
+            "server",
+            "reconnects",
+        ] {
+            println!("  {key}: {}", s[key]);
+        }
+        Ok(())
+    }
+
+    fn wait_agent_version(&self, version: u64) -> Result<Duration> {
+        let started = Instant::now();
+        wait_until(&format!("the agent to apply version {version}"), || {
+            self.agent_status()
+                .is_ok_and(|s| s["version"].as_u64() == Some(version))
+        })?;
+        Ok(started.elapsed())
+    }
+
+    fn show_traffic(&self) {
+        if let Some(traffic) = &self.traffic {
+            let (ok, failed) = traffic.counts();
+            println!("(traffic through the proxy so far: {ok} requests answered, {failed} failed)");
+        }
+    }
+
+    fn dump_logs(&self) {
+        let servers = self.a.iter().chain([&self.b]).chain(self.agent.as_ref());
+        for s in servers {
+            eprintln!(
+                "{} log ({}):\n{}",
+                s.name,
+                s.log.display(),
+                tail(&s.log, 15)
+            );
+        }
+    }
+}
+
+pub(crate) fn run(root: &Path) -> Result<()> {
+    let mut apt = crate::test::Apt::default();
+    crate::test::ensure_protoc(&mut apt)?;
+    apt.ensure_tool("etcd", "etcd-server")?;
+
+    println!("==> building vane-control, vanectl and vane-agent (debug)");
+    let mut build = cargo();
+    build
+        .args([
+            "build",
+            "--quiet",
+            "-p",
+            "vane-control",
+            "-p",
+            "vane-agent",
+            "--bins",
+        ])
+        .current_dir(root);
+    let took = run_cmd(&mut build)?;
+    println!("    built in {}", seconds(took));
+    let bin = target_dir(root).join("debug");
+    println!("==> building vane-proxy (the data plane), if this checkout has it");
+    let mut build = cargo();
+    build
+        .args(["build", "--quiet", "-p", "vane-proxy-core", "--bins"])
+        .current_dir(root);
+    let proxy = run_cmd(&mut build).is_ok() && bin.join("vane-proxy").exists();
+    if !proxy {
+        println!(
+            "    vane-proxy is not available: the demo uses the vane-agent sidecar, without traffic"
+        );
+    }
+
+    let work = tempfile::Builder::new()
+        .prefix("vane-cluster-demo-")
+        .tempdir()
+        .context("cannot create a temporary directory")?;
+    let w = work.path().to_path_buf();
+
+    section(
+        1,
+        "three etcd members",
+        "etcd is the cluster's memory: a replicated, consistent key-value store. Vane keeps \
+         every version there, and allocates version numbers with compare-and-set \
+         transactions, so any replica can take a push and no number is ever used twice.",
+    );
+    let mut etcd = Vec::new();
+    for i in 0..3 {
+        etcd.push(Etcd {
+            name: format!("etcd-{i}"),
+            client_port: free_port()?,
+            peer_port: free_port()?,
+            data: w.join(format!("etcd-{i}.data")),
+            log: w.join(format!("etcd-{i}.log")),
+            child: None,
+        });
+    }
+    let initial = etcd
+        .iter()
+        .map(|e| format!("{}={}", e.name, e.peer_url()))
+        .collect::<Vec<_>>()
+        .join(",");
+    for member in &mut etcd {
+        println!(
+            "$ etcd --name {} --listen-client-urls {} --listen-peer-urls {} --initial-cluster {initial} &",
+            member.name,
+            member.client_url(),
+            member.peer_url()
+        );
+        member.spawn(&initial)?;
+    }
+    wait_until("the etcd members to be healthy", || {
+        etcd.iter().all(Etcd::healthy)
+    })?;
+    let endpoints = etcd
+        .iter()
+        .map(Etcd::client_url)
+        .collect::<Vec<_>>()
+        .join(",");
+    println!("(all three healthy; leader: {})", leader_name(&etcd));
+
+    section(
+        2,
+        "two control-server replicas",
+        "Each replica serves agents and the Admin API, and follows the other's pushes \
+         through an etcd watch. They share nothing else.",
+    );
+    let start_replica = |name: &'static str| -> Result<Server> {
+        let args: Vec<std::ffi::OsString> = [
+            "--store",
+            "etcd",
+            "--etcd-endpoints",
+            &endpoints,
+            "--listen",
+            "127.0.0.1:0",
+            "--replica-name",
+            name,
+        ]
+        .iter()
+        .map(Into::into)
+        .collect();
+        println!(
+            "$ vane-control --store etcd --etcd-endpoints {endpoints} --listen 127.0.0.1:0 --replica-name {name} &"
+        );
+        Server::start(name, &bin.join("vane-control"), &args, LISTENING, &w)
+    };
+    let a = start_replica("replica-a")?;
+    let b = start_replica("replica-b")?;
+    let (a_url, b_url) = (format!("http://{}", a.addr), format!("http://{}", b.addr));
+    println!("(replica-a listens on {a_url}, replica-b on {b_url})");
+
+    let mut demo = Cluster {
+        bin: bin.clone(),
+        work: w.clone(),
+        etcd,
+        a: Some(a),
+        b,
+        a_url,
+        b_url,
+        agent: None,
+        proxy,
+        traffic: None,
+        web: SocketAddr::from(([127, 0, 0, 1], free_port()?)),
+        backend: Backend::start()?,
+    };
+    let result = tour(&mut demo);
+    if result.is_err() {
+        demo.dump_logs();
+    }
+    result?;
+
+    println!();
+    println!("==> stopping everything");
+    drop(demo.traffic.take());
+    if let Some(mut agent) = demo.agent.take() {
+        agent.stop()?;
+    }
+    demo.b.stop()?;
+    for member in &mut demo.etcd {
+        member.kill();
+    }
+    println!();
+    println!(
+        "That was a clustered control plane: pushes through any replica, agents that fail \
+         over between replicas, etcd losing its leader, and the data plane unaffected \
+         throughout. docs/operations.md says how to run it for real."
+    );
+    Ok(())
+}
+
+fn section(n: u32, title: &str, explain: &str) {
+    println!();
+    println!("==> {n}. {title}");
+    println!("    {}", wrap(explain, 76, "    "));
+}
+
+fn leader_name(etcd: &[Etcd]) -> String {
+    etcd.iter()
+        .find(|e| e.child.is_some() && e.is_leader())
+        .map_or_else(|| "electing".to_owned(), |e| e.name.clone())
+}
+
+fn tour(d: &mut Cluster) -> Result<()> {
+    section(
+        3,
+        "push through replica-a, read through replica-b",
+        "The push is stored in etcd before vanectl returns; replica-b sees the same history.",
+    );
+    let step1 = d.write_snapshot(1)?;
+    d.vanectl(
+        &d.a_url,
+        &["push", GROUP, "-f", &step1, "-m", "first version"],
+        0,
+    )?;
+    d.vanectl(&d.b_url, &["history", GROUP], 0)?;
+
+    let (what, explain) = if d.proxy {
+        (
+            "a proxy given both replicas, under traffic",
+            "vane-proxy embeds the agent: it follows the group from the first replica that \
+             answers (replica-a) and serves HTTP on the snapshot's listener. A client sends \
+             requests through it for the rest of the demo, and counts failures.",
+        )
+    } else {
+        (
+            "a sidecar agent given both replicas",
+            "vane-agent follows the group from the first replica that answers (replica-a).",
+        )
+    };
+    section(4, what, explain);
+    let control = format!("{},{}", d.a_url, d.b_url);
+    let cache = d.work.join("agent-cache");
+    let mut args: Vec<std::ffi::OsString> = vec![
+        "--node-id".into(),
+        "edge-1".into(),
+        "--group".into(),
+        GROUP.into(),
+        "--control".into(),
+        control.clone().into(),
+        "--cache-dir".into(),
+        cache.into(),
+        "--admin-listen".into(),
+        "127.0.0.1:0".into(),
+        "--backoff-base".into(),
+        "100ms".into(),
+        "--backoff-cap".into(),
+        "1s".into(),
+    ];
+    let agent = if d.proxy {
+        println!(
+            "$ vane-proxy --node-id edge-1 --group {GROUP} --control {control} --cache-dir agent-cache --admin-listen 127.0.0.1:0 &"
+        );
+        Server::start(
+            "vane-proxy",
+            &d.bin.join("vane-proxy"),
+            &args,
+            PROXY_LISTENING,
+            &d.work,
+        )?
+    } else {
+        args.extend(["--output".into(), d.work.join("edge.json").into()]);
+        println!(
+            "$ vane-agent --node-id edge-1 --group {GROUP} --control {control} --cache-dir agent-cache --output edge.json --admin-listen 127.0.0.1:0 &"
+        );
+        Server::start(
+            "vane-agent",
+            &d.bin.join("vane-agent"),
+            &args,
+            AGENT_LISTENING,
+            &d.work,
+        )?
+    };
+    d.agent = Some(agent);
+    d.wait_agent_version(1)?;
+    d.show_agent_status()?;
+    if d.proxy {
+        let web = d.web;
+        wait_until("the proxy to answer on its listener", || {
+            http_get(web, "/").is_ok()
+        })?;
+        d.traffic = Some(Traffic::start(web));
+        println!("(traffic started: GET http://{web}/ in a loop)");
+    }
+
+    section(
+        5,
+        "a push through replica-b reaches the agent connected to replica-a",
+        "replica-a learns of the new version from its etcd watch and streams it to its agent.",
+    );
+    let step2 = d.write_snapshot(2)?;
+    let pushed = Instant::now();
+    d.vanectl(
+        &d.b_url,
+        &["push", GROUP, "-f", &step2, "-m", "through replica-b"],
+        0,
+    )?;
+    d.wait_agent_version(2)?;
+    println!(
+        "(the agent applied version 2 {} after the push started)",
+        millis(pushed.elapsed())
+    );
+
+    section(
+        6,
+        "status on either replica",
+        "Replicas share their agents' ACKs in etcd (under a lease, so a dead replica's agents \
+         expire): replica-b lists the agent that replica-a serves.",
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    d.vanectl(&d.b_url, &["status"], 0)?;
+    d.show_traffic();
+
+    section(
+        7,
+        "kill replica-a (SIGKILL)",
+        "The agent's stream breaks; it reconnects to the next URL it was given, replica-b, \
+         which already has every version. The data plane never waited for any of this.",
+    );
+    let killed = Instant::now();
+    if let Some(mut a) = d.a.take() {
+        a.kill()?;
+    }
+    let b_url = d.b_url.clone();
+    wait_until("the agent to stream from replica-b", || {
+        d.agent_status()
+            .is_ok_and(|s| s["server"] == b_url.as_str() && s["connected"] == true)
+    })?;
+    println!(
+        "(the agent streamed from replica-b {} after the kill)",
+        millis(killed.elapsed())
+    );
+    d.show_agent_status()?;
+    d.show_traffic();
+
+    section(
+        8,
+        "pushes go on through replica-b",
+        "Nothing was lost with replica-a: the history lives in etcd.",
+    );
+    let step3 = d.write_snapshot(3)?;
+    d.vanectl(
+        &d.b_url,
+        &["push", GROUP, "-f", &step3, "-m", "after the kill"],
+        0,
+    )?;
+    d.wait_agent_version(3)?;
+    d.vanectl(&d.b_url, &["history", GROUP], 0)?;
+
+    section(
+        9,
+        "kill the etcd leader (SIGKILL)",
+        "Two of three members are a majority: they elect a new leader within about a second. \
+         A push during the election waits for it (up to --etcd-timeout, 3s) instead of failing.",
+    );
+    let leader = d
+        .etcd
+        .iter()
+        .position(|e| e.child.is_some() && e.is_leader())
+        .context("no etcd leader")?;
+    println!("$ kill -9 <pid of {}>", d.etcd[leader].name);
+    d.etcd[leader].kill();
+    let step4 = d.write_snapshot(4)?;
+    let pushed = Instant::now();
+    d.vanectl(
+        &d.b_url,
+        &["push", GROUP, "-f", &step4, "-m", "during an election"],
+        0,
+    )?;
+    println!(
+        "(the push returned {} after the leader died; the new leader is {})",
+        millis(pushed.elapsed()),
+        leader_name(&d.etcd)
+    );
+    d.wait_agent_version(4)?;
+    d.vanectl(&d.b_url, &["status", GROUP], 0)?;
+
+    if let Some(traffic) = d.traffic.take() {
+        let (ok, failed) = traffic.counts();
+        drop(traffic);
+        println!();
+        println!(
+            "==> traffic through the proxy during the whole demo: {ok} requests answered, {failed} failed"
+        );
+        if failed > 0 {
+            bail!("{failed} requests failed through the proxy");
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_demo_snapshot_names_its_addresses() {
+        let text = snapshot(
+            SocketAddr::from(([127, 0, 0, 1], 20001)),
+            SocketAddr::from(([127, 0, 0, 1], 20002)),
+            3,
+        );
+        assert!(text.contains("address: \"127.0.0.1:20001\""));
+        assert!(text.contains("demo.step: 3"));
+    }
+
+    #[test]
+    fn free_ports_are_below_the_ephemeral_range() {
+        let port = free_port().unwrap();
+        assert!((20_000..30_000).contains(&port), "{port}");
+    }
+}
