@@ -19,6 +19,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 use crate::process::{cargo, display, run as run_cmd, seconds, target_dir};
+use crate::traffic::{Backend, PROXY_LISTENING, Traffic, free_port, snapshot};
 
 /// How long vane-control may take to print its address.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -31,6 +32,8 @@ pub(crate) const AGENT_LISTENING: &str = "vane-agent admin listening on ";
 
 /// The group the demo works on.
 const GROUP: &str = "edge";
+/// The group the demo's proxy follows.
+const WEB: &str = "web";
 
 /// One step of the tour: a title, a plain explanation, and what it runs.
 struct Step {
@@ -228,6 +231,43 @@ fn steps() -> Vec<Step> {
                 d.vanectl(&["status", GROUP], 0)
             },
         },
+        Step {
+            title: "a proxy serving live traffic",
+            explain: "vane-proxy embeds the agent library. It follows the group `web`, whose \
+                      snapshot routes an HTTP listener to a small backend. A client now sends \
+                      requests through it back to back, a new connection each, and counts \
+                      every answer and every failure.",
+            action: |d| d.start_proxy_and_traffic(),
+        },
+        Step {
+            title: "change the config ten times under traffic",
+            explain: "A new version every 100 ms: each is validated, compiled aside and swapped \
+                      in at once by the proxy. Requests in flight finish on the version they \
+                      started with; none fails.",
+            action: |d| {
+                for step in 2..=11 {
+                    d.push_web(step)?;
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                d.wait_proxy_version(11)?;
+                d.show_traffic(0)
+            },
+        },
+        Step {
+            title: "kill the control server under traffic",
+            explain: "The control plane dies (SIGKILL), stays dead for two seconds, and comes \
+                      back. The proxy never asks it anything on the request path, so traffic \
+                      does not notice; afterwards a new version reaches the proxy again.",
+            action: |d| {
+                d.server.kill()?;
+                std::thread::sleep(Duration::from_secs(2));
+                d.show_traffic(0)?;
+                d.restart_server()?;
+                d.push_web(12)?;
+                d.wait_proxy_version(12)?;
+                d.show_traffic(0)
+            },
+        },
     ]
 }
 
@@ -240,6 +280,10 @@ struct Demo {
     server_url: String,
     server: Server,
     agent: Option<Server>,
+    proxy: Option<Server>,
+    /// The proxy's HTTP listener, and the backend behind it.
+    web: Option<(SocketAddr, Backend)>,
+    traffic: Option<Traffic>,
 }
 
 impl Demo {
@@ -354,6 +398,80 @@ impl Demo {
         })
     }
 
+    /// Writes and pushes version `step` of the `web` group.
+    fn push_web(&mut self, step: u32) -> Result<()> {
+        let (listen, backend) = self.web.as_ref().context("no backend is running")?;
+        let file = format!("web-{step}.yaml");
+        std::fs::write(self.work.join(&file), snapshot(*listen, backend.addr, step))?;
+        self.vanectl(
+            &["push", WEB, "-f", &file, "-m", &format!("step {step}")],
+            0,
+        )
+    }
+
+    fn start_proxy_and_traffic(&mut self) -> Result<()> {
+        let backend = Backend::start()?;
+        let listen = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+        println!(
+            "(a backend answers \"ok\" on {}; the proxy will listen on {listen})",
+            backend.addr
+        );
+        self.web = Some((listen, backend));
+        self.push_web(1)?;
+        let args: Vec<std::ffi::OsString> = vec![
+            "--node-id".into(),
+            "demo-proxy".into(),
+            "--group".into(),
+            WEB.into(),
+            "--control".into(),
+            self.server_url.clone().into(),
+            "--cache-dir".into(),
+            self.work.join("proxy-cache").into(),
+            "--admin-listen".into(),
+            "127.0.0.1:0".into(),
+        ];
+        println!(
+            "$ vane-proxy --node-id demo-proxy --group {WEB} --control {} --cache-dir proxy-cache --admin-listen 127.0.0.1:0 &",
+            self.server_url
+        );
+        let proxy = Server::start(
+            "vane-proxy",
+            &self.bin.join("vane-proxy"),
+            &args,
+            PROXY_LISTENING,
+            &self.work,
+        )?;
+        self.proxy = Some(proxy);
+        wait_until("the proxy's listener to answer", || {
+            http_get(listen, "/").is_ok_and(|b| b == "ok\n")
+        })?;
+        self.traffic = Some(Traffic::start(listen));
+        std::thread::sleep(Duration::from_secs(1));
+        self.show_traffic(0)
+    }
+
+    fn wait_proxy_version(&self, version: u64) -> Result<()> {
+        let proxy = self.proxy.as_ref().context("no proxy is running")?;
+        wait_until(&format!("the proxy to run version {version}"), || {
+            http_get(proxy.addr, "/status")
+                .ok()
+                .and_then(|b| serde_json::from_str::<serde_json::Value>(&b).ok())
+                .is_some_and(|s| s["version"] == version)
+        })
+    }
+
+    /// Prints the traffic counters; fails if more than `allowed` failed.
+    fn show_traffic(&self, allowed: u64) -> Result<()> {
+        let traffic = self.traffic.as_ref().context("no traffic is running")?;
+        let (ok, failed) = traffic.counts();
+        println!("(traffic so far: {ok} requests answered, {failed} failed)");
+        ensure!(
+            failed <= allowed,
+            "{failed} requests failed through the proxy"
+        );
+        Ok(())
+    }
+
     fn restart_server(&mut self) -> Result<()> {
         let addr = self.server.addr.to_string();
         println!(
@@ -409,7 +527,7 @@ impl Demo {
 
 pub(crate) fn run(root: &Path) -> Result<()> {
     crate::test::ensure_protoc(&mut crate::test::Apt::default())?;
-    println!("==> building vane-control, vanectl and vane-agent (debug)");
+    println!("==> building vane-control, vanectl, vane-agent and vane-proxy (debug)");
     let mut build = cargo();
     build
         .args([
@@ -419,6 +537,8 @@ pub(crate) fn run(root: &Path) -> Result<()> {
             "vane-control",
             "-p",
             "vane-agent",
+            "-p",
+            "vane-proxy-core",
             "--bins",
         ])
         .current_dir(root);
@@ -473,19 +593,34 @@ pub(crate) fn run(root: &Path) -> Result<()> {
         server_url,
         server,
         agent: None,
+        proxy: None,
+        web: None,
+        traffic: None,
     };
     for (i, step) in steps().iter().enumerate() {
         println!();
         println!("==> {}. {}", i + 1, step.title);
         println!("    {}", wrap(step.explain, 76, "    "));
         (step.action)(&mut demo).inspect_err(|_| {
-            for p in std::iter::once(&demo.server).chain(demo.agent.as_ref()) {
+            for p in std::iter::once(&demo.server)
+                .chain(demo.agent.as_ref())
+                .chain(demo.proxy.as_ref())
+            {
                 eprintln!("{} log ({}):", p.name, p.log.display());
                 eprintln!("{}", tail(&p.log, 20));
             }
         })?;
     }
 
+    // Traffic stops before the proxy does, so no request is cut off by the
+    // demo itself.
+    drop(demo.traffic.take());
+    if let Some(mut proxy) = demo.proxy.take() {
+        println!();
+        println!("==> stopping vane-proxy with SIGTERM");
+        let (status, took) = proxy.stop()?;
+        println!("    it drained and exited ({status}) in {}", seconds(took));
+    }
     if let Some(mut agent) = demo.agent.take() {
         println!();
         println!("==> stopping vane-agent with SIGTERM");
@@ -502,7 +637,7 @@ pub(crate) fn run(root: &Path) -> Result<()> {
     );
     println!();
     println!(
-        "That was the control plane and a sidecar agent that outlived it. Run `cargo xtask test` \
+        "That was the control plane, a sidecar agent and a proxy that outlived it. Run `cargo xtask test` \
          for the full test suite, and see README.md for where to go next."
     );
     Ok(())

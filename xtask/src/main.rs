@@ -16,6 +16,7 @@ mod cluster_demo;
 mod demo;
 mod process;
 mod test;
+mod traffic;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

@@ -1,0 +1,172 @@
+//! Live traffic for the demos: a tiny HTTP backend, a client that counts
+//! answered and failed requests through a proxy, the snapshot that routes one
+//! to the other, and free loopback ports.
+
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+
+use crate::demo::http_get;
+
+/// The line vane-proxy prints once its admin endpoint listens.
+pub(crate) const PROXY_LISTENING: &str = "vane-proxy admin listening on ";
+
+/// A free loopback port below the kernel's ephemeral range (32768+), so no
+/// outgoing connection takes it between this check and the bind.
+pub(crate) fn free_port() -> Result<u16> {
+    use std::sync::atomic::AtomicU32;
+    // Spread by process, then walk: consecutive calls get different ports
+    // even though each released its probe.
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = std::process::id() % 10_000;
+    (0..10_000u32)
+        .map(|_| {
+            let step = NEXT.fetch_add(7, Ordering::Relaxed);
+            u16::try_from(20_000 + (start + step) % 10_000).unwrap_or(20_000)
+        })
+        .find(|port| TcpListener::bind(("127.0.0.1", *port)).is_ok())
+        .context("no free loopback port between 20000 and 30000")
+}
+
+/// An HTTP backend answering every request with 200 "ok", until dropped.
+pub(crate) struct Backend {
+    pub(crate) addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Backend {
+    pub(crate) fn start() -> Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        // Non-blocking accept so the loop sees `stop`.
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((conn, _)) => {
+                        std::thread::spawn(move || serve_ok(conn));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        Ok(Self {
+            addr,
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Answers every request of one keep-alive connection with 200 "ok"; ends
+/// when the peer closes it.
+fn serve_ok(conn: TcpStream) {
+    let _ = conn.set_nonblocking(false);
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
+    let Ok(mut writer) = conn.try_clone() else {
+        return;
+    };
+    let mut reader = BufReader::new(conn);
+    loop {
+        let mut line = String::new();
+        // The request line and headers, up to the blank line.
+        loop {
+            line.clear();
+            match reader.read_line(&mut line) {
+                Ok(0) | Err(_) => return,
+                Ok(_) if line == "\r\n" => break,
+                Ok(_) => {}
+            }
+        }
+        if writer
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n")
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// One client sending GETs through the proxy back to back (a new
+/// connection each, the harshest case for a data plane), counting answers.
+pub(crate) struct Traffic {
+    ok: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Traffic {
+    pub(crate) fn start(addr: SocketAddr) -> Self {
+        let (ok, failed, stop) = (
+            Arc::new(AtomicU64::new(0)),
+            Arc::new(AtomicU64::new(0)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let (ok2, failed2, stop2) = (Arc::clone(&ok), Arc::clone(&failed), Arc::clone(&stop));
+        let thread = std::thread::spawn(move || {
+            while !stop2.load(Ordering::Relaxed) {
+                let good = http_get(addr, "/").is_ok_and(|body| body == "ok\n");
+                if good { &ok2 } else { &failed2 }.fetch_add(1, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        });
+        Self {
+            ok,
+            failed,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    pub(crate) fn counts(&self) -> (u64, u64) {
+        (
+            self.ok.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+        )
+    }
+}
+
+impl Drop for Traffic {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The snapshot the demo pushes: one HTTP listener routing to the backend,
+/// with `step` as a value so each push is a new version.
+pub(crate) fn snapshot(listen: SocketAddr, backend: SocketAddr, step: u32) -> String {
+    format!(
+        r#"listeners:
+  - {{ name: web, address: "{listen}", protocol: http, route_table: main }}
+route_tables:
+  - name: main
+    routes:
+      - {{ match: {{ path_prefix: / }}, cluster: app }}
+clusters:
+  - {{ name: app, endpoints: [ {{ address: "{backend}" }} ] }}
+values:
+  demo.step: {step}
+"#
+    )
+}
