@@ -91,7 +91,9 @@ impl AdminService {
             let outcome = store.push(new).await?;
             // Publishing an unchanged head is a no-op; doing it anyway heals a
             // hub that missed a version.
-            hub.publish(Published::from(outcome.record()));
+            // With the delta from the previous head built first (hub.rs).
+            hub.publish_prepared(Published::from(outcome.record()))
+                .await;
             Ok::<_, StoreError>(outcome)
         });
         let outcome = task

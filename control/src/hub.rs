@@ -210,14 +210,25 @@ impl Hub {
     /// current head. Returns whether it did. Versions only move forward, so
     /// two pushes finishing in either order leave the newer one published.
     /// The previous head and its own bases become the new head's delta bases.
-    pub fn publish(&self, mut published: Published) -> bool {
-        let channel = self.channel(&published.group);
+    pub fn publish(&self, published: Published) -> bool {
+        let group = published.group.clone();
+        self.with_channel(&group, |channel| Self::publish_to(channel, published))
+    }
+
+    fn publish_to(channel: &Channel, mut published: Published) -> bool {
         let sent = channel.sender.send_if_modified(|head| {
             let newer = head
                 .as_ref()
                 .is_none_or(|current| published.version > current.version);
             if newer {
-                published.bases = head.as_deref().map(bases_after).unwrap_or_default();
+                // Bases prepared against this very head are kept (with the
+                // delta `publish_prepared` built); otherwise they are made
+                // from the head the version actually follows.
+                let prepared_for = published.bases.first().map(|b| (b.version, &b.hash));
+                let current = head.as_deref().map(|h| (h.version, &h.hash));
+                if prepared_for != current {
+                    published.bases = head.as_deref().map(bases_after).unwrap_or_default();
+                }
                 *head = Some(Arc::new(published));
             }
             newer
@@ -228,13 +239,41 @@ impl Hub {
         sent
     }
 
+    /// Like [`Self::publish`], but first builds the delta from the current
+    /// head to `published` (on the blocking pool), so the streams it wakes
+    /// find it ready instead of all waiting for its first build. A push is
+    /// answered after this: the delta costs its one build before the version
+    /// counts as accepted, not while ten thousand agents wait.
+    pub async fn publish_prepared(&self, mut published: Published) -> bool {
+        if let Some(current) = self.head(&published.group)
+            && published.version > current.version
+        {
+            published.bases = bases_after(&current);
+            // Its result stays in the base's cell; `None` (not worth it) too.
+            let _ = published.delta_from(current.version, &current.hash).await;
+        }
+        self.publish(published)
+    }
+
     /// A receiver of the group's head, marked as seen: `changed()` fires on
     /// the next version. Creates the group's channel if needed, so an agent
     /// may watch a group before its first push.
     pub fn subscribe(&self, group: &str) -> watch::Receiver<Head> {
-        let mut rx = self.channel(group).sender.subscribe();
+        let mut rx = self.with_channel(group, |channel| channel.sender.subscribe());
         rx.mark_unchanged();
         rx
+    }
+
+    /// Drops the channels of groups that have no version and nobody
+    /// watching: any agent may name any valid group, and without this every
+    /// name ever named would stay in memory. Returns how many were dropped.
+    pub fn sweep(&self) -> usize {
+        let mut groups = self.groups.write().unwrap_or_else(PoisonError::into_inner);
+        let before = groups.len();
+        groups.retain(|_, channel| {
+            channel.sender.borrow().is_some() || channel.sender.receiver_count() > 0
+        });
+        before - groups.len()
     }
 
     /// The group's head.
@@ -272,19 +311,20 @@ impl Hub {
         self.groups.read().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn channel(&self, group: &str) -> Channel {
+    /// Runs `f` on the group's channel (created if needed) while holding
+    /// the map's lock, so [`Self::sweep`] can never drop a channel between a
+    /// lookup and a publish or subscribe on it. `f` must not block: it is a
+    /// watch send or subscribe.
+    fn with_channel<T>(&self, group: &str, f: impl FnOnce(&Channel) -> T) -> T {
         if let Some(channel) = self.read().get(group) {
-            return channel.clone();
+            return f(channel);
         }
-        self.groups
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .entry(group.to_owned())
-            .or_insert_with(|| Channel {
-                sender: watch::Sender::new(None),
-                published: Arc::new(AtomicU64::new(0)),
-            })
-            .clone()
+        let mut groups = self.groups.write().unwrap_or_else(PoisonError::into_inner);
+        let channel = groups.entry(group.to_owned()).or_insert_with(|| Channel {
+            sender: watch::Sender::new(None),
+            published: Arc::new(AtomicU64::new(0)),
+        });
+        f(channel)
     }
 }
 
@@ -465,5 +505,61 @@ mod tests {
         let head = hub.head("g").unwrap();
         let h2 = real(2, 50, 2000).hash;
         assert!(head.delta_from(2, &h2).await.is_none());
+    }
+}
+
+#[cfg(test)]
+mod sweep_tests {
+    use super::*;
+
+    #[test]
+    fn sweep_drops_only_empty_unwatched_groups() {
+        let hub = Hub::new();
+        let watched = hub.subscribe("watched");
+        drop(hub.subscribe("gone"));
+        hub.publish(Published::new(
+            "pushed".into(),
+            1,
+            "h".into(),
+            0,
+            Bytes::new(),
+        ));
+        assert_eq!(hub.sweep(), 1);
+        assert!(hub.head("pushed").is_some());
+        // The watched group's channel is still the one its receiver listens on.
+        hub.publish(Published::new(
+            "watched".into(),
+            1,
+            "h".into(),
+            0,
+            Bytes::new(),
+        ));
+        assert!(watched.has_changed().unwrap());
+    }
+
+    #[tokio::test]
+    async fn prepared_deltas_are_ready_when_published() {
+        let hub = Hub::new();
+        let v1 = real(1, 50, 1000);
+        let h1 = v1.hash.clone();
+        hub.publish(v1);
+        assert!(hub.publish_prepared(real(2, 50, 2000)).await);
+        let head = hub.head("g").unwrap();
+        assert_eq!(head.delta_bases(), vec![1]);
+        let ready = head.bases[0]
+            .delta
+            .get()
+            .expect("built before publication")
+            .clone()
+            .expect("worth sending");
+        let got = head.delta_from(1, &h1).await.unwrap();
+        assert_eq!(got.as_ptr(), ready.as_ptr(), "not built again");
+        // Prepared against a head that moved on meanwhile: bases rebuilt.
+        let mut stale = real(3, 50, 3000);
+        stale.bases = bases_after(&real(1, 50, 1000));
+        assert!(hub.publish(stale));
+        assert_eq!(hub.head("g").unwrap().delta_bases(), vec![2, 1]);
+        // Not newer: nothing happens.
+        assert!(!hub.publish_prepared(real(3, 50, 9)).await);
     }
 }

@@ -244,7 +244,11 @@ impl Server {
             config.max_snapshot_bytes,
         )
         .with_replica(replica.clone());
-        tasks.spawn(sweep_agents(Arc::clone(&agents), stop.clone()));
+        tasks.spawn(sweep_agents(
+            Arc::clone(&agents),
+            Arc::clone(&hub),
+            stop.clone(),
+        ));
         // A clustered store: other replicas' pushes reach this hub through
         // the store's feed, and agents' status is shared with them.
         if let Some(feed) = store.feed() {
@@ -379,8 +383,9 @@ async fn follow_feed(mut feed: HeadFeed, hub: Arc<Hub>, stop: CancellationToken)
     }
 }
 
-/// Forgets long-disconnected agents now and then, until `stop`.
-async fn sweep_agents(agents: Arc<AgentRegistry>, stop: CancellationToken) {
+/// Forgets long-disconnected agents, and hub channels of groups that have no
+/// version and no watcher, now and then, until `stop`.
+async fn sweep_agents(agents: Arc<AgentRegistry>, hub: Arc<Hub>, stop: CancellationToken) {
     let period = (agents.forget_after() / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
     let mut ticks = tokio::time::interval(period);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -391,6 +396,10 @@ async fn sweep_agents(agents: Arc<AgentRegistry>, stop: CancellationToken) {
                 let forgotten = agents.sweep();
                 if forgotten > 0 {
                     tracing::debug!(forgotten, "forgot disconnected agents");
+                }
+                let dropped = hub.sweep();
+                if dropped > 0 {
+                    tracing::debug!(dropped, "dropped unwatched empty groups");
                 }
             }
         }
