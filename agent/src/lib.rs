@@ -31,6 +31,7 @@ pub mod apply;
 pub mod backoff;
 pub mod breaker;
 pub mod cache;
+pub mod cli;
 mod client;
 pub mod config;
 pub mod state;

@@ -6,7 +6,6 @@
 mod admin;
 mod output;
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -14,7 +13,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use vane_agent::{Agent, AgentConfig, BackoffConfig, BreakerConfig};
+use vane_agent::Agent;
+use vane_agent::cli::{AgentArgs, init_logs};
 
 use output::{OutputFormat, Outputs};
 
@@ -25,21 +25,8 @@ use output::{OutputFormat, Outputs};
     about = "Follow a Vane control server and materialise its configuration to a file"
 )]
 struct Args {
-    /// This node's id, unique within its group.
-    #[arg(long)]
-    node_id: String,
-    /// The group whose configuration to follow.
-    #[arg(long)]
-    group: String,
-    /// Control-server URLs, comma-separated, tried in turn.
-    #[arg(long, value_delimiter = ',', required = true)]
-    control: Vec<String>,
-    /// Directory of the disk cache (the last applied snapshot).
-    #[arg(long)]
-    cache_dir: PathBuf,
-    /// A snapshot file (as `vanectl push` takes) served when there is no usable cache.
-    #[arg(long)]
-    defaults: Option<PathBuf>,
+    #[command(flatten)]
+    agent: AgentArgs,
     /// File rewritten atomically with every applied version.
     #[arg(long)]
     output: Option<PathBuf>,
@@ -61,48 +48,11 @@ struct Args {
     /// Address of the admin endpoint (/status, /healthz, /metrics).
     #[arg(long)]
     admin_listen: Option<SocketAddr>,
-    /// A label reported to the control plane, KEY=VALUE (repeatable).
-    #[arg(long = "label", value_parser = parse_label)]
-    labels: Vec<(String, String)>,
-    /// Degraded once the control plane has not confirmed the config for this long.
-    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
-    stale_after: Duration,
-    /// First reconnect delay ceiling (full jitter).
-    #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
-    backoff_base: Duration,
-    /// Largest reconnect delay.
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
-    backoff_cap: Duration,
-    /// Consecutive failed connects that open the circuit breaker.
-    #[arg(long, default_value_t = 5)]
-    breaker_threshold: u32,
-    /// How long the breaker stays open before one probe.
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
-    breaker_open: Duration,
-    /// Log format on stderr.
-    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
-    log_format: LogFormat,
-}
-
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
-}
-
-fn parse_label(s: &str) -> Result<(String, String), String> {
-    let (k, v) = s
-        .split_once('=')
-        .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))?;
-    if k.is_empty() {
-        return Err(format!("{s:?}: empty key"));
-    }
-    Ok((k.to_owned(), v.to_owned()))
 }
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    init_logs(args.log_format);
+    init_logs(args.agent.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -123,57 +73,22 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn init_logs(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-}
-
 async fn run(args: Args) -> anyhow::Result<()> {
-    let defaults = match &args.defaults {
-        None => None,
-        Some(path) => {
-            let spec = vane_model::file::read_file(path)
-                .with_context(|| format!("--defaults {}", path.display()))?;
-            let snapshot = vane_model::validate(spec)
-                .map_err(|e| anyhow::anyhow!("--defaults {}: {e}", path.display()))?;
-            Some(snapshot)
-        }
-    };
+    let defaults = args.agent.load_defaults().map_err(anyhow::Error::msg)?;
     if args.check_cmd.is_some() && args.output.is_none() && args.format == OutputFormat::Json {
         tracing::debug!("--check-cmd without --output: candidates are written next to the cache");
     }
     let outputs = Arc::new(Outputs::new(
         args.output.clone(),
         args.format,
-        args.group.clone(),
-        args.cache_dir.clone(),
+        args.agent.group.clone(),
+        args.agent.cache_dir.clone(),
         args.check_cmd.clone(),
         args.check_timeout,
     ));
-    let config = AgentConfig {
-        servers: args.control.clone(),
-        node_id: args.node_id.clone(),
-        group: args.group.clone(),
-        labels: args.labels.iter().cloned().collect::<BTreeMap<_, _>>(),
-        cache_dir: Some(args.cache_dir.clone()),
-        backoff: BackoffConfig {
-            base: args.backoff_base,
-            cap: args.backoff_cap,
-        },
-        breaker: BreakerConfig {
-            failure_threshold: args.breaker_threshold,
-            open_for: args.breaker_open,
-        },
-        stale_after: args.stale_after,
-        ..AgentConfig::default()
-    };
+    let config = args
+        .agent
+        .to_config(format!("vane-agent/{}", env!("CARGO_PKG_VERSION")));
     let mut builder = Agent::builder().config(config);
     if let Some(d) = defaults {
         builder = builder.defaults(d);
