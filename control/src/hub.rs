@@ -506,6 +506,32 @@ mod tests {
         let h2 = real(2, 50, 2000).hash;
         assert!(head.delta_from(2, &h2).await.is_none());
     }
+
+    #[tokio::test]
+    async fn prepared_deltas_are_ready_when_published() {
+        let hub = Hub::new();
+        let v1 = real(1, 50, 1000);
+        let h1 = v1.hash.clone();
+        hub.publish(v1);
+        assert!(hub.publish_prepared(real(2, 50, 2000)).await);
+        let head = hub.head("g").unwrap();
+        assert_eq!(head.delta_bases(), vec![1]);
+        let ready = head.bases[0]
+            .delta
+            .get()
+            .expect("built before publication")
+            .clone()
+            .expect("worth sending");
+        let got = head.delta_from(1, &h1).await.unwrap();
+        assert_eq!(got.as_ptr(), ready.as_ptr(), "not built again");
+        // Prepared against a head that moved on meanwhile: bases rebuilt.
+        let mut stale = real(3, 50, 3000);
+        stale.bases = bases_after(&real(1, 50, 1000));
+        assert!(hub.publish(stale));
+        assert_eq!(hub.head("g").unwrap().delta_bases(), vec![2, 1]);
+        // Not newer: nothing happens.
+        assert!(!hub.publish_prepared(real(3, 50, 9)).await);
+    }
 }
 
 #[cfg(test)]
@@ -535,31 +561,5 @@ mod sweep_tests {
             Bytes::new(),
         ));
         assert!(watched.has_changed().unwrap());
-    }
-
-    #[tokio::test]
-    async fn prepared_deltas_are_ready_when_published() {
-        let hub = Hub::new();
-        let v1 = real(1, 50, 1000);
-        let h1 = v1.hash.clone();
-        hub.publish(v1);
-        assert!(hub.publish_prepared(real(2, 50, 2000)).await);
-        let head = hub.head("g").unwrap();
-        assert_eq!(head.delta_bases(), vec![1]);
-        let ready = head.bases[0]
-            .delta
-            .get()
-            .expect("built before publication")
-            .clone()
-            .expect("worth sending");
-        let got = head.delta_from(1, &h1).await.unwrap();
-        assert_eq!(got.as_ptr(), ready.as_ptr(), "not built again");
-        // Prepared against a head that moved on meanwhile: bases rebuilt.
-        let mut stale = real(3, 50, 3000);
-        stale.bases = bases_after(&real(1, 50, 1000));
-        assert!(hub.publish(stale));
-        assert_eq!(hub.head("g").unwrap().delta_bases(), vec![2, 1]);
-        // Not newer: nothing happens.
-        assert!(!hub.publish_prepared(real(3, 50, 9)).await);
     }
 }

@@ -640,8 +640,13 @@ impl WatchState {
         delta: Option<(u64, String, bytes::Bytes)>,
     ) -> pb::WatchResponse {
         self.next_nonce += 1;
-        let nonce = format!("{}-{}", self.nonce_prefix, self.next_nonce);
-        self.last_nonce.clone_from(&nonce);
+        // `<stream>-<n>`, without the formatting machinery: this runs once
+        // per agent per push.
+        self.last_nonce.clear();
+        self.last_nonce.push_str(&self.nonce_prefix);
+        self.last_nonce.push('-');
+        push_decimal(&mut self.last_nonce, self.next_nonce);
+        let nonce = self.last_nonce.clone();
         self.sent = Some(Sent {
             version: published.version,
             hash: published.hash.clone(),
@@ -778,6 +783,21 @@ impl WatchState {
         self.sent = Some(answer);
         Ok(outcome)
     }
+}
+
+/// Appends `n` in decimal.
+fn push_decimal(out: &mut String, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend(digits[i..].iter().map(|&d| char::from(d)));
 }
 
 fn nack_reason(message: &str) -> String {
@@ -1507,6 +1527,15 @@ mod tests {
             let len = u32::from_be_bytes([wire[1], wire[2], wire[3], wire[4]]) as usize;
             assert_eq!(len, wire.len() - 5);
             assert_eq!(pb::WatchResponse::decode(&wire[5..]).unwrap(), response);
+        }
+    }
+
+    #[test]
+    fn decimals() {
+        for n in [0u64, 7, 10, 12_345, u64::MAX] {
+            let mut s = String::from("x-");
+            push_decimal(&mut s, n);
+            assert_eq!(s, format!("x-{n}"));
         }
     }
 

@@ -23,7 +23,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, anyhow, bail};
@@ -187,9 +187,11 @@ type Check = OnceCell<Result<Arc<Verified>, Refusal>>;
 struct Shared {
     config: FleetConfig,
     started: Instant,
-    expected: Mutex<HashMap<u64, Arc<VersionTimes>>>,
+    // Read by every agent for every response, written once per push: a
+    // read-write lock, so agents on different threads do not queue.
+    expected: RwLock<HashMap<u64, Arc<VersionTimes>>>,
     /// One check per (version, base version), with [`Verify::Shared`].
-    checks: Mutex<HashMap<(u64, u64), Arc<Check>>>,
+    checks: RwLock<HashMap<(u64, u64), Arc<Check>>>,
     /// Checked versions by number, to rebuild deltas from.
     verified: Mutex<HashMap<u64, Arc<Verified>>>,
     verify_slots: Semaphore,
@@ -204,13 +206,21 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+fn read<T>(m: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    m.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn write<T>(m: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    m.write().unwrap_or_else(PoisonError::into_inner)
+}
+
 impl Shared {
     fn now(&self) -> u64 {
         self.started.elapsed().as_nanos() as u64 + 1
     }
 
     fn times(&self, version: u64) -> Option<Arc<VersionTimes>> {
-        lock(&self.expected).get(&version).cloned()
+        read(&self.expected).get(&version).cloned()
     }
 
     fn fail(&self, agent: usize, e: impl std::fmt::Display) {
@@ -245,8 +255,8 @@ impl Fleet {
         Ok(Self {
             shared: Arc::new(Shared {
                 started: Instant::now(),
-                expected: Mutex::new(HashMap::new()),
-                checks: Mutex::new(HashMap::new()),
+                expected: RwLock::new(HashMap::new()),
+                checks: RwLock::new(HashMap::new()),
                 verified: Mutex::new(HashMap::new()),
                 verify_slots: Semaphore::new(verify_threads),
                 streams_open: AtomicUsize::new(0),
@@ -269,7 +279,7 @@ impl Fleet {
     /// Starts recording arrivals and ACKs of `version`.
     pub fn expect(&self, version: u64) -> Arc<VersionTimes> {
         let times = Arc::new(VersionTimes::new(version, self.shared.config.agents));
-        lock(&self.shared.expected).insert(version, Arc::clone(&times));
+        write(&self.shared.expected).insert(version, Arc::clone(&times));
         times
     }
 
@@ -535,7 +545,11 @@ async fn check(
         }
         Verify::Shared => {
             let key = (r.version, r.base_version);
-            let cell = Arc::clone(lock(&shared.checks).entry(key).or_default());
+            let known = read(&shared.checks).get(&key).cloned();
+            let cell = match known {
+                Some(cell) => cell,
+                None => Arc::clone(write(&shared.checks).entry(key).or_default()),
+            };
             let result = cell
                 .get_or_init(|| async {
                     let base = lock(&shared.verified).get(&r.base_version).cloned();
