@@ -1436,8 +1436,15 @@ mod tests {
             published.push(Arc::downgrade(&hub.head("edge").unwrap()));
             tokio::task::yield_now().await;
         }
-        // Let the stream task see the last head.
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Wait until the stream task has taken the last head as pending:
+        // then nothing holds the version before it any more.
+        tokio::time::timeout(STEP, async {
+            while published[498].strong_count() > 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("the stream never caught up with the head");
         let alive = published.iter().filter(|w| w.strong_count() > 0).count();
         assert!(
             alive <= 2,
