@@ -113,6 +113,32 @@ pub fn init_logs(format: LogFormat) {
     }
 }
 
+/// Runs a binary's `main` future on `runtime` (or reports why the runtime
+/// could not be built) and turns the outcome into the exit code: 0 on
+/// success, 1 when the runtime cannot start, 2 with the error on one line.
+pub fn block_on_main<F>(
+    runtime: std::io::Result<tokio::runtime::Runtime>,
+    main: F,
+) -> std::process::ExitCode
+where
+    F: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let runtime = match runtime {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return std::process::ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(main) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
 /// Parses `KEY=VALUE`.
 pub fn parse_label(s: &str) -> Result<(String, String), String> {
     let (k, v) = s

@@ -293,6 +293,23 @@ pub fn spawn_announced(mut cmd: Command, prefix: &'static str, log: &Path) -> (C
     }
 }
 
+/// Sends SIGTERM to `child` and waits up to `within` for it to exit; after
+/// that it is SIGKILLed and `None` is returned.
+pub fn terminate_child(mut child: Child, within: Duration) -> Option<ExitStatus> {
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).ok()?);
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
 impl Drop for ControlServer {
     fn drop(&mut self) {
         self.kill();

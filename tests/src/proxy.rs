@@ -206,19 +206,7 @@ impl ProxyProcess {
 
     /// SIGTERM; waits up to `within` for the exit (then SIGKILLs and returns None).
     pub fn terminate(&mut self, within: Duration) -> Option<ExitStatus> {
-        let mut child = self.child.take()?;
-        let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).ok()?);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let deadline = Instant::now() + within;
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = child.try_wait() {
-                return Some(status);
-            }
-            thread::sleep(Duration::from_millis(10));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        None
+        crate::terminate_child(self.child.take()?, within)
     }
 
     /// Starts the process again with the same arguments (and cache).

@@ -14,7 +14,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use vane_agent::Agent;
-use vane_agent::cli::{AgentArgs, init_logs};
+use vane_agent::cli::{AgentArgs, block_on_main, init_logs};
 
 use output::{OutputFormat, Outputs};
 
@@ -53,31 +53,15 @@ struct Args {
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
     init_logs(args.agent.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return std::process::ExitCode::from(1);
-        }
-    };
-    match runtime.block_on(run(args)) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            std::process::ExitCode::from(2)
-        }
-    }
+        .build();
+    block_on_main(runtime, run(args))
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
     let defaults = args.agent.load_defaults().map_err(anyhow::Error::msg)?;
-    if args.check_cmd.is_some() && args.output.is_none() && args.format == OutputFormat::Json {
-        tracing::debug!("--check-cmd without --output: candidates are written next to the cache");
-    }
     let outputs = Arc::new(Outputs::new(
         args.output.clone(),
         args.format,

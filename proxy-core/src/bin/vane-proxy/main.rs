@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
-use vane_agent::cli::{AgentArgs, init_logs};
+use vane_agent::cli::{AgentArgs, block_on_main, init_logs};
 use vane_proxy_core::{Proxy, ProxyConfig};
 
 // glibc's malloc showed up at ~3% of the proxy's CPU (malloc, free,
@@ -52,23 +52,10 @@ fn main() -> std::process::ExitCode {
     init_logs(args.agent.log_format);
     // The control side (agent, admin, activation) is light: one thread.
     // Requests run on the data-plane workers the proxy starts itself.
-    let runtime = match tokio::runtime::Builder::new_current_thread()
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return std::process::ExitCode::from(1);
-        }
-    };
-    match runtime.block_on(run(args)) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            std::process::ExitCode::from(2)
-        }
-    }
+        .build();
+    block_on_main(runtime, run(args))
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
