@@ -172,32 +172,10 @@ impl Applier {
             // marks cached content as live.
             return ApplyOutcome::AlreadyCurrent;
         }
-        if c.body.len() > self.max_snapshot_bytes {
-            return reject(
-                code::INVALID_ARGUMENT,
-                format!(
-                    "snapshot: encoded size {} bytes exceeds the agent's limit of {} bytes",
-                    c.body.len(),
-                    self.max_snapshot_bytes
-                ),
-            );
-        }
-        let snapshot = match Snapshot::decode(&c.body) {
+        let snapshot = match check_content(&c, self.max_snapshot_bytes) {
             Ok(s) => s,
-            Err(e) => return reject(code::INVALID_ARGUMENT, e.to_string()),
+            Err(rejection) => return ApplyOutcome::Rejected(rejection),
         };
-        let actual = snapshot.content_hash().to_hex();
-        if actual != c.hash {
-            let mut rejection = Rejection::new(
-                code::INVALID_ARGUMENT,
-                format!(
-                    "hash mismatch: version {} claims hash {} but its content hashes to {actual}",
-                    c.version, c.hash
-                ),
-            );
-            rejection.hash_mismatch = true;
-            return ApplyOutcome::Rejected(rejection);
-        }
         let next = Current {
             version: c.version,
             hash: c.hash,
@@ -230,6 +208,36 @@ impl Applier {
         }
         ApplyOutcome::Applied
     }
+}
+
+/// The checks of the apply path that depend on the candidate alone, not on
+/// what runs: size, decode + validation, and the hash recomputed over the
+/// content. Public so the fuzz targets (`vane-fuzzing`) run exactly these.
+pub fn check_content(c: &Candidate, max_snapshot_bytes: usize) -> Result<Snapshot, Rejection> {
+    if c.body.len() > max_snapshot_bytes {
+        return Err(Rejection::new(
+            code::INVALID_ARGUMENT,
+            format!(
+                "snapshot: encoded size {} bytes exceeds the agent's limit of {max_snapshot_bytes} bytes",
+                c.body.len(),
+            ),
+        ));
+    }
+    let snapshot = Snapshot::decode(&c.body)
+        .map_err(|e| Rejection::new(code::INVALID_ARGUMENT, e.to_string()))?;
+    let actual = snapshot.content_hash().to_hex();
+    if actual != c.hash {
+        let mut rejection = Rejection::new(
+            code::INVALID_ARGUMENT,
+            format!(
+                "hash mismatch: version {} claims hash {} but its content hashes to {actual}",
+                c.version, c.hash
+            ),
+        );
+        rejection.hash_mismatch = true;
+        return Err(rejection);
+    }
+    Ok(snapshot)
 }
 
 fn reject(code: i32, reason: impl Into<String>) -> ApplyOutcome {

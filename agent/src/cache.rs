@@ -84,33 +84,46 @@ impl DiskCache {
             path: self.path.clone(),
             reason,
         };
-        let meta = match fs::metadata(&self.path) {
-            Ok(m) => m,
+        // Not followed if it is a symbolic link (one planted to /dev/zero
+        // would be read forever), and opened without blocking (a FIFO would
+        // hang startup); then only a regular file of bounded size is read,
+        // and never more than the limit even if it grows meanwhile.
+        use std::io::Read as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let file = match fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+            .open(&self.path)
+        {
+            Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(CacheError::Missing(self.path.clone()));
             }
+            Err(e) if e.raw_os_error() == Some(nix::libc::ELOOP) => {
+                return Err(corrupt("is a symbolic link".into()));
+            }
             Err(e) => return Err(io(e)),
         };
+        let meta = file.metadata().map_err(io)?;
+        if !meta.is_file() {
+            return Err(corrupt("is not a regular file".into()));
+        }
         if meta.len() > MAX_CACHE_BYTES {
             return Err(corrupt(format!(
                 "{} bytes is over the limit of {MAX_CACHE_BYTES}",
                 meta.len()
             )));
         }
-        let bytes = fs::read(&self.path).map_err(io)?;
-        let stored = pb::StoredVersion::decode(bytes.as_slice())
-            .map_err(|e| corrupt(format!("not a vane.v1.StoredVersion: {e}")))?;
-        let info = stored
-            .info
-            .ok_or_else(|| corrupt("no version info".into()))?;
-        if info.version == 0 || info.hash.is_empty() {
-            return Err(corrupt("no version or hash".into()));
+        let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+        file.take(MAX_CACHE_BYTES + 1)
+            .read_to_end(&mut bytes)
+            .map_err(io)?;
+        if bytes.len() as u64 > MAX_CACHE_BYTES {
+            return Err(corrupt(format!(
+                "over the limit of {MAX_CACHE_BYTES} bytes"
+            )));
         }
-        Ok(CachedSnapshot {
-            version: info.version,
-            hash: info.hash,
-            body: stored.snapshot,
-        })
+        decode(&bytes).map_err(corrupt)
     }
 
     /// Writes the cache file atomically and durably.
@@ -131,6 +144,23 @@ impl DiskCache {
         };
         write_atomic(&self.path, &record.encode_to_vec()).map_err(io)
     }
+}
+
+/// Parses the bytes of a cache file; the error says what is wrong with them.
+/// The content is not verified here. Public so the fuzz targets
+/// (`vane-fuzzing`) run exactly what [`DiskCache::load`] runs.
+pub fn decode(bytes: &[u8]) -> Result<CachedSnapshot, String> {
+    let stored = pb::StoredVersion::decode(bytes)
+        .map_err(|e| format!("not a vane.v1.StoredVersion: {e}"))?;
+    let info = stored.info.ok_or_else(|| "no version info".to_string())?;
+    if info.version == 0 || info.hash.is_empty() {
+        return Err("no version or hash".into());
+    }
+    Ok(CachedSnapshot {
+        version: info.version,
+        hash: info.hash,
+        body: stored.snapshot,
+    })
 }
 
 /// Writes `bytes` to `path` so that readers and crashes see the old content or
@@ -168,6 +198,19 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn links_and_special_files_are_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = DiskCache::new(dir.path(), "edge");
+        std::os::unix::fs::symlink("/dev/zero", &cache.path).unwrap();
+        let e = cache.load().unwrap_err();
+        assert!(e.to_string().contains("is a symbolic link"), "{e}");
+        std::fs::remove_file(&cache.path).unwrap();
+        std::fs::create_dir(&cache.path).unwrap();
+        let e = cache.load().unwrap_err();
+        assert!(e.to_string().contains("is not a regular file"), "{e}");
+    }
 
     #[test]
     fn round_trip_and_corruption() {

@@ -5,7 +5,8 @@
 //!
 //! States: `Gate` (ask the breaker) -> `Connect` -> `Streaming` -> on any end,
 //! classify the error -> `Backoff` (sleep) -> `Gate`. Shutdown is observed in
-//! every state that waits.
+//! every state that waits. While streaming, a heartbeat goes out every
+//! `heartbeat_interval` so the server can close streams of vanished agents.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,6 +22,7 @@ use crate::backoff::Backoff;
 use crate::breaker::{Breaker, Permit};
 use crate::config::AgentConfig;
 use crate::state::{Current, Source};
+use crate::tls::tls_failure;
 
 /// A stream that stays up this long counts as having delivered, even if the
 /// agent was already current and the server had nothing to send.
@@ -56,6 +58,9 @@ enum End {
 pub(crate) enum LinkError {
     /// Connecting failed (refused, unreachable, timeout).
     Connect(String),
+    /// The TLS handshake failed (unknown CA, expired or misnamed
+    /// certificate, client certificate refused, plaintext server).
+    Tls(String),
     /// The server ended the stream with a status.
     Status(tonic::Status),
     /// The server closed the stream cleanly.
@@ -66,15 +71,34 @@ impl LinkError {
     /// Errors a fast retry cannot fix: the agent is misconfigured or not
     /// allowed. Retried at the backoff cap, logged as configuration errors.
     fn is_config_error(&self) -> bool {
-        matches!(
-            self,
-            LinkError::Status(s) if matches!(
+        match self {
+            LinkError::Tls(_) => true,
+            LinkError::Status(s) => matches!(
                 s.code(),
                 tonic::Code::Unauthenticated
                     | tonic::Code::PermissionDenied
                     | tonic::Code::InvalidArgument
-            )
-        )
+            ),
+            LinkError::Connect(_) | LinkError::Closed => false,
+        }
+    }
+
+    /// A status from the stream: a TLS failure when rustls is behind it (a
+    /// server that refuses the client certificate says so after a TLS 1.3
+    /// handshake has completed on the client side, i.e. on the first read).
+    fn from_status(status: tonic::Status) -> Self {
+        match std::error::Error::source(&status).and_then(tls_failure) {
+            Some(tls) => LinkError::Tls(tls),
+            None => LinkError::Status(status),
+        }
+    }
+
+    /// A failed connect: TLS when rustls is behind it.
+    fn from_connect(e: &tonic::transport::Error) -> Self {
+        match tls_failure(e) {
+            Some(tls) => LinkError::Tls(tls),
+            None => LinkError::Connect(error_chain(e)),
+        }
     }
 }
 
@@ -82,6 +106,7 @@ impl std::fmt::Display for LinkError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             LinkError::Connect(e) => write!(f, "connect failed: {e}"),
+            LinkError::Tls(e) => f.write_str(e),
             LinkError::Status(s) => write!(f, "stream failed: {:?}: {}", s.code(), s.message()),
             LinkError::Closed => f.write_str("stream closed by the server"),
         }
@@ -92,6 +117,32 @@ impl std::fmt::Display for LinkError {
 pub(crate) struct Runtime {
     pub(crate) config: Arc<AgentConfig>,
     pub(crate) applier: Arc<Applier>,
+    /// One per `config.servers`, same order (from [`endpoints`]).
+    pub(crate) endpoints: Vec<Endpoint>,
+}
+
+/// The endpoint of every server, TLS set up for `https://` ones. Built once
+/// at start, so that a URL or certificate tonic refuses is reported then.
+pub(crate) fn endpoints(config: &AgentConfig) -> Result<Vec<Endpoint>, String> {
+    config
+        .servers
+        .iter()
+        .map(|server| {
+            let endpoint = Endpoint::from_shared(server.clone())
+                .map_err(|e| format!("servers: {server:?}: {}", error_chain(&e)))?
+                .connect_timeout(config.connect_timeout)
+                .http2_keep_alive_interval(config.keepalive_interval)
+                .keep_alive_timeout(config.keepalive_timeout)
+                .keep_alive_while_idle(true)
+                .tcp_nodelay(true);
+            if !server.starts_with("https://") {
+                return Ok(endpoint);
+            }
+            endpoint
+                .tls_config(config.tls.tonic_config(config.connect_timeout))
+                .map_err(|e| format!("tls: for {server:?}: {}", error_chain(&e)))
+        })
+        .collect()
 }
 
 /// Runs until `shutdown` turns true.
@@ -116,8 +167,10 @@ pub(crate) async fn run(rt: Arc<Runtime>, mut shutdown: watch::Receiver<bool>) {
             Permit::Attempt | Permit::Probe => {}
         }
         shared.link().breaker = breaker.state();
-        let server = config.servers[server_index % config.servers.len()].clone();
-        let end = stream_once(&rt, &server, &mut shutdown).await;
+        let index = server_index % config.servers.len();
+        let server = config.servers[index].clone();
+        let endpoint = rt.endpoints[index].clone();
+        let end = stream_once(&rt, &server, endpoint, &mut shutdown).await;
         let End::Broken {
             established,
             delivered,
@@ -161,6 +214,16 @@ pub(crate) async fn run(rt: Arc<Runtime>, mut shutdown: watch::Receiver<bool>) {
     }
 }
 
+/// A heartbeat: no node and no nonce, so the server takes it for a sign of
+/// life and nothing else (it answers only requests that carry the nonce of
+/// its last response). What runs is reported all the same.
+fn heartbeat(rt: &Runtime) -> pb::WatchRequest {
+    pb::WatchRequest {
+        node: None,
+        ..request(rt, String::new(), None, false)
+    }
+}
+
 /// A request naming what runs now. `want_full` asks for the full snapshot
 /// after a delta that could not be used.
 fn request(
@@ -196,7 +259,12 @@ fn request(
     }
 }
 
-async fn stream_once(rt: &Arc<Runtime>, server: &str, shutdown: &mut watch::Receiver<bool>) -> End {
+async fn stream_once(
+    rt: &Arc<Runtime>,
+    server: &str,
+    endpoint: Endpoint,
+    shutdown: &mut watch::Receiver<bool>,
+) -> End {
     let config = &rt.config;
     let shared = rt.applier.shared.clone();
     let broken = |established, delivered, error| End::Broken {
@@ -204,19 +272,10 @@ async fn stream_once(rt: &Arc<Runtime>, server: &str, shutdown: &mut watch::Rece
         delivered,
         error,
     };
-    let endpoint = match Endpoint::from_shared(server.to_owned()) {
-        Ok(e) => e
-            .connect_timeout(config.connect_timeout)
-            .http2_keep_alive_interval(config.keepalive_interval)
-            .keep_alive_timeout(config.keepalive_timeout)
-            .keep_alive_while_idle(true)
-            .tcp_nodelay(true),
-        Err(e) => return broken(false, false, LinkError::Connect(e.to_string())),
-    };
     let channel = tokio::select! {
         r = endpoint.connect() => match r {
             Ok(c) => c,
-            Err(e) => return broken(false, false, LinkError::Connect(error_chain(&e))),
+            Err(e) => return broken(false, false, LinkError::from_connect(&e)),
         },
         _ = shutdown.changed() => return End::Shutdown,
     };
@@ -231,13 +290,17 @@ async fn stream_once(rt: &Arc<Runtime>, server: &str, shutdown: &mut watch::Rece
     {
         return broken(false, false, LinkError::Closed);
     }
+    let mut call = tonic::Request::new(ReceiverStream::new(rx));
+    if let Some(token) = &config.token {
+        call.metadata_mut().insert("authorization", token.header());
+    }
     let opened = tokio::select! {
-        r = tokio::time::timeout(config.connect_timeout, client.watch(ReceiverStream::new(rx))) => r,
+        r = tokio::time::timeout(config.connect_timeout, client.watch(call)) => r,
         _ = shutdown.changed() => return End::Shutdown,
     };
     let mut inbound = match opened {
         Ok(Ok(response)) => response.into_inner(),
-        Ok(Err(status)) => return broken(false, false, LinkError::Status(status)),
+        Ok(Err(status)) => return broken(false, false, LinkError::from_status(status)),
         Err(_) => {
             return broken(
                 false,
@@ -257,9 +320,25 @@ async fn stream_once(rt: &Arc<Runtime>, server: &str, shutdown: &mut watch::Rece
     // Whether the control plane has confirmed what we run on this stream
     // (an ACKed response, or a silent start: see QUIET_CONFIRM_AFTER).
     let mut confirmed = false;
+    let mut heartbeats = tokio::time::interval_at(
+        opened_at + config.heartbeat_interval,
+        config.heartbeat_interval,
+    );
+    heartbeats.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let message = tokio::select! {
             m = inbound.message() => m,
+            _ = heartbeats.tick() => {
+                // A full queue already holds a request the server will
+                // see, which says as much as a heartbeat would.
+                match tx.try_send(heartbeat(rt)) {
+                    Ok(()) | Err(mpsc::error::TrySendError::Full(_)) => {}
+                    Err(mpsc::error::TrySendError::Closed(_)) => {
+                        return broken(true, delivered, LinkError::Closed);
+                    }
+                }
+                continue;
+            }
             _ = tokio::time::sleep_until(opened_at + QUIET_CONFIRM_AFTER), if !confirmed => {
                 confirmed = true;
                 shared.confirm_current();
@@ -274,7 +353,7 @@ async fn stream_once(rt: &Arc<Runtime>, server: &str, shutdown: &mut watch::Rece
         let response = match message {
             Ok(Some(r)) => r,
             Ok(None) => return broken(true, delivered, LinkError::Closed),
-            Err(status) => return broken(true, delivered, LinkError::Status(status)),
+            Err(status) => return broken(true, delivered, LinkError::from_status(status)),
         };
         delivered = true;
         confirmed = true;
@@ -460,4 +539,34 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tls_and_refusals_are_configuration_errors() {
+        let alert = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "received fatal alert: BadCertificate",
+        );
+        let tls = LinkError::from_status(tonic::Status::from_error(Box::new(alert)));
+        assert!(matches!(tls, LinkError::Tls(_)), "{tls:?}");
+        assert!(tls.is_config_error());
+        assert!(
+            tls.to_string().starts_with("TLS handshake failed: "),
+            "{tls}"
+        );
+        for status in [
+            tonic::Status::unauthenticated("no credentials"),
+            tonic::Status::permission_denied("identity \"x\" may not watch group \"edge\""),
+        ] {
+            let e = LinkError::from_status(status);
+            assert!(e.is_config_error(), "{e}");
+        }
+        let e = LinkError::from_status(tonic::Status::unavailable("restarting"));
+        assert!(!e.is_config_error());
+        assert!(!LinkError::Connect("refused".into()).is_config_error());
+    }
 }

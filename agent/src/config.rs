@@ -6,11 +6,13 @@ use std::time::Duration;
 
 use crate::backoff::BackoffConfig;
 use crate::breaker::BreakerConfig;
+use crate::tls::{BearerToken, ClientTls, TlsPart};
 
 /// Everything an agent is configured with. Build it with [`crate::Agent::builder`].
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
-    /// Control-server URLs, tried in turn (`http://host:port`). Required.
+    /// Control-server URLs, tried in turn: `https://host:port` (TLS, see
+    /// `tls`) or `http://host:port` (plaintext). Required.
     pub servers: Vec<String>,
     /// This node's id, unique in its group. Required.
     pub node_id: String,
@@ -39,6 +41,16 @@ pub struct AgentConfig {
     pub max_snapshot_bytes: usize,
     /// Bound on `shutdown()`. Default 5 s.
     pub shutdown_timeout: Duration,
+    /// CA and client certificate for `https://` servers. Default: the
+    /// public web PKI roots, no client certificate. When set, every server
+    /// must be `https://`.
+    pub tls: ClientTls,
+    /// Sent on the watch as `authorization: Bearer <token>`. Default: none.
+    pub token: Option<BearerToken>,
+    /// How often a heartbeat (a request with no node and no nonce) is sent
+    /// on an open stream, so the server can tell a live quiet agent from a
+    /// vanished one. Default 30 s.
+    pub heartbeat_interval: Duration,
 }
 
 impl Default for AgentConfig {
@@ -58,6 +70,9 @@ impl Default for AgentConfig {
             keepalive_timeout: Duration::from_secs(5),
             max_snapshot_bytes: vane_model::DEFAULT_MAX_SNAPSHOT_BYTES,
             shutdown_timeout: Duration::from_secs(5),
+            tls: ClientTls::default(),
+            token: None,
+            heartbeat_interval: Duration::from_secs(30),
         }
     }
 }
@@ -71,10 +86,25 @@ impl AgentConfig {
         for s in &self.servers {
             if !(s.starts_with("http://") || s.starts_with("https://")) {
                 return Err(format!(
-                    "servers: {s:?} is not a URL (expected http://host:port)"
+                    "servers: {s:?} is not a URL (expected https://host:port or http://host:port)"
+                ));
+            }
+            // Certificates given for a plaintext server would silently not
+            // be used: the operator asked for TLS and would not get it.
+            if s.starts_with("http://") && self.tls.is_configured() {
+                return Err(format!(
+                    "servers: {s:?} is plaintext but TLS settings (CA or client certificate) are given; use https://"
                 ));
             }
         }
+        self.tls.check().map_err(|(part, why)| {
+            let field = match part {
+                TlsPart::Ca => "tls.ca_pem",
+                TlsPart::Cert => "tls.identity.cert_pem",
+                TlsPart::Key => "tls.identity.key_pem",
+            };
+            format!("{field}: {why}")
+        })?;
         if self.node_id.is_empty() {
             return Err("node_id: required".into());
         }
@@ -87,6 +117,9 @@ impl AgentConfig {
         }
         if self.stale_after.is_zero() {
             return Err("stale_after: must be above zero".into());
+        }
+        if self.heartbeat_interval.is_zero() {
+            return Err("heartbeat_interval: must be above zero".into());
         }
         Ok(())
     }

@@ -24,6 +24,8 @@
 //! - [`backoff`], [`breaker`]: reconnect pacing.
 //! - [`cache`]: the atomic disk cache.
 //! - [`state`]: the running configuration (one `ArcSwap`) and health.
+//! - [`tls`]: the CA, client certificate and bearer token for the control
+//!   plane, checked at start.
 //! - [`status`]: the `/status` JSON and Prometheus rendering shared by the
 //!   sidecar and the proxy.
 
@@ -36,6 +38,7 @@ mod client;
 pub mod config;
 pub mod state;
 pub mod status;
+pub mod tls;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -54,6 +57,7 @@ pub use breaker::{BreakerConfig, BreakerState};
 pub use config::AgentConfig;
 pub use state::{Current, Health, HealthState, Source};
 pub use status::StatusReport;
+pub use tls::{BearerToken, ClientIdentity, ClientTls};
 
 use apply::Applier;
 use cache::DiskCache;
@@ -162,6 +166,24 @@ impl AgentBuilder {
         self
     }
 
+    /// CA and client certificate for `https://` servers.
+    pub fn tls(mut self, tls: ClientTls) -> Self {
+        self.config.tls = tls;
+        self
+    }
+
+    /// A bearer token sent on every watch.
+    pub fn token(mut self, token: BearerToken) -> Self {
+        self.config.token = Some(token);
+        self
+    }
+
+    /// How often a heartbeat is sent on an open stream.
+    pub fn heartbeat_interval(mut self, d: Duration) -> Self {
+        self.config.heartbeat_interval = d;
+        self
+    }
+
     /// Replaces the whole configuration (servers, ids, timeouts...).
     pub fn config(mut self, config: AgentConfig) -> Self {
         self.config = config;
@@ -172,8 +194,12 @@ impl AgentBuilder {
     /// the watch loop in the background. Never waits for the network; it does
     /// block the calling thread while the cache is read and the embedder's
     /// hooks run (on a multi-threaded runtime, via `block_in_place`).
+    ///
+    /// Settings, URLs and TLS material are all checked here, so a bad
+    /// certificate is reported now rather than at the first connect.
     pub fn start(self) -> Result<AgentHandle, StartError> {
         self.config.validate().map_err(StartError::Config)?;
+        let endpoints = client::endpoints(&self.config).map_err(StartError::Config)?;
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| StartError::NoRuntime)?;
         let config = Arc::new(self.config);
         let shared = Arc::new(Shared::new(config.stale_after));
@@ -198,6 +224,7 @@ impl AgentBuilder {
         let rt = Arc::new(client::Runtime {
             config: config.clone(),
             applier,
+            endpoints,
         });
         let task = runtime.spawn(client::run(rt, shutdown_rx));
         Ok(AgentHandle {

@@ -19,8 +19,28 @@ use vane_model::Snapshot;
 use vane_proto as pb;
 
 use crate::agents::{AgentRecord, AgentRegistry, AgentState, SharedAgent};
+use crate::audit::AuditLog;
+use crate::auth::rate::PushLimiter;
+use crate::auth::{Action, Auth, Caller};
 use crate::hub::{Hub, Published};
+use crate::store::AuditRecord;
 use crate::store::{NewVersion, PushOutcome, Store, StoreError, VersionMeta, VersionRecord};
+use crate::tls::ConnInfo;
+
+/// Audit entries returned when the request sets no limit.
+pub const DEFAULT_AUDIT_LIMIT: usize = 100;
+/// Most audit entries one request returns.
+pub const MAX_AUDIT_LIMIT: usize = 10_000;
+
+/// How many entries to read for `limit` visible ones: more when the caller
+/// sees only some groups and the rest are filtered out.
+fn limit_for_filter(everything: bool, limit: usize) -> usize {
+    if everything {
+        limit
+    } else {
+        limit.saturating_mul(10).min(crate::store::AUDIT_RETENTION)
+    }
+}
 
 /// Longest push or rollback message, in bytes.
 pub const MAX_MESSAGE_LEN: usize = 1024;
@@ -35,6 +55,9 @@ pub struct AdminService {
     max_snapshot_bytes: usize,
     /// This server's name among the replicas ("" for a single server).
     replica: String,
+    auth: Auth,
+    audit: Option<Arc<AuditLog>>,
+    push_limit: Arc<PushLimiter>,
 }
 
 impl std::fmt::Debug for AdminService {
@@ -62,7 +85,137 @@ impl AdminService {
             tasks,
             max_snapshot_bytes,
             replica: String::new(),
+            auth: Auth::open(),
+            audit: None,
+            push_limit: Arc::new(PushLimiter::new(0.0, 1)),
         }
+    }
+
+    /// Who may do what (default: everyone, everything), where pushes and
+    /// refusals are recorded (default: nowhere), and the per-identity push
+    /// rate limit (default: none).
+    #[must_use]
+    pub fn with_security(
+        mut self,
+        auth: Auth,
+        audit: Option<Arc<AuditLog>>,
+        push_limit: Arc<PushLimiter>,
+    ) -> Self {
+        self.auth = auth;
+        self.audit = audit;
+        self.push_limit = push_limit;
+        self
+    }
+
+    /// The caller of `request`, authorized for `action` on `group`.
+    fn allow<T>(
+        &self,
+        request: &Request<T>,
+        action: Action,
+        group: &str,
+    ) -> Result<Caller, Status> {
+        let caller = self.auth.caller_of(request)?;
+        if let Err(status) = self.auth.authorize(&caller, action, group) {
+            // Refused reads are audited too (best effort, like every
+            // refusal): probing groups one may not see leaves a trace.
+            if let Some(audit) = &self.audit {
+                audit.refused(&caller, "read", group, "", &status);
+            }
+            return Err(status);
+        }
+        Ok(caller)
+    }
+
+    /// Records the outcome of a push or rollback in the audit log: the
+    /// version it created (waiting until that entry is durable) or why it
+    /// was refused.
+    async fn audited(
+        &self,
+        caller: &Caller,
+        action: &str,
+        group: &str,
+        message: &str,
+        outcome: &Result<PushOutcome, Status>,
+    ) {
+        let Some(audit) = &self.audit else { return };
+        match outcome {
+            Ok(outcome) => {
+                let r = outcome.record();
+                let entry = AuditRecord {
+                    identity: caller.identity.clone(),
+                    peer: caller.peer.clone(),
+                    action: action.to_owned(),
+                    group: group.to_owned(),
+                    version: r.version,
+                    hash: r.hash.clone(),
+                    message: message.to_owned(),
+                    result: if outcome.is_unchanged() {
+                        "unchanged"
+                    } else {
+                        "created"
+                    }
+                    .to_owned(),
+                    rollback_of: r.rollback_of.unwrap_or(0),
+                    ..AuditRecord::default()
+                };
+                if let Err(e) = audit.record(entry).await {
+                    tracing::error!(error = %e, group, version = r.version, "audit entry of a push not written");
+                }
+            }
+            Err(status) => audit.refused(caller, action, group, message, status),
+        }
+    }
+
+    /// Authenticates, authorizes and rate-limits a push or rollback of
+    /// `group`; a refusal is audited.
+    fn allow_write<T>(
+        &self,
+        request: &Request<T>,
+        action: &str,
+        group: &str,
+        message: &str,
+    ) -> Result<Caller, Status> {
+        let caller = match self.auth.caller_of(request) {
+            Ok(caller) => caller,
+            Err(status) => {
+                let anonymous = Caller {
+                    identity: String::new(),
+                    source: crate::auth::Source::None,
+                    peer: request
+                        .extensions()
+                        .get::<ConnInfo>()
+                        .map(|c| c.remote.to_string())
+                        .unwrap_or_default(),
+                };
+                if let Some(audit) = &self.audit {
+                    audit.refused(&anonymous, action, group, message, &status);
+                }
+                return Err(status);
+            }
+        };
+        let allowed = self
+            .auth
+            .authorize(&caller, Action::Write, group)
+            .and_then(|()| {
+                self.push_limit
+                    .check(&caller.identity, std::time::Instant::now())
+                    .map_err(|wait| {
+                        Status::resource_exhausted(format!(
+                            "push rate limit: {} may push {}; retry in {}ms",
+                            caller.describe(),
+                            self.push_limit.describe(),
+                            wait.as_millis().max(1)
+                        ))
+                    })
+            });
+        if let Err(status) = allowed {
+            tracing::info!(identity = %caller.identity, peer = %caller.peer, group, action, code = ?status.code(), reason = status.message(), "refused");
+            if let Some(audit) = &self.audit {
+                audit.refused(&caller, action, group, message, &status);
+            }
+            return Err(status);
+        }
+        Ok(caller)
     }
 
     /// Names this server among the replicas: `Status` shows it next to the
@@ -165,13 +318,10 @@ impl AdminService {
     }
 }
 
-#[tonic::async_trait]
-impl pb::admin_server::Admin for AdminService {
-    async fn push(
-        &self,
-        request: Request<pb::PushRequest>,
-    ) -> Result<Response<pb::PushResponse>, Status> {
-        let request = request.into_inner();
+impl AdminService {
+    /// A push by `caller`, after authorization: validate, then store and
+    /// publish (or only report, on a dry run).
+    async fn push_as(&self, caller: &Caller, request: pb::PushRequest) -> Result<PushDone, Status> {
         check_group(&request.group)?;
         check_message(&request.message)?;
         let snapshot = request
@@ -187,7 +337,7 @@ impl pb::admin_server::Admin for AdminService {
             let response = self
                 .dry_run(request.group, hash, request.expected_version)
                 .await?;
-            return Ok(Response::new(response));
+            return Ok(PushDone::DryRun(response));
         }
         let outcome = self
             .commit(NewVersion {
@@ -195,96 +345,20 @@ impl pb::admin_server::Admin for AdminService {
                 snapshot: encoded,
                 hash,
                 message: request.message,
-                author: String::new(),
+                author: caller.identity.clone(),
                 rollback_of: None,
                 expected_version: request.expected_version,
             })
             .await?;
-        Ok(Response::new(push_response(&outcome)))
+        Ok(PushDone::Committed(outcome))
     }
 
-    async fn get(
+    /// A rollback by `caller`, after authorization.
+    async fn rollback_as(
         &self,
-        request: Request<pb::GetRequest>,
-    ) -> Result<Response<pb::GetResponse>, Status> {
-        let request = request.into_inner();
-        check_group(&request.group)?;
-        if request.version == Some(0) {
-            return Err(Status::invalid_argument("version: must be at least 1"));
-        }
-        let record = self.record(&request.group, request.version).await?;
-        let snapshot = pb::Snapshot::decode(record.snapshot.as_ref()).map_err(|e| {
-            Status::internal(format!(
-                "stored version {} of group {:?} does not decode: {e}",
-                record.version, record.group
-            ))
-        })?;
-        Ok(Response::new(pb::GetResponse {
-            group: request.group,
-            info: Some(version_info(&record.meta())),
-            snapshot: Some(snapshot),
-        }))
-    }
-
-    async fn history(
-        &self,
-        request: Request<pb::HistoryRequest>,
-    ) -> Result<Response<pb::HistoryResponse>, Status> {
-        let request = request.into_inner();
-        check_group(&request.group)?;
-        let limit = usize::try_from(request.limit).unwrap_or(usize::MAX);
-        let versions = self
-            .store
-            .history(&request.group, limit)
-            .await
-            .map_err(store_status)?;
-        if versions.is_empty() {
-            return Err(self.not_found(&request.group, None));
-        }
-        Ok(Response::new(pb::HistoryResponse {
-            group: request.group,
-            versions: versions.iter().map(version_info).collect(),
-        }))
-    }
-
-    async fn diff(
-        &self,
-        request: Request<pb::DiffRequest>,
-    ) -> Result<Response<pb::DiffResponse>, Status> {
-        let request = request.into_inner();
-        check_group(&request.group)?;
-        check_version_field("from_version", request.from_version)?;
-        check_version_field("to_version", request.to_version)?;
-        let (from, to) = tokio::try_join!(
-            self.record(&request.group, Some(request.from_version)),
-            self.record(&request.group, Some(request.to_version)),
-        )?;
-        let (from_info, to_info) = (version_info(&from.meta()), version_info(&to.meta()));
-        let group = request.group;
-        let labels = (
-            format!("{group}@{}", from.version),
-            format!("{group}@{}", to.version),
-        );
-        let unified_diff = tokio::task::spawn_blocking(move || {
-            let old = canonical_yaml(&from)?;
-            let new = canonical_yaml(&to)?;
-            Ok::<_, Status>(vane_model::unified_diff(&old, &new, &labels.0, &labels.1))
-        })
-        .await
-        .map_err(|e| Status::internal(format!("diff task failed: {e}")))??;
-        Ok(Response::new(pb::DiffResponse {
-            group,
-            from: Some(from_info),
-            to: Some(to_info),
-            unified_diff,
-        }))
-    }
-
-    async fn rollback(
-        &self,
-        request: Request<pb::RollbackRequest>,
-    ) -> Result<Response<pb::PushResponse>, Status> {
-        let request = request.into_inner();
+        caller: &Caller,
+        request: pb::RollbackRequest,
+    ) -> Result<PushOutcome, Status> {
         check_group(&request.group)?;
         check_version_field("to_version", request.to_version)?;
         check_message(&request.message)?;
@@ -323,18 +397,213 @@ impl pb::admin_server::Admin for AdminService {
                 snapshot,
                 hash,
                 message,
-                author: String::new(),
+                author: caller.identity.clone(),
                 rollback_of: Some(request.to_version),
                 expected_version: request.expected_version,
             })
             .await?;
-        Ok(Response::new(push_response(&outcome)))
+        Ok(outcome)
+    }
+}
+
+#[tonic::async_trait]
+impl pb::admin_server::Admin for AdminService {
+    async fn push(
+        &self,
+        request: Request<pb::PushRequest>,
+    ) -> Result<Response<pb::PushResponse>, Status> {
+        let caller = self.allow_write(
+            &request,
+            "push",
+            &request.get_ref().group,
+            &request.get_ref().message,
+        )?;
+        let request = request.into_inner();
+        let (group, message) = (request.group.clone(), request.message.clone());
+        let dry_run = request.dry_run;
+        let outcome = self.push_as(&caller, request).await;
+        match outcome {
+            Ok(PushDone::DryRun(response)) => Ok(Response::new(response)),
+            Ok(PushDone::Committed(outcome)) => {
+                let outcome = Ok(outcome);
+                self.audited(&caller, "push", &group, &message, &outcome)
+                    .await;
+                outcome.map(|o| Response::new(push_response(&o)))
+            }
+            Err(status) => {
+                if !dry_run {
+                    self.audited(&caller, "push", &group, &message, &Err(status.clone()))
+                        .await;
+                }
+                Err(status)
+            }
+        }
+    }
+
+    async fn get(
+        &self,
+        request: Request<pb::GetRequest>,
+    ) -> Result<Response<pb::GetResponse>, Status> {
+        self.allow(&request, Action::Read, &request.get_ref().group)?;
+        let request = request.into_inner();
+        check_group(&request.group)?;
+        if request.version == Some(0) {
+            return Err(Status::invalid_argument("version: must be at least 1"));
+        }
+        let record = self.record(&request.group, request.version).await?;
+        let snapshot = pb::Snapshot::decode(record.snapshot.as_ref()).map_err(|e| {
+            Status::internal(format!(
+                "stored version {} of group {:?} does not decode: {e}",
+                record.version, record.group
+            ))
+        })?;
+        Ok(Response::new(pb::GetResponse {
+            group: request.group,
+            info: Some(version_info(&record.meta())),
+            snapshot: Some(snapshot),
+        }))
+    }
+
+    async fn history(
+        &self,
+        request: Request<pb::HistoryRequest>,
+    ) -> Result<Response<pb::HistoryResponse>, Status> {
+        self.allow(&request, Action::Read, &request.get_ref().group)?;
+        let request = request.into_inner();
+        check_group(&request.group)?;
+        let limit = usize::try_from(request.limit).unwrap_or(usize::MAX);
+        let versions = self
+            .store
+            .history(&request.group, limit)
+            .await
+            .map_err(store_status)?;
+        if versions.is_empty() {
+            return Err(self.not_found(&request.group, None));
+        }
+        Ok(Response::new(pb::HistoryResponse {
+            group: request.group,
+            versions: versions.iter().map(version_info).collect(),
+        }))
+    }
+
+    async fn diff(
+        &self,
+        request: Request<pb::DiffRequest>,
+    ) -> Result<Response<pb::DiffResponse>, Status> {
+        self.allow(&request, Action::Read, &request.get_ref().group)?;
+        let request = request.into_inner();
+        check_group(&request.group)?;
+        check_version_field("from_version", request.from_version)?;
+        check_version_field("to_version", request.to_version)?;
+        let (from, to) = tokio::try_join!(
+            self.record(&request.group, Some(request.from_version)),
+            self.record(&request.group, Some(request.to_version)),
+        )?;
+        let (from_info, to_info) = (version_info(&from.meta()), version_info(&to.meta()));
+        let group = request.group;
+        let labels = (
+            format!("{group}@{}", from.version),
+            format!("{group}@{}", to.version),
+        );
+        let unified_diff = tokio::task::spawn_blocking(move || {
+            let old = canonical_yaml(&from)?;
+            let new = canonical_yaml(&to)?;
+            Ok::<_, Status>(vane_model::unified_diff(&old, &new, &labels.0, &labels.1))
+        })
+        .await
+        .map_err(|e| Status::internal(format!("diff task failed: {e}")))??;
+        Ok(Response::new(pb::DiffResponse {
+            group,
+            from: Some(from_info),
+            to: Some(to_info),
+            unified_diff,
+        }))
+    }
+
+    async fn rollback(
+        &self,
+        request: Request<pb::RollbackRequest>,
+    ) -> Result<Response<pb::PushResponse>, Status> {
+        let caller = self.allow_write(
+            &request,
+            "rollback",
+            &request.get_ref().group,
+            &request.get_ref().message,
+        )?;
+        let request = request.into_inner();
+        let (group, message) = (request.group.clone(), request.message.clone());
+        let outcome = self.rollback_as(&caller, request).await;
+        self.audited(&caller, "rollback", &group, &message, &outcome)
+            .await;
+        outcome.map(|o| Response::new(push_response(&o)))
+    }
+
+    async fn audit(
+        &self,
+        request: Request<pb::AuditRequest>,
+    ) -> Result<Response<pb::AuditResponse>, Status> {
+        let caller = self.auth.caller_of(&request)?;
+        let request = request.into_inner();
+        let limit = match request.limit {
+            0 => DEFAULT_AUDIT_LIMIT,
+            n => usize::try_from(n)
+                .unwrap_or(MAX_AUDIT_LIMIT)
+                .min(MAX_AUDIT_LIMIT),
+        };
+        let entries = if request.group.is_empty() {
+            let store = self
+                .store
+                .audit(
+                    None,
+                    limit_for_filter(self.auth.allowed_everywhere(&caller, Action::Read)?, limit),
+                )
+                .await;
+            store
+                .map_err(store_status)?
+                .into_iter()
+                .filter(|e| self.auth.allows(&caller, Action::Read, &e.group))
+                .take(limit)
+                .collect::<Vec<_>>()
+        } else {
+            check_group(&request.group)?;
+            self.auth.authorize(&caller, Action::Read, &request.group)?;
+            self.store
+                .audit(Some(&request.group), limit)
+                .await
+                .map_err(store_status)?
+        };
+        Ok(Response::new(pb::AuditResponse {
+            entries: entries.iter().map(pb::AuditEntry::from).collect(),
+        }))
+    }
+
+    async fn who_am_i(
+        &self,
+        request: Request<pb::WhoAmIRequest>,
+    ) -> Result<Response<pb::WhoAmIResponse>, Status> {
+        let caller = self.auth.caller_of(&request)?;
+        let roles = self
+            .auth
+            .roles(&caller)
+            .into_iter()
+            .map(|(role, groups)| pb::RoleBinding {
+                role: role.as_str().to_owned(),
+                groups,
+            })
+            .collect();
+        Ok(Response::new(pb::WhoAmIResponse {
+            identity: caller.identity,
+            source: caller.source.as_str().to_owned(),
+            authorization: if self.auth.enforced() { "on" } else { "off" }.to_owned(),
+            roles,
+        }))
     }
 
     async fn status(
         &self,
         request: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
+        let caller = self.auth.caller_of(&request)?;
         let request = request.into_inner();
         let filter = if request.group.is_empty() {
             None
@@ -342,6 +611,15 @@ impl pb::admin_server::Admin for AdminService {
             check_group(&request.group)?;
             Some(request.group.as_str())
         };
+        // Every group, or only those the caller may read.
+        let everything = match filter {
+            Some(group) => {
+                self.auth.authorize(&caller, Action::Read, group)?;
+                true
+            }
+            None => self.auth.allowed_everywhere(&caller, Action::Read)?,
+        };
+        let visible = |group: &str| everything || self.auth.allows(&caller, Action::Read, group);
         let heads: HashMap<String, Arc<Published>> = self
             .hub
             .heads()
@@ -363,11 +641,12 @@ impl pb::admin_server::Admin for AdminService {
         };
         let agents = crate::agents::merge(self.agents.list(filter), &self.replica, others)
             .iter()
+            .filter(|a| visible(&a.record.group))
             .map(|a| agent_status(a, head_version(&a.record.group)))
             .collect();
         let mut groups: Vec<pb::GroupStatus> = heads
             .values()
-            .filter(|h| filter.is_none_or(|g| g == h.group))
+            .filter(|h| filter.is_none_or(|g| g == h.group) && visible(&h.group))
             .map(|h| pb::GroupStatus {
                 group: h.group.clone(),
                 head_version: h.version,
@@ -401,6 +680,12 @@ impl pb::admin_server::Admin for AdminService {
     }
 }
 
+/// What a push did: a dry run's report, or a stored (or unchanged) version.
+enum PushDone {
+    DryRun(pb::PushResponse),
+    Committed(PushOutcome),
+}
+
 /// The largest request or response the transport accepts for a snapshot
 /// limit: the limit plus room for the rest of the message.
 pub fn request_size_limit(max_snapshot_bytes: usize) -> usize {
@@ -428,7 +713,10 @@ fn capped(mut message: String) -> String {
 }
 
 /// Validates a pushed snapshot and returns its canonical encoding and hash.
-fn prepare(snapshot: pb::Snapshot, max: usize) -> Result<(Bytes, String), Status> {
+/// Converts and validates a pushed snapshot, checks its encoded size against
+/// `max`, and returns the canonical encoding and its content hash (public
+/// for the fuzz targets). The error is the `InvalidArgument` a push gets.
+pub fn prepare(snapshot: pb::Snapshot, max: usize) -> Result<(Bytes, String), Status> {
     let snapshot = Snapshot::try_from(snapshot)
         .map_err(|e| Status::invalid_argument(capped(e.to_string())))?;
     let encoded = Bytes::from(snapshot.encode());

@@ -134,6 +134,9 @@ impl StreamKey {
 #[derive(Debug)]
 struct Entry {
     record: AgentRecord,
+    /// The identity that opened this node's streams ("" when anonymous):
+    /// no other identity may take its record over.
+    owner: String,
     generation: u64,
     // Monotonic, for expiry: a wall-clock jump must not forget agents early.
     last_seen: Instant,
@@ -148,6 +151,23 @@ struct Inner {
     /// was called. A set of keys, not of records: the task reads the latest
     /// record when it writes, so the set is bounded by the number of agents.
     dirty: Option<HashSet<(String, String)>>,
+}
+
+/// Why [`AgentRegistry::connect_as`] refused a stream.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConnectRefused {
+    /// Another identity holds this node id.
+    #[error("node.id: this node id is held by identity {owner:?}")]
+    Owned {
+        /// The identity that holds it.
+        owner: String,
+    },
+    /// The registry is full.
+    #[error("the server tracks {max} agents, its limit; no new node ids are accepted")]
+    Full {
+        /// The limit.
+        max: usize,
+    },
 }
 
 /// The registry of agents.
@@ -193,6 +213,51 @@ impl AgentRegistry {
     /// passes `None` when the claim cannot be true (see `watch`).
     pub fn connect(&self, node: &NodeInfo, peer: &str, running: Option<(u64, &str)>) -> StreamKey {
         let mut inner = self.lock();
+        let (key, tracked) = Self::connect_locked(&mut inner, node, peer, running, "");
+        drop(inner);
+        self.notify(tracked);
+        key
+    }
+
+    /// [`Self::connect`] for a caller with an identity: refused when the
+    /// node's record belongs to another identity (an agent cannot claim
+    /// another's node id to overwrite its ACK record), or when the registry
+    /// holds `max_agents` records and this node is not one of them.
+    pub fn connect_as(
+        &self,
+        node: &NodeInfo,
+        peer: &str,
+        running: Option<(u64, &str)>,
+        identity: &str,
+        max_agents: usize,
+    ) -> Result<StreamKey, ConnectRefused> {
+        let mut inner = self.lock();
+        let key = (node.group.clone(), node.id.clone());
+        match inner.agents.get(&key) {
+            Some(entry) if !entry.owner.is_empty() && entry.owner != identity => {
+                return Err(ConnectRefused::Owned {
+                    owner: entry.owner.clone(),
+                });
+            }
+            Some(_) => {}
+            None if inner.agents.len() >= max_agents => {
+                return Err(ConnectRefused::Full { max: max_agents });
+            }
+            None => {}
+        }
+        let (key, tracked) = Self::connect_locked(&mut inner, node, peer, running, identity);
+        drop(inner);
+        self.notify(tracked);
+        Ok(key)
+    }
+
+    fn connect_locked(
+        inner: &mut Inner,
+        node: &NodeInfo,
+        peer: &str,
+        running: Option<(u64, &str)>,
+        identity: &str,
+    ) -> (StreamKey, bool) {
         inner.next_generation += 1;
         let generation = inner.next_generation;
         let now_ms = now_unix_ms();
@@ -215,9 +280,13 @@ impl AgentRegistry {
                     last_nacked_version: 0,
                     nack_reason: String::new(),
                 },
+                owner: String::new(),
                 generation,
                 last_seen: Instant::now(),
             });
+        if entry.owner.is_empty() {
+            identity.clone_into(&mut entry.owner);
+        }
         entry.generation = generation;
         entry.last_seen = Instant::now();
         let r = &mut entry.record;
@@ -241,12 +310,15 @@ impl AgentRegistry {
             }
         }
         let key = (node.group.clone(), node.id.clone());
-        let tracked = mark_dirty(&mut inner, &key);
-        drop(inner);
+        let tracked = mark_dirty(inner, &key);
+        (StreamKey { key, generation }, tracked)
+    }
+
+    /// Wakes the replication task after a change `mark_dirty` tracked.
+    fn notify(&self, tracked: bool) {
         if tracked {
             self.changed.notify_one();
         }
-        StreamKey { key, generation }
     }
 
     /// Applies `f` to the stream's record if the stream is still the

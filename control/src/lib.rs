@@ -31,11 +31,14 @@
 
 pub mod admin;
 pub mod agents;
+pub mod audit;
+pub mod auth;
 pub mod cli;
 pub mod hub;
 pub mod metrics;
 pub mod server;
 pub mod store;
+pub mod tls;
 pub mod watch;
 
 pub use server::{Config, Server, ServerError, run};

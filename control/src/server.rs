@@ -11,16 +11,20 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tonic::transport::server::TcpIncoming;
 
 use crate::admin::AdminService;
 use crate::agents::{AgentRegistry, DEFAULT_FORGET_AFTER};
+use crate::audit::AuditLog;
+use crate::auth::rate::PushLimiter;
+use crate::auth::{Auth, Policy, Tokens, reload};
 use crate::hub::{Hub, Published};
 use crate::metrics::Metrics;
 use crate::store::{EtcdConfig, EtcdStore, FeedEvent, HeadFeed, RedbStore, Store, StoreError};
+use crate::tls::{self, ConnCounters, ConnLimits, TlsError, TlsFiles};
 use crate::watch::DiscoveryService;
 
 /// Where the server listens unless configured.
@@ -62,7 +66,44 @@ pub struct Config {
     /// Address of the admin HTTP endpoint (`GET /metrics`, `GET /healthz`).
     /// Default none: not served.
     pub admin_listen: Option<SocketAddr>,
+    /// TLS for the gRPC endpoint (server certificate and key, and the CA of
+    /// client certificates). Default none: plaintext, loopback only unless
+    /// `insecure`.
+    pub tls: Option<TlsFiles>,
+    /// The policy file (identities to roles per group), reloaded when it
+    /// changes. Default none: authorization off, loopback only unless
+    /// `insecure`.
+    pub policy: Option<PathBuf>,
+    /// The bearer-token file, reloaded when it changes. Default none: no
+    /// tokens accepted.
+    pub tokens: Option<PathBuf>,
+    /// Serve without TLS or without a policy on a non-loopback address.
+    /// Default false.
+    pub insecure: bool,
+    /// Connection limits and the TLS handshake timeout. Defaults: 50,000
+    /// connections, 10,000 per identity, 10s.
+    pub conn_limits: ConnLimits,
+    /// HTTP/2 streams one connection may have open at once (an agent needs
+    /// one, vanectl one per call). Default 100.
+    pub max_streams_per_connection: u32,
+    /// A watch stream silent this long (no heartbeat) is closed. Default 5m.
+    pub idle_stream_timeout: Duration,
+    /// Most agents (node ids) tracked. Default 100,000.
+    pub max_agents: usize,
+    /// Pushes and rollbacks per second each identity may sustain (0: no
+    /// limit). Default `None`: 20 when a policy is in force, no limit
+    /// without one (everyone is the same anonymous caller then, on
+    /// loopback or with `--insecure`).
+    pub push_rate: Option<u32>,
+    /// Pushes an identity may make in a burst. Default 100.
+    pub push_burst: u32,
+    /// Longest a unary Admin call may take before it is cancelled.
+    /// Default 60s.
+    pub request_timeout: Duration,
 }
+
+/// Largest header list (all request headers) the gRPC endpoint accepts.
+pub const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
 
 impl Default for Config {
     fn default() -> Self {
@@ -77,7 +118,93 @@ impl Default for Config {
             http2_keepalive_interval: Duration::from_secs(20),
             http2_keepalive_timeout: Duration::from_secs(10),
             admin_listen: None,
+            tls: None,
+            policy: None,
+            tokens: None,
+            insecure: false,
+            conn_limits: ConnLimits::default(),
+            max_streams_per_connection: 100,
+            idle_stream_timeout: crate::watch::DEFAULT_IDLE_STREAM_TIMEOUT,
+            max_agents: crate::watch::DEFAULT_MAX_AGENTS,
+            push_rate: None,
+            push_burst: crate::auth::rate::DEFAULT_PUSH_BURST,
+            request_timeout: Duration::from_secs(60),
         }
+    }
+}
+
+/// What the server's security settings load at startup.
+struct Security {
+    tls: Option<Arc<rustls::ServerConfig>>,
+    policy: Option<Arc<ArcSwap<Policy>>>,
+    tokens: Option<Arc<ArcSwap<Tokens>>>,
+}
+
+impl Security {
+    /// Loads TLS, policy and tokens, and refuses an open server on a
+    /// non-loopback address unless `insecure`.
+    fn load(config: &Config) -> Result<Self, ServerError> {
+        Self::check_exposure(config)?;
+        Self::load_files(config, config.listen.ip().is_loopback())
+    }
+
+    /// Refuses plaintext or an open policy on a non-loopback address unless
+    /// `insecure` (then warns).
+    fn check_exposure(config: &Config) -> Result<(), ServerError> {
+        let loopback = config.listen.ip().is_loopback();
+        if !loopback && !config.insecure {
+            if config.tls.is_none() {
+                return Err(ServerError::Insecure(format!(
+                    "--listen {}: not a loopback address, and no --tls-cert/--tls-key: agents' and operators' traffic would be plaintext. Give a certificate, or --insecure to serve plaintext anyway",
+                    config.listen
+                )));
+            }
+            if config.policy.is_none() {
+                return Err(ServerError::Insecure(format!(
+                    "--listen {}: not a loopback address, and no --policy: anyone who can connect could push to every group. Give a policy, or --insecure to allow everyone everything",
+                    config.listen
+                )));
+            }
+        }
+        if !loopback && config.insecure && (config.tls.is_none() || config.policy.is_none()) {
+            tracing::warn!(
+                addr = %config.listen,
+                tls = config.tls.is_some(),
+                policy = config.policy.is_some(),
+                "--insecure: serving a non-loopback address without TLS or without a policy"
+            );
+        }
+        Ok(())
+    }
+
+    fn load_files(config: &Config, loopback: bool) -> Result<Self, ServerError> {
+        let tls = config.tls.as_ref().map(tls::server_config).transpose()?;
+        let policy = config
+            .policy
+            .as_ref()
+            .map(|p| {
+                reload::load(p, Policy::parse)
+                    .map_err(|e| ServerError::Security(format!("--policy {e}")))
+            })
+            .transpose()?
+            .map(|p| Arc::new(ArcSwap::from_pointee(p)));
+        let tokens = config
+            .tokens
+            .as_ref()
+            .map(|p| {
+                reload::load(p, Tokens::parse)
+                    .map_err(|e| ServerError::Security(format!("--tokens {e}")))
+            })
+            .transpose()?
+            .map(|t| Arc::new(ArcSwap::from_pointee(t)));
+        if config.tokens.is_some() && config.tls.is_none() && !loopback {
+            tracing::warn!("bearer tokens over plaintext: anyone on the path can read them");
+        }
+        Ok(Self {
+            tls,
+            policy,
+            tokens,
+        })
     }
 }
 
@@ -98,6 +225,15 @@ pub enum ServerError {
     /// The gRPC transport failed.
     #[error("serving gRPC: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// The TLS files cannot be used.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// A policy or token file cannot be used.
+    #[error("{0}")]
+    Security(String),
+    /// Serving as configured would be open to the network.
+    #[error("{0}")]
+    Insecure(String),
 }
 
 /// A server that has opened its store and bound its socket.
@@ -110,6 +246,7 @@ pub struct Server {
     store: Arc<dyn Store>,
     hub: Arc<Hub>,
     agents: Arc<AgentRegistry>,
+    security: Security,
 }
 
 impl std::fmt::Debug for Server {
@@ -125,6 +262,8 @@ impl Server {
     /// Opens the store (etcd when `config.etcd` is set, else the embedded
     /// store in `config.data_dir`) and binds `config.listen`.
     pub async fn bind(config: Config) -> Result<Self, ServerError> {
+        // Before the store opens: a refusal to serve should not touch it.
+        Security::check_exposure(&config)?;
         let store: Arc<dyn Store> = match &config.etcd {
             Some(etcd) => Arc::new(EtcdStore::connect(etcd.clone()).await?),
             None => Arc::new(RedbStore::open(&config.data_dir).await?),
@@ -140,6 +279,7 @@ impl Server {
         store: Arc<dyn Store>,
     ) -> Result<Self, ServerError> {
         let bound = async {
+            let security = Security::load(&config)?;
             let heads = store.heads().await?;
             let listener =
                 TcpListener::bind(config.listen)
@@ -161,10 +301,10 @@ impl Server {
                 }
                 None => None,
             };
-            Ok::<_, ServerError>((heads, listener, local_addr, admin))
+            Ok::<_, ServerError>((heads, listener, local_addr, admin, security))
         }
         .await;
-        let (heads, listener, local_addr, admin) = match bound {
+        let (heads, listener, local_addr, admin, security) = match bound {
             Ok(bound) => bound,
             Err(e) => {
                 if let Err(close) = store.close().await {
@@ -182,6 +322,7 @@ impl Server {
             local_addr,
             admin,
             store,
+            security,
         })
     }
 
@@ -207,22 +348,60 @@ impl Server {
             store,
             hub,
             agents,
+            security,
         } = self;
         let stop = CancellationToken::new();
         let tasks = TaskTracker::new();
 
         let metrics = Arc::new(Metrics::new());
+        let conn_counters = Arc::new(ConnCounters::default());
+        let replica = config
+            .replica_name
+            .clone()
+            .unwrap_or_else(|| default_replica_name(local_addr));
+        if let (Some(path), Some(policy)) = (&config.policy, &security.policy) {
+            tasks.spawn(reload::watch(
+                "policy",
+                path.clone(),
+                Policy::parse,
+                Arc::clone(policy),
+                stop.clone(),
+            ));
+        }
+        if let (Some(path), Some(tokens)) = (&config.tokens, &security.tokens) {
+            tasks.spawn(reload::watch(
+                "token file",
+                path.clone(),
+                Tokens::parse,
+                Arc::clone(tokens),
+                stop.clone(),
+            ));
+        }
+        let auth = Auth::new(security.policy.clone(), security.tokens.clone());
+        let audit = AuditLog::spawn(Arc::clone(&store), replica.clone(), &tasks);
+        let push_rate = config.push_rate.unwrap_or(if security.policy.is_some() {
+            crate::auth::rate::DEFAULT_PUSH_RATE
+        } else {
+            0
+        });
+        let push_limit = Arc::new(PushLimiter::new(f64::from(push_rate), config.push_burst));
         let discovery = DiscoveryService::new(
             Arc::clone(&hub),
             Arc::clone(&agents),
             stop.clone(),
             tasks.clone(),
         )
-        .with_metrics(Arc::clone(&metrics));
+        .with_metrics(Arc::clone(&metrics))
+        .with_auth(auth.clone(), Some(Arc::clone(&audit)))
+        .with_limits(config.idle_stream_timeout, config.max_agents);
         if let Some((admin_listener, admin_addr)) = admin_endpoint {
             let mut registry = metrics.registry(Arc::clone(&hub), Arc::clone(&agents));
             registry
                 .register_collector(Box::new(crate::store::HealthCollector(Arc::clone(&store))));
+            registry.register_collector(Box::new(tls::SecurityCollector {
+                connections: Arc::clone(&conn_counters),
+                audit: Arc::clone(&audit),
+            }));
             let stopped = stop.clone();
             tasks.spawn(async move {
                 tracing::info!(addr = %admin_addr, "admin endpoint serving /metrics");
@@ -232,10 +411,6 @@ impl Server {
                 }
             });
         }
-        let replica = config
-            .replica_name
-            .clone()
-            .unwrap_or_else(|| default_replica_name(local_addr));
         let admin = AdminService::new(
             Arc::clone(&store),
             Arc::clone(&hub),
@@ -243,7 +418,8 @@ impl Server {
             tasks.clone(),
             config.max_snapshot_bytes,
         )
-        .with_replica(replica.clone());
+        .with_replica(replica.clone())
+        .with_security(auth, Some(audit), push_limit);
         tasks.spawn(sweep_agents(
             Arc::clone(&agents),
             Arc::clone(&hub),
@@ -263,16 +439,28 @@ impl Server {
             ));
         }
 
-        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let incoming = tls::incoming(
+            listener,
+            security.tls.clone(),
+            config.conn_limits,
+            conn_counters,
+            stop.clone(),
+        );
         let server = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(config.http2_keepalive_interval))
             .http2_keepalive_timeout(Some(config.http2_keepalive_timeout))
+            .max_concurrent_streams(Some(config.max_streams_per_connection))
+            .http2_max_header_list_size(Some(MAX_HEADER_LIST_BYTES))
+            .http2_max_pending_accept_reset_streams(Some(100))
+            .timeout(config.request_timeout)
             .add_service(discovery.into_server())
             .add_service(admin.into_server())
             .serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned());
         let health = store.health();
         tracing::info!(
             addr = %local_addr,
+            tls = security.tls.is_some(),
+            authorization = security.policy.is_some(),
             store = health.backend,
             location = %health.location,
             replica = %replica,

@@ -50,9 +50,12 @@ use tonic::codec::Codec as _;
 use tonic::{Status, Streaming};
 use vane_proto as pb;
 
-use crate::agents::{AgentRegistry, NodeInfo, StreamKey};
+use crate::agents::{AgentRegistry, ConnectRefused, NodeInfo, StreamKey};
+use crate::audit::AuditLog;
+use crate::auth::{Action, Auth, Caller};
 use crate::hub::{Head, Hub, Published};
 use crate::metrics::{Metrics, StreamMetrics};
+use crate::tls::ConnInfo;
 
 /// How long a new stream may take to send its first request.
 pub const FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -63,6 +66,11 @@ pub const MAX_LABELS: usize = 64;
 /// NACK reasons longer than this are cut, so an agent cannot make the
 /// registry hold arbitrary amounts of text.
 pub const MAX_NACK_REASON_LEN: usize = 4096;
+/// How long a stream may stay silent (no heartbeat, ACK or NACK) before the
+/// server closes it, unless configured.
+pub const DEFAULT_IDLE_STREAM_TIMEOUT: Duration = Duration::from_secs(300);
+/// Most agents (node ids) the registry tracks unless configured.
+pub const DEFAULT_MAX_AGENTS: usize = 100_000;
 
 /// The `ConfigDiscovery` gRPC service.
 #[derive(Debug, Clone)]
@@ -72,6 +80,10 @@ pub struct DiscoveryService {
     shutdown: CancellationToken,
     tasks: TaskTracker,
     metrics: Arc<Metrics>,
+    auth: Auth,
+    audit: Option<Arc<AuditLog>>,
+    idle_timeout: Duration,
+    max_agents: usize,
 }
 
 impl DiscoveryService {
@@ -90,7 +102,29 @@ impl DiscoveryService {
             shutdown,
             tasks,
             metrics: Arc::new(Metrics::new()),
+            auth: Auth::open(),
+            audit: None,
+            idle_timeout: DEFAULT_IDLE_STREAM_TIMEOUT,
+            max_agents: DEFAULT_MAX_AGENTS,
         }
+    }
+
+    /// Who may watch which group (default: everyone, everything), and
+    /// where refusals are recorded.
+    #[must_use]
+    pub fn with_auth(mut self, auth: Auth, audit: Option<Arc<AuditLog>>) -> Self {
+        self.auth = auth;
+        self.audit = audit;
+        self
+    }
+
+    /// Limits: how long a stream may stay silent, and how many node ids
+    /// are tracked.
+    #[must_use]
+    pub fn with_limits(mut self, idle_timeout: Duration, max_agents: usize) -> Self {
+        self.idle_timeout = idle_timeout;
+        self.max_agents = max_agents;
+        self
     }
 
     /// Counts into `metrics` (by default, metrics nobody reads).
@@ -112,9 +146,10 @@ impl DiscoveryService {
     /// the agent, starts the stream's task and returns its response body.
     async fn open(
         &self,
-        peer: String,
+        caller: Caller,
         mut inbound: Streaming<pb::WatchRequest>,
     ) -> Result<WatchBody, Status> {
+        let peer = caller.peer.clone();
         let first = tokio::select! {
             () = self.shutdown.cancelled() => {
                 return Err(Status::unavailable("the server is shutting down"));
@@ -138,6 +173,10 @@ impl DiscoveryService {
             },
         };
         let node = check_first_request(&first).map_err(Status::invalid_argument)?;
+        if let Err(status) = self.auth.authorize(&caller, Action::Watch, &node.group) {
+            self.refused(&caller, &node.group, &status);
+            return Err(status);
+        }
 
         let mut heads = self.hub.subscribe(&node.group);
         let head = heads.borrow_and_update().clone();
@@ -152,7 +191,17 @@ impl DiscoveryService {
                 first.version_info < h.version || (first.version_info == h.version && runs_head)
             });
         let running = claim_plausible.then_some((first.version_info, first.hash.as_str()));
-        let key = self.agents.connect(&node, &peer, running);
+        let key = self
+            .agents
+            .connect_as(&node, &peer, running, &caller.identity, self.max_agents)
+            .map_err(|e| {
+                let status = match e {
+                    ConnectRefused::Owned { .. } => Status::permission_denied(e.to_string()),
+                    ConnectRefused::Full { .. } => Status::resource_exhausted(e.to_string()),
+                };
+                self.refused(&caller, &node.group, &status);
+                status
+            })?;
 
         let span = tracing::info_span!(
             "watch",
@@ -172,6 +221,7 @@ impl DiscoveryService {
         // Boxed: tokio's mpsc allocates its slots 32 at a time, and 32
         // inline responses were 5 KiB per stream, idle or not.
         let (tx, rx) = mpsc::channel::<Box<pb::WatchResponse>>(1);
+        let idle_timeout = self.idle_timeout;
         let (end_tx, end_rx) = oneshot::channel::<Status>();
         let metrics = self.metrics.stream(&node.group);
         let mut stream = WatchState::new(
@@ -195,7 +245,7 @@ impl DiscoveryService {
         // thousand streams costs more than the rest of a wake-up; the
         // stream's log lines name the span as their parent instead.
         self.tasks.spawn(async move {
-            let end = stream.run(inbound, heads, tx, shutdown).await;
+            let end = stream.run(inbound, heads, tx, shutdown, idle_timeout).await;
             if let Some(status) = end {
                 // The agent may be gone already; nothing to tell then.
                 let _ = end_tx.send(status);
@@ -207,6 +257,16 @@ impl DiscoveryService {
             body: None,
             end: Some(end_rx),
         })
+    }
+}
+
+impl DiscoveryService {
+    /// Records a refused watch in the audit log.
+    fn refused(&self, caller: &Caller, group: &str, status: &Status) {
+        tracing::info!(identity = %caller.identity, peer = %caller.peer, group, code = ?status.code(), reason = status.message(), "watch refused");
+        if let Some(audit) = &self.audit {
+            audit.refused(caller, "watch", group, "", status);
+        }
     }
 }
 
@@ -263,12 +323,39 @@ impl tonic::codegen::Service<http::Request<tonic::body::Body>> for WatchServer {
                 .into_http());
             }
             let (parts, body) = request.into_parts();
-            let peer = parts
+            // Served through our accept loop the connection is a ConnInfo;
+            // an embedder serving this service with tonic's own incoming
+            // still gets the peer's address.
+            let tcp_only = parts
                 .extensions
                 .get::<tonic::transport::server::TcpConnectInfo>()
                 .and_then(tonic::transport::server::TcpConnectInfo::remote_addr)
-                .map(|a| a.to_string())
-                .unwrap_or_default();
+                .map(|remote| ConnInfo {
+                    remote,
+                    identity: None,
+                });
+            let caller = match service.auth.caller(
+                parts.extensions.get::<ConnInfo>().or(tcp_only.as_ref()),
+                parts
+                    .headers
+                    .get(http::header::AUTHORIZATION)
+                    .map(http::HeaderValue::as_bytes),
+            ) {
+                Ok(caller) => caller,
+                Err(status) => {
+                    let anonymous = Caller {
+                        identity: String::new(),
+                        source: crate::auth::Source::None,
+                        peer: parts
+                            .extensions
+                            .get::<ConnInfo>()
+                            .map(|c| c.remote.to_string())
+                            .unwrap_or_default(),
+                    };
+                    service.refused(&anonymous, "", &status);
+                    return Ok(status.into_http());
+                }
+            };
             let inbound = Streaming::new_request(
                 vane_proto::codec::VaneCodec::<pb::WatchResponse, pb::WatchRequest>::default()
                     .decoder(),
@@ -276,7 +363,7 @@ impl tonic::codegen::Service<http::Request<tonic::body::Body>> for WatchServer {
                 None,
                 Some(MAX_REQUEST_BYTES),
             );
-            Ok(match service.open(peer, inbound).await {
+            Ok(match service.open(caller, inbound).await {
                 Ok(body) => {
                     let mut response = http::Response::new(tonic::body::Body::new(body));
                     response.headers_mut().insert(
@@ -398,8 +485,9 @@ fn encode_response(
     Ok((head.freeze(), body))
 }
 
-/// Checks the node of a stream's first request. The error names the field.
-fn check_first_request(first: &pb::WatchRequest) -> Result<NodeInfo, String> {
+/// Checks the node of a stream's first request (public for the fuzz
+/// targets). The error names the field.
+pub fn check_first_request(first: &pb::WatchRequest) -> Result<NodeInfo, String> {
     let Some(node) = &first.node else {
         return Err("node: required on the first request".into());
     };
@@ -535,6 +623,7 @@ impl WatchState {
         heads: watch::Receiver<Head>,
         tx: mpsc::Sender<Box<pb::WatchResponse>>,
         shutdown: CancellationToken,
+        idle_timeout: Duration,
     ) -> Option<Status> {
         // The futures that outlive one turn of the loop are made once: the
         // shutdown token and the group's channel are shared by every stream,
@@ -546,6 +635,10 @@ impl WatchState {
         tokio::pin!(closed);
         let current = heads.clone();
         let mut heads = tokio_stream::wrappers::WatchStream::from_changes(heads);
+        // Reset by every request (heartbeats included); a stream silent for
+        // the whole timeout belongs to a peer that is gone or idle on purpose.
+        let idle = tokio::time::sleep(idle_timeout);
+        tokio::pin!(idle);
         let end = loop {
             tokio::select! {
                 // Shutdown first, so a busy stream cannot delay it.
@@ -568,8 +661,15 @@ impl WatchState {
                     // The hub is gone, which only happens at shutdown.
                     None => break Some(Status::unavailable("the server is shutting down")),
                 },
+                () = &mut idle => {
+                    tracing::info!(parent: &self.span, timeout = ?idle_timeout, "stream idle; closing it");
+                    break Some(Status::unavailable(format!(
+                        "idle stream: no request for {}",
+                        humantime::format_duration(idle_timeout)
+                    )));
+                }
                 request = inbound.next() => match request {
-                    Some(Ok(request)) => match self.on_request(request) {
+                    Some(Ok(request)) => match self.on_request_at(request, idle.as_mut(), idle_timeout) {
                         Ok(Answer::Nothing) => {}
                         Ok(Answer::ResendFull) => {
                             // The head, even if this stream carried it; a
@@ -581,9 +681,11 @@ impl WatchState {
                         Err(status) => break Some(status),
                     },
                     None => break None,
+                    // An oversize or undecodable request: the agent hears
+                    // why (if it is still there).
                     Some(Err(status)) => {
                         tracing::debug!(parent: &self.span, %status, "agent stream failed");
-                        break None;
+                        break Some(status);
                     }
                 },
                 () = &mut closed => break None,
@@ -693,6 +795,17 @@ impl WatchState {
     /// Every request counts as a sign of life (`last_seen`): an ACK or NACK
     /// records it with what it records, anything else by itself (one
     /// registry update per request, not two).
+    /// [`Self::on_request`], after pushing the idle deadline back.
+    fn on_request_at(
+        &mut self,
+        request: pb::WatchRequest,
+        idle: std::pin::Pin<&mut tokio::time::Sleep>,
+        idle_timeout: Duration,
+    ) -> Result<Answer, Status> {
+        idle.reset(Instant::now() + idle_timeout);
+        self.on_request(request)
+    }
+
     fn on_request(&mut self, request: pb::WatchRequest) -> Result<Answer, Status> {
         let recorded = self.handle_request(&request)?;
         if !recorded.0 {
@@ -1420,7 +1533,9 @@ mod tests {
         let stop = shutdown.clone();
         let task = tokio::spawn(async move {
             let inbound = ReceiverStream::new(requests_rx);
-            state.run(inbound, heads, tx, stop).await;
+            state
+                .run(inbound, heads, tx, stop, DEFAULT_IDLE_STREAM_TIMEOUT)
+                .await;
             state
         });
 

@@ -304,3 +304,41 @@ pub fn spec_to_proto(spec: &SnapshotSpec) -> pb::Snapshot {
             .collect(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// Floats re-render and re-parse to the very same number, so the hash
+    /// the server computes is the hash the agent computes. Fuzzing found
+    /// 17-digit numbers that serde_json's default (inexact) parser moved to
+    /// a neighbour: the agent then refused the version as a hash mismatch.
+    #[test]
+    fn floats_survive_the_wire_and_the_json_form() {
+        for text in [
+            "1844674407370950.125",
+            "100.00000009220093",
+            "0.1",
+            "5e-324",
+            "1.7976931348623157e308",
+        ] {
+            let msg = pb::Snapshot {
+                values: [("v".to_string(), text.to_string())].into(),
+                ..Default::default()
+            };
+            let s = Snapshot::try_from(msg).unwrap();
+            let back = Snapshot::decode(&s.encode()).unwrap();
+            assert_eq!(back, s, "{text}");
+            assert_eq!(back.content_hash(), s.content_hash(), "{text}");
+        }
+        let file =
+            br#"{"rate_limits": [{"name": "r", "requests_per_second": 100.00000009220093}]}"#;
+        let s = crate::validate(crate::parse_file(file, crate::Format::Json).unwrap()).unwrap();
+        let json = serde_json::to_vec(&s.to_json()).unwrap();
+        let again =
+            crate::validate(crate::parse_file(&json, crate::Format::Json).unwrap()).unwrap();
+        assert_eq!(again.content_hash(), s.content_hash());
+    }
+}

@@ -10,6 +10,11 @@
 //!   `hash`, `source`, `applied_at_unix_ms`, the bound `listeners`, and the
 //!   `snapshot` in its canonical JSON form.
 //! - `GET /metrics`: OpenMetrics text (data plane and agent).
+//!
+//! At most [`MAX_CONNECTIONS`] connections are open at once (more are
+//! accepted and closed at once), and each must send a whole request within
+//! `--header-read-timeout` of connecting or of its previous answer, or it is
+//! closed: idle and slowloris clients cannot hold the port (see `guard`).
 
 use axum::Router;
 use axum::extract::State;
@@ -21,12 +26,27 @@ use tokio_util::sync::CancellationToken;
 
 use crate::proxy::ProxyHandle;
 
+mod guard;
+
+/// Most admin connections open at once. Health checks and scrapes need a
+/// handful; the cap keeps a flood of them from taking file descriptors the
+/// data plane needs.
+pub const MAX_CONNECTIONS: usize = 256;
+
 /// Serves the admin endpoint on `listener` until `stop` is cancelled.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     proxy: ProxyHandle,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
+    let shared = proxy.shared();
+    let listener = guard::GuardedListener::new(
+        listener,
+        MAX_CONNECTIONS,
+        shared.config.header_read_timeout,
+        shared.metrics.admin_refused.clone(),
+        shared.metrics.admin_timeouts.clone(),
+    );
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))

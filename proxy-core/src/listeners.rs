@@ -47,6 +47,8 @@ use crate::route::RouteTableRt;
 const BACKLOG: i32 = 1024;
 /// After the drain timeout, how long connections get to notice the hard stop.
 const HARD_STOP_GRACE: Duration = Duration::from_secs(1);
+/// Shortest interval between two "at --max-connections" warnings.
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// What makes a listener the same listener across snapshots.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -520,8 +522,8 @@ async fn accept_loop(
             }
         };
         let Ok(permit) = rt.shared.connection_limit.clone().try_acquire_owned() else {
-            rt.stats.connections_refused.inc();
-            drop(stream);
+            // Over the cap: accept and close at once (see `refuse`).
+            refuse(&rt, stream);
             continue;
         };
         let _ = stream.set_nodelay(true);
@@ -543,6 +545,33 @@ async fn accept_loop(
     // The last loop to stop releases the manager's copy of the socket.
     if loops.fetch_sub(1, Ordering::AcqRel) == 1 {
         owner.closed(id);
+    }
+}
+
+/// Closes a connection accepted over `--max-connections`.
+///
+/// Accepting and closing, rather than leaving connections in the kernel's
+/// backlog: the client learns at once that this instance is full and can
+/// retry another one, instead of waiting on a connection nobody serves
+/// (and, once the backlog is full, on SYN retransmissions seconds apart);
+/// the refusal is counted and logged; and the backlog never fills with
+/// connections whose clients gave up long before they would be served.
+fn refuse(rt: &ListenerRt, stream: tokio::net::TcpStream) {
+    rt.stats.connections_refused.inc();
+    drop(stream);
+    // Logged at most once per REFUSAL_LOG_EVERY: a flood must not become a
+    // log flood.
+    let now = crate::clock::now_millis().max(1);
+    let last = &rt.shared.refusal_logged_ms;
+    let prev = last.load(Ordering::Relaxed);
+    if (prev == 0 || now.saturating_sub(prev) >= REFUSAL_LOG_EVERY.as_millis() as u64)
+        && last
+            .compare_exchange(prev, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        tracing::warn!(listener = %rt.name, max_connections = rt.shared.config.max_connections,
+            refused = rt.stats.connections_refused.get(),
+            "at --max-connections: closing new connections at once");
     }
 }
 

@@ -58,6 +58,12 @@ pub(crate) struct ListenerLabels {
     listener: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct ClosedLabels {
+    listener: String,
+    reason: String,
+}
+
 /// Handles of one route on one listener.
 #[derive(Debug, Clone)]
 pub(crate) struct RouteStats {
@@ -99,6 +105,24 @@ pub(crate) struct ListenerStats {
     pub(crate) connections_total: Counter,
     /// Connections refused because the proxy is at its connection limit.
     pub(crate) connections_refused: Counter,
+    /// Connections closed by the proxy, by reason.
+    pub(crate) closed: ClosedStats,
+}
+
+/// Connections a listener closed itself, by reason (the label `reason`).
+#[derive(Debug, Clone)]
+pub(crate) struct ClosedStats {
+    /// `header_timeout`: a request head (or the HTTP/2 preface) was not
+    /// complete within the header-read timeout.
+    pub(crate) header_timeout: Counter,
+    /// `idle`: no request for the idle timeout.
+    pub(crate) idle: Counter,
+    /// `header_too_large`: a request head over the size or count limit
+    /// (answered 431 over HTTP/1).
+    pub(crate) header_too_large: Counter,
+    /// `malformed`: a request that does not parse (answered 400 over
+    /// HTTP/1).
+    pub(crate) malformed: Counter,
 }
 
 #[derive(Debug, Default)]
@@ -124,6 +148,12 @@ pub(crate) struct Metrics {
     connections_active: Family<ListenerLabels, Gauge>,
     connections_total: Family<ListenerLabels, Counter>,
     connections_refused: Family<ListenerLabels, Counter>,
+    connections_closed: Family<ClosedLabels, Counter>,
+    /// Admin-endpoint connections closed at once: over the admin cap.
+    pub(crate) admin_refused: Counter,
+    /// Admin-endpoint connections closed for not completing a request in
+    /// time (or idle).
+    pub(crate) admin_timeouts: Counter,
     /// Version the data plane runs (activated, not just received).
     pub(crate) config_version: Gauge,
     /// Snapshots activated by the data plane.
@@ -150,6 +180,9 @@ impl Metrics {
             connections_active: Family::default(),
             connections_total: Family::default(),
             connections_refused: Family::default(),
+            connections_closed: Family::default(),
+            admin_refused: Counter::default(),
+            admin_timeouts: Counter::default(),
             config_version: Gauge::default(),
             activations: Counter::default(),
             listeners: Gauge::default(),
@@ -214,6 +247,22 @@ impl Metrics {
             "vane_proxy_connections_refused",
             "Downstream connections closed at once because the proxy was at --max-connections",
             self.connections_refused.clone(),
+        );
+        registry.register(
+            "vane_proxy_connections_closed",
+            "Downstream connections the proxy closed itself, by listener and reason \
+             (header_timeout, idle, header_too_large, malformed)",
+            self.connections_closed.clone(),
+        );
+        registry.register(
+            "vane_proxy_admin_connections_refused",
+            "Admin-endpoint connections closed at once because the admin endpoint was at its connection cap",
+            self.admin_refused.clone(),
+        );
+        registry.register(
+            "vane_proxy_admin_connections_timed_out",
+            "Admin-endpoint connections closed because a request was not complete (or the connection idle) within --header-read-timeout",
+            self.admin_timeouts.clone(),
         );
         registry.register(
             "vane_proxy_config_version",
@@ -327,7 +376,20 @@ impl Metrics {
             connections_active: self.connections_active.get_or_create_owned(&k),
             connections_total: self.connections_total.get_or_create_owned(&k),
             connections_refused: self.connections_refused.get_or_create_owned(&k),
+            closed: ClosedStats {
+                header_timeout: self.closed(name, "header_timeout"),
+                idle: self.closed(name, "idle"),
+                header_too_large: self.closed(name, "header_too_large"),
+                malformed: self.closed(name, "malformed"),
+            },
         }
+    }
+
+    fn closed(&self, listener: &str, reason: &str) -> Counter {
+        self.connections_closed.get_or_create_owned(&ClosedLabels {
+            listener: listener.to_owned(),
+            reason: reason.to_owned(),
+        })
     }
 
     /// The build that was being compiled is now the running one: drop label

@@ -12,7 +12,7 @@
 //! The request path only ever reads step 3's result.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
@@ -32,6 +32,10 @@ use crate::listeners::Listeners;
 use crate::metrics::Metrics;
 use crate::workers::Workers;
 
+/// The shortest idle or header-read timeout (shorter ones are raised to
+/// it): the connection timer ticks at half the shorter of the two.
+const MIN_TIMEOUT: Duration = Duration::from_millis(100);
+
 /// Everything a proxy is started with.
 #[derive(Debug, Clone)]
 pub struct ProxyConfig {
@@ -44,15 +48,23 @@ pub struct ProxyConfig {
     /// its connections finish. Default 10 s.
     pub drain_timeout: Duration,
     /// Most downstream connections open at once, over all listeners; more
-    /// are closed at once. Default 100 000.
+    /// are accepted and closed at once (counted in
+    /// `vane_proxy_connections_refused`). Default 100 000.
     pub max_connections: usize,
     /// Data-plane worker threads (each runs its own single-threaded
     /// runtime). 0: one per CPU. Default 0.
     pub workers: usize,
-    /// A downstream connection with no request started for this long (up to
-    /// twice this) is closed; this also bounds clients that never finish
-    /// their headers. Default 60 s.
+    /// A downstream connection with no request started and none in flight
+    /// for this long is closed gracefully (checked every half of the
+    /// shorter of this and `header_read_timeout`). Default 60 s.
     pub idle_timeout: Duration,
+    /// A new connection must deliver its first HTTP/1 request head (or the
+    /// HTTP/2 preface), and every later HTTP/1 request head must be
+    /// complete, within this long of its first byte; otherwise the
+    /// connection is closed. It bounds slowloris clients on the listeners,
+    /// and is also the admin endpoint's per-request and idle timeout.
+    /// Default 10 s.
+    pub header_read_timeout: Duration,
 }
 
 impl Default for ProxyConfig {
@@ -64,6 +76,7 @@ impl Default for ProxyConfig {
             max_connections: 100_000,
             workers: 0,
             idle_timeout: Duration::from_secs(60),
+            header_read_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -73,6 +86,8 @@ impl Default for ProxyConfig {
 pub(crate) struct Settings {
     pub(crate) drain_timeout: Duration,
     pub(crate) idle_timeout: Duration,
+    pub(crate) header_read_timeout: Duration,
+    pub(crate) max_connections: usize,
 }
 
 /// State every listener and connection shares.
@@ -84,6 +99,9 @@ pub(crate) struct Shared {
     pub(crate) http: auto::Builder<TokioExecutor>,
     /// Caps open downstream connections.
     pub(crate) connection_limit: Arc<Semaphore>,
+    /// When a refusal at the connection limit was last logged (clock
+    /// milliseconds; 0: never): a flood must not become a log flood.
+    pub(crate) refusal_logged_ms: AtomicU64,
     pub(crate) config: Settings,
     /// The data-plane threads.
     pub(crate) workers: Workers,
@@ -134,11 +152,14 @@ impl Proxy {
             connection_limit: Arc::new(Semaphore::new(config.max_connections.max(1))),
             config: Settings {
                 drain_timeout: config.drain_timeout,
-                // A zero period would make the idle timer spin.
-                idle_timeout: config.idle_timeout.max(Duration::from_millis(100)),
+                // A zero period would make the connection timer spin.
+                idle_timeout: config.idle_timeout.max(MIN_TIMEOUT),
+                header_read_timeout: config.header_read_timeout.max(MIN_TIMEOUT),
+                max_connections: config.max_connections.max(1),
             },
             workers,
             stopping: AtomicBool::new(false),
+            refusal_logged_ms: AtomicU64::new(0),
         });
         let listeners = Arc::new(Listeners::new());
         let binder = listeners.clone();
@@ -264,6 +285,12 @@ impl ProxyHandle {
     /// Listeners accepting connections: (name, address).
     pub fn listener_addresses(&self) -> Vec<(String, std::net::SocketAddr)> {
         self.inner.listeners.addresses()
+    }
+
+    /// The data plane's shared state (settings and metrics, for the admin
+    /// endpoint).
+    pub(crate) fn shared(&self) -> &Shared {
+        &self.inner.shared
     }
 
     /// Prometheus text of the proxy's and the agent's metrics.

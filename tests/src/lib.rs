@@ -242,6 +242,23 @@ impl ControlServer {
         self.restart();
     }
 
+    /// The server's process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// The server's resident memory in KiB (from /proc).
+    pub fn rss_kib(&self) -> u64 {
+        let pid = self.pid().expect("the server runs");
+        let status =
+            std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc/PID/status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc/PID/status")
+    }
+
     /// Runs `vanectl --server <this server> <args>`.
     pub fn ctl(&self, args: &[&str]) -> Output {
         vanectl(&self.url(), args)
@@ -619,6 +636,29 @@ impl WatchClient {
         group: &str,
         running: Option<(u64, &str)>,
     ) -> Self {
+        let channel = tokio::time::timeout(
+            WATCH_TIMEOUT,
+            tonic::transport::Endpoint::from_shared(url.to_owned())
+                .unwrap_or_else(|e| panic!("{url}: {e}"))
+                .connect(),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("connecting to {url} timed out"))
+        .unwrap_or_else(|e| panic!("cannot connect to {url}: {e}"));
+        Self::open(channel, None, node_id, group, running)
+            .await
+            .unwrap_or_else(|s| panic!("the server refused the watch stream: {s}"))
+    }
+
+    /// Opens a stream on `channel` (plaintext or TLS), with `token` as a
+    /// bearer token when given; the server's refusal is returned.
+    pub async fn open(
+        channel: tonic::transport::Channel,
+        token: Option<&str>,
+        node_id: &str,
+        group: &str,
+        running: Option<(u64, &str)>,
+    ) -> Result<Self, tonic::Status> {
         let node = pb::Node {
             id: node_id.to_owned(),
             group: group.to_owned(),
@@ -627,13 +667,7 @@ impl WatchClient {
                 .collect(),
             agent_build: "vane-tests/0.1.0".to_owned(),
         };
-        let mut client = tokio::time::timeout(
-            WATCH_TIMEOUT,
-            pb::config_discovery_client::ConfigDiscoveryClient::connect(url.to_owned()),
-        )
-        .await
-        .unwrap_or_else(|_| panic!("connecting to {url} timed out"))
-        .unwrap_or_else(|e| panic!("cannot connect to {url}: {e}"));
+        let mut client = pb::config_discovery_client::ConfigDiscoveryClient::new(channel);
         // Bounded: a test sends a handful of requests.
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         let (version_info, hash) = running.unwrap_or((0, ""));
@@ -649,20 +683,27 @@ impl WatchClient {
         })
         .await
         .expect("the request stream is open");
-        let responses = tokio::time::timeout(
-            WATCH_TIMEOUT,
-            client.watch(tokio_stream::wrappers::ReceiverStream::new(rx)),
-        )
-        .await
-        .unwrap_or_else(|_| panic!("opening the watch stream on {url} timed out"))
-        .unwrap_or_else(|s| panic!("the server refused the watch stream: {s}"))
-        .into_inner();
-        Self {
+        let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+        if let Some(token) = token {
+            request.metadata_mut().insert(
+                "authorization",
+                format!("Bearer {token}")
+                    .parse()
+                    .expect("a token is a valid header value"),
+            );
+        }
+        // The server answers the call only after it has read and checked
+        // the first request: a refusal is this call's error.
+        let responses = tokio::time::timeout(WATCH_TIMEOUT, client.watch(request))
+            .await
+            .expect("opening the watch stream timed out")?
+            .into_inner();
+        Ok(Self {
             _client: client,
             requests: tx,
             responses,
             node,
-        }
+        })
     }
 
     /// The next message, waiting at most `within`.

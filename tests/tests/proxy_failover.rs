@@ -145,6 +145,11 @@ async fn a_listener_that_cannot_bind_is_nacked_and_nothing_of_it_applies() {
         &[],
     );
     proxy.wait_version(v1);
+    // The server has the ACK of v1 before v2 goes out (an ACK answering an
+    // older response than the last one sent is stale by design).
+    wait_for_status(&server.url(), GROUP, "binder", "SYNCED on v1", |a| {
+        a["acked_version"] == v1
+    });
 
     let squatter = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let busy = squatter.local_addr().unwrap();

@@ -1,11 +1,14 @@
 //! `cargo xtask demo`: a guided tour against real processes. Builds the
-//! binaries, starts vane-control on a temporary data directory, runs real
-//! vanectl commands against it while saying what each one shows, then stops
-//! the server with SIGTERM and removes everything it made.
+//! binaries, generates demo certificates, starts vane-control with mTLS and
+//! a policy on a temporary data directory, runs real vanectl commands against
+//! it while saying what each one shows, then stops the server with SIGTERM and
+//! removes everything it made. `--plaintext` runs the same tour without TLS
+//! (plaintext on loopback, no policy).
 //!
 //! The tour is a list of [`Step`]s; later features (agents, proxies) add
 //! steps and processes to it.
 
+use std::ffi::OsString;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::net::SocketAddr;
@@ -35,6 +38,26 @@ const GROUP: &str = "edge";
 /// The group the demo's proxy follows.
 const WEB: &str = "web";
 
+/// What the demo appends to vane-pki's `DEMO_POLICY`: the proxy runs with
+/// the agent's certificate (identity `agent-edge`, an agent of `edge` only)
+/// and follows `web`, so that identity may watch `web` as well.
+const WEB_BINDING: &str =
+    "  # Added by `cargo xtask demo`: its proxy (also agent-edge) follows group web.
+  - identity: agent-edge
+    role: agent
+    groups: [\"web\"]
+";
+
+/// How the demo's processes talk to each other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Security {
+    /// TLS with client certificates and a policy (the default): vanectl is
+    /// `operator`, the sidecar and the proxy are `agent-edge`.
+    Mtls,
+    /// Plaintext on loopback, no identities, authorization off (`--plaintext`).
+    Plaintext,
+}
+
 /// One step of the tour: a title, a plain explanation, and what it runs.
 struct Step {
     title: &'static str,
@@ -42,8 +65,34 @@ struct Step {
     action: fn(&mut Demo) -> Result<()>,
 }
 
-fn steps() -> Vec<Step> {
-    vec![
+fn steps(security: Security) -> Vec<Step> {
+    let mtls = security == Security::Mtls;
+    let mut steps = Vec::new();
+    if mtls {
+        steps.push(Step {
+            title: "who the server thinks we are",
+            explain: "Every vanectl command here presents ca.pem (to check the server's \
+                      certificate) and the client certificate operator.pem with its key: the \
+                      variables exported above stand for these three flags. The server takes \
+                      the identity from the certificate (its CN, `operator`), and the policy \
+                      makes it an operator of every group: it may read, push and roll back.",
+            action: |d| {
+                d.vanectl(
+                    &[
+                        "--ca",
+                        "ca.pem",
+                        "--cert",
+                        "operator.pem",
+                        "--key",
+                        "operator.key",
+                        "whoami",
+                    ],
+                    0,
+                )
+            },
+        });
+    }
+    steps.extend([
         Step {
             title: "push the example as the first version",
             explain: "The server validates the file, hashes its canonical form with SHA-256 and \
@@ -95,7 +144,15 @@ fn steps() -> Vec<Step> {
         },
         Step {
             title: "the history",
-            explain: "Every version of the group, newest first, with its hash and message.",
+            explain: if mtls {
+                "Every version of the group, newest first, with its hash, its message and its \
+                 author: the identity that pushed it, `operator`, from vanectl's client \
+                 certificate."
+            } else {
+                "Every version of the group, newest first, with its hash and message. AUTHOR \
+                 is `-`: without client certificates or tokens the server knows no \
+                 identity (the default demo, with mTLS, shows one)."
+            },
             action: |d| d.vanectl(&["history", GROUP], 0),
         },
         Step {
@@ -167,6 +224,62 @@ fn steps() -> Vec<Step> {
                 d.vanectl(&["history", GROUP, "--limit", "1"], 0)
             },
         },
+    ]);
+    if mtls {
+        steps.extend([
+            Step {
+                title: "a push by someone who may only read",
+                explain: "reader.pem is a certificate from the same CA for the identity \
+                          `reader`, which the policy makes a reader of every group. It may \
+                          read the history, but its push is refused with PermissionDenied: one \
+                          line naming the identity, the action and the group. vanectl prints \
+                          it and exits with 1; nothing is stored.",
+                action: |d| {
+                    d.vanectl(
+                        &[
+                            "--cert",
+                            "reader.pem",
+                            "--key",
+                            "reader.key",
+                            "history",
+                            GROUP,
+                            "--limit",
+                            "1",
+                        ],
+                        0,
+                    )?;
+                    d.vanectl(
+                        &[
+                            "--cert",
+                            "reader.pem",
+                            "--key",
+                            "reader.key",
+                            "push",
+                            GROUP,
+                            "-f",
+                            "snapshot-v2.yaml",
+                            "-m",
+                            "a reader tries",
+                        ],
+                        1,
+                    )
+                },
+            },
+            Step {
+                title: "the audit trail",
+                explain: "The server records every push and rollback, and every refused \
+                          attempt, with the identity, the time, the version and the outcome, in \
+                          the store next to the history. The reader's refused push is on top; \
+                          below it are the lost race, the invalid push and the operator's \
+                          pushes and rollback (the unchanged push included).",
+                action: |d| {
+                    d.vanectl(&["audit", GROUP], 0)?;
+                    d.check_audit_refusal()
+                },
+            },
+        ]);
+    }
+    steps.extend([
         Step {
             title: "start a sidecar agent",
             explain: "vane-agent follows the group `edge` for programs that cannot link Rust: it \
@@ -268,7 +381,8 @@ fn steps() -> Vec<Step> {
                 d.show_traffic(0)
             },
         },
-    ]
+    ]);
+    steps
 }
 
 /// Everything a step needs: the binaries, the scratch directory, the processes.
@@ -277,6 +391,7 @@ struct Demo {
     vanectl: PathBuf,
     work: PathBuf,
     data: PathBuf,
+    security: Security,
     server_url: String,
     server: Server,
     agent: Option<Server>,
@@ -290,10 +405,8 @@ impl Demo {
     /// Runs `vanectl ARGS` in the scratch directory, showing the command line
     /// and its output, and fails unless it exits with `expect`.
     fn vanectl(&mut self, args: &[&str], expect: i32) -> Result<()> {
-        let mut cmd = Command::new(&self.vanectl);
-        cmd.args(args)
-            .current_dir(&self.work)
-            .env("VANE_SERVER", &self.server_url);
+        let mut cmd = self.vanectl_cmd();
+        cmd.args(args);
         println!("$ {}", display(&cmd));
         let status = cmd
             .status()
@@ -313,10 +426,55 @@ impl Demo {
         Ok(())
     }
 
+    /// vanectl in the scratch directory with the environment the tour
+    /// exported: the server, and under mTLS the CA and `operator`'s
+    /// certificate. Credentials from the caller's environment are dropped,
+    /// so they cannot change who the demo is.
+    fn vanectl_cmd(&self) -> Command {
+        let mut cmd = Command::new(&self.vanectl);
+        cmd.current_dir(&self.work)
+            .env("VANE_SERVER", &self.server_url);
+        for var in [
+            "VANE_CA",
+            "VANE_CERT",
+            "VANE_KEY",
+            "VANE_TOKEN_FILE",
+            "VANE_TOKEN",
+        ] {
+            cmd.env_remove(var);
+        }
+        if self.security == Security::Mtls {
+            cmd.env("VANE_CA", "ca.pem")
+                .env("VANE_CERT", "operator.pem")
+                .env("VANE_KEY", "operator.key");
+        }
+        cmd
+    }
+
+    /// The TLS arguments of an agent or proxy (`--ca --cert --key`, as
+    /// `agent-edge`): as run (absolute paths) and as shown (relative).
+    fn agent_tls(&self) -> (Vec<OsString>, &'static str) {
+        match self.security {
+            Security::Plaintext => (Vec::new(), ""),
+            Security::Mtls => (
+                vec![
+                    "--ca".into(),
+                    self.work.join("ca.pem").into(),
+                    "--cert".into(),
+                    self.work.join("agent.pem").into(),
+                    "--key".into(),
+                    self.work.join("agent.key").into(),
+                ],
+                " --ca ca.pem --cert agent.pem --key agent.key",
+            ),
+        }
+    }
+
     fn start_agent(&mut self) -> Result<()> {
         let cache = self.work.join("agent-cache");
         let output = self.work.join("edge.json");
-        let args: Vec<std::ffi::OsString> = vec![
+        let (tls, tls_shown) = self.agent_tls();
+        let mut args: Vec<OsString> = vec![
             "--node-id".into(),
             "demo-sidecar".into(),
             "--group".into(),
@@ -332,8 +490,9 @@ impl Demo {
             "--backoff-cap".into(),
             "2s".into(),
         ];
+        args.extend(tls);
         println!(
-            "$ vane-agent --node-id demo-sidecar --group {GROUP} --control {} --cache-dir agent-cache \\\n    --output edge.json --admin-listen 127.0.0.1:0 --backoff-cap 2s &",
+            "$ vane-agent --node-id demo-sidecar --group {GROUP} --control {}{tls_shown} \\\n    --cache-dir agent-cache --output edge.json --admin-listen 127.0.0.1:0 --backoff-cap 2s &",
             self.server_url
         );
         let agent = Server::start(
@@ -418,7 +577,8 @@ impl Demo {
         );
         self.web = Some((listen, backend));
         self.push_web(1)?;
-        let args: Vec<std::ffi::OsString> = vec![
+        let (tls, tls_shown) = self.agent_tls();
+        let mut args: Vec<OsString> = vec![
             "--node-id".into(),
             "demo-proxy".into(),
             "--group".into(),
@@ -430,8 +590,9 @@ impl Demo {
             "--admin-listen".into(),
             "127.0.0.1:0".into(),
         ];
+        args.extend(tls);
         println!(
-            "$ vane-proxy --node-id demo-proxy --group {WEB} --control {} --cache-dir proxy-cache --admin-listen 127.0.0.1:0 &",
+            "$ vane-proxy --node-id demo-proxy --group {WEB} --control {}{tls_shown} \\\n    --cache-dir proxy-cache --admin-listen 127.0.0.1:0 &",
             self.server_url
         );
         let proxy = Server::start(
@@ -473,17 +634,13 @@ impl Demo {
     }
 
     fn restart_server(&mut self) -> Result<()> {
-        let addr = self.server.addr.to_string();
-        println!(
-            "$ vane-control --listen {addr} --data-dir {}",
-            self.data.display()
+        let (args, shown) = control_args(
+            &self.server.addr.to_string(),
+            &self.work,
+            &self.data,
+            self.security,
         );
-        let args: Vec<std::ffi::OsString> = vec![
-            "--listen".into(),
-            addr.into(),
-            "--data-dir".into(),
-            self.data.clone().into(),
-        ];
+        println!("$ {shown}");
         self.server = Server::start(
             "vane-control",
             &self.bin.join("vane-control"),
@@ -494,38 +651,68 @@ impl Demo {
         Ok(())
     }
 
-    /// Checks what the tour claims: version 3's hash is version 1's.
+    /// Checks what the tour claims: the newest audit entry is the reader's
+    /// push, refused with PermissionDenied.
+    fn check_audit_refusal(&mut self) -> Result<()> {
+        let out = self
+            .vanectl_cmd()
+            .args(["audit", GROUP, "--limit", "1", "-o", "json"])
+            .output()
+            .context("cannot run vanectl audit -o json")?;
+        ensure!(out.status.success(), "vanectl audit -o json failed");
+        let entries: serde_json::Value =
+            serde_json::from_slice(&out.stdout).context("vanectl audit -o json is not JSON")?;
+        let newest = &entries[0];
+        ensure!(
+            newest["identity"] == "reader"
+                && newest["action"] == "push"
+                && newest["result"] == "refused"
+                && newest["code"] == "PermissionDenied",
+            "the newest audit entry should be reader's refused push, got {newest}"
+        );
+        println!("(checked: the newest entry is reader's push, refused with PermissionDenied)");
+        Ok(())
+    }
+
+    /// Checks what the tour claims: version 3's hash is version 1's (and
+    /// under mTLS, that `operator` is its author).
     fn check_rollback_hash(&mut self) -> Result<()> {
-        let out = Command::new(&self.vanectl)
+        let out = self
+            .vanectl_cmd()
             .args(["history", GROUP, "-o", "json"])
-            .env("VANE_SERVER", &self.server_url)
             .output()
             .context("cannot run vanectl history -o json")?;
         ensure!(out.status.success(), "vanectl history -o json failed");
-        let text = String::from_utf8_lossy(&out.stdout);
-        let hash_of = |version: u64| -> Option<String> {
-            // A tiny scan instead of a JSON dependency: the entries are
-            // pretty-printed objects whose "version" precedes "hash".
-            let mut lines = text.lines().map(str::trim);
-            lines.find(|l| *l == format!("\"version\": {version},"))?;
-            let hash = lines.find(|l| l.starts_with("\"hash\": "))?;
-            Some(
-                hash.trim_start_matches("\"hash\": ")
-                    .trim_end_matches(',')
-                    .to_owned(),
-            )
+        let versions: serde_json::Value =
+            serde_json::from_slice(&out.stdout).context("vanectl history -o json is not JSON")?;
+        let entry = |version: u64| {
+            versions
+                .as_array()
+                .and_then(|all| all.iter().find(|v| v["version"] == version))
         };
+        let hash_of = |version: u64| entry(version).and_then(|v| v["hash"].as_str());
         let (v1, v3) = (hash_of(1), hash_of(3));
         ensure!(
             v1.is_some() && v1 == v3,
             "version 3 should have version 1's hash, got {v3:?} and {v1:?}"
         );
-        println!("(checked: version 3 and version 1 have the same hash)");
+        if self.security == Security::Mtls {
+            let author = entry(3).map(|v| &v["author"]);
+            ensure!(
+                author.is_some_and(|a| a == "operator"),
+                "version 3's author should be operator, got {author:?}"
+            );
+        }
+        if self.security == Security::Mtls {
+            println!("(checked: version 3 and version 1 have the same hash; operator pushed it)");
+        } else {
+            println!("(checked: version 3 and version 1 have the same hash)");
+        }
         Ok(())
     }
 }
 
-pub(crate) fn run(root: &Path) -> Result<()> {
+pub(crate) fn run(root: &Path, security: Security) -> Result<()> {
     crate::test::ensure_protoc(&mut crate::test::Apt::default())?;
     println!("==> building vane-control, vanectl, vane-agent and vane-proxy (debug)");
     let mut build = cargo();
@@ -555,14 +742,22 @@ pub(crate) fn run(root: &Path) -> Result<()> {
     let data = work.path().join("data");
     write_files(root, work.path())?;
 
+    if security == Security::Mtls {
+        println!();
+        println!("==> certificates and a policy");
+        write_certs(work.path())?;
+    }
+
     println!();
-    println!("==> starting vane-control on a temporary data directory");
-    let args: Vec<std::ffi::OsString> = vec![
-        "--listen".into(),
-        "127.0.0.1:0".into(),
-        "--data-dir".into(),
-        data.clone().into(),
-    ];
+    let (args, shown) = control_args("127.0.0.1:0", work.path(), &data, security);
+    match security {
+        Security::Mtls => println!(
+            "==> starting vane-control with mTLS (TLS, client certificates, the policy) on a temporary data directory"
+        ),
+        Security::Plaintext => println!(
+            "==> starting vane-control (plaintext, loopback only) on a temporary data directory"
+        ),
+    }
     let server = Server::start(
         "vane-control",
         &bin.join("vane-control"),
@@ -570,26 +765,39 @@ pub(crate) fn run(root: &Path) -> Result<()> {
         LISTENING,
         work.path(),
     )?;
-    let server_url = format!("http://{}", server.addr);
-    println!(
-        "    $ vane-control --listen 127.0.0.1:0 --data-dir {}",
-        data.display()
-    );
-    println!(
-        "    listening on {}; every vanectl command below runs with",
-        server.addr
-    );
-    println!("    $ export VANE_SERVER={server_url}");
-    println!(
-        "    in {} (a copy of examples/snapshot.yaml and two variants of it)",
-        work.path().display()
-    );
+    let scheme = match security {
+        Security::Mtls => "https",
+        Security::Plaintext => "http",
+    };
+    let server_url = format!("{scheme}://{}", server.addr);
+    println!("    $ {}", shown.replace('\n', "\n    "));
+    println!("    listening on {server_url}; every vanectl command below runs with");
+    match security {
+        Security::Mtls => {
+            println!("    $ export VANE_SERVER={server_url}");
+            println!(
+                "    $ export VANE_CA=ca.pem VANE_CERT=operator.pem VANE_KEY=operator.key   # = --ca --cert --key"
+            );
+        }
+        Security::Plaintext => println!("    $ export VANE_SERVER={server_url}"),
+    }
+    match security {
+        Security::Mtls => println!(
+            "    in {} (the certificates, a copy of examples/snapshot.yaml and two variants of it)",
+            work.path().display()
+        ),
+        Security::Plaintext => println!(
+            "    in {} (a copy of examples/snapshot.yaml and two variants of it)",
+            work.path().display()
+        ),
+    }
 
     let mut demo = Demo {
         bin: bin.clone(),
         vanectl: bin.join("vanectl"),
         work: work.path().to_path_buf(),
         data,
+        security,
         server_url,
         server,
         agent: None,
@@ -597,7 +805,7 @@ pub(crate) fn run(root: &Path) -> Result<()> {
         web: None,
         traffic: None,
     };
-    for (i, step) in steps().iter().enumerate() {
+    for (i, step) in steps(security).iter().enumerate() {
         println!();
         println!("==> {}. {}", i + 1, step.title);
         println!("    {}", wrap(step.explain, 76, "    "));
@@ -636,11 +844,90 @@ pub(crate) fn run(root: &Path) -> Result<()> {
         "vane-control exited with {status} after SIGTERM"
     );
     println!();
+    let how = match security {
+        Security::Mtls => {
+            "That was the control plane under mTLS, a sidecar agent and a proxy that outlived it. \
+             `cargo xtask demo --plaintext` runs the same tour without TLS; `cargo xtask certs --out DIR` \
+             writes a certificate set to keep."
+        }
+        Security::Plaintext => {
+            "That was the control plane, a sidecar agent and a proxy that outlived it, in plaintext; \
+             plain `cargo xtask demo` runs the same tour with mTLS and a policy."
+        }
+    };
+    println!("{}", wrap(how, 80, ""));
     println!(
-        "That was the control plane, a sidecar agent and a proxy that outlived it. Run `cargo xtask test` \
-         for the full test suite, and see README.md for where to go next."
+        "Run `cargo xtask test` for the full test suite, and see README.md for where to go next."
     );
     Ok(())
+}
+
+/// Writes vane-pki's demo set into `work` (what `cargo xtask certs` writes),
+/// extends its policy for the demo's proxy, and shows both.
+fn write_certs(work: &Path) -> Result<()> {
+    let explain = "A CA signs the control server's certificate (for 127.0.0.1 and localhost) \
+                   and client certificates whose CN is an identity: operator, reader and \
+                   agent-edge. The policy says which identity may do what in which groups; \
+                   the server refuses everything else. A certificate from another CA fails \
+                   the TLS handshake, and a caller with no certificate (and no bearer token) \
+                   is refused as unauthenticated. The files live in the scratch directory \
+                   and are removed with it at the end.";
+    println!("    {}", wrap(explain, 76, "    "));
+    let set = vane_pki::DemoSet::generate().context("generating the demo certificates")?;
+    let written = set.write(work, false)?;
+    let names: Vec<String> = written
+        .iter()
+        .filter_map(|p| p.file_name())
+        .map(|n| n.to_string_lossy().into_owned())
+        .collect();
+    let wrote = format!(
+        "(wrote {}: the set `cargo xtask certs --out DIR` writes)",
+        names.join(", ")
+    );
+    println!("{}", wrap(&wrote, 80, " "));
+    let policy = work.join("policy.yaml");
+    let mut file = OpenOptions::new()
+        .append(true)
+        .open(&policy)
+        .with_context(|| format!("cannot open {}", policy.display()))?;
+    file.write_all(WEB_BINDING.as_bytes())
+        .with_context(|| format!("cannot write {}", policy.display()))?;
+    println!("$ cat policy.yaml   # with one binding added for this demo's proxy");
+    let text = std::fs::read_to_string(&policy)
+        .with_context(|| format!("cannot read {}", policy.display()))?;
+    print!("{text}");
+    Ok(())
+}
+
+/// vane-control's arguments for `addr`, and the command line as shown
+/// (relative file names: the tour runs in the scratch directory).
+fn control_args(
+    addr: &str,
+    work: &Path,
+    data: &Path,
+    security: Security,
+) -> (Vec<OsString>, String) {
+    let mut args: Vec<OsString> = vec![
+        "--listen".into(),
+        addr.into(),
+        "--data-dir".into(),
+        data.into(),
+    ];
+    let mut shown = format!("vane-control --listen {addr} --data-dir {}", data.display());
+    if security == Security::Mtls {
+        shown.push_str(" \\\n   ");
+        for (flag, file) in [
+            ("--tls-cert", "server.pem"),
+            ("--tls-key", "server.key"),
+            ("--client-ca", "ca.pem"),
+            ("--policy", "policy.yaml"),
+        ] {
+            args.push(flag.into());
+            args.push(work.join(file).into());
+            shown.push_str(&format!(" {flag} {file}"));
+        }
+    }
+    (args, shown)
 }
 
 /// The three files the tour pushes: the example, a changed copy, a broken copy.

@@ -2,18 +2,24 @@
 //!
 //! - `cargo xtask test`: installs missing test tools, then format check,
 //!   clippy, build and every test, stopping at the first failure.
-//! - `cargo xtask demo`: builds the binaries, starts a control server on a
-//!   temporary data directory and walks through vanectl against it.
+//! - `cargo xtask demo`: builds the binaries, starts a control server with
+//!   mTLS on a temporary data directory and walks through vanectl against
+//!   it (`--plaintext`: the same without TLS).
 //! - `cargo xtask demo --cluster`: three etcd members, two replicas, a proxy
 //!   under traffic given both replicas; a replica is killed.
 //! - `cargo xtask bench proxy`: vane-proxy vs nginx under wrk; writes
 //!   docs/benchmarks.md.
 //! - `cargo xtask bench fanout` / `bench push`: the control plane under
 //!   N simulated agents, and durable pushes per second.
+//! - `cargo xtask certs --out DIR`: demo certificates and policy for mTLS.
+//! - `cargo xtask fuzz [--seconds N] [--target NAME]`: runs the cargo-fuzz
+//!   targets in fuzz/ (installing cargo-fuzz when missing).
 
 mod bench;
+mod certs;
 mod cluster_demo;
 mod demo;
+mod fuzz;
 mod process;
 mod test;
 mod traffic;
@@ -33,13 +39,21 @@ struct Args {
 
 #[derive(Debug, Subcommand)]
 enum Task {
-    /// Build, start a control server on a temporary data dir, and walk through
-    /// push, get, history, diff, rollback, a refused push, a dry run and status.
+    /// Build, generate demo certificates, start a control server with mTLS
+    /// and a policy on a temporary data dir, and walk through push, get,
+    /// history, diff, rollback, refused pushes (one by a mere reader), the
+    /// audit trail, a dry run and status, then a sidecar agent and a proxy
+    /// under traffic that outlive a killed control server.
     Demo {
         /// Instead: three etcd members and two control-server replicas, a
-        /// proxy (or sidecar) given both, a replica killed under traffic.
+        /// proxy (or sidecar) given both, a replica killed under traffic
+        /// (plaintext on loopback).
         #[arg(long)]
         cluster: bool,
+        /// The same tour without TLS: plaintext on loopback, no client
+        /// certificates, no policy (anyone may do anything).
+        #[arg(long)]
+        plaintext: bool,
     },
     /// Install missing test tools (when root), then run fmt --check, clippy,
     /// build and every test; stops at the first failure.
@@ -49,16 +63,43 @@ enum Task {
         #[command(subcommand)]
         which: bench::Bench,
     },
+    /// Write demo certificates: ca.pem, server.pem/.key (127.0.0.1,
+    /// localhost), operator, reader and agent (agent-edge) .pem/.key pairs,
+    /// and policy.yaml binding them.
+    Certs {
+        /// Directory to write to (created if missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Replace files that already exist.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Run each cargo-fuzz target in fuzz/ for a while (nightly, or stable
+    /// with RUSTC_BOOTSTRAP=1); a crash fails the run and names its input.
+    Fuzz(fuzz::FuzzArgs),
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
     let root = workspace_root();
     let result = match args.task {
-        Task::Demo { cluster: false } => demo::run(&root),
-        Task::Demo { cluster: true } => cluster_demo::run(&root),
+        Task::Demo {
+            cluster: false,
+            plaintext,
+        } => demo::run(
+            &root,
+            if plaintext {
+                demo::Security::Plaintext
+            } else {
+                demo::Security::Mtls
+            },
+        ),
+        // The cluster demo is plaintext on loopback either way.
+        Task::Demo { cluster: true, .. } => cluster_demo::run(&root),
         Task::Test => test::run(&root),
         Task::Bench { which } => bench::run(&root, which),
+        Task::Certs { out, force } => certs::run(&out, force),
+        Task::Fuzz(args) => fuzz::run(&root, args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

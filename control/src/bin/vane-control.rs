@@ -14,10 +14,12 @@ use tracing_subscriber::EnvFilter;
 use vane_control::store::EtcdConfig;
 use vane_control::{Config, Server};
 
-// mimalloc: with ten thousand watch streams, glibc's malloc cost about a
-// fifth more CPU per push and stalled the next push by tens of milliseconds
-// while it consolidated (docs/benchmarks.md, control-plane section). Build
-// with `--no-default-features` to profile allocations with heaptrack.
+// mimalloc (opt-in, `--features mimalloc`): with ten thousand watch
+// streams, glibc's malloc cost about a fifth more CPU per push; but under
+// mimalloc the resident memory grew by ~2.5 MiB per 1 MiB push without
+// bound (memory handed between the async workers and the blocking pool was
+// never returned), so the default is the system allocator
+// (docs/benchmarks.md, docs/security.md).
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -75,6 +77,80 @@ struct Args {
     /// printed on stdout as `vane-control admin listening on ADDR`.
     #[arg(long)]
     admin_listen: Option<SocketAddr>,
+    /// The server's TLS certificate chain (PEM). With --tls-key, the gRPC
+    /// endpoint serves TLS only.
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "tls_key",
+        help_heading = "Security"
+    )]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "tls_cert",
+        help_heading = "Security"
+    )]
+    tls_key: Option<PathBuf>,
+    /// The CA that signs client certificates (PEM): clients presenting one
+    /// are identified by its first SAN URI, else its CN (mTLS).
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "tls_cert",
+        help_heading = "Security"
+    )]
+    client_ca: Option<PathBuf>,
+    /// The policy file: which identity holds which role (agent, reader,
+    /// operator, admin) in which groups. Reloaded when it changes. Without
+    /// it, every caller may do everything (loopback only, or --insecure).
+    #[arg(long, value_name = "FILE", help_heading = "Security")]
+    policy: Option<PathBuf>,
+    /// The bearer-token file (identities with the SHA-256 of their token).
+    /// Reloaded when it changes.
+    #[arg(long, value_name = "FILE", help_heading = "Security")]
+    tokens: Option<PathBuf>,
+    /// Serve a non-loopback address without TLS or without a policy.
+    #[arg(long, help_heading = "Security")]
+    insecure: bool,
+    /// Connections open at once; more are closed as they arrive.
+    #[arg(long, default_value_t = vane_control::tls::DEFAULT_MAX_CONNECTIONS, help_heading = "Limits")]
+    max_connections: usize,
+    /// Connections one client-certificate identity may hold open.
+    #[arg(long, default_value_t = vane_control::tls::DEFAULT_MAX_CONNECTIONS_PER_IDENTITY, help_heading = "Limits")]
+    max_connections_per_identity: usize,
+    /// How long a client may take to finish its TLS handshake.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration, help_heading = "Limits")]
+    handshake_timeout: Duration,
+    /// HTTP/2 streams one connection may have open at once.
+    #[arg(long, default_value_t = 100, help_heading = "Limits")]
+    max_streams_per_connection: u32,
+    /// A watch stream from which nothing (not even a heartbeat) arrived for
+    /// this long is closed.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration, help_heading = "Limits")]
+    idle_stream_timeout: Duration,
+    /// Most agents (node ids) tracked at once; new ones beyond are refused.
+    #[arg(long, default_value_t = vane_control::watch::DEFAULT_MAX_AGENTS, help_heading = "Limits")]
+    max_agents: usize,
+    /// Pushes and rollbacks per second each identity may sustain (0: no
+    /// limit) [default: 20 with --policy; no limit without one].
+    #[arg(long, help_heading = "Limits")]
+    push_rate: Option<u32>,
+    /// Pushes and rollbacks an identity may make in a burst.
+    #[arg(long, default_value_t = vane_control::auth::rate::DEFAULT_PUSH_BURST, help_heading = "Limits")]
+    push_burst: u32,
+    /// Longest an Admin call (push, get, history, ...) may take before it
+    /// is cancelled with CANCELLED "Timeout expired".
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration, help_heading = "Limits")]
+    request_timeout: Duration,
+    /// Interval of HTTP/2 pings on idle connections.
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration, help_heading = "Limits")]
+    http2_keepalive_interval: Duration,
+    /// How long a ping may go unanswered before the connection is closed.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration, help_heading = "Limits")]
+    http2_keepalive_timeout: Duration,
     /// Log format on stderr (level from RUST_LOG, default info).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -162,7 +238,30 @@ async fn run(args: Args) -> anyhow::Result<()> {
         shutdown_grace: args.shutdown_grace,
         agent_forget_after: args.forget_agents_after,
         admin_listen: args.admin_listen,
-        ..Config::default()
+        tls: match (args.tls_cert, args.tls_key) {
+            (Some(cert), Some(key)) => Some(vane_control::tls::TlsFiles {
+                cert,
+                key,
+                client_ca: args.client_ca,
+            }),
+            _ => None,
+        },
+        policy: args.policy,
+        tokens: args.tokens,
+        insecure: args.insecure,
+        conn_limits: vane_control::tls::ConnLimits {
+            max_connections: args.max_connections,
+            max_per_identity: args.max_connections_per_identity,
+            handshake_timeout: args.handshake_timeout,
+        },
+        max_streams_per_connection: args.max_streams_per_connection,
+        idle_stream_timeout: args.idle_stream_timeout,
+        max_agents: args.max_agents,
+        push_rate: args.push_rate,
+        push_burst: args.push_burst,
+        request_timeout: args.request_timeout,
+        http2_keepalive_interval: args.http2_keepalive_interval,
+        http2_keepalive_timeout: args.http2_keepalive_timeout,
     };
     let server = Server::bind(config).await?;
 

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+use super::credentials::Secret;
+
 /// Where vanectl talks to when neither `--server` nor `VANE_SERVER` is given.
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:7070";
 
@@ -12,14 +14,68 @@ pub const DEFAULT_SERVER: &str = "http://127.0.0.1:7070";
 /// versioned configuration snapshots, and see what every agent runs.
 ///
 /// Exit codes: 0 success; 1 the server refused (validation, compare-and-set
-/// conflict, unknown group or version); 2 usage error or unreadable file;
-/// 3 server unreachable.
+/// conflict, unknown group or version, not authenticated, not allowed);
+/// 2 usage error or unreadable file; 3 server unreachable (including a
+/// failed TLS handshake).
+///
+/// The bearer token may also be given as VANE_TOKEN (the token itself).
 #[derive(Debug, Parser)]
 #[command(name = "vanectl", version)]
 pub struct Cli {
-    /// URL of the control server's API.
+    /// URL of the control server's API: https://host:port (TLS) or
+    /// http://host:port (plaintext; without a scheme: https:// when --ca or
+    /// --cert is given, else http://).
     #[arg(long, env = "VANE_SERVER", default_value = DEFAULT_SERVER, global = true, help_heading = "Global options")]
     pub server: String,
+
+    /// PEM file of the CA that signs the server's certificate (default for
+    /// https://: the public web PKI roots).
+    #[arg(
+        long,
+        env = "VANE_CA",
+        value_name = "FILE",
+        global = true,
+        help_heading = "Global options"
+    )]
+    pub ca: Option<PathBuf>,
+
+    /// PEM file of the client certificate (mTLS; needs --key).
+    #[arg(
+        long,
+        env = "VANE_CERT",
+        value_name = "FILE",
+        requires = "key",
+        global = true,
+        help_heading = "Global options"
+    )]
+    pub cert: Option<PathBuf>,
+
+    /// PEM file of the client certificate's private key (needs --cert).
+    #[arg(
+        long,
+        env = "VANE_KEY",
+        value_name = "FILE",
+        requires = "cert",
+        global = true,
+        help_heading = "Global options"
+    )]
+    pub key: Option<PathBuf>,
+
+    /// File holding a bearer token, sent as `authorization: Bearer <token>`
+    /// (or VANE_TOKEN with the token itself).
+    #[arg(
+        long,
+        env = "VANE_TOKEN_FILE",
+        value_name = "FILE",
+        global = true,
+        help_heading = "Global options"
+    )]
+    pub token_file: Option<PathBuf>,
+
+    /// The token of VANE_TOKEN, which `main` reads from the environment: it
+    /// is no flag, so that it never shows in a process listing.
+    #[arg(skip)]
+    pub token: Option<Secret>,
 
     /// Give up when the server has not answered within this time (e.g. 500ms, 10s, 1m).
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration, global = true, help_heading = "Global options")]
@@ -118,6 +174,18 @@ pub enum Command {
         /// Only this group.
         group: Option<String>,
     },
+    /// List the audit log, newest first: every push and rollback, and every
+    /// refused attempt, with who, when and why.
+    Audit {
+        /// Only this group (default: every group you may read).
+        group: Option<String>,
+        /// Show at most this many entries (default: the server's, 100).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        limit: Option<u32>,
+    },
+    /// Show who the server takes you for and what you may do.
+    #[command(name = "whoami")]
+    WhoAmI,
 }
 
 #[cfg(test)]
@@ -189,6 +257,57 @@ mod tests {
         assert!(parse(&["rollback", "edge"]).is_err());
         assert!(parse(&["status", "-o", "xml"]).is_err());
         assert!(parse(&["status", "--timeout", "soon"]).is_err());
+    }
+
+    #[test]
+    fn tls_flags_are_global_and_cert_needs_key() {
+        let cli = parse(&[
+            "status",
+            "--ca",
+            "ca.pem",
+            "--cert",
+            "op.pem",
+            "--key",
+            "op.key",
+            "--token-file",
+            "tok",
+        ])
+        .unwrap();
+        assert_eq!(cli.ca, Some(PathBuf::from("ca.pem")));
+        assert_eq!(cli.cert, Some(PathBuf::from("op.pem")));
+        assert_eq!(cli.key, Some(PathBuf::from("op.key")));
+        assert_eq!(cli.token_file, Some(PathBuf::from("tok")));
+        assert_eq!(cli.token, None);
+        let e = parse(&["--cert", "op.pem", "status"]).unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+        assert_eq!(e.exit_code(), 2);
+        assert!(e.to_string().contains("--key"), "{e}");
+        let e = parse(&["status", "--key", "op.key"]).unwrap_err();
+        assert!(e.to_string().contains("--cert"), "{e}");
+    }
+
+    #[test]
+    fn audit_and_whoami() {
+        let cli = parse(&["audit", "edge", "--limit", "5"]).unwrap();
+        match cli.command {
+            Command::Audit { group, limit } => {
+                assert_eq!(group.as_deref(), Some("edge"));
+                assert_eq!(limit, Some(5));
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+        assert!(matches!(
+            parse(&["audit"]).unwrap().command,
+            Command::Audit {
+                group: None,
+                limit: None
+            }
+        ));
+        assert!(parse(&["audit", "--limit", "0"]).is_err());
+        assert!(matches!(
+            parse(&["whoami", "-o", "json"]).unwrap().command,
+            Command::WhoAmI
+        ));
     }
 
     #[test]

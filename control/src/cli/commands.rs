@@ -5,21 +5,22 @@ use std::io::{IsTerminal as _, Read as _};
 use std::path::Path;
 use std::time::SystemTime;
 
-use tonic::transport::Channel;
 use vane_model::Snapshot;
 use vane_model::file::ReadError;
 use vane_proto as pb;
 
 use super::args::{Cli, Command, OutputFormat};
-use super::client;
+use super::client::{self, Admin};
+use super::credentials::Credentials;
 use super::error::CliError;
-use super::output::{self, AgentView, DiffView, PushView, VersionView};
-
-type Admin = pb::admin_client::AdminClient<Channel>;
+use super::output::{self, AgentView, AuditView, DiffView, PushView, VersionView, WhoAmIView};
 
 /// Runs the command and returns what to print on stdout.
 pub(crate) async fn execute(cli: &Cli) -> Result<String, CliError> {
-    let url = client::server_url(&cli.server)?;
+    // Certificates and token are checked before connecting, like the file
+    // to push: the user's to fix (exit 2) whether or not the server is up.
+    let credentials = Credentials::load(cli)?;
+    let url = client::server_url(&cli.server, credentials.wants_tls())?;
     // The file is read before connecting: a bad file is the user's to fix
     // whether or not the server is up, and gets exit code 2 either way.
     let pushed = match &cli.command {
@@ -27,7 +28,7 @@ pub(crate) async fn execute(cli: &Cli) -> Result<String, CliError> {
         _ => None,
     };
     let call = async {
-        let mut admin = client::connect(&url, cli.timeout).await?;
+        let mut admin = client::connect(&url, cli.timeout, &credentials).await?;
         dispatch(&mut admin, cli, &url, pushed).await
     };
     let writes = matches!(cli.command, Command::Push { .. } | Command::Rollback { .. });
@@ -142,6 +143,23 @@ async fn dispatch(
                 SystemTime::now(),
             ))
         }
+        Command::Audit { group, limit } => {
+            let request = pb::AuditRequest {
+                group: group.clone().unwrap_or_default(),
+                limit: limit.unwrap_or(0),
+            };
+            let resp = admin.audit(request).await.map_err(refused)?.into_inner();
+            let entries: Vec<AuditView> = resp.entries.into_iter().map(AuditView::from).collect();
+            Ok(output::audit(group.as_deref(), &entries, fmt))
+        }
+        Command::WhoAmI => {
+            let resp = admin
+                .who_am_i(pb::WhoAmIRequest {})
+                .await
+                .map_err(refused)?
+                .into_inner();
+            Ok(output::whoami(&WhoAmIView::from(resp), fmt))
+        }
     }
 }
 
@@ -238,5 +256,249 @@ mod tests {
         .unwrap();
         let snapshot = read_snapshot(&file).unwrap();
         assert_eq!(snapshot.listeners.len(), 1);
+    }
+
+    /// vanectl against a fake Admin server behind rustls (tonic's server
+    /// TLS), through `execute`: what the user would see.
+    mod tls {
+        use std::path::Path;
+
+        use clap::Parser as _;
+        use tokio_stream::wrappers::TcpListenerStream;
+        use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+        use tonic::{Request, Response, Status};
+        use vane_pki::{Ca, LeafParams, Validity};
+
+        use super::*;
+        use crate::cli::error::Failure;
+
+        struct Fake;
+
+        #[tonic::async_trait]
+        impl pb::admin_server::Admin for Fake {
+            async fn push(
+                &self,
+                _: Request<pb::PushRequest>,
+            ) -> Result<Response<pb::PushResponse>, Status> {
+                Err(Status::unimplemented(""))
+            }
+            async fn get(
+                &self,
+                _: Request<pb::GetRequest>,
+            ) -> Result<Response<pb::GetResponse>, Status> {
+                Err(Status::unimplemented(""))
+            }
+            async fn history(
+                &self,
+                _: Request<pb::HistoryRequest>,
+            ) -> Result<Response<pb::HistoryResponse>, Status> {
+                Err(Status::unimplemented(""))
+            }
+            async fn diff(
+                &self,
+                _: Request<pb::DiffRequest>,
+            ) -> Result<Response<pb::DiffResponse>, Status> {
+                Err(Status::unimplemented(""))
+            }
+            async fn rollback(
+                &self,
+                _: Request<pb::RollbackRequest>,
+            ) -> Result<Response<pb::PushResponse>, Status> {
+                Err(Status::unimplemented(""))
+            }
+            async fn status(
+                &self,
+                _: Request<pb::StatusRequest>,
+            ) -> Result<Response<pb::StatusResponse>, Status> {
+                Err(Status::unimplemented(""))
+            }
+            async fn audit(
+                &self,
+                _: Request<pb::AuditRequest>,
+            ) -> Result<Response<pb::AuditResponse>, Status> {
+                Err(Status::permission_denied(
+                    "reader may not read the audit log of group edge",
+                ))
+            }
+            /// Says how the caller authenticated: certificate, else token.
+            async fn who_am_i(
+                &self,
+                request: Request<pb::WhoAmIRequest>,
+            ) -> Result<Response<pb::WhoAmIResponse>, Status> {
+                let cert = request.peer_certs().is_some_and(|c| !c.is_empty());
+                let token = request
+                    .metadata()
+                    .get("authorization")
+                    .map(|v| v.to_str().unwrap_or_default().to_owned());
+                let (identity, source) = match (cert, token) {
+                    (true, _) => ("a certificate".to_owned(), "certificate"),
+                    (false, Some(t)) => (t, "token"),
+                    (false, None) => (String::new(), "none"),
+                };
+                Ok(Response::new(pb::WhoAmIResponse {
+                    identity,
+                    source: source.into(),
+                    authorization: "on".into(),
+                    roles: Vec::new(),
+                }))
+            }
+        }
+
+        /// A TLS server signed by `ca` that checks client certificates
+        /// against `ca` (required unless `optional`).
+        async fn serve(ca: &Ca, optional: bool) -> String {
+            let server = ca.issue(&LeafParams::server(["127.0.0.1"])).unwrap();
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let url = format!("https://{}", listener.local_addr().unwrap());
+            let tls = ServerTlsConfig::new()
+                .identity(Identity::from_pem(&server.cert_pem, &server.key_pem))
+                .client_ca_root(Certificate::from_pem(ca.cert_pem()))
+                .client_auth_optional(optional);
+            let router = Server::builder()
+                .tls_config(tls)
+                .unwrap()
+                .add_service(pb::admin_server::AdminServer::new(Fake));
+            tokio::spawn(router.serve_with_incoming(TcpListenerStream::new(listener)));
+            url
+        }
+
+        /// Writes `ca.pem`, and `NAME.pem`/`NAME.key` for each client.
+        fn write(dir: &Path, ca: &Ca, clients: &[(&str, LeafParams)]) {
+            std::fs::write(dir.join("ca.pem"), ca.cert_pem()).unwrap();
+            for (name, params) in clients {
+                let pair = ca.issue(params).unwrap();
+                pair.write(
+                    &dir.join(format!("{name}.pem")),
+                    &dir.join(format!("{name}.key")),
+                    false,
+                )
+                .unwrap();
+            }
+        }
+
+        async fn vanectl(dir: &Path, args: &[&str]) -> Result<String, CliError> {
+            let path = |f: &str| dir.join(f).display().to_string();
+            let args: Vec<String> = args
+                .iter()
+                .map(|a| match a.strip_prefix('@') {
+                    Some(file) => path(file),
+                    None => (*a).to_owned(),
+                })
+                .collect();
+            let cli =
+                Cli::try_parse_from(std::iter::once("vanectl".to_owned()).chain(args)).unwrap();
+            execute(&cli).await
+        }
+
+        #[tokio::test]
+        async fn certificates_and_tokens_reach_the_server() {
+            let ca = Ca::new("test CA").unwrap();
+            let url = serve(&ca, true).await;
+            let dir = tempfile::tempdir().unwrap();
+            write(dir.path(), &ca, &[("op", LeafParams::client("operator"))]);
+            std::fs::write(dir.path().join("token"), "t0ken\n").unwrap();
+            let out = vanectl(
+                dir.path(),
+                &[
+                    "--server", &url, "--ca", "@ca.pem", "--cert", "@op.pem", "--key", "@op.key",
+                    "-o", "json", "whoami",
+                ],
+            )
+            .await
+            .unwrap();
+            let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+            assert_eq!(v["source"], "certificate", "{out}");
+
+            let out = vanectl(
+                dir.path(),
+                &[
+                    "--server",
+                    &url,
+                    "--ca",
+                    "@ca.pem",
+                    "--token-file",
+                    "@token",
+                    "-o",
+                    "json",
+                    "whoami",
+                ],
+            )
+            .await
+            .unwrap();
+            let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+            assert_eq!(v["source"], "token", "{out}");
+            assert_eq!(v["identity"], "Bearer t0ken", "{out}");
+
+            // A refusal is the server's message, exit 1.
+            let e = vanectl(dir.path(), &["--server", &url, "--ca", "@ca.pem", "audit"])
+                .await
+                .unwrap_err();
+            assert_eq!(e.kind, Failure::Refused);
+            assert_eq!(e.message, "reader may not read the audit log of group edge");
+        }
+
+        #[tokio::test]
+        async fn a_server_of_another_ca_is_unreachable_and_says_why() {
+            let ca = Ca::new("test CA").unwrap();
+            let url = serve(&Ca::new("impostor CA").unwrap(), true).await;
+            let dir = tempfile::tempdir().unwrap();
+            write(dir.path(), &ca, &[]);
+            let e = vanectl(dir.path(), &["--server", &url, "--ca", "@ca.pem", "whoami"])
+                .await
+                .unwrap_err();
+            assert_eq!(e.kind, Failure::Unreachable);
+            assert_eq!(
+                e.message,
+                format!(
+                    "cannot reach the control server at {url}: TLS handshake failed: \
+                     invalid peer certificate: UnknownIssuer \
+                     (the server's certificate is not signed by the CA given (--ca))"
+                )
+            );
+        }
+
+        #[tokio::test]
+        async fn refused_client_certificates_are_unreachable_and_say_why() {
+            let ca = Ca::new("test CA").unwrap();
+            let url = serve(&ca, false).await;
+            let dir = tempfile::tempdir().unwrap();
+            write(
+                dir.path(),
+                &ca,
+                &[(
+                    "late",
+                    LeafParams::client("operator").validity(Validity::expired()),
+                )],
+            );
+            let e = vanectl(
+                dir.path(),
+                &[
+                    "--server",
+                    &url,
+                    "--ca",
+                    "@ca.pem",
+                    "--cert",
+                    "@late.pem",
+                    "--key",
+                    "@late.key",
+                    "whoami",
+                ],
+            )
+            .await
+            .unwrap_err();
+            assert_eq!(e.kind, Failure::Unreachable);
+            assert!(e.message.contains("TLS handshake failed"), "{}", e.message);
+            assert!(e.message.contains("expired"), "{}", e.message);
+
+            let e = vanectl(dir.path(), &["--server", &url, "--ca", "@ca.pem", "whoami"])
+                .await
+                .unwrap_err();
+            assert_eq!(e.kind, Failure::Unreachable);
+            assert!(
+                e.message.contains("requires a client certificate"),
+                "{}",
+                e.message
+            );
+        }
     }
 }

@@ -6,6 +6,8 @@ use std::fmt;
 
 use tonic::{Code, Status};
 
+use super::credentials::tls_failure;
+
 /// Why vanectl failed; decides the exit code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Failure {
@@ -14,7 +16,9 @@ pub enum Failure {
     Refused,
     /// Bad usage or an unreadable, unparsable or empty file. Exit 2 (as clap's own usage errors).
     Usage,
-    /// No answer from the server: connection refused, unavailable, timed out. Exit 3.
+    /// No answer from the server: connection refused, unavailable, timed
+    /// out, or a TLS handshake that failed (unknown CA, expired or misnamed
+    /// certificate, client certificate refused). Exit 3.
     Unreachable,
 }
 
@@ -67,10 +71,20 @@ impl CliError {
     /// as its source), and Unavailable or DeadlineExceeded from anywhere, mean
     /// the server was not reached or did not answer in time. Every other code
     /// was sent by the server on purpose, and its message already names the
-    /// field and the reason, so it is passed through unchanged.
+    /// field and the reason, so it is passed through unchanged: that includes
+    /// Unauthenticated and PermissionDenied (exit 1), whose messages name
+    /// the identity, the action and the group.
+    ///
+    /// A TLS failure is said as such: under TLS 1.3 a server that refuses
+    /// the client certificate says so only once the first call is under way.
     pub fn from_status(status: &Status, server: &str) -> Self {
         let message = status.message();
         let local = status.source().is_some();
+        if let Some(tls) = status.source().and_then(tls_failure) {
+            return Self::unreachable(format!(
+                "cannot reach the control server at {server}: {tls}"
+            ));
+        }
         match status.code() {
             Code::Unavailable | Code::DeadlineExceeded => Self::unreachable(format!(
                 "cannot reach the control server at {server}: {}",
@@ -78,7 +92,7 @@ impl CliError {
             )),
             _ if local => Self::unreachable(format!(
                 "lost the connection to the control server at {server}: {}",
-                with_sources(message, status.source())
+                plaintext_hint(server, with_sources(message, status.source()))
             )),
             Code::Unimplemented => Self::refused(format!(
                 "the server at {server} does not serve this call (is it a vane-control of the same version?): {}",
@@ -96,15 +110,18 @@ impl CliError {
         }
     }
 
-    /// A transport error while connecting to `server`.
+    /// A transport error while connecting to `server` (a failed TLS
+    /// handshake included).
     pub fn from_transport(error: &tonic::transport::Error, server: &str) -> Self {
         // tonic's own text is a bare "transport error"; the cause says what happened.
-        let detail = match error.source() {
-            Some(cause) => with_sources(&cause.to_string(), cause.source()),
-            None => error.to_string(),
+        let detail = match (tls_failure(error), error.source()) {
+            (Some(tls), _) => tls,
+            (None, Some(cause)) => with_sources(&cause.to_string(), cause.source()),
+            (None, None) => error.to_string(),
         };
         Self::unreachable(format!(
-            "cannot reach the control server at {server}: {detail}"
+            "cannot reach the control server at {server}: {}",
+            plaintext_hint(server, detail)
         ))
     }
 }
@@ -130,6 +147,16 @@ impl fmt::Display for CliError {
 }
 
 impl std::error::Error for CliError {}
+
+/// A plaintext client talking to a TLS server reads the server's TLS alert
+/// as an HTTP/2 frame header announcing an absurd size: say what that means.
+fn plaintext_hint(server: &str, detail: String) -> String {
+    if server.starts_with("http://") && detail.contains("frame with invalid size") {
+        format!("{detail} (is the server serving TLS? try https://)")
+    } else {
+        detail
+    }
+}
 
 fn or_code(message: &str, code: Code) -> String {
     if message.is_empty() {
@@ -216,6 +243,35 @@ mod tests {
         let e = CliError::from_status(&status, SERVER);
         assert_eq!(e.kind, Failure::Unreachable);
         assert!(e.message.contains("broken pipe"), "{}", e.message);
+    }
+
+    #[test]
+    fn tls_failures_behind_a_status_are_unreachable_and_say_why() {
+        let alert = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "received fatal alert: CertificateExpired",
+        );
+        let status = Status::from_error(Box::new(alert));
+        let e = CliError::from_status(&status, SERVER);
+        assert_eq!(e.kind, Failure::Unreachable);
+        assert_eq!(
+            e.message,
+            "cannot reach the control server at http://127.0.0.1:7070: TLS handshake failed: \
+             received fatal alert: CertificateExpired \
+             (the server refused the client certificate (--cert): it has expired)"
+        );
+    }
+
+    #[test]
+    fn plaintext_to_a_tls_server_gets_a_hint() {
+        assert_eq!(
+            plaintext_hint(SERVER, "h2: frame with invalid size".into()),
+            "h2: frame with invalid size (is the server serving TLS? try https://)"
+        );
+        assert_eq!(
+            plaintext_hint("https://h:1", "h2: frame with invalid size".into()),
+            "h2: frame with invalid size"
+        );
     }
 
     #[test]

@@ -5,13 +5,16 @@
 //! # Layout
 //! - `args`: the command line (clap).
 //! - `commands`: one function per subcommand, request in, text out.
-//! - `client`: connecting to the server (URL, timeouts, message sizes).
+//! - `client`: connecting to the server (URL, TLS, timeouts, message sizes).
+//! - `credentials`: `--ca`/`--cert`/`--key` and the bearer token, checked
+//!   before connecting; recognising TLS failures.
 //! - `output`: tables, YAML and JSON (the JSON field names are a contract).
 //! - `error`: failures and their exit codes (0 ok, 1 refused, 2 usage, 3 unreachable).
 
 mod args;
 mod client;
 mod commands;
+mod credentials;
 mod error;
 mod output;
 
@@ -21,13 +24,17 @@ use std::process::ExitCode;
 use clap::Parser as _;
 
 pub use args::{Cli, Command, DEFAULT_SERVER, OutputFormat};
+pub use credentials::Secret;
 pub use error::{CliError, Failure};
 
 /// Parses the command line, runs the command, prints the result on stdout or
 /// one `error: …` line on stderr, and returns the exit code.
 pub fn main() -> ExitCode {
     // clap prints usage errors itself and exits with code 2.
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    // Not a flag (see `Cli::token`). A non-Unicode value is kept, lossily,
+    // so that the token check refuses it by name rather than ignoring it.
+    cli.token = std::env::var_os("VANE_TOKEN").map(|t| Secret(t.to_string_lossy().into_owned()));
     match run(&cli) {
         Ok(text) => {
             // A closed pipe (`vanectl history edge | head -1`) is not an error.

@@ -140,6 +140,101 @@ impl From<&pb::AgentStatus> for AgentView {
     }
 }
 
+/// One entry of `audit`: the proto's fields under the proto's names (the
+/// JSON contract), time included as Unix milliseconds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub(crate) struct AuditView {
+    pub(crate) at_unix_ms: i64,
+    pub(crate) identity: String,
+    pub(crate) action: String,
+    pub(crate) group: String,
+    pub(crate) version: u64,
+    pub(crate) hash: String,
+    pub(crate) message: String,
+    pub(crate) result: String,
+    pub(crate) code: String,
+    pub(crate) reason: String,
+    pub(crate) peer: String,
+    pub(crate) replica: String,
+    pub(crate) rollback_of: u64,
+}
+
+impl From<pb::AuditEntry> for AuditView {
+    fn from(entry: pb::AuditEntry) -> Self {
+        // Destructured field by field: a field added to the proto breaks the
+        // build here instead of going missing from the output.
+        let pb::AuditEntry {
+            at_unix_ms,
+            identity,
+            action,
+            group,
+            version,
+            hash,
+            message,
+            result,
+            code,
+            reason,
+            peer,
+            replica,
+            rollback_of,
+        } = entry;
+        Self {
+            at_unix_ms,
+            identity,
+            action,
+            group,
+            version,
+            hash,
+            message,
+            result,
+            code,
+            reason,
+            peer,
+            replica,
+            rollback_of,
+        }
+    }
+}
+
+/// The answer of `whoami`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub(crate) struct WhoAmIView {
+    /// Empty when the server did not authenticate the caller.
+    pub(crate) identity: String,
+    /// `certificate`, `token` or `none`.
+    pub(crate) source: String,
+    /// `on` or `off`.
+    pub(crate) authorization: String,
+    pub(crate) roles: Vec<RoleView>,
+}
+
+/// One role of `whoami` and the group patterns it applies to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub(crate) struct RoleView {
+    pub(crate) role: String,
+    pub(crate) groups: Vec<String>,
+}
+
+impl From<pb::WhoAmIResponse> for WhoAmIView {
+    fn from(resp: pb::WhoAmIResponse) -> Self {
+        let pb::WhoAmIResponse {
+            identity,
+            source,
+            authorization,
+            roles,
+        } = resp;
+        Self {
+            identity,
+            source,
+            authorization,
+            roles: roles
+                .into_iter()
+                .map(|pb::RoleBinding { role, groups }| RoleView { role, groups })
+                .collect(),
+        }
+    }
+}
+
 /// The contract's state names (`SYNCED`, `STALE`, `NACKED`, `NOT_SENT`).
 pub(crate) fn state_name(state: pb::AgentState) -> &'static str {
     match state {
@@ -432,6 +527,90 @@ pub(crate) fn status(
         } else {
             out.push_str(": ok\n");
         }
+    }
+    out
+}
+
+/// `audit`: newest first, as the server sends it; refusals show the gRPC
+/// code and the error the caller received.
+pub(crate) fn audit(group: Option<&str>, entries: &[AuditView], format: OutputFormat) -> String {
+    if format != OutputFormat::Table {
+        return encode(&entries, format);
+    }
+    if entries.is_empty() {
+        return match group {
+            Some(g) => format!("no audit entries for {g}\n"),
+            None => "no audit entries\n".to_owned(),
+        };
+    }
+    let rows = entries
+        .iter()
+        .map(|e| {
+            let reason = match (e.code.is_empty(), e.reason.is_empty()) {
+                (true, true) => "-".to_owned(),
+                (true, false) => one_line(&e.reason),
+                (false, true) => e.code.clone(),
+                (false, false) => format!("{}: {}", e.code, one_line(&e.reason)),
+            };
+            vec![
+                rfc3339_seconds(e.at_unix_ms).unwrap_or_else(|| "-".into()),
+                dash(&e.identity),
+                e.action.clone(),
+                dash(&e.group),
+                version_cell(e.version),
+                e.result.clone(),
+                reason,
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "TIME", "IDENTITY", "ACTION", "GROUP", "VERSION", "RESULT", "REASON",
+        ],
+        rows,
+    )
+}
+
+/// `whoami`: who the server takes the caller for, and what it may do.
+pub(crate) fn whoami(view: &WhoAmIView, format: OutputFormat) -> String {
+    if format != OutputFormat::Table {
+        return encode(view, format);
+    }
+    let mut out = String::new();
+    if view.identity.is_empty() {
+        out.push_str("identity:      none (not authenticated)\n");
+    } else {
+        let from = match view.source.as_str() {
+            "certificate" => " (from the client certificate)",
+            "token" => " (from the bearer token)",
+            _ => "",
+        };
+        let _ = writeln!(out, "identity:      {}{from}", view.identity);
+    }
+    if view.authorization == "off" {
+        out.push_str("authorization: off (every caller may do everything)\n");
+    } else {
+        let _ = writeln!(out, "authorization: {}", dash(&view.authorization));
+    }
+    if view.roles.is_empty() {
+        out.push_str(if view.authorization == "off" {
+            "roles:         all (authorization is off)\n"
+        } else {
+            "roles:         none\n"
+        });
+    }
+    for (i, r) in view.roles.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "{}{} of {}",
+            if i == 0 {
+                "roles:         "
+            } else {
+                "               "
+            },
+            r.role,
+            r.groups.join(", ")
+        );
     }
     out
 }
@@ -943,6 +1122,144 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&json).unwrap();
         assert_eq!(v[0]["control_degraded"], true);
         assert_eq!(v[0]["replica"], "127.0.0.1:7070");
+    }
+
+    fn audit_entry(result: &str, code: &str, reason: &str) -> pb::AuditEntry {
+        pb::AuditEntry {
+            at_unix_ms: T,
+            identity: "operator".into(),
+            action: "push".into(),
+            group: "edge".into(),
+            version: if result == "refused" { 0 } else { 3 },
+            hash: HASH.into(),
+            message: "more api".into(),
+            result: result.into(),
+            code: code.into(),
+            reason: reason.into(),
+            peer: "127.0.0.1:50000".into(),
+            replica: "127.0.0.1:7070".into(),
+            rollback_of: 0,
+        }
+    }
+
+    #[test]
+    fn audit_json_is_the_proto_entries() {
+        let entries = vec![AuditView::from(audit_entry(
+            "refused",
+            "PermissionDenied",
+            "reader may not push group edge",
+        ))];
+        let v: serde_json::Value =
+            serde_json::from_str(&audit(None, &entries, OutputFormat::Json)).unwrap();
+        let e = &v.as_array().unwrap()[0];
+        let keys: Vec<&str> = e.as_object().unwrap().keys().map(String::as_str).collect();
+        let mut want = [
+            "at_unix_ms",
+            "identity",
+            "action",
+            "group",
+            "version",
+            "hash",
+            "message",
+            "result",
+            "code",
+            "reason",
+            "peer",
+            "replica",
+            "rollback_of",
+        ];
+        want.sort_unstable();
+        let mut keys = keys;
+        keys.sort_unstable();
+        assert_eq!(keys, want);
+        assert_eq!(e["at_unix_ms"], T);
+        assert_eq!(e["result"], "refused");
+        assert_eq!(e["code"], "PermissionDenied");
+        let y: serde_json::Value =
+            serde_norway::from_str(&audit(None, &entries, OutputFormat::Yaml)).unwrap();
+        assert_eq!(y, v);
+    }
+
+    #[test]
+    fn audit_table() {
+        let entries: Vec<AuditView> = [
+            audit_entry("created", "", ""),
+            audit_entry(
+                "refused",
+                "PermissionDenied",
+                "reader may not\npush group edge",
+            ),
+        ]
+        .into_iter()
+        .map(AuditView::from)
+        .collect();
+        let out = audit(Some("edge"), &entries, OutputFormat::Table);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(
+            lines[0],
+            "TIME                  IDENTITY  ACTION  GROUP  VERSION  RESULT   REASON"
+        );
+        assert_eq!(
+            lines[1],
+            "2025-01-02T03:04:05Z  operator  push    edge   3        created  -"
+        );
+        assert_eq!(
+            lines[2],
+            "2025-01-02T03:04:05Z  operator  push    edge   -        refused  \
+             PermissionDenied: reader may not push group edge"
+        );
+        assert_eq!(
+            audit(Some("edge"), &[], OutputFormat::Table),
+            "no audit entries for edge\n"
+        );
+        assert_eq!(audit(None, &[], OutputFormat::Table), "no audit entries\n");
+    }
+
+    #[test]
+    fn whoami_outputs() {
+        let resp = pb::WhoAmIResponse {
+            identity: "operator".into(),
+            source: "certificate".into(),
+            authorization: "on".into(),
+            roles: vec![
+                pb::RoleBinding {
+                    role: "operator".into(),
+                    groups: vec!["*".into()],
+                },
+                pb::RoleBinding {
+                    role: "reader".into(),
+                    groups: vec!["edge".into(), "api-*".into()],
+                },
+            ],
+        };
+        let view = WhoAmIView::from(resp);
+        assert_eq!(
+            whoami(&view, OutputFormat::Table),
+            "identity:      operator (from the client certificate)\n\
+             authorization: on\n\
+             roles:         operator of *\n\
+             \x20              reader of edge, api-*\n"
+        );
+        let v: serde_json::Value =
+            serde_json::from_str(&whoami(&view, OutputFormat::Json)).unwrap();
+        assert_eq!(v["identity"], "operator");
+        assert_eq!(v["source"], "certificate");
+        assert_eq!(v["authorization"], "on");
+        assert_eq!(v["roles"][1]["role"], "reader");
+        assert_eq!(v["roles"][1]["groups"][1], "api-*");
+
+        let nobody = WhoAmIView {
+            identity: String::new(),
+            source: "none".into(),
+            authorization: "off".into(),
+            roles: Vec::new(),
+        };
+        assert_eq!(
+            whoami(&nobody, OutputFormat::Table),
+            "identity:      none (not authenticated)\n\
+             authorization: off (every caller may do everything)\n\
+             roles:         all (authorization is off)\n"
+        );
     }
 
     #[test]

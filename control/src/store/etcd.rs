@@ -69,8 +69,8 @@ use tokio::time::Instant;
 use vane_proto as pb;
 
 use super::{
-    FeedEvent, HeadFeed, NewVersion, PushOutcome, Store, StoreError, StoreHealth, VersionMeta,
-    VersionRecord, now_unix_ms,
+    AUDIT_RETENTION, AuditRecord, FeedEvent, HeadFeed, NewVersion, PushOutcome, Store, StoreError,
+    StoreHealth, VersionMeta, VersionRecord, decode_audit, encode_audit, now_unix_ms,
 };
 use crate::agents::{AgentChange, AgentDirectory, AgentRecord, SharedAgent};
 
@@ -261,6 +261,12 @@ impl Keys {
     fn chunk(&self, sha256: &str, index: usize) -> String {
         format!("{}/blobs/{sha256}/{index:06}", self.prefix)
     }
+    fn audit(&self, group: Option<&str>) -> String {
+        match group {
+            Some(group) => format!("{}/audit/{}/", self.prefix, audit_dir(group)),
+            None => format!("{}/audit/", self.prefix),
+        }
+    }
     fn agents(&self, group: Option<&str>) -> String {
         match group {
             Some(group) => format!("{}/agents/{group}/", self.prefix),
@@ -359,6 +365,9 @@ struct Shared {
     /// Per-group push locks. Each holds when the last push of the group found
     /// etcd unreachable, so pushes queued behind it fail at once.
     groups: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Instant>>>>>,
+    /// Audit entries appended by this process: every so many, the log is
+    /// pruned to its retention.
+    audit_appends: AtomicU64,
 }
 
 impl Shared {
@@ -680,6 +689,19 @@ fn record(group: &str, version: u64, info: pb::VersionInfo, snapshot: Bytes) -> 
 }
 
 /// Group names become key segments: they must not contain `/`.
+/// The key directory of a group's audit entries: the group, or `-` for a
+/// name that cannot be a key segment (an audited refusal of a bad name).
+fn audit_dir(group: &str) -> &str {
+    if group.is_empty() || group.contains('/') {
+        "-"
+    } else {
+        group
+    }
+}
+
+/// Audit appends between two prunes of the log.
+const AUDIT_PRUNE_EVERY: u64 = 256;
+
 fn check_group(group: &str) -> Result<(), StoreError> {
     if group.is_empty() || group.contains('/') {
         Err(StoreError::Io(format!(
@@ -771,6 +793,7 @@ impl EtcdStore {
             closed: AtomicBool::new(false),
             link: Mutex::new(Link::default()),
             groups: Mutex::new(HashMap::new()),
+            audit_appends: AtomicU64::new(0),
         });
         check_schema(&shared).await?;
         tracing::info!(
@@ -986,6 +1009,55 @@ impl EtcdStore {
 }
 
 /// Creates `<prefix>/schema` on first use; refuses another layout version.
+impl EtcdStore {
+    /// Deletes the oldest audit entries beyond [`AUDIT_RETENTION`].
+    async fn prune_audit(&self) -> Result<(), StoreError> {
+        let sh = &self.shared;
+        let prefix = sh.keys.audit(None);
+        let counted = sh
+            .call(sh.deadline(), |mut kv| {
+                let prefix = prefix.clone();
+                let options = GetOptions::new().with_prefix().with_count_only();
+                async move { kv.get(prefix, Some(options)).await }
+            })
+            .await
+            .map_err(|f| sh.read_error(f))?;
+        let excess = usize::try_from(counted.count())
+            .unwrap_or(0)
+            .saturating_sub(AUDIT_RETENTION);
+        if excess == 0 {
+            return Ok(());
+        }
+        let oldest = sh
+            .call(sh.deadline(), |mut kv| {
+                let prefix = prefix.clone();
+                let options = GetOptions::new()
+                    .with_prefix()
+                    .with_keys_only()
+                    .with_sort(SortTarget::Create, SortOrder::Ascend)
+                    .with_limit(i64::try_from(excess.min(10_000)).unwrap_or(10_000));
+                async move { kv.get(prefix, Some(options)).await }
+            })
+            .await
+            .map_err(|f| sh.read_error(f))?;
+        let keys: Vec<Vec<u8>> = oldest.kvs().iter().map(|kv| kv.key().to_vec()).collect();
+        for chunk in keys.chunks(MAX_TXN_OPS) {
+            let ops: Vec<TxnOp> = chunk
+                .iter()
+                .map(|k| TxnOp::delete(k.clone(), None))
+                .collect();
+            sh.call(sh.deadline(), |mut kv| {
+                let txn = Txn::new().and_then(ops.clone());
+                async move { kv.txn(txn).await }
+            })
+            .await
+            .map_err(|f| sh.push_error(f, true))?;
+        }
+        tracing::debug!(pruned = keys.len(), "audit log pruned");
+        Ok(())
+    }
+}
+
 async fn check_schema(shared: &Shared) -> Result<(), StoreError> {
     let key = shared.keys.schema();
     let resp = shared
@@ -1149,6 +1221,82 @@ impl Store for EtcdStore {
             .collect();
         groups.sort();
         Ok(groups)
+    }
+
+    async fn append_audit(&self, entries: Vec<AuditRecord>) -> Result<(), StoreError> {
+        let sh = &self.shared;
+        sh.check_open()?;
+        let count = entries.len() as u64;
+        for chunk in entries.chunks(MAX_TXN_OPS) {
+            // Keys sort by time within a group; the random part keeps two
+            // replicas' entries of the same millisecond apart.
+            let ops: Vec<TxnOp> = chunk
+                .iter()
+                .map(|e| {
+                    let key = format!(
+                        "{}{:013}-{:016x}",
+                        sh.keys.audit(Some(&e.group)),
+                        e.at_unix_ms.max(0),
+                        rand::random::<u64>()
+                    );
+                    TxnOp::put(key, encode_audit(e), None)
+                })
+                .collect();
+            sh.call(sh.deadline(), |mut kv| {
+                let txn = Txn::new().and_then(ops.clone());
+                async move { kv.txn(txn).await }
+            })
+            .await
+            .map_err(|f| sh.push_error(f, true))?;
+        }
+        let before = sh.audit_appends.fetch_add(count, Ordering::Relaxed);
+        if before / AUDIT_PRUNE_EVERY != (before + count) / AUDIT_PRUNE_EVERY
+            && let Err(e) = self.prune_audit().await
+        {
+            tracing::warn!(error = %e, "pruning the audit log");
+        }
+        Ok(())
+    }
+
+    async fn audit(
+        &self,
+        group: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<AuditRecord>, StoreError> {
+        let sh = &self.shared;
+        sh.check_open()?;
+        let prefix = sh.keys.audit(group);
+        let limit = if limit == 0 { AUDIT_RETENTION } else { limit };
+        // Newest first: by creation revision across groups; the group
+        // filter below only matters for the "-" directory of bad names.
+        let fetch = if group.is_some() {
+            limit.saturating_mul(2)
+        } else {
+            limit
+        };
+        let resp = sh
+            .call(sh.deadline(), |mut kv| {
+                let prefix = prefix.clone();
+                let options = GetOptions::new()
+                    .with_prefix()
+                    .with_sort(SortTarget::Create, SortOrder::Descend)
+                    .with_limit(i64::try_from(fetch).unwrap_or(i64::MAX));
+                async move { kv.get(prefix, Some(options)).await }
+            })
+            .await
+            .map_err(|f| sh.read_error(f))?;
+        let mut out = Vec::new();
+        for kv in resp.kvs() {
+            let key = String::from_utf8_lossy(kv.key());
+            let record = decode_audit(&key, kv.value())?;
+            if group.is_none_or(|g| g == record.group) {
+                out.push(record);
+            }
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
     }
 
     async fn close(&self) -> Result<(), StoreError> {

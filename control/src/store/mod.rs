@@ -116,6 +116,41 @@ impl VersionRecord {
     }
 }
 
+/// One entry of the audit log: a push, rollback or watch attempt, what it
+/// did or why it was refused. Stored as an encoded `vane.v1.AuditEntry`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditRecord {
+    /// When the server decided, Unix milliseconds.
+    pub at_unix_ms: i64,
+    /// Who asked ("" when anonymous).
+    pub identity: String,
+    /// `push`, `rollback` or `watch`.
+    pub action: String,
+    /// The group asked for (as sent, cut to 1024 bytes).
+    pub group: String,
+    /// The version created, or the head when unchanged; 0 when refused.
+    pub version: u64,
+    /// Its content hash ("" when refused before validation).
+    pub hash: String,
+    /// The operator's message.
+    pub message: String,
+    /// `created`, `unchanged` or `refused`.
+    pub result: String,
+    /// For `refused`: the gRPC code's name.
+    pub code: String,
+    /// For `refused`: the error the caller received.
+    pub reason: String,
+    /// The caller's address.
+    pub peer: String,
+    /// The replica that answered.
+    pub replica: String,
+    /// For a rollback: the version restored.
+    pub rollback_of: u64,
+}
+
+/// How many audit entries a store keeps; older ones are dropped.
+pub const AUDIT_RETENTION: usize = 100_000;
+
 /// What a successful push did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PushOutcome {
@@ -204,6 +239,16 @@ pub trait Store: Send + Sync + 'static {
 
     /// Every group that has at least one version, sorted.
     async fn groups(&self) -> Result<Vec<String>, StoreError>;
+    /// Appends entries to the audit log, durable on return. The log keeps
+    /// the newest [`AUDIT_RETENTION`] entries (approximately, with etcd).
+    async fn append_audit(&self, entries: Vec<AuditRecord>) -> Result<(), StoreError>;
+    /// The audit log, newest first, at most `limit` entries (0: all kept),
+    /// of one group or of all.
+    async fn audit(
+        &self,
+        group: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<AuditRecord>, StoreError>;
 
     /// Finishes the writes in progress, stops the backend's workers and
     /// releases its resources. Later calls fail with `Unavailable`.
@@ -300,4 +345,73 @@ pub(crate) fn now_unix_ms() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
         .unwrap_or(0)
+}
+
+impl From<&AuditRecord> for vane_proto::AuditEntry {
+    fn from(r: &AuditRecord) -> Self {
+        Self {
+            at_unix_ms: r.at_unix_ms,
+            identity: r.identity.clone(),
+            action: r.action.clone(),
+            group: r.group.clone(),
+            version: r.version,
+            hash: r.hash.clone(),
+            message: r.message.clone(),
+            result: r.result.clone(),
+            code: r.code.clone(),
+            reason: r.reason.clone(),
+            peer: r.peer.clone(),
+            replica: r.replica.clone(),
+            rollback_of: r.rollback_of,
+        }
+    }
+}
+
+impl From<vane_proto::AuditEntry> for AuditRecord {
+    fn from(e: vane_proto::AuditEntry) -> Self {
+        let vane_proto::AuditEntry {
+            at_unix_ms,
+            identity,
+            action,
+            group,
+            version,
+            hash,
+            message,
+            result,
+            code,
+            reason,
+            peer,
+            replica,
+            rollback_of,
+        } = e;
+        Self {
+            at_unix_ms,
+            identity,
+            action,
+            group,
+            version,
+            hash,
+            message,
+            result,
+            code,
+            reason,
+            peer,
+            replica,
+            rollback_of,
+        }
+    }
+}
+
+/// Decodes a stored audit entry; `key` names it in the error.
+pub(crate) fn decode_audit(key: &str, bytes: &[u8]) -> Result<AuditRecord, StoreError> {
+    use prost::Message as _;
+    vane_proto::AuditEntry::decode(bytes)
+        .map(AuditRecord::from)
+        .map_err(|e| StoreError::Corrupt(format!("audit entry {key}: does not decode: {e}")))
+}
+
+/// Encodes an audit entry for storage.
+pub(crate) fn encode_audit(r: &AuditRecord) -> Vec<u8> {
+    use prost::Message as _;
+    vane_proto::AuditEntry::from(r).encode_to_vec()
 }

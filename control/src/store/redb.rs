@@ -34,19 +34,24 @@ use std::thread::JoinHandle;
 use async_trait::async_trait;
 use bytes::Bytes;
 use prost::Message;
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, Table, TableDefinition};
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, Table,
+    TableDefinition,
+};
 use tokio::sync::{mpsc, oneshot};
 use vane_proto as pb;
 
 use super::{
-    NewVersion, PushOutcome, Store, StoreError, StoreHealth, VersionMeta, VersionRecord,
-    now_unix_ms,
+    AUDIT_RETENTION, AuditRecord, NewVersion, PushOutcome, Store, StoreError, StoreHealth,
+    VersionMeta, VersionRecord, decode_audit, encode_audit, now_unix_ms,
 };
 
 /// File name of the database inside the data directory.
 pub const DB_FILE: &str = "vane.redb";
 /// Layout version recorded in the `meta` table.
 pub const SCHEMA_VERSION: u64 = 1;
+/// The database's page cache.
+pub const CACHE_BYTES: usize = 32 * 1024 * 1024;
 /// Most pushes committed in one transaction.
 pub const MAX_BATCH: usize = 256;
 /// Once a batch holds this many snapshot bytes it is committed without
@@ -56,6 +61,8 @@ pub const MAX_BATCH_BYTES: usize = 64 * 1024 * 1024;
 const HEADS: TableDefinition<&str, u64> = TableDefinition::new("heads");
 const VERSIONS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("versions");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// The audit log: sequence number -> encoded `vane.v1.AuditEntry`.
+const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
 const SCHEMA_KEY: &str = "schema";
 
 /// Only the `info` field of a `vane.v1.StoredVersion`: decoding it skips the
@@ -116,12 +123,19 @@ impl RedbStore {
             ))
         })?;
         let path = data_dir.join(DB_FILE);
-        let db = Database::create(&path).map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => {
-                StoreError::Unavailable(format!("{} is in use by another process", path.display()))
-            }
-            e => open_error(&path, e),
-        })?;
+        // redb caches up to 1 GiB of pages by default: far more than a
+        // server's working set (the heads, served from the hub's memory),
+        // and memory the process would hold for nothing.
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(&path)
+            .map_err(|e| match e {
+                redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Unavailable(format!(
+                    "{} is in use by another process",
+                    path.display()
+                )),
+                e => open_error(&path, e),
+            })?;
         init_schema(&db)?;
         let db = Arc::new(db);
 
@@ -305,6 +319,70 @@ impl Store for RedbStore {
         .await
     }
 
+    async fn append_audit(&self, entries: Vec<AuditRecord>) -> Result<(), StoreError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        // Its own write transaction, not the push writer's batch: audit
+        // entries are few (pushes are rate-limited, refusals batched by the
+        // caller), and a push must not wait for them.
+        self.read(move |db| {
+            let mut txn = db.begin_write().map_err(storage)?;
+            txn.set_durability(Durability::Immediate).map_err(storage)?;
+            {
+                let mut audit = txn.open_table(AUDIT).map_err(storage)?;
+                let next = audit
+                    .last()
+                    .map_err(storage)?
+                    .map_or(1, |(k, _)| k.value() + 1);
+                for (seq, entry) in (next..).zip(&entries) {
+                    audit
+                        .insert(seq, encode_audit(entry).as_slice())
+                        .map_err(storage)?;
+                }
+                let kept = audit.len().map_err(storage)?;
+                let excess = kept.saturating_sub(AUDIT_RETENTION as u64);
+                if excess > 0 {
+                    let first = audit
+                        .first()
+                        .map_err(storage)?
+                        .map_or(1, |(k, _)| k.value());
+                    audit
+                        .retain_in(first..first + excess, |_, _| false)
+                        .map_err(storage)?;
+                }
+            }
+            txn.commit().map_err(storage)
+        })
+        .await
+    }
+
+    async fn audit(
+        &self,
+        group: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<AuditRecord>, StoreError> {
+        let group = group.map(str::to_owned);
+        let limit = if limit == 0 { usize::MAX } else { limit };
+        self.read(move |db| {
+            let txn = db.begin_read().map_err(storage)?;
+            let audit = txn.open_table(AUDIT).map_err(storage)?;
+            let mut out = Vec::new();
+            for entry in audit.iter().map_err(storage)?.rev() {
+                if out.len() >= limit {
+                    break;
+                }
+                let (key, value) = entry.map_err(storage)?;
+                let record = decode_audit(&key.value().to_string(), value.value())?;
+                if group.as_deref().is_none_or(|g| g == record.group) {
+                    out.push(record);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     async fn close(&self) -> Result<(), StoreError> {
         if let Some(writer) = self.take_writer() {
             // Pushes already queued (or holding a cloned sender) are still
@@ -422,6 +500,7 @@ fn init_schema(db: &Database) -> Result<(), StoreError> {
         }
         txn.open_table(HEADS).map_err(storage)?;
         txn.open_table(VERSIONS).map_err(storage)?;
+        txn.open_table(AUDIT).map_err(storage)?;
     }
     txn.commit().map_err(storage)
 }

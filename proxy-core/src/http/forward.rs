@@ -50,16 +50,43 @@ pub(crate) struct ConnCtx {
     pub(crate) activity: Activity,
 }
 
-/// Requests started on one connection and requests in flight on it.
-/// Only that connection's tasks touch these (same worker thread), so the
-/// atomics are never contended.
+/// Requests started on one connection and requests in flight on it, and
+/// when the request head being received began. Only that connection's
+/// tasks touch these (same worker thread), so the atomics are never
+/// contended.
 #[derive(Debug, Default)]
 pub(crate) struct Activity {
     started: AtomicU64,
     in_flight: AtomicU64,
+    /// Clock milliseconds + 1 when the first byte of the head being
+    /// received arrived (or the connection was accepted); 0: no head
+    /// pending.
+    head_since: AtomicU64,
 }
 
 impl Activity {
+    /// A request head began (the first call counts until [`Self::head_done`]).
+    pub(crate) fn head_started(&self) {
+        if self.head_since.load(Ordering::Relaxed) == 0 {
+            self.head_since
+                .store(clock::now_millis() + 1, Ordering::Relaxed);
+        }
+    }
+
+    /// The head being received is complete (or none is expected).
+    pub(crate) fn head_done(&self) {
+        self.head_since.store(0, Ordering::Relaxed);
+    }
+
+    /// How long the head being received has been pending at `now` (clock
+    /// milliseconds); 0 when none is.
+    pub(crate) fn head_pending_for(&self, now: u64) -> u64 {
+        match self.head_since.load(Ordering::Relaxed) {
+            0 => 0,
+            since => (now + 1).saturating_sub(since),
+        }
+    }
+
     /// Requests started so far.
     pub(crate) fn started(&self) -> u64 {
         self.started.load(Ordering::Relaxed)
@@ -78,6 +105,7 @@ pub(crate) struct RequestGuard(Arc<ConnCtx>);
 
 impl RequestGuard {
     fn new(ctx: Arc<ConnCtx>) -> Self {
+        ctx.activity.head_done();
         ctx.activity.started.fetch_add(1, Ordering::Relaxed);
         ctx.activity.in_flight.fetch_add(1, Ordering::Relaxed);
         Self(ctx)

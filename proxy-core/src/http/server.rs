@@ -4,24 +4,73 @@
 //! HTTP/2 sends GOAWAY and finishes its open streams; on the hard signal
 //! (the drain timeout passed) the connection is dropped.
 //!
-//! Idle connections are closed (gracefully) once a whole idle timeout
-//! (`--idle-timeout`) passes with no request started and none in flight. This is also what
-//! bounds a client that never finishes sending its headers. It is one timer
-//! per connection rather than hyper's header-read timeout, which arms a
-//! boxed timer for every request: about 2 µs per request in profiles.
+//! # Limits against hostile clients
+//! - Header read timeout (`--header-read-timeout`): a new connection must
+//!   deliver its first HTTP/1 request head, or the whole HTTP/2 preface,
+//!   within the timeout of being accepted, and every later HTTP/1 head must
+//!   be complete within the timeout of its first byte; otherwise the
+//!   connection is dropped (counted as `header_timeout`). This is what stops
+//!   a slowloris client, and one that connects and sends nothing.
+//! - Idle timeout (`--idle-timeout`): a connection with no request started
+//!   and none in flight for that long is closed gracefully (`idle`).
+//! - Request heads: at most [`MAX_HEADER_BYTES`] and [`MAX_HEADERS`]
+//!   headers; HTTP/1 gets `431` and a close, HTTP/2 a stream reset.
+//! - HTTP/2: at most [`MAX_CONCURRENT_STREAMS`] streams per connection, a
+//!   keep-alive ping every [`H2_KEEPALIVE`] (the connection is closed when
+//!   the answer does not come within as long), and the rapid-reset caps.
+//!
+//! Both timeouts run on one timer per connection that ticks at half the
+//! shorter of the two, rather than hyper's header-read timeout, which arms a
+//! boxed timer for every request (about 2 µs per request in profiles), also
+//! runs while a keep-alive connection waits for its next request (so it
+//! would close idle keep-alive connections after the header timeout, not
+//! the idle timeout), and does not cover the protocol detection (a client
+//! that sends nothing, or half of the HTTP/2 preface). The connection's
+//! reads are watched through [`Watched`] instead: a few relaxed atomic
+//! operations per read.
 
 use std::convert::Infallible;
+use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use http::header::HeaderValue;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::time::MissedTickBehavior;
 
 use super::forward::{Activity, ConnCtx, handle};
+use crate::clock;
 use crate::listeners::{ConnSignals, ListenerRt};
+
+/// Largest request head: the HTTP/1 read buffer (a head that does not fit
+/// is answered 431) and the HTTP/2 `SETTINGS_MAX_HEADER_LIST_SIZE`.
+/// Envoy's default is 60 KiB, nginx's 32 KiB.
+pub(crate) const MAX_HEADER_BYTES: usize = 64 * 1024;
+/// Most header fields in an HTTP/1 request head (hyper's default, explicit).
+pub(crate) const MAX_HEADERS: usize = 100;
+/// Most concurrent streams per HTTP/2 connection. Each stream is a request
+/// that may hold an upstream HTTP/1 connection, so this also caps how many
+/// upstream connections one client connection can open (Go: 250, nginx: 128).
+pub(crate) const MAX_CONCURRENT_STREAMS: u32 = 256;
+/// HTTP/2 keep-alive: a ping after this long without a frame from the
+/// client, and the connection is closed if the answer takes as long again.
+pub(crate) const H2_KEEPALIVE: Duration = Duration::from_secs(20);
+/// Streams the client reset before the server accepted them, pending at
+/// once (CVE-2023-44487, "rapid reset"); more is a GOAWAY.
+pub(crate) const MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 20;
+/// Streams the server reset because of the client's protocol errors
+/// (CVE-2025-8671, "MadeYouReset"); more is a GOAWAY.
+pub(crate) const MAX_LOCAL_ERROR_RESET_STREAMS: usize = 1024;
+
+/// The HTTP/2 client preface, which the protocol detection looks for.
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// The connection builder shared by every HTTP listener.
 pub(crate) fn builder() -> auto::Builder<TokioExecutor> {
@@ -29,12 +78,18 @@ pub(crate) fn builder() -> auto::Builder<TokioExecutor> {
     b.http1()
         .keep_alive(true)
         .timer(TokioTimer::new())
-        // See the module doc: idle (and slow-header) connections are
-        // bounded per connection instead.
-        .header_read_timeout(None::<std::time::Duration>);
+        // See the module doc: slow heads are bounded per connection.
+        .header_read_timeout(None::<Duration>)
+        .max_buf_size(MAX_HEADER_BYTES)
+        .max_headers(MAX_HEADERS);
     b.http2()
         .timer(TokioTimer::new())
-        .max_concurrent_streams(1024);
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .max_header_list_size(MAX_HEADER_BYTES as u32)
+        .keep_alive_interval(H2_KEEPALIVE)
+        .keep_alive_timeout(H2_KEEPALIVE)
+        .max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESET_STREAMS)
+        .max_local_error_reset_streams(MAX_LOCAL_ERROR_RESET_STREAMS);
     b
 }
 
@@ -53,37 +108,42 @@ pub(crate) async fn serve(
         peer_ip,
         activity: Activity::default(),
     });
+    // The header-read clock starts at the accept.
+    ctx.activity.head_started();
+    let io = TokioIo::new(Watched::new(stream, ctx.clone()));
     let watch = ctx.clone();
     let service = service_fn(move |req| {
         let ctx = ctx.clone();
         async move { Ok::<_, Infallible>(handle(ctx, req).await) }
     });
-    if signals.graceful.is_cancelled() {
+    let stats = watch.listener.stats.closed.clone();
+    let settings = &shared.config;
+    let (idle_ms, head_ms) = (
+        millis(settings.idle_timeout),
+        millis(settings.header_read_timeout),
+    );
+    let check = (settings.idle_timeout.min(settings.header_read_timeout) / 2)
+        .max(Duration::from_millis(50));
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + check, check);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+
+    let drained = signals.graceful.is_cancelled();
+    let mut once;
+    let http = if drained {
         // Accepted just as the listener began to drain: the client sent
         // this connection a request in good faith. Serve one request, then
         // close (draining it now would close it unanswered).
-        let mut once = shared.http.clone();
+        once = shared.http.clone();
         once.http1().keep_alive(false);
-        let conn = once.serve_connection(TokioIo::new(stream), service);
-        tokio::select! {
-            r = conn => if let Err(e) = r {
-                tracing::debug!(%peer, error = %e, "downstream connection ended with an error");
-            },
-            () = signals.hard.cancelled() => {}
-        }
-        return;
-    }
-    let conn = shared.http.serve_connection(TokioIo::new(stream), service);
+        &once
+    } else {
+        &shared.http
+    };
+    let conn = http.serve_connection(io, service);
     tokio::pin!(conn);
-    // A connection is closed after between one and two idle periods.
-    let period = shared.config.idle_timeout;
-    let mut idle = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    let mut closing = drained;
     let mut seen = 0;
-    let mut closing = false;
-    // Set when the connection is being closed for idleness: a client that
-    // never finishes its headers does not end the graceful shutdown, so
-    // the connection is dropped one period later if still idle.
-    let mut idle_since: Option<u64> = None;
+    let mut active_at = clock::now_millis();
     let result = loop {
         tokio::select! {
             r = conn.as_mut() => break r,
@@ -92,24 +152,187 @@ pub(crate) async fn serve(
                 conn.as_mut().graceful_shutdown();
             }
             () = signals.hard.cancelled() => break Ok(()),
-            _ = idle.tick(), if !closing || idle_since.is_some() => {
-                let started = watch.activity.started();
-                let quiet = started == seen && watch.activity.in_flight() == 0;
-                match idle_since {
-                    Some(at) if quiet && at == started => break Ok(()),
-                    Some(_) => idle_since = Some(started),
-                    None if quiet => {
-                        closing = true;
-                        idle_since = Some(started);
-                        conn.as_mut().graceful_shutdown();
-                    }
-                    None => {}
+            _ = tick.tick() => {
+                let now = clock::now_millis();
+                let activity = &watch.activity;
+                if activity.head_pending_for(now) >= head_ms {
+                    // A head that never completes does not end a graceful
+                    // shutdown either: drop the connection.
+                    stats.header_timeout.inc();
+                    tracing::debug!(%peer, "request head not complete within the header-read timeout; closing");
+                    break Ok(());
                 }
-                seen = started;
+                let started = activity.started();
+                if started != seen || activity.in_flight() > 0 {
+                    seen = started;
+                    active_at = now;
+                }
+                let quiet = now.saturating_sub(active_at);
+                if quiet >= idle_ms && !closing {
+                    closing = true;
+                    stats.idle.inc();
+                    conn.as_mut().graceful_shutdown();
+                } else if quiet >= 2 * idle_ms && closing {
+                    // Asked to close and still quiet a period later (a
+                    // peer that never finishes its side): drop it.
+                    break Ok(());
+                }
             }
         }
     };
     if let Err(e) = result {
+        if let Some(h) = e.downcast_ref::<hyper::Error>() {
+            // hyper answered these itself (431 or 400) before closing.
+            if h.is_parse_too_large() {
+                stats.header_too_large.inc();
+            } else if h.is_parse() {
+                stats.malformed.inc();
+            }
+        }
         tracing::debug!(%peer, error = %e, "downstream connection ended with an error");
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// What the first bytes of a connection said.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Detected {
+    /// So far a prefix of the HTTP/2 preface: this many bytes of it.
+    Preface(usize),
+    /// HTTP/1: its request heads are timed.
+    Http1,
+    /// HTTP/2: its frames are bounded by the HTTP/2 settings and the idle
+    /// timeout instead (a client may keep it open without requests).
+    Http2,
+}
+
+impl Detected {
+    /// The decision once `new` bytes follow: the same as hyper's version
+    /// detection, HTTP/2 when the first 24 bytes are the preface, HTTP/1 at
+    /// the first byte that differs.
+    fn after(self, new: &[u8]) -> Self {
+        let Detected::Preface(have) = self else {
+            return self;
+        };
+        let take = new.len().min(H2_PREFACE.len() - have);
+        if new[..take] != H2_PREFACE[have..have + take] {
+            Detected::Http1
+        } else if have + take == H2_PREFACE.len() {
+            Detected::Http2
+        } else {
+            Detected::Preface(have + take)
+        }
+    }
+}
+
+/// The client's socket, watched on the way in: marks when the first byte of
+/// a request head arrives, for the header-read timeout (see the module
+/// doc). Writes go straight through.
+struct Watched {
+    stream: TcpStream,
+    ctx: Arc<ConnCtx>,
+    detected: Detected,
+}
+
+impl Watched {
+    fn new(stream: TcpStream, ctx: Arc<ConnCtx>) -> Self {
+        Self {
+            stream,
+            ctx,
+            detected: Detected::Preface(0),
+        }
+    }
+
+    /// `new` bytes were read.
+    fn received(&mut self, new: &[u8]) {
+        if let Detected::Preface(_) = self.detected {
+            self.detected = self.detected.after(new);
+            if self.detected == Detected::Http2 {
+                // The preface was the "head" a new HTTP/2 connection owed.
+                self.ctx.activity.head_done();
+                return;
+            }
+        }
+        if self.detected != Detected::Http2 && self.ctx.activity.in_flight() == 0 {
+            // Bytes with no request in flight start the next head (when
+            // a request is in flight they are its body, or pipelined).
+            self.ctx.activity.head_started();
+        }
+    }
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let r = Pin::new(&mut this.stream).poll_read(cx, buf);
+        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            this.received(&buf.filled()[before..]);
+        }
+        r
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_protocol_is_detected_like_hyper_does() {
+        let start = Detected::Preface(0);
+        assert_eq!(start.after(b"GET / HTTP/1.1\r\n"), Detected::Http1);
+        assert_eq!(start.after(b"P"), Detected::Preface(1));
+        // The preface a byte at a time stays undecided to its last byte.
+        let mut d = start;
+        for (i, b) in H2_PREFACE.iter().enumerate() {
+            assert_eq!(d, Detected::Preface(i));
+            d = d.after(std::slice::from_ref(b));
+        }
+        assert_eq!(d, Detected::Http2);
+        // The preface with frames after it in one read.
+        let mut read = H2_PREFACE.to_vec();
+        read.extend_from_slice(b"\0\0\0\x04\0\0\0\0\0");
+        assert_eq!(start.after(&read), Detected::Http2);
+        // A prefix, then garbage: HTTP/1 (which then fails to parse).
+        assert_eq!(Detected::Preface(4).after(b" * HTTP/1.1"), Detected::Http1);
+        assert_eq!(Detected::Preface(3).after(b"X"), Detected::Http1);
+        assert_eq!(Detected::Http1.after(H2_PREFACE), Detected::Http1);
     }
 }

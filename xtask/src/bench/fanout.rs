@@ -187,6 +187,11 @@ impl ControlServer {
         let log = dir.join("vane-control.log");
         let mut child = Command::new(bin_dir.join("vane-control"))
             .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            // `bench push` (which shares this server) pushes thousands of
+            // times a second from one (anonymous) identity and `bench fanout`
+            // in bursts: the per-identity push rate limit would measure
+            // itself, so it is off.
+            .args(["--push-rate", "0"])
             .arg("--data-dir")
             .arg(&data_dir)
             .stdin(Stdio::null())

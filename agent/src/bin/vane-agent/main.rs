@@ -72,7 +72,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     ));
     let config = args
         .agent
-        .to_config(format!("vane-agent/{}", env!("CARGO_PKG_VERSION")));
+        .to_config(format!("vane-agent/{}", env!("CARGO_PKG_VERSION")))
+        .map_err(anyhow::Error::msg)?;
     let mut builder = Agent::builder().config(config);
     if let Some(d) = defaults {
         builder = builder.defaults(d);

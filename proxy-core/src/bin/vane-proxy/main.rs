@@ -34,11 +34,18 @@ struct Args {
     /// connections finish.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     drain_timeout: Duration,
-    /// Close downstream connections idle this long (between one and two
-    /// periods); also bounds clients that never finish their headers.
+    /// Close downstream connections with no request started and none in
+    /// flight for this long (gracefully: HTTP/2 gets a GOAWAY).
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     idle_timeout: Duration,
-    /// Most downstream connections open at once; more are closed at once.
+    /// A new connection must send its first request head (or the HTTP/2
+    /// preface), and every later HTTP/1 request head must be complete,
+    /// within this long of its first byte, or the connection is closed.
+    /// Also the admin endpoint's per-request and idle timeout.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    header_read_timeout: Duration,
+    /// Most downstream connections open at once, over all listeners; more
+    /// are accepted and closed at once.
     #[arg(long, default_value_t = 100_000)]
     max_connections: usize,
     /// Data-plane worker threads, each a single-threaded runtime
@@ -63,12 +70,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let config = ProxyConfig {
         agent: args
             .agent
-            .to_config(format!("vane-proxy/{}", env!("CARGO_PKG_VERSION"))),
+            .to_config(format!("vane-proxy/{}", env!("CARGO_PKG_VERSION")))
+            .map_err(anyhow::Error::msg)?,
         defaults,
         drain_timeout: args.drain_timeout,
         max_connections: args.max_connections,
         workers: args.workers,
         idle_timeout: args.idle_timeout,
+        header_read_timeout: args.header_read_timeout,
     };
     let proxy = Proxy::start(config)?;
 
