@@ -201,18 +201,26 @@ async fn tokens_only_reach_their_own_groups_and_refusals_are_audited() {
 
     // The audit log has the push and every refusal of edge, newest first;
     // the refused push to core is in core's log (which ci-edge may not read).
-    let audit = admin
-        .audit(with_token(
-            pb::AuditRequest {
-                group: "edge".into(),
-                limit: 0,
-            },
-            ci,
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .entries;
+    // Refusals are written in the background: wait for all four.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let audit = loop {
+        let audit = admin
+            .audit(with_token(
+                pb::AuditRequest {
+                    group: "edge".into(),
+                    limit: 0,
+                },
+                ci,
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .entries;
+        if audit.len() >= 4 || Instant::now() > deadline {
+            break audit;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     let results: Vec<(&str, &str, &str)> = audit
         .iter()
         .map(|e| (e.identity.as_str(), e.result.as_str(), e.code.as_str()))

@@ -146,10 +146,19 @@ fn roles_come_from_the_client_certificate_and_pushes_are_audited() {
     assert_eq!(entries.len(), 1, "{history}");
     assert_eq!(entries[0]["author"], "operator");
 
-    let audit = tls
-        .ctl_as("operator", &["audit", "edge", "-o", "json"])
-        .ok()
-        .json();
+    // Refusals are written to the audit log in the background: wait for
+    // all three (the refused read of `agent`, the refused push, the push).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let audit = loop {
+        let audit = tls
+            .ctl_as("operator", &["audit", "edge", "-o", "json"])
+            .ok()
+            .json();
+        if audit.as_array().is_some_and(|a| a.len() >= 3) || Instant::now() > deadline {
+            break audit;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
     let audit = audit.as_array().expect("audit -o json is an array");
     let seen: Vec<(String, String, String)> = audit
         .iter()
@@ -161,9 +170,11 @@ fn roles_come_from_the_client_certificate_and_pushes_are_audited() {
             )
         })
         .collect();
+    let audit = &audit[1..];
     assert_eq!(
         seen,
         vec![
+            ("agent-edge".into(), "read".into(), "refused".into()),
             ("reader".into(), "push".into(), "refused".into()),
             ("operator".into(), "push".into(), "created".into()),
         ],
