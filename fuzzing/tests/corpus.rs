@@ -1,7 +1,8 @@
-//! Replays every committed corpus file (`fuzz/corpus/<target>/*`) and every
-//! seed through its target on stable Rust, without cargo-fuzz: an input
-//! fuzzing once kept (a crash that was fixed included) is checked again by
-//! every `cargo xtask test`.
+//! Replays every committed corpus file (`fuzz/corpus/<target>/*`), every
+//! input that once crashed (`fuzz/regressions/<target>/*`, kept apart so
+//! that minimizing a corpus never drops them) and every seed through its
+//! target on stable Rust, without cargo-fuzz: `cargo xtask test` re-checks
+//! each of them.
 #![allow(clippy::unwrap_used)]
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -16,17 +17,21 @@ fn fuzz_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz")
 }
 
-/// The files of `name`'s corpus, sorted (none when it has no corpus yet).
+/// The files of `name`'s corpus and regressions, sorted (none when it has
+/// none yet).
 fn corpus(name: &str) -> Vec<PathBuf> {
-    let dir = fuzz_dir().join("corpus").join(name);
-    let Ok(entries) = std::fs::read_dir(&dir) else {
-        return Vec::new();
-    };
-    let mut files: Vec<PathBuf> = entries
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.is_file())
-        .collect();
-    files.sort();
+    let mut files = Vec::new();
+    for kind in ["regressions", "corpus"] {
+        let Ok(entries) = std::fs::read_dir(fuzz_dir().join(kind).join(name)) else {
+            continue;
+        };
+        let mut these: Vec<PathBuf> = entries
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.is_file())
+            .collect();
+        these.sort();
+        files.extend(these);
+    }
     files
 }
 
@@ -112,9 +117,18 @@ fn disk_cache() {
 }
 
 /// Every target has a test above, a binary in fuzz/, and the fuzz crate
-/// lists it.
+/// lists it; every corpus and regressions directory belongs to a target.
 #[test]
 fn every_target_is_wired_up() {
+    for kind in ["corpus", "regressions"] {
+        for entry in std::fs::read_dir(fuzz_dir().join(kind)).unwrap() {
+            let name = entry.unwrap().file_name().into_string().unwrap();
+            assert!(
+                target(&name).is_some(),
+                "fuzz/{kind}/{name}: no such target"
+            );
+        }
+    }
     let manifest = std::fs::read_to_string(fuzz_dir().join("Cargo.toml")).unwrap();
     let this =
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus.rs"))

@@ -192,6 +192,13 @@ pub struct Pattern {
 impl Pattern {
     /// Compiles `source`, anchored at both ends.
     pub fn new(source: &str) -> Result<Self, regex::Error> {
+        // `source` must be one expression on its own before it is wrapped:
+        // `a)|(b` compiles only inside `^(?:…)$`, and there it escapes the
+        // anchors (`^(?:a)|(b)$` matches anything starting with `a`). Found
+        // by fuzzing; checking costs a second compile, at validation only.
+        regex::RegexBuilder::new(source)
+            .size_limit(1 << 20)
+            .build()?;
         let regex = regex::RegexBuilder::new(&format!("^(?:{source})$"))
             .size_limit(1 << 20)
             .build()?;
@@ -298,4 +305,20 @@ pub struct RateLimit {
     pub requests_per_second: f64,
     /// Bucket size.
     pub burst: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pattern_is_one_whole_expression() {
+        let p = Pattern::new("/v[0-9]+/.*").expect("valid");
+        assert!(p.is_match("/v2/items"));
+        assert!(!p.is_match("x/v2/items"));
+        // Compiles only inside the anchors, and would escape them there.
+        for source in ["a)|(b", "/admin)|(.*", "x)|(?:y"] {
+            assert!(Pattern::new(source).is_err(), "{source:?} was accepted");
+        }
+    }
 }

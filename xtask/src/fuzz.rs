@@ -240,8 +240,21 @@ fn fuzz_one(
     seconds: u64,
     log: &Path,
 ) -> Result<Outcome> {
+    // The corpus grows with what the run finds; the inputs that once
+    // crashed (kept apart, so minimizing the corpus never drops them) are
+    // read as well.
+    let corpus = fuzz_dir.join("corpus").join(target);
+    std::fs::create_dir_all(&corpus)
+        .with_context(|| format!("cannot create {}", corpus.display()))?;
+    let regressions = fuzz_dir.join("regressions").join(target);
     let mut cmd = toolchain.cargo_fuzz(root);
-    cmd.arg("run").args(common_flags(fuzz_dir)).arg(target);
+    cmd.arg("run")
+        .args(common_flags(fuzz_dir))
+        .arg(target)
+        .arg(&corpus);
+    if regressions.is_dir() {
+        cmd.arg(&regressions);
+    }
     cmd.arg("--")
         .args(libfuzzer_flags(fuzz_dir, target, seconds));
     println!("==> {target}: {}", display(&cmd));
