@@ -330,15 +330,43 @@ pub fn render(registry: &Registry) -> Result<String, std::fmt::Error> {
     Ok(out)
 }
 
-/// Serves `GET /metrics` and `GET /healthz` on `listener` until `stop`.
+/// Most connections the admin endpoint serves at once (more are accepted
+/// and closed at once).
+pub const ADMIN_MAX_CONNECTIONS: usize = vane_admin_http::DEFAULT_MAX_CONNECTIONS;
+/// How long an admin client has to send a whole request, after connecting
+/// or after its previous answer (so also the keep-alive idle timeout).
+pub const ADMIN_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves `GET /metrics` and `GET /healthz` on `listener` until `stop`,
+/// with at most [`ADMIN_MAX_CONNECTIONS`] connections, each closed when it
+/// does not send a whole request within [`ADMIN_REQUEST_TIMEOUT`]: idle
+/// and slowloris clients cannot hold the port or stall the shutdown.
 pub async fn serve_admin(
     listener: TcpListener,
-    registry: Registry,
+    mut registry: Registry,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
     use axum::http::{StatusCode, header};
     use axum::routing::get;
 
+    let (refused, timed_out) = (Counter::default(), Counter::default());
+    registry.register(
+        "vane_control_admin_connections_refused",
+        "Admin-endpoint connections closed at once because the endpoint was at its connection cap",
+        refused.clone(),
+    );
+    registry.register(
+        "vane_control_admin_connections_timed_out",
+        "Admin-endpoint connections closed because a request was not complete (or the connection idle) in time",
+        timed_out.clone(),
+    );
+    let listener = vane_admin_http::GuardedListener::new(
+        listener,
+        ADMIN_MAX_CONNECTIONS,
+        ADMIN_REQUEST_TIMEOUT,
+        refused,
+        timed_out,
+    );
     let registry = Arc::new(registry);
     let app = axum::Router::new()
         .route(

@@ -359,12 +359,17 @@ impl Server {
             .replica_name
             .clone()
             .unwrap_or_else(|| default_replica_name(local_addr));
+        let auth = Auth::new(security.policy.clone(), security.tokens.clone());
         if let (Some(path), Some(policy)) = (&config.policy, &security.policy) {
             tasks.spawn(reload::watch(
                 "policy",
                 path.clone(),
                 Policy::parse,
                 Arc::clone(policy),
+                {
+                    let auth = auth.clone();
+                    move || auth.changed()
+                },
                 stop.clone(),
             ));
         }
@@ -374,10 +379,13 @@ impl Server {
                 path.clone(),
                 Tokens::parse,
                 Arc::clone(tokens),
+                {
+                    let auth = auth.clone();
+                    move || auth.changed()
+                },
                 stop.clone(),
             ));
         }
-        let auth = Auth::new(security.policy.clone(), security.tokens.clone());
         let audit = AuditLog::spawn(Arc::clone(&store), replica.clone(), &tasks);
         let push_rate = config.push_rate.unwrap_or(if security.policy.is_some() {
             crate::auth::rate::DEFAULT_PUSH_RATE

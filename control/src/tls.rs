@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_rustls::TlsAcceptor;
@@ -161,8 +161,9 @@ pub struct ConnLimits {
     /// Connections one certificate identity may hold open; more are closed
     /// right after the handshake.
     pub max_per_identity: usize,
-    /// How long a TLS handshake may take; on a plaintext endpoint, how long
-    /// a client may stay silent after connecting.
+    /// How long a TLS handshake may take, and then how long the client may
+    /// stay silent before its first byte; on a plaintext endpoint, how long
+    /// it may stay silent after connecting.
     pub handshake_timeout: Duration,
 }
 
@@ -183,8 +184,9 @@ pub struct ConnCounters {
     pub over_max: std::sync::atomic::AtomicU64,
     /// Closed because their identity had `max_per_identity` open.
     pub over_identity: std::sync::atomic::AtomicU64,
-    /// TLS handshakes that failed or timed out, and plaintext connections
-    /// that sent nothing within the handshake timeout.
+    /// TLS handshakes that failed or timed out, and connections that sent
+    /// nothing within the handshake timeout (after the handshake, or after
+    /// connecting in plaintext).
     pub handshake_failed: std::sync::atomic::AtomicU64,
 }
 
@@ -242,6 +244,9 @@ enum Io {
 /// connection limits until it is dropped.
 pub struct Conn {
     io: Io,
+    /// The first byte a TLS client sent, read to see that it speaks at all,
+    /// handed to tonic before anything else.
+    ahead: Option<u8>,
     info: ConnInfo,
     _permit: OwnedSemaphorePermit,
     _identity: Option<IdentityGuard>,
@@ -269,6 +274,12 @@ impl AsyncRead for Conn {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if buf.remaining() > 0
+            && let Some(byte) = self.ahead.take()
+        {
+            buf.put_slice(&[byte]);
+            return Poll::Ready(Ok(()));
+        }
         match &mut self.io {
             Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
@@ -389,6 +400,7 @@ pub fn incoming(
                     }
                     let conn = Conn {
                         io: Io::Plain(tcp),
+                        ahead: None,
                         info: ConnInfo {
                             remote,
                             identity: None,
@@ -422,6 +434,20 @@ pub fn incoming(
                         return;
                     }
                 };
+                // Then it must start talking (the HTTP/2 preface) within the
+                // same time, or it would hold a connection slot for good.
+                let mut tls = tls;
+                let mut first = [0u8; 1];
+                let spoke = tokio::time::timeout(limits.handshake_timeout, tls.read(&mut first));
+                let spoke = tokio::select! {
+                    () = stop.cancelled() => return,
+                    spoke = spoke => spoke,
+                };
+                if !matches!(spoke, Ok(Ok(n)) if n > 0) {
+                    counters.handshake_failed.fetch_add(1, Relaxed);
+                    tracing::info!(peer = %remote, timeout = ?limits.handshake_timeout, "TLS connection closed: nothing sent after the handshake");
+                    return;
+                }
                 let identity: Option<Arc<str>> = tls
                     .get_ref()
                     .1
@@ -447,6 +473,7 @@ pub fn incoming(
                 };
                 let conn = Conn {
                     io: Io::Tls(Box::new(tls)),
+                    ahead: Some(first[0]),
                     info: ConnInfo { remote, identity },
                     _permit: permit,
                     _identity: guard,

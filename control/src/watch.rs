@@ -12,6 +12,9 @@
 //!    version it is an ACK. Requests answering older responses are stale and
 //!    only count as a sign of life.
 //! 4. Each newer head is sent when it is published.
+//! 5. When the policy or the token file is reloaded, the stream checks
+//!    again that its caller may watch its group, and ends with
+//!    `PermissionDenied` (or `Unauthenticated` for a withdrawn token) if not.
 //!
 //! # Deltas
 //! If the first request set `accept_delta`, a newer head is sent as a delta
@@ -147,6 +150,7 @@ impl DiscoveryService {
     async fn open(
         &self,
         caller: Caller,
+        credentials: Credentials,
         mut inbound: Streaming<pb::WatchRequest>,
     ) -> Result<WatchBody, Status> {
         let peer = caller.peer.clone();
@@ -232,6 +236,15 @@ impl DiscoveryService {
             metrics,
         );
         stream.span = span;
+        let changes = self.auth.subscribe_changes();
+        if changes.is_some() {
+            stream.access = Some(Box::new(Access {
+                auth: self.auth.clone(),
+                audit: self.audit.clone(),
+                credentials,
+                caller,
+            }));
+        }
         match head {
             Some(head) if runs_head => {
                 stream.known_version = head.version;
@@ -245,7 +258,9 @@ impl DiscoveryService {
         // thousand streams costs more than the rest of a wake-up; the
         // stream's log lines name the span as their parent instead.
         self.tasks.spawn(async move {
-            let end = stream.run(inbound, heads, tx, shutdown, idle_timeout).await;
+            let end = stream
+                .run(inbound, heads, changes, tx, shutdown, idle_timeout)
+                .await;
             if let Some(status) = end {
                 // The agent may be gone already; nothing to tell then.
                 let _ = end_tx.send(status);
@@ -334,11 +349,15 @@ impl tonic::codegen::Service<http::Request<tonic::body::Body>> for WatchServer {
                     remote,
                     identity: None,
                 });
+            let credentials = Credentials {
+                conn: parts.extensions.get::<ConnInfo>().cloned().or(tcp_only),
+                authorization: parts.headers.get(http::header::AUTHORIZATION).cloned(),
+            };
             let caller = match service.auth.caller(
-                parts.extensions.get::<ConnInfo>().or(tcp_only.as_ref()),
-                parts
-                    .headers
-                    .get(http::header::AUTHORIZATION)
+                credentials.conn.as_ref(),
+                credentials
+                    .authorization
+                    .as_ref()
                     .map(http::HeaderValue::as_bytes),
             ) {
                 Ok(caller) => caller,
@@ -363,7 +382,7 @@ impl tonic::codegen::Service<http::Request<tonic::body::Body>> for WatchServer {
                 None,
                 Some(MAX_REQUEST_BYTES),
             );
-            Ok(match service.open(caller, inbound).await {
+            Ok(match service.open(caller, credentials, inbound).await {
                 Ok(body) => {
                     let mut response = http::Response::new(tonic::body::Body::new(body));
                     response.headers_mut().insert(
@@ -577,6 +596,57 @@ struct WatchState {
     metrics: StreamMetrics,
     /// The stream's span (group, node, peer), parent of its log lines.
     span: tracing::Span,
+    /// How to check the caller again when the policy or tokens change
+    /// (`None` when nothing can change).
+    access: Option<Box<Access>>,
+}
+
+/// What a request proved about its caller: the connection (with the client
+/// certificate's identity) and the `authorization` header, kept so a stream
+/// can be authorized again against a reloaded policy or token file.
+#[derive(Debug, Clone)]
+struct Credentials {
+    conn: Option<ConnInfo>,
+    authorization: Option<http::HeaderValue>,
+}
+
+/// A stream's standing: who opened it and how, to be checked again.
+#[derive(Debug)]
+struct Access {
+    auth: Auth,
+    audit: Option<Arc<AuditLog>>,
+    credentials: Credentials,
+    /// The caller as established when the stream opened.
+    caller: Caller,
+}
+
+impl Access {
+    /// Whether the caller may still watch `group` under the policy and
+    /// tokens now in force; the status to end the stream with if not.
+    fn recheck(&self, group: &str) -> Result<(), Status> {
+        let authorization = self
+            .credentials
+            .authorization
+            .as_ref()
+            .map(http::HeaderValue::as_bytes);
+        let result = self
+            .auth
+            .caller(self.credentials.conn.as_ref(), authorization)
+            .and_then(|caller| self.auth.authorize(&caller, Action::Watch, group));
+        result.map_err(|status| {
+            let status = Status::new(
+                status.code(),
+                format!(
+                    "{} (access withdrawn while the stream was open)",
+                    status.message()
+                ),
+            );
+            if let Some(audit) = &self.audit {
+                audit.refused(&self.caller, "watch", group, "", &status);
+            }
+            status
+        })
+    }
 }
 
 /// What a request after the first asks of the stream.
@@ -612,6 +682,7 @@ impl WatchState {
             opened_at: Instant::now(),
             metrics,
             span: tracing::Span::none(),
+            access: None,
         }
     }
 
@@ -621,6 +692,7 @@ impl WatchState {
         &mut self,
         mut inbound: impl Stream<Item = Result<pb::WatchRequest, Status>> + Unpin,
         heads: watch::Receiver<Head>,
+        changes: Option<watch::Receiver<u64>>,
         tx: mpsc::Sender<Box<pb::WatchResponse>>,
         shutdown: CancellationToken,
         idle_timeout: Duration,
@@ -635,6 +707,7 @@ impl WatchState {
         tokio::pin!(closed);
         let current = heads.clone();
         let mut heads = tokio_stream::wrappers::WatchStream::from_changes(heads);
+        let mut changes = changes.map(tokio_stream::wrappers::WatchStream::from_changes);
         // Reset by every request (heartbeats included); a stream silent for
         // the whole timeout belongs to a peer that is gone or idle on purpose.
         let idle = tokio::time::sleep(idle_timeout);
@@ -660,6 +733,16 @@ impl WatchState {
                     Some(head) => self.offer(head),
                     // The hub is gone, which only happens at shutdown.
                     None => break Some(Status::unavailable("the server is shutting down")),
+                },
+                change = next_change(&mut changes) => match change {
+                    Some(_) => {
+                        if let Err(status) = self.recheck_access() {
+                            tracing::info!(parent: &self.span, reason = status.message(), "access withdrawn; closing the stream");
+                            break Some(status);
+                        }
+                    }
+                    // The server's Auth is gone: nothing will change again.
+                    None => changes = None,
                 },
                 () = &mut idle => {
                     tracing::info!(parent: &self.span, timeout = ?idle_timeout, "stream idle; closing it");
@@ -698,6 +781,14 @@ impl WatchState {
             "agent disconnected"
         );
         end
+    }
+
+    /// Checks the caller again after a policy or token reload.
+    fn recheck_access(&self) -> Result<(), Status> {
+        match &self.access {
+            Some(access) => access.recheck(&self.node.group),
+            None => Ok(()),
+        }
     }
 
     /// A new head: make it the pending version if it is newer than anything
@@ -791,10 +882,6 @@ impl WatchState {
         }
     }
 
-    /// Handles one request after the first. An error ends the stream.
-    /// Every request counts as a sign of life (`last_seen`): an ACK or NACK
-    /// records it with what it records, anything else by itself (one
-    /// registry update per request, not two).
     /// [`Self::on_request`], after pushing the idle deadline back.
     fn on_request_at(
         &mut self,
@@ -806,6 +893,10 @@ impl WatchState {
         self.on_request(request)
     }
 
+    /// Handles one request after the first. An error ends the stream.
+    /// Every request counts as a sign of life (`last_seen`): an ACK or NACK
+    /// records it with what it records, anything else by itself (one
+    /// registry update per request, not two).
     fn on_request(&mut self, request: pb::WatchRequest) -> Result<Answer, Status> {
         let recorded = self.handle_request(&request)?;
         if !recorded.0 {
@@ -898,6 +989,76 @@ impl WatchState {
     }
 }
 
+/// One stream's request handling without a network or a hub: the server's
+/// side of a watch stream after its first request, driven step by step.
+/// For the `watch_stream` fuzz target (crate `vane-fuzzing`), which feeds it
+/// hostile ACKs, NACKs, heartbeats and node changes between responses and
+/// checks what the agent registry records.
+#[doc(hidden)]
+pub struct StreamReplay {
+    state: WatchState,
+    group: String,
+}
+
+impl std::fmt::Debug for StreamReplay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamReplay")
+            .field("group", &self.group)
+            .field("node", &self.state.node.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StreamReplay {
+    /// A stream opened by `first`, as the server checks and records it;
+    /// the reason when the server would refuse it.
+    pub fn open(first: &pb::WatchRequest) -> Result<Self, String> {
+        let node = check_first_request(first)?;
+        let agents = Arc::new(AgentRegistry::default());
+        let key = agents.connect(&node, "fuzz", None);
+        let group = node.group.clone();
+        let metrics = Metrics::new().stream(&group);
+        let state = WatchState::new(agents, key, node, first.accept_delta, metrics);
+        Ok(Self { state, group })
+    }
+
+    /// Sends `version` (with `hash` and a small body) as the next response.
+    pub fn send(&mut self, version: u64, hash: &str) -> pb::WatchResponse {
+        let published = Published::new(
+            self.group.clone(),
+            version,
+            hash.to_owned(),
+            0,
+            bytes::Bytes::from_static(b"replayed snapshot"),
+        );
+        self.state.response(&published, None)
+    }
+
+    /// Handles one request after the first; `Err` ends the stream.
+    pub fn request(&mut self, request: pb::WatchRequest) -> Result<(), Status> {
+        self.state.on_request(request).map(|_| ())
+    }
+
+    /// What the registry holds for this stream's agent.
+    pub fn record(&self) -> Option<crate::agents::AgentRecord> {
+        self.state
+            .agents
+            .list(Some(&self.group))
+            .into_iter()
+            .find(|r| r.node_id == self.state.node.id)
+    }
+}
+
+/// The next change of the policy or tokens; never, when they cannot change.
+async fn next_change(
+    changes: &mut Option<tokio_stream::wrappers::WatchStream<u64>>,
+) -> Option<u64> {
+    match changes {
+        Some(changes) => changes.next().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Appends `n` in decimal.
 fn push_decimal(out: &mut String, mut n: u64) {
     let mut digits = [0u8; 20];
@@ -954,6 +1115,10 @@ mod tests {
 
     impl Harness {
         async fn start() -> Self {
+            Self::start_with(Auth::open()).await
+        }
+
+        async fn start_with(auth: Auth) -> Self {
             let hub = Arc::new(Hub::new());
             let agents = Arc::new(AgentRegistry::default());
             let shutdown = CancellationToken::new();
@@ -962,7 +1127,8 @@ mod tests {
                 Arc::clone(&agents),
                 shutdown.clone(),
                 TaskTracker::new(),
-            );
+            )
+            .with_auth(auth, None);
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = listener.local_addr().unwrap();
             let incoming = TcpIncoming::from(listener);
@@ -994,6 +1160,10 @@ mod tests {
         }
 
         async fn connect(&self, first: pb::WatchRequest) -> Agent {
+            self.connect_with_token(first, None).await
+        }
+
+        async fn connect_with_token(&self, first: pb::WatchRequest, token: Option<&str>) -> Agent {
             let mut client = pb::config_discovery_client::ConfigDiscoveryClient::connect(format!(
                 "http://{}",
                 self.addr
@@ -1002,10 +1172,13 @@ mod tests {
             .unwrap();
             let (tx, rx) = mpsc::channel(8);
             tx.send(first).await.unwrap();
-            let responses = client
-                .watch(ReceiverStream::new(rx))
-                .await
-                .map(Response::into_inner);
+            let mut request = tonic::Request::new(ReceiverStream::new(rx));
+            if let Some(token) = token {
+                request
+                    .metadata_mut()
+                    .insert("authorization", format!("Bearer {token}").parse().unwrap());
+            }
+            let responses = client.watch(request).await.map(Response::into_inner);
             Agent { tx, responses }
         }
 
@@ -1300,6 +1473,144 @@ mod tests {
         h.server.await.unwrap();
     }
 
+    /// A policy and token file in force, swapped by the test as a reload would.
+    #[allow(clippy::type_complexity)]
+    fn auth_with(
+        policy: &str,
+        tokens: &[(&str, &str)],
+    ) -> (
+        Auth,
+        Arc<arc_swap::ArcSwap<crate::auth::Policy>>,
+        Arc<arc_swap::ArcSwap<crate::auth::Tokens>>,
+    ) {
+        let policy = Arc::new(arc_swap::ArcSwap::from_pointee(
+            crate::auth::Policy::parse(policy).unwrap(),
+        ));
+        let tokens = Arc::new(arc_swap::ArcSwap::from_pointee(token_file(tokens)));
+        let auth = Auth::new(Some(Arc::clone(&policy)), Some(Arc::clone(&tokens)));
+        (auth, policy, tokens)
+    }
+
+    fn token_file(tokens: &[(&str, &str)]) -> crate::auth::Tokens {
+        use sha2::Digest as _;
+        let entries: String = tokens
+            .iter()
+            .map(|(identity, token)| {
+                format!(
+                    "{{identity: {identity}, sha256: {}}},",
+                    hex::encode(sha2::Sha256::digest(token.as_bytes()))
+                )
+            })
+            .collect();
+        crate::auth::Tokens::parse(&format!("tokens: [{entries}]")).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_reloaded_policy_or_token_file_ends_streams_no_longer_allowed() {
+        const BOTH: &str = "bindings: [{identity: a, role: agent, groups: [edge]}, {identity: b, role: agent, groups: [edge]}]";
+        let (auth, policy, tokens) = auth_with(BOTH, &[("a", "token-a"), ("b", "token-b")]);
+        let h = Harness::start_with(auth.clone()).await;
+        h.publish(1);
+        let mut a = h
+            .connect_with_token(first("node-a", 0, ""), Some("token-a"))
+            .await;
+        let mut b = h
+            .connect_with_token(first("node-b", 0, ""), Some("token-b"))
+            .await;
+        a.next().await;
+        b.next().await;
+
+        // A reload that changes nothing for them: both stay.
+        auth.changed();
+        a.nothing_for_a_while().await;
+        b.nothing_for_a_while().await;
+
+        // b loses its binding: b's stream ends, a's goes on.
+        policy.store(Arc::new(
+            crate::auth::Policy::parse("bindings: [{identity: a, role: agent, groups: [edge]}]")
+                .unwrap(),
+        ));
+        auth.changed();
+        let status = tokio::time::timeout(STEP, b.stream().message())
+            .await
+            .expect("b's stream did not end")
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::PermissionDenied);
+        assert_eq!(
+            status.message(),
+            "identity \"b\" may not watch group \"edge\" (access withdrawn while the stream was open)"
+        );
+        h.publish(2);
+        assert_eq!(a.next().await.version, 2);
+
+        // a's token is withdrawn: a's stream ends as unauthenticated.
+        tokens.store(Arc::new(token_file(&[("b", "token-b")])));
+        auth.changed();
+        let status = tokio::time::timeout(STEP, a.stream().message())
+            .await
+            .expect("a's stream did not end")
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unauthenticated);
+        assert!(
+            status.message().contains("not known"),
+            "{}",
+            status.message()
+        );
+        h.shutdown.cancel();
+    }
+
+    #[test]
+    fn replayed_stream_records_only_genuine_answers() {
+        let mut replay = StreamReplay::open(&first("n1", 0, "")).unwrap();
+        let r1 = replay.send(1, &hash(1));
+        // A forged ACK (right nonce, wrong hash) and a replayed one (old
+        // nonce) record nothing.
+        let forged = pb::WatchRequest {
+            version_info: 1,
+            hash: hash(9),
+            response_nonce: r1.nonce.clone(),
+            ..Default::default()
+        };
+        replay.request(forged).unwrap();
+        assert_eq!(replay.record().unwrap().acked_version, 0);
+        let genuine = pb::WatchRequest {
+            version_info: 1,
+            hash: hash(1),
+            response_nonce: r1.nonce.clone(),
+            ..Default::default()
+        };
+        replay.request(genuine.clone()).unwrap();
+        assert_eq!(replay.record().unwrap().acked_version, 1);
+        let r2 = replay.send(2, &hash(2));
+        let replayed = pb::WatchRequest {
+            version_info: 2,
+            hash: hash(2),
+            ..genuine
+        };
+        replay.request(replayed).unwrap();
+        assert_eq!(replay.record().unwrap().acked_version, 1);
+        // A NACK of the last response is recorded, its reason bounded.
+        let nack = pb::WatchRequest {
+            version_info: 1,
+            hash: hash(1),
+            response_nonce: r2.nonce,
+            error_detail: Some(pb::ErrorDetail {
+                code: 3,
+                message: "x".repeat(MAX_NACK_REASON_LEN * 2),
+            }),
+            ..Default::default()
+        };
+        replay.request(nack).unwrap();
+        let record = replay.record().unwrap();
+        assert_eq!(record.last_nacked_version, 2);
+        assert!(record.nack_reason.len() <= MAX_NACK_REASON_LEN + '…'.len_utf8());
+        // Another node mid-stream ends it.
+        let mut other = first("n2", 1, &hash(1));
+        other.response_nonce = "x".into();
+        assert!(replay.request(other).is_err());
+        assert!(StreamReplay::open(&pb::WatchRequest::default()).is_err());
+    }
+
     #[tokio::test]
     async fn shutdown_ends_streams_with_unavailable() {
         let h = Harness::start().await;
@@ -1534,7 +1845,7 @@ mod tests {
         let task = tokio::spawn(async move {
             let inbound = ReceiverStream::new(requests_rx);
             state
-                .run(inbound, heads, tx, stop, DEFAULT_IDLE_STREAM_TIMEOUT)
+                .run(inbound, heads, None, tx, stop, DEFAULT_IDLE_STREAM_TIMEOUT)
                 .await;
             state
         });

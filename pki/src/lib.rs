@@ -140,6 +140,10 @@ pub enum Usage {
     Server,
     /// TLS client authentication (extended key usage clientAuth).
     Client,
+    /// Both: a server that also connects to itself or its peers with the
+    /// same certificate, as an etcd member does (its HTTP gateway presents
+    /// the server certificate as a client to etcd's own gRPC port).
+    ServerAndClient,
 }
 
 /// The parameters of a server or client certificate.
@@ -186,6 +190,14 @@ impl LeafParams {
             usage: Usage::Client,
             validity: Validity::default(),
         }
+    }
+
+    /// Makes a server certificate usable as a client certificate too
+    /// (extended key usages serverAuth and clientAuth): what an etcd member
+    /// with `--client-cert-auth` needs.
+    pub fn also_client(mut self) -> Self {
+        self.usage = Usage::ServerAndClient;
+        self
     }
 
     /// Adds a SAN URI (for a client: the identity, ahead of the CN).
@@ -282,7 +294,9 @@ impl Ca {
     /// Issues a leaf certificate with a fresh ECDSA P-256 key.
     pub fn issue(&self, leaf: &LeafParams) -> Result<Pair, PkiError> {
         let what = || match leaf.usage {
-            Usage::Server => format!("server certificate {:?}", leaf.common_name),
+            Usage::Server | Usage::ServerAndClient => {
+                format!("server certificate {:?}", leaf.common_name)
+            }
             Usage::Client => format!("client certificate {:?}", leaf.common_name),
         };
         let generate = |source| PkiError::Generate {
@@ -297,10 +311,14 @@ impl Ca {
         params.distinguished_name = common_name(&leaf.common_name);
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![match leaf.usage {
-            Usage::Server => ExtendedKeyUsagePurpose::ServerAuth,
-            Usage::Client => ExtendedKeyUsagePurpose::ClientAuth,
-        }];
+        params.extended_key_usages = match leaf.usage {
+            Usage::Server => vec![ExtendedKeyUsagePurpose::ServerAuth],
+            Usage::Client => vec![ExtendedKeyUsagePurpose::ClientAuth],
+            Usage::ServerAndClient => vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ],
+        };
         params.use_authority_key_identifier_extension = true;
         leaf.validity.apply(&mut params)?;
         let key = KeyPair::generate().map_err(generate)?;
@@ -547,6 +565,20 @@ mod tests {
         assert!(verify_client(&ca, &pair).is_err());
         // The key is PKCS#8 PEM, as rustls and tonic read it.
         PrivateKeyDer::from_pem_slice(pair.key_pem.as_bytes()).unwrap();
+    }
+
+    #[test]
+    fn a_server_certificate_may_also_be_a_client_certificate() {
+        let ca = Ca::new("test CA").unwrap();
+        let pair = ca
+            .issue(&LeafParams::server(["127.0.0.1"]).also_client())
+            .unwrap();
+        let bytes = der(&pair.cert_pem);
+        let (_, cert) = X509Certificate::from_der(&bytes).unwrap();
+        let eku = cert.extended_key_usage().unwrap().unwrap().value;
+        assert!(eku.server_auth && eku.client_auth);
+        verify_server(&ca, &pair, "127.0.0.1").unwrap();
+        verify_client(&ca, &pair).unwrap();
     }
 
     fn der_of(ca: &Ca) -> CertificateDer<'static> {

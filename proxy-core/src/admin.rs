@@ -14,7 +14,8 @@
 //! At most [`MAX_CONNECTIONS`] connections are open at once (more are
 //! accepted and closed at once), and each must send a whole request within
 //! `--header-read-timeout` of connecting or of its previous answer, or it is
-//! closed: idle and slowloris clients cannot hold the port (see `guard`).
+//! closed: idle and slowloris clients cannot hold the port (see
+//! `vane_admin_http`).
 
 use axum::Router;
 use axum::extract::State;
@@ -26,12 +27,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::proxy::ProxyHandle;
 
-mod guard;
-
 /// Most admin connections open at once. Health checks and scrapes need a
 /// handful; the cap keeps a flood of them from taking file descriptors the
 /// data plane needs.
-pub const MAX_CONNECTIONS: usize = 256;
+pub const MAX_CONNECTIONS: usize = vane_admin_http::DEFAULT_MAX_CONNECTIONS;
 
 /// Serves the admin endpoint on `listener` until `stop` is cancelled.
 pub async fn serve(
@@ -40,7 +39,7 @@ pub async fn serve(
     stop: CancellationToken,
 ) -> std::io::Result<()> {
     let shared = proxy.shared();
-    let listener = guard::GuardedListener::new(
+    let listener = vane_admin_http::GuardedListener::new(
         listener,
         MAX_CONNECTIONS,
         shared.config.header_read_timeout,

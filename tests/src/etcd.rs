@@ -2,7 +2,9 @@
 //! loopback ports with temporary data directories (SIGKILLed and restarted
 //! at will), a few calls to etcd's JSON gateway (health, leader, compaction),
 //! a TCP relay that can cut one replica off from etcd, and the flags that
-//! make `vane-control` a replica.
+//! make `vane-control` a replica. Members may serve their client port over
+//! TLS ([`EtcdTls`]), optionally requiring client certificates; their
+//! health is then read from a plaintext metrics port.
 //!
 //! `etcd` must be on PATH: `cargo xtask test` installs Debian's
 //! `etcd-server`. Without it the cluster tests fail, saying so.
@@ -19,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
-use crate::ControlServer;
+use crate::{ControlServer, Output, STARTUP_TIMEOUT, bin_path};
 
 /// How long a member (or the whole cluster) may take to become healthy.
 pub const ETCD_READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -68,22 +70,45 @@ fn etcd_binary() -> PathBuf {
         })
 }
 
+/// TLS on the members' client port (peers stay plaintext on loopback).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdTls {
+    /// The members' certificate (`--cert-file`). etcd's own gateway
+    /// presents it as a client certificate too, so with `client_ca` it
+    /// needs the clientAuth usage as well
+    /// (`vane_pki::LeafParams::server(..).also_client()`).
+    pub cert: PathBuf,
+    /// Its key (`--key-file`).
+    pub key: PathBuf,
+    /// The CA bundle client certificates must chain to: with it, etcd runs
+    /// with `--client-cert-auth --trusted-ca-file`; without it, clients
+    /// need no certificate.
+    pub client_ca: Option<PathBuf>,
+}
+
 /// One member of an [`EtcdCluster`].
 struct Member {
     name: String,
     client_port: u16,
     peer_port: u16,
+    /// Plaintext `/health` (and `/metrics`), whatever the client port serves.
+    metrics_port: u16,
     child: Option<Child>,
     starts: u32,
 }
 
 impl Member {
-    fn client_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+    fn client_url(&self, tls: bool) -> String {
+        let scheme = if tls { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
     }
 
     fn peer_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.peer_port)
+    }
+
+    fn metrics_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.metrics_port)
     }
 }
 
@@ -92,17 +117,32 @@ pub struct EtcdCluster {
     members: Vec<Member>,
     initial_cluster: String,
     root: TempDir,
+    tls: Option<EtcdTls>,
+    /// More etcd flags for every member.
+    extra_args: Vec<String>,
 }
 
 impl EtcdCluster {
     /// Starts `n` members and waits until every one is healthy.
     pub fn start(n: usize) -> Self {
+        Self::start_with(n, None, &[])
+    }
+
+    /// Starts `n` members serving their client port over TLS.
+    pub fn start_tls(n: usize, tls: EtcdTls) -> Self {
+        Self::start_with(n, Some(tls), &[])
+    }
+
+    /// Starts `n` members, with TLS when given and `extra_args` (more etcd
+    /// flags, e.g. `--auth-token-ttl 2`), and waits until all are healthy.
+    pub fn start_with(n: usize, tls: Option<EtcdTls>, extra_args: &[&str]) -> Self {
         assert!(n > 0, "a cluster has members");
         let members: Vec<Member> = (0..n)
             .map(|i| Member {
                 name: format!("m{i}"),
                 client_port: free_port(),
                 peer_port: free_port(),
+                metrics_port: free_port(),
                 child: None,
                 starts: 0,
             })
@@ -119,6 +159,8 @@ impl EtcdCluster {
                 .prefix("vane-etcd-")
                 .tempdir()
                 .expect("create a temporary directory"),
+            tls,
+            extra_args: extra_args.iter().map(|a| (*a).to_owned()).collect(),
         };
         for i in 0..n {
             cluster.spawn(i);
@@ -139,18 +181,33 @@ impl EtcdCluster {
             .path()
             .join(format!("{}-{}.log", member.name, member.starts));
         let log = File::create(&log_path).expect("create the etcd log");
-        let child = Command::new(etcd_binary())
-            .args(["--name", &member.name])
+        let client_url = member.client_url(self.tls.is_some());
+        let mut cmd = Command::new(etcd_binary());
+        cmd.args(["--name", &member.name])
             .arg("--data-dir")
             .arg(&data)
-            .args(["--listen-client-urls", &member.client_url()])
-            .args(["--advertise-client-urls", &member.client_url()])
+            .args(["--listen-client-urls", &client_url])
+            .args(["--advertise-client-urls", &client_url])
             .args(["--listen-peer-urls", &member.peer_url()])
             .args(["--initial-advertise-peer-urls", &member.peer_url()])
+            .args(["--listen-metrics-urls", &member.metrics_url()])
             .args(["--initial-cluster", &self.initial_cluster])
             .args(["--initial-cluster-state", "new"])
             .args(["--initial-cluster-token", "vane-tests"])
-            .args(["--logger", "zap", "--log-level", "warn"])
+            .args(["--logger", "zap", "--log-level", "warn"]);
+        if let Some(tls) = &self.tls {
+            cmd.arg("--cert-file")
+                .arg(&tls.cert)
+                .arg("--key-file")
+                .arg(&tls.key);
+            if let Some(ca) = &tls.client_ca {
+                cmd.arg("--client-cert-auth")
+                    .arg("--trusted-ca-file")
+                    .arg(ca);
+            }
+        }
+        cmd.args(&self.extra_args);
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -159,14 +216,15 @@ impl EtcdCluster {
         member.child = Some(child);
     }
 
-    /// Every member's client URL.
+    /// Every member's client URL (`https://` with TLS).
     pub fn endpoints(&self) -> Vec<String> {
-        self.members.iter().map(Member::client_url).collect()
+        let tls = self.tls.is_some();
+        self.members.iter().map(|m| m.client_url(tls)).collect()
     }
 
     /// One member's client URL.
     pub fn endpoint(&self, i: usize) -> String {
-        self.members[i].client_url()
+        self.members[i].client_url(self.tls.is_some())
     }
 
     /// The client address of member `i` (for a [`Relay`]).
@@ -239,10 +297,78 @@ impl EtcdCluster {
         }
     }
 
-    /// Whether member `i` answers `/health` with `true`.
+    /// Stops every member, changes their client port's TLS settings and
+    /// data-preserving starts them again (waiting until healthy): etcd's
+    /// side of a certificate rotation, or switching a cluster to TLS.
+    pub fn restart_with_tls(&mut self, tls: Option<EtcdTls>) {
+        self.kill_all();
+        self.tls = tls;
+        self.restart_all();
+    }
+
+    /// Whether member `i` answers `/health` with `true` (on its plaintext
+    /// metrics port, so that TLS on the client port does not matter).
     pub fn healthy(&self, i: usize) -> bool {
-        http(self.client_addr(i), "GET", "/health", "")
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.members[i].metrics_port));
+        http(addr, "GET", "/health", "")
             .is_ok_and(|(code, body)| code == 200 && body.contains("\"true\""))
+    }
+
+    /// Member `i`'s JSON gateway (its plaintext client port).
+    #[track_caller]
+    fn gateway(&self, i: usize) -> SocketAddr {
+        assert!(
+            self.tls.is_none(),
+            "the tests speak to etcd's JSON gateway in plaintext only"
+        );
+        self.client_addr(i)
+    }
+
+    /// Turns on etcd's authentication (through member `i`): a `root` user
+    /// (required by etcd; its password is random and not kept), and `user`
+    /// with `password` and a role allowed to read and write the keys under
+    /// `prefix/` (what a replica with `--etcd-prefix prefix` needs).
+    pub fn enable_auth(&self, i: usize, user: &str, password: &str, prefix: &str) {
+        let gateway = self.gateway(i);
+        let root_password = format!("{:016x}", random_u64());
+        let key = base64(format!("{prefix}/").as_bytes());
+        // The end of the range `prefix/`: the prefix with its last byte + 1.
+        let mut end = format!("{prefix}/").into_bytes();
+        if let Some(last) = end.last_mut() {
+            *last += 1;
+        }
+        let end = base64(&end);
+        let calls = [
+            (
+                "/v3/auth/user/add",
+                format!(r#"{{"name":"root","password":"{root_password}"}}"#),
+            ),
+            (
+                "/v3/auth/user/grant",
+                r#"{"user":"root","role":"root"}"#.to_owned(),
+            ),
+            ("/v3/auth/role/add", format!(r#"{{"name":"{user}-role"}}"#)),
+            (
+                "/v3/auth/role/grant",
+                format!(
+                    r#"{{"name":"{user}-role","perm":{{"permType":"READWRITE","key":"{key}","range_end":"{end}"}}}}"#
+                ),
+            ),
+            (
+                "/v3/auth/user/add",
+                format!(r#"{{"name":"{user}","password":"{password}"}}"#),
+            ),
+            (
+                "/v3/auth/user/grant",
+                format!(r#"{{"user":"{user}","role":"{user}-role"}}"#),
+            ),
+            ("/v3/auth/enable", "{}".to_owned()),
+        ];
+        for (path, body) in calls {
+            let (code, answer) =
+                http(gateway, "POST", path, &body).unwrap_or_else(|e| panic!("POST {path}: {e}"));
+            assert_eq!(code, 200, "POST {path}: {answer}");
+        }
     }
 
     /// The index of the member that is the leader, asked of the running
@@ -252,7 +378,7 @@ impl EtcdCluster {
             if m.child.is_none() {
                 continue;
             }
-            let Ok((200, body)) = http(self.client_addr(i), "POST", "/v3/maintenance/status", "{}")
+            let Ok((200, body)) = http(self.gateway(i), "POST", "/v3/maintenance/status", "{}")
             else {
                 continue;
             };
@@ -288,13 +414,8 @@ impl EtcdCluster {
     /// The current revision, read from member `i`.
     pub fn revision(&self, i: usize) -> i64 {
         // `eA==` is the key "x" in base64, as the gateway wants keys.
-        let (code, body) = http(
-            self.client_addr(i),
-            "POST",
-            "/v3/kv/range",
-            r#"{"key":"eA=="}"#,
-        )
-        .expect("POST /v3/kv/range");
+        let (code, body) = http(self.gateway(i), "POST", "/v3/kv/range", r#"{"key":"eA=="}"#)
+            .expect("POST /v3/kv/range");
         assert_eq!(code, 200, "range: {body}");
         let json: serde_json::Value = serde_json::from_str(&body).expect("range answers JSON");
         json["header"]["revision"]
@@ -308,7 +429,7 @@ impl EtcdCluster {
     pub fn compact(&self, i: usize) -> i64 {
         let revision = self.revision(i);
         let (code, body) = http(
-            self.client_addr(i),
+            self.gateway(i),
             "POST",
             "/v3/kv/compaction",
             &format!(r#"{{"revision":"{revision}","physical":true}}"#),
@@ -344,6 +465,35 @@ impl Drop for EtcdCluster {
             eprintln!("--- etcd logs ---\n{}", self.logs());
         }
     }
+}
+
+/// Standard base64 with padding (etcd's gateway wants keys so).
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// A random number (std's randomly keyed hasher), enough for a password
+/// nobody needs.
+fn random_u64() -> u64 {
+    use std::hash::BuildHasher as _;
+    std::collections::hash_map::RandomState::new().hash_one(std::process::id())
 }
 
 /// A minimal HTTP/1.1 request on loopback; returns the status and the body
@@ -481,8 +631,9 @@ impl Drop for Relay {
 }
 
 /// A `vane-control` replica on `endpoints` (comma-joined into
-/// `--etcd-endpoints`), named `name`, with `extra` flags. The data dir the
-/// harness passes is not used by the etcd store.
+/// `--etcd-endpoints`), named `name`, with `extra` flags (and
+/// `--etcd-lease-ttl 3s` unless they set it). The data dir the harness
+/// passes is not used by the etcd store.
 pub fn start_replica(name: &str, endpoints: &[String], extra: &[&str]) -> ControlServer {
     let endpoints = endpoints.join(",");
     let mut args = vec![
@@ -492,12 +643,71 @@ pub fn start_replica(name: &str, endpoints: &[String], extra: &[&str]) -> Contro
         &endpoints,
         "--replica-name",
         name,
-        // Quick expiry of a dead replica's agents, so tests need not wait.
-        "--etcd-lease-ttl",
-        "3s",
         "--shutdown-grace",
         "3s",
     ];
+    if !extra.contains(&"--etcd-lease-ttl") {
+        // Quick expiry of a dead replica's agents, so tests need not wait.
+        args.extend(["--etcd-lease-ttl", "3s"]);
+    }
     args.extend_from_slice(extra);
     ControlServer::start_with(&args)
+}
+
+/// Runs a `vane-control` replica (as [`start_replica`] would) that must
+/// refuse to start, and returns what it said: its exit code and stderr, as
+/// an [`Output`]. Panics if it is still running after
+/// [`crate::STARTUP_TIMEOUT`] (it is then killed).
+pub fn replica_refusing_to_start(name: &str, endpoints: &[String], extra: &[&str]) -> Output {
+    let data = tempfile::Builder::new()
+        .prefix("vane-e2e-")
+        .tempdir()
+        .expect("create a temporary directory");
+    let endpoints = endpoints.join(",");
+    let mut args = vec!["--listen", "127.0.0.1:0", "--store", "etcd"];
+    if !endpoints.is_empty() {
+        args.extend(["--etcd-endpoints", &endpoints]);
+    }
+    args.extend(["--replica-name", name]);
+    args.extend_from_slice(extra);
+    let mut child = Command::new(bin_path("vane-control"))
+        .args(&args)
+        .arg("--data-dir")
+        .arg(data.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn vane-control");
+    let read_all = |mut r: Box<dyn Read + Send>| {
+        thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = r.read_to_end(&mut buf);
+            String::from_utf8_lossy(&buf).into_owned()
+        })
+    };
+    let stdout = read_all(Box::new(child.stdout.take().expect("stdout is piped")));
+    let stderr = read_all(Box::new(child.stderr.take().expect("stderr is piped")));
+    let deadline = Instant::now() + STARTUP_TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for vane-control") {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "vane-control {args:?} was meant to refuse to start, and still runs after \
+                 {STARTUP_TIMEOUT:?}; stderr:\n{}",
+                stderr.join().unwrap_or_default()
+            );
+        }
+        thread::sleep(Duration::from_millis(20));
+    };
+    Output {
+        code: status.code().unwrap_or(-1),
+        stdout: stdout.join().expect("stdout reader"),
+        stderr: stderr.join().expect("stderr reader"),
+        args: args.iter().map(|a| (*a).to_owned()).collect(),
+    }
 }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use sha2::Digest as _;
 use tonic::transport::{Channel, Endpoint};
 use vane_proto as pb;
-use vane_tests::{ControlServer, WatchClient, fixtures};
+use vane_tests::{ControlServer, Next, WatchClient, fixtures};
 
 const TOKENS: &[(&str, &str)] = &[
     ("ci-edge", "edge-deployer-token"),
@@ -33,6 +33,11 @@ bindings:
 
 /// A server with the policy above and a token file for `TOKENS`.
 fn server_with_tokens(extra: &[&str]) -> ControlServer {
+    server_with_policy_file(extra).0
+}
+
+/// [`server_with_tokens`], and the path of its policy file (to rewrite).
+fn server_with_policy_file(extra: &[&str]) -> (ControlServer, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap().keep();
     let tokens: String = TOKENS
         .iter()
@@ -55,7 +60,7 @@ fn server_with_tokens(extra: &[&str]) -> ControlServer {
     ];
     args.extend_from_slice(extra);
     // The paths outlive the call: start_with copies the strings.
-    ControlServer::start_with(&args)
+    (ControlServer::start_with(&args), policy_path)
 }
 
 fn token(identity: &str) -> &'static str {
@@ -109,6 +114,44 @@ async fn status_of(url: &str, token: Option<&str>, group: &str, node: &str) -> p
         .into_iter()
         .find(|a| a.node_id == node)
         .unwrap_or_else(|| panic!("agent {node} not in status"))
+}
+
+/// A watch of `group` as node `node` with `token`, which the server must refuse.
+async fn refused_watch(url: &str, token: &str, node: &str, group: &str) -> tonic::Status {
+    WatchClient::open(channel(url).await, Some(token), node, group, None)
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("a watch of {group} as {node} was accepted"))
+}
+
+/// `group`'s audit log once `done` holds for it (refusals are written in
+/// the background), or at the 10 s deadline.
+async fn audit_when(
+    url: &str,
+    token: Option<&str>,
+    group: &str,
+    done: impl Fn(&[pb::AuditEntry]) -> bool,
+) -> Vec<pb::AuditEntry> {
+    let mut admin = pb::admin_client::AdminClient::new(channel(url).await);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let audit = admin
+            .audit(with_token(
+                pb::AuditRequest {
+                    group: group.into(),
+                    limit: 0,
+                },
+                token,
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .entries;
+        if done(&audit) || Instant::now() > deadline {
+            return audit;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test]
@@ -187,40 +230,13 @@ async fn tokens_only_reach_their_own_groups_and_refusals_are_audited() {
     assert_eq!(history.versions[0].author, "ci-edge");
 
     // An agent's token may not watch another group.
-    let e = WatchClient::open(
-        channel(&url).await,
-        Some(token("agent-edge")),
-        "n1",
-        "core",
-        None,
-    )
-    .await
-    .err()
-    .expect("watching core with edge's token is refused");
+    let e = refused_watch(&url, token("agent-edge"), "n1", "core").await;
     assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
 
     // The audit log has the push and every refusal of edge, newest first;
     // the refused push to core is in core's log (which ci-edge may not read).
     // Refusals are written in the background: wait for all four.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let audit = loop {
-        let audit = admin
-            .audit(with_token(
-                pb::AuditRequest {
-                    group: "edge".into(),
-                    limit: 0,
-                },
-                ci,
-            ))
-            .await
-            .unwrap()
-            .into_inner()
-            .entries;
-        if audit.len() >= 4 || Instant::now() > deadline {
-            break audit;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let audit = audit_when(&url, ci, "edge", |a| a.len() >= 4).await;
     let results: Vec<(&str, &str, &str)> = audit
         .iter()
         .map(|e| (e.identity.as_str(), e.result.as_str(), e.code.as_str()))
@@ -266,6 +282,76 @@ async fn tokens_only_reach_their_own_groups_and_refusals_are_audited() {
     );
     assert_eq!(me.roles.len(), 1);
     assert_eq!(me.roles[0].role, "operator");
+}
+
+#[tokio::test]
+async fn a_policy_reload_ends_watch_streams_it_no_longer_allows() {
+    let (server, policy_path) = server_with_policy_file(&[]);
+    let url = server.url();
+    let mut admin = pb::admin_client::AdminClient::new(channel(&url).await);
+    let ci = Some(token("ci-edge"));
+    admin
+        .push(with_token(push_request("edge", "a", 1.into()), ci))
+        .await
+        .unwrap();
+    let mut kept = WatchClient::open(
+        channel(&url).await,
+        Some(token("agent-edge")),
+        "kept",
+        "edge",
+        None,
+    )
+    .await
+    .unwrap();
+    let mut dropped = WatchClient::open(
+        channel(&url).await,
+        Some(token("agent-edge-2")),
+        "dropped",
+        "edge",
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(kept.recv().await.version, 1);
+    assert_eq!(dropped.recv().await.version, 1);
+
+    // agent-edge-2 loses its binding; the server reloads within a second
+    // or two and ends its open stream.
+    std::fs::write(
+        &policy_path,
+        POLICY
+            .lines()
+            .filter(|l| !l.contains("agent-edge-2"))
+            .collect::<Vec<_>>()
+            .join("\n"),
+    )
+    .unwrap();
+    match dropped.next(Duration::from_secs(15)).await {
+        Next::Ended(Some(status)) => {
+            assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+            assert_eq!(
+                status.message(),
+                "identity \"agent-edge-2\" may not watch group \"edge\" (access withdrawn while the stream was open)"
+            );
+        }
+        other => panic!("expected the withdrawn stream to end, got {other:?}"),
+    }
+    // The other stream still gets new versions; a new stream of the
+    // withdrawn identity is refused.
+    admin
+        .push(with_token(push_request("edge", "a", 2.into()), ci))
+        .await
+        .unwrap();
+    assert_eq!(kept.recv().await.version, 2);
+    let e = refused_watch(&url, token("agent-edge-2"), "dropped", "edge").await;
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+
+    // The withdrawal is in the audit log.
+    let withdrawn = |e: &pb::AuditEntry| {
+        e.identity == "agent-edge-2" && e.action == "watch" && e.reason.contains("access withdrawn")
+    };
+    let audit = audit_when(&url, ci, "edge", |a| a.iter().any(withdrawn)).await;
+    assert!(audit.iter().any(withdrawn), "no audit entry: {audit:#?}");
 }
 
 #[tokio::test]

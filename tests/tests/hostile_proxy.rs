@@ -1,6 +1,6 @@
-//! vane-proxy (and the sidecar's admin port) against hostile clients, over
-//! real processes: slowloris clients on an HTTP listener and on the admin
-//! ports, oversize and malformed request heads, garbage after the HTTP/2
+//! vane-proxy (and the admin ports of the sidecar and the control server)
+//! against hostile clients, over real processes: slowloris clients on an
+//! HTTP listener and on the admin ports, oversize and malformed request heads, garbage after the HTTP/2
 //! preface, and more connections than `--max-connections`.
 //!
 //! Every hostile client gets a 4xx or a closed connection, a well-behaved
@@ -207,6 +207,15 @@ impl AdminPoller {
         let failures = self.thread.join().unwrap();
         (self.ok.load(Ordering::Relaxed), failures)
     }
+}
+
+/// The value of the metric line `name` in OpenMetrics text (0 if absent).
+fn counter(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
 }
 
 #[track_caller]
@@ -484,11 +493,37 @@ async fn slowloris_on_the_sidecar_admin_port_is_cut_off() {
     assert!(lived[lived.len() - 1] < GIVE_UP, "{lived:?}");
     let (code, metrics) = http_get(agent.admin, "/metrics").unwrap();
     assert_eq!(code, 200);
-    let timed_out: f64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("vane_agent_admin_connections_timed_out_total "))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0);
+    let timed_out = counter(&metrics, "vane_agent_admin_connections_timed_out_total");
+    assert!(timed_out >= ATTACKERS as f64, "{metrics}");
+    server.kill();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slowloris_on_the_control_servers_admin_port_is_cut_off() {
+    // vane-control's --admin-listen (metrics, health) has the same guard:
+    // 256 connections, 10 s per request.
+    let admin = free_addr();
+    let admin_flag = admin.to_string();
+    let mut server = ControlServer::start_with(&["--admin-listen", admin_flag.as_str()]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let poller = admin_poller(admin, "/healthz", stop.clone());
+
+    let lived = attack(admin, "control admin port").await;
+
+    stop.store(true, Ordering::Relaxed);
+    let (ok, failures) = poller.finish();
+    assert!(ok > 0);
+    assert!(failures.is_empty(), "{failures:?}");
+    assert!(lived[0] >= Duration::from_millis(9_950), "{lived:?}");
+    assert!(lived[lived.len() - 1] < GIVE_UP, "{lived:?}");
+    // The gRPC side was never touched.
+    let v1 = fixtures::write_json(&server.scratch(), "v1.json", &fixtures::example_spec());
+    server
+        .ctl(&["push", GROUP, "-f", v1.to_str().unwrap()])
+        .ok();
+    let (code, metrics) = http_get(admin, "/metrics").unwrap();
+    assert_eq!(code, 200);
+    let timed_out = counter(&metrics, "vane_control_admin_connections_timed_out_total");
     assert!(timed_out >= ATTACKERS as f64, "{metrics}");
     server.kill();
 }

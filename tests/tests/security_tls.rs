@@ -358,9 +358,33 @@ fn tls_handshakes_and_connections_per_identity_are_bounded() {
     let held = started.elapsed();
     assert!(held >= Duration::from_millis(900), "closed after {held:?}");
 
+    // A client that finishes its TLS handshake, then says nothing, is
+    // dropped after the same timeout.
+    let config = client_config(&tls, "reader");
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut silent = rustls::ClientConnection::new(config.clone(), name).unwrap();
+    let mut sock = TcpStream::connect(tls.server.addr()).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    while silent.is_handshaking() {
+        silent.complete_io(&mut sock).unwrap();
+    }
+    let started = Instant::now();
+    let mut stream = rustls::StreamOwned::new(silent, sock);
+    let closed = match stream.read(&mut buf) {
+        Ok(0) => true,
+        // TLS 1.3 tickets may arrive first; then the close.
+        Ok(_) => matches!(stream.read(&mut buf), Ok(0) | Err(_)),
+        Err(e) => {
+            e.kind() != std::io::ErrorKind::WouldBlock && e.kind() != std::io::ErrorKind::TimedOut
+        }
+    };
+    let held = started.elapsed();
+    assert!(closed, "a silent TLS client was kept open for {held:?}");
+    assert!(held < Duration::from_secs(10), "closed only after {held:?}");
+
     // Two TLS connections of `reader` held open; a third is closed right
     // after its handshake.
-    let config = client_config(&tls, "reader");
     let mut held = Vec::new();
     for _ in 0..2 {
         held.push(

@@ -10,6 +10,7 @@
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use tokio::sync::watch;
 use tonic::Status;
 
 pub mod policy;
@@ -72,21 +73,38 @@ pub struct Auth {
     /// `None`: authorization off.
     policy: Option<Arc<ArcSwap<Policy>>>,
     tokens: Option<Arc<ArcSwap<Tokens>>>,
+    /// Bumped whenever the policy or the tokens are replaced, so that
+    /// long-lived watch streams check again whether they are still allowed
+    /// (latest-wins: a stream only needs to know that something changed).
+    changes: Arc<watch::Sender<u64>>,
 }
 
 impl Auth {
     /// Everyone may do everything (no policy), and tokens are not checked.
     pub fn open() -> Self {
-        Self {
-            policy: None,
-            tokens: None,
-        }
+        Self::new(None, None)
     }
 
     /// Authorization by `policy` (when set), bearer tokens from `tokens`
-    /// (when set). Both are swapped in place when their files change.
+    /// (when set). Both are swapped in place when their files change; whoever
+    /// swaps them calls [`Auth::changed`].
     pub fn new(policy: Option<Arc<ArcSwap<Policy>>>, tokens: Option<Arc<ArcSwap<Tokens>>>) -> Self {
-        Self { policy, tokens }
+        Self {
+            policy,
+            tokens,
+            changes: Arc::new(watch::Sender::new(0)),
+        }
+    }
+
+    /// Tells open streams that the policy or the tokens were replaced.
+    pub fn changed(&self) {
+        self.changes.send_modify(|generation| *generation += 1);
+    }
+
+    /// Notified on every [`Auth::changed`]; `None` when nothing can change
+    /// (no policy and no tokens: every caller is allowed for good).
+    pub fn subscribe_changes(&self) -> Option<watch::Receiver<u64>> {
+        (self.policy.is_some() || self.tokens.is_some()).then(|| self.changes.subscribe())
     }
 
     /// Whether a policy decides (false: everyone may do everything).

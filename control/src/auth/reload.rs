@@ -47,12 +47,14 @@ fn stamp(path: &Path) -> Option<Stamp> {
 }
 
 /// Watches `path` until `stop`, swapping a newly parsed value into
-/// `target` whenever the file changes. `what` names the file in logs.
+/// `target` whenever the file changes, then calling `on_reload`. `what`
+/// names the file in logs.
 pub async fn watch<T: Send + Sync + 'static>(
     what: &'static str,
     path: PathBuf,
     parse: fn(&str) -> Result<T, String>,
     target: Arc<ArcSwap<T>>,
+    on_reload: impl Fn() + Send + 'static,
     stop: CancellationToken,
 ) {
     let mut last = stamp(&path);
@@ -76,6 +78,7 @@ pub async fn watch<T: Send + Sync + 'static>(
             Ok(Ok(value)) => {
                 target.store(Arc::new(value));
                 tracing::info!(file = %path.display(), "{what} reloaded");
+                on_reload();
             }
             Ok(Err(e)) => {
                 tracing::error!(error = %e, "{what} not reloaded; the previous one stays in force");
@@ -101,11 +104,16 @@ mod tests {
         .unwrap();
         let target = Arc::new(ArcSwap::from_pointee(load(&path, Policy::parse).unwrap()));
         let stop = CancellationToken::new();
+        let reloads = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let reloads_seen = Arc::clone(&reloads);
         let task = tokio::spawn(watch(
             "policy",
             path.clone(),
             Policy::parse,
             Arc::clone(&target),
+            move || {
+                reloads_seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            },
             stop.clone(),
         ));
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -123,6 +131,8 @@ mod tests {
         std::fs::write(&path, "bindings: [{identity: c, role: god}]").unwrap();
         tokio::time::sleep(Duration::from_millis(2500)).await;
         assert!(target.load().allows("b", Action::Write, "g"));
+        // Told once, for the good file only.
+        assert_eq!(reloads.load(std::sync::atomic::Ordering::SeqCst), 1);
         assert!(
             load(&path, Policy::parse)
                 .unwrap_err()

@@ -12,6 +12,7 @@ use clap::{CommandFactory as _, Parser, ValueEnum};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing_subscriber::EnvFilter;
 use vane_control::store::EtcdConfig;
+use vane_control::store::etcd::{EtcdAuth, EtcdCredentialError, EtcdTls};
 use vane_control::{Config, Server};
 
 // mimalloc (opt-in, `--features mimalloc`): with ten thousand watch
@@ -40,7 +41,8 @@ struct Args {
     /// Directory of the embedded store (created if missing).
     #[arg(long, default_value = vane_control::server::DEFAULT_DATA_DIR)]
     data_dir: PathBuf,
-    /// etcd client URLs, comma-separated (with --store etcd).
+    /// etcd client URLs, comma-separated (with --store etcd): all http://,
+    /// or all https:// with --etcd-ca.
     #[arg(
         long,
         value_delimiter = ',',
@@ -59,6 +61,45 @@ struct Args {
     /// a replica that died stay listed by the others.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     etcd_lease_ttl: Duration,
+    /// The CA bundle (PEM) that etcd's server certificate must chain to;
+    /// required with https:// etcd endpoints.
+    #[arg(long, value_name = "FILE", help_heading = "Security (etcd)")]
+    etcd_ca: Option<PathBuf>,
+    /// This replica's client certificate (PEM) for etcd's
+    /// --client-cert-auth; with --etcd-key.
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "etcd_key",
+        help_heading = "Security (etcd)"
+    )]
+    etcd_cert: Option<PathBuf>,
+    /// The private key (PEM) of --etcd-cert.
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "etcd_cert",
+        help_heading = "Security (etcd)"
+    )]
+    etcd_key: Option<PathBuf>,
+    /// The etcd user to authenticate as (etcd's RBAC); with
+    /// --etcd-password-file.
+    #[arg(
+        long,
+        value_name = "NAME",
+        requires = "etcd_password_file",
+        help_heading = "Security (etcd)"
+    )]
+    etcd_user: Option<String>,
+    /// The file holding --etcd-user's password (one trailing line break is
+    /// ignored). Read once, at startup.
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "etcd_user",
+        help_heading = "Security (etcd)"
+    )]
+    etcd_password_file: Option<PathBuf>,
     /// This server's name among the replicas, shown by `vanectl status`
     /// [default: the listen address].
     #[arg(long)]
@@ -121,7 +162,8 @@ struct Args {
     /// Connections one client-certificate identity may hold open.
     #[arg(long, default_value_t = vane_control::tls::DEFAULT_MAX_CONNECTIONS_PER_IDENTITY, help_heading = "Limits")]
     max_connections_per_identity: usize,
-    /// How long a client may take to finish its TLS handshake.
+    /// How long a client may take to finish its TLS handshake, and then to
+    /// send its first byte (on a plaintext endpoint: after connecting).
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration, help_heading = "Limits")]
     handshake_timeout: Duration,
     /// HTTP/2 streams one connection may have open at once.
@@ -156,17 +198,83 @@ struct Args {
     log_format: LogFormat,
 }
 
-/// An etcd client URL: `http://host:port`.
+/// An etcd client URL: `http://host:port` or `https://host:port`.
 fn parse_endpoint(s: &str) -> Result<String, String> {
     let uri: tonic::codegen::http::Uri =
         s.parse().map_err(|e| format!("{s:?} is not a URL: {e}"))?;
     match (uri.scheme_str(), uri.host()) {
-        (Some("http"), Some(_)) => Ok(s.to_owned()),
-        (Some("https"), _) => Err(format!(
-            "{s:?}: TLS to etcd is not supported yet; use an http:// URL on a private network"
+        (Some("http" | "https"), Some(_)) => Ok(s.to_owned()),
+        _ => Err(format!(
+            "{s:?} must be an http://host:port or https://host:port URL"
         )),
-        _ => Err(format!("{s:?} must be an http://host:port URL")),
     }
+}
+
+/// The etcd flags that only make sense together, as a usage error (exit 2)
+/// naming the flags: TLS needs https:// endpoints and https:// needs a CA,
+/// so a replica never talks plaintext to etcd by mistake.
+fn check_etcd_flags(args: &Args) -> Result<(), String> {
+    let etcd_only = [
+        ("--etcd-ca", args.etcd_ca.is_some()),
+        ("--etcd-cert", args.etcd_cert.is_some()),
+        ("--etcd-user", args.etcd_user.is_some()),
+    ];
+    if args.store == StoreKind::Embedded {
+        if !args.etcd_endpoints.is_empty() {
+            return Err("--etcd-endpoints: only used with --store etcd".into());
+        }
+        if let Some((flag, _)) = etcd_only.iter().find(|(_, set)| *set) {
+            return Err(format!("{flag}: only used with --store etcd"));
+        }
+        return Ok(());
+    }
+    let https = args
+        .etcd_endpoints
+        .iter()
+        .filter(|e| e.starts_with("https://"))
+        .count();
+    let http = args.etcd_endpoints.len() - https;
+    if https > 0 && http > 0 {
+        return Err(
+            "--etcd-endpoints: all http:// or all https://; mixing them would send some requests in plaintext"
+                .into(),
+        );
+    }
+    if https > 0 && args.etcd_ca.is_none() {
+        return Err(
+            "--etcd-endpoints https://... needs --etcd-ca: the CA bundle that signed etcd's server certificate"
+                .into(),
+        );
+    }
+    if http > 0 && (args.etcd_ca.is_some() || args.etcd_cert.is_some()) {
+        return Err(
+            "--etcd-ca/--etcd-cert/--etcd-key need https:// --etcd-endpoints; with http:// they would not be used and etcd traffic would be plaintext"
+                .into(),
+        );
+    }
+    if args.etcd_cert.is_some() && args.etcd_ca.is_none() {
+        return Err("--etcd-cert/--etcd-key need --etcd-ca".into());
+    }
+    Ok(())
+}
+
+/// The etcd TLS and user settings, read and checked now: a bad file stops
+/// the start with one line naming its flag.
+fn etcd_credentials(
+    args: &Args,
+) -> Result<(Option<EtcdTls>, Option<EtcdAuth>), EtcdCredentialError> {
+    let tls = match &args.etcd_ca {
+        Some(ca) => Some(EtcdTls::from_files(
+            ca,
+            args.etcd_cert.as_deref().zip(args.etcd_key.as_deref()),
+        )?),
+        None => None,
+    };
+    let auth = match (&args.etcd_user, &args.etcd_password_file) {
+        (Some(user), Some(file)) => Some(EtcdAuth::from_password_file(user, file)?),
+        _ => None,
+    };
+    Ok((tls, auth))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -183,13 +291,10 @@ enum LogFormat {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    if args.store == StoreKind::Embedded && !args.etcd_endpoints.is_empty() {
+    if let Err(message) = check_etcd_flags(&args) {
         // Exits with clap's usage error (code 2).
         Args::command()
-            .error(
-                clap::error::ErrorKind::ArgumentConflict,
-                "--etcd-endpoints: only used with --store etcd",
-            )
+            .error(clap::error::ErrorKind::ArgumentConflict, message)
             .exit();
     }
     init_logging(args.log_format);
@@ -223,12 +328,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
 
-    let etcd = (args.store == StoreKind::Etcd).then_some(EtcdConfig {
-        endpoints: args.etcd_endpoints,
-        prefix: args.etcd_prefix,
-        request_timeout: args.etcd_timeout,
-        lease_ttl: args.etcd_lease_ttl,
-    });
+    let etcd = if args.store == StoreKind::Etcd {
+        let (tls, auth) = etcd_credentials(&args)?;
+        Some(EtcdConfig {
+            endpoints: args.etcd_endpoints,
+            prefix: args.etcd_prefix,
+            request_timeout: args.etcd_timeout,
+            lease_ttl: args.etcd_lease_ttl,
+            tls,
+            auth,
+        })
+    } else {
+        None
+    };
     let config = Config {
         listen: args.listen,
         data_dir: args.data_dir,

@@ -43,6 +43,14 @@
 //! [`Store::health`]: while etcd is away the replica is read-only and keeps
 //! streaming what it has.
 //!
+//! # TLS and authentication
+//! With `https://` endpoints the store verifies etcd's certificate against
+//! the configured CA and may present a client certificate; with a user it
+//! authenticates and renews etcd's token when it expires. A refusal of
+//! either (an unknown CA, a wrong password, a missing role) is a
+//! configuration error, not an outage: it is not retried, it names the
+//! settings to check, and the replica is degraded until it goes away.
+//!
 //! # The feed
 //! [`Store::feed`] reads every head at one revision, then watches
 //! `versions/` from the next one, and reports new versions in revision order
@@ -74,6 +82,9 @@ use super::{
 };
 use crate::agents::{AgentChange, AgentDirectory, AgentRecord, SharedAgent};
 
+mod credentials;
+pub use self::credentials::{EtcdAuth, EtcdCredentialError, EtcdTls};
+
 /// Layout version stored under `<prefix>/schema`.
 pub const SCHEMA_VERSION: u64 = 1;
 /// Largest piece of a body in one key: well under etcd's default request
@@ -95,7 +106,8 @@ const MAX_CAS_ROUNDS: u32 = 64;
 /// How to reach etcd.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EtcdConfig {
-    /// Client URLs of the etcd members (`http://host:2379`). Required.
+    /// Client URLs of the etcd members: all `http://host:2379`, or all
+    /// `https://host:2379` with [`Self::tls`]. Required.
     pub endpoints: Vec<String>,
     /// Key prefix under which everything is stored. Default `/vane`; several
     /// Vane clusters may share an etcd with different prefixes.
@@ -106,6 +118,12 @@ pub struct EtcdConfig {
     /// Time-to-live of the lease the agents' records are bound to: how long
     /// a dead replica's agents stay listed. Default 10s.
     pub lease_ttl: Duration,
+    /// TLS to etcd: required with `https://` endpoints, refused with
+    /// `http://` ones. Default `None`.
+    pub tls: Option<EtcdTls>,
+    /// The etcd user this replica authenticates as, when etcd has
+    /// authentication enabled. Default `None`.
+    pub auth: Option<EtcdAuth>,
 }
 
 impl Default for EtcdConfig {
@@ -115,6 +133,8 @@ impl Default for EtcdConfig {
             prefix: "/vane".into(),
             request_timeout: Duration::from_secs(3),
             lease_ttl: Duration::from_secs(10),
+            tls: None,
+            auth: None,
         }
     }
 }
@@ -293,6 +313,10 @@ enum Failure {
     TimedOut(Option<String>),
     /// etcd answered with a refusal that retrying does not change.
     Refused(String),
+    /// etcd (or the TLS handshake) turned this replica away: its TLS
+    /// settings or its etcd user do not fit etcd's. Not retried; the
+    /// replica is degraded until the configuration changes.
+    Rejected(String),
 }
 
 /// Whether an etcd error is worth retrying: the member is down, has no
@@ -361,6 +385,9 @@ struct Shared {
     client: Client,
     kv: KvClient,
     closed: AtomicBool,
+    /// Set once `connect` succeeded: before, errors are the caller's to
+    /// report (one line at startup, not also a log record).
+    connected: AtomicBool,
     link: Mutex<Link>,
     /// Per-group push locks. Each holds when the last push of the group found
     /// etcd unreachable, so pushes queued behind it fail at once.
@@ -385,6 +412,19 @@ impl Shared {
 
     fn link(&self) -> std::sync::MutexGuard<'_, Link> {
         self.link.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// What an etcd error means for an operator: the configuration problem
+    /// when etcd (or the TLS handshake) refused this replica's settings,
+    /// else its description.
+    fn explain(&self, e: &etcd_client::Error) -> String {
+        credentials::rejection(e, self.config.tls.as_ref()).unwrap_or_else(|| describe(e))
+    }
+
+    /// "etcd at URLS: TLS: ... (hint)": etcd and this replica do not
+    /// agree on TLS or credentials.
+    fn rejected(&self, reason: &str) -> String {
+        format!("etcd at {}: {reason}", self.endpoints())
     }
 
     /// "etcd at URLS did not answer within 3s (last error: ...)".
@@ -426,7 +466,7 @@ impl Shared {
                         Some(self.unreachable(self.config.request_timeout, e.as_deref()));
                     return Err(Failure::TimedOut(e));
                 }
-                Err(refused) => return Err(refused),
+                Err(other) => return Err(other),
             }
         }
     }
@@ -447,14 +487,42 @@ impl Shared {
                 self.link().calls = None;
                 Ok(v)
             }
-            Ok(Err(e)) if transient(&e) => Err(Failure::TimedOut(Some(describe(&e)))),
-            Ok(Err(e)) => Err(Failure::Refused(describe(&e))),
+            Ok(Err(e)) => match self.rejection(&e, deadline).await {
+                Some(reason) => {
+                    // Read-only until the configuration changes; said once
+                    // per new reason, not once per call.
+                    let text = self.rejected(&reason);
+                    let mut link = self.link();
+                    if link.calls.as_deref() != Some(text.as_str()) {
+                        if self.connected.load(Ordering::Acquire) {
+                            tracing::error!(
+                                error = %text,
+                                "etcd refused this replica's TLS settings or credentials; \
+                                 read-only until that is fixed"
+                            );
+                        }
+                        link.calls = Some(text);
+                    }
+                    Err(Failure::Rejected(reason))
+                }
+                None if transient(&e) => Err(Failure::TimedOut(Some(describe(&e)))),
+                None => Err(Failure::Refused(describe(&e))),
+            },
             Err(_) => Err(Failure::TimedOut(None)),
         }
     }
 
     fn deadline(&self) -> Instant {
         Instant::now() + self.config.request_timeout
+    }
+
+    /// Whether `e` is etcd refusing this replica's TLS settings or
+    /// credentials (see [`credentials::rejection`]). Under TLS 1.3 etcd
+    /// refuses a client certificate after the handshake, and the request in
+    /// flight often sees only a closed connection: then one handshake of
+    /// our own, bounded by `deadline`, asks etcd what it thinks of us.
+    async fn rejection(&self, e: &etcd_client::Error, deadline: Instant) -> Option<String> {
+        rejection(&self.config, e, deadline).await
     }
 
     /// The error of a read that failed.
@@ -464,6 +532,7 @@ impl Shared {
                 StoreError::Degraded(self.unreachable(self.config.request_timeout, last.as_deref()))
             }
             Failure::Refused(e) => StoreError::Io(format!("etcd refused a read: {e}")),
+            Failure::Rejected(reason) => StoreError::Degraded(self.rejected(&reason)),
         }
     }
 
@@ -480,6 +549,13 @@ impl Shared {
                 self.unreachable(self.config.request_timeout, last.as_deref())
             )),
             (Failure::Refused(e), _) => StoreError::Io(format!("etcd refused the push: {e}")),
+            (Failure::Rejected(reason), false) => {
+                StoreError::Degraded(format!("{}; nothing was stored", self.rejected(&reason)))
+            }
+            (Failure::Rejected(reason), true) => StoreError::Degraded(format!(
+                "{}; the push may or may not have been stored: `vanectl history` tells",
+                self.rejected(&reason)
+            )),
         }
     }
 
@@ -751,35 +827,31 @@ impl EtcdStore {
                 "etcd prefix: must not be empty or \"/\"".into(),
             ));
         }
-        for endpoint in &config.endpoints {
-            if !endpoint.starts_with("http://") {
-                return Err(StoreError::Io(format!(
-                    "etcd endpoints: {endpoint:?} must be an http:// URL (TLS to etcd is not supported yet)"
-                )));
-            }
-        }
+        check_schemes(&config.endpoints, config.tls.is_some())?;
         if config.request_timeout.is_zero() || config.lease_ttl < Duration::from_secs(2) {
             return Err(StoreError::Io(
                 "etcd timeouts: the request timeout must be above zero and the lease TTL at least 2s"
                     .into(),
             ));
         }
-        let options = ConnectOptions::new()
+        let mut options = ConnectOptions::new()
             // Fail (and retry elsewhere) on a member cut off from its
             // cluster, rather than hang or read stale data there.
             .with_require_leader(true)
             .with_connect_timeout(config.request_timeout)
             .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
             .with_keep_alive_while_idle(true);
-        let client = Client::connect(&config.endpoints, Some(options))
-            .await
-            .map_err(|e| {
-                StoreError::Io(format!(
-                    "etcd endpoints {}: {}",
-                    config.endpoints.join(","),
-                    describe(&e)
-                ))
-            })?;
+        if let Some(tls) = &config.tls {
+            options = options.with_tls(tls.options(config.request_timeout));
+        }
+        if let Some(auth) = &config.auth {
+            // etcd's tokens expire (5 minutes by default): the client
+            // authenticates again when a call is refused for that.
+            options = options
+                .with_user(auth.user(), auth.password())
+                .with_auto_token_refresh(true);
+        }
+        let client = connect_client(&config, options).await?;
         let kv = client
             .kv_client()
             .max_decoding_message_size(MAX_RESPONSE_BYTES);
@@ -791,16 +863,32 @@ impl EtcdStore {
             client,
             kv,
             closed: AtomicBool::new(false),
+            connected: AtomicBool::new(false),
             link: Mutex::new(Link::default()),
             groups: Mutex::new(HashMap::new()),
             audit_appends: AtomicU64::new(0),
         });
         check_schema(&shared).await?;
+        shared.connected.store(true, Ordering::Release);
         tracing::info!(
             endpoints = %shared.endpoints(),
             prefix = %shared.config.prefix,
             "etcd store connected"
         );
+        if let Some(endpoint) = shared
+            .config
+            .endpoints
+            .iter()
+            .find(|e| plaintext_beyond_loopback(e))
+        {
+            tracing::warn!(
+                endpoint = %endpoint,
+                password = shared.config.auth.is_some(),
+                "etcd over plaintext beyond this host: whoever is on the path can read every \
+                 version (and the etcd password, if any) and write what agents run; use \
+                 https:// with --etcd-ca"
+            );
+        }
         Ok(Self {
             agents: Arc::new(EtcdAgents::new(Arc::clone(&shared))),
             shared,
@@ -1002,9 +1090,137 @@ impl EtcdStore {
                         .min(deadline.saturating_duration_since(Instant::now()));
                     tokio::time::sleep(pause).await;
                 }
-                Err(refused @ Failure::Refused(_)) => return Err(sh.push_error(refused, sent)),
+                Err(failure) => return Err(sh.push_error(failure, sent)),
             }
         }
+    }
+}
+
+/// Endpoints are all `http://` (then no TLS settings), or all `https://`
+/// (then TLS settings are required): never plaintext by accident.
+fn check_schemes(endpoints: &[String], tls: bool) -> Result<(), StoreError> {
+    let https = endpoints
+        .iter()
+        .filter(|e| e.starts_with("https://"))
+        .count();
+    let http = endpoints
+        .iter()
+        .filter(|e| e.starts_with("http://"))
+        .count();
+    if let Some(other) = endpoints
+        .iter()
+        .find(|e| !e.starts_with("http://") && !e.starts_with("https://"))
+    {
+        return Err(StoreError::Io(format!(
+            "etcd endpoints: {other:?} must be an http:// or https:// URL"
+        )));
+    }
+    if https > 0 && http > 0 {
+        return Err(StoreError::Io(
+            "etcd endpoints: all http:// or all https://, not both".into(),
+        ));
+    }
+    if https > 0 && !tls {
+        return Err(StoreError::Io(
+            "etcd endpoints: https:// needs the CA that signed etcd's certificate (--etcd-ca)"
+                .into(),
+        ));
+    }
+    if http > 0 && tls {
+        return Err(StoreError::Io(
+            "etcd endpoints: TLS settings (--etcd-ca, --etcd-cert, --etcd-key) need https:// endpoints; these are http://"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
+/// [`Shared::rejection`], before there is a [`Shared`].
+async fn rejection(
+    config: &EtcdConfig,
+    e: &etcd_client::Error,
+    deadline: Instant,
+) -> Option<String> {
+    if let Some(reason) = credentials::rejection(e, config.tls.as_ref()) {
+        return Some(reason);
+    }
+    let tls = config.tls.as_ref()?;
+    if !credentials::broken_connection(e) {
+        return None;
+    }
+    let within = deadline
+        .saturating_duration_since(Instant::now())
+        .min(credentials::PROBE_TIMEOUT);
+    tls.probe(&config.endpoints, within).await
+}
+
+/// Whether `endpoint` is an `http://` URL whose host is not this one.
+fn plaintext_beyond_loopback(endpoint: &str) -> bool {
+    let Some(rest) = endpoint.strip_prefix("http://") else {
+        return false;
+    };
+    let Ok(uri) = format!("http://{rest}").parse::<http::Uri>() else {
+        return true;
+    };
+    let host = uri.host().unwrap_or_default();
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    !(host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback()))
+}
+
+/// The etcd client. With a user, connecting authenticates, which needs etcd:
+/// an answer that retrying may change is retried until `request_timeout`,
+/// as every later call is.
+async fn connect_client(
+    config: &EtcdConfig,
+    options: ConnectOptions,
+) -> Result<Client, StoreError> {
+    let endpoints = config.endpoints.join(",");
+    let deadline = Instant::now() + config.request_timeout;
+    let mut attempt = 0;
+    loop {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let last = match tokio::time::timeout(
+            remaining,
+            Client::connect(&config.endpoints, Some(options.clone())),
+        )
+        .await
+        {
+            Ok(Ok(client)) => return Ok(client),
+            Ok(Err(e)) => {
+                if let Some(reason) = rejection(config, &e, deadline).await {
+                    return Err(StoreError::Degraded(format!(
+                        "etcd at {endpoints}: {reason}"
+                    )));
+                }
+                // Only the authentication call talks to etcd; any other
+                // error is the settings' (a URL, the TLS material).
+                if !(matches!(e, etcd_client::Error::GRpcStatus(_)) && transient(&e)) {
+                    return Err(StoreError::Io(format!(
+                        "etcd endpoints {endpoints}: {}",
+                        describe(&e)
+                    )));
+                }
+                Some(describe(&e))
+            }
+            Err(_) => None,
+        };
+        if Instant::now() >= deadline {
+            let mut text = format!(
+                "etcd at {endpoints} did not answer within {}",
+                humantime::format_duration(config.request_timeout)
+            );
+            if let Some(last) = last {
+                let _ = write!(text, " (last error: {last})");
+            }
+            return Err(StoreError::Degraded(text));
+        }
+        let pause = backoff(attempt, Duration::from_millis(500))
+            .min(deadline.saturating_duration_since(Instant::now()));
+        attempt += 1;
+        tokio::time::sleep(pause).await;
     }
 }
 
@@ -1413,7 +1629,7 @@ async fn feed_step(shared: &Shared, mut state: FeedState) -> Option<(FeedEvent, 
                         let error = StoreError::Degraded(format!(
                             "watching etcd at {}: {}",
                             shared.endpoints(),
-                            describe(&e)
+                            shared.explain(&e)
                         ));
                         return Some(lost(
                             shared,
@@ -1450,7 +1666,7 @@ async fn feed_step(shared: &Shared, mut state: FeedState) -> Option<(FeedEvent, 
                 let ended = match stream.message().await {
                     Ok(Some(resp)) => Ok(resp),
                     Ok(None) => Err("the watch stream ended".to_owned()),
-                    Err(e) => Err(describe(&e)),
+                    Err(e) => Err(shared.explain(&e)),
                 };
                 let resp = match ended {
                     Ok(resp) => resp,
@@ -1618,7 +1834,9 @@ impl EtcdAgents {
             tokio::time::timeout(sh.config.request_timeout, lease_client.grant(ttl, None))
                 .await
                 .map_err(|_| StoreError::Degraded(sh.unreachable(sh.config.request_timeout, None)))?
-                .map_err(|e| StoreError::Degraded(format!("granting a lease: {}", describe(&e))))?;
+                .map_err(|e| {
+                    StoreError::Degraded(format!("granting a lease: {}", sh.explain(&e)))
+                })?;
         let epoch = self.epochs.fetch_add(1, Ordering::AcqRel) + 1;
         *current = (granted.id(), epoch);
         self.lease_id.store(granted.id(), Ordering::Release);
@@ -1694,7 +1912,7 @@ impl AgentDirectory for EtcdAgents {
             }
             Ok(Err(e)) => Err(StoreError::Degraded(format!(
                 "renewing the lease: {}",
-                describe(&e)
+                sh.explain(&e)
             ))),
             Err(_) => Err(StoreError::Degraded(
                 sh.unreachable(sh.config.request_timeout, None),
@@ -1725,6 +1943,7 @@ impl AgentDirectory for EtcdAgents {
                     last.as_deref(),
                 )),
                 Failure::Refused(e) => StoreError::Io(format!("etcd refused a read: {e}")),
+                Failure::Rejected(reason) => StoreError::Degraded(sh.rejected(&reason)),
             })?;
         let mut out = Vec::with_capacity(resp.kvs().len());
         for kv in resp.kvs() {
@@ -1754,7 +1973,7 @@ impl AgentDirectory for EtcdAgents {
         tokio::time::timeout(sh.config.request_timeout, lease_client.revoke(lease))
             .await
             .map_err(|_| StoreError::Degraded(sh.unreachable(sh.config.request_timeout, None)))?
-            .map_err(|e| StoreError::Degraded(format!("revoking the lease: {}", describe(&e))))?;
+            .map_err(|e| StoreError::Degraded(format!("revoking the lease: {}", sh.explain(&e))))?;
         Ok(())
     }
 }

@@ -111,6 +111,8 @@ impl Etcd {
             prefix: prefix.into(),
             request_timeout: Duration::from_secs(3),
             lease_ttl: Duration::from_secs(3),
+            tls: None,
+            auth: None,
         }
     }
 }
@@ -476,7 +478,21 @@ async fn configuration_errors_name_the_setting() {
     })
     .await
     .unwrap_err();
-    assert!(err.to_string().contains("http://"), "{err}");
+    assert!(err.to_string().contains("--etcd-ca"), "{err}");
+    let err = EtcdStore::connect(EtcdConfig {
+        endpoints: vec!["https://127.0.0.1:1".into(), "http://127.0.0.1:2".into()],
+        ..EtcdConfig::default()
+    })
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("not both"), "{err}");
+    let err = EtcdStore::connect(EtcdConfig {
+        endpoints: vec!["127.0.0.1:1".into()],
+        ..EtcdConfig::default()
+    })
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("http:// or https://"), "{err}");
     let err = EtcdStore::connect(EtcdConfig {
         endpoints: vec!["http://127.0.0.1:1".into()],
         prefix: "/".into(),
@@ -499,6 +515,25 @@ async fn configuration_errors_name_the_setting() {
         err.to_string().contains("did not answer within 500ms"),
         "{err}"
     );
+}
+
+#[test]
+fn plaintext_is_flagged_beyond_loopback_only() {
+    for local in [
+        "http://127.0.0.1:2379",
+        "http://localhost:2379",
+        "http://[::1]:2379",
+        "https://10.0.0.1:2379",
+    ] {
+        assert!(!plaintext_beyond_loopback(local), "{local}");
+    }
+    for remote in [
+        "http://10.0.0.11:2379",
+        "http://etcd-1:2379",
+        "http://[fd00::1]:2379",
+    ] {
+        assert!(plaintext_beyond_loopback(remote), "{remote}");
+    }
 }
 
 #[test]

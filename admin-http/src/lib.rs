@@ -1,7 +1,9 @@
-//! The admin endpoint's sockets, bounded against hostile or forgetful
-//! clients: a cap on open connections (more are accepted and closed at
-//! once), and a deadline per connection, so that neither a slowloris client
-//! nor an idle one can hold the port open.
+//! The sockets of an admin endpoint (metrics, health, status), bounded
+//! against hostile or forgetful clients: a cap on open connections (more
+//! are accepted and closed at once), and a deadline per connection, so that
+//! neither a slowloris client nor an idle one can hold the port open (or
+//! stall a graceful shutdown, which waits for open connections). Used by
+//! `vane-control --admin-listen`, the `vane-agent` sidecar and `vane-proxy`.
 //!
 //! The deadline is enforced in the socket itself ([`Guarded`]), which works
 //! under `axum::serve` whatever the protocol: it starts at the accept and
@@ -25,8 +27,14 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
 
-/// A listener whose connections are capped and carry a deadline.
-pub(crate) struct GuardedListener {
+/// Connections an admin endpoint serves at once unless configured: scrapes
+/// and health checks need a handful; the cap keeps a flood of them from
+/// taking file descriptors the process needs for its real work.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
+
+/// A listener whose connections are capped and carry a deadline; serve it
+/// with `axum::serve`.
+pub struct GuardedListener {
     listener: TcpListener,
     limit: Arc<Semaphore>,
     max: usize,
@@ -39,7 +47,7 @@ impl GuardedListener {
     /// At most `max` connections open on `listener`, each closed when the
     /// client does not complete a request within `timeout` (see the module
     /// doc); the two counters count both kinds of close.
-    pub(crate) fn new(
+    pub fn new(
         listener: TcpListener,
         max: usize,
         timeout: Duration,
@@ -106,7 +114,7 @@ impl axum::serve::Listener for GuardedListener {
 
 /// An admin connection's socket with its deadline and its slot under the
 /// cap (released when hyper drops the connection).
-pub(crate) struct Guarded {
+pub struct Guarded {
     stream: TcpStream,
     deadline: Pin<Box<Sleep>>,
     timeout: Duration,
