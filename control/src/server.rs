@@ -90,6 +90,9 @@ pub struct Config {
     pub idle_stream_timeout: Duration,
     /// Most agents (node ids) tracked. Default 100,000.
     pub max_agents: usize,
+    /// Watch streams one identity (certificate or token) may hold open at
+    /// once; anonymous callers are not counted. Default 10,000.
+    pub max_streams_per_identity: usize,
     /// Pushes and rollbacks per second each identity may sustain (0: no
     /// limit). Default `None`: 20 when a policy is in force, no limit
     /// without one (everyone is the same anonymous caller then, on
@@ -126,6 +129,7 @@ impl Default for Config {
             max_streams_per_connection: 100,
             idle_stream_timeout: crate::watch::DEFAULT_IDLE_STREAM_TIMEOUT,
             max_agents: crate::watch::DEFAULT_MAX_AGENTS,
+            max_streams_per_identity: crate::watch::DEFAULT_MAX_STREAMS_PER_IDENTITY,
             push_rate: None,
             push_burst: crate::auth::rate::DEFAULT_PUSH_BURST,
             request_timeout: Duration::from_secs(60),
@@ -401,7 +405,8 @@ impl Server {
         )
         .with_metrics(Arc::clone(&metrics))
         .with_auth(auth.clone(), Some(Arc::clone(&audit)))
-        .with_limits(config.idle_stream_timeout, config.max_agents);
+        .with_limits(config.idle_stream_timeout, config.max_agents)
+        .with_streams_per_identity(config.max_streams_per_identity);
         if let Some((admin_listener, admin_addr)) = admin_endpoint {
             let mut registry = metrics.registry(Arc::clone(&hub), Arc::clone(&agents));
             registry

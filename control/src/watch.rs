@@ -74,6 +74,9 @@ pub const MAX_NACK_REASON_LEN: usize = 4096;
 pub const DEFAULT_IDLE_STREAM_TIMEOUT: Duration = Duration::from_secs(300);
 /// Most agents (node ids) the registry tracks unless configured.
 pub const DEFAULT_MAX_AGENTS: usize = 100_000;
+/// Watch streams one identity may hold open unless configured (as many as
+/// connections per certificate identity).
+pub const DEFAULT_MAX_STREAMS_PER_IDENTITY: usize = 10_000;
 
 /// The `ConfigDiscovery` gRPC service.
 #[derive(Debug, Clone)]
@@ -87,6 +90,67 @@ pub struct DiscoveryService {
     audit: Option<Arc<AuditLog>>,
     idle_timeout: Duration,
     max_agents: usize,
+    /// Open streams per identity, and the cap.
+    streams: Arc<StreamsPerIdentity>,
+}
+
+/// Open watch streams per identity, capped.
+#[derive(Debug)]
+struct StreamsPerIdentity {
+    max: usize,
+    open: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+}
+
+impl StreamsPerIdentity {
+    fn new(max: usize) -> Self {
+        Self {
+            max,
+            open: std::sync::Mutex::default(),
+        }
+    }
+
+    /// A slot for one more stream of `identity`, or the refusal.
+    fn acquire(self: &Arc<Self>, identity: &str) -> Result<StreamSlot, Status> {
+        let mut open = self
+            .open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let count = open.entry(identity.to_owned()).or_insert(0);
+        if *count >= self.max {
+            return Err(Status::resource_exhausted(format!(
+                "identity {identity:?} holds its maximum of {} watch streams (--max-streams-per-identity)",
+                self.max
+            )));
+        }
+        *count += 1;
+        Ok(StreamSlot {
+            streams: Arc::clone(self),
+            identity: identity.to_owned(),
+        })
+    }
+}
+
+/// One open stream of an identity; released when dropped.
+#[derive(Debug)]
+struct StreamSlot {
+    streams: Arc<StreamsPerIdentity>,
+    identity: String,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut open = self
+            .streams
+            .open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(count) = open.get_mut(&self.identity) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.identity);
+            }
+        }
+    }
 }
 
 impl DiscoveryService {
@@ -109,7 +173,16 @@ impl DiscoveryService {
             audit: None,
             idle_timeout: DEFAULT_IDLE_STREAM_TIMEOUT,
             max_agents: DEFAULT_MAX_AGENTS,
+            streams: Arc::new(StreamsPerIdentity::new(DEFAULT_MAX_STREAMS_PER_IDENTITY)),
         }
+    }
+
+    /// How many watch streams one identity may hold open at once
+    /// (anonymous callers are not counted).
+    #[must_use]
+    pub fn with_streams_per_identity(mut self, max: usize) -> Self {
+        self.streams = Arc::new(StreamsPerIdentity::new(max));
+        self
     }
 
     /// Who may watch which group (default: everyone, everything), and
@@ -181,6 +254,17 @@ impl DiscoveryService {
             self.refused(&caller, &node.group, &status);
             return Err(status);
         }
+        let slot = if caller.identity.is_empty() {
+            None
+        } else {
+            match self.streams.acquire(&caller.identity) {
+                Ok(slot) => Some(slot),
+                Err(status) => {
+                    self.refused(&caller, &node.group, &status);
+                    return Err(status);
+                }
+            }
+        };
 
         let mut heads = self.hub.subscribe(&node.group);
         let head = heads.borrow_and_update().clone();
@@ -261,6 +345,8 @@ impl DiscoveryService {
             let end = stream
                 .run(inbound, heads, changes, tx, shutdown, idle_timeout)
                 .await;
+            // The identity's slot is free once the stream is over.
+            drop(slot);
             if let Some(status) = end {
                 // The agent may be gone already; nothing to tell then.
                 let _ = end_tx.send(status);

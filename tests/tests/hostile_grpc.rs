@@ -355,6 +355,57 @@ async fn a_policy_reload_ends_watch_streams_it_no_longer_allows() {
 }
 
 #[tokio::test]
+async fn watch_streams_per_identity_are_capped() {
+    let server = server_with_tokens(&["--max-streams-per-identity", "2"]);
+    let url = server.url();
+    let agent = token("agent-edge");
+    let mut held = Vec::new();
+    for node in ["a", "b"] {
+        let c = WatchClient::open(channel(&url).await, Some(agent), node, "edge", None).await;
+        held.push(c.unwrap());
+    }
+    let e = refused_watch(&url, agent, "c", "edge").await;
+    assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e:?}");
+    assert_eq!(
+        e.message(),
+        "identity \"agent-edge\" holds its maximum of 2 watch streams (--max-streams-per-identity)"
+    );
+    // Other identities are not affected.
+    WatchClient::open(
+        channel(&url).await,
+        Some(token("agent-edge-2")),
+        "d",
+        "edge",
+        None,
+    )
+    .await
+    .unwrap();
+    // A stream ends: its slot is free again (once the server has noticed).
+    held.pop();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match WatchClient::open(channel(&url).await, Some(agent), "c", "edge", None).await {
+            Ok(_) => break,
+            Err(e) => {
+                assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e:?}");
+                assert!(Instant::now() < deadline, "the slot was never released");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    let audit = audit_when(&url, Some(token("ci-edge")), "edge", |a| {
+        a.iter().any(|e| e.code == "ResourceExhausted")
+    })
+    .await;
+    assert!(
+        audit
+            .iter()
+            .any(|e| e.code == "ResourceExhausted" && e.identity == "agent-edge"),
+        "{audit:#?}"
+    );
+}
+
+#[tokio::test]
 async fn an_agent_cannot_claim_another_agents_node_id() {
     let server = server_with_tokens(&[]);
     let url = server.url();

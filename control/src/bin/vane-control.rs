@@ -176,6 +176,11 @@ struct Args {
     /// Most agents (node ids) tracked at once; new ones beyond are refused.
     #[arg(long, default_value_t = vane_control::watch::DEFAULT_MAX_AGENTS, help_heading = "Limits")]
     max_agents: usize,
+    /// Watch streams one identity (client certificate or token) may hold
+    /// open at once; more are refused with RESOURCE_EXHAUSTED. Raise it for
+    /// a fleet that shares one identity.
+    #[arg(long, default_value_t = vane_control::watch::DEFAULT_MAX_STREAMS_PER_IDENTITY, help_heading = "Limits")]
+    max_streams_per_identity: usize,
     /// Pushes and rollbacks per second each identity may sustain (0: no
     /// limit) [default: 20 with --policy; no limit without one].
     #[arg(long, help_heading = "Limits")]
@@ -369,6 +374,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         max_streams_per_connection: args.max_streams_per_connection,
         idle_stream_timeout: args.idle_stream_timeout,
         max_agents: args.max_agents,
+        max_streams_per_identity: args.max_streams_per_identity,
         push_rate: args.push_rate,
         push_burst: args.push_burst,
         request_timeout: args.request_timeout,
