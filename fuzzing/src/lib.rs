@@ -25,11 +25,13 @@ pub mod seeds;
 mod cache;
 mod delta;
 mod snapshot;
+mod stream;
 mod wire;
 
 pub use cache::disk_cache;
 pub use delta::delta_apply;
 pub use snapshot::{snapshot_file, snapshot_proto};
+pub use stream::{replay as watch_stream_replay, step as watch_stream_step, watch_stream};
 pub use wire::{admin_request, watch_request, watch_response};
 
 /// One fuzz target: its name (the file `fuzz/fuzz_targets/<name>.rs` and the
@@ -59,6 +61,10 @@ pub const TARGETS: &[Target] = &[
     Target {
         name: "watch_request",
         run: watch_request,
+    },
+    Target {
+        name: "watch_stream",
+        run: watch_stream,
     },
     Target {
         name: "watch_response",

@@ -242,6 +242,69 @@ pub fn all() -> Vec<Seed> {
         ),
     ]);
 
+    // Streams: the server sends (op 0), the agent answers. Ops with bit 2
+    // take the last nonce, with bit 3 the last version and hash.
+    let send = [0u8, 0, 0];
+    let ack = crate::watch_stream_step(4 | 8 | 1, &pb::WatchRequest::default());
+    let nack = crate::watch_stream_step(
+        4 | 1,
+        &pb::WatchRequest {
+            version_info: 0,
+            error_detail: Some(pb::ErrorDetail {
+                code: 3,
+                message: "clusters[0].endpoints[0].address: bad".into(),
+            }),
+            ..Default::default()
+        },
+    );
+    let want_full = crate::watch_stream_step(
+        4 | 1,
+        &pb::WatchRequest {
+            want_full: true,
+            ..Default::default()
+        },
+    );
+    let heartbeat = crate::watch_stream_step(1, &pb::WatchRequest::default());
+    let forged = crate::watch_stream_step(
+        4 | 1,
+        &pb::WatchRequest {
+            version_info: 1,
+            hash: "0".repeat(64),
+            ..Default::default()
+        },
+    );
+    let other_node = crate::watch_stream_step(
+        1,
+        &pb::WatchRequest {
+            node: Some(pb::Node {
+                id: "someone-else".into(),
+                group: GROUP.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    );
+    let stream = |steps: &[&[u8]]| steps.concat();
+    seeds.extend([
+        seed(
+            "watch_stream",
+            "ack-nack-resend",
+            stream(&[
+                &send, &ack, &send, &nack, &want_full, &send, &heartbeat, &ack,
+            ]),
+        ),
+        seed(
+            "watch_stream",
+            "forged-then-genuine",
+            stream(&[&send, &forged, &heartbeat, &ack, &send, &send, &ack]),
+        ),
+        seed(
+            "watch_stream",
+            "node-change",
+            stream(&[&send, &ack, &other_node]),
+        ),
+    ]);
+
     let response = |version: u64, to: &Snapshot, body| pb::WatchResponse {
         group: GROUP.into(),
         version,

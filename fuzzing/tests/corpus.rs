@@ -102,6 +102,11 @@ fn watch_request() {
 }
 
 #[test]
+fn watch_stream() {
+    replay("watch_stream");
+}
+
+#[test]
 fn watch_response() {
     replay("watch_response");
 }
@@ -279,6 +284,16 @@ fn seeds_reach_the_accepting_paths() {
                 };
                 let rebuilt = vane_model::delta::apply_encoded(&base, delta).unwrap();
                 Snapshot::decode(&rebuilt).unwrap();
+            }
+            ("watch_stream", "node-change") => {
+                assert!(vane_fuzzing::watch_stream_replay(bytes).is_none(), "{what}");
+            }
+            ("watch_stream", _) => {
+                let record = vane_fuzzing::watch_stream_replay(bytes).unwrap();
+                assert!(record.acked_version > 0, "{what}: nothing acked");
+                if s.name == "ack-nack-resend" {
+                    assert_eq!(record.last_nacked_version, 2, "{what}");
+                }
             }
             ("disk_cache", name) => {
                 let cached = vane_agent::cache::decode(bytes).unwrap();
