@@ -54,6 +54,32 @@ values:
   "": 1
 "#;
 
+/// A file whose values nest arrays and objects exactly as deep as
+/// validation allows (`MAX_VALUE_DEPTH`), so that fuzzing starts at that
+/// limit: deeper values were once accepted while their renderings no longer
+/// parsed back.
+fn deep_values_yaml() -> String {
+    let depth = vane_model::validate::MAX_VALUE_DEPTH;
+    format!(
+        "values:\n  list: {}1{}\n  map: {}1{}\n",
+        "[".repeat(depth),
+        "]".repeat(depth),
+        "{a: ".repeat(depth),
+        "}".repeat(depth)
+    )
+}
+
+fn deep_values() -> Snapshot {
+    let yaml = deep_values_yaml();
+    match vane_model::parse_file(yaml.as_bytes(), vane_model::Format::Yaml)
+        .map(vane_model::validate)
+    {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => panic!("deep values seed does not validate: {e}"),
+        Err(e) => panic!("deep values seed does not parse: {e}"),
+    }
+}
+
 fn changed_large() -> Snapshot {
     let mut spec = large().to_spec();
     spec.route_tables[0].routes[7].timeout_ms = Some(4321);
@@ -92,9 +118,11 @@ pub fn all() -> Vec<Seed> {
             rich.canonical_bytes(),
         ),
         seed("snapshot_file", "broken.yaml", BROKEN_YAML),
+        seed("snapshot_file", "deep-values.yaml", deep_values_yaml()),
         seed("snapshot_proto", "example", example.encode()),
         seed("snapshot_proto", "rich", rich.encode()),
         seed("snapshot_proto", "large", large.encode()),
+        seed("snapshot_proto", "deep-values", deep_values().encode()),
         seed(
             "snapshot_proto",
             "rich-spelled-out",

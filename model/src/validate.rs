@@ -36,6 +36,16 @@ pub const MAX_CONSECUTIVE_FAILURES: u32 = 10_000;
 pub const MAX_EJECTION_MS: u64 = 3_600_000;
 /// Longest key of `values`.
 pub const MAX_VALUE_KEY_LEN: usize = 256;
+/// Deepest nesting of arrays and objects in one of `values` (`[[1]]` is 2).
+///
+/// Every rendering of a snapshot (`vanectl get`, the JSON form, the
+/// canonical JSON) puts a value two levels down (the snapshot, the `values`
+/// map), and the parsers that read them back (serde_json, serde_norway) stop
+/// at 128 levels, while a value on the wire is JSON text parsed on its own.
+/// Without a limit well below theirs, a value 126 deep was accepted from a
+/// YAML file, and one 127 deep from a push, but their renderings no longer
+/// parsed (found by fuzzing). 64 leaves room to spare for both.
+pub const MAX_VALUE_DEPTH: usize = 64;
 
 /// Refuses an encoded snapshot larger than `limit` bytes.
 pub fn check_size(encoded_len: usize, limit: usize) -> Result<(), FieldError> {
@@ -153,6 +163,13 @@ impl Validator {
                 self.err(
                     format!("values[{key:?}]"),
                     format!("key is over {MAX_VALUE_KEY_LEN} characters"),
+                );
+            } else if nested_deeper_than(&value, MAX_VALUE_DEPTH) {
+                self.err(
+                    format!("values[{key:?}]"),
+                    format!(
+                        "arrays and objects are nested more than {MAX_VALUE_DEPTH} levels deep"
+                    ),
                 );
             } else {
                 out.values.insert(key, value);
@@ -582,6 +599,20 @@ pub(crate) fn default_burst(rps: f64) -> u64 {
     (rps.ceil() as u64).max(1)
 }
 
+/// Whether `value` nests arrays and objects more than `limit` levels deep.
+/// Looks no deeper than `limit + 1` levels, so the recursion is bounded
+/// whatever the value.
+fn nested_deeper_than(value: &serde_json::Value, limit: usize) -> bool {
+    use serde_json::Value;
+    match value {
+        Value::Array(items) => limit == 0 || items.iter().any(|v| nested_deeper_than(v, limit - 1)),
+        Value::Object(fields) => {
+            limit == 0 || fields.values().any(|v| nested_deeper_than(v, limit - 1))
+        }
+        Value::Null | Value::Bool(_) | Value::Number(_) | Value::String(_) => false,
+    }
+}
+
 /// The names that references may point at.
 struct Refs {
     clusters: HashSet<String>,
@@ -654,7 +685,9 @@ fn parse_host_match(h: &str) -> Result<HostMatch, String> {
 mod tests {
     #![allow(clippy::unwrap_used)]
 
-    use crate::{Format, parse_file};
+    use super::MAX_VALUE_DEPTH;
+    use crate::{Format, Snapshot, parse_file};
+    use vane_proto as pb;
 
     /// What `vanectl get` prints pushes back: a route's default name
     /// (`<table>.<index>`) is printed, and it may be longer than a name may
@@ -675,5 +708,52 @@ mod tests {
         let other = printed.replace(&format!("{table}.0"), &format!("{table}.x"));
         let err = super::validate(parse_file(other.as_bytes(), Format::Yaml).unwrap());
         assert!(err.unwrap_err().to_string().contains("over the limit"));
+    }
+    /// Values nest at most `MAX_VALUE_DEPTH` arrays and objects deep, from a
+    /// file and from the wire alike; within it, every rendering reads back.
+    /// Deeper ones were accepted, but their JSON form (126 deep, from YAML)
+    /// or their canonical YAML (127 deep, from a push) did not parse back
+    /// (found by fuzzing; inputs in fuzz/regressions/*/value-nesting-*).
+    #[test]
+    fn values_nest_at_most_max_value_depth() {
+        let nested = |depth: usize, open: &str, close: &str| {
+            format!("{}1{}", open.repeat(depth), close.repeat(depth))
+        };
+        let refused = format!(
+            "values[\"k\"]: arrays and objects are nested more than {MAX_VALUE_DEPTH} levels deep"
+        );
+        let file = |value: &str| format!("values:\n  k: {value}\n");
+        for (open, close) in [("[", "]"), ("{a: ", "}")] {
+            let at_limit = file(&nested(MAX_VALUE_DEPTH, open, close));
+            let s =
+                super::validate(parse_file(at_limit.as_bytes(), Format::Yaml).unwrap()).unwrap();
+            let renderings = [
+                ("canonical YAML", s.to_yaml().into_bytes(), Format::Yaml),
+                (
+                    "JSON form",
+                    serde_json::to_vec(&s.to_json()).unwrap(),
+                    Format::Json,
+                ),
+                ("canonical JSON", s.canonical_bytes(), Format::Json),
+            ];
+            for (what, text, format) in renderings {
+                let again = parse_file(&text, format).map(super::validate);
+                let again = again.unwrap_or_else(|e| panic!("{what}: {e}")).unwrap();
+                assert_eq!(again.content_hash(), s.content_hash(), "{what}");
+            }
+            assert_eq!(Snapshot::decode(&s.encode()).unwrap(), s);
+            for depth in [MAX_VALUE_DEPTH + 1, 126] {
+                let deeper = file(&nested(depth, open, close));
+                let err = super::validate(parse_file(deeper.as_bytes(), Format::Yaml).unwrap());
+                assert_eq!(err.unwrap_err().to_string(), refused, "{depth}");
+            }
+        }
+        // On the wire a value is JSON text parsed on its own: 127 deep parses.
+        let msg = pb::Snapshot {
+            values: [("k".to_owned(), nested(127, "[", "]"))].into(),
+            ..pb::Snapshot::default()
+        };
+        let err = Snapshot::try_from(msg).unwrap_err();
+        assert_eq!(err.to_string(), refused);
     }
 }

@@ -44,6 +44,10 @@ struct Outcome {
     /// Seconds fuzzed, by libFuzzer's count, else the wall time of the run.
     seconds: f64,
     executions: Option<u64>,
+    /// libFuzzer's average executions per second.
+    exec_per_sec: Option<u64>,
+    /// libFuzzer's peak resident set size, in MiB.
+    peak_rss_mb: Option<u64>,
     corpus_files: usize,
     corpus_bytes: u64,
     /// The inputs libFuzzer saved as crashes, timeouts or out-of-memory.
@@ -306,6 +310,8 @@ fn fuzz_one(
         target: target.to_owned(),
         seconds: stats.seconds.map_or(took.as_secs_f64(), |s| s as f64),
         executions: stats.executions,
+        exec_per_sec: stats.exec_per_sec,
+        peak_rss_mb: stats.peak_rss_mb,
         corpus_files,
         corpus_bytes,
         artifacts: stats.artifacts,
@@ -347,6 +353,8 @@ fn worth_echoing(line: &str) -> bool {
 #[derive(Debug, Default)]
 struct Stats {
     executions: Option<u64>,
+    exec_per_sec: Option<u64>,
+    peak_rss_mb: Option<u64>,
     /// libFuzzer's own count of the seconds it fuzzed (without the build).
     seconds: Option<u64>,
     artifacts: Vec<String>,
@@ -356,6 +364,10 @@ impl Stats {
     fn read(&mut self, line: &str) {
         if let Some(n) = line.strip_prefix("stat::number_of_executed_units:") {
             self.executions = n.trim().parse().ok().or(self.executions);
+        } else if let Some(n) = line.strip_prefix("stat::average_exec_per_sec:") {
+            self.exec_per_sec = n.trim().parse().ok();
+        } else if let Some(n) = line.strip_prefix("stat::peak_rss_mb:") {
+            self.peak_rss_mb = n.trim().parse().ok();
         } else if let Some(rest) = line.strip_prefix("Done ") {
             // "Done 123456 runs in 60 second(s)"
             let words: Vec<&str> = rest.split_whitespace().collect();
@@ -387,19 +399,19 @@ fn corpus_size(dir: &Path) -> (usize, u64) {
 fn print_table(outcomes: &[Outcome]) {
     println!();
     println!(
-        "{:<16} {:>8} {:>12} {:>8} {:>10} {:>8}",
-        "target", "seconds", "executions", "corpus", "corpus KiB", "crashes"
+        "{:<16} {:>8} {:>12} {:>8} {:>8} {:>8} {:>10} {:>8}",
+        "target", "seconds", "executions", "exec/s", "peak MiB", "corpus", "corpus KiB", "crashes"
     );
+    let or_unknown = |n: Option<u64>| n.map_or_else(|| "?".to_owned(), |n| n.to_string());
     for o in outcomes {
-        let executions = o
-            .executions
-            .map_or_else(|| "?".to_owned(), |n| n.to_string());
         let crashes = o.artifacts.len() + usize::from(o.failed.is_some());
         println!(
-            "{:<16} {:>8.0} {:>12} {:>8} {:>10} {:>8}",
+            "{:<16} {:>8.0} {:>12} {:>8} {:>8} {:>8} {:>10} {:>8}",
             o.target,
             o.seconds,
-            executions,
+            or_unknown(o.executions),
+            or_unknown(o.exec_per_sec),
+            or_unknown(o.peak_rss_mb),
             o.corpus_files,
             o.corpus_bytes.div_ceil(1024),
             crashes
@@ -419,12 +431,16 @@ mod tests {
             "#2097152\tpulse  cov: 812 ft: 3012 corp: 233/51Kb exec/s: 34952 rss: 88Mb",
             "Done 2155873 runs in 61 second(s)",
             "stat::number_of_executed_units: 2155873",
+            "stat::average_exec_per_sec:     35342",
+            "stat::peak_rss_mb:              88",
             "artifact_prefix='/w/fuzz/artifacts/delta_apply/'; Test unit written to /w/fuzz/artifacts/delta_apply/crash-da39a3ee",
         ] {
             s.read(line);
         }
         assert_eq!(s.executions, Some(2_155_873));
         assert_eq!(s.seconds, Some(61));
+        assert_eq!(s.exec_per_sec, Some(35_342));
+        assert_eq!(s.peak_rss_mb, Some(88));
         assert_eq!(
             s.artifacts,
             ["/w/fuzz/artifacts/delta_apply/crash-da39a3ee"]
