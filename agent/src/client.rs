@@ -22,7 +22,7 @@ use crate::backoff::Backoff;
 use crate::breaker::{Breaker, Permit};
 use crate::config::AgentConfig;
 use crate::state::{Current, Source};
-use crate::tls::tls_failure;
+use vane_tls::{Hints, tls_failure};
 
 /// A stream that stays up this long counts as having delivered, even if the
 /// agent was already current and the server had nothing to send.
@@ -87,7 +87,7 @@ impl LinkError {
     /// server that refuses the client certificate says so after a TLS 1.3
     /// handshake has completed on the client side, i.e. on the first read).
     fn from_status(status: tonic::Status) -> Self {
-        match std::error::Error::source(&status).and_then(tls_failure) {
+        match std::error::Error::source(&status).and_then(|e| tls_failure(e, Hints::AGENT)) {
             Some(tls) => LinkError::Tls(tls),
             None => LinkError::Status(status),
         }
@@ -95,7 +95,7 @@ impl LinkError {
 
     /// A failed connect: TLS when rustls is behind it.
     fn from_connect(e: &tonic::transport::Error) -> Self {
-        match tls_failure(e) {
+        match tls_failure(e, Hints::AGENT) {
             Some(tls) => LinkError::Tls(tls),
             None => LinkError::Connect(error_chain(e)),
         }

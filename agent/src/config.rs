@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::backoff::BackoffConfig;
 use crate::breaker::BreakerConfig;
-use crate::tls::{BearerToken, ClientTls, TlsPart};
+use vane_tls::{BearerToken, ClientTls, TlsPart};
 
 /// Everything an agent is configured with. Build it with [`crate::Agent::builder`].
 #[derive(Debug, Clone)]

@@ -24,8 +24,8 @@
 //! - [`backoff`], [`breaker`]: reconnect pacing.
 //! - [`cache`]: the atomic disk cache.
 //! - [`state`]: the running configuration (one `ArcSwap`) and health.
-//! - [`tls`]: the CA, client certificate and bearer token for the control
-//!   plane, checked at start.
+//! - TLS and tokens for the control plane come from `vane-tls`
+//!   ([`ClientTls`], [`BearerToken`]), checked at start.
 //! - [`status`]: the `/status` JSON and Prometheus rendering shared by the
 //!   sidecar and the proxy.
 
@@ -33,12 +33,10 @@ pub mod apply;
 pub mod backoff;
 pub mod breaker;
 pub mod cache;
-pub mod cli;
 mod client;
 pub mod config;
 pub mod state;
 pub mod status;
-pub mod tls;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -57,7 +55,7 @@ pub use breaker::{BreakerConfig, BreakerState};
 pub use config::AgentConfig;
 pub use state::{Current, Health, HealthState, Source};
 pub use status::StatusReport;
-pub use tls::{BearerToken, ClientIdentity, ClientTls};
+pub use vane_tls::{BearerToken, ClientIdentity, ClientTls, TlsPart};
 
 use apply::Applier;
 use cache::DiskCache;

@@ -18,14 +18,14 @@ use tonic::{Request, Response, Status};
 use vane_model::Snapshot;
 use vane_proto as pb;
 
+use crate::accept::ConnInfo;
 use crate::agents::{AgentRecord, AgentRegistry, AgentState, SharedAgent};
 use crate::audit::AuditLog;
 use crate::auth::rate::PushLimiter;
 use crate::auth::{Action, Auth, Caller};
 use crate::hub::{Hub, Published};
-use crate::store::AuditRecord;
-use crate::store::{NewVersion, PushOutcome, Store, StoreError, VersionMeta, VersionRecord};
-use crate::tls::ConnInfo;
+use vane_store::AuditRecord;
+use vane_store::{NewVersion, PushOutcome, Store, StoreError, VersionMeta, VersionRecord};
 
 /// Audit entries returned when the request sets no limit.
 pub const DEFAULT_AUDIT_LIMIT: usize = 100;
@@ -38,7 +38,7 @@ fn limit_for_filter(everything: bool, limit: usize) -> usize {
     if everything {
         limit
     } else {
-        limit.saturating_mul(10).min(crate::store::AUDIT_RETENTION)
+        limit.saturating_mul(10).min(vane_store::AUDIT_RETENTION)
     }
 }
 
@@ -639,7 +639,7 @@ impl pb::admin_server::Admin for AdminService {
             },
             None => Vec::new(),
         };
-        let agents = crate::agents::merge(self.agents.list(filter), &self.replica, others)
+        let agents = crate::replication::merge(self.agents.list(filter), &self.replica, others)
             .iter()
             .filter(|a| visible(&a.record.group))
             .map(|a| agent_status(a, head_version(&a.record.group)))
@@ -855,7 +855,7 @@ mod tests {
     use pb::admin_server::Admin;
 
     use super::*;
-    use crate::store::RedbStore;
+    use vane_store::RedbStore;
 
     const EXAMPLE: &str = r#"
 listeners:

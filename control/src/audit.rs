@@ -17,7 +17,7 @@ use tokio_util::task::TaskTracker;
 use tonic::Status;
 
 use crate::auth::Caller;
-use crate::store::{AuditRecord, Store, StoreError, now_unix_ms};
+use vane_store::{AuditRecord, Store, StoreError, now_unix_ms};
 
 /// Entries waiting to be written at most; refusals beyond it are dropped
 /// (and counted).
@@ -193,7 +193,7 @@ pub fn code_name(code: tonic::Code) -> &'static str {
 mod tests {
     use super::*;
     use crate::auth::Source;
-    use crate::store::RedbStore;
+    use vane_store::RedbStore;
 
     #[tokio::test]
     async fn records_and_refusals_reach_the_store() {

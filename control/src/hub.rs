@@ -19,7 +19,7 @@ use bytes::Bytes;
 use tokio::sync::{OnceCell, watch};
 use tokio::time::Instant;
 
-use crate::store::VersionRecord;
+use vane_store::VersionRecord;
 
 /// How many versions before the head the hub keeps (their bytes only) to
 /// build deltas from. An agent further behind receives the full snapshot.

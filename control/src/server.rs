@@ -16,16 +16,18 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::accept::{self, ConnCounters, ConnLimits, TlsError, TlsFiles};
 use crate::admin::AdminService;
 use crate::agents::{AgentRegistry, DEFAULT_FORGET_AFTER};
 use crate::audit::AuditLog;
 use crate::auth::rate::PushLimiter;
 use crate::auth::{Auth, Policy, Tokens, reload};
+use crate::collectors::{HealthCollector, SecurityCollector};
 use crate::hub::{Hub, Published};
 use crate::metrics::Metrics;
-use crate::store::{EtcdConfig, EtcdStore, FeedEvent, HeadFeed, RedbStore, Store, StoreError};
-use crate::tls::{self, ConnCounters, ConnLimits, TlsError, TlsFiles};
 use crate::watch::DiscoveryService;
+use vane_store::{FeedEvent, HeadFeed, RedbStore, Store, StoreError};
+use vane_store_etcd::{EtcdConfig, EtcdStore};
 
 /// Where the server listens unless configured.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
@@ -182,7 +184,7 @@ impl Security {
     }
 
     fn load_files(config: &Config, loopback: bool) -> Result<Self, ServerError> {
-        let tls = config.tls.as_ref().map(tls::server_config).transpose()?;
+        let tls = config.tls.as_ref().map(accept::server_config).transpose()?;
         let policy = config
             .policy
             .as_ref()
@@ -409,9 +411,8 @@ impl Server {
         .with_streams_per_identity(config.max_streams_per_identity);
         if let Some((admin_listener, admin_addr)) = admin_endpoint {
             let mut registry = metrics.registry(Arc::clone(&hub), Arc::clone(&agents));
-            registry
-                .register_collector(Box::new(crate::store::HealthCollector(Arc::clone(&store))));
-            registry.register_collector(Box::new(tls::SecurityCollector {
+            registry.register_collector(Box::new(HealthCollector(Arc::clone(&store))));
+            registry.register_collector(Box::new(SecurityCollector {
                 connections: Arc::clone(&conn_counters),
                 audit: Arc::clone(&audit),
             }));
@@ -444,7 +445,7 @@ impl Server {
             tasks.spawn(follow_feed(feed, Arc::clone(&hub), stop.clone()));
         }
         if let Some(directory) = store.agent_directory() {
-            tasks.spawn(crate::agents::replicate(
+            tasks.spawn(crate::replication::replicate(
                 Arc::clone(&agents),
                 directory,
                 replica.clone(),
@@ -452,7 +453,7 @@ impl Server {
             ));
         }
 
-        let incoming = tls::incoming(
+        let incoming = accept::incoming(
             listener,
             security.tls.clone(),
             config.conn_limits,

@@ -53,12 +53,12 @@ use tonic::codec::Codec as _;
 use tonic::{Status, Streaming};
 use vane_proto as pb;
 
+use crate::accept::ConnInfo;
 use crate::agents::{AgentRegistry, ConnectRefused, NodeInfo, StreamKey};
 use crate::audit::AuditLog;
 use crate::auth::{Action, Auth, Caller};
 use crate::hub::{Head, Hub, Published};
 use crate::metrics::{Metrics, StreamMetrics};
-use crate::tls::ConnInfo;
 
 /// How long a new stream may take to send its first request.
 pub const FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);

@@ -21,7 +21,7 @@ pub mod tokens;
 pub use policy::{Action, Policy, Role};
 pub use tokens::Tokens;
 
-use crate::tls::ConnInfo;
+use crate::accept::ConnInfo;
 
 /// How the caller proved who it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -11,9 +11,8 @@ use anyhow::Context;
 use clap::{CommandFactory as _, Parser, ValueEnum};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing_subscriber::EnvFilter;
-use vane_control::store::EtcdConfig;
-use vane_control::store::etcd::{EtcdAuth, EtcdCredentialError, EtcdTls};
 use vane_control::{Config, Server};
+use vane_store_etcd::{EtcdAuth, EtcdConfig, EtcdCredentialError, EtcdTls};
 
 // mimalloc (opt-in, `--features mimalloc`): with ten thousand watch
 // streams, glibc's malloc cost about a fifth more CPU per push; but under
@@ -157,10 +156,10 @@ struct Args {
     #[arg(long, help_heading = "Security")]
     insecure: bool,
     /// Connections open at once; more are closed as they arrive.
-    #[arg(long, default_value_t = vane_control::tls::DEFAULT_MAX_CONNECTIONS, help_heading = "Limits")]
+    #[arg(long, default_value_t = vane_control::accept::DEFAULT_MAX_CONNECTIONS, help_heading = "Limits")]
     max_connections: usize,
     /// Connections one client-certificate identity may hold open.
-    #[arg(long, default_value_t = vane_control::tls::DEFAULT_MAX_CONNECTIONS_PER_IDENTITY, help_heading = "Limits")]
+    #[arg(long, default_value_t = vane_control::accept::DEFAULT_MAX_CONNECTIONS_PER_IDENTITY, help_heading = "Limits")]
     max_connections_per_identity: usize,
     /// How long a client may take to finish its TLS handshake, and then to
     /// send its first byte (on a plaintext endpoint: after connecting).
@@ -356,7 +355,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         agent_forget_after: args.forget_agents_after,
         admin_listen: args.admin_listen,
         tls: match (args.tls_cert, args.tls_key) {
-            (Some(cert), Some(key)) => Some(vane_control::tls::TlsFiles {
+            (Some(cert), Some(key)) => Some(vane_control::accept::TlsFiles {
                 cert,
                 key,
                 client_ca: args.client_ca,
@@ -366,7 +365,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         policy: args.policy,
         tokens: args.tokens,
         insecure: args.insecure,
-        conn_limits: vane_control::tls::ConnLimits {
+        conn_limits: vane_control::accept::ConnLimits {
             max_connections: args.max_connections,
             max_per_identity: args.max_connections_per_identity,
             handshake_timeout: args.handshake_timeout,

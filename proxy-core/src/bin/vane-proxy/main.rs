@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
-use vane_agent::cli::{AgentArgs, block_on_main, init_logs};
+use vane_agent_sidecar::{AgentArgs, block_on_main, init_logs};
 use vane_proxy_core::{Proxy, ProxyConfig};
 
 // glibc's malloc showed up at ~3% of the proxy's CPU (malloc, free,

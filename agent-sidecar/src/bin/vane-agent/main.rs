@@ -1,0 +1,141 @@
+//! `vane-agent`: the agent library as a sidecar process, for programs that
+//! cannot link Rust. It materialises the running snapshot to a file, can
+//! veto candidates with a check command (like `nginx -t`), runs a command
+//! after each change, and serves `/status`, `/healthz` and `/metrics`.
+
+mod admin;
+mod output;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use vane_agent::Agent;
+use vane_agent_sidecar::{AgentArgs, block_on_main, init_logs};
+
+use output::{OutputFormat, Outputs};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "vane-agent",
+    version,
+    about = "Follow a Vane control server and materialise its configuration to a file"
+)]
+struct Args {
+    #[command(flatten)]
+    agent: AgentArgs,
+    /// File rewritten atomically with every applied version.
+    #[arg(long)]
+    output: Option<PathBuf>,
+    /// Format of --output and of the candidate given to --check-cmd.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Json)]
+    format: OutputFormat,
+    /// Command that vets a candidate before it is applied; the candidate file's
+    /// path is its last argument. A non-zero exit refuses (NACKs) the snapshot
+    /// with the command's stderr as the reason.
+    #[arg(long)]
+    check_cmd: Option<String>,
+    /// Longest a --check-cmd run may take.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    check_timeout: Duration,
+    /// Command run after each successful apply (env: VANE_VERSION, VANE_HASH,
+    /// VANE_SOURCE, VANE_OUTPUT).
+    #[arg(long)]
+    on_change: Option<String>,
+    /// Address of the admin endpoint (/status, /healthz, /metrics).
+    #[arg(long)]
+    admin_listen: Option<SocketAddr>,
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    init_logs(args.agent.log_format);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build();
+    block_on_main(runtime, run(args))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let defaults = args.agent.load_defaults().map_err(anyhow::Error::msg)?;
+    let outputs = Arc::new(Outputs::new(
+        args.output.clone(),
+        args.format,
+        args.agent.group.clone(),
+        args.agent.cache_dir.clone(),
+        args.check_cmd.clone(),
+        args.check_timeout,
+    ));
+    let config = args
+        .agent
+        .to_config(format!("vane-agent/{}", env!("CARGO_PKG_VERSION")))
+        .map_err(anyhow::Error::msg)?;
+    let mut builder = Agent::builder().config(config);
+    if let Some(d) = defaults {
+        builder = builder.defaults(d);
+    }
+    if args.check_cmd.is_some() {
+        let o = outputs.clone();
+        builder =
+            builder.validator(move |c: &vane_agent::Current, _: &vane_agent::Current| o.check(c));
+    }
+    if args.output.is_some() {
+        let o = outputs.clone();
+        builder = builder.sink(move |c: &vane_agent::Current| o.write(c));
+    }
+    let agent = builder.start()?;
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let admin_task = match args.admin_listen {
+        None => None,
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("--admin-listen {addr}"))?;
+            let local = listener.local_addr()?;
+            println!("vane-agent admin listening on {local}");
+            Some(tokio::spawn(admin::serve(
+                listener,
+                agent.clone(),
+                stop_rx.clone(),
+            )))
+        }
+    };
+    let on_change_task = args.on_change.clone().map(|cmd| {
+        tokio::spawn(output::run_on_change(
+            cmd,
+            agent.subscribe(),
+            args.output.clone(),
+            stop_rx.clone(),
+        ))
+    });
+
+    wait_for_signal().await?;
+    tracing::info!("shutting down");
+    stop_tx.send_replace(true);
+    agent.shutdown().await;
+    for task in [admin_task, on_change_task].into_iter().flatten() {
+        if tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .is_err()
+        {
+            tracing::warn!("a task did not stop within 5s");
+        }
+    }
+    Ok(())
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}

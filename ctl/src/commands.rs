@@ -1,0 +1,504 @@
+//! One function per vanectl subcommand: build the Admin request, call the
+//! server, hand the answer to [`crate::output`].
+
+use std::io::{IsTerminal as _, Read as _};
+use std::path::Path;
+use std::time::SystemTime;
+
+use vane_model::Snapshot;
+use vane_model::file::ReadError;
+use vane_proto as pb;
+
+use crate::args::{Cli, Command, OutputFormat};
+use crate::client::{self, Admin};
+use crate::credentials::Credentials;
+use crate::error::CliError;
+use crate::output::{self, AgentView, AuditView, DiffView, PushView, VersionView, WhoAmIView};
+
+/// Runs the command and returns what to print on stdout.
+pub(crate) async fn execute(cli: &Cli) -> Result<String, CliError> {
+    // Certificates and token are checked before connecting, like the file
+    // to push: the user's to fix (exit 2) whether or not the server is up.
+    let credentials = Credentials::load(cli)?;
+    let url = client::server_url(&cli.server, credentials.wants_tls())?;
+    // The file is read before connecting: a bad file is the user's to fix
+    // whether or not the server is up, and gets exit code 2 either way.
+    let pushed = match &cli.command {
+        Command::Push { file, .. } => Some(read_snapshot(file)?),
+        _ => None,
+    };
+    let call = async {
+        let mut admin = client::connect(&url, cli.timeout, &credentials).await?;
+        dispatch(&mut admin, cli, &url, pushed).await
+    };
+    let writes = matches!(cli.command, Command::Push { .. } | Command::Rollback { .. });
+    match tokio::time::timeout(cli.timeout, call).await {
+        Ok(result) => result,
+        Err(_) => Err(CliError::unreachable(format!(
+            "no answer from the control server at {url} within {} (see --timeout){}",
+            humantime::format_duration(cli.timeout),
+            if writes {
+                "; the change may still have been stored: check `vanectl history`"
+            } else {
+                ""
+            }
+        ))),
+    }
+}
+
+async fn dispatch(
+    admin: &mut Admin,
+    cli: &Cli,
+    url: &str,
+    pushed: Option<pb::Snapshot>,
+) -> Result<String, CliError> {
+    let fmt = cli.output;
+    let refused = |status: tonic::Status| CliError::from_status(&status, url);
+    match &cli.command {
+        Command::Push {
+            group,
+            expect_version,
+            dry_run,
+            message,
+            ..
+        } => {
+            let request = pb::PushRequest {
+                group: group.clone(),
+                snapshot: pushed,
+                expected_version: *expect_version,
+                dry_run: *dry_run,
+                message: message.clone().unwrap_or_default(),
+            };
+            let resp = admin.push(request).await.map_err(refused)?.into_inner();
+            Ok(output::push(&PushView::new(&resp, None), fmt))
+        }
+        Command::Get { group, version } => {
+            let request = pb::GetRequest {
+                group: group.clone(),
+                version: *version,
+            };
+            let resp = admin.get(request).await.map_err(refused)?.into_inner();
+            get(group, resp, fmt)
+        }
+        Command::History { group, limit } => {
+            let request = pb::HistoryRequest {
+                group: group.clone(),
+                limit: limit.unwrap_or(0),
+            };
+            let resp = admin.history(request).await.map_err(refused)?.into_inner();
+            let entries: Vec<VersionView> = resp.versions.iter().map(VersionView::from).collect();
+            Ok(output::history(&entries, fmt))
+        }
+        Command::Diff { group, a, b } => {
+            let request = pb::DiffRequest {
+                group: group.clone(),
+                from_version: *a,
+                to_version: *b,
+            };
+            let resp = admin.diff(request).await.map_err(refused)?.into_inner();
+            let view = DiffView {
+                group: group.clone(),
+                from: VersionView::from(&resp.from.unwrap_or_default()),
+                to: VersionView::from(&resp.to.unwrap_or_default()),
+                diff: resp.unified_diff,
+            };
+            Ok(output::diff(&view, fmt, use_color(fmt)))
+        }
+        Command::Rollback {
+            group,
+            to,
+            expect_version,
+            message,
+        } => {
+            let request = pb::RollbackRequest {
+                group: group.clone(),
+                to_version: *to,
+                expected_version: *expect_version,
+                message: message.clone().unwrap_or_default(),
+            };
+            let resp = admin.rollback(request).await.map_err(refused)?.into_inner();
+            Ok(output::push(&PushView::new(&resp, Some(*to)), fmt))
+        }
+        Command::Status { group } => {
+            let request = pb::StatusRequest {
+                group: group.clone().unwrap_or_default(),
+            };
+            let resp = admin.status(request).await.map_err(refused)?.into_inner();
+            let degraded = resp.store.as_ref().is_some_and(|s| s.degraded);
+            let mut agents: Vec<AgentView> = resp
+                .agents
+                .iter()
+                .map(|a| {
+                    let mut view = AgentView::from(a);
+                    view.control_degraded = degraded;
+                    view
+                })
+                .collect();
+            agents.sort_by(|a, b| (&a.group, &a.node_id).cmp(&(&b.group, &b.node_id)));
+            Ok(output::status(
+                &agents,
+                &resp.groups,
+                resp.store.as_ref(),
+                fmt,
+                SystemTime::now(),
+            ))
+        }
+        Command::Audit { group, limit } => {
+            let request = pb::AuditRequest {
+                group: group.clone().unwrap_or_default(),
+                limit: limit.unwrap_or(0),
+            };
+            let resp = admin.audit(request).await.map_err(refused)?.into_inner();
+            let entries: Vec<AuditView> = resp.entries.into_iter().map(AuditView::from).collect();
+            Ok(output::audit(group.as_deref(), &entries, fmt))
+        }
+        Command::WhoAmI => {
+            let resp = admin
+                .who_am_i(pb::WhoAmIRequest {})
+                .await
+                .map_err(refused)?
+                .into_inner();
+            Ok(output::whoami(&WhoAmIView::from(resp), fmt))
+        }
+    }
+}
+
+fn get(group: &str, resp: pb::GetResponse, fmt: OutputFormat) -> Result<String, CliError> {
+    let info = resp.info.unwrap_or_default();
+    let Some(snapshot) = resp.snapshot else {
+        return Err(CliError::refused(format!(
+            "the server sent version {} of {group} without its snapshot",
+            info.version
+        )));
+    };
+    let snapshot = Snapshot::try_from(snapshot).map_err(|e| {
+        CliError::refused(format!(
+            "the server sent an invalid snapshot for {group} version {}: {e}",
+            info.version
+        ))
+    })?;
+    // The hash is recomputed here, so a corrupted store or transfer is
+    // noticed by the operator; the content is still shown.
+    let hash = snapshot.content_hash().to_hex();
+    if hash != info.hash {
+        eprintln!(
+            "warning: {group} version {}: the content hashes to {hash}, but the server recorded {}",
+            info.version, info.hash
+        );
+    }
+    Ok(output::get(group, &info, &snapshot, fmt))
+}
+
+/// Reads and parses the file to push (`-` is standard input). Full validation
+/// is the server's: it is the single authority on what a valid snapshot is.
+fn read_snapshot(path: &Path) -> Result<pb::Snapshot, CliError> {
+    let spec = if path == Path::new("-") {
+        let mut bytes = Vec::new();
+        std::io::stdin()
+            .read_to_end(&mut bytes)
+            .map_err(|e| CliError::usage(format!("cannot read standard input: {e}")))?;
+        let format = vane_model::Format::detect(None, &bytes);
+        vane_model::parse_file(&bytes, format)
+            .map_err(|e| CliError::usage(format!("<stdin>: {e}")))?
+    } else {
+        vane_model::file::read_file(path).map_err(|e| match e {
+            ReadError::Io(..) => CliError::usage(e.to_string()),
+            ReadError::File(e) => CliError::usage(format!("{}: {e}", path.display())),
+        })?
+    };
+    Ok(vane_model::proto::spec_to_proto(&spec))
+}
+
+/// Colour the diff only for a person at a terminal who has not asked for none
+/// (<https://no-color.org>).
+fn use_color(fmt: OutputFormat) -> bool {
+    fmt == OutputFormat::Table
+        && std::io::stdout().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::Failure;
+
+    #[test]
+    fn unreadable_files_are_usage_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.yaml");
+        let e = read_snapshot(&missing).unwrap_err();
+        assert_eq!(e.kind, Failure::Usage);
+        assert!(e.message.starts_with("cannot read "), "{}", e.message);
+
+        let empty = dir.path().join("empty.yaml");
+        std::fs::write(&empty, "# nothing\n\n").unwrap();
+        let e = read_snapshot(&empty).unwrap_err();
+        assert_eq!(e.kind, Failure::Usage);
+        assert_eq!(e.message, format!("{}: the file is empty", empty.display()));
+
+        let unknown = dir.path().join("unknown.yaml");
+        std::fs::write(&unknown, "listeners:\n  - { name: web, adress: x }\n").unwrap();
+        let e = read_snapshot(&unknown).unwrap_err();
+        assert_eq!(e.kind, Failure::Usage);
+        assert!(e.message.contains("listeners[0]"), "{}", e.message);
+        assert!(e.message.contains("adress"), "{}", e.message);
+    }
+
+    #[test]
+    fn invalid_but_parsable_files_go_to_the_server() {
+        // A dangling reference parses; the server decides (and refuses, exit 1).
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("dangling.yaml");
+        std::fs::write(
+            &file,
+            "listeners:\n  - { name: web, address: \"127.0.0.1:1\", protocol: tcp, cluster: nope }\n",
+        )
+        .unwrap();
+        let snapshot = read_snapshot(&file).unwrap();
+        assert_eq!(snapshot.listeners.len(), 1);
+    }
+
+    /// vanectl against a fake Admin server behind rustls (tonic's server
+    /// TLS), through `execute`: what the user would see.
+    mod tls {
+        use std::path::Path;
+
+        use clap::Parser as _;
+        use tokio_stream::wrappers::TcpListenerStream;
+        use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+        use tonic::{Request, Response, Status};
+        use vane_pki::{Ca, LeafParams, Validity};
+
+        use super::*;
+        use crate::error::Failure;
+
+        struct Fake;
+
+        #[tonic::async_trait]
+        impl pb::admin_server::Admin for Fake {
+            async fn push(
+                &self,
+                _: Request<pb::PushRequest>,
+            ) -> Result<Response<pb::PushResponse>, Status> {
+                Err(Status::unimplemented(""))
+            }
+            async fn get(
+                &self,
+                _: Request<pb::GetRequest>,
+            ) -> Result<Response<pb::GetResponse>, Status> {
+                Err(Status::unimplemented(""))
+            }
+            async fn history(
+                &self,
+                _: Request<pb::HistoryRequest>,
+            ) -> Result<Response<pb::HistoryResponse>, Status> {
+                Err(Status::unimplemented(""))
+            }
+            async fn diff(
+                &self,
+                _: Request<pb::DiffRequest>,
+            ) -> Result<Response<pb::DiffResponse>, Status> {
+                Err(Status::unimplemented(""))
+            }
+            async fn rollback(
+                &self,
+                _: Request<pb::RollbackRequest>,
+            ) -> Result<Response<pb::PushResponse>, Status> {
+                Err(Status::unimplemented(""))
+            }
+            async fn status(
+                &self,
+                _: Request<pb::StatusRequest>,
+            ) -> Result<Response<pb::StatusResponse>, Status> {
+                Err(Status::unimplemented(""))
+            }
+            async fn audit(
+                &self,
+                _: Request<pb::AuditRequest>,
+            ) -> Result<Response<pb::AuditResponse>, Status> {
+                Err(Status::permission_denied(
+                    "reader may not read the audit log of group edge",
+                ))
+            }
+            /// Says how the caller authenticated: certificate, else token.
+            async fn who_am_i(
+                &self,
+                request: Request<pb::WhoAmIRequest>,
+            ) -> Result<Response<pb::WhoAmIResponse>, Status> {
+                let cert = request.peer_certs().is_some_and(|c| !c.is_empty());
+                let token = request
+                    .metadata()
+                    .get("authorization")
+                    .map(|v| v.to_str().unwrap_or_default().to_owned());
+                let (identity, source) = match (cert, token) {
+                    (true, _) => ("a certificate".to_owned(), "certificate"),
+                    (false, Some(t)) => (t, "token"),
+                    (false, None) => (String::new(), "none"),
+                };
+                Ok(Response::new(pb::WhoAmIResponse {
+                    identity,
+                    source: source.into(),
+                    authorization: "on".into(),
+                    roles: Vec::new(),
+                }))
+            }
+        }
+
+        /// A TLS server signed by `ca` that checks client certificates
+        /// against `ca` (required unless `optional`).
+        async fn serve(ca: &Ca, optional: bool) -> String {
+            let server = ca.issue(&LeafParams::server(["127.0.0.1"])).unwrap();
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let url = format!("https://{}", listener.local_addr().unwrap());
+            let tls = ServerTlsConfig::new()
+                .identity(Identity::from_pem(&server.cert_pem, &server.key_pem))
+                .client_ca_root(Certificate::from_pem(ca.cert_pem()))
+                .client_auth_optional(optional);
+            let router = Server::builder()
+                .tls_config(tls)
+                .unwrap()
+                .add_service(pb::admin_server::AdminServer::new(Fake));
+            tokio::spawn(router.serve_with_incoming(TcpListenerStream::new(listener)));
+            url
+        }
+
+        /// Writes `ca.pem`, and `NAME.pem`/`NAME.key` for each client.
+        fn write(dir: &Path, ca: &Ca, clients: &[(&str, LeafParams)]) {
+            std::fs::write(dir.join("ca.pem"), ca.cert_pem()).unwrap();
+            for (name, params) in clients {
+                let pair = ca.issue(params).unwrap();
+                pair.write(
+                    &dir.join(format!("{name}.pem")),
+                    &dir.join(format!("{name}.key")),
+                    false,
+                )
+                .unwrap();
+            }
+        }
+
+        async fn vanectl(dir: &Path, args: &[&str]) -> Result<String, CliError> {
+            let path = |f: &str| dir.join(f).display().to_string();
+            let args: Vec<String> = args
+                .iter()
+                .map(|a| match a.strip_prefix('@') {
+                    Some(file) => path(file),
+                    None => (*a).to_owned(),
+                })
+                .collect();
+            let cli =
+                Cli::try_parse_from(std::iter::once("vanectl".to_owned()).chain(args)).unwrap();
+            execute(&cli).await
+        }
+
+        #[tokio::test]
+        async fn certificates_and_tokens_reach_the_server() {
+            let ca = Ca::new("test CA").unwrap();
+            let url = serve(&ca, true).await;
+            let dir = tempfile::tempdir().unwrap();
+            write(dir.path(), &ca, &[("op", LeafParams::client("operator"))]);
+            std::fs::write(dir.path().join("token"), "t0ken\n").unwrap();
+            let out = vanectl(
+                dir.path(),
+                &[
+                    "--server", &url, "--ca", "@ca.pem", "--cert", "@op.pem", "--key", "@op.key",
+                    "-o", "json", "whoami",
+                ],
+            )
+            .await
+            .unwrap();
+            let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+            assert_eq!(v["source"], "certificate", "{out}");
+
+            let out = vanectl(
+                dir.path(),
+                &[
+                    "--server",
+                    &url,
+                    "--ca",
+                    "@ca.pem",
+                    "--token-file",
+                    "@token",
+                    "-o",
+                    "json",
+                    "whoami",
+                ],
+            )
+            .await
+            .unwrap();
+            let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+            assert_eq!(v["source"], "token", "{out}");
+            assert_eq!(v["identity"], "Bearer t0ken", "{out}");
+
+            // A refusal is the server's message, exit 1.
+            let e = vanectl(dir.path(), &["--server", &url, "--ca", "@ca.pem", "audit"])
+                .await
+                .unwrap_err();
+            assert_eq!(e.kind, Failure::Refused);
+            assert_eq!(e.message, "reader may not read the audit log of group edge");
+        }
+
+        #[tokio::test]
+        async fn a_server_of_another_ca_is_unreachable_and_says_why() {
+            let ca = Ca::new("test CA").unwrap();
+            let url = serve(&Ca::new("impostor CA").unwrap(), true).await;
+            let dir = tempfile::tempdir().unwrap();
+            write(dir.path(), &ca, &[]);
+            let e = vanectl(dir.path(), &["--server", &url, "--ca", "@ca.pem", "whoami"])
+                .await
+                .unwrap_err();
+            assert_eq!(e.kind, Failure::Unreachable);
+            assert_eq!(
+                e.message,
+                format!(
+                    "cannot reach the control server at {url}: TLS handshake failed: \
+                     invalid peer certificate: UnknownIssuer \
+                     (the server's certificate is not signed by the CA given (--ca))"
+                )
+            );
+        }
+
+        #[tokio::test]
+        async fn refused_client_certificates_are_unreachable_and_say_why() {
+            let ca = Ca::new("test CA").unwrap();
+            let url = serve(&ca, false).await;
+            let dir = tempfile::tempdir().unwrap();
+            write(
+                dir.path(),
+                &ca,
+                &[(
+                    "late",
+                    LeafParams::client("operator").validity(Validity::expired()),
+                )],
+            );
+            let e = vanectl(
+                dir.path(),
+                &[
+                    "--server",
+                    &url,
+                    "--ca",
+                    "@ca.pem",
+                    "--cert",
+                    "@late.pem",
+                    "--key",
+                    "@late.key",
+                    "whoami",
+                ],
+            )
+            .await
+            .unwrap_err();
+            assert_eq!(e.kind, Failure::Unreachable);
+            assert!(e.message.contains("TLS handshake failed"), "{}", e.message);
+            assert!(e.message.contains("expired"), "{}", e.message);
+
+            let e = vanectl(dir.path(), &["--server", &url, "--ca", "@ca.pem", "whoami"])
+                .await
+                .unwrap_err();
+            assert_eq!(e.kind, Failure::Unreachable);
+            assert!(
+                e.message.contains("requires a client certificate"),
+                "{}",
+                e.message
+            );
+        }
+    }
+}

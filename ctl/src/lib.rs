@@ -1,0 +1,69 @@
+//! `vanectl`, the operators' CLI for a Vane control server: argument
+//! parsing, the calls to the Admin API, output formatting and exit codes.
+//! It depends on the wire contract, the model and client TLS only, never on
+//! the server or a store. The `vanectl` binary only calls [`main`].
+//!
+//! # Layout
+//! - `args`: the command line (clap).
+//! - `commands`: one function per subcommand, request in, text out.
+//! - `client`: connecting to the server (URL, TLS, timeouts, message sizes).
+//! - `credentials`: `--ca`/`--cert`/`--key` and the bearer token, checked
+//!   before connecting; recognising TLS failures.
+//! - `output`: tables, YAML and JSON (the JSON field names are a contract).
+//! - `error`: failures and their exit codes (0 ok, 1 refused, 2 usage, 3 unreachable).
+
+mod args;
+mod client;
+mod commands;
+mod credentials;
+mod error;
+mod output;
+
+use std::io::Write as _;
+use std::process::ExitCode;
+
+use clap::Parser as _;
+
+pub use args::{Cli, Command, DEFAULT_SERVER, OutputFormat, Secret};
+pub use error::{CliError, Failure};
+
+/// Parses the command line, runs the command, prints the result on stdout or
+/// one `error: …` line on stderr, and returns the exit code.
+pub fn main() -> ExitCode {
+    // clap prints usage errors itself and exits with code 2.
+    let mut cli = Cli::parse();
+    // Not a flag (see `Cli::token`). A non-Unicode value is kept, lossily,
+    // so that the token check refuses it by name rather than ignoring it.
+    cli.token = std::env::var_os("VANE_TOKEN").map(|t| Secret(t.to_string_lossy().into_owned()));
+    match run(&cli) {
+        Ok(text) => {
+            // A closed pipe (`vanectl history edge | head -1`) is not an error.
+            let mut stdout = std::io::stdout().lock();
+            match stdout
+                .write_all(text.as_bytes())
+                .and_then(|()| stdout.flush())
+            {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+                Err(e) => fail(&CliError::usage(format!(
+                    "cannot write to standard output: {e}"
+                ))),
+            }
+        }
+        Err(e) => fail(&e),
+    }
+}
+
+/// Runs one command on a single-threaded runtime; returns what to print.
+pub fn run(cli: &Cli) -> Result<String, CliError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::usage(format!("cannot start the async runtime: {e}")))?;
+    runtime.block_on(commands::execute(cli))
+}
+
+fn fail(e: &CliError) -> ExitCode {
+    eprintln!("error: {e}");
+    ExitCode::from(e.kind.exit_code())
+}

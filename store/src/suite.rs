@@ -1,0 +1,316 @@
+//! The behaviour every [`Store`] backend must show, as generic async checks.
+//! Each backend's tests call every function here with an opener for a fresh,
+//! empty store; calling the opener again (after `close`) must reopen the same
+//! data.
+
+// Test support (only built for tests and with the `suite` feature): a
+// panic is how a check fails.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::{NewVersion, PushOutcome, Store, StoreError};
+
+/// What an opener returns.
+pub type OpenFuture = Pin<Box<dyn Future<Output = Arc<dyn Store>> + Send>>;
+
+/// A push of `content` (the store never looks inside; the hash is derived
+/// from the content so equal content means equal hash).
+pub fn new_version(group: &str, content: &[u8]) -> NewVersion {
+    NewVersion {
+        group: group.to_owned(),
+        snapshot: Bytes::copy_from_slice(content),
+        hash: format!("hash-of-{}", String::from_utf8_lossy(content)),
+        message: format!("push {}", String::from_utf8_lossy(content)),
+        author: String::new(),
+        rollback_of: None,
+        expected_version: None,
+    }
+}
+
+fn expecting(mut new: NewVersion, expected: u64) -> NewVersion {
+    new.expected_version = Some(expected);
+    new
+}
+
+async fn created(store: &dyn Store, new: NewVersion) -> u64 {
+    match store.push(new).await.expect("push") {
+        PushOutcome::Created(r) => r.version,
+        PushOutcome::Unchanged(r) => panic!("expected a new version, got unchanged {}", r.version),
+    }
+}
+
+/// Versions start at 1 and increase by one, per group.
+pub async fn sequence<F: Fn() -> OpenFuture>(open: F) {
+    let store = open().await;
+    for (i, content) in [b"a", b"b", b"c"].iter().enumerate() {
+        let v = created(store.as_ref(), new_version("edge", *content)).await;
+        assert_eq!(v, i as u64 + 1);
+    }
+    assert_eq!(created(store.as_ref(), new_version("core", b"a")).await, 1);
+
+    let head = store.get("edge", None).await.unwrap().unwrap();
+    assert_eq!(head.version, 3);
+    assert_eq!(head.snapshot, Bytes::from_static(b"c"));
+    assert_eq!(head.hash, "hash-of-c");
+    assert_eq!(head.message, "push c");
+    assert_eq!(head.rollback_of, None);
+    assert!(head.created_at_unix_ms > 0);
+    let v2 = store.get("edge", Some(2)).await.unwrap().unwrap();
+    assert_eq!((v2.version, v2.snapshot), (2, Bytes::from_static(b"b")));
+    assert!(store.get("edge", Some(4)).await.unwrap().is_none());
+    assert!(store.get("edge", Some(0)).await.unwrap().is_none());
+    store.close().await.unwrap();
+}
+
+/// Content equal to the head stores nothing and returns the head; content
+/// equal to an older version is a new version.
+pub async fn unchanged<F: Fn() -> OpenFuture>(open: F) {
+    let store = open().await;
+    assert_eq!(created(store.as_ref(), new_version("g", b"a")).await, 1);
+    match store.push(new_version("g", b"a")).await.unwrap() {
+        PushOutcome::Unchanged(r) => {
+            assert_eq!(r.version, 1);
+            assert_eq!(r.snapshot, Bytes::from_static(b"a"));
+        }
+        other => panic!("expected unchanged, got {other:?}"),
+    }
+    assert_eq!(store.history("g", 0).await.unwrap().len(), 1);
+    assert_eq!(created(store.as_ref(), new_version("g", b"b")).await, 2);
+    assert_eq!(created(store.as_ref(), new_version("g", b"a")).await, 3);
+    store.close().await.unwrap();
+}
+
+/// Compare-and-set: only the expected head is accepted, 0 means absent, a
+/// conflict stores nothing and wins over "unchanged".
+pub async fn conflict<F: Fn() -> OpenFuture>(open: F) {
+    let store = open().await;
+    assert_eq!(
+        created(store.as_ref(), expecting(new_version("g", b"a"), 0)).await,
+        1
+    );
+    let err = store
+        .push(expecting(new_version("g", b"b"), 0))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err,
+        StoreError::Conflict {
+            group: "g".into(),
+            expected: 0,
+            actual: 1
+        }
+    );
+    assert_eq!(
+        err.to_string(),
+        r#"conflict: group "g" is at version 1, expected 0"#
+    );
+    assert_eq!(
+        created(store.as_ref(), expecting(new_version("g", b"b"), 1)).await,
+        2
+    );
+    // Same content as the head, stale expectation: the caller must learn
+    // that its view is stale.
+    let err = store
+        .push(expecting(new_version("g", b"b"), 1))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::Conflict { actual: 2, .. }),
+        "{err:?}"
+    );
+    let err = store
+        .push(expecting(new_version("absent", b"b"), 3))
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        StoreError::Conflict {
+            actual: 0,
+            expected: 3,
+            ..
+        }
+    ));
+    assert_eq!(store.history("g", 0).await.unwrap().len(), 2);
+    assert!(store.get("absent", None).await.unwrap().is_none());
+    assert_eq!(store.groups().await.unwrap(), vec!["g".to_owned()]);
+    store.close().await.unwrap();
+}
+
+/// History, heads and groups.
+pub async fn reads<F: Fn() -> OpenFuture>(open: F) {
+    let store = open().await;
+    assert!(store.heads().await.unwrap().is_empty());
+    assert!(store.groups().await.unwrap().is_empty());
+    assert!(store.get("nope", None).await.unwrap().is_none());
+    assert!(store.history("nope", 0).await.unwrap().is_empty());
+
+    for content in [b"a", b"b", b"c", b"d"] {
+        created(store.as_ref(), new_version("b-group", content)).await;
+    }
+    created(store.as_ref(), new_version("a-group", b"x")).await;
+    // A group whose name is a prefix of another must not see its versions.
+    created(store.as_ref(), new_version("b", b"y")).await;
+
+    let history = store.history("b-group", 0).await.unwrap();
+    let versions: Vec<u64> = history.iter().map(|m| m.version).collect();
+    assert_eq!(versions, vec![4, 3, 2, 1]);
+    assert_eq!(history[0].hash, "hash-of-d");
+    assert_eq!(history[0].message, "push d");
+    assert_eq!(history[0].size_bytes, 1);
+    assert!(history.iter().all(|m| m.group == "b-group"));
+    let limited: Vec<u64> = store
+        .history("b-group", 2)
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| m.version)
+        .collect();
+    assert_eq!(limited, vec![4, 3]);
+    assert_eq!(store.history("b", 0).await.unwrap().len(), 1);
+
+    assert_eq!(
+        store.groups().await.unwrap(),
+        vec!["a-group".to_owned(), "b".to_owned(), "b-group".to_owned()]
+    );
+    let heads: Vec<(String, u64, Bytes)> = store
+        .heads()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.group, r.version, r.snapshot))
+        .collect();
+    assert_eq!(
+        heads,
+        vec![
+            ("a-group".into(), 1, Bytes::from_static(b"x")),
+            ("b".into(), 1, Bytes::from_static(b"y")),
+            ("b-group".into(), 4, Bytes::from_static(b"d")),
+        ]
+    );
+    store.close().await.unwrap();
+}
+
+/// A rollback is a new version that records what it restored.
+pub async fn rollback<F: Fn() -> OpenFuture>(open: F) {
+    let store = open().await;
+    created(store.as_ref(), new_version("g", b"a")).await;
+    created(store.as_ref(), new_version("g", b"b")).await;
+    let mut back = new_version("g", b"a");
+    back.rollback_of = Some(1);
+    back.message = "rollback to 1".into();
+    back.author = "ops".into();
+    assert_eq!(created(store.as_ref(), back).await, 3);
+    let head = store.get("g", None).await.unwrap().unwrap();
+    assert_eq!(head.rollback_of, Some(1));
+    assert_eq!(head.hash, "hash-of-a");
+    assert_eq!(head.author, "ops");
+    let history = store.history("g", 1).await.unwrap();
+    assert_eq!(history[0].rollback_of, Some(1));
+    assert_eq!(history[0].message, "rollback to 1");
+    store.close().await.unwrap();
+}
+
+/// Closing and reopening keeps every version and continues the sequence.
+pub async fn reopen<F: Fn() -> OpenFuture>(open: F) {
+    let store = open().await;
+    created(store.as_ref(), new_version("g", b"a")).await;
+    created(store.as_ref(), new_version("g", b"b")).await;
+    let before = store.history("g", 0).await.unwrap();
+    store.close().await.unwrap();
+    drop(store);
+
+    let store = open().await;
+    assert_eq!(store.history("g", 0).await.unwrap(), before);
+    match store.push(new_version("g", b"b")).await.unwrap() {
+        PushOutcome::Unchanged(r) => assert_eq!(r.version, 2),
+        other => panic!("expected unchanged, got {other:?}"),
+    }
+    assert_eq!(created(store.as_ref(), new_version("g", b"c")).await, 3);
+    store.close().await.unwrap();
+    drop(store);
+
+    let store = open().await;
+    assert_eq!(store.get("g", None).await.unwrap().unwrap().version, 3);
+    store.close().await.unwrap();
+}
+
+/// Many concurrent pushes get distinct, gap-free versions, and of several
+/// compare-and-set pushes against the same head exactly one wins.
+pub async fn concurrent<F: Fn() -> OpenFuture>(open: F) {
+    const TASKS: usize = 32;
+    const PER_TASK: usize = 8;
+    let store = open().await;
+    let mut tasks = Vec::new();
+    for t in 0..TASKS {
+        let store = Arc::clone(&store);
+        tasks.push(tokio::spawn(async move {
+            let mut versions = Vec::new();
+            for i in 0..PER_TASK {
+                let content = format!("{t}-{i}");
+                versions.push(created(store.as_ref(), new_version("g", content.as_bytes())).await);
+            }
+            versions
+        }));
+    }
+    let mut all = Vec::new();
+    for task in tasks {
+        let versions = task.await.unwrap();
+        // Each task's own pushes are ordered.
+        assert!(versions.windows(2).all(|w| w[0] < w[1]), "{versions:?}");
+        all.extend(versions);
+    }
+    let distinct: BTreeSet<u64> = all.iter().copied().collect();
+    assert_eq!(distinct.len(), TASKS * PER_TASK);
+    assert_eq!(
+        distinct.into_iter().collect::<Vec<_>>(),
+        (1..=(TASKS * PER_TASK) as u64).collect::<Vec<_>>()
+    );
+
+    let head = (TASKS * PER_TASK) as u64;
+    let mut racers = Vec::new();
+    for t in 0..TASKS {
+        let store = Arc::clone(&store);
+        racers.push(tokio::spawn(async move {
+            let content = format!("race-{t}");
+            store
+                .push(expecting(new_version("g", content.as_bytes()), head))
+                .await
+        }));
+    }
+    let mut wins = 0;
+    for racer in racers {
+        match racer.await.unwrap() {
+            Ok(PushOutcome::Created(r)) => {
+                assert_eq!(r.version, head + 1);
+                wins += 1;
+            }
+            Err(StoreError::Conflict { actual, .. }) => assert_eq!(actual, head + 1),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(wins, 1);
+    store.close().await.unwrap();
+}
+
+/// After close, every call fails with `Unavailable`.
+pub async fn closed<F: Fn() -> OpenFuture>(open: F) {
+    let store = open().await;
+    created(store.as_ref(), new_version("g", b"a")).await;
+    store.close().await.unwrap();
+    assert!(matches!(
+        store.push(new_version("g", b"b")).await,
+        Err(StoreError::Unavailable(_))
+    ));
+    assert!(matches!(
+        store.get("g", None).await,
+        Err(StoreError::Unavailable(_))
+    ));
+    // Closing twice is harmless.
+    store.close().await.unwrap();
+}

@@ -1,0 +1,24 @@
+//! Vane's end-to-end tests, one module per feature, linked into one test binary
+//! (one link instead of twenty). Each runs the built binaries as real processes on
+//! loopback ports; helpers come from `vane-testkit`.
+
+mod bad_input;
+mod cas;
+mod cluster_etcd_faults;
+mod cluster_etcd_tls;
+mod cluster_failover;
+mod cluster_replicas;
+mod durability;
+mod hostile_cache;
+mod hostile_grpc;
+mod hostile_proxy;
+mod proxy_balancing;
+mod proxy_churn;
+mod proxy_failover;
+mod proxy_resilience;
+mod proxy_routing;
+mod push;
+mod security_tls;
+mod shutdown;
+mod sidecar;
+mod watch;
