@@ -1,9 +1,12 @@
-//! Exponential backoff with full jitter: the delay before reconnect attempt
-//! `n` is uniform in `[0, min(cap, base * 2^n)]` (AWS "full jitter"), so a
-//! fleet that lost its control plane at the same instant spreads out instead
-//! of reconnecting in waves.
+//! The agent's reconnect backoff settings. The pacing itself is
+//! `vane-backoff`'s [`ExponentialBackoff`] with full jitter: the delay before
+//! reconnect attempt `n` is uniform in `[0, min(cap, base * 2^n)]`, so a fleet
+//! that lost its control plane at the same instant spreads out instead of
+//! reconnecting in waves.
 
 use std::time::Duration;
+
+use vane_backoff::{ExponentialBackoff, InvalidBackoff, Jitter};
 
 /// Backoff settings. Defaults: base 500 ms, cap 30 s.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,72 +29,20 @@ impl Default for BackoffConfig {
 impl BackoffConfig {
     /// Checks that `0 < base <= cap`.
     pub fn validate(&self) -> Result<(), String> {
-        if self.base.is_zero() {
-            return Err("backoff base must be above zero".into());
-        }
-        if self.base > self.cap {
-            return Err(format!(
-                "backoff base {:?} is above the cap {:?}",
-                self.base, self.cap
-            ));
-        }
-        Ok(())
-    }
-}
-
-/// The state of one retry sequence.
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    config: BackoffConfig,
-    attempt: u32,
-}
-
-impl Backoff {
-    /// A fresh sequence.
-    pub fn new(config: BackoffConfig) -> Self {
-        Self { config, attempt: 0 }
+        self.build().map(drop)
     }
 
-    /// The ceiling of the next delay, before jitter.
-    pub fn ceiling(&self) -> Duration {
-        let factor = 1u32.checked_shl(self.attempt.min(31)).unwrap_or(u32::MAX);
-        self.config
-            .base
-            .checked_mul(factor)
-            .unwrap_or(self.config.cap)
-            .min(self.config.cap)
+    /// The retry sequence these settings describe. The rules are
+    /// `vane-backoff`'s; the words are the agent's (`base`, `cap`), since
+    /// they name the settings an operator wrote.
+    pub(crate) fn build(&self) -> Result<ExponentialBackoff, String> {
+        ExponentialBackoff::new(self.base, self.cap, Jitter::Full).map_err(|e| match e {
+            InvalidBackoff::ZeroMin => "backoff base must be above zero".to_owned(),
+            InvalidBackoff::MinAboveMax { min, max } => {
+                format!("backoff base {min:?} is above the cap {max:?}")
+            }
+        })
     }
-
-    /// The next delay (uniform in `[0, ceiling]`), advancing the sequence.
-    pub fn next_delay(&mut self) -> Duration {
-        let ceiling = self.ceiling();
-        self.attempt = self.attempt.saturating_add(1);
-        jitter(ceiling)
-    }
-
-    /// The delay used for errors that fast retries cannot fix: the cap.
-    pub fn cap(&self) -> Duration {
-        self.config.cap
-    }
-
-    /// Starts over, after a stream that delivered.
-    pub fn reset(&mut self) {
-        self.attempt = 0;
-    }
-
-    /// Attempts made since the last reset.
-    pub fn attempts(&self) -> u32 {
-        self.attempt
-    }
-}
-
-/// Uniform in `[0, max]`, at millisecond resolution.
-pub(crate) fn jitter(max: Duration) -> Duration {
-    let ms = u64::try_from(max.as_millis()).unwrap_or(u64::MAX);
-    if ms == 0 {
-        return Duration::ZERO;
-    }
-    Duration::from_millis(rand::random_range(0..=ms))
 }
 
 #[cfg(test)]
@@ -99,60 +50,36 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ceilings_double_up_to_the_cap() {
-        let mut b = Backoff::new(BackoffConfig::default());
-        let mut ceilings = Vec::new();
-        for _ in 0..10 {
-            ceilings.push(b.ceiling().as_millis());
-            b.next_delay();
-        }
-        assert_eq!(
-            ceilings,
-            [
-                500, 1000, 2000, 4000, 8000, 16000, 30000, 30000, 30000, 30000
-            ]
-        );
-        b.reset();
-        assert_eq!(b.ceiling(), Duration::from_millis(500));
-    }
-
-    #[test]
-    fn jitter_stays_within_bounds_and_spreads() {
-        let config = BackoffConfig {
-            base: Duration::from_millis(100),
-            cap: Duration::from_secs(2),
-        };
-        let mut seen_low = false;
-        let mut seen_high = false;
-        for _ in 0..2000 {
-            let mut b = Backoff::new(config);
-            for _ in 0..3 {
-                b.next_delay();
-            }
-            let ceiling = b.ceiling();
-            let d = b.next_delay();
-            assert!(d <= ceiling, "{d:?} > {ceiling:?}");
-            seen_low |= d < ceiling / 4;
-            seen_high |= d > ceiling * 3 / 4;
-        }
-        assert!(seen_low && seen_high, "full jitter covers the whole range");
-    }
-
-    #[test]
-    fn huge_attempt_counts_do_not_overflow() {
-        let mut b = Backoff::new(BackoffConfig::default());
-        for _ in 0..100 {
-            assert!(b.next_delay() <= Duration::from_secs(30));
-        }
-    }
-
-    #[test]
-    fn config_is_validated() {
+    fn config_is_validated_in_the_agents_words() {
         assert!(BackoffConfig::default().validate().is_ok());
         let bad = BackoffConfig {
             base: Duration::from_secs(5),
             cap: Duration::from_secs(1),
         };
-        assert!(bad.validate().is_err());
+        assert_eq!(
+            bad.validate().unwrap_err(),
+            "backoff base 5s is above the cap 1s"
+        );
+        let zero = BackoffConfig {
+            base: Duration::ZERO,
+            cap: Duration::from_secs(1),
+        };
+        assert_eq!(
+            zero.validate().unwrap_err(),
+            "backoff base must be above zero"
+        );
+    }
+
+    #[test]
+    fn the_defaults_are_full_jitter_from_500ms_to_30s() {
+        let mut b = BackoffConfig::default().build().unwrap();
+        assert_eq!(b.jitter(), Jitter::Full);
+        assert_eq!(b.max(), Duration::from_secs(30));
+        let mut ceilings = Vec::new();
+        for _ in 0..8 {
+            ceilings.push(b.ceiling().as_millis());
+            assert!(b.next() <= Duration::from_secs(30));
+        }
+        assert_eq!(ceilings, [500, 1000, 2000, 4000, 8000, 16000, 30000, 30000]);
     }
 }

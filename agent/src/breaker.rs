@@ -112,7 +112,7 @@ impl Breaker {
         let trip = matches!(self.state, BreakerState::HalfOpen)
             || self.failures >= self.config.failure_threshold.max(1);
         if trip {
-            let extra = crate::backoff::jitter(self.config.open_for / 5);
+            let extra = vane_backoff::full_jitter(self.config.open_for / 5);
             self.state = BreakerState::Open {
                 until: now + self.config.open_for + extra,
             };

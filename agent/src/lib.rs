@@ -20,8 +20,11 @@
 //! # Layout
 //! - [`apply`]: the one apply path (startup from cache or defaults, and every
 //!   live update): version, hash, validation, embedder hooks, one swap, cache.
-//! - `client`: the watch loop (connect, ACK/NACK, reconnect).
-//! - [`backoff`], [`breaker`]: reconnect pacing.
+//! - `link`: the watch stream to the control plane as a state machine
+//!   (connect, ACK/NACK, heartbeats, reconnect); its module docs hold the
+//!   state diagram.
+//! - [`backoff`], [`breaker`]: reconnect pacing (the backoff itself is
+//!   `vane-backoff`'s).
 //! - [`cache`]: the atomic disk cache.
 //! - [`state`]: the running configuration (one `ArcSwap`) and health.
 //! - TLS and tokens for the control plane come from `vane-tls`
@@ -33,8 +36,8 @@ pub mod apply;
 pub mod backoff;
 pub mod breaker;
 pub mod cache;
-mod client;
 pub mod config;
+mod link;
 pub mod state;
 pub mod status;
 
@@ -197,20 +200,25 @@ impl AgentBuilder {
     /// certificate is reported now rather than at the first connect.
     pub fn start(self) -> Result<AgentHandle, StartError> {
         self.config.validate().map_err(StartError::Config)?;
-        let endpoints = client::endpoints(&self.config).map_err(StartError::Config)?;
+        let backoff = self
+            .config
+            .backoff
+            .build()
+            .map_err(|e| StartError::Config(format!("backoff: {e}")))?;
+        let endpoints = link::endpoints(&self.config).map_err(StartError::Config)?;
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| StartError::NoRuntime)?;
         let config = Arc::new(self.config);
         let shared = Arc::new(Shared::new(config.stale_after));
-        let applier = Arc::new(Applier {
-            shared: shared.clone(),
-            validator: self.validator,
-            sink: self.sink,
-            cache: config
+        let applier = Arc::new(Applier::new(
+            shared.clone(),
+            self.validator,
+            self.sink,
+            config
                 .cache_dir
                 .as_ref()
                 .map(|d| DiskCache::new(d, &config.group)),
-            max_snapshot_bytes: config.max_snapshot_bytes,
-        });
+            config.max_snapshot_bytes,
+        ));
         // Loading the cache runs the embedder's hooks and may fsync: blocking
         // work, kept off the async workers where the runtime allows it.
         if runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread {
@@ -219,12 +227,14 @@ impl AgentBuilder {
             startup(&applier, self.defaults);
         }
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
-        let rt = Arc::new(client::Runtime {
-            config: config.clone(),
+        let transport = link::Grpc::new(endpoints, &config);
+        let task = runtime.spawn(link::run(
+            config.clone(),
             applier,
-            endpoints,
-        });
-        let task = runtime.spawn(client::run(rt, shutdown_rx));
+            transport,
+            backoff,
+            shutdown_rx,
+        ));
         Ok(AgentHandle {
             inner: Arc::new(Inner {
                 config,
@@ -268,7 +278,7 @@ fn startup(applier: &Applier, defaults: Option<Snapshot>) {
             }
         },
     };
-    shared.link().startup_note = Some(note);
+    shared.set_startup_note(note);
     if let Some(d) = defaults {
         let outcome = applier.apply(Candidate {
             version: 0,

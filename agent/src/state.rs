@@ -5,6 +5,11 @@
 //! the listeners of one version with the clusters of another. Readers never
 //! lock. The link status (connection, breaker, staleness) is small and
 //! changes rarely; it sits behind a std `Mutex` never held across an await.
+//!
+//! The link status has one writer, the transition of the link's state
+//! machine (`link/machine.rs`, through `Shared::update_link`). Two notes
+//! sit beside it that are not the link's: why startup fell back to the
+//! defaults, and a failed cache write reported as the last error.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
@@ -170,15 +175,33 @@ impl Metrics {
 pub(crate) struct Link {
     pub(crate) connected: bool,
     /// Whether the control plane currently confirms what we run.
-    pub(crate) confirmed: bool,
+    confirmed: bool,
     /// The last instant at which it did.
-    pub(crate) last_confirmed: Instant,
+    last_confirmed: Instant,
     pub(crate) breaker: BreakerState,
     pub(crate) last_error: Option<String>,
     pub(crate) server: Option<String>,
     pub(crate) last_nack: Option<(u64, String)>,
     /// Why the startup did not load a cache (reported while on defaults).
-    pub(crate) startup_note: Option<String>,
+    startup_note: Option<String>,
+}
+
+impl Link {
+    /// The control plane confirms what we run (a stream is up and nothing
+    /// it sent is refused).
+    pub(crate) fn confirm(&mut self, now: Instant) {
+        self.confirmed = true;
+        self.last_confirmed = now;
+    }
+
+    /// Confirmation stops (stream lost, or the last response was refused);
+    /// staleness counts from `now` if it was confirmed until then.
+    pub(crate) fn unconfirm(&mut self, now: Instant) {
+        if self.confirmed {
+            self.last_confirmed = now;
+        }
+        self.confirmed = false;
+    }
 }
 
 /// State shared between the handle, the apply path and the stream task.
@@ -212,10 +235,28 @@ impl Shared {
         }
     }
 
-    pub(crate) fn link(&self) -> MutexGuard<'_, Link> {
+    fn link(&self) -> MutexGuard<'_, Link> {
         // A panic while holding this lock cannot leave the plain data in it
         // inconsistent, so a poisoned lock is still usable.
         self.link.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Changes the link status. Its one caller is the transition of the
+    /// link's state machine, so the status always says what the machine
+    /// last decided.
+    pub(crate) fn update_link(&self, f: impl FnOnce(&mut Link)) {
+        f(&mut self.link());
+    }
+
+    /// Why startup serves the defaults (reported while it does).
+    pub(crate) fn set_startup_note(&self, note: String) {
+        self.link().startup_note = Some(note);
+    }
+
+    /// An error outside the link (the disk cache could not be written),
+    /// reported as the last error until the link has a newer one.
+    pub(crate) fn record_error(&self, error: String) {
+        self.link().last_error = Some(error);
     }
 
     /// Installs a new running configuration: the one swap.
@@ -228,33 +269,16 @@ impl Shared {
         self.changes.send_replace(current);
     }
 
-    /// The control plane confirms what we run (a stream is up and nothing
-    /// it sent is refused).
-    pub(crate) fn confirm(&self) {
-        let mut link = self.link();
-        link.confirmed = true;
-        link.last_confirmed = Instant::now();
-    }
-
-    /// The control plane confirms what we run; content loaded from the cache
-    /// is now known to be live (same content, only its provenance changes).
-    pub(crate) fn confirm_current(&self) {
+    /// The control plane confirmed what we run: content loaded from the
+    /// cache is now known to be live (same content, only its provenance
+    /// changes).
+    pub(crate) fn promote_cached(&self) {
         let current = self.current.load_full();
         if current.source == Source::Cache {
             let mut promoted = (*current).clone();
             promoted.source = Source::Live;
             self.install(promoted);
         }
-        self.confirm();
-    }
-
-    /// Confirmation stops (stream lost, or the last response was refused).
-    pub(crate) fn unconfirm(&self) {
-        let mut link = self.link();
-        if link.confirmed {
-            link.last_confirmed = Instant::now();
-        }
-        link.confirmed = false;
     }
 
     pub(crate) fn health(&self) -> Health {
@@ -323,13 +347,13 @@ mod tests {
         current.hash = "ab".into();
         current.source = Source::Live;
         shared.install(current);
-        shared.confirm();
+        shared.update_link(|l| l.confirm(Instant::now()));
         tokio::time::advance(Duration::from_secs(3600)).await;
         // Confirmed while the stream is up, however long ago the last change.
         assert_eq!(shared.health().staleness, Duration::ZERO);
         assert_eq!(shared.health().state, HealthState::Healthy);
 
-        shared.unconfirm();
+        shared.update_link(|l| l.unconfirm(Instant::now()));
         tokio::time::advance(Duration::from_secs(299)).await;
         assert_eq!(shared.health().staleness, Duration::from_secs(299));
         assert_eq!(shared.health().state, HealthState::Healthy);
@@ -340,14 +364,14 @@ mod tests {
         assert!(reason.contains("threshold 300s"), "{reason}");
 
         // The next confirmation makes it healthy again.
-        shared.confirm();
+        shared.update_link(|l| l.confirm(Instant::now()));
         assert_eq!(shared.health().state, HealthState::Healthy);
     }
 
     #[tokio::test(start_paused = true)]
     async fn defaults_are_degraded() {
         let shared = Shared::new(Duration::from_secs(300));
-        shared.link().startup_note = Some("cache corrupt".into());
+        shared.set_startup_note("cache corrupt".into());
         let HealthState::Degraded { reason } = shared.health().state else {
             panic!("defaults are degraded");
         };

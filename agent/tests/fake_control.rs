@@ -9,9 +9,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::net::TcpListener;
 use tokio::sync::{Mutex, mpsc};
+use tokio::time::Instant;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::{Request, Response, Status, Streaming};
-use vane_agent::{Agent, AgentHandle, BackoffConfig, BreakerConfig, Current, HealthState, Source};
+use vane_agent::{
+    Agent, AgentHandle, BackoffConfig, BreakerConfig, BreakerState, Current, HealthState, Source,
+};
 use vane_model::{Format, Snapshot, parse_file, validate};
 use vane_proto as pb;
 use vane_proto::config_discovery_server::{ConfigDiscovery, ConfigDiscoveryServer};
@@ -83,6 +86,8 @@ struct Fake {
     streams: mpsc::Sender<FakeStream>,
     deny: Option<tonic::Code>,
     attempts: Arc<AtomicUsize>,
+    /// When each watch call arrived.
+    calls: Arc<std::sync::Mutex<Vec<Instant>>>,
 }
 
 #[tonic::async_trait]
@@ -94,6 +99,7 @@ impl ConfigDiscovery for Fake {
         request: Request<Streaming<pb::WatchRequest>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         self.attempts.fetch_add(1, Ordering::SeqCst);
+        self.calls.lock().unwrap().push(Instant::now());
         if let Some(code) = self.deny {
             return Err(Status::new(code, "not allowed to watch group edge"));
         }
@@ -113,6 +119,7 @@ struct FakeServer {
     url: String,
     streams: Mutex<mpsc::Receiver<FakeStream>>,
     attempts: Arc<AtomicUsize>,
+    calls: Arc<std::sync::Mutex<Vec<Instant>>>,
 }
 
 impl FakeServer {
@@ -121,10 +128,12 @@ impl FakeServer {
         let url = format!("http://{}", listener.local_addr().unwrap());
         let (tx, rx) = mpsc::channel(8);
         let attempts = Arc::new(AtomicUsize::new(0));
+        let calls = Arc::default();
         let fake = Fake {
             streams: tx,
             deny,
             attempts: attempts.clone(),
+            calls: Arc::clone(&calls),
         };
         tokio::spawn(
             tonic::transport::Server::builder()
@@ -135,6 +144,7 @@ impl FakeServer {
             url,
             streams: Mutex::new(rx),
             attempts,
+            calls,
         }
     }
 
@@ -163,10 +173,30 @@ fn agent(url: &str, cache: &std::path::Path) -> vane_agent::AgentBuilder {
 }
 
 async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + WAIT;
+    let deadline = Instant::now() + WAIT;
     while !f() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert!(Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Polls `f` until it gives a value, for at most [`WAIT`].
+async fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// The instant the breaker reopens at, while it is open.
+fn open_until(a: &AgentHandle) -> Option<Instant> {
+    match a.health().breaker {
+        BreakerState::Open { until } => Some(until),
+        BreakerState::Closed | BreakerState::HalfOpen => None,
     }
 }
 
@@ -335,38 +365,68 @@ async fn a_dead_peer_mid_response_is_survived() {
 
 #[tokio::test]
 async fn unreachable_server_backs_off_and_opens_the_breaker() {
-    // Accepts TCP and closes at once: every attempt fails, and is counted.
+    // Accepts TCP and closes at once: every attempt fails, and is counted
+    // with the instant it arrived.
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    let accepted = Arc::new(AtomicUsize::new(0));
+    let accepted: Arc<std::sync::Mutex<Vec<Instant>>> = Arc::default();
     let acc = accepted.clone();
     tokio::spawn(async move {
         while let Ok((sock, _)) = listener.accept().await {
-            acc.fetch_add(1, Ordering::SeqCst);
+            acc.lock().unwrap().push(Instant::now());
             drop(sock);
         }
     });
+    let accepted = move || accepted.lock().unwrap().clone();
     let dir = tempfile::tempdir().unwrap();
+    // Open long enough that the test, polling every few milliseconds, sees
+    // the breaker open well before its cool-down ends even on a slow machine.
+    let open_for = Duration::from_secs(2);
     let a = agent(&url, dir.path())
         .breaker(BreakerConfig {
             failure_threshold: 3,
-            open_for: Duration::from_millis(1500),
+            open_for,
         })
         .start()
         .unwrap();
-    eventually("breaker opens", || a.status().breaker == "open").await;
+    let until = wait_for("the breaker opens", || open_until(&a)).await;
+    let seen_open = Instant::now();
     assert_eq!(a.status().reconnects, 3, "three failed attempts open it");
-    let at_open = accepted.load(Ordering::SeqCst);
+    let at_open = accepted().len();
     assert!(at_open >= 3, "each attempt reached the server: {at_open}");
-    // While open, nothing goes out.
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    assert_eq!(accepted.load(Ordering::SeqCst), at_open);
-    assert_eq!(a.status().breaker, "open");
-    // Then exactly one probe, which fails and reopens the breaker.
-    eventually("a probe", || accepted.load(Ordering::SeqCst) > at_open).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        until > seen_open + open_for / 2,
+        "the test saw the breaker open too late to check that it holds attempts back \
+         (open until {until:?}, seen at {seen_open:?})"
+    );
+
+    // While open, nothing goes out: checked up to just before the instant
+    // the breaker itself says it reopens.
+    tokio::time::sleep_until(until - Duration::from_millis(100)).await;
+    assert_eq!(
+        accepted().len(),
+        at_open,
+        "an attempt went out while the breaker was open"
+    );
+    assert_eq!(open_until(&a), Some(until), "still the same open period");
+    assert_eq!(a.status().reconnects, 3);
+
+    // Then exactly one probe, which fails and opens the breaker again.
+    let reopened = wait_for("the probe fails and the breaker opens again", || {
+        open_until(&a).filter(|u| *u > until)
+    })
+    .await;
     assert_eq!(a.status().reconnects, 4, "a single probe");
-    assert_eq!(a.status().breaker, "open");
+    let probe = accepted();
+    assert!(probe.len() > at_open, "the probe reached the server");
+    assert!(
+        probe[at_open..].iter().all(|t| *t >= until),
+        "the probe went before the cool-down ended"
+    );
+    assert!(
+        reopened >= until + open_for,
+        "open again for a whole period"
+    );
     let err = a.health().last_error.unwrap();
     assert!(err.contains(&url), "{err}");
     a.shutdown().await;
@@ -376,10 +436,11 @@ async fn unreachable_server_backs_off_and_opens_the_breaker() {
 async fn permission_denied_is_not_retried_fast() {
     let fake = FakeServer::start(Some(tonic::Code::PermissionDenied)).await;
     let dir = tempfile::tempdir().unwrap();
+    let cap = Duration::from_millis(300);
     let a = agent(&fake.url, dir.path())
         .backoff(BackoffConfig {
             base: Duration::from_millis(5),
-            cap: Duration::from_millis(400),
+            cap,
         })
         .breaker(BreakerConfig {
             failure_threshold: 1000,
@@ -387,13 +448,26 @@ async fn permission_denied_is_not_retried_fast() {
         })
         .start()
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(1000)).await;
-    let attempts = fake.attempts.load(Ordering::SeqCst);
-    // With 5 ms backoff a fast loop would make ~100 attempts; at the 400 ms
-    // cap there are at most 3 in a second.
-    assert!((1..=4).contains(&attempts), "{attempts} attempts in 1s");
-    let err = a.health().last_error.unwrap();
-    assert!(err.contains("PermissionDenied"), "{err}");
+    // The refusal arrives and is understood as such.
+    let err = wait_for("the refusal is reported", || {
+        a.health()
+            .last_error
+            .filter(|e| e.contains("PermissionDenied"))
+    })
+    .await;
+    assert!(err.contains(&fake.url), "{err}");
+    // Then every retry waits the cap. With the 5 ms base a fast loop would
+    // come back after at most 5, 10, 20 ms.
+    eventually("three attempts", || {
+        fake.attempts.load(Ordering::SeqCst) >= 3
+    })
+    .await;
+    let calls = fake.calls.lock().unwrap().clone();
+    for pair in calls.windows(2) {
+        let gap = pair[1] - pair[0];
+        assert!(gap >= cap, "a retry after {gap:?}, below the {cap:?} cap");
+    }
+    assert!(!a.health().connected);
     a.shutdown().await;
 }
 

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use vane_backoff::{ExponentialBackoff, Jitter};
 use vane_store::agents::{AgentDirectory, AgentRecord, SharedAgent};
 
 use crate::agents::AgentRegistry;
@@ -16,6 +17,8 @@ use crate::agents::AgentRegistry;
 /// How long the replication task waits after a change before writing, so an
 /// agent's "sent" and its ACK a few milliseconds later make one write.
 pub const PUBLISH_COALESCE: Duration = Duration::from_millis(100);
+/// First wait before retrying a failed write; it doubles per failure.
+const PUBLISH_RETRY_MIN: Duration = Duration::from_millis(250);
 /// Longest wait between retries of a failed write.
 const PUBLISH_RETRY_CAP: Duration = Duration::from_secs(5);
 /// How long shutdown waits for the lease to be revoked.
@@ -132,10 +135,12 @@ async fn sleep_until_opt(at: Option<Instant>) {
     }
 }
 
-/// 250 ms, doubling, at most [`PUBLISH_RETRY_CAP`].
+/// [`PUBLISH_RETRY_MIN`], doubling per failure, at most
+/// [`PUBLISH_RETRY_CAP`]; no jitter: one writer per replica, nobody to
+/// collide with.
 fn retry_delay(failures: u32) -> Duration {
-    let exp = failures.saturating_sub(1).min(10);
-    (Duration::from_millis(250) * 2u32.pow(exp)).min(PUBLISH_RETRY_CAP)
+    ExponentialBackoff::new(PUBLISH_RETRY_MIN, PUBLISH_RETRY_CAP, Jitter::None)
+        .map_or(PUBLISH_RETRY_CAP, |b| b.delay(failures.saturating_sub(1)))
 }
 
 /// This replica's agents merged with the other replicas': one entry per
@@ -187,6 +192,12 @@ mod tests {
 
     use super::*;
     use crate::agents::NodeInfo;
+
+    #[test]
+    fn failed_writes_back_off_from_250_ms_to_5_s() {
+        let ms: Vec<u128> = (1..=7).map(|f| retry_delay(f).as_millis()).collect();
+        assert_eq!(ms, [250, 500, 1000, 2000, 4000, 5000, 5000]);
+    }
 
     fn node(id: &str) -> NodeInfo {
         NodeInfo {

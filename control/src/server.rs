@@ -374,7 +374,11 @@ impl Server {
                 Arc::clone(policy),
                 {
                     let auth = auth.clone();
-                    move || auth.changed()
+                    move |outcome| {
+                        if outcome == reload::Reload::Applied {
+                            auth.changed();
+                        }
+                    }
                 },
                 stop.clone(),
             ));
@@ -387,7 +391,11 @@ impl Server {
                 Arc::clone(tokens),
                 {
                     let auth = auth.clone();
-                    move || auth.changed()
+                    move |outcome| {
+                        if outcome == reload::Reload::Applied {
+                            auth.changed();
+                        }
+                    }
                 },
                 stop.clone(),
             ));

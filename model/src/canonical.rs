@@ -148,12 +148,7 @@ impl Snapshot {
 
     /// The canonical encoding: compact JSON of [`Self::canonical_spec`], keys sorted.
     pub fn canonical_bytes(&self) -> Vec<u8> {
-        // Going through `Value` sorts every object's keys, including those
-        // inside `values`. Neither step can fail for these types: every map
-        // key is a string and floats are finite (validated).
-        serde_json::to_value(self.canonical_spec())
-            .and_then(|v| serde_json::to_vec(&v))
-            .unwrap_or_default()
+        canonical_bytes_of(&self.canonical_spec())
     }
 
     /// SHA-256 over [`Self::canonical_bytes`].
@@ -170,6 +165,16 @@ impl Snapshot {
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::to_value(self.to_spec()).unwrap_or_default()
     }
+}
+
+/// The canonical encoding of a canonical spec: compact JSON, keys sorted.
+pub(crate) fn canonical_bytes_of(spec: &SnapshotSpec) -> Vec<u8> {
+    // Going through `Value` sorts every object's keys, including those
+    // inside `values`. Neither step can fail for these types: every map
+    // key is a string and floats are finite (validated).
+    serde_json::to_value(spec)
+        .and_then(|v| serde_json::to_vec(&v))
+        .unwrap_or_default()
 }
 
 /// Clears `slot` when it holds the default.

@@ -199,6 +199,19 @@ pub fn apply_encoded(base: &Snapshot, delta: &[u8]) -> Result<Vec<u8>, DeltaErro
     Ok(apply(base.to_proto(), delta)?.encode_to_vec())
 }
 
+/// Applies an encoded delta to the encoding of the version it starts from
+/// (the canonical bytes the control server computed it from, as an agent
+/// received them) and returns the message, for the agent to turn into the
+/// domain once, check its hash and encode once for its cache, rather than
+/// encoding the result here only to decode it again.
+pub fn apply_to_encoded(base: &[u8], delta: &[u8]) -> Result<pb::Snapshot, DeltaError> {
+    let delta = pb::SnapshotDelta::decode(delta)
+        .map_err(|e| DeltaError::new("delta", format!("not a valid vane.v1.SnapshotDelta: {e}")))?;
+    let base = pb::Snapshot::decode(base)
+        .map_err(|e| DeltaError::new("base", format!("not a vane.v1.Snapshot: {e}")))?;
+    apply(base, delta)
+}
+
 /// A resource known by its name within its collection.
 trait Named {
     fn name(&self) -> &str;

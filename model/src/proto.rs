@@ -8,6 +8,7 @@
 use prost::Message;
 use vane_proto as pb;
 
+use crate::canonical::{ContentHash, canonical_bytes_of};
 use crate::error::{FieldError, ValidationError};
 use crate::snapshot::Snapshot;
 use crate::spec::*;
@@ -33,6 +34,15 @@ impl Snapshot {
     /// Encodes the wire form (what agents receive and the store keeps).
     pub fn encode(&self) -> Vec<u8> {
         self.to_proto().encode_to_vec()
+    }
+
+    /// The wire encoding and the content hash together, from one canonical
+    /// form: what a push needs, for half the work of [`Self::encode`] then
+    /// [`Self::content_hash`] (building the canonical form is most of it).
+    pub fn encode_and_hash(&self) -> (Vec<u8>, ContentHash) {
+        let spec = self.canonical_spec();
+        let hash = ContentHash::of_bytes(&canonical_bytes_of(&spec));
+        (spec_to_proto(&spec).encode_to_vec(), hash)
     }
 
     /// Decodes and validates an encoded `vane.v1.Snapshot`.
@@ -310,6 +320,19 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+
+    #[test]
+    fn encode_and_hash_is_encode_then_content_hash() {
+        let spec = crate::parse_file(
+            include_bytes!("../../examples/snapshot.yaml"),
+            crate::Format::Yaml,
+        )
+        .unwrap();
+        let snapshot = crate::validate(spec).unwrap();
+        let (bytes, hash) = snapshot.encode_and_hash();
+        assert_eq!(bytes, snapshot.encode());
+        assert_eq!(hash, snapshot.content_hash());
+    }
 
     /// Floats re-render and re-parse to the very same number, so the hash
     /// the server computes is the hash the agent computes. Fuzzing found

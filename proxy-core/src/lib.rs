@@ -19,21 +19,32 @@
 //! ```
 //!
 //! # Layout
-//! - [`proxy`]: the whole, and the one path every configuration takes:
-//!   validator (bind) -> agent swap -> activation (compile, swap, reconcile).
+//! Top to bottom; a file only imports files below it.
+//! - [`admin`]: `/healthz`, `/readyz`, `/status`, `/config_dump`, `/metrics`.
+//! - [`proxy`]: the whole: starts the workers, the listeners and the agent,
+//!   and hands the agent its validator and sink.
+//! - `activate`: the one path every configuration takes: validator (bind,
+//!   compile aside) -> sink (one swap, reconcile listeners) -> the agent's
+//!   swap and ACK.
 //! - `listeners`: the listener manager: binding in the validator, start,
-//!   drain on removal, socket hand-over between listeners.
+//!   drain on removal, socket hand-over between listeners; `socket` binds,
+//!   `accept` runs the accept loops and hands connections to the serving
+//!   code.
+//! - `http`: downstream connections (`server`), forwarding and retries
+//!   (`forward`), local errors (`local`), bodies (`body`), the connection's
+//!   request bookkeeping (`conn`), header rules (`headers`).
+//! - `tcp`: the L4 proxy.
+//! - `conn`: a running listener as its connections see it, and the signals
+//!   it sends them: the bottom of the serving code.
+//! - `shared`: the state every listener and connection shares (the
+//!   compiled configuration, metrics, settings, workers).
 //! - `compile`: snapshot -> `Compiled` (one `ArcSwap`), carrying runtime
 //!   state across snapshots.
 //! - `route`: compiled route matching (host, path, headers; first wins).
 //! - `cluster`: endpoints and their state, load balancing (`lb`), outlier
 //!   detection (`outlier`), retry budget (`budget`).
 //! - `ratelimit`: lock-free token buckets (GCRA).
-//! - `http`: downstream connections (`server`), forwarding and retries
-//!   (`forward`), header rules (`headers`), local errors (`local`), bodies.
 //! - `upstream`: upstream HTTP/1.1 connections, pooled per worker thread.
-//! - `tcp`: the L4 proxy.
-//! - [`admin`]: `/healthz`, `/readyz`, `/status`, `/config_dump`, `/metrics`.
 //! - `metrics`, `histogram`: Prometheus families resolved at compile time.
 //! - `workers`: thread per core: one single-threaded runtime per worker;
 //!   connections and their upstream pools stay on the worker that accepted.
@@ -47,6 +58,9 @@
 //! - A snapshot applies whole or not at all: listener addresses are bound
 //!   in the agent's validator, before anything is swapped, so a bind error
 //!   is a NACK and leaves the running configuration untouched.
+//! - ACK after apply: the agent's sink switches the data plane (routes and
+//!   listeners) before the agent swaps and ACKs, so an ACKed version is
+//!   one the data plane serves.
 //! - Runtime state (ejections, cursors, budgets, token buckets, pooled
 //!   connections) survives every snapshot that keeps its cluster, endpoint
 //!   or limit.
@@ -54,15 +68,19 @@
 //!   cause; none is ever caused by the control plane being unavailable.
 //!
 //! # Threads
-//! The embedder's runtime runs the control side (agent, activation, admin).
+//! The embedder's runtime runs the control side (agent, admin, listener
+//! drains); the validator and the sink run where the agent runs its apply
+//! path (a blocking thread).
 //! The data plane runs on its own worker threads, one single-threaded
 //! runtime each, every listener accepting on every worker through a
 //! `SO_REUSEPORT` group; a connection and all its work stay on one thread.
 
+mod activate;
 pub mod admin;
 mod clock;
 mod cluster;
 mod compile;
+mod conn;
 mod error;
 mod histogram;
 mod http;
@@ -71,6 +89,7 @@ mod metrics;
 pub mod proxy;
 mod ratelimit;
 mod route;
+mod shared;
 mod tcp;
 mod upstream;
 mod workers;

@@ -398,22 +398,37 @@ impl Metrics {
         let next = std::mem::take(&mut *self.building.lock().unwrap_or_else(|p| p.into_inner()));
         let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
         let old = std::mem::replace(&mut *live, next);
-        for k in old.requests.difference(&live.requests) {
+        self.remove_unused(&old, &live);
+    }
+
+    /// The build that was being compiled will not run (its snapshot was
+    /// refused or superseded after it was compiled): drop the label sets
+    /// only it used, so they do not linger in `/metrics`.
+    pub(crate) fn discard_build(&self) {
+        let discarded =
+            std::mem::take(&mut *self.building.lock().unwrap_or_else(|p| p.into_inner()));
+        let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        self.remove_unused(&discarded, &live);
+    }
+
+    /// Removes from the families every label set of `gone` not in `kept`.
+    fn remove_unused(&self, gone: &Keys, kept: &Keys) {
+        for k in gone.requests.difference(&kept.requests) {
             self.requests.remove(k);
         }
-        for k in old.routes.difference(&live.routes) {
+        for k in gone.routes.difference(&kept.routes) {
             self.duration.remove(k);
         }
-        for k in old.clusters.difference(&live.clusters) {
+        for k in gone.clusters.difference(&kept.clusters) {
             self.retries.remove(k);
             self.budget_exhausted.remove(k);
             self.ejections.remove(k);
             self.ejected.remove(k);
         }
-        for k in old.upstream_errors.difference(&live.upstream_errors) {
+        for k in gone.upstream_errors.difference(&kept.upstream_errors) {
             self.upstream_errors.remove(k);
         }
-        for k in old.rate_limited.difference(&live.rate_limited) {
+        for k in gone.rate_limited.difference(&kept.rate_limited) {
             self.rate_limited.remove(k);
         }
     }

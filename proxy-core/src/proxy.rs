@@ -1,35 +1,37 @@
 //! The proxy as a whole: the agent, the compiled configuration and the
 //! listeners, wired so that every configuration change, at startup (cache
-//! or defaults) and live, takes one path:
+//! or defaults) and live, takes one path, the agent's apply path:
 //!
 //! 1. the agent's validator binds the candidate's new listener addresses
-//!    (`Listeners::prepare`); a failure NACKs the snapshot whole;
-//! 2. the agent swaps its snapshot and ACKs;
-//! 3. the activation task, woken by `subscribe()` (latest wins), compiles the
-//!    snapshot aside, swaps the one `ArcSwap<Compiled>` the request path
-//!    reads, and reconciles the listeners.
+//!    and compiles it aside (`Activation::validate`); a bind failure NACKs
+//!    the snapshot whole;
+//! 2. the agent's sink switches the data plane to exactly that compiled
+//!    candidate: one swap of the `ArcSwap<Compiled>` the request path
+//!    reads, then the listeners are reconciled (`Activation::commit`);
+//! 3. the agent swaps its own snapshot, writes its cache and ACKs.
 //!
-//! The request path only ever reads step 3's result.
+//! So an ACK is only ever sent for a version the data plane already
+//! serves. See `activate` for the hand-over between steps 1 and 2.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
-use hyper_util::rt::TokioExecutor;
-use hyper_util::server::conn::auto;
 use prometheus_client::registry::Registry;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use vane_agent::{Agent, AgentConfig, AgentHandle, Current, Source};
+use vane_agent::{Agent, AgentConfig, AgentHandle, Current, Source, StartError};
 use vane_model::Snapshot;
 
+use crate::activate::Activation;
 use crate::clock;
-use crate::compile::{Compiled, compile};
+use crate::compile::Compiled;
 use crate::error::ProxyError;
 use crate::listeners::Listeners;
 use crate::metrics::Metrics;
+use crate::shared::{Settings, Shared};
 use crate::workers::Workers;
 
 /// The shortest idle or header-read timeout (shorter ones are raised to
@@ -81,55 +83,18 @@ impl Default for ProxyConfig {
     }
 }
 
-/// Settings the data plane reads.
-#[derive(Debug, Clone)]
-pub(crate) struct Settings {
-    pub(crate) drain_timeout: Duration,
-    pub(crate) idle_timeout: Duration,
-    pub(crate) header_read_timeout: Duration,
-    pub(crate) max_connections: usize,
-}
-
-/// State every listener and connection shares.
-pub(crate) struct Shared {
-    /// The running configuration, compiled. The one thing requests read.
-    pub(crate) compiled: ArcSwap<Compiled>,
-    pub(crate) metrics: Metrics,
-    /// HTTP/1.1 + h2c connection settings.
-    pub(crate) http: auto::Builder<TokioExecutor>,
-    /// Caps open downstream connections.
-    pub(crate) connection_limit: Arc<Semaphore>,
-    /// When a refusal at the connection limit was last logged (clock
-    /// milliseconds; 0: never): a flood must not become a log flood.
-    pub(crate) refusal_logged_ms: AtomicU64,
-    pub(crate) config: Settings,
-    /// The data-plane threads.
-    pub(crate) workers: Workers,
-    /// The snapshot whose activation finished (routing swapped and
-    /// listeners reconciled): what `/config_dump` reports.
-    active: ArcSwap<Current>,
-    /// Set at shutdown: `/readyz` turns 503 so load balancers move away.
-    stopping: AtomicBool,
-}
-
-impl std::fmt::Debug for Shared {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Shared")
-            .field("version", &self.compiled.load().current.version)
-            .finish_non_exhaustive()
-    }
-}
-
 /// The entry point: `Proxy::start(config)`.
 #[derive(Debug)]
 pub struct Proxy;
 
 impl Proxy {
     /// Starts the agent (which loads the cache or the defaults through the
-    /// validator, binding their listeners), activates what it loaded, and
-    /// follows every later change. Must run inside a Tokio runtime; never
-    /// waits for the network.
+    /// validator and the sink, binding their listeners and switching the
+    /// data plane to them), and follows every later change. Must run inside
+    /// a Tokio runtime; never waits for the network.
     pub fn start(config: ProxyConfig) -> Result<ProxyHandle, ProxyError> {
+        let control = tokio::runtime::Handle::try_current()
+            .map_err(|_| ProxyError::Agent(StartError::NoRuntime))?;
         let empty = Arc::new(Current {
             version: 0,
             hash: String::new(),
@@ -146,7 +111,6 @@ impl Proxy {
         let workers = Workers::start(workers).map_err(ProxyError::Workers)?;
         let shared = Arc::new(Shared {
             compiled: ArcSwap::from_pointee(Compiled::empty(empty.clone())),
-            active: ArcSwap::new(empty),
             metrics: Metrics::new(),
             http: crate::http::server::builder(),
             connection_limit: Arc::new(Semaphore::new(config.max_connections.max(1))),
@@ -158,23 +122,25 @@ impl Proxy {
                 max_connections: config.max_connections.max(1),
             },
             workers,
-            stopping: AtomicBool::new(false),
             refusal_logged_ms: AtomicU64::new(0),
         });
-        let listeners = Arc::new(Listeners::new());
-        let binder = listeners.clone();
+        let listeners = Arc::new(Listeners::new(control));
+        let activation = Arc::new(Activation::new(shared.clone(), listeners.clone(), empty));
+        let (validator, sink) = (activation.clone(), activation.clone());
         let mut builder = Agent::builder()
             .config(config.agent)
-            .validator(move |candidate: &Current, _running: &Current| binder.prepare(candidate));
+            .validator(move |candidate: &Current, _running: &Current| validator.validate(candidate))
+            .sink(move |next: &Current| sink.commit(next));
         if let Some(d) = config.defaults {
             builder = builder.defaults(d);
         }
         let agent = builder.start()?;
         let mut changes = agent.subscribe();
-        activate(&shared, &listeners, changes.borrow_and_update().clone());
+        // What startup loaded went through the sink already.
+        changes.mark_unchanged();
         let stop = CancellationToken::new();
         let task = {
-            let (shared, listeners, stop) = (shared.clone(), listeners.clone(), stop.clone());
+            let (activation, stop) = (activation.clone(), stop.clone());
             tokio::spawn(async move {
                 loop {
                     tokio::select! {
@@ -182,7 +148,7 @@ impl Proxy {
                         changed = changes.changed() => if changed.is_err() { break },
                     }
                     let current = changes.borrow_and_update().clone();
-                    activate(&shared, &listeners, current);
+                    activation.follow(current);
                 }
             })
         };
@@ -193,8 +159,10 @@ impl Proxy {
             inner: Arc::new(Inner {
                 shared,
                 listeners,
+                activation,
                 agent,
                 stop,
+                stopping: AtomicBool::new(false),
                 task: std::sync::Mutex::new(Some(task)),
                 registry,
             }),
@@ -202,49 +170,14 @@ impl Proxy {
     }
 }
 
-/// Makes `current` the data plane's configuration.
-fn activate(shared: &Arc<Shared>, listeners: &Arc<Listeners>, current: Arc<Current>) {
-    let running = shared.compiled.load_full();
-    if Arc::ptr_eq(&running.current, &current) || (current.hash.is_empty() && !running.ready) {
-        // Nothing new, or still nothing loaded (no cache, no defaults).
-        return;
-    }
-    if running.ready && running.current.hash == current.hash {
-        // Same content under a new provenance (the control plane confirmed
-        // the cached version): nothing to compile or rebind.
-        shared.compiled.store(Arc::new(Compiled {
-            current: current.clone(),
-            ready: running.ready,
-            listeners: running.listeners.clone(),
-            clusters: running.clusters.clone(),
-            limits: running.limits.clone(),
-        }));
-    } else {
-        let next = compile(current.clone(), &running, &shared.metrics);
-        listeners.freeze_removed(&current, &running);
-        shared.compiled.store(Arc::new(next));
-        shared.metrics.commit_build();
-        listeners.reconcile(&current, shared);
-    }
-    shared
-        .metrics
-        .config_version
-        .set(i64::try_from(current.version).unwrap_or(i64::MAX));
-    shared.active.store(current.clone());
-    shared.metrics.activations.inc();
-    tracing::info!(
-        version = current.version,
-        hash = %current.hash,
-        source = current.source.as_str(),
-        "configuration active"
-    );
-}
-
 struct Inner {
     shared: Arc<Shared>,
     listeners: Arc<Listeners>,
+    activation: Arc<Activation>,
     agent: AgentHandle,
     stop: CancellationToken,
+    /// Set at shutdown: `/readyz` turns 503 so load balancers move away.
+    stopping: AtomicBool,
     task: std::sync::Mutex<Option<JoinHandle<()>>>,
     registry: Registry,
 }
@@ -271,15 +204,16 @@ impl ProxyHandle {
 
     /// Whether a configuration is active and the proxy is not shutting down.
     pub fn ready(&self) -> bool {
-        self.inner.shared.compiled.load().ready
-            && !self.inner.shared.stopping.load(Ordering::Acquire)
+        self.inner.shared.compiled.load().ready && !self.inner.stopping.load(Ordering::Acquire)
     }
 
-    /// The configuration the data plane runs, once fully activated (routes
-    /// swapped in and listeners reconciled). It may trail the agent's by the
-    /// time one activation takes.
+    /// The configuration the data plane runs (routes swapped in and
+    /// listeners reconciled). The data plane switches before the agent
+    /// swaps, so this may lead the agent's by one apply, never trail it;
+    /// only cached content the control plane confirms shows here as `live`
+    /// a moment after the agent's.
     pub fn running(&self) -> Arc<Current> {
-        self.inner.shared.active.load_full()
+        self.inner.activation.active()
     }
 
     /// Listeners accepting connections: (name, address).
@@ -311,7 +245,9 @@ impl ProxyHandle {
     /// the drain timeout, and stops the agent. Bounded.
     pub async fn shutdown(&self) {
         let inner = &self.inner;
-        inner.shared.stopping.store(true, Ordering::Release);
+        inner.stopping.store(true, Ordering::Release);
+        // No candidate may start listeners behind the drain.
+        inner.activation.close();
         inner.stop.cancel();
         let task = inner.task.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(task) = task {
@@ -323,5 +259,57 @@ impl ProxyHandle {
             .await;
         inner.shared.workers.stop().await;
         inner.agent.shutdown().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vane_model::{Format, parse_file, validate};
+
+    #[tokio::test]
+    async fn startup_defaults_take_the_apply_path() {
+        let web = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap()
+        };
+        let yaml = format!(
+            r#"
+listeners:
+  - {{ name: web, address: "{web}", protocol: http, route_table: main }}
+route_tables:
+  - name: main
+    routes: [ {{ match: {{ path_prefix: / }}, cluster: c }} ]
+clusters:
+  - {{ name: c, endpoints: [ {{ address: "127.0.0.1:9001" }} ] }}
+"#
+        );
+        let defaults = validate(parse_file(yaml.as_bytes(), Format::Yaml).unwrap()).unwrap();
+        let mut config = ProxyConfig {
+            defaults: Some(defaults),
+            workers: 1,
+            drain_timeout: Duration::from_millis(100),
+            ..ProxyConfig::default()
+        };
+        // Nobody listens there: the agent keeps retrying in the background.
+        config.agent.servers = vec!["http://127.0.0.1:1".into()];
+        config.agent.node_id = "n".into();
+        config.agent.group = "edge".into();
+        config.agent.shutdown_timeout = Duration::from_millis(200);
+        let proxy = Proxy::start(config).unwrap();
+        // When start returns, the defaults went through the validator and
+        // the sink: the data plane runs them, and the agent agrees.
+        assert!(proxy.ready());
+        let running = proxy.running();
+        assert_eq!(running.source, Source::Defaults);
+        assert_eq!(running.hash, proxy.agent().current().hash);
+        assert!(!running.hash.is_empty());
+        assert_eq!(proxy.listener_addresses(), vec![("web".to_owned(), web)]);
+        assert_eq!(
+            proxy.inner.shared.compiled.load().current.hash,
+            running.hash
+        );
+        proxy.shutdown().await;
+        assert!(!proxy.ready());
     }
 }

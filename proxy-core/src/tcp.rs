@@ -12,8 +12,8 @@ use tokio::net::TcpStream;
 
 use crate::clock;
 use crate::cluster::UpstreamErrorKind;
-use crate::http::body::InFlight;
-use crate::listeners::{ConnSignals, ListenerRt};
+use crate::cluster::outlier::InFlight;
+use crate::conn::{ConnSignals, ListenerRt};
 
 /// Most endpoints tried for one connection.
 const MAX_CONNECT_ATTEMPTS: usize = 3;

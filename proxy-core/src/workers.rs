@@ -6,8 +6,10 @@
 //! no cross-thread wake-ups (futex calls and context switches were the
 //! largest cost of a work-stealing runtime in profiles).
 //!
-//! The control side (agent, activation, admin) runs on the embedder's
-//! runtime; workers only read what it publishes (the compiled ArcSwap).
+//! The control side (agent, admin, and the agent's apply path, which
+//! compiles and switches the configuration on a blocking thread) runs on
+//! the embedder's runtime; workers only read what it publishes (the
+//! compiled ArcSwap).
 
 use std::sync::Mutex;
 use std::time::Duration;

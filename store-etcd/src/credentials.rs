@@ -10,13 +10,13 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use etcd_client::{Certificate, Identity, TlsOptions};
 use futures::StreamExt as _;
-use rustls::pki_types::pem::PemObject as _;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use vane_tls::pem::out_of_date;
 
 /// Longest a [`EtcdTls::probe`] may take.
 pub(super) const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -67,46 +67,14 @@ fn read(flag: &'static str, path: &Path) -> Result<Vec<u8>, EtcdCredentialError>
     std::fs::read(path).map_err(|e| file_error(flag, path, format!("cannot read: {e}")))
 }
 
-/// Every certificate of a PEM file.
+/// Every certificate of a PEM file (`vane-tls`'s reading, with the flag
+/// and the file named).
 fn certificates(
     flag: &'static str,
     path: &Path,
     pem: &[u8],
 ) -> Result<Vec<CertificateDer<'static>>, EtcdCredentialError> {
-    let certs = CertificateDer::pem_slice_iter(pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| file_error(flag, path, format!("not valid PEM: {e}")))?;
-    if certs.is_empty() {
-        return Err(file_error(flag, path, "no PEM certificate in the file"));
-    }
-    Ok(certs)
-}
-
-/// Why `cert` is of no use now: not X.509, expired or not yet valid. etcd
-/// (or rustls) would refuse it anyway, later and less clearly.
-fn out_of_date(cert: &CertificateDer<'_>) -> Option<String> {
-    let (_, parsed) = match x509_parser::parse_x509_certificate(cert.as_ref()) {
-        Ok(parsed) => parsed,
-        Err(e) => return Some(format!("not an X.509 certificate: {e}")),
-    };
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
-    let validity = parsed.validity();
-    let subject = parsed.subject().to_string();
-    if validity.not_after.timestamp() < now {
-        Some(format!(
-            "certificate {subject:?} expired on {}",
-            validity.not_after
-        ))
-    } else if validity.not_before.timestamp() > now {
-        Some(format!(
-            "certificate {subject:?} is not valid before {}",
-            validity.not_before
-        ))
-    } else {
-        None
-    }
+    vane_tls::pem::certificates(pem).map_err(|e| file_error(flag, path, e))
 }
 
 /// TLS to etcd: the CA bundle etcd's server certificate must chain to, and
@@ -186,18 +154,8 @@ impl EtcdTls {
                     return Err(file_error("--etcd-cert", cert, why));
                 }
                 let key_pem = read("--etcd-key", key)?;
-                let private = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
-                    file_error(
-                        "--etcd-key",
-                        key,
-                        match e {
-                            rustls::pki_types::pem::Error::NoItemsFound => {
-                                "no PEM private key in the file".to_owned()
-                            }
-                            other => format!("not a valid PEM private key: {other}"),
-                        },
-                    )
-                })?;
+                let private = vane_tls::pem::private_key(&key_pem)
+                    .map_err(|e| file_error("--etcd-key", key, e))?;
                 let config = builder.with_client_auth_cert(chain, private).map_err(|e| {
                     EtcdCredentialError::Pair {
                         cert: cert.to_path_buf(),
@@ -409,7 +367,7 @@ pub(super) fn rejection(e: &etcd_client::Error, tls: Option<&EtcdTls>) -> Option
             }
             text
         }
-        E::TransportError(_) | E::IoError(_) => super::describe(e),
+        E::TransportError(_) | E::IoError(_) => crate::failure::describe(e),
         _ => return None,
     };
     tls_refusal(&text, tls.is_some_and(EtcdTls::has_client_certificate))
@@ -489,6 +447,29 @@ const TLS_MESSAGES: &[(&str, &str)] = &[
     ),
 ];
 
+/// Whether `e` is etcd refusing this replica's TLS settings or
+/// credentials: recognised in the error, or, for a connection broken
+/// during or right after the handshake, found by a probe of our own
+/// bounded by `deadline` (see [`EtcdTls::probe`]).
+pub(crate) async fn refusal(
+    tls: Option<&EtcdTls>,
+    endpoints: &[String],
+    e: &etcd_client::Error,
+    deadline: tokio::time::Instant,
+) -> Option<String> {
+    if let Some(reason) = rejection(e, tls) {
+        return Some(reason);
+    }
+    let tls = tls?;
+    if !broken_connection(e) {
+        return None;
+    }
+    let within = deadline
+        .saturating_duration_since(tokio::time::Instant::now())
+        .min(PROBE_TIMEOUT);
+    tls.probe(endpoints, within).await
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -554,21 +535,21 @@ mod tests {
         assert_eq!(
             message(&garbage, None),
             format!(
-                "--etcd-ca {}: no PEM certificate in the file",
+                "--etcd-ca {}: no PEM certificate (-----BEGIN CERTIFICATE-----) in it",
                 garbage.display()
             )
         );
         assert_eq!(
             message(&ca, Some((&garbage, &key))),
             format!(
-                "--etcd-cert {}: no PEM certificate in the file",
+                "--etcd-cert {}: no PEM certificate (-----BEGIN CERTIFICATE-----) in it",
                 garbage.display()
             )
         );
         assert_eq!(
             message(&ca, Some((&cert, &garbage))),
             format!(
-                "--etcd-key {}: no PEM private key in the file",
+                "--etcd-key {}: no PEM private key (-----BEGIN PRIVATE KEY-----) in it",
                 garbage.display()
             )
         );

@@ -1,151 +1,35 @@
-//! The etcd store against a real, single-member etcd on free loopback ports:
+//! The etcd store against a real, single-member etcd on free loopback ports
+//! (started by `vane-testkit`'s launcher, the one the cluster tests use):
 //! the generic store suite, and what only a shared store does (bodies in
 //! chunks, compare-and-set across replicas, the feed and compaction, agents
-//! bound to a lease, etcd going away and coming back).
+//! bound to a lease, etcd going away and coming back, mutual TLS).
 //!
 //! `etcd` must be on `PATH` (`cargo xtask test` installs Debian's
 //! `etcd-server`); without it these tests fail and say so.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-
 use futures::StreamExt as _;
+use vane_testkit::etcd::{EtcdCluster, EtcdTls as MemberTls};
 
 use super::*;
 use vane_store::suite;
 
-/// A single-member etcd in a temporary directory, killed on drop.
-struct Etcd {
-    child: Option<Child>,
-    dir: tempfile::TempDir,
-    client_port: u16,
-    peer_port: u16,
+/// One etcd member, healthy. Started on a blocking thread: the launcher
+/// waits for the member with blocking HTTP calls.
+async fn etcd() -> EtcdCluster {
+    tokio::task::spawn_blocking(|| EtcdCluster::start(1))
+        .await
+        .unwrap()
 }
 
-/// A free loopback port below the kernel's ephemeral range, so that no
-/// outgoing connection takes it before etcd binds it.
-fn free_port() -> u16 {
-    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let start = std::process::id() % 12_000;
-    (0..12_000)
-        .map(|_| {
-            let step = NEXT.fetch_add(7, std::sync::atomic::Ordering::Relaxed);
-            u16::try_from(20_000 + (start + step) % 12_000).unwrap()
-        })
-        .find(|port| std::net::TcpListener::bind(("127.0.0.1", *port)).is_ok())
-        .expect("a free loopback port")
-}
-
-fn etcd_binary() -> PathBuf {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .map(|dir| dir.join("etcd"))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "these tests need `etcd` on PATH: install Debian's etcd-server \
-                 (`cargo xtask test` does) and run again"
-            )
-        })
-}
-
-impl Etcd {
-    async fn start() -> Self {
-        let mut etcd = Self {
-            child: None,
-            dir: tempfile::Builder::new()
-                .prefix("vane-etcd-")
-                .tempdir()
-                .unwrap(),
-            client_port: free_port(),
-            peer_port: free_port(),
-        };
-        etcd.spawn().await;
-        etcd
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
-    }
-
-    async fn spawn(&mut self) {
-        let peer = format!("http://127.0.0.1:{}", self.peer_port);
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join("etcd.log"))
-            .unwrap();
-        let child = Command::new(etcd_binary())
-            .args(["--name", "solo", "--data-dir"])
-            .arg(self.dir.path().join("data"))
-            .args(["--listen-client-urls", &self.url()])
-            .args(["--advertise-client-urls", &self.url()])
-            .args(["--listen-peer-urls", &peer])
-            .args(["--initial-advertise-peer-urls", &peer])
-            .args(["--initial-cluster", &format!("solo={peer}")])
-            .args(["--logger", "zap", "--log-level", "warn"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn etcd");
-        self.child = Some(child);
-        wait_ready(&self.url(), self.dir.path()).await;
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    async fn restart(&mut self) {
-        assert!(self.child.is_none());
-        self.spawn().await;
-    }
-
-    fn config(&self, prefix: &str) -> EtcdConfig {
-        EtcdConfig {
-            endpoints: vec![self.url()],
-            prefix: prefix.into(),
-            request_timeout: Duration::from_secs(3),
-            lease_ttl: Duration::from_secs(3),
-            tls: None,
-            auth: None,
-        }
-    }
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        self.kill();
-        if std::thread::panicking() {
-            let log = std::fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default();
-            eprintln!("--- etcd log ---\n{log}");
-        }
-    }
-}
-
-async fn wait_ready(url: &str, dir: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let ready = async {
-            let mut client = Client::connect([url], None).await.ok()?;
-            tokio::time::timeout(Duration::from_secs(1), client.get("ready", None))
-                .await
-                .ok()?
-                .ok()
-        };
-        if ready.await.is_some() {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "etcd at {url} did not become ready; its log:\n{}",
-            std::fs::read_to_string(dir.join("etcd.log")).unwrap_or_default()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+/// The store's settings for the single member of `etcd`, under `prefix`.
+fn store_config(etcd: &EtcdCluster, prefix: &str) -> EtcdConfig {
+    EtcdConfig {
+        endpoints: etcd.endpoints(),
+        prefix: prefix.into(),
+        request_timeout: Duration::from_secs(3),
+        lease_ttl: Duration::from_secs(3),
+        tls: None,
+        auth: None,
     }
 }
 
@@ -162,21 +46,23 @@ fn opener(config: EtcdConfig) -> impl Fn() -> suite::OpenFuture + Send + Sync + 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn suite_against_etcd() {
-    let etcd = Etcd::start().await;
-    suite::sequence(opener(etcd.config("/t/sequence"))).await;
-    suite::unchanged(opener(etcd.config("/t/unchanged"))).await;
-    suite::conflict(opener(etcd.config("/t/conflict"))).await;
-    suite::reads(opener(etcd.config("/t/reads"))).await;
-    suite::rollback(opener(etcd.config("/t/rollback"))).await;
-    suite::reopen(opener(etcd.config("/t/reopen"))).await;
-    suite::concurrent(opener(etcd.config("/t/concurrent"))).await;
-    suite::closed(opener(etcd.config("/t/closed"))).await;
+    let etcd = etcd().await;
+    suite::sequence(opener(store_config(&etcd, "/t/sequence"))).await;
+    suite::unchanged(opener(store_config(&etcd, "/t/unchanged"))).await;
+    suite::conflict(opener(store_config(&etcd, "/t/conflict"))).await;
+    suite::reads(opener(store_config(&etcd, "/t/reads"))).await;
+    suite::rollback(opener(store_config(&etcd, "/t/rollback"))).await;
+    suite::reopen(opener(store_config(&etcd, "/t/reopen"))).await;
+    suite::concurrent(opener(store_config(&etcd, "/t/concurrent"))).await;
+    suite::closed(opener(store_config(&etcd, "/t/closed"))).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_bodies_go_in_chunks_before_the_head() {
-    let etcd = Etcd::start().await;
-    let store = EtcdStore::connect(etcd.config("/big")).await.unwrap();
+    let etcd = etcd().await;
+    let store = EtcdStore::connect(store_config(&etcd, "/big"))
+        .await
+        .unwrap();
     // 3.5 MiB: four chunks, more than one etcd request may carry.
     let body: Vec<u8> = (0..(3 * CHUNK_BYTES + CHUNK_BYTES / 2))
         .map(|i| (i % 251) as u8)
@@ -197,7 +83,7 @@ async fn large_bodies_go_in_chunks_before_the_head() {
     store.push(suite::new_version("g", b"small")).await.unwrap();
     let again = store.push(new).await.unwrap();
     assert_eq!(again.record().version, 3);
-    let mut client = Client::connect([etcd.url()], None).await.unwrap();
+    let mut client = Client::connect(etcd.endpoints(), None).await.unwrap();
     let chunks = client
         .get(
             "/big/blobs/",
@@ -214,9 +100,17 @@ async fn large_bodies_go_in_chunks_before_the_head() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn replicas_share_versions_and_exactly_one_cas_wins() {
-    let etcd = Etcd::start().await;
-    let a = Arc::new(EtcdStore::connect(etcd.config("/shared")).await.unwrap());
-    let b = Arc::new(EtcdStore::connect(etcd.config("/shared")).await.unwrap());
+    let etcd = etcd().await;
+    let a = Arc::new(
+        EtcdStore::connect(store_config(&etcd, "/shared"))
+            .await
+            .unwrap(),
+    );
+    let b = Arc::new(
+        EtcdStore::connect(store_config(&etcd, "/shared"))
+            .await
+            .unwrap(),
+    );
     let mut feed_b = b.feed().unwrap();
     match feed_b.next().await.unwrap() {
         FeedEvent::Resynced(heads) => assert!(heads.is_empty()),
@@ -270,9 +164,13 @@ async fn replicas_share_versions_and_exactly_one_cas_wins() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn feed_recovers_from_compaction() {
-    let etcd = Etcd::start().await;
-    let a = EtcdStore::connect(etcd.config("/compact")).await.unwrap();
-    let b = EtcdStore::connect(etcd.config("/compact")).await.unwrap();
+    let etcd = etcd().await;
+    let a = EtcdStore::connect(store_config(&etcd, "/compact"))
+        .await
+        .unwrap();
+    let b = EtcdStore::connect(store_config(&etcd, "/compact"))
+        .await
+        .unwrap();
     a.push(suite::new_version("g", b"v1")).await.unwrap();
     let mut feed = b.feed().unwrap();
     // The feed read the heads at some revision; it opens its watch from the
@@ -284,15 +182,7 @@ async fn feed_recovers_from_compaction() {
     for content in [b"v2", b"v3", b"v4"] {
         a.push(suite::new_version("g", content)).await.unwrap();
     }
-    let mut client = Client::connect([etcd.url()], None).await.unwrap();
-    let revision = client
-        .get("x", None)
-        .await
-        .unwrap()
-        .header()
-        .unwrap()
-        .revision();
-    client.compact(revision, None).await.unwrap();
+    tokio::task::block_in_place(|| etcd.compact(0));
     let event = tokio::time::timeout(Duration::from_secs(10), feed.next())
         .await
         .unwrap()
@@ -339,9 +229,13 @@ fn agent(node: &str, connected: bool) -> AgentRecord {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agents_are_shared_and_expire_with_the_lease() {
-    let etcd = Etcd::start().await;
-    let a = EtcdStore::connect(etcd.config("/agents")).await.unwrap();
-    let b = EtcdStore::connect(etcd.config("/agents")).await.unwrap();
+    let etcd = etcd().await;
+    let a = EtcdStore::connect(store_config(&etcd, "/agents"))
+        .await
+        .unwrap();
+    let b = EtcdStore::connect(store_config(&etcd, "/agents"))
+        .await
+        .unwrap();
     let (dir_a, dir_b) = (a.agent_directory().unwrap(), b.agent_directory().unwrap());
     let shared = SharedAgent {
         replica: "a:1".into(),
@@ -395,8 +289,8 @@ async fn agents_are_shared_and_expire_with_the_lease() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_etcd_pushes_fail_fast_and_resume_after() {
-    let mut etcd = Etcd::start().await;
-    let mut config = etcd.config("/down");
+    let mut etcd = etcd().await;
+    let mut config = store_config(&etcd, "/down");
     config.request_timeout = Duration::from_secs(1);
     let store = Arc::new(EtcdStore::connect(config).await.unwrap());
     store.push(suite::new_version("g", b"a")).await.unwrap();
@@ -406,14 +300,14 @@ async fn without_etcd_pushes_fail_fast_and_resume_after() {
     let mut feed = store.feed().unwrap();
     assert!(matches!(feed.next().await, Some(FeedEvent::Resynced(_))));
 
-    etcd.kill();
+    etcd.kill(0);
     let started = Instant::now();
     let err = store.push(suite::new_version("g", b"b")).await.unwrap_err();
     let took = started.elapsed();
     assert!(took < Duration::from_secs(3), "took {took:?}");
     match &err {
         StoreError::Degraded(message) => {
-            assert!(message.contains(&etcd.url()), "{message}");
+            assert!(message.contains(&etcd.endpoint(0)), "{message}");
             assert!(message.ends_with("nothing was stored"), "{message}");
         }
         other => panic!("expected Degraded, got {other:?}"),
@@ -429,7 +323,8 @@ async fn without_etcd_pushes_fail_fast_and_resume_after() {
         other => panic!("expected the feed to report the loss, got {other:?}"),
     }
 
-    etcd.restart().await;
+    // Not waited for: the pushes below retry until etcd takes one.
+    etcd.restart(0);
     let deadline = Instant::now() + Duration::from_secs(20);
     let v = loop {
         match store.push(suite::new_version("g", b"b")).await {
@@ -458,6 +353,55 @@ async fn without_etcd_pushes_fail_fast_and_resume_after() {
     assert_eq!(store.health().degraded, None);
     // (`vane_control_store_degraded` is this, read at scrape time.)
     assert!(store.health().degraded.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_with_the_client_certificate_and_a_clear_refusal_without() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name);
+    let ca = vane_pki::Ca::new("etcd test CA").unwrap();
+    std::fs::write(path("ca.pem"), ca.cert_pem()).unwrap();
+    // etcd's certificate is also a client one: its own gateway presents it.
+    ca.issue(&vane_pki::LeafParams::server(["127.0.0.1", "localhost"]).also_client())
+        .unwrap()
+        .write(&path("etcd.pem"), &path("etcd.key"), false)
+        .unwrap();
+    ca.issue(&vane_pki::LeafParams::client("replica"))
+        .unwrap()
+        .write(&path("replica.pem"), &path("replica.key"), false)
+        .unwrap();
+    let member = MemberTls {
+        cert: path("etcd.pem"),
+        key: path("etcd.key"),
+        client_ca: Some(path("ca.pem")),
+    };
+    let etcd = tokio::task::spawn_blocking(move || EtcdCluster::start_tls(1, member))
+        .await
+        .unwrap();
+    let mut config = store_config(&etcd, "/tls");
+    assert!(config.endpoints[0].starts_with("https://"), "{config:?}");
+
+    config.tls = Some(
+        EtcdTls::from_files(
+            &path("ca.pem"),
+            Some((&path("replica.pem"), &path("replica.key"))),
+        )
+        .unwrap(),
+    );
+    let store = EtcdStore::connect(config.clone()).await.unwrap();
+    store
+        .push(suite::new_version("g", b"over tls"))
+        .await
+        .unwrap();
+    let head = store.get("g", None).await.unwrap().unwrap();
+    assert_eq!(head.snapshot.as_ref(), b"over tls");
+    store.close().await.unwrap();
+
+    // The CA alone: etcd wants a client certificate, and the error says
+    // which flags give one.
+    config.tls = Some(EtcdTls::from_files(&path("ca.pem"), None).unwrap());
+    let err = EtcdStore::connect(config).await.unwrap_err().to_string();
+    assert!(err.contains("--etcd-cert"), "{err}");
 }
 
 #[tokio::test]
@@ -496,7 +440,10 @@ async fn configuration_errors_name_the_setting() {
     // Nothing listens there: a clear, bounded failure.
     let started = Instant::now();
     let err = EtcdStore::connect(EtcdConfig {
-        endpoints: vec![format!("http://127.0.0.1:{}", free_port())],
+        endpoints: vec![format!(
+            "http://127.0.0.1:{}",
+            vane_testkit::net::free_port()
+        )],
         request_timeout: Duration::from_millis(500),
         ..EtcdConfig::default()
     })

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::StoreError;
+use crate::error::StoreError;
 
 /// The state shown for an agent, relative to its group's head.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -41,10 +41,11 @@ use redb::{
 use tokio::sync::{mpsc, oneshot};
 use vane_proto as pb;
 
-use crate::{
-    AUDIT_RETENTION, AuditRecord, NewVersion, PushOutcome, Store, StoreError, StoreHealth,
-    VersionMeta, VersionRecord, decode_audit, encode_audit, now_unix_ms,
+use crate::contract::{
+    AUDIT_RETENTION, AuditRecord, NewVersion, PushOutcome, Store, StoreHealth, VersionMeta,
+    VersionRecord, decode_audit, encode_audit, now_unix_ms,
 };
+use crate::error::StoreError;
 
 /// File name of the database inside the data directory.
 pub const DB_FILE: &str = "vane.redb";

@@ -14,7 +14,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::{NewVersion, PushOutcome, Store, StoreError};
+use crate::contract::{NewVersion, PushOutcome, Store};
+use crate::error::StoreError;
 
 /// What an opener returns.
 pub type OpenFuture = Pin<Box<dyn Future<Output = Arc<dyn Store>> + Send>>;

@@ -1,4 +1,5 @@
-//! Real etcd for the cluster tests: members as child processes on free
+//! Real etcd for the cluster tests and the etcd store's own tests: members
+//! (one or several) as child processes on free
 //! loopback ports with temporary data directories (SIGKILLed and restarted
 //! at will), a few calls to etcd's JSON gateway (health, leader, compaction),
 //! a TCP relay that can cut one replica off from etcd, and the flags that
@@ -7,10 +8,9 @@
 //! health is then read from a plaintext metrics port.
 //!
 //! `etcd` must be on PATH: `cargo xtask test` installs Debian's
-//! `etcd-server`. Without it the cluster tests fail, saying so.
+//! `etcd-server`. Without it the tests that start one fail, saying so.
 
 use std::fs::File;
-use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -21,24 +21,12 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
-use crate::{ControlServer, Output, STARTUP_TIMEOUT, bin_path};
+use crate::net::{free_port, http_request as http};
+use crate::process::{STARTUP_TIMEOUT, bin_path, run_captured};
+use crate::{ControlServer, Output};
 
 /// How long a member (or the whole cluster) may take to become healthy.
 pub const ETCD_READY_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// A free loopback port below the ephemeral range (see [`crate::net::free_port`]).
-pub fn free_listen_port() -> u16 {
-    crate::net::free_port()
-}
-
-/// [`free_listen_port`] as an address.
-pub fn free_listen_addr() -> SocketAddr {
-    crate::net::free_addr()
-}
-
-fn free_port() -> u16 {
-    crate::net::free_port()
-}
 
 fn etcd_binary() -> PathBuf {
     let path = std::env::var_os("PATH").unwrap_or_default();
@@ -47,7 +35,7 @@ fn etcd_binary() -> PathBuf {
         .find(|p| p.is_file())
         .unwrap_or_else(|| {
             panic!(
-                "the cluster tests need `etcd` on PATH: install Debian's etcd-server \
+                "this test needs `etcd` on PATH: install Debian's etcd-server \
                  (`cargo xtask test` does) and run again"
             )
         })
@@ -479,49 +467,6 @@ fn random_u64() -> u64 {
     std::collections::hash_map::RandomState::new().hash_one(std::process::id())
 }
 
-/// A minimal HTTP/1.1 request on loopback; returns the status and the body
-/// (chunked bodies decoded).
-fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> std::io::Result<(u16, String)> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )?;
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response)?;
-    let response = String::from_utf8_lossy(&response).into_owned();
-    let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_owned());
-    let (head, rest) = response
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| bad("malformed HTTP response"))?;
-    let code = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| bad("no status code"))?;
-    let chunked = head.lines().any(|l| {
-        l.to_ascii_lowercase()
-            .starts_with("transfer-encoding: chunked")
-    });
-    if !chunked {
-        return Ok((code, rest.to_owned()));
-    }
-    let mut body = String::new();
-    let mut rest = rest;
-    while let Some((size, after)) = rest.split_once("\r\n") {
-        let size = usize::from_str_radix(size.trim(), 16).map_err(|_| bad("bad chunk size"))?;
-        if size == 0 || after.len() < size {
-            break;
-        }
-        body.push_str(&after[..size]);
-        rest = after[size..].trim_start_matches("\r\n");
-    }
-    Ok((code, body))
-}
-
 /// A TCP relay to one address that can be cut (every connection closed,
 /// new ones refused at once) and restored: a network partition between one
 /// replica and etcd.
@@ -640,7 +585,7 @@ pub fn start_replica(name: &str, endpoints: &[String], extra: &[&str]) -> Contro
 /// Runs a `vane-control` replica (as [`start_replica`] would) that must
 /// refuse to start, and returns what it said: its exit code and stderr, as
 /// an [`Output`]. Panics if it is still running after
-/// [`crate::STARTUP_TIMEOUT`] (it is then killed).
+/// [`STARTUP_TIMEOUT`] (it is then killed).
 pub fn replica_refusing_to_start(name: &str, endpoints: &[String], extra: &[&str]) -> Output {
     let data = tempfile::Builder::new()
         .prefix("vane-e2e-")
@@ -653,44 +598,15 @@ pub fn replica_refusing_to_start(name: &str, endpoints: &[String], extra: &[&str
     }
     args.extend(["--replica-name", name]);
     args.extend_from_slice(extra);
-    let mut child = Command::new(bin_path("vane-control"))
-        .args(&args)
-        .arg("--data-dir")
-        .arg(data.path())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn vane-control");
-    let read_all = |mut r: Box<dyn Read + Send>| {
-        thread::spawn(move || {
-            let mut buf = Vec::new();
-            let _ = r.read_to_end(&mut buf);
-            String::from_utf8_lossy(&buf).into_owned()
-        })
-    };
-    let stdout = read_all(Box::new(child.stdout.take().expect("stdout is piped")));
-    let stderr = read_all(Box::new(child.stderr.take().expect("stderr is piped")));
-    let deadline = Instant::now() + STARTUP_TIMEOUT;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for vane-control") {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "vane-control {args:?} was meant to refuse to start, and still runs after \
-                 {STARTUP_TIMEOUT:?}; stderr:\n{}",
-                stderr.join().unwrap_or_default()
-            );
-        }
-        thread::sleep(Duration::from_millis(20));
-    };
+    let mut cmd = Command::new(bin_path("vane-control"));
+    cmd.args(&args).arg("--data-dir").arg(data.path());
+    let done = run_captured(cmd, None, STARTUP_TIMEOUT).unwrap_or_else(|e| {
+        panic!("vane-control {args:?} was meant to refuse to start, and did not: {e}")
+    });
     Output {
-        code: status.code().unwrap_or(-1),
-        stdout: stdout.join().expect("stdout reader"),
-        stderr: stderr.join().expect("stderr reader"),
+        code: done.code,
+        stdout: done.stdout,
+        stderr: done.stderr,
         args: args.iter().map(|a| (*a).to_owned()).collect(),
     }
 }

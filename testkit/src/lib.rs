@@ -4,14 +4,21 @@
 //!
 //! # Layout
 //! - [`process`]: where `cargo build --workspace --bins` put a binary
-//!   ([`bin_path`]), starting one that announces its address, stopping one.
-//! - [`net`]: free loopback ports, a minimal HTTP GET, waiting for a listener.
+//!   ([`process::bin_path`]), starting one that announces its address,
+//!   running one to its end, stopping one.
+//! - [`net`]: free loopback ports, a minimal HTTP client, waiting for a
+//!   listener.
 //! - [`ControlServer`]: one `vane-control` child process with its own data
 //!   directory; it can be killed (SIGKILL), terminated (SIGTERM) and restarted
 //!   on the same data, and it is always killed when dropped.
 //! - [`vanectl`]: run the CLI once and capture exit code, stdout and stderr.
 //! - [`WatchClient`]: a scripted agent on `ConfigDiscovery.Watch`.
 //! - [`fixtures`]: snapshot files built at runtime from `examples/snapshot.yaml`.
+//! - [`etcd`]: etcd members as child processes, and `vane-control` replicas
+//!   on them.
+//! - [`sidecar`]: `vane-agent` as a child process.
+//! - [`proxy`]: `vane-proxy` as a child process, backends, HTTP clients and
+//!   load, and snapshot builders for it.
 //!
 //! Every wait here is bounded by a generous timeout, so a hung server fails a
 //! test instead of hanging it; none of the assertions depend on how fast
@@ -22,22 +29,19 @@
 pub mod etcd;
 pub mod net;
 pub mod process;
+pub mod proxy;
 pub mod sidecar;
 
-pub use process::{
-    STARTUP_TIMEOUT, bin_dir, bin_path, read_lossy, spawn_announced, terminate_child,
-    workspace_root,
-};
-
-use std::io::Read;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 use vane_proto as pb;
+
+use crate::process::{bin_path, read_lossy, run_captured, spawn_announced, terminate_child};
 
 /// How long one `vanectl` run may take.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
@@ -154,23 +158,11 @@ impl ControlServer {
     }
 
     /// Sends SIGTERM and waits up to `within` for the process to exit.
-    /// Returns its exit status, or `None` if it is still running (it is then
-    /// left running; drop or [`Self::kill`] stops it).
+    /// Returns its exit status, or `None` if it was still running then (it
+    /// is SIGKILLed, so a test that fails on `None` leaves nothing behind).
     pub fn terminate(&mut self, within: Duration) -> Option<ExitStatus> {
-        let child = self.child.as_mut().expect("the server is running");
-        let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pids fit in i32"));
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("send SIGTERM");
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = child.try_wait().expect("wait for vane-control") {
-                self.child = None;
-                return Some(status);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
+        let child = self.child.take().expect("the server is running");
+        terminate_child(child, within)
     }
 
     /// Starts the server again on the same data directory (after
@@ -313,57 +305,16 @@ fn run_vanectl_with_input(args: &[&str], env: &[(&str, &str)], input: Option<Vec
     let mut cmd = Command::new(bin_path("vanectl"));
     cmd.args(args)
         .env_remove("VANE_SERVER")
-        .env("NO_COLOR", "1")
-        .stdin(if input.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .env("NO_COLOR", "1");
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let mut child = cmd.spawn().expect("spawn vanectl");
-    if let Some(input) = input {
-        let mut stdin = child.stdin.take().expect("stdin is piped");
-        // Written from a thread: a large input must not deadlock against
-        // vanectl's output filling its pipes.
-        thread::spawn(move || {
-            use std::io::Write as _;
-            let _ = stdin.write_all(&input);
-        });
-    }
-    let out = child.stdout.take().expect("stdout is piped");
-    let err = child.stderr.take().expect("stderr is piped");
-    let read_all = |mut r: Box<dyn Read + Send>| {
-        thread::spawn(move || {
-            let mut buf = Vec::new();
-            let _ = r.read_to_end(&mut buf);
-            String::from_utf8_lossy(&buf).into_owned()
-        })
-    };
-    let out = read_all(Box::new(out));
-    let err = read_all(Box::new(err));
-    let deadline = Instant::now() + COMMAND_TIMEOUT;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for vanectl") {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "`vanectl {}` did not finish within {COMMAND_TIMEOUT:?}",
-                args.join(" ")
-            );
-        }
-        thread::sleep(Duration::from_millis(5));
-    };
+    let done = run_captured(cmd, input, COMMAND_TIMEOUT)
+        .unwrap_or_else(|e| panic!("`vanectl {}`: {e}", args.join(" ")));
     Output {
-        code: status.code().unwrap_or(-1),
-        stdout: out.join().expect("stdout reader"),
-        stderr: err.join().expect("stderr reader"),
+        code: done.code,
+        stdout: done.stdout,
+        stderr: done.stderr,
         args: args.iter().map(|s| (*s).to_owned()).collect(),
     }
 }
@@ -445,7 +396,7 @@ pub mod fixtures {
 
     /// `examples/snapshot.yaml`.
     pub fn example_path() -> PathBuf {
-        super::workspace_root().join("examples/snapshot.yaml")
+        crate::process::workspace_root().join("examples/snapshot.yaml")
     }
 
     /// The example, parsed.
@@ -606,12 +557,47 @@ impl WatchClient {
         }
     }
 
-    /// Asserts that nothing arrives for `quiet` (the stream stays open).
-    pub async fn expect_quiet(&mut self, quiet: Duration) {
+    /// Asserts that nothing arrives for `quiet` (the stream stays open),
+    /// and returns a [`Quiet`] to finish the check with: the response the
+    /// test makes the server send next (a push) must then be the very next
+    /// message.
+    ///
+    /// A quiet window alone proves nothing: on a slow machine a message
+    /// that was due may just not have arrived yet, and a dead stream is
+    /// quiet too. Anything the server sent late shows up ahead of the
+    /// response that must come, and a dead stream never brings it.
+    pub async fn expect_quiet(&mut self, quiet: Duration) -> Quiet<'_> {
         match self.next(quiet).await {
-            Next::Quiet => {}
+            Next::Quiet => Quiet {
+                client: self,
+                quiet,
+            },
             other => panic!("expected no watch message for {quiet:?}, got {other:?}"),
         }
+    }
+
+    /// Sends a heartbeat (a request with no node and no nonce, `running`
+    /// as in [`Self::connect`]) every `every`, as an agent does, until the
+    /// returned handle is dropped.
+    pub fn heartbeats(&self, every: Duration, running: Option<(u64, &str)>) -> Heartbeats {
+        let requests = self.requests.clone();
+        let (version_info, hash) = running.unwrap_or((0, ""));
+        let heartbeat = pb::WatchRequest {
+            version_info,
+            hash: hash.to_owned(),
+            ..pb::WatchRequest::default()
+        };
+        Heartbeats(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                // A closed stream ends the heartbeats; the test sees the
+                // end on its side of the stream.
+                if requests.send(heartbeat.clone()).await.is_err() {
+                    return;
+                }
+            }
+        }))
     }
 
     /// ACKs `resp`: the agent now runs its version.
@@ -655,6 +641,43 @@ impl WatchClient {
     }
 }
 
+/// A watch stream on which nothing arrived for a while (see
+/// [`WatchClient::expect_quiet`]); the check is complete once the response
+/// that must come next has come.
+#[must_use = "a quiet window proves nothing until the response that must come next has come: \
+              call `then_recv`"]
+pub struct Quiet<'a> {
+    client: &'a mut WatchClient,
+    quiet: Duration,
+}
+
+impl Quiet<'_> {
+    /// The next message, which must be a response for `version` and must
+    /// arrive within [`WATCH_TIMEOUT`]: a resend or any other response the
+    /// server should not have sent fails here, and so does a stream that
+    /// ended during the quiet window.
+    pub async fn then_recv(self, version: u64) -> pb::WatchResponse {
+        match self.client.next(WATCH_TIMEOUT).await {
+            Next::Response(r) if r.version == version => r,
+            other => panic!(
+                "after {:?} without a message, expected the response for version {version} \
+                 next, got {other:?}",
+                self.quiet
+            ),
+        }
+    }
+}
+
+/// Heartbeats sent by a task (see [`WatchClient::heartbeats`]); dropping
+/// this stops them.
+pub struct Heartbeats(tokio::task::JoinHandle<()>);
+
+impl Drop for Heartbeats {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// The snapshot carried by a watch response, decoded and validated.
 #[track_caller]
 pub fn decode_snapshot(resp: &pb::WatchResponse) -> vane_model::Snapshot {
@@ -667,4 +690,3 @@ pub fn decode_snapshot(resp: &pb::WatchResponse) -> vane_model::Snapshot {
         None => panic!("the watch response has no snapshot: {resp:?}"),
     }
 }
-pub mod proxy;

@@ -1,10 +1,10 @@
 //! Child processes of the workspace's binaries: where they were built,
-//! starting one and waiting for the line that says it listens, and stopping
-//! one with SIGTERM, then SIGKILL. Written once for the tests, the
-//! benchmarks and the demo.
+//! starting one and waiting for the line that says it listens, running one
+//! to its end with its output captured, and stopping one with SIGTERM, then
+//! SIGKILL. Written once for the tests, the benchmarks and the demo.
 
 use std::fs::File;
-use std::io::{BufRead as _, BufReader, Read as _};
+use std::io::{BufRead as _, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
@@ -25,7 +25,9 @@ pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
 /// When the running binary has no path.
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("the running binary has a path");
-    let deps = exe.parent().expect("the running binary lives in a directory");
+    let deps = exe
+        .parent()
+        .expect("the running binary lives in a directory");
     let profile_dir = if deps.file_name().is_some_and(|n| n == "deps") {
         deps.parent().unwrap_or(deps).to_path_buf()
     } else {
@@ -145,6 +147,92 @@ pub fn terminate_child(mut child: Child, within: Duration) -> Option<ExitStatus>
     let _ = child.kill();
     let _ = child.wait();
     None
+}
+
+/// What a child run to its end by [`run_captured`] did.
+#[derive(Debug, Clone)]
+pub struct Captured {
+    /// Exit code; -1 when the process died of a signal.
+    pub code: i32,
+    /// Everything printed on stdout.
+    pub stdout: String,
+    /// Everything printed on stderr.
+    pub stderr: String,
+}
+
+/// Runs `cmd` to its end with `input` (if any) on its stdin and stdout and
+/// stderr captured. A child still running after `within` is SIGKILLed and
+/// the error says so, with what it printed on stderr.
+///
+/// Both pipes are drained by threads, and the input is written by one, so a
+/// child that prints a lot while it reads a large input cannot deadlock
+/// against the test.
+pub fn run_captured(
+    mut cmd: Command,
+    input: Option<Vec<u8>>,
+    within: Duration,
+) -> Result<Captured, String> {
+    let program = Path::new(cmd.get_program())
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut child = cmd
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot start {program}: {e}"))?;
+    if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
+        thread::spawn(move || {
+            use std::io::Write as _;
+            let _ = stdin.write_all(&input);
+        });
+    }
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut buf);
+            }
+            String::from_utf8_lossy(&buf).into_owned()
+        })
+    };
+    let stdout = drain(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let stderr = drain(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let deadline = Instant::now() + within;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(5)),
+            Ok(None) | Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "{program} did not finish within {within:?}; its stderr:\n{}",
+                    stderr.join().unwrap_or_default()
+                ));
+            }
+        }
+    };
+    Ok(Captured {
+        code: status.code().unwrap_or(-1),
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+    })
 }
 
 /// A file's text, lossily; empty when it cannot be read.

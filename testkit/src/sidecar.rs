@@ -6,11 +6,10 @@ use std::process::{Child, Command, ExitStatus};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::{bin_path, spawn_announced};
+use crate::net::http_get;
+use crate::process::{bin_path, spawn_announced, terminate_child};
 
 const ADMIN_PREFIX: &str = "vane-agent admin listening on ";
-
-pub use crate::net::http_get;
 
 /// A running `vane-agent` with an admin endpoint; killed on drop.
 pub struct Sidecar {
@@ -79,7 +78,7 @@ impl Sidecar {
 
     /// SIGTERM and wait (killed after `within`).
     pub fn terminate(&mut self, within: Duration) -> Option<ExitStatus> {
-        crate::terminate_child(self.child.take()?, within)
+        terminate_child(self.child.take()?, within)
     }
 }
 

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use serde_json::json;
 use vane_model::spec::RouteMatchSpec;
 use vane_testkit::fixtures::{example_path, example_spec, write_json, write_text};
+use vane_testkit::net::free_port;
 use vane_testkit::{ControlServer, history, vanectl};
 
 /// One bad snapshot file and what its error must mention.
@@ -235,10 +236,7 @@ fn bad_group_name_is_refused() {
 #[test]
 fn unreachable_server_exits_3() {
     // A port that was free a moment ago and has nothing listening now.
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
     let example = example_path();
     for args in [

@@ -14,9 +14,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use vane_pki::{Ca, LeafParams};
-use vane_testkit::etcd::{
-    EtcdCluster, EtcdTls, free_listen_port, replica_refusing_to_start, start_replica,
-};
+use vane_testkit::etcd::{EtcdCluster, EtcdTls, replica_refusing_to_start, start_replica};
+use vane_testkit::net::free_port;
 use vane_testkit::sidecar::Sidecar;
 use vane_testkit::{Output, fixtures, history, vanectl, wait_for_status};
 
@@ -364,6 +363,8 @@ fn etcd_users_log_in_renew_their_token_and_a_wrong_password_is_refused() {
     );
     let dir = a.scratch();
     assert_eq!(push_until_ok(&a.url(), &snapshot_file(&dir, "v1")), 1);
+    // Time itself is the condition here: longer than the token's 2 s
+    // lifetime, so the next push finds its token expired.
     thread::sleep(Duration::from_secs(3));
     let v2 = push(&a.url(), &snapshot_file(&dir, "v2")).ok();
     assert_eq!(v2.json()["version"], 2);
@@ -460,7 +461,7 @@ fn etcd_security_flags_are_checked_before_connecting() {
     let ca = pki.ca();
     let ca = ca.to_str().unwrap();
     // Nothing listens there: only the flags are checked.
-    let port = free_listen_port();
+    let port = free_port();
     let https = vec![format!("https://127.0.0.1:{port}")];
     let http = vec![format!("http://127.0.0.1:{port}")];
 
@@ -524,7 +525,7 @@ fn etcd_security_flags_are_checked_before_connecting() {
         &https,
         &["--etcd-ca", garbage.to_str().unwrap()],
         &format!(
-            "vane-control: --etcd-ca {}: no PEM certificate in the file",
+            "vane-control: --etcd-ca {}: no PEM certificate (-----BEGIN CERTIFICATE-----) in it",
             garbage.display()
         ),
     );
@@ -539,7 +540,7 @@ fn etcd_security_flags_are_checked_before_connecting() {
             garbage.to_str().unwrap(),
         ],
         &format!(
-            "vane-control: --etcd-key {}: no PEM private key in the file",
+            "vane-control: --etcd-key {}: no PEM private key (-----BEGIN PRIVATE KEY-----) in it",
             garbage.display()
         ),
     );

@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use vane_model::SnapshotSpec;
-use vane_testkit::etcd::{EtcdCluster, free_listen_addr, start_replica};
+use vane_testkit::etcd::{EtcdCluster, start_replica};
+use vane_testkit::net::free_addr;
 use vane_testkit::proxy::spec::{cluster, http_listener, prefix, table};
 use vane_testkit::proxy::{Backend, Load, ProxyProcess, push};
 use vane_testkit::{fixtures, vanectl};
@@ -27,7 +28,7 @@ async fn a_replica_killed_mid_burst_loses_no_push_and_no_request() {
     let dir = b.scratch();
 
     let backend = Backend::start("app").await;
-    let web = free_listen_addr();
+    let web = free_addr();
     let base = SnapshotSpec {
         listeners: vec![http_listener("web", web, "main")],
         route_tables: vec![table("main", vec![prefix("all", "/", "app")])],

@@ -18,11 +18,12 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use vane_model::SnapshotSpec;
+use vane_testkit::net::{free_addr, http_get};
 use vane_testkit::proxy::spec::{cluster, http_listener, prefix, table};
 use vane_testkit::proxy::{
-    Backend, HttpClient, Load, LoadReport, OneConnection, ProxyProcess, free_addr, push,
+    Backend, HttpClient, Load, LoadReport, OneConnection, ProxyProcess, push,
 };
-use vane_testkit::sidecar::{Sidecar, http_get};
+use vane_testkit::sidecar::Sidecar;
 use vane_testkit::{ControlServer, fixtures};
 
 const GROUP: &str = "edge";

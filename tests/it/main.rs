@@ -12,6 +12,8 @@ mod durability;
 mod hostile_cache;
 mod hostile_grpc;
 mod hostile_proxy;
+mod hostile_tokens;
+mod proxy_ack;
 mod proxy_balancing;
 mod proxy_churn;
 mod proxy_failover;

@@ -12,8 +12,9 @@ use std::time::{Duration, Instant};
 
 use vane_model::SnapshotSpec;
 use vane_testkit::ControlServer;
+use vane_testkit::net::free_addr;
 use vane_testkit::proxy::spec::{cluster, http_listener, outlier, prefix, table};
-use vane_testkit::proxy::{Backend, HttpClient, Load, ProxyProcess, free_addr, push};
+use vane_testkit::proxy::{Backend, HttpClient, Load, ProxyProcess, WAIT, push};
 
 const GROUP: &str = "edge";
 
@@ -86,16 +87,20 @@ async fn weights_shape_every_policy() {
     }
 
     // Under concurrency least_request sends most requests to the fast
-    // endpoint; round robin splits picks evenly whatever the speed.
+    // endpoint; round robin splits picks evenly whatever the speed. Shares
+    // are taken over a number of answers, not a time: a slow machine gets
+    // as large a sample as a fast one.
     let load = Load::start(8, web, "/speed", &[], "");
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let sampled = load.wait_ok(1000, WAIT).await;
     let report = load.stop().await;
+    assert!(sampled, "too few answers: {report:?}");
     assert_eq!(report.failed, 0, "{report:?}");
     let fast_share = report.by_backend.get("fast").copied().unwrap_or(0) as f64 / report.ok as f64;
     assert!(fast_share > 0.85, "least_request: {report:?}");
     let load = Load::start(8, web, "/rr-speed", &[], "");
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let sampled = load.wait_ok(200, WAIT).await;
     let report = load.stop().await;
+    assert!(sampled, "too few answers: {report:?}");
     let rr_fast_share =
         report.by_backend.get("fast").copied().unwrap_or(0) as f64 / report.ok as f64;
     assert!(

@@ -14,10 +14,10 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use vane_model::SnapshotSpec;
 use vane_testkit::ControlServer;
+use vane_testkit::net::free_addr;
 use vane_testkit::proxy::spec::{cluster, http_listener, prefix, table, tcp_listener};
 use vane_testkit::proxy::{
-    AdminPusher, Backend, HttpClient, Load, OneConnection, ProxyProcess, TcpBackend, free_addr,
-    push,
+    AdminPusher, Backend, HttpClient, Load, OneConnection, ProxyProcess, TcpBackend, WAIT, push,
 };
 
 const GROUP: &str = "edge";
@@ -128,24 +128,9 @@ async fn churn(clients: usize, run_for: Duration) {
         last = pusher.push(GROUP, &churned(&w, i)).await.unwrap();
         i += 1;
     }
-    // The proxy followed every change...
-    let dump = tokio::task::spawn_blocking({
-        let admin = proxy.admin;
-        move || {
-            let deadline = Instant::now() + Duration::from_secs(20);
-            loop {
-                let (_, body) = vane_testkit::sidecar::http_get(admin, "/config_dump").unwrap();
-                let d: serde_json::Value = serde_json::from_str(&body).unwrap();
-                if d["version"] == last || Instant::now() > deadline {
-                    return d;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-    })
-    .await
-    .unwrap();
-    assert_eq!(dump["version"], last, "the proxy fell behind: {dump}");
+    // The proxy followed every change... (Polled in place: the runtime
+    // moves the load's tasks to its other worker meanwhile.)
+    let dump = tokio::task::block_in_place(|| proxy.wait_version(last));
     let report = load.stop().await;
     let pushes = i - 1;
     eprintln!(
@@ -190,8 +175,9 @@ async fn zero_failed_requests_under_config_churn_soak() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn removed_listeners_drain_and_renamed_ones_keep_their_socket() {
     let server = ControlServer::start();
+    // Requests to `slow` are held until the test releases them: "in flight
+    // during the change" then holds however long the change takes.
     let slow = Backend::start("slow").await;
-    slow.set_delay(Duration::from_millis(800));
     let fast = Backend::start("fast").await;
     let p = free_addr();
     let q = free_addr();
@@ -216,12 +202,18 @@ async fn removed_listeners_drain_and_renamed_ones_keep_their_socket() {
     // A slow request in flight on listener "a" while "a" is renamed "b" on
     // the same address: the request completes, and the address never stops
     // answering (the socket is handed over, not closed and rebound).
+    slow.hold();
     let in_flight = tokio::spawn(async move { HttpClient::http1().get(p, "/slow", &[]).await });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        slow.wait_in_flight(1, WAIT).await,
+        "the slow request never reached its backend"
+    );
     let v2 = push(&server, GROUP, &spec(vec![http_listener("b", p, "main")]));
     proxy.wait_version(v2);
     let r = HttpClient::http1().get(p, "/", &[]).await.unwrap();
     assert_eq!(r.header("x-backend"), "fast");
+    assert!(!in_flight.is_finished(), "answered before it was released");
+    slow.release();
     let r = in_flight.await.unwrap().unwrap();
     assert_eq!((r.status, r.header("x-backend")), (200, "slow"));
 
@@ -229,11 +221,15 @@ async fn removed_listeners_drain_and_renamed_ones_keep_their_socket() {
     // request is in flight on a keep-alive connection to p.
     let mut conn = OneConnection::open(p).await.unwrap();
     assert_eq!(conn.get("/").await.unwrap().status, 200);
+    slow.hold();
     let in_flight = tokio::spawn(async move {
         let r = conn.get("/slow").await;
         (r, conn)
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        slow.wait_in_flight(1, WAIT).await,
+        "the slow request never reached its backend"
+    );
     let v3 = push(&server, GROUP, &spec(vec![http_listener("c", q, "main")]));
     proxy.wait_version(v3);
     // No new connections on p; q serves.
@@ -245,7 +241,10 @@ async fn removed_listeners_drain_and_renamed_ones_keep_their_socket() {
         HttpClient::http1().get(q, "/", &[]).await.unwrap().status,
         200
     );
-    // The request in flight on p completes; then its connection is closed.
+    // The request in flight on p (still held: the drain lets it be) completes;
+    // then its connection is closed.
+    assert!(!in_flight.is_finished(), "answered before it was released");
+    slow.release();
     let (r, mut conn) = in_flight.await.unwrap();
     let r = r.unwrap();
     assert_eq!((r.status, r.header("x-backend")), (200, "slow"));

@@ -13,8 +13,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use vane_model::SnapshotSpec;
+use vane_testkit::net::free_addr;
 use vane_testkit::proxy::spec::{cluster, http_listener, prefix, table};
-use vane_testkit::proxy::{Backend, HttpClient, Load, ProxyProcess, free_addr, push};
+use vane_testkit::proxy::{Backend, HttpClient, Load, ProxyProcess, WAIT, push};
 use vane_testkit::{ControlServer, wait_for_status};
 
 const GROUP: &str = "edge";
@@ -70,11 +71,21 @@ async fn zero_failures_through_control_plane_death_and_a_proxy_restart_from_cach
 
     // Phase 1: the control server dies (SIGKILL), stays dead, comes back.
     let load = Load::start(CLIENTS, web, "/stable", &[], "stable-");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(load.wait_ok(50, WAIT).await, "no traffic before the outage");
     control.kill();
     wait_proxy_status(&proxy, "disconnected", |s| s["connected"] == false).await;
+    // Dead for a while (the agent goes through its reconnect backoff), and
+    // traffic flows all along: counted from the disconnection on.
+    let disconnected = load.ok();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let during_outage = load.ok();
+    assert!(
+        load.wait_ok(disconnected + 50, WAIT).await,
+        "traffic stopped while the control plane was dead: {} ok in all, {} of them \
+         before the disconnection; {} failed",
+        load.ok(),
+        disconnected,
+        load.failed()
+    );
     control.restart_same_port();
     wait_proxy_status(&proxy, "reconnected", |s| s["connected"] == true).await;
     // Live updates resume.
@@ -88,14 +99,15 @@ async fn zero_failures_through_control_plane_death_and_a_proxy_restart_from_cach
             .status,
         200
     );
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The unchanged route keeps serving after the update as well.
+    let updated = load.ok();
+    assert!(
+        load.wait_ok(updated + 50, WAIT).await,
+        "no traffic after the update"
+    );
     let report = load.stop().await;
     eprintln!("control-plane death: {report:?}");
     assert_eq!(report.failed, 0, "failed requests: {:?}", report.samples);
-    assert!(
-        during_outage > 50,
-        "traffic flowed while the control plane was dead"
-    );
 
     // Phase 2: the control server dies again; the proxy restarts while it
     // is dead and serves its cache at once.
@@ -112,11 +124,11 @@ async fn zero_failures_through_control_plane_death_and_a_proxy_restart_from_cach
     assert_eq!(status["connected"], false);
     assert_eq!(status["source"], "cache");
     let load = Load::start(CLIENTS, web, "/added", &[], "stable-");
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let served = load.wait_ok(200, WAIT).await;
     let report = load.stop().await;
     eprintln!("restart from cache: ready after {ready_after:?}; {report:?}");
+    assert!(served, "too little traffic from the cache: {report:?}");
     assert_eq!(report.failed, 0, "failed requests: {:?}", report.samples);
-    assert!(report.ok > 50);
 
     // The control server returns and confirms the cached version (it does
     // not resend what the agent already runs).
@@ -165,8 +177,11 @@ async fn a_listener_that_cannot_bind_is_nacked_and_nothing_of_it_applies() {
     let entry = wait_for_status(&server.url(), GROUP, "binder", "NACKED", |a| {
         a["state"] == "NACKED"
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Traffic after the NACK: the refused snapshot left the running one alone.
+    let nacked = load.ok();
+    let served = load.wait_ok(nacked + 20, WAIT).await;
     let report = load.stop().await;
+    assert!(served, "no traffic after the NACK: {report:?}");
     assert_eq!(
         entry["nack_reason"],
         format!("listeners[blocked] {busy}: cannot bind: Address already in use"),
@@ -176,7 +191,6 @@ async fn a_listener_that_cannot_bind_is_nacked_and_nothing_of_it_applies() {
     // Nothing of v2 applied: same version, old routes, old listeners only,
     // and the socket bound for "fresh" was released.
     assert_eq!(report.failed, 0, "{:?}", report.samples);
-    assert!(report.ok > 0);
     assert_eq!(proxy.config_dump()["version"], v1);
     assert_eq!(
         proxy.config_dump()["listeners"].as_array().unwrap().len(),
@@ -201,10 +215,12 @@ async fn a_listener_that_cannot_bind_is_nacked_and_nothing_of_it_applies() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_accepting_drains_in_flight_and_exits_zero() {
     let server = ControlServer::start();
+    // Both backends hold their requests: `slow` until the test releases it
+    // during the drain, `stuck` for good.
     let slow = Backend::start("slow").await;
-    slow.set_delay(Duration::from_millis(1000));
+    slow.hold();
     let stuck = Backend::start("stuck").await;
-    stuck.set_delay(Duration::from_secs(30));
+    stuck.hold();
     let web = free_addr();
     let s = SnapshotSpec {
         listeners: vec![http_listener("web", web, "main")],
@@ -237,7 +253,14 @@ async fn sigterm_stops_accepting_drains_in_flight_and_exits_zero() {
 
     let finishing = tokio::spawn(async move { HttpClient::http1().get(web, "/slow", &[]).await });
     let cut = tokio::spawn(async move { HttpClient::http1().get(web, "/stuck", &[]).await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Both are in flight before the SIGTERM: a request that had not reached
+    // the proxy yet would be refused, which would look like a cut.
+    for (backend, what) in [(&slow, "slow"), (&stuck, "stuck")] {
+        assert!(
+            backend.wait_in_flight(1, WAIT).await,
+            "the {what} request never reached its backend"
+        );
+    }
     let started = Instant::now();
     let exit = tokio::task::spawn_blocking(move || {
         let status = proxy.terminate(Duration::from_secs(10));
@@ -249,7 +272,9 @@ async fn sigterm_stops_accepting_drains_in_flight_and_exits_zero() {
         assert!(Instant::now() < deadline, "still accepting after SIGTERM");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // The request in flight completes.
+    // The request in flight, let go during the drain, completes.
+    assert!(!finishing.is_finished(), "answered before it was released");
+    slow.release();
     let r = finishing.await.unwrap().unwrap();
     assert_eq!((r.status, r.header("x-backend")), (200, "slow"));
     // The one that would outlive the drain timeout is cut, and the process

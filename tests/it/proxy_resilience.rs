@@ -12,8 +12,9 @@ use serde_json::json;
 use vane_model::SnapshotSpec;
 use vane_model::spec::RouteSpec;
 use vane_testkit::ControlServer;
+use vane_testkit::net::free_addr;
 use vane_testkit::proxy::spec::{cluster, http_listener, prefix, rate_limit, table};
-use vane_testkit::proxy::{Backend, HttpClient, ProxyProcess, free_addr, push};
+use vane_testkit::proxy::{Backend, HttpClient, ProxyProcess, push};
 
 const GROUP: &str = "edge";
 

@@ -10,10 +10,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use vane_model::SnapshotSpec;
 use vane_model::spec::{HeaderMatchSpec, RouteMatchSpec, RouteSpec};
 use vane_testkit::ControlServer;
+use vane_testkit::net::free_addr;
 use vane_testkit::proxy::spec::{cluster, http_listener, prefix, table, tcp_listener};
-use vane_testkit::proxy::{
-    Backend, HttpClient, OneConnection, ProxyProcess, TcpBackend, free_addr, push,
-};
+use vane_testkit::proxy::{Backend, HttpClient, OneConnection, ProxyProcess, TcpBackend, push};
 
 const GROUP: &str = "edge";
 

@@ -8,6 +8,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use vane_testkit::net::http_get;
 use vane_testkit::sidecar::Sidecar;
 use vane_testkit::{ControlServer, fixtures, wait_for_status};
 
@@ -242,7 +243,7 @@ fn a_check_cmd_refusal_is_a_nack_and_the_old_output_stays() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    let (code, metrics) = vane_testkit::sidecar::http_get(agent.admin, "/metrics").unwrap();
+    let (code, metrics) = http_get(agent.admin, "/metrics").unwrap();
     assert_eq!(code, 200);
     assert!(metrics.contains("vane_agent_nacks_total 1"), "{metrics}");
     assert!(metrics.contains("vane_agent_config_version 3"), "{metrics}");

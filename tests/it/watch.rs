@@ -85,31 +85,37 @@ async fn receive_ack_next_push_nack_and_reconnect() {
     if let Some(n) = st.get("last_nacked_version") {
         assert_eq!(*n, v2, "{st}");
     }
-    // The server does not resend the refused version on the same stream.
-    agent.expect_quiet(QUIET).await;
+    // The server does not resend the refused version on the same stream
+    // (the status above shows the NACK was handled): nothing comes, and
+    // the next push is the very next message.
+    let quiet = agent.expect_quiet(QUIET).await;
+    let f3 = write_json(&dir, "v3.json", &example_with_value("v", json!(3)));
+    let (v3, h3) = push(&server, "edge", &f3);
+    let r3 = quiet.then_recv(v3).await;
+    assert_eq!(r3.hash, h3);
     drop(agent);
 
-    // Reconnecting on v1 while the head is v2: the head is sent again.
+    // Reconnecting on v1 while the head is v3: the head is sent again.
     let mut agent = WatchClient::connect(&url, "node-1", "edge", Some((v1, &h1))).await;
     let r = agent.recv().await;
-    assert_eq!((r.version, r.hash.as_str()), (v2, h2.as_str()));
+    assert_eq!((r.version, r.hash.as_str()), (v3, h3.as_str()));
     agent.ack(&r).await;
-    wait_for_status(&url, "edge", "node-1", "SYNCED at 2", |a| {
-        a["state"] == "SYNCED" && a["acked_version"] == v2
+    wait_for_status(&url, "edge", "node-1", "SYNCED at 3", |a| {
+        a["state"] == "SYNCED" && a["acked_version"] == v3
     });
     drop(agent);
 
     // Reconnecting with the head's exact version and hash: nothing is sent
     // until the next push.
-    let mut agent = WatchClient::connect(&url, "node-1", "edge", Some((v2, &h2))).await;
-    agent.expect_quiet(QUIET).await;
-    let f3 = write_json(&dir, "v3.json", &example_with_value("v", json!(3)));
-    let (v3, h3) = push(&server, "edge", &f3);
-    let r3 = agent.recv().await;
-    assert_eq!((r3.version, r3.hash.as_str()), (v3, h3.as_str()));
-    agent.ack(&r3).await;
-    wait_for_status(&url, "edge", "node-1", "SYNCED at 3", |a| {
-        a["state"] == "SYNCED" && a["acked_version"] == v3
+    let mut agent = WatchClient::connect(&url, "node-1", "edge", Some((v3, &h3))).await;
+    let quiet = agent.expect_quiet(QUIET).await;
+    let f4 = write_json(&dir, "v4.json", &example_with_value("v", json!(4)));
+    let (v4, h4) = push(&server, "edge", &f4);
+    let r4 = quiet.then_recv(v4).await;
+    assert_eq!(r4.hash, h4);
+    agent.ack(&r4).await;
+    wait_for_status(&url, "edge", "node-1", "SYNCED at 4", |a| {
+        a["state"] == "SYNCED" && a["acked_version"] == v4
     });
 }
 
@@ -131,14 +137,15 @@ async fn an_agent_of_an_empty_group_waits_for_the_first_push() {
     let out = server.ctl(&["status", "later", "-o", "json"]).ok();
     assert_eq!(out.json(), json!([]), "nobody watches yet: {out}");
     let mut agent = WatchClient::connect(&url, "early", "later", None).await;
-    agent.expect_quiet(QUIET).await;
+    // The server has the agent's first request, and nothing to send.
     wait_for_status(&url, "later", "early", "NOT_SENT", |a| {
         a["state"] == "NOT_SENT"
     });
+    let quiet = agent.expect_quiet(QUIET).await;
 
     let (v1, h1) = push(&server, "later", &example_path());
-    let r = agent.recv().await;
-    assert_eq!((r.version, r.hash.as_str()), (v1, h1.as_str()));
+    let r = quiet.then_recv(v1).await;
+    assert_eq!(r.hash, h1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -267,15 +274,20 @@ async fn after_a_server_crash_an_agent_on_the_head_gets_nothing_and_shows_synced
         other => panic!("the stream outlived the server: {other:?}"),
     }
 
-    // The restarted server knows its head from the store.
+    // The restarted server knows its head from the store: the agent on it
+    // shows SYNCED, and is sent nothing before the next push.
     let url = server.url();
     let mut agent = WatchClient::connect(&url, "survivor", "crash", Some((v2, &h2))).await;
-    agent.expect_quiet(QUIET).await;
     wait_for_status(&url, "crash", "survivor", "SYNCED at 2", |a| {
         a["state"] == "SYNCED" && a["acked_version"] == v2
     });
+    let quiet = agent.expect_quiet(QUIET).await;
     // An agent that runs version 1 is sent the head.
     let mut old = WatchClient::connect(&url, "laggard", "crash", Some((1, &"0".repeat(64)))).await;
     let r = old.recv().await;
     assert_eq!((r.version, r.hash.as_str()), (v2, h2.as_str()));
+    let f3 = write_json(&dir, "v3.json", &example_with_value("v", json!(3)));
+    let (v3, h3) = push(&server, "crash", &f3);
+    let r = quiet.then_recv(v3).await;
+    assert_eq!(r.hash, h3);
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
-use crate::pem::{check_ca, check_identity};
+use crate::pem::{TlsPart, check_ca, check_identity};
 
 /// TLS settings for `https://` servers.
 #[derive(Clone, Default, PartialEq, Eq)]
@@ -79,18 +79,6 @@ impl fmt::Debug for ClientIdentity {
             .field("key_pem", &format_args!("<redacted>"))
             .finish()
     }
-}
-
-/// Which input a TLS problem is in, so that a library can name its field
-/// and a binary its flag.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TlsPart {
-    /// The CA certificates (`tls.ca_pem`, `--ca`).
-    Ca,
-    /// The client certificate (`tls.identity.cert_pem`, `--cert`).
-    Cert,
-    /// The client key (`tls.identity.key_pem`, `--key`).
-    Key,
 }
 
 #[cfg(test)]

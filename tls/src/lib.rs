@@ -20,6 +20,7 @@ pub mod pem;
 pub mod token;
 pub mod words;
 
-pub use client::{ClientIdentity, ClientTls, TlsPart};
+pub use client::{ClientIdentity, ClientTls};
+pub use pem::TlsPart;
 pub use token::{BearerInterceptor, BearerToken};
 pub use words::{Hints, tls_failure};

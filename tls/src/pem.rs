@@ -9,7 +9,17 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::client::TlsPart;
+/// Which input a TLS problem is in, so that a library can name its field
+/// and a binary its flag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsPart {
+    /// The CA certificates (`tls.ca_pem`, `--ca`).
+    Ca,
+    /// The client certificate (`tls.identity.cert_pem`, `--cert`).
+    Cert,
+    /// The client key (`tls.identity.key_pem`, `--key`).
+    Key,
+}
 
 /// Every `CERTIFICATE` block of `pem`; at least one is required.
 pub fn certificates(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {

@@ -8,17 +8,20 @@
 //! Everything runs on loopback ports in a temporary directory and is
 //! stopped (and removed) at the end, or on any error.
 
-use std::io::{Read as _, Write as _};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail, ensure};
+use vane_testkit::net::{free_port, http_request};
 
-use crate::demo::{AGENT_LISTENING, LISTENING, Server, http_get, millis, tail, wait_until, wrap};
+use crate::harness::{
+    AGENT_LISTENING, CONTROL_LISTENING, PROXY_LISTENING, Server, http_get, wait_until,
+};
+use crate::narrate::{millis, section, tail};
 use crate::process::{cargo, display, run as run_cmd, seconds, target_dir};
-use crate::traffic::{Backend, PROXY_LISTENING, Traffic, free_port, snapshot};
+use crate::traffic::{Backend, Traffic, snapshot};
 
 /// The group the demo works on.
 const GROUP: &str = "edge";
@@ -101,21 +104,10 @@ impl Drop for Etcd {
 
 /// `POST path` with a JSON body on loopback; the body of a 200 answer.
 fn http_post(addr: SocketAddr, path: &str, body: &str) -> Result<String> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(
-        stream,
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    let (head, body) = response
-        .split_once("\r\n\r\n")
-        .context("malformed HTTP response")?;
-    ensure!(head.starts_with("HTTP/1.1 200"), "POST {path}: {head}");
-    Ok(body.to_owned())
+    let (code, answer) = http_request(addr, "POST", path, body)
+        .with_context(|| format!("POST http://{addr}{path}"))?;
+    ensure!(code == 200, "POST http://{addr}{path}: status {code}");
+    Ok(answer)
 }
 
 /// Everything the tour needs.
@@ -263,8 +255,8 @@ pub(crate) fn run(root: &Path) -> Result<()> {
     for i in 0..3 {
         etcd.push(Etcd {
             name: format!("etcd-{i}"),
-            client_port: free_port()?,
-            peer_port: free_port()?,
+            client_port: free_port(),
+            peer_port: free_port(),
             data: w.join(format!("etcd-{i}.data")),
             log: w.join(format!("etcd-{i}.log")),
             child: None,
@@ -317,7 +309,13 @@ pub(crate) fn run(root: &Path) -> Result<()> {
         println!(
             "$ vane-control --store etcd --etcd-endpoints {endpoints} --listen 127.0.0.1:0 --replica-name {name} &"
         );
-        Server::start(name, &bin.join("vane-control"), &args, LISTENING, &w)
+        Server::start(
+            name,
+            &bin.join("vane-control"),
+            &args,
+            CONTROL_LISTENING,
+            &w,
+        )
     };
     let a = start_replica("replica-a")?;
     let b = start_replica("replica-b")?;
@@ -335,7 +333,7 @@ pub(crate) fn run(root: &Path) -> Result<()> {
         agent: None,
         proxy,
         traffic: None,
-        web: SocketAddr::from(([127, 0, 0, 1], free_port()?)),
+        web: SocketAddr::from(([127, 0, 0, 1], free_port())),
         backend: Backend::start()?,
     };
     let result = tour(&mut demo);
@@ -361,12 +359,6 @@ pub(crate) fn run(root: &Path) -> Result<()> {
          throughout. docs/operations.md says how to run it for real."
     );
     Ok(())
-}
-
-fn section(n: u32, title: &str, explain: &str) {
-    println!();
-    println!("==> {n}. {title}");
-    println!("    {}", wrap(explain, 76, "    "));
 }
 
 fn leader_name(etcd: &[Etcd]) -> String {
@@ -561,26 +553,4 @@ fn tour(d: &mut Cluster) -> Result<()> {
         }
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_demo_snapshot_names_its_addresses() {
-        let text = snapshot(
-            SocketAddr::from(([127, 0, 0, 1], 20001)),
-            SocketAddr::from(([127, 0, 0, 1], 20002)),
-            3,
-        );
-        assert!(text.contains("address: \"127.0.0.1:20001\""));
-        assert!(text.contains("demo.step: 3"));
-    }
-
-    #[test]
-    fn free_ports_are_below_the_ephemeral_range() {
-        let port = free_port().unwrap();
-        assert!((20_000..30_000).contains(&port), "{port}");
-    }
 }

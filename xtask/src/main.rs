@@ -1,7 +1,10 @@
 //! `cargo xtask`: the project's automation, in Rust so it runs wherever cargo does.
 //!
 //! - `cargo xtask test`: installs missing test tools, then format check,
-//!   clippy, build and every test, stopping at the first failure.
+//!   tidy, clippy, build and every test, stopping at the first failure.
+//! - `cargo xtask tidy`: the codebase's own rules (a `//!` line opening
+//!   every file, file length, no import circles, which crate may depend on
+//!   which).
 //! - `cargo xtask demo`: builds the binaries, starts a control server with
 //!   mTLS on a temporary data directory and walks through vanectl against
 //!   it (`--plaintext`: the same without TLS).
@@ -20,8 +23,11 @@ mod certs;
 mod cluster_demo;
 mod demo;
 mod fuzz;
+mod harness;
+mod narrate;
 mod process;
 mod test;
+mod tidy;
 mod traffic;
 
 use std::path::{Path, PathBuf};
@@ -55,9 +61,14 @@ enum Task {
         #[arg(long)]
         plaintext: bool,
     },
-    /// Install missing test tools (when root), then run fmt --check, clippy,
-    /// build and every test; stops at the first failure.
+    /// Install missing test tools (when root), then run fmt --check, tidy,
+    /// clippy, build and every test; stops at the first failure.
     Test,
+    /// Check the rules no compiler checks: every .rs file opens with a
+    /// `//!` line, has at most 800 lines before its unit tests, no circle of
+    /// imports between the files of a crate, and each crate depends only on
+    /// the workspace crates its rule allows.
+    Tidy,
     /// Performance numbers from real processes (see `cargo xtask bench --help`).
     Bench {
         #[command(subcommand)]
@@ -97,6 +108,7 @@ fn main() -> ExitCode {
         // The cluster demo is plaintext on loopback either way.
         Task::Demo { cluster: true, .. } => cluster_demo::run(&root),
         Task::Test => test::run(&root),
+        Task::Tidy => tidy::run(&root),
         Task::Bench { which } => bench::run(&root, which),
         Task::Certs { out, force } => certs::run(&out, force),
         Task::Fuzz(args) => fuzz::run(&root, args),

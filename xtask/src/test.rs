@@ -28,10 +28,16 @@ pub(crate) fn run(root: &Path) -> Result<()> {
         apt.ensure_tool(bin, package)?;
     }
 
-    let mut steps: Vec<(&str, Command)> = Vec::new();
+    let mut steps: Vec<(&str, Step)> = Vec::new();
     let mut fmt = cargo();
     fmt.args(["fmt", "--all", "--", "--check"]);
-    steps.push(("format", fmt));
+    steps.push(("format", Step::Command(fmt)));
+    // Right after the format check: it is as quick, and a circle or a wrong
+    // dependency is better found before a long build.
+    steps.push((
+        "tidy",
+        Step::InProcess("cargo xtask tidy", crate::tidy::run),
+    ));
     let mut clippy = cargo();
     clippy.args([
         "clippy",
@@ -41,31 +47,41 @@ pub(crate) fn run(root: &Path) -> Result<()> {
         "-D",
         "warnings",
     ]);
-    steps.push(("lint", clippy));
+    steps.push(("lint", Step::Command(clippy)));
     // The end-to-end tests in tests/ run the built binaries from target/debug.
     let mut build = cargo();
     build.args(["build", "--workspace", "--bins"]);
-    steps.push(("build", build));
+    steps.push(("build", Step::Command(build)));
     if nextest_installed() {
         let mut tests = cargo();
         tests.args(["nextest", "run", "--workspace"]);
-        steps.push(("test", tests));
+        steps.push(("test", Step::Command(tests)));
         // nextest does not run doctests.
         let mut doc = cargo();
         doc.args(["test", "--workspace", "--doc"]);
-        steps.push(("doctest", doc));
+        steps.push(("doctest", Step::Command(doc)));
     } else {
         let mut tests = cargo();
         tests.args(["test", "--workspace"]);
-        steps.push(("test", tests));
+        steps.push(("test", Step::Command(tests)));
     }
 
     let total = steps.len();
     let mut took: Vec<(&str, Duration)> = Vec::new();
-    for (i, (name, mut cmd)) in steps.into_iter().enumerate() {
-        cmd.current_dir(root);
-        println!("==> [{}/{total}] {name}: {}", i + 1, display(&cmd));
-        let d = run_cmd(&mut cmd)?;
+    for (i, (name, step)) in steps.into_iter().enumerate() {
+        let d = match step {
+            Step::Command(mut cmd) => {
+                cmd.current_dir(root);
+                println!("==> [{}/{total}] {name}: {}", i + 1, display(&cmd));
+                run_cmd(&mut cmd)?
+            }
+            Step::InProcess(shown, task) => {
+                println!("==> [{}/{total}] {name}: {shown}", i + 1);
+                let start = Instant::now();
+                task(root)?;
+                start.elapsed()
+            }
+        };
         println!("==> {name} ok in {}", seconds(d));
         took.push((name, d));
     }
@@ -75,6 +91,15 @@ pub(crate) fn run(root: &Path) -> Result<()> {
     }
     println!("all checks passed in {}", seconds(start.elapsed()));
     Ok(())
+}
+
+/// One step of the run.
+enum Step {
+    /// A command, run with inherited output.
+    Command(Command),
+    /// One of our own tasks, run in this process; shown as the command that
+    /// runs it on its own.
+    InProcess(&'static str, fn(&Path) -> Result<()>),
 }
 
 /// Makes sure `cargo SUBCOMMAND` works, adding the rustup component that

@@ -1,6 +1,6 @@
 //! Live traffic for the demos: a tiny HTTP backend, a client that counts
-//! answered and failed requests through a proxy, the snapshot that routes one
-//! to the other, and free loopback ports.
+//! answered and failed requests through a proxy, and the snapshot that
+//! routes one to the other.
 
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -9,29 +9,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 
-use crate::demo::http_get;
-
-/// The line vane-proxy prints once its admin endpoint listens.
-pub(crate) const PROXY_LISTENING: &str = "vane-proxy admin listening on ";
-
-/// A free loopback port below the kernel's ephemeral range (32768+), so no
-/// outgoing connection takes it between this check and the bind.
-pub(crate) fn free_port() -> Result<u16> {
-    use std::sync::atomic::AtomicU32;
-    // Spread by process, then walk: consecutive calls get different ports
-    // even though each released its probe.
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let start = std::process::id() % 10_000;
-    (0..10_000u32)
-        .map(|_| {
-            let step = NEXT.fetch_add(7, Ordering::Relaxed);
-            u16::try_from(20_000 + (start + step) % 10_000).unwrap_or(20_000)
-        })
-        .find(|port| TcpListener::bind(("127.0.0.1", *port)).is_ok())
-        .context("no free loopback port between 20000 and 30000")
-}
+use crate::harness::http_get;
 
 /// An HTTP backend answering every request with 200 "ok", until dropped.
 pub(crate) struct Backend {
@@ -76,7 +56,7 @@ impl Drop for Backend {
 }
 
 /// Answers every request of one keep-alive connection with 200 "ok"; ends
-/// when the peer closes it.
+/// when the peer closes it or asks to (`Connection: close`).
 fn serve_ok(conn: TcpStream) {
     let _ = conn.set_nonblocking(false);
     let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
@@ -86,19 +66,20 @@ fn serve_ok(conn: TcpStream) {
     let mut reader = BufReader::new(conn);
     loop {
         let mut line = String::new();
+        let mut close = false;
         // The request line and headers, up to the blank line.
         loop {
             line.clear();
             match reader.read_line(&mut line) {
                 Ok(0) | Err(_) => return,
                 Ok(_) if line == "\r\n" => break,
-                Ok(_) => {}
+                Ok(_) => close |= line.eq_ignore_ascii_case("connection: close\r\n"),
             }
         }
-        if writer
+        let answered = writer
             .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n")
-            .is_err()
-        {
+            .is_ok();
+        if !answered || close {
             return;
         }
     }
@@ -169,4 +150,36 @@ values:
   demo.step: {step}
 "#
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_demo_snapshot_names_its_addresses() {
+        let text = snapshot(
+            SocketAddr::from(([127, 0, 0, 1], 20001)),
+            SocketAddr::from(([127, 0, 0, 1], 20002)),
+            3,
+        );
+        assert!(text.contains("address: \"127.0.0.1:20001\""));
+        assert!(text.contains("demo.step: 3"));
+    }
+
+    #[test]
+    fn traffic_through_nothing_but_the_backend_is_answered() {
+        let backend = Backend::start().unwrap();
+        let traffic = Traffic::start(backend.addr);
+        let start = std::time::Instant::now();
+        while traffic.counts().0 < 3 {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "{:?}",
+                traffic.counts()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(traffic.counts().1, 0);
+    }
 }

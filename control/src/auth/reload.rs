@@ -46,15 +46,27 @@ fn stamp(path: &Path) -> Option<Stamp> {
     })
 }
 
+/// What a change of the file led to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reload {
+    /// The new contents are in force.
+    Applied,
+    /// The new contents were refused (unreadable, too large or not
+    /// parsing); the previous ones stay in force.
+    Refused,
+}
+
 /// Watches `path` until `stop`, swapping a newly parsed value into
-/// `target` whenever the file changes, then calling `on_reload`. `what`
-/// names the file in logs.
+/// `target` whenever the file changes, then calling `on_change` with
+/// [`Reload::Applied`]; a change that does not parse leaves `target` alone
+/// and calls `on_change` with [`Reload::Refused`]. `what` names the file in
+/// logs.
 pub async fn watch<T: Send + Sync + 'static>(
     what: &'static str,
     path: PathBuf,
     parse: fn(&str) -> Result<T, String>,
     target: Arc<ArcSwap<T>>,
-    on_reload: impl Fn() + Send + 'static,
+    on_change: impl Fn(Reload) + Send + 'static,
     stop: CancellationToken,
 ) {
     let mut last = stamp(&path);
@@ -78,20 +90,45 @@ pub async fn watch<T: Send + Sync + 'static>(
             Ok(Ok(value)) => {
                 target.store(Arc::new(value));
                 tracing::info!(file = %path.display(), "{what} reloaded");
-                on_reload();
+                on_change(Reload::Applied);
             }
             Ok(Err(e)) => {
                 tracing::error!(error = %e, "{what} not reloaded; the previous one stays in force");
+                on_change(Reload::Refused);
             }
-            Err(e) => tracing::error!(error = %e, "{what} reload task failed"),
+            Err(e) => {
+                tracing::error!(error = %e, "{what} reload task failed");
+                on_change(Reload::Refused);
+            }
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::sync::Mutex;
+
     use super::*;
     use crate::auth::{Action, Policy};
+
+    /// Waits (up to 10 s; the file is polled every second) until the
+    /// watcher has reported `n` outcomes.
+    async fn outcomes(seen: &Mutex<Vec<Reload>>, n: usize) -> Vec<Reload> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let now = seen.lock().unwrap().clone();
+            if now.len() >= n {
+                return now;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the watcher reported only {now:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 
     #[tokio::test]
     async fn reloads_on_change_and_keeps_the_old_on_error() {
@@ -104,35 +141,34 @@ mod tests {
         .unwrap();
         let target = Arc::new(ArcSwap::from_pointee(load(&path, Policy::parse).unwrap()));
         let stop = CancellationToken::new();
-        let reloads = Arc::new(std::sync::atomic::AtomicU32::new(0));
-        let reloads_seen = Arc::clone(&reloads);
+        let seen = Arc::new(Mutex::new(Vec::new()));
         let task = tokio::spawn(watch(
             "policy",
             path.clone(),
             Policy::parse,
             Arc::clone(&target),
-            move || {
-                reloads_seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            {
+                let seen = Arc::clone(&seen);
+                move |outcome| seen.lock().unwrap().push(outcome)
             },
             stop.clone(),
         ));
+        // The watcher takes its first look at once; a change must come after.
         tokio::time::sleep(Duration::from_millis(100)).await;
         std::fs::write(
             &path,
             "bindings: [{identity: b, role: admin, groups: ['*']}]",
         )
         .unwrap();
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while !target.load().allows("b", Action::Write, "g") {
-            assert!(std::time::Instant::now() < deadline, "not reloaded");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        // A broken file leaves the last good policy in force.
-        std::fs::write(&path, "bindings: [{identity: c, role: god}]").unwrap();
-        tokio::time::sleep(Duration::from_millis(2500)).await;
+        assert_eq!(outcomes(&seen, 1).await, [Reload::Applied]);
         assert!(target.load().allows("b", Action::Write, "g"));
-        // Told once, for the good file only.
-        assert_eq!(reloads.load(std::sync::atomic::Ordering::SeqCst), 1);
+
+        // A broken file, once the watcher has read it, leaves the last good
+        // policy in force.
+        std::fs::write(&path, "bindings: [{identity: c, role: god}]").unwrap();
+        assert_eq!(outcomes(&seen, 2).await, [Reload::Applied, Reload::Refused]);
+        assert!(target.load().allows("b", Action::Write, "g"));
+        assert!(!target.load().allows("c", Action::Write, "g"));
         assert!(
             load(&path, Policy::parse)
                 .unwrap_err()

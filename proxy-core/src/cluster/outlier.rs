@@ -12,6 +12,7 @@
 //! The state lives in an `Arc` keyed by (cluster, endpoint address) and is
 //! carried into every new snapshot that keeps the endpoint.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -28,6 +29,27 @@ pub(crate) struct EndpointState {
     ejected_until: AtomicU64,
     /// How many times it was ejected (the back-off exponent).
     ejections: AtomicU32,
+}
+
+/// Counts a request (or TCP connection) in flight to an endpoint for as
+/// long as it lives. HTTP responses carry it in their body and TCP
+/// connections hold it while they copy, so `least_request` counts a request
+/// until it is really done.
+#[derive(Debug)]
+pub(crate) struct InFlight(Arc<EndpointState>);
+
+impl InFlight {
+    /// Starts counting.
+    pub(crate) fn new(state: &Arc<EndpointState>) -> Self {
+        state.active.fetch_add(1, Ordering::Relaxed);
+        Self(state.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl EndpointState {

@@ -6,36 +6,15 @@
 //! the body has been read to its end.
 
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
-use crate::cluster::outlier::EndpointState;
+use super::conn::RequestGuard;
+use crate::cluster::outlier::InFlight;
 use crate::upstream::Lease;
-
-use super::forward::RequestGuard;
-
-/// Counts a request in flight to an endpoint for as long as it lives.
-#[derive(Debug)]
-pub(crate) struct InFlight(Arc<EndpointState>);
-
-impl InFlight {
-    /// Starts counting.
-    pub(crate) fn new(state: &Arc<EndpointState>) -> Self {
-        state.active.fetch_add(1, Ordering::Relaxed);
-        Self(state.clone())
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.active.fetch_sub(1, Ordering::Relaxed);
-    }
-}
 
 #[derive(Debug)]
 enum Kind {

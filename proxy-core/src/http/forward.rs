@@ -14,23 +14,23 @@
 //!   attempt: when it passes, the client gets 504.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use http::header::{HOST, HeaderValue};
+use http::header::HOST;
 use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use http_body_util::{Either, Empty};
 use hyper::body::Incoming;
 
-use super::body::{InFlight, ProxyBody};
+use super::body::ProxyBody;
+use super::conn::{ConnCtx, RequestGuard};
 use super::headers::{append_forwarded_for, ensure_host, strip_hop_by_hop};
 use super::local::LocalError;
 use crate::clock;
 use crate::cluster::lb::below;
+use crate::cluster::outlier::InFlight;
 use crate::cluster::{ClusterRt, UpstreamErrorKind};
-use crate::listeners::ListenerRt;
 use crate::ratelimit::retry_after_secs;
 use crate::route::RouteRt;
 use crate::upstream::{self, Failure};
@@ -39,89 +39,10 @@ use crate::upstream::{self, Failure};
 /// 20 ms... up to this).
 const MAX_RETRY_PAUSE: Duration = Duration::from_millis(100);
 
-/// What a connection knows about itself, shared by its requests.
-#[derive(Debug)]
-pub(crate) struct ConnCtx {
-    /// The listener that accepted it.
-    pub(crate) listener: Arc<ListenerRt>,
-    /// The client's IP, ready for `x-forwarded-for`.
-    pub(crate) peer_ip: HeaderValue,
-    /// Requests on this connection, for its idle timeout.
-    pub(crate) activity: Activity,
-}
-
-/// Requests started on one connection and requests in flight on it, and
-/// when the request head being received began. Only that connection's
-/// tasks touch these (same worker thread), so the atomics are never
-/// contended.
-#[derive(Debug, Default)]
-pub(crate) struct Activity {
-    started: AtomicU64,
-    in_flight: AtomicU64,
-    /// Clock milliseconds + 1 when the first byte of the head being
-    /// received arrived (or the connection was accepted); 0: no head
-    /// pending.
-    head_since: AtomicU64,
-}
-
-impl Activity {
-    /// A request head began (the first call counts until [`Self::head_done`]).
-    pub(crate) fn head_started(&self) {
-        if self.head_since.load(Ordering::Relaxed) == 0 {
-            self.head_since
-                .store(clock::now_millis() + 1, Ordering::Relaxed);
-        }
-    }
-
-    /// The head being received is complete (or none is expected).
-    pub(crate) fn head_done(&self) {
-        self.head_since.store(0, Ordering::Relaxed);
-    }
-
-    /// How long the head being received has been pending at `now` (clock
-    /// milliseconds); 0 when none is.
-    pub(crate) fn head_pending_for(&self, now: u64) -> u64 {
-        match self.head_since.load(Ordering::Relaxed) {
-            0 => 0,
-            since => (now + 1).saturating_sub(since),
-        }
-    }
-
-    /// Requests started so far.
-    pub(crate) fn started(&self) -> u64 {
-        self.started.load(Ordering::Relaxed)
-    }
-
-    /// Requests whose response headers are not sent yet.
-    pub(crate) fn in_flight(&self) -> u64 {
-        self.in_flight.load(Ordering::Relaxed)
-    }
-}
-
-/// Counts a request as in flight on its connection until its response
-/// body has been sent (it rides along in the body).
-#[derive(Debug)]
-pub(crate) struct RequestGuard(Arc<ConnCtx>);
-
-impl RequestGuard {
-    fn new(ctx: Arc<ConnCtx>) -> Self {
-        ctx.activity.head_done();
-        ctx.activity.started.fetch_add(1, Ordering::Relaxed);
-        ctx.activity.in_flight.fetch_add(1, Ordering::Relaxed);
-        Self(ctx)
-    }
-}
-
-impl Drop for RequestGuard {
-    fn drop(&mut self) {
-        self.0.activity.in_flight.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 /// Serves one request; never fails (errors become local responses).
 pub(crate) async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<ProxyBody> {
     let guard = RequestGuard::new(ctx);
-    let mut resp = route_and_forward(&guard.0, req).await;
+    let mut resp = route_and_forward(guard.ctx(), req).await;
     resp.body_mut().hold(guard);
     resp
 }

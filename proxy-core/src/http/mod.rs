@@ -2,6 +2,7 @@
 //! one port) and forwarding each request to its route's cluster.
 
 pub(crate) mod body;
+pub(crate) mod conn;
 pub(crate) mod forward;
 pub(crate) mod headers;
 pub(crate) mod local;

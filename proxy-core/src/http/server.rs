@@ -45,9 +45,10 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::MissedTickBehavior;
 
-use super::forward::{Activity, ConnCtx, handle};
+use super::conn::{Activity, ConnCtx};
+use super::forward::handle;
 use crate::clock;
-use crate::listeners::{ConnSignals, ListenerRt};
+use crate::conn::{ConnSignals, ListenerRt};
 
 /// Largest request head: the HTTP/1 read buffer (a head that does not fit
 /// is answered 431) and the HTTP/2 `SETTINGS_MAX_HEADER_LIST_SIZE`.

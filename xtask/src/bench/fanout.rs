@@ -9,18 +9,18 @@
 //! and prints a table or (`--json`) the JSON. The server's stderr goes to a
 //! log file in the temporary directory, which is printed if it fails.
 
-use std::io::{BufRead as _, BufReader, Read as _, Write as _};
-use std::net::{SocketAddr, TcpStream};
+use std::io::{BufRead as _, BufReader};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
 use serde_json::Value;
+use vane_testkit::process::terminate_child;
 
+use crate::harness::http_get;
 use crate::process::{cargo, display, run as run_cmd, target_dir};
 
 /// The group the simulated agents watch.
@@ -173,7 +173,9 @@ pub(crate) fn raise_nofile(needed: u64) -> Result<()> {
 /// A `vane-control` process on a temporary data directory, with its admin
 /// endpoint; stopped (SIGTERM, then SIGKILL) when dropped.
 pub(crate) struct ControlServer {
-    child: Child,
+    /// `None` once stopped.
+    child: Option<Child>,
+    pid: u32,
     addr: SocketAddr,
     admin: SocketAddr,
     data_dir: PathBuf,
@@ -227,7 +229,8 @@ impl ControlServer {
             }
         }
         Ok(Self {
-            child,
+            pid: child.id(),
+            child: Some(child),
             addr: addr.context("no listen address")?,
             admin: admin.context("no admin address")?,
             data_dir,
@@ -242,7 +245,7 @@ impl ControlServer {
 
     /// The process id.
     pub(crate) fn pid(&self) -> u32 {
-        self.child.id()
+        self.pid
     }
 
     /// The data directory (for the fsync probe).
@@ -252,22 +255,7 @@ impl ControlServer {
 
     /// `GET /metrics` of the admin endpoint.
     pub(crate) fn metrics(&self) -> Result<String> {
-        let mut s = TcpStream::connect_timeout(&self.admin, Duration::from_secs(5))?;
-        s.set_read_timeout(Some(Duration::from_secs(30)))?;
-        write!(
-            s,
-            "GET /metrics HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
-            self.admin
-        )?;
-        let mut text = String::new();
-        s.read_to_string(&mut text)?;
-        let (head, body) = text
-            .split_once("\r\n\r\n")
-            .context("malformed /metrics response")?;
-        if !head.starts_with("HTTP/1.1 200") {
-            bail!("GET /metrics: {}", head.lines().next().unwrap_or(""));
-        }
-        Ok(body.to_owned())
+        http_get(self.admin, "/metrics")
     }
 
     /// The last lines of the server's log.
@@ -279,32 +267,26 @@ impl ControlServer {
 
     /// SIGTERM, and the exit status must be success.
     pub(crate) fn stop(mut self) -> Result<()> {
-        let pid = Pid::from_raw(i32::try_from(self.child.id()).unwrap_or(i32::MAX));
-        kill(pid, Signal::SIGTERM)?;
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                if !status.success() {
-                    bail!(
-                        "vane-control exited with {status}; its log:\n{}",
-                        self.log_tail()
-                    );
-                }
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!("vane-control did not stop within 20s of SIGTERM");
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        let child = self
+            .child
+            .take()
+            .context("vane-control was already stopped")?;
+        match terminate_child(child, Duration::from_secs(20)) {
+            Some(status) if status.success() => Ok(()),
+            Some(status) => bail!(
+                "vane-control exited with {status}; its log:\n{}",
+                self.log_tail()
+            ),
+            None => bail!("vane-control did not stop within 20s of SIGTERM; killed it"),
         }
     }
 }
 
 impl Drop for ControlServer {
     fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
         }
     }
 }

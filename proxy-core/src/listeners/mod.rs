@@ -10,8 +10,10 @@
 //! Binding happens in the agent's validator ([`Listeners::prepare`]), before
 //! the agent swaps anything in: a snapshot with an address that cannot be
 //! bound is refused (NACKed) whole, and sockets bound for it are released.
-//! Sockets of an accepted candidate wait in a stash until the activation
-//! task ([`Listeners::reconcile`]) starts their accept loops. When a new
+//! Sockets of an accepted candidate wait in a stash until the agent's sink
+//! switches the data plane to it ([`Listeners::reconcile`], called from
+//! `activate`) and starts their accept loops; a candidate that never gets
+//! there gives its sockets back ([`Listeners::unstash`]). When a new
 //! listener takes over the address of one that is going away (renamed, or
 //! its protocol changed), the sockets are shared (`dup`), never closed and
 //! rebound, so no connection attempt in between is refused.
@@ -22,33 +24,34 @@
 //! nearly all of a burst). The validator binds the first socket of the
 //! group, which is what proves the address is free; activation adds one per
 //! remaining worker.
+//!
+//! Layout: `socket` binds and duplicates sockets, `accept` runs the accept
+//! loops and hands connections to the HTTP and TCP serving code; this file
+//! keeps the table of listeners and follows the snapshot.
+
+mod accept;
+mod socket;
 
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use socket2::{Domain, Socket, Type};
-use tokio::net::TcpListener;
+use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use vane_agent::Current;
 use vane_model::{Listener, Protocol};
 
-use crate::cluster::ClusterRt;
-use crate::compile::{Compiled, ListenerRoutes};
-use crate::metrics::ListenerStats;
-use crate::proxy::Shared;
-use crate::route::RouteTableRt;
+use crate::compile::Compiled;
+use crate::conn::{ConnSignals, ListenerRt};
+use crate::shared::Shared;
+use accept::{AcceptGroup, AcceptLoop};
+use socket::{SocketSet, bind, describe, dup_set};
 
-/// Pending connections the kernel queues per listener.
-const BACKLOG: i32 = 1024;
 /// After the drain timeout, how long connections get to notice the hard stop.
 const HARD_STOP_GRACE: Duration = Duration::from_secs(1);
-/// Shortest interval between two "at --max-connections" warnings.
-const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// What makes a listener the same listener across snapshots.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -66,78 +69,6 @@ impl ListenerKey {
             protocol: l.protocol(),
         }
     }
-}
-
-/// A running listener, as its connections see it.
-#[derive(Debug)]
-pub(crate) struct ListenerRt {
-    /// The listener's name (its key in the compiled configuration).
-    pub(crate) name: String,
-    /// The bound address.
-    pub(crate) address: SocketAddr,
-    /// HTTP or TCP.
-    pub(crate) protocol: Protocol,
-    /// Data-plane state.
-    pub(crate) shared: Arc<Shared>,
-    /// Connection metrics.
-    pub(crate) stats: ListenerStats,
-    /// Set when the listener is removed: its connections then keep the
-    /// routes it had (`frozen`) instead of following new snapshots.
-    draining: AtomicBool,
-    frozen: OnceLock<ListenerRoutes>,
-}
-
-impl ListenerRt {
-    fn routes<'a>(&'a self, compiled: &'a Compiled) -> Option<&'a ListenerRoutes> {
-        if self.draining.load(Ordering::Acquire) {
-            self.frozen.get()
-        } else {
-            compiled.listeners.get(&self.name)
-        }
-    }
-
-    /// The route table for a request on this listener.
-    #[inline]
-    pub(crate) fn http_routes<'a>(&'a self, compiled: &'a Compiled) -> Option<&'a RouteTableRt> {
-        match self.routes(compiled)? {
-            ListenerRoutes::Http(t) => Some(t),
-            ListenerRoutes::Tcp(_) => None,
-        }
-    }
-
-    /// The cluster for a connection on this listener.
-    pub(crate) fn tcp_cluster<'a>(&'a self, compiled: &'a Compiled) -> Option<&'a Arc<ClusterRt>> {
-        match self.routes(compiled)? {
-            ListenerRoutes::Tcp(c) => Some(c),
-            ListenerRoutes::Http(_) => None,
-        }
-    }
-
-    /// Stops following snapshots: keeps `routes` for the connections that
-    /// drain.
-    fn freeze(&self, routes: Option<ListenerRoutes>) {
-        if let Some(r) = routes {
-            let _ = self.frozen.set(r);
-        }
-        self.draining.store(true, Ordering::Release);
-    }
-}
-
-/// Signals a listener sends its connections.
-#[derive(Debug, Clone)]
-pub(crate) struct ConnSignals {
-    /// Finish what is in flight, then close.
-    pub(crate) graceful: CancellationToken,
-    /// Close now.
-    pub(crate) hard: CancellationToken,
-}
-
-/// The sockets of one address: one per worker once started (index =
-/// worker), just the first one while stashed.
-type SocketSet = Vec<std::net::TcpListener>;
-
-fn dup_set(set: &SocketSet) -> io::Result<SocketSet> {
-    set.iter().map(std::net::TcpListener::try_clone).collect()
 }
 
 struct Running {
@@ -191,45 +122,24 @@ impl Table {
     }
 }
 
-/// Binds a nonblocking listening socket with `SO_REUSEADDR` (so a restart
-/// is not refused by connections in TIME_WAIT) and `SO_REUSEPORT` (one
-/// socket per worker). A port held by another program without
-/// `SO_REUSEPORT` (or by another user) still fails with "address in use".
-fn bind(address: SocketAddr) -> io::Result<std::net::TcpListener> {
-    let socket = Socket::new(Domain::for_address(address), Type::STREAM, None)?;
-    socket.set_reuse_address(true)?;
-    socket.set_reuse_port(true)?;
-    if address.is_ipv6() {
-        socket.set_only_v6(true)?;
-    }
-    socket.set_nonblocking(true)?;
-    socket.bind(&address.into())?;
-    socket.listen(BACKLOG)?;
-    Ok(socket.into())
-}
-
-/// An OS error without the `(os error N)` suffix: what an operator reads.
-fn describe(e: &io::Error) -> String {
-    let text = e.to_string();
-    match text.find(" (os error") {
-        Some(i) => text[..i].to_owned(),
-        None => text,
-    }
-}
-
 /// Every listener of the data plane.
 pub(crate) struct Listeners {
     table: Mutex<Table>,
     /// Accept loops and drains, so shutdown can wait for them.
     tasks: TaskTracker,
+    /// The control side's runtime, where drains run. Named rather than
+    /// taken from the calling thread: listeners are reconciled by the
+    /// agent's sink, on whatever thread the agent runs its apply path.
+    control: Handle,
 }
 
 impl Listeners {
-    /// No listeners.
-    pub(crate) fn new() -> Self {
+    /// No listeners; drains will run on `control`.
+    pub(crate) fn new(control: Handle) -> Self {
         Self {
             table: Mutex::new(Table::default()),
             tasks: TaskTracker::new(),
+            control,
         }
     }
 
@@ -270,6 +180,13 @@ impl Listeners {
         }
         table.stash.extend(bound);
         Ok(())
+    }
+
+    /// Releases the sockets stashed for candidate `version`, which will not
+    /// run (refused after validation, or superseded before its sink ran).
+    /// Sockets shared with another listener stay open through its copies.
+    pub(crate) fn unstash(&self, version: u64) {
+        self.table().stash.retain(|s| s.version != version);
     }
 
     /// Before the new build is swapped in: listeners it removes keep the
@@ -368,15 +285,13 @@ impl Listeners {
             sockets.push(extra);
         }
         let dups = dup_set(&sockets)?;
-        let rt = Arc::new(ListenerRt {
-            name: key.name.clone(),
-            address: key.address,
-            protocol: key.protocol,
-            shared: shared.clone(),
-            stats: shared.metrics.listener_stats(&key.name),
-            draining: AtomicBool::new(false),
-            frozen: OnceLock::new(),
-        });
+        let rt = Arc::new(ListenerRt::new(
+            key.name.clone(),
+            key.address,
+            key.protocol,
+            shared.clone(),
+            shared.metrics.listener_stats(&key.name),
+        ));
         let id = table.next_id;
         table.next_id += 1;
         let running = Running {
@@ -390,19 +305,17 @@ impl Listeners {
             connections: TaskTracker::new(),
             id,
         };
-        let loops = Arc::new(AtomicUsize::new(workers));
+        let owner = self.clone();
+        let group = AcceptGroup::new(workers, move || owner.closed(id));
         for (dup, handle) in dups.into_iter().zip(shared.workers.handles()) {
-            let accept = accept_loop(
-                dup,
-                rt.clone(),
-                running.stop_accepting.clone(),
-                running.signals.clone(),
-                running.connections.clone(),
-                self.clone(),
-                id,
-                loops.clone(),
-            );
-            handle.spawn(self.tasks.track_future(accept));
+            let accept = AcceptLoop {
+                rt: rt.clone(),
+                stop: running.stop_accepting.clone(),
+                signals: running.signals.clone(),
+                connections: running.connections.clone(),
+                group: group.clone(),
+            };
+            handle.spawn(self.tasks.track_future(accept.run(dup)));
         }
         table.running.insert(key, running);
         Ok(())
@@ -416,7 +329,7 @@ impl Listeners {
         r.connections.close();
         let name = r.rt.name.clone();
         let (connections, hard) = (r.connections, r.signals.hard);
-        self.tasks.spawn(async move {
+        let drain = self.tasks.track_future(async move {
             if tokio::time::timeout(drain, connections.wait())
                 .await
                 .is_err()
@@ -428,6 +341,7 @@ impl Listeners {
             }
             tracing::info!(listener = %name, "listener drained");
         });
+        self.control.spawn(drain);
     }
 
     /// Stops every listener and waits (bounded by `drain` plus a grace) for
@@ -473,108 +387,6 @@ impl Listeners {
     }
 }
 
-#[allow(clippy::too_many_arguments)] // One call site; a struct would only rename them.
-async fn accept_loop(
-    socket: std::net::TcpListener,
-    rt: Arc<ListenerRt>,
-    stop: CancellationToken,
-    signals: ConnSignals,
-    connections: TaskTracker,
-    owner: Arc<Listeners>,
-    id: u64,
-    loops: Arc<AtomicUsize>,
-) {
-    let listener = match TcpListener::from_std(socket) {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::error!(listener = %rt.name, error = %e, "cannot register a listener with a worker");
-            if loops.fetch_sub(1, Ordering::AcqRel) == 1 {
-                owner.closed(id);
-            }
-            return;
-        }
-    };
-    loop {
-        let accepted = tokio::select! {
-            biased;
-            () = stop.cancelled() => break,
-            r = listener.accept() => r,
-        };
-        let (stream, peer) = match accepted {
-            Ok(x) => x,
-            Err(e) => {
-                // Per-connection errors (the peer reset before we accepted)
-                // are nobody's problem; running out of file descriptors is:
-                // say so and back off instead of spinning.
-                if !matches!(
-                    e.kind(),
-                    io::ErrorKind::ConnectionAborted
-                        | io::ErrorKind::ConnectionReset
-                        | io::ErrorKind::Interrupted
-                ) {
-                    tracing::warn!(listener = %rt.name, error = %e, "accept failed; pausing");
-                    tokio::select! {
-                        () = stop.cancelled() => break,
-                        () = tokio::time::sleep(Duration::from_millis(50)) => {}
-                    }
-                }
-                continue;
-            }
-        };
-        let Ok(permit) = rt.shared.connection_limit.clone().try_acquire_owned() else {
-            // Over the cap: accept and close at once (see `refuse`).
-            refuse(&rt, stream);
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
-        rt.stats.connections_total.inc();
-        rt.stats.connections_active.inc();
-        let rt = rt.clone();
-        let signals = signals.clone();
-        connections.spawn(async move {
-            let stats = rt.stats.connections_active.clone();
-            match rt.protocol {
-                Protocol::Http => crate::http::server::serve(stream, peer, rt, signals).await,
-                Protocol::Tcp => crate::tcp::serve(stream, peer, rt, signals).await,
-            }
-            stats.dec();
-            drop(permit);
-        });
-    }
-    drop(listener);
-    // The last loop to stop releases the manager's copy of the socket.
-    if loops.fetch_sub(1, Ordering::AcqRel) == 1 {
-        owner.closed(id);
-    }
-}
-
-/// Closes a connection accepted over `--max-connections`.
-///
-/// Accepting and closing, rather than leaving connections in the kernel's
-/// backlog: the client learns at once that this instance is full and can
-/// retry another one, instead of waiting on a connection nobody serves
-/// (and, once the backlog is full, on SYN retransmissions seconds apart);
-/// the refusal is counted and logged; and the backlog never fills with
-/// connections whose clients gave up long before they would be served.
-fn refuse(rt: &ListenerRt, stream: tokio::net::TcpStream) {
-    rt.stats.connections_refused.inc();
-    drop(stream);
-    // Logged at most once per REFUSAL_LOG_EVERY: a flood must not become a
-    // log flood.
-    let now = crate::clock::now_millis().max(1);
-    let last = &rt.shared.refusal_logged_ms;
-    let prev = last.load(Ordering::Relaxed);
-    if (prev == 0 || now.saturating_sub(prev) >= REFUSAL_LOG_EVERY.as_millis() as u64)
-        && last
-            .compare_exchange(prev, now, Ordering::Relaxed, Ordering::Relaxed)
-            .is_ok()
-    {
-        tracing::warn!(listener = %rt.name, max_connections = rt.shared.config.max_connections,
-            refused = rt.stats.connections_refused.get(),
-            "at --max-connections: closing new connections at once");
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -602,6 +414,15 @@ mod tests {
         }
     }
 
+    /// A manager whose drains would run on a runtime of its own (these
+    /// tests never drain).
+    fn manager() -> (Listeners, tokio::runtime::Runtime) {
+        let control = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        (Listeners::new(control.handle().clone()), control)
+    }
+
     fn free_port() -> SocketAddr {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap()
@@ -609,7 +430,7 @@ mod tests {
 
     #[test]
     fn a_refused_candidate_releases_what_it_bound() {
-        let ls = Listeners::new();
+        let (ls, _control) = manager();
         let free = free_port();
         let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let busy = taken.local_addr().unwrap();
@@ -627,7 +448,7 @@ mod tests {
 
     #[test]
     fn a_renamed_listener_shares_the_socket() {
-        let ls = Listeners::new();
+        let (ls, _control) = manager();
         let addr = free_port();
         ls.prepare(&candidate(1, &[("a", addr)])).unwrap();
         // Not activated yet, and a newer candidate renames it: the same
@@ -636,8 +457,12 @@ mod tests {
         assert_eq!(ls.table().stash.len(), 2);
         // Version 2 consumed nothing yet; dropping version-1 leftovers keeps
         // version 2's socket.
-        ls.table().stash.retain(|s| s.version > 1);
+        ls.unstash(1);
         assert_eq!(ls.table().stash.len(), 1);
         assert!(std::net::TcpListener::bind(addr).is_err(), "still bound");
+        // Version 2 will not run either: the address is free again.
+        ls.unstash(2);
+        assert!(ls.table().stash.is_empty());
+        drop(std::net::TcpListener::bind(addr).unwrap());
     }
 }

@@ -1,0 +1,650 @@
+//! The link's state machine: where the agent's connection to the control
+//! plane is ([`State`]), what can happen to it ([`Event`]), and the one
+//! function that moves it, [`Machine::transition`]. The transition owns the
+//! reconnect pacing (backoff, circuit breaker, server rotation) and is the
+//! one writer of the link status that `health()` reports; it does no I/O and
+//! never waits, so tests drive it event by event on a paused clock. The
+//! waiting and the I/O are the steps' (`step.rs`).
+
+use std::sync::Arc;
+
+use tokio::time::Instant;
+use vane_backoff::ExponentialBackoff;
+use vane_proto as pb;
+
+use crate::breaker::{Breaker, Permit};
+use crate::state::Shared;
+
+use super::error::{LinkError, Retry};
+use super::respond::Verdict;
+use super::session::Session;
+
+/// Where the link is.
+#[derive(Debug)]
+pub(crate) enum State {
+    /// Between attempts: the breaker is asked whether one may go now.
+    Idle,
+    /// The breaker is open: no attempt before `until`.
+    BreakerOpen {
+        /// When the breaker lets one probe through.
+        until: Instant,
+    },
+    /// Connecting to a server and opening the watch.
+    Connecting {
+        /// Index of the server in the configuration.
+        server: usize,
+    },
+    /// A watch stream is open.
+    Streaming(Box<Session>),
+    /// The last attempt or stream failed: no attempt before `until`.
+    Backoff {
+        /// When the next attempt may go.
+        until: Instant,
+    },
+    /// Shutdown was asked: the loop ends.
+    Stopped,
+}
+
+impl State {
+    /// The state's name, for logs and tests.
+    pub(crate) fn name(&self) -> &'static str {
+        match self {
+            State::Idle => "idle",
+            State::BreakerOpen { .. } => "breaker_open",
+            State::Connecting { .. } => "connecting",
+            State::Streaming(_) => "streaming",
+            State::Backoff { .. } => "backoff",
+            State::Stopped => "stopped",
+        }
+    }
+}
+
+/// What a step observed.
+#[derive(Debug)]
+pub(crate) enum Event {
+    /// A wait ended (backoff, breaker), or there was nothing to wait for.
+    Ready,
+    /// The watch stream is open.
+    Opened(Box<Session>),
+    /// Connecting failed, or the open stream broke or ended.
+    Failed(LinkError),
+    /// A response went through the apply path; its answer is ready.
+    Answered {
+        /// What the answer means for the link status.
+        verdict: Verdict,
+        /// The ACK or NACK itself, sent next.
+        answer: pb::WatchRequest,
+    },
+    /// A queued answer or a heartbeat went out.
+    Sent,
+    /// The new stream stayed quiet for `QUIET_CONFIRM_AFTER`: what runs is
+    /// current.
+    QuietConfirmed,
+    /// The stream stayed up for `HEALTHY_STREAM_AFTER`: it delivered.
+    Healthy,
+    /// Shutdown was asked.
+    Shutdown,
+}
+
+/// What a transition changes in the link status beyond what the new state
+/// itself says (connected, server, breaker).
+#[derive(Debug, Default)]
+struct Note {
+    confirmation: Option<Confirmation>,
+    error: Option<String>,
+    nack: Option<(u64, String)>,
+    /// A stream or attempt ended and will be retried.
+    reconnect: bool,
+}
+
+/// Whether the control plane confirms what runs, from this transition on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Confirmation {
+    Confirm,
+    Unconfirm,
+}
+
+/// The reconnect pacing and the link status: everything a transition reads
+/// or changes besides the state itself.
+pub(crate) struct Machine {
+    shared: Arc<Shared>,
+    /// The configured server URLs, for the status and the logs.
+    servers: Vec<String>,
+    /// The server the next attempt goes to.
+    next_server: usize,
+    backoff: ExponentialBackoff,
+    breaker: Breaker,
+}
+
+impl Machine {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        servers: Vec<String>,
+        backoff: ExponentialBackoff,
+        breaker: Breaker,
+    ) -> Self {
+        Self {
+            shared,
+            servers,
+            next_server: 0,
+            backoff,
+            breaker,
+        }
+    }
+
+    /// Moves `state` on `event` at `now`, and records in the link status
+    /// what the move means. The only place either changes.
+    pub(crate) fn transition(&mut self, state: State, event: Event, now: Instant) -> State {
+        let mut note = Note::default();
+        let next = match (state, event) {
+            (_, Event::Shutdown) => State::Stopped,
+            (State::Idle, Event::Ready) => self.gate(now),
+            (State::BreakerOpen { .. } | State::Backoff { .. }, Event::Ready) => State::Idle,
+            (State::Connecting { .. }, Event::Opened(session)) => {
+                // A stream is what the breaker counts as success: it closes
+                // now, whether this was a normal attempt or its probe.
+                self.breaker.on_success();
+                tracing::info!(server = %self.url(session.server), "watch stream established");
+                State::Streaming(session)
+            }
+            (State::Connecting { server }, Event::Failed(error)) => {
+                self.breaker.on_failure(now);
+                self.fail(server, false, error, now, &mut note)
+            }
+            (State::Streaming(session), Event::Failed(error)) => {
+                self.fail(session.server, session.delivered, error, now, &mut note)
+            }
+            (State::Streaming(mut session), Event::Answered { verdict, answer }) => {
+                session.delivered = true;
+                session.confirmed = true;
+                session.pending = Some(answer);
+                match verdict {
+                    Verdict::Ack => note.confirmation = Some(Confirmation::Confirm),
+                    Verdict::WantFull => {}
+                    Verdict::Nack { version, reason } => {
+                        note.confirmation = Some(Confirmation::Unconfirm);
+                        note.error = Some(format!("NACK of version {version}: {reason}"));
+                        note.nack = Some((version, reason));
+                    }
+                }
+                State::Streaming(session)
+            }
+            (State::Streaming(mut session), Event::QuietConfirmed) => {
+                session.confirmed = true;
+                note.confirmation = Some(Confirmation::Confirm);
+                State::Streaming(session)
+            }
+            (State::Streaming(mut session), Event::Healthy) => {
+                session.delivered = true;
+                State::Streaming(session)
+            }
+            (State::Streaming(session), Event::Sent) => State::Streaming(session),
+            (state, event) => {
+                // Steps only report what their state can observe; anything
+                // else is a bug, and the safest reading is "nothing happened".
+                tracing::error!(
+                    state = state.name(),
+                    ?event,
+                    "the link ignored an unexpected event"
+                );
+                state
+            }
+        };
+        self.publish(&next, note, now);
+        next
+    }
+
+    /// Asks the breaker whether an attempt may go now.
+    fn gate(&mut self, now: Instant) -> State {
+        match self.breaker.acquire(now) {
+            Permit::Attempt => State::Connecting {
+                server: self.next_server,
+            },
+            Permit::Probe => {
+                tracing::info!(server = %self.url(self.next_server), "circuit breaker half-open: one probe");
+                State::Connecting {
+                    server: self.next_server,
+                }
+            }
+            Permit::WaitUntil(until) => State::BreakerOpen { until },
+        }
+    }
+
+    /// An attempt or a stream to `server` failed: pace the next attempt.
+    fn fail(
+        &mut self,
+        server: usize,
+        delivered: bool,
+        error: LinkError,
+        now: Instant,
+        note: &mut Note,
+    ) -> State {
+        if delivered {
+            self.backoff.reset();
+        }
+        let url = self.url(server).to_owned();
+        let delay = match error.retry() {
+            Retry::AtCap => {
+                tracing::error!(server = %url, %error, "configuration error; retrying at the backoff cap");
+                self.backoff.max()
+            }
+            Retry::Backoff => {
+                let delay = self.backoff.next();
+                tracing::warn!(server = %url, %error, delay_ms = delay.as_millis() as u64, "watch stream lost; reconnecting");
+                delay
+            }
+        };
+        // Try the next server on the next attempt; a stream that delivered
+        // and then broke may be a restart of the same server, which the next
+        // rotation will come back to.
+        self.next_server = (server + 1) % self.servers.len().max(1);
+        note.confirmation = Some(Confirmation::Unconfirm);
+        note.error = Some(format!("{url}: {error}"));
+        note.reconnect = true;
+        State::Backoff { until: now + delay }
+    }
+
+    /// Writes the link status: what `state` says, then what `note` adds.
+    fn publish(&self, state: &State, note: Note, now: Instant) {
+        if note.reconnect {
+            self.shared.metrics.reconnects.inc();
+        }
+        if note.confirmation == Some(Confirmation::Confirm) {
+            self.shared.promote_cached();
+        }
+        let server = match state {
+            State::Streaming(session) => Some(self.url(session.server).to_owned()),
+            _ => None,
+        };
+        let breaker = self.breaker.state();
+        self.shared.update_link(|link| {
+            link.connected = server.is_some();
+            // The server of the current stream, else of the last one.
+            if server.is_some() {
+                link.server = server;
+            }
+            link.breaker = breaker;
+            match note.confirmation {
+                Some(Confirmation::Confirm) => link.confirm(now),
+                Some(Confirmation::Unconfirm) => link.unconfirm(now),
+                None => {}
+            }
+            if let Some(error) = note.error {
+                link.last_error = Some(error);
+            }
+            if let Some(nack) = note.nack {
+                link.last_nack = Some(nack);
+            }
+        });
+    }
+
+    fn url(&self, server: usize) -> &str {
+        self.servers.get(server).map_or("", String::as_str)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use futures::StreamExt;
+    use tokio::sync::mpsc;
+
+    use super::*;
+    use crate::backoff::BackoffConfig;
+    use crate::breaker::{BreakerConfig, BreakerState};
+    use crate::state::{Current, HealthState, Source};
+
+    const SERVERS: [&str; 2] = ["http://a:1", "http://b:2"];
+
+    fn machine(threshold: u32) -> Machine {
+        let backoff = BackoffConfig {
+            base: Duration::from_millis(100),
+            cap: Duration::from_secs(10),
+        };
+        Machine::new(
+            Arc::new(Shared::new(Duration::from_secs(300))),
+            SERVERS.iter().map(|s| (*s).to_owned()).collect(),
+            backoff.build().unwrap(),
+            Breaker::new(BreakerConfig {
+                failure_threshold: threshold,
+                open_for: Duration::from_secs(10),
+            }),
+        )
+    }
+
+    fn session(server: usize) -> Box<Session> {
+        let (requests, _) = mpsc::channel(4);
+        Box::new(Session::new(
+            server,
+            futures::stream::pending().boxed(),
+            requests,
+            Duration::from_secs(30),
+            Instant::now(),
+        ))
+    }
+
+    fn refused() -> LinkError {
+        LinkError::Connect("connection refused".into())
+    }
+
+    /// Idle → Connecting, the attempt fails → Backoff; returns the pause.
+    fn failed_attempt(m: &mut Machine, error: LinkError) -> Duration {
+        let now = Instant::now();
+        let s = m.transition(State::Idle, Event::Ready, now);
+        let State::Connecting { server } = s else {
+            panic!("expected an attempt, got {s:?}");
+        };
+        match m.transition(State::Connecting { server }, Event::Failed(error), now) {
+            State::Backoff { until } => until - now,
+            other => panic!("expected backoff, got {other:?}"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_connect_backs_off_under_a_doubling_ceiling_and_rotates() {
+        let mut m = machine(100);
+        let now = Instant::now();
+        assert!(matches!(
+            m.transition(State::Idle, Event::Ready, now),
+            State::Connecting { server: 0 }
+        ));
+        let s = m.transition(
+            State::Connecting { server: 0 },
+            Event::Failed(refused()),
+            now,
+        );
+        let State::Backoff { until } = s else {
+            panic!("expected backoff, got {s:?}");
+        };
+        assert!(
+            until - now <= Duration::from_millis(100),
+            "first ceiling is the base"
+        );
+        let h = m.shared.health();
+        assert!(!h.connected);
+        assert_eq!(h.reconnects, 1);
+        assert_eq!(
+            h.last_error.as_deref(),
+            Some("http://a:1: connect failed: connection refused")
+        );
+        // The wait ends: back to Idle, and the next attempt goes to the
+        // next server.
+        let s = m.transition(s, Event::Ready, until);
+        assert!(matches!(s, State::Idle), "{s:?}");
+        assert!(matches!(
+            m.transition(s, Event::Ready, until),
+            State::Connecting { server: 1 }
+        ));
+        // Ceilings double: 200 ms, 400 ms, ... up to the 10 s cap.
+        for n in 1..12u32 {
+            let ceiling = Duration::from_millis(100 * 2u64.pow(n)).min(Duration::from_secs(10));
+            assert_eq!(m.backoff.ceiling(), ceiling);
+            let pause = failed_attempt(&mut m, refused());
+            assert!(pause <= ceiling, "{pause:?} > {ceiling:?}");
+        }
+        assert_eq!(m.shared.health().reconnects, 12);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn configuration_errors_wait_the_cap_and_leave_the_sequence_alone() {
+        let mut m = machine(100);
+        let errors = [
+            LinkError::Status(tonic::Status::unauthenticated("no credentials")),
+            LinkError::Status(tonic::Status::permission_denied("not in group edge")),
+            LinkError::Status(tonic::Status::invalid_argument("node: id is required")),
+            LinkError::Tls("TLS handshake failed: UnknownIssuer".into()),
+        ];
+        for error in errors {
+            assert_eq!(failed_attempt(&mut m, error), Duration::from_secs(10));
+        }
+        assert_eq!(
+            m.backoff.attempts(),
+            0,
+            "the cap is not a step of the sequence"
+        );
+        let error = m.shared.health().last_error.unwrap();
+        assert!(error.contains("UnknownIssuer"), "{error}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_breaker_opens_after_its_threshold_and_half_opens_after_the_cool_down() {
+        let mut m = machine(3);
+        for _ in 0..3 {
+            failed_attempt(&mut m, refused());
+        }
+        let opened_at = Instant::now();
+        let s = m.transition(State::Idle, Event::Ready, opened_at);
+        let State::BreakerOpen { until } = s else {
+            panic!("three failures open the breaker, got {s:?}");
+        };
+        let open = until - opened_at;
+        assert!(
+            open >= Duration::from_secs(10) && open <= Duration::from_secs(12),
+            "open for 10 s plus up to 20%: {open:?}"
+        );
+        assert_eq!(m.shared.health().breaker, BreakerState::Open { until });
+
+        // Asked again before the cool-down: still no attempt.
+        tokio::time::advance(open - Duration::from_millis(1)).await;
+        let s = m.transition(s, Event::Ready, Instant::now());
+        let s = m.transition(s, Event::Ready, Instant::now());
+        assert!(matches!(s, State::BreakerOpen { .. }), "{s:?}");
+
+        // After it: one probe, and the status says so.
+        tokio::time::advance(Duration::from_millis(1)).await;
+        let s = m.transition(s, Event::Ready, Instant::now());
+        let s = m.transition(s, Event::Ready, Instant::now());
+        let State::Connecting { server } = s else {
+            panic!("the probe should go, got {s:?}");
+        };
+        assert_eq!(m.shared.health().breaker, BreakerState::HalfOpen);
+
+        // The probe fails: open again at once.
+        let s = m.transition(s, Event::Failed(refused()), Instant::now());
+        assert!(matches!(s, State::Backoff { .. }), "{s:?}");
+        assert!(matches!(
+            m.shared.health().breaker,
+            BreakerState::Open { .. }
+        ));
+        let s = m.transition(s, Event::Ready, Instant::now());
+        assert!(matches!(
+            m.transition(s, Event::Ready, Instant::now()),
+            State::BreakerOpen { .. }
+        ));
+
+        // The next probe opens a stream: the breaker closes.
+        tokio::time::advance(Duration::from_secs(13)).await;
+        let s = m.transition(State::BreakerOpen { until }, Event::Ready, Instant::now());
+        let State::Connecting { server: probe } = m.transition(s, Event::Ready, Instant::now())
+        else {
+            panic!("a second probe should go");
+        };
+        assert_ne!(probe, server, "probes rotate too");
+        let s = m.transition(
+            State::Connecting { server: probe },
+            Event::Opened(session(probe)),
+            Instant::now(),
+        );
+        assert!(matches!(s, State::Streaming(_)));
+        let h = m.shared.health();
+        assert_eq!(h.breaker, BreakerState::Closed);
+        assert!(h.connected);
+        assert_eq!(h.server.as_deref(), Some(SERVERS[probe]));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_that_delivered_resets_the_backoff_and_one_that_did_not_does_not() {
+        let mut m = machine(100);
+        for _ in 0..5 {
+            failed_attempt(&mut m, refused());
+        }
+        assert_eq!(m.backoff.attempts(), 5);
+        let now = Instant::now();
+
+        // Opened, then broken before anything came: no reset.
+        let s = m.transition(
+            State::Connecting { server: 0 },
+            Event::Opened(session(0)),
+            now,
+        );
+        let s = m.transition(s, Event::Failed(LinkError::Closed), now);
+        assert!(matches!(s, State::Backoff { .. }));
+        assert_eq!(m.backoff.attempts(), 6);
+        assert_eq!(
+            m.shared.health().breaker,
+            BreakerState::Closed,
+            "an opened stream is a success for the breaker"
+        );
+
+        // A response delivered: the pause after it is from the start again.
+        let s = m.transition(
+            State::Connecting { server: 0 },
+            Event::Opened(session(0)),
+            now,
+        );
+        let s = m.transition(
+            s,
+            Event::Answered {
+                verdict: Verdict::Ack,
+                answer: pb::WatchRequest::default(),
+            },
+            now,
+        );
+        let State::Backoff { until } = m.transition(s, Event::Failed(LinkError::Closed), now)
+        else {
+            panic!("expected backoff");
+        };
+        assert!(until - now <= Duration::from_millis(100));
+        assert_eq!(m.backoff.attempts(), 1);
+
+        // A long quiet life counts as delivered too.
+        failed_attempt(&mut m, refused());
+        let s = m.transition(
+            State::Connecting { server: 1 },
+            Event::Opened(session(1)),
+            now,
+        );
+        let s = m.transition(s, Event::Healthy, now);
+        let State::Backoff { until } = m.transition(s, Event::Failed(LinkError::Closed), now)
+        else {
+            panic!("expected backoff");
+        };
+        assert!(until - now <= Duration::from_millis(100));
+        assert_eq!(m.backoff.attempts(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn answers_are_recorded_before_they_go_out() {
+        let mut m = machine(100);
+        let mut cached = Current::empty();
+        (cached.version, cached.hash, cached.source) = (4, "ab".into(), Source::Cache);
+        m.shared.install(cached);
+        let now = Instant::now();
+        let s = m.transition(
+            State::Connecting { server: 1 },
+            Event::Opened(session(1)),
+            now,
+        );
+
+        // A NACK: recorded, unconfirmed, and queued to be sent next.
+        let nack = Event::Answered {
+            verdict: Verdict::Nack {
+                version: 5,
+                reason: "port in use".into(),
+            },
+            answer: pb::WatchRequest {
+                response_nonce: "n5".into(),
+                ..Default::default()
+            },
+        };
+        let s = m.transition(s, nack, now);
+        let State::Streaming(session) = &s else {
+            panic!("still streaming");
+        };
+        assert_eq!(
+            session.pending.as_ref().map(|a| a.response_nonce.as_str()),
+            Some("n5")
+        );
+        let h = m.shared.health();
+        assert_eq!(h.last_nack, Some((5, "port in use".into())));
+        assert_eq!(
+            h.last_error.as_deref(),
+            Some("NACK of version 5: port in use")
+        );
+        tokio::time::advance(Duration::from_secs(3)).await;
+        assert_eq!(m.shared.health().staleness, Duration::from_secs(3));
+        assert_eq!(m.shared.health().source, Source::Cache);
+
+        // An ACK confirms, and cached content is now known to be live.
+        let s = m.transition(s, Event::Sent, Instant::now());
+        let ack = Event::Answered {
+            verdict: Verdict::Ack,
+            answer: pb::WatchRequest::default(),
+        };
+        let s = m.transition(s, ack, Instant::now());
+        let h = m.shared.health();
+        assert_eq!(h.staleness, Duration::ZERO);
+        assert_eq!(h.source, Source::Live);
+        assert_eq!(h.state, HealthState::Healthy);
+
+        // The stream ends: unconfirmed again, staleness counts from here.
+        let s = m.transition(s, Event::Failed(LinkError::Closed), Instant::now());
+        assert!(matches!(s, State::Backoff { .. }));
+        tokio::time::advance(Duration::from_secs(7)).await;
+        let h = m.shared.health();
+        assert_eq!(h.staleness, Duration::from_secs(7));
+        assert!(!h.connected);
+        assert_eq!(
+            h.server.as_deref(),
+            Some(SERVERS[1]),
+            "the last stream's server"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_quiet_start_confirms_and_want_full_changes_nothing() {
+        let mut m = machine(100);
+        let now = Instant::now();
+        let s = m.transition(
+            State::Connecting { server: 0 },
+            Event::Opened(session(0)),
+            now,
+        );
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(m.shared.health().staleness, Duration::from_secs(2));
+        let s = m.transition(s, Event::QuietConfirmed, Instant::now());
+        assert_eq!(m.shared.health().staleness, Duration::ZERO);
+        let s = m.transition(
+            s,
+            Event::Answered {
+                verdict: Verdict::WantFull,
+                answer: pb::WatchRequest::default(),
+            },
+            Instant::now(),
+        );
+        let h = m.shared.health();
+        assert_eq!(h.staleness, Duration::ZERO);
+        assert!(h.last_nack.is_none() && h.last_error.is_none());
+        assert!(matches!(s, State::Streaming(_)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_stops_every_state() {
+        let until = Instant::now() + Duration::from_secs(60);
+        let states = [
+            State::Idle,
+            State::BreakerOpen { until },
+            State::Connecting { server: 0 },
+            State::Streaming(session(0)),
+            State::Backoff { until },
+        ];
+        for state in states {
+            let mut m = machine(100);
+            let name = state.name();
+            let s = m.transition(state, Event::Shutdown, Instant::now());
+            assert!(matches!(s, State::Stopped), "{name}");
+            assert!(!m.shared.health().connected, "{name}");
+        }
+    }
+}

@@ -1,0 +1,124 @@
+//! The steps of the link: for each [`State`], the one thing it waits for
+//! (a timer, a connect, the next response, a heartbeat tick) and the
+//! [`Event`] that ends the wait. Every wait also watches for shutdown. The
+//! steps change nothing themselves; the machine's transition does.
+
+use std::sync::Arc;
+
+use futures::StreamExt;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use crate::apply::Applier;
+use crate::config::AgentConfig;
+
+use super::error::LinkError;
+use super::machine::{Event, State};
+use super::respond::{self, Answered};
+use super::session::{HEALTHY_STREAM_AFTER, QUIET_CONFIRM_AFTER, REQUEST_QUEUE, Session};
+use super::transport::Transport;
+
+/// What the steps need: the settings, the apply path, the way to the
+/// servers and the shutdown signal.
+pub(crate) struct Steps<T> {
+    pub(crate) config: Arc<AgentConfig>,
+    pub(crate) applier: Arc<Applier>,
+    pub(crate) transport: T,
+    /// Turns true (or its sender goes away) when the agent stops.
+    pub(crate) shutdown: watch::Receiver<bool>,
+}
+
+impl<T: Transport> Steps<T> {
+    /// Waits for what `state` waits for and says what happened.
+    pub(crate) async fn step(&mut self, state: &mut State) -> Event {
+        if *self.shutdown.borrow() {
+            return Event::Shutdown;
+        }
+        match state {
+            State::Idle => Event::Ready,
+            State::BreakerOpen { until } | State::Backoff { until } => {
+                let until = *until;
+                tokio::select! {
+                    _ = tokio::time::sleep_until(until) => Event::Ready,
+                    _ = self.shutdown.changed() => Event::Shutdown,
+                }
+            }
+            State::Connecting { server } => self.connect(*server).await,
+            State::Streaming(session) => self.stream(session).await,
+            State::Stopped => Event::Shutdown,
+        }
+    }
+
+    /// Opens a watch on `server`, saying who this agent is and what it runs.
+    async fn connect(&mut self, server: usize) -> Event {
+        let (requests, outbound) = mpsc::channel(REQUEST_QUEUE);
+        let hello = respond::hello(&self.config, &self.applier.shared.current.load());
+        if requests.try_send(hello).is_err() {
+            return Event::Failed(LinkError::Closed);
+        }
+        let opened = tokio::select! {
+            opened = self.transport.open(server, outbound) => opened,
+            _ = self.shutdown.changed() => return Event::Shutdown,
+        };
+        match opened {
+            Ok(inbound) => Event::Opened(Box::new(Session::new(
+                server,
+                inbound,
+                requests,
+                self.config.heartbeat_interval,
+                Instant::now(),
+            ))),
+            Err(error) => Event::Failed(error),
+        }
+    }
+
+    /// On an open stream: sends the pending answer, else waits for the next
+    /// response (and applies it), a heartbeat tick or one of the stream's
+    /// milestones.
+    async fn stream(&mut self, session: &mut Session) -> Event {
+        if let Some(answer) = session.pending.take() {
+            return tokio::select! {
+                sent = session.requests.send(answer) => match sent {
+                    Ok(()) => Event::Sent,
+                    Err(_) => Event::Failed(LinkError::Closed),
+                },
+                _ = self.shutdown.changed() => Event::Shutdown,
+            };
+        }
+        let quiet = session.opened_at + QUIET_CONFIRM_AFTER;
+        let healthy = session.opened_at + HEALTHY_STREAM_AFTER;
+        let message = tokio::select! {
+            message = session.inbound.next() => message,
+            _ = session.heartbeats.tick() => {
+                let beat = respond::heartbeat(&self.config, &self.applier.shared.current.load());
+                // A full queue already holds a request the server will
+                // see, which says as much as a heartbeat would.
+                return match session.requests.try_send(beat) {
+                    Ok(()) | Err(mpsc::error::TrySendError::Full(_)) => Event::Sent,
+                    Err(mpsc::error::TrySendError::Closed(_)) => Event::Failed(LinkError::Closed),
+                };
+            }
+            _ = tokio::time::sleep_until(quiet), if !session.confirmed => {
+                return Event::QuietConfirmed;
+            }
+            _ = tokio::time::sleep_until(healthy), if !session.delivered => {
+                return Event::Healthy;
+            }
+            _ = self.shutdown.changed() => return Event::Shutdown,
+        };
+        let response = match message {
+            Some(Ok(response)) => response,
+            Some(Err(error)) => return Event::Failed(error),
+            None => return Event::Failed(LinkError::Closed),
+        };
+        // The apply runs on a blocking thread that cannot be cancelled; on
+        // shutdown we stop waiting for it (it finishes on its own, and its
+        // answer is never sent).
+        tokio::select! {
+            Answered { verdict, answer } = respond::respond(&self.config, &self.applier, response) => {
+                Event::Answered { verdict, answer }
+            }
+            _ = self.shutdown.changed() => Event::Shutdown,
+        }
+    }
+}

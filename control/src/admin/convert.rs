@@ -1,0 +1,194 @@
+//! The Admin API's checks and conversions: limits, request fields checked
+//! with the field named, store errors and records turned into gRPC
+//! statuses and messages, and `prepare`, the one way a pushed snapshot
+//! becomes stored bytes and a hash.
+
+use bytes::Bytes;
+use tonic::Status;
+use vane_model::Snapshot;
+use vane_proto as pb;
+use vane_store::{PushOutcome, StoreError, VersionMeta, VersionRecord};
+
+use crate::agents::{AgentRecord, AgentState, SharedAgent};
+
+/// Audit entries returned when the request sets no limit.
+pub const DEFAULT_AUDIT_LIMIT: usize = 100;
+/// Most audit entries one request returns.
+pub const MAX_AUDIT_LIMIT: usize = 10_000;
+
+/// How many entries to read for `limit` visible ones: more when the caller
+/// sees only some groups and the rest are filtered out.
+pub(crate) fn limit_for_filter(everything: bool, limit: usize) -> usize {
+    if everything {
+        limit
+    } else {
+        limit.saturating_mul(10).min(vane_store::AUDIT_RETENTION)
+    }
+}
+
+/// Longest push or rollback message, in bytes.
+pub const MAX_MESSAGE_LEN: usize = 1024;
+
+/// The largest request or response the transport accepts for a snapshot
+/// limit: the limit plus room for the rest of the message.
+pub fn request_size_limit(max_snapshot_bytes: usize) -> usize {
+    max_snapshot_bytes
+        .saturating_mul(2)
+        .saturating_add(64 * 1024)
+}
+
+/// Longest error message the Admin API returns. gRPC carries it in HTTP/2
+/// headers, and clients reset streams whose headers exceed 16 KiB, which
+/// would turn a validation error into what looks like a broken connection.
+pub(crate) const MAX_ERROR_MESSAGE_BYTES: usize = 8 * 1024;
+
+/// `message`, cut to [`MAX_ERROR_MESSAGE_BYTES`] on a character boundary.
+pub(crate) fn capped(mut message: String) -> String {
+    if message.len() > MAX_ERROR_MESSAGE_BYTES {
+        let mut cut = MAX_ERROR_MESSAGE_BYTES;
+        while !message.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        message.truncate(cut);
+        message.push_str(" …");
+    }
+    message
+}
+
+/// Converts and validates a pushed snapshot, checks its encoded size against
+/// `max`, and returns the canonical encoding and its content hash (public
+/// for the fuzz targets). The error is the `InvalidArgument` a push gets.
+pub fn prepare(snapshot: pb::Snapshot, max: usize) -> Result<(Bytes, String), Status> {
+    let snapshot = Snapshot::try_from(snapshot)
+        .map_err(|e| Status::invalid_argument(capped(e.to_string())))?;
+    // One canonical form for both the bytes and the hash.
+    let (encoded, hash) = snapshot.encode_and_hash();
+    vane_model::check_size(encoded.len(), max)
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+    Ok((Bytes::from(encoded), hash.to_hex()))
+}
+
+pub(crate) fn canonical_yaml(record: &VersionRecord) -> Result<String, Status> {
+    Snapshot::decode(&record.snapshot)
+        .map(|s| s.to_yaml())
+        .map_err(|e| {
+            Status::internal(format!(
+                "stored version {} of group {:?} does not decode: {e}",
+                record.version, record.group
+            ))
+        })
+}
+
+pub(crate) fn check_group(group: &str) -> Result<(), Status> {
+    vane_model::names::check_group(group)
+        .map_err(|e| Status::invalid_argument(format!("group: {e}")))
+}
+
+pub(crate) fn check_message(message: &str) -> Result<(), Status> {
+    if message.len() > MAX_MESSAGE_LEN {
+        Err(Status::invalid_argument(format!(
+            "message: is {} bytes long, over the limit of {MAX_MESSAGE_LEN} bytes",
+            message.len()
+        )))
+    } else {
+        Ok(())
+    }
+}
+
+pub(crate) fn check_version_field(field: &str, version: u64) -> Result<(), Status> {
+    if version == 0 {
+        Err(Status::invalid_argument(format!(
+            "{field}: required (versions start at 1)"
+        )))
+    } else {
+        Ok(())
+    }
+}
+
+pub(crate) fn conflict(group: &str, expected: u64, actual: u64) -> Status {
+    let now = if actual == 0 {
+        format!("conflict: group {group:?} has no version yet")
+    } else {
+        format!("conflict: group {group:?} is at version {actual}")
+    };
+    let wanted = if expected == 0 {
+        "expected it to have none (0)".to_owned()
+    } else {
+        format!("expected {expected}")
+    };
+    Status::failed_precondition(format!("{now}, {wanted}"))
+}
+
+pub(crate) fn store_status(e: StoreError) -> Status {
+    match e {
+        StoreError::Conflict {
+            group,
+            expected,
+            actual,
+        } => conflict(&group, expected, actual),
+        StoreError::Unavailable(_) => Status::unavailable(e.to_string()),
+        // Not UNAVAILABLE: this server answered, and it is the store behind
+        // it that is away. vanectl reads UNAVAILABLE as "server unreachable"
+        // (exit 3); this is a refusal (exit 1) whose message says why and
+        // whether anything was stored.
+        StoreError::Degraded(_) => {
+            tracing::warn!(error = %e, "store degraded");
+            Status::failed_precondition(e.to_string())
+        }
+        StoreError::Corrupt(_) | StoreError::Io(_) => {
+            tracing::error!(error = %e, "store failure");
+            Status::internal(e.to_string())
+        }
+    }
+}
+
+pub(crate) fn push_response(outcome: &PushOutcome) -> pb::PushResponse {
+    let r = outcome.record();
+    pb::PushResponse {
+        group: r.group.clone(),
+        version: r.version,
+        hash: r.hash.clone(),
+        unchanged: outcome.is_unchanged(),
+        dry_run: false,
+        created_at_unix_ms: r.created_at_unix_ms,
+    }
+}
+
+pub(crate) fn version_info(m: &VersionMeta) -> pb::VersionInfo {
+    pb::VersionInfo {
+        version: m.version,
+        hash: m.hash.clone(),
+        message: m.message.clone(),
+        created_at_unix_ms: m.created_at_unix_ms,
+        author: m.author.clone(),
+        rollback_of: m.rollback_of.unwrap_or(0),
+        size_bytes: m.size_bytes,
+    }
+}
+
+pub(crate) fn agent_status(shared: &SharedAgent, head: u64) -> pb::AgentStatus {
+    let a: &AgentRecord = &shared.record;
+    let state = match a.state(head) {
+        AgentState::Synced => pb::AgentState::Synced,
+        AgentState::Stale => pb::AgentState::Stale,
+        AgentState::Nacked => pb::AgentState::Nacked,
+        AgentState::NotSent => pb::AgentState::NotSent,
+    };
+    pb::AgentStatus {
+        node_id: a.node_id.clone(),
+        group: a.group.clone(),
+        labels: a.labels.clone(),
+        agent_build: a.agent_build.clone(),
+        acked_version: a.acked_version,
+        acked_hash: a.acked_hash.clone(),
+        last_nacked_version: a.last_nacked_version,
+        nack_reason: a.nack_reason.clone(),
+        connected_since_unix_ms: a.connected_since_unix_ms,
+        last_seen_unix_ms: a.last_seen_unix_ms,
+        state: state as i32,
+        connected: a.connected,
+        sent_version: a.sent_version,
+        peer: a.peer.clone(),
+        replica: shared.replica.clone(),
+    }
+}

@@ -1,0 +1,293 @@
+//! The `vane.v1.Admin` handlers: each authenticates and authorizes its
+//! caller first, then reads or writes through the store, the hub and the
+//! agent registry.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use prost::Message;
+use tonic::{Request, Response, Status};
+use vane_proto as pb;
+
+use crate::admin::convert::{
+    DEFAULT_AUDIT_LIMIT, MAX_AUDIT_LIMIT, agent_status, canonical_yaml, check_group,
+    check_version_field, limit_for_filter, push_response, store_status, version_info,
+};
+use crate::admin::push::PushDone;
+use crate::admin::service::AdminService;
+use crate::auth::Action;
+use crate::hub::Published;
+
+#[tonic::async_trait]
+impl pb::admin_server::Admin for AdminService {
+    async fn push(
+        &self,
+        request: Request<pb::PushRequest>,
+    ) -> Result<Response<pb::PushResponse>, Status> {
+        let caller = self.allow_write(
+            &request,
+            "push",
+            &request.get_ref().group,
+            &request.get_ref().message,
+        )?;
+        let request = request.into_inner();
+        let (group, message) = (request.group.clone(), request.message.clone());
+        let dry_run = request.dry_run;
+        let outcome = self.push_as(&caller, request).await;
+        match outcome {
+            Ok(PushDone::DryRun(response)) => Ok(Response::new(response)),
+            Ok(PushDone::Committed(outcome)) => {
+                let outcome = Ok(outcome);
+                self.audited(&caller, "push", &group, &message, &outcome)
+                    .await;
+                outcome.map(|o| Response::new(push_response(&o)))
+            }
+            Err(status) => {
+                if !dry_run {
+                    self.audited(&caller, "push", &group, &message, &Err(status.clone()))
+                        .await;
+                }
+                Err(status)
+            }
+        }
+    }
+
+    async fn get(
+        &self,
+        request: Request<pb::GetRequest>,
+    ) -> Result<Response<pb::GetResponse>, Status> {
+        self.allow(&request, Action::Read, &request.get_ref().group)?;
+        let request = request.into_inner();
+        check_group(&request.group)?;
+        if request.version == Some(0) {
+            return Err(Status::invalid_argument("version: must be at least 1"));
+        }
+        let record = self.record(&request.group, request.version).await?;
+        let snapshot = pb::Snapshot::decode(record.snapshot.as_ref()).map_err(|e| {
+            Status::internal(format!(
+                "stored version {} of group {:?} does not decode: {e}",
+                record.version, record.group
+            ))
+        })?;
+        Ok(Response::new(pb::GetResponse {
+            group: request.group,
+            info: Some(version_info(&record.meta())),
+            snapshot: Some(snapshot),
+        }))
+    }
+
+    async fn history(
+        &self,
+        request: Request<pb::HistoryRequest>,
+    ) -> Result<Response<pb::HistoryResponse>, Status> {
+        self.allow(&request, Action::Read, &request.get_ref().group)?;
+        let request = request.into_inner();
+        check_group(&request.group)?;
+        let limit = usize::try_from(request.limit).unwrap_or(usize::MAX);
+        let versions = self
+            .store
+            .history(&request.group, limit)
+            .await
+            .map_err(store_status)?;
+        if versions.is_empty() {
+            return Err(self.not_found(&request.group, None));
+        }
+        Ok(Response::new(pb::HistoryResponse {
+            group: request.group,
+            versions: versions.iter().map(version_info).collect(),
+        }))
+    }
+
+    async fn diff(
+        &self,
+        request: Request<pb::DiffRequest>,
+    ) -> Result<Response<pb::DiffResponse>, Status> {
+        self.allow(&request, Action::Read, &request.get_ref().group)?;
+        let request = request.into_inner();
+        check_group(&request.group)?;
+        check_version_field("from_version", request.from_version)?;
+        check_version_field("to_version", request.to_version)?;
+        let (from, to) = tokio::try_join!(
+            self.record(&request.group, Some(request.from_version)),
+            self.record(&request.group, Some(request.to_version)),
+        )?;
+        let (from_info, to_info) = (version_info(&from.meta()), version_info(&to.meta()));
+        let group = request.group;
+        let labels = (
+            format!("{group}@{}", from.version),
+            format!("{group}@{}", to.version),
+        );
+        let unified_diff = tokio::task::spawn_blocking(move || {
+            let old = canonical_yaml(&from)?;
+            let new = canonical_yaml(&to)?;
+            Ok::<_, Status>(vane_model::unified_diff(&old, &new, &labels.0, &labels.1))
+        })
+        .await
+        .map_err(|e| Status::internal(format!("diff task failed: {e}")))??;
+        Ok(Response::new(pb::DiffResponse {
+            group,
+            from: Some(from_info),
+            to: Some(to_info),
+            unified_diff,
+        }))
+    }
+
+    async fn rollback(
+        &self,
+        request: Request<pb::RollbackRequest>,
+    ) -> Result<Response<pb::PushResponse>, Status> {
+        let caller = self.allow_write(
+            &request,
+            "rollback",
+            &request.get_ref().group,
+            &request.get_ref().message,
+        )?;
+        let request = request.into_inner();
+        let (group, message) = (request.group.clone(), request.message.clone());
+        let outcome = self.rollback_as(&caller, request).await;
+        self.audited(&caller, "rollback", &group, &message, &outcome)
+            .await;
+        outcome.map(|o| Response::new(push_response(&o)))
+    }
+
+    async fn audit(
+        &self,
+        request: Request<pb::AuditRequest>,
+    ) -> Result<Response<pb::AuditResponse>, Status> {
+        let caller = self.auth.caller_of(&request)?;
+        let request = request.into_inner();
+        let limit = match request.limit {
+            0 => DEFAULT_AUDIT_LIMIT,
+            n => usize::try_from(n)
+                .unwrap_or(MAX_AUDIT_LIMIT)
+                .min(MAX_AUDIT_LIMIT),
+        };
+        let entries = if request.group.is_empty() {
+            let store = self
+                .store
+                .audit(
+                    None,
+                    limit_for_filter(self.auth.allowed_everywhere(&caller, Action::Read)?, limit),
+                )
+                .await;
+            store
+                .map_err(store_status)?
+                .into_iter()
+                .filter(|e| self.auth.allows(&caller, Action::Read, &e.group))
+                .take(limit)
+                .collect::<Vec<_>>()
+        } else {
+            check_group(&request.group)?;
+            self.auth.authorize(&caller, Action::Read, &request.group)?;
+            self.store
+                .audit(Some(&request.group), limit)
+                .await
+                .map_err(store_status)?
+        };
+        Ok(Response::new(pb::AuditResponse {
+            entries: entries.iter().map(pb::AuditEntry::from).collect(),
+        }))
+    }
+
+    async fn who_am_i(
+        &self,
+        request: Request<pb::WhoAmIRequest>,
+    ) -> Result<Response<pb::WhoAmIResponse>, Status> {
+        let caller = self.auth.caller_of(&request)?;
+        let roles = self
+            .auth
+            .roles(&caller)
+            .into_iter()
+            .map(|(role, groups)| pb::RoleBinding {
+                role: role.as_str().to_owned(),
+                groups,
+            })
+            .collect();
+        Ok(Response::new(pb::WhoAmIResponse {
+            identity: caller.identity,
+            source: caller.source.as_str().to_owned(),
+            authorization: if self.auth.enforced() { "on" } else { "off" }.to_owned(),
+            roles,
+        }))
+    }
+
+    async fn status(
+        &self,
+        request: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
+        let caller = self.auth.caller_of(&request)?;
+        let request = request.into_inner();
+        let filter = if request.group.is_empty() {
+            None
+        } else {
+            check_group(&request.group)?;
+            Some(request.group.as_str())
+        };
+        // Every group, or only those the caller may read.
+        let everything = match filter {
+            Some(group) => {
+                self.auth.authorize(&caller, Action::Read, group)?;
+                true
+            }
+            None => self.auth.allowed_everywhere(&caller, Action::Read)?,
+        };
+        let visible = |group: &str| everything || self.auth.allows(&caller, Action::Read, group);
+        let heads: HashMap<String, Arc<Published>> = self
+            .hub
+            .heads()
+            .into_iter()
+            .map(|h| (h.group.clone(), h))
+            .collect();
+        let head_version = |group: &str| heads.get(group).map_or(0, |h| h.version);
+        // With a clustered store, the other replicas' agents too; when the
+        // store cannot say, this replica's own, and the store shows degraded.
+        let others = match self.store.agent_directory() {
+            Some(directory) => match directory.others(filter).await {
+                Ok(others) => others,
+                Err(e) => {
+                    tracing::debug!(error = %e, "status without the other replicas' agents");
+                    Vec::new()
+                }
+            },
+            None => Vec::new(),
+        };
+        let agents = crate::replication::merge(self.agents.list(filter), &self.replica, others)
+            .iter()
+            .filter(|a| visible(&a.record.group))
+            .map(|a| agent_status(a, head_version(&a.record.group)))
+            .collect();
+        let mut groups: Vec<pb::GroupStatus> = heads
+            .values()
+            .filter(|h| filter.is_none_or(|g| g == h.group) && visible(&h.group))
+            .map(|h| pb::GroupStatus {
+                group: h.group.clone(),
+                head_version: h.version,
+                head_hash: h.hash.clone(),
+            })
+            .collect();
+        // A group agents watch before its first push still has a status.
+        if let Some(group) = filter
+            && groups.is_empty()
+        {
+            groups.push(pb::GroupStatus {
+                group: group.to_owned(),
+                head_version: 0,
+                head_hash: String::new(),
+            });
+        }
+        groups.sort_by(|a, b| a.group.cmp(&b.group));
+        let health = self.store.health();
+        let store = pb::StoreStatus {
+            backend: health.backend.to_owned(),
+            location: health.location,
+            degraded: health.degraded.is_some(),
+            reason: health.degraded.unwrap_or_default(),
+            replica: self.replica.clone(),
+        };
+        Ok(Response::new(pb::StatusResponse {
+            agents,
+            groups,
+            store: Some(store),
+        }))
+    }
+}

@@ -1,0 +1,206 @@
+//! Pushes and rollbacks: validate (off the async workers), then either
+//! report what a dry run would do, or store the version and publish it to
+//! the hub in a task of its own (a client hanging up mid-push cannot leave a
+//! version stored but unpublished).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tonic::Status;
+use vane_model::Snapshot;
+use vane_proto as pb;
+use vane_store::{NewVersion, PushOutcome, StoreError, VersionRecord};
+
+use crate::admin::convert::{
+    capped, check_group, check_message, check_version_field, conflict, prepare, store_status,
+};
+use crate::admin::service::AdminService;
+use crate::auth::Caller;
+use crate::hub::Published;
+
+impl AdminService {
+    /// Stores `new` and publishes the result. The write runs in its own task
+    /// so that a client hanging up mid-push cannot leave a version stored but
+    /// never published to the agents.
+    pub(crate) async fn commit(&self, new: NewVersion) -> Result<PushOutcome, Status> {
+        let store = Arc::clone(&self.store);
+        let hub = Arc::clone(&self.hub);
+        let task = self.tasks.spawn(async move {
+            let outcome = store.push(new).await?;
+            // Publishing an unchanged head is a no-op; doing it anyway heals a
+            // hub that missed a version.
+            // With the delta from the previous head built first (hub.rs).
+            hub.publish_prepared(Published::from(outcome.record()))
+                .await;
+            Ok::<_, StoreError>(outcome)
+        });
+        let outcome = task
+            .await
+            .map_err(|e| Status::internal(format!("push task failed: {e}")))?
+            .map_err(store_status)?;
+        let r = outcome.record();
+        tracing::info!(
+            group = %r.group,
+            version = r.version,
+            hash = %r.hash,
+            unchanged = outcome.is_unchanged(),
+            rollback_of = r.rollback_of.unwrap_or(0),
+            "push"
+        );
+        Ok(outcome)
+    }
+
+    pub(crate) async fn record(
+        &self,
+        group: &str,
+        version: Option<u64>,
+    ) -> Result<VersionRecord, Status> {
+        self.store
+            .get(group, version)
+            .await
+            .map_err(store_status)?
+            .ok_or_else(|| self.not_found(group, version))
+    }
+
+    pub(crate) fn not_found(&self, group: &str, version: Option<u64>) -> Status {
+        match (version, self.hub.head(group)) {
+            (Some(v), Some(head)) => Status::not_found(format!(
+                "version {v} of group {group:?} not found (the head is version {})",
+                head.version
+            )),
+            _ => Status::not_found(format!("group {group:?} not found")),
+        }
+    }
+
+    pub(crate) async fn dry_run(
+        &self,
+        group: String,
+        hash: String,
+        expected_version: Option<u64>,
+    ) -> Result<pb::PushResponse, Status> {
+        let head = self.store.get(&group, None).await.map_err(store_status)?;
+        let head_version = head.as_ref().map_or(0, |h| h.version);
+        if let Some(expected) = expected_version
+            && expected != head_version
+        {
+            return Err(conflict(&group, expected, head_version));
+        }
+        let response = match head {
+            Some(head) if head.hash == hash => pb::PushResponse {
+                group,
+                version: head.version,
+                hash,
+                unchanged: true,
+                dry_run: true,
+                created_at_unix_ms: head.created_at_unix_ms,
+            },
+            _ => pb::PushResponse {
+                group,
+                version: head_version + 1,
+                hash,
+                unchanged: false,
+                dry_run: true,
+                created_at_unix_ms: 0,
+            },
+        };
+        Ok(response)
+    }
+}
+
+impl AdminService {
+    /// A push by `caller`, after authorization: validate, then store and
+    /// publish (or only report, on a dry run).
+    pub(crate) async fn push_as(
+        &self,
+        caller: &Caller,
+        request: pb::PushRequest,
+    ) -> Result<PushDone, Status> {
+        check_group(&request.group)?;
+        check_message(&request.message)?;
+        let snapshot = request
+            .snapshot
+            .ok_or_else(|| Status::invalid_argument("snapshot: required"))?;
+        let max = self.max_snapshot_bytes;
+        // Validation compiles regexes and walks the whole snapshot: keep it
+        // off the async workers.
+        let (encoded, hash) = tokio::task::spawn_blocking(move || prepare(snapshot, max))
+            .await
+            .map_err(|e| Status::internal(format!("validation task failed: {e}")))??;
+        if request.dry_run {
+            let response = self
+                .dry_run(request.group, hash, request.expected_version)
+                .await?;
+            return Ok(PushDone::DryRun(response));
+        }
+        let outcome = self
+            .commit(NewVersion {
+                group: request.group,
+                snapshot: encoded,
+                hash,
+                message: request.message,
+                author: caller.identity.clone(),
+                rollback_of: None,
+                expected_version: request.expected_version,
+            })
+            .await?;
+        Ok(PushDone::Committed(outcome))
+    }
+
+    /// A rollback by `caller`, after authorization.
+    pub(crate) async fn rollback_as(
+        &self,
+        caller: &Caller,
+        request: pb::RollbackRequest,
+    ) -> Result<PushOutcome, Status> {
+        check_group(&request.group)?;
+        check_version_field("to_version", request.to_version)?;
+        check_message(&request.message)?;
+        let target = self
+            .record(&request.group, Some(request.to_version))
+            .await?;
+        // The old content must still be acceptable today: validation rules or
+        // the size limit may have tightened since it was stored, and agents
+        // would refuse what we cannot validate ourselves.
+        // The content is re-encoded and re-hashed by today's rules, exactly
+        // like a push: agents verify against those rules, not the stored ones.
+        let max = self.max_snapshot_bytes;
+        let bytes = target.snapshot.clone();
+        let (group, version) = (request.group.clone(), request.to_version);
+        let (snapshot, hash) = tokio::task::spawn_blocking(move || {
+            let snapshot = Snapshot::decode(&bytes).map_err(|e| e.to_string())?;
+            let (encoded, hash) = snapshot.encode_and_hash();
+            vane_model::check_size(encoded.len(), max).map_err(|e| e.to_string())?;
+            Ok::<_, String>((Bytes::from(encoded), hash.to_hex()))
+        })
+        .await
+        .map_err(|e| Status::internal(format!("validation task failed: {e}")))?
+        .map_err(|e| {
+            Status::failed_precondition(capped(format!(
+                "to_version: version {version} of group {group:?} no longer validates: {e}"
+            )))
+        })?;
+        let message = if request.message.is_empty() {
+            format!("rollback to {}", request.to_version)
+        } else {
+            request.message
+        };
+        let outcome = self
+            .commit(NewVersion {
+                group: request.group,
+                snapshot,
+                hash,
+                message,
+                author: caller.identity.clone(),
+                rollback_of: Some(request.to_version),
+                expected_version: request.expected_version,
+            })
+            .await?;
+        Ok(outcome)
+    }
+}
+
+/// What a push did: a dry run's report, or a stored (or unchanged) version.
+pub(crate) enum PushDone {
+    DryRun(pb::PushResponse),
+    Committed(PushOutcome),
+}

@@ -1,0 +1,307 @@
+//! Tests of the Admin service on an embedded store: every call, its
+//! refusals, dry runs, size limits and status.
+
+#![cfg(test)]
+
+use std::sync::Arc;
+
+use pb::admin_server::Admin;
+use tokio_util::task::TaskTracker;
+use tonic::Request;
+use vane_proto as pb;
+use vane_store::{RedbStore, Store};
+
+use super::*;
+use crate::agents::AgentRegistry;
+use crate::hub::Hub;
+
+const EXAMPLE: &str = r#"
+listeners:
+  - { name: web, address: "127.0.0.1:18080", protocol: http, route_table: main }
+route_tables:
+  - name: main
+    routes:
+      - { match: { path_prefix: / }, cluster: web }
+clusters:
+  - { name: web, endpoints: [ { address: "127.0.0.1:9003" } ] }
+values:
+  flag: true
+"#;
+
+fn snapshot(flag: bool) -> pb::Snapshot {
+    let text = EXAMPLE.replace("flag: true", &format!("flag: {flag}"));
+    let spec = vane_model::parse_file(text.as_bytes(), vane_model::Format::Yaml).unwrap();
+    vane_model::proto::spec_to_proto(&spec)
+}
+
+async fn service(dir: &std::path::Path) -> (AdminService, Arc<dyn Store>) {
+    let store: Arc<dyn Store> = Arc::new(RedbStore::open(dir).await.unwrap());
+    let svc = AdminService::new(
+        Arc::clone(&store),
+        Arc::new(Hub::new()),
+        Arc::new(AgentRegistry::default()),
+        TaskTracker::new(),
+        vane_model::DEFAULT_MAX_SNAPSHOT_BYTES,
+    );
+    (svc, store)
+}
+
+fn push(group: &str, flag: bool) -> Request<pb::PushRequest> {
+    Request::new(pb::PushRequest {
+        group: group.into(),
+        snapshot: Some(snapshot(flag)),
+        expected_version: None,
+        dry_run: false,
+        message: "m".into(),
+    })
+}
+
+#[tokio::test]
+async fn push_get_history_diff_rollback() {
+    let dir = tempfile::tempdir().unwrap();
+    let (svc, store) = service(dir.path()).await;
+
+    let r1 = svc.push(push("edge", true)).await.unwrap().into_inner();
+    assert_eq!((r1.version, r1.unchanged), (1, false));
+    assert_eq!(r1.hash.len(), 64);
+    assert_eq!(svc.hub.head("edge").unwrap().version, 1);
+    let again = svc.push(push("edge", true)).await.unwrap().into_inner();
+    assert_eq!((again.version, again.unchanged), (1, true));
+    let r2 = svc.push(push("edge", false)).await.unwrap().into_inner();
+    assert_eq!(r2.version, 2);
+
+    let got = svc
+        .get(Request::new(pb::GetRequest {
+            group: "edge".into(),
+            version: Some(1),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.info.unwrap().hash, r1.hash);
+    assert!(got.snapshot.unwrap().values.contains_key("flag"));
+
+    let history = svc
+        .history(Request::new(pb::HistoryRequest {
+            group: "edge".into(),
+            limit: 0,
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    let versions: Vec<u64> = history.versions.iter().map(|v| v.version).collect();
+    assert_eq!(versions, vec![2, 1]);
+
+    let diff = svc
+        .diff(Request::new(pb::DiffRequest {
+            group: "edge".into(),
+            from_version: 1,
+            to_version: 2,
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        diff.unified_diff.contains("--- edge@1"),
+        "{}",
+        diff.unified_diff
+    );
+    assert!(diff.unified_diff.contains("+++ edge@2"));
+    assert!(
+        diff.unified_diff.contains("-  flag: true"),
+        "{}",
+        diff.unified_diff
+    );
+    assert!(diff.unified_diff.contains("+  flag: false"));
+
+    let back = svc
+        .rollback(Request::new(pb::RollbackRequest {
+            group: "edge".into(),
+            to_version: 1,
+            expected_version: Some(2),
+            message: String::new(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((back.version, back.hash.as_str()), (3, r1.hash.as_str()));
+    let head = store.get("edge", None).await.unwrap().unwrap();
+    assert_eq!(head.message, "rollback to 1");
+    assert_eq!(head.rollback_of, Some(1));
+    assert_eq!(svc.hub.head("edge").unwrap().version, 3);
+
+    // Rolling back to content equal to the head is unchanged.
+    let same = svc
+        .rollback(Request::new(pb::RollbackRequest {
+            group: "edge".into(),
+            to_version: 1,
+            expected_version: None,
+            message: String::new(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((same.version, same.unchanged), (3, true));
+    store.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn refusals_name_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let (svc, store) = service(dir.path()).await;
+    svc.push(push("edge", true)).await.unwrap();
+
+    let err = svc.push(push("bad group", true)).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().starts_with("group: "), "{err:?}");
+
+    let mut missing = push("edge", true);
+    missing.get_mut().snapshot = None;
+    let err = svc.push(missing).await.unwrap_err();
+    assert_eq!(err.message(), "snapshot: required");
+
+    let mut dangling = push("edge", true);
+    dangling.get_mut().snapshot.as_mut().unwrap().route_tables[0].routes[0].cluster =
+        "paymnets".into();
+    let err = svc.push(dangling).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("paymnets"), "{err:?}");
+
+    let mut long = push("edge", false);
+    long.get_mut().message = "x".repeat(MAX_MESSAGE_LEN + 1);
+    let err = svc.push(long).await.unwrap_err();
+    assert!(err.message().starts_with("message: "), "{err:?}");
+
+    let mut stale = push("edge", false);
+    stale.get_mut().expected_version = Some(0);
+    let err = svc.push(stale).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+    assert_eq!(
+        err.message(),
+        r#"conflict: group "edge" is at version 1, expected it to have none (0)"#
+    );
+    let mut stale = push("edge", false);
+    stale.get_mut().expected_version = Some(3);
+    let err = svc.push(stale).await.unwrap_err();
+    assert_eq!(
+        err.message(),
+        r#"conflict: group "edge" is at version 1, expected 3"#
+    );
+
+    let err = svc
+        .get(Request::new(pb::GetRequest {
+            group: "edge".into(),
+            version: Some(9),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+    assert!(err.message().contains("version 9"), "{err:?}");
+    let err = svc
+        .history(Request::new(pb::HistoryRequest {
+            group: "nope".into(),
+            limit: 0,
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+    assert_eq!(err.message(), r#"group "nope" not found"#);
+    let err = svc
+        .rollback(Request::new(pb::RollbackRequest {
+            group: "edge".into(),
+            to_version: 7,
+            expected_version: None,
+            message: String::new(),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+
+    // Nothing above stored anything.
+    assert_eq!(store.history("edge", 0).await.unwrap().len(), 1);
+    store.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn oversize_snapshot_is_refused_with_the_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(RedbStore::open(dir.path()).await.unwrap());
+    let svc = AdminService::new(
+        Arc::clone(&store),
+        Arc::new(Hub::new()),
+        Arc::new(AgentRegistry::default()),
+        TaskTracker::new(),
+        16,
+    );
+    let err = svc.push(push("edge", true)).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(
+        err.message().starts_with("snapshot: encoded size"),
+        "{err:?}"
+    );
+    assert!(store.get("edge", None).await.unwrap().is_none());
+    store.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn dry_run_stores_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (svc, store) = service(dir.path()).await;
+    let mut dry = push("edge", true);
+    dry.get_mut().dry_run = true;
+    let r = svc.push(dry).await.unwrap().into_inner();
+    assert_eq!((r.version, r.unchanged, r.dry_run), (1, false, true));
+    assert!(store.get("edge", None).await.unwrap().is_none());
+    assert!(svc.hub.head("edge").is_none());
+
+    let real = svc.push(push("edge", true)).await.unwrap().into_inner();
+    let mut dry = push("edge", true);
+    dry.get_mut().dry_run = true;
+    let r = svc.push(dry).await.unwrap().into_inner();
+    assert_eq!((r.version, r.unchanged, r.hash), (1, true, real.hash));
+    let mut dry = push("edge", false);
+    dry.get_mut().dry_run = true;
+    dry.get_mut().expected_version = Some(5);
+    let err = svc.push(dry).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+    store.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn status_reports_agents_and_heads() {
+    let dir = tempfile::tempdir().unwrap();
+    let (svc, store) = service(dir.path()).await;
+    svc.push(push("edge", true)).await.unwrap();
+    let node = crate::agents::NodeInfo {
+        id: "n1".into(),
+        group: "edge".into(),
+        labels: Default::default(),
+        agent_build: "t".into(),
+    };
+    let key = svc.agents.connect(&node, "127.0.0.1:1", None);
+    svc.agents.record_sent(&key, 1);
+    svc.agents.record_nack(&key, 1, "bad");
+    let status = svc
+        .status(Request::new(pb::StatusRequest {
+            group: "edge".into(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(status.groups.len(), 1);
+    assert_eq!(status.groups[0].head_version, 1);
+    let a = &status.agents[0];
+    assert_eq!(a.state, pb::AgentState::Nacked as i32);
+    assert_eq!(a.nack_reason, "bad");
+
+    let empty = svc
+        .status(Request::new(pb::StatusRequest {
+            group: "other".into(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(empty.agents.is_empty());
+    assert_eq!(empty.groups[0].head_version, 0);
+    store.close().await.unwrap();
+}

@@ -1,0 +1,213 @@
+//! What a watch stream must pass before and while it runs: the limits on
+//! what an agent may send, the check of the first request (the node), the
+//! cap on streams per identity, and the caller's standing, checked again
+//! when the policy or the tokens change.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tonic::Status;
+use vane_proto as pb;
+
+use crate::accept::ConnInfo;
+use crate::agents::NodeInfo;
+use crate::audit::AuditLog;
+use crate::auth::{Action, Auth, Caller};
+
+/// How long a new stream may take to send its first request.
+pub const FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest node id, label key or value, and agent build accepted.
+pub const MAX_NODE_FIELD_LEN: usize = 256;
+/// Most labels a node may carry.
+pub const MAX_LABELS: usize = 64;
+/// NACK reasons longer than this are cut, so an agent cannot make the
+/// registry hold arbitrary amounts of text.
+pub const MAX_NACK_REASON_LEN: usize = 4096;
+/// How long a stream may stay silent (no heartbeat, ACK or NACK) before the
+/// server closes it, unless configured.
+pub const DEFAULT_IDLE_STREAM_TIMEOUT: Duration = Duration::from_secs(300);
+/// Most agents (node ids) the registry tracks unless configured.
+pub const DEFAULT_MAX_AGENTS: usize = 100_000;
+/// Watch streams one identity may hold open unless configured (as many as
+/// connections per certificate identity).
+pub const DEFAULT_MAX_STREAMS_PER_IDENTITY: usize = 10_000;
+
+/// Largest request accepted on a watch stream (a first request with 64
+/// labels, or a NACK with a long reason, is well below it).
+pub const MAX_REQUEST_BYTES: usize = 1024 * 1024;
+
+/// Open watch streams per identity, capped.
+#[derive(Debug)]
+pub(crate) struct StreamsPerIdentity {
+    max: usize,
+    open: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+}
+
+impl StreamsPerIdentity {
+    pub(crate) fn new(max: usize) -> Self {
+        Self {
+            max,
+            open: std::sync::Mutex::default(),
+        }
+    }
+
+    /// A slot for one more stream of `identity`, or the refusal.
+    pub(crate) fn acquire(self: &Arc<Self>, identity: &str) -> Result<StreamSlot, Status> {
+        let mut open = self
+            .open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let count = open.entry(identity.to_owned()).or_insert(0);
+        if *count >= self.max {
+            return Err(Status::resource_exhausted(format!(
+                "identity {identity:?} holds its maximum of {} watch streams (--max-streams-per-identity)",
+                self.max
+            )));
+        }
+        *count += 1;
+        Ok(StreamSlot {
+            streams: Arc::clone(self),
+            identity: identity.to_owned(),
+        })
+    }
+}
+
+/// One open stream of an identity; released when dropped.
+#[derive(Debug)]
+pub(crate) struct StreamSlot {
+    streams: Arc<StreamsPerIdentity>,
+    identity: String,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut open = self
+            .streams
+            .open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(count) = open.get_mut(&self.identity) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.identity);
+            }
+        }
+    }
+}
+
+/// Checks the node of a stream's first request (public for the fuzz
+/// targets). The error names the field.
+pub fn check_first_request(first: &pb::WatchRequest) -> Result<NodeInfo, String> {
+    let Some(node) = &first.node else {
+        return Err("node: required on the first request".into());
+    };
+    check_text("node.id", &node.id)?;
+    vane_model::names::check_group(&node.group).map_err(|e| format!("node.group: {e}"))?;
+    if node.labels.len() > MAX_LABELS {
+        return Err(format!(
+            "node.labels: {} labels, over the limit of {MAX_LABELS}",
+            node.labels.len()
+        ));
+    }
+    for (k, v) in &node.labels {
+        check_text("node.labels key", k)?;
+        if v.len() > MAX_NODE_FIELD_LEN {
+            return Err(format!(
+                "node.labels[{k:?}]: is {} bytes long, over the limit of {MAX_NODE_FIELD_LEN}",
+                v.len()
+            ));
+        }
+    }
+    if node.agent_build.len() > MAX_NODE_FIELD_LEN {
+        return Err(format!(
+            "node.agent_build: is {} bytes long, over the limit of {MAX_NODE_FIELD_LEN}",
+            node.agent_build.len()
+        ));
+    }
+    Ok(NodeInfo {
+        id: node.id.clone(),
+        group: node.group.clone(),
+        labels: node.labels.clone(),
+        agent_build: node.agent_build.clone(),
+    })
+}
+
+fn check_text(field: &str, s: &str) -> Result<(), String> {
+    if s.is_empty() {
+        Err(format!("{field}: must not be empty"))
+    } else if s.len() > MAX_NODE_FIELD_LEN {
+        Err(format!(
+            "{field}: is {} bytes long, over the limit of {MAX_NODE_FIELD_LEN}",
+            s.len()
+        ))
+    } else if s.chars().any(char::is_control) {
+        Err(format!("{field}: must not contain control characters"))
+    } else {
+        Ok(())
+    }
+}
+
+/// What a request proved about its caller: the connection (with the client
+/// certificate's identity) and the `authorization` header, kept so a stream
+/// can be authorized again against a reloaded policy or token file.
+#[derive(Debug, Clone)]
+pub(crate) struct Credentials {
+    pub(crate) conn: Option<ConnInfo>,
+    pub(crate) authorization: Option<http::HeaderValue>,
+}
+
+/// A stream's standing: who opened it and how, to be checked again.
+#[derive(Debug)]
+pub(crate) struct Access {
+    pub(crate) auth: Auth,
+    pub(crate) audit: Option<Arc<AuditLog>>,
+    pub(crate) credentials: Credentials,
+    /// The caller as established when the stream opened.
+    pub(crate) caller: Caller,
+}
+
+impl Access {
+    /// Whether the caller may still watch `group` under the policy and
+    /// tokens now in force; the status to end the stream with if not.
+    pub(crate) fn recheck(&self, group: &str) -> Result<(), Status> {
+        let authorization = self
+            .credentials
+            .authorization
+            .as_ref()
+            .map(http::HeaderValue::as_bytes);
+        let result = self
+            .auth
+            .caller(self.credentials.conn.as_ref(), authorization)
+            .and_then(|caller| self.auth.authorize(&caller, Action::Watch, group));
+        result.map_err(|status| {
+            let status = Status::new(
+                status.code(),
+                format!(
+                    "{} (access withdrawn while the stream was open)",
+                    status.message()
+                ),
+            );
+            if let Some(audit) = &self.audit {
+                audit.refused(&self.caller, "watch", group, "", &status);
+            }
+            status
+        })
+    }
+}
+
+/// An agent's NACK reason as recorded: trimmed, never empty, at most
+/// [`MAX_NACK_REASON_LEN`] bytes.
+pub(crate) fn nack_reason(message: &str) -> String {
+    let message = message.trim();
+    if message.is_empty() {
+        return "(no reason given)".into();
+    }
+    if message.len() <= MAX_NACK_REASON_LEN {
+        return message.to_owned();
+    }
+    let mut end = MAX_NACK_REASON_LEN;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &message[..end])
+}

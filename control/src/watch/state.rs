@@ -1,0 +1,429 @@
+//! One watch stream's protocol: what was sent, what the agent answered
+//! (ACK, NACK, stale answers, heartbeats), which version goes next (full or
+//! delta, latest wins while the agent is slow), and the stream's loop.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::Stream;
+use futures::StreamExt as _;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tonic::Status;
+use vane_proto as pb;
+
+use crate::agents::{AgentRegistry, NodeInfo, StreamKey};
+use crate::hub::{Head, Published};
+use crate::metrics::StreamMetrics;
+use crate::watch::admission::{Access, nack_reason};
+
+/// The last response sent on a stream.
+#[derive(Debug, Clone)]
+pub(crate) struct Sent {
+    version: u64,
+    hash: String,
+    /// When its version was published, if after the stream opened (the
+    /// start of its push-to-ACK time).
+    pushed_at: Option<Instant>,
+    /// Whether the agent answered it (ACK or NACK).
+    answered: bool,
+}
+
+/// One stream's protocol state.
+pub(crate) struct WatchState {
+    pub(crate) agents: Arc<AgentRegistry>,
+    pub(crate) key: StreamKey,
+    pub(crate) node: NodeInfo,
+    pub(crate) nonce_prefix: String,
+    pub(crate) next_nonce: u64,
+    /// Nonce of the last response sent ("" before the first).
+    pub(crate) last_nonce: String,
+    /// The last response sent.
+    pub(crate) sent: Option<Sent>,
+    /// Highest version sent or known to run on the agent: only newer heads
+    /// are sent.
+    pub(crate) known_version: u64,
+    /// The version waiting for room in the channel.
+    pub(crate) pending: Option<Arc<Published>>,
+    /// Whether the agent applies deltas (its first request said so).
+    pub(crate) accept_delta: bool,
+    /// (version, hash) the agent runs as far as this stream knows: the last
+    /// version it acked here, or the head it said it ran on connecting.
+    pub(crate) acked: Option<(u64, String)>,
+    /// The next response must be a full snapshot: the agent asked for one.
+    pub(crate) want_full: bool,
+    /// When the stream opened.
+    pub(crate) opened_at: Instant,
+    pub(crate) metrics: StreamMetrics,
+    /// The stream's span (group, node, peer), parent of its log lines.
+    pub(crate) span: tracing::Span,
+    /// How to check the caller again when the policy or tokens change
+    /// (`None` when nothing can change).
+    pub(crate) access: Option<Box<Access>>,
+}
+
+/// What a request after the first asks of the stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Answer {
+    /// Nothing to send.
+    Nothing,
+    /// Send the head again, whole (the agent could not use a delta).
+    ResendFull,
+}
+
+impl WatchState {
+    pub(crate) fn new(
+        agents: Arc<AgentRegistry>,
+        key: StreamKey,
+        node: NodeInfo,
+        accept_delta: bool,
+        metrics: StreamMetrics,
+    ) -> Self {
+        Self {
+            agents,
+            nonce_prefix: format!("{:x}", key.generation()),
+            key,
+            node,
+            next_nonce: 0,
+            last_nonce: String::new(),
+            sent: None,
+            known_version: 0,
+            pending: None,
+            accept_delta,
+            acked: None,
+            want_full: false,
+            opened_at: Instant::now(),
+            metrics,
+            span: tracing::Span::none(),
+            access: None,
+        }
+    }
+
+    /// Drives the stream until the agent leaves or the server shuts down.
+    /// Returns the status to end the stream with, if any.
+    pub(crate) async fn run(
+        &mut self,
+        mut inbound: impl Stream<Item = Result<pb::WatchRequest, Status>> + Unpin,
+        heads: watch::Receiver<Head>,
+        changes: Option<watch::Receiver<u64>>,
+        tx: mpsc::Sender<Box<pb::WatchResponse>>,
+        shutdown: CancellationToken,
+        idle_timeout: Duration,
+    ) -> Option<Status> {
+        // The futures that outlive one turn of the loop are made once: the
+        // shutdown token and the group's channel are shared by every stream,
+        // and registering with them anew on every wake-up (an ACK, a send)
+        // would take their locks ten thousand times per push.
+        let cancelled = shutdown.cancelled();
+        tokio::pin!(cancelled);
+        let closed = tx.closed();
+        tokio::pin!(closed);
+        let current = heads.clone();
+        let mut heads = tokio_stream::wrappers::WatchStream::from_changes(heads);
+        let mut changes = changes.map(tokio_stream::wrappers::WatchStream::from_changes);
+        // Reset by every request (heartbeats included); a stream silent for
+        // the whole timeout belongs to a peer that is gone or idle on purpose.
+        let idle = tokio::time::sleep(idle_timeout);
+        tokio::pin!(idle);
+        let end = loop {
+            tokio::select! {
+                // Shutdown first, so a busy stream cannot delay it.
+                biased;
+                () = &mut cancelled => {
+                    break Some(Status::unavailable("the server is shutting down"));
+                }
+                permit = tx.reserve(), if self.pending.is_some() => match permit {
+                    Ok(permit) => {
+                        if let Some(published) = self.pending.take() {
+                            let delta = self.delta_for(&published).await;
+                            permit.send(Box::new(self.response(&published, delta)));
+                        }
+                    }
+                    // The response stream was dropped: the agent is gone.
+                    Err(_) => break None,
+                },
+                head = heads.next() => match head {
+                    Some(head) => self.offer(head),
+                    // The hub is gone, which only happens at shutdown.
+                    None => break Some(Status::unavailable("the server is shutting down")),
+                },
+                change = next_change(&mut changes) => match change {
+                    Some(_) => {
+                        if let Err(status) = self.recheck_access() {
+                            tracing::info!(parent: &self.span, reason = status.message(), "access withdrawn; closing the stream");
+                            break Some(status);
+                        }
+                    }
+                    // The server's Auth is gone: nothing will change again.
+                    None => changes = None,
+                },
+                () = &mut idle => {
+                    tracing::info!(parent: &self.span, timeout = ?idle_timeout, "stream idle; closing it");
+                    break Some(Status::unavailable(format!(
+                        "idle stream: no request for {}",
+                        humantime::format_duration(idle_timeout)
+                    )));
+                }
+                request = inbound.next() => match request {
+                    Some(Ok(request)) => match self.on_request_at(request, idle.as_mut(), idle_timeout) {
+                        Ok(Answer::Nothing) => {}
+                        Ok(Answer::ResendFull) => {
+                            // The head, even if this stream carried it; a
+                            // newer pending version is the head anyway.
+                            if let Some(head) = current.borrow().clone() {
+                                self.pending = Some(head);
+                            }
+                        }
+                        Err(status) => break Some(status),
+                    },
+                    None => break None,
+                    // An oversize or undecodable request: the agent hears
+                    // why (if it is still there).
+                    Some(Err(status)) => {
+                        tracing::debug!(parent: &self.span, %status, "agent stream failed");
+                        break Some(status);
+                    }
+                },
+                () = &mut closed => break None,
+            }
+        };
+        self.agents.disconnect(&self.key);
+        tracing::info!(
+            parent: &self.span,
+            reason = end.as_ref().map_or("agent left", |s| s.message()),
+            "agent disconnected"
+        );
+        end
+    }
+
+    /// Checks the caller again after a policy or token reload.
+    fn recheck_access(&self) -> Result<(), Status> {
+        match &self.access {
+            Some(access) => access.recheck(&self.node.group),
+            None => Ok(()),
+        }
+    }
+
+    /// A new head: make it the pending version if it is newer than anything
+    /// sent or pending.
+    pub(crate) fn offer(&mut self, head: Head) {
+        let Some(head) = head else { return };
+        let newer_than_pending = self
+            .pending
+            .as_ref()
+            .is_none_or(|p| head.version > p.version);
+        if head.version > self.known_version && newer_than_pending {
+            self.pending = Some(head);
+        }
+    }
+
+    /// The version the agent will run when it reads the next response, if
+    /// a delta may start from it.
+    fn delta_base(&self) -> Option<(u64, String)> {
+        if !self.accept_delta || self.want_full {
+            return None;
+        }
+        match &self.sent {
+            Some(sent) if !sent.answered => Some((sent.version, sent.hash.clone())),
+            _ => self.acked.clone(),
+        }
+    }
+
+    /// The delta to send instead of `published`'s full snapshot, if any:
+    /// (base version, base hash, encoded delta).
+    async fn delta_for(&self, published: &Published) -> Option<(u64, String, bytes::Bytes)> {
+        let (version, hash) = self.delta_base()?;
+        if version >= published.version {
+            return None;
+        }
+        let delta = published.delta_from(version, &hash).await?;
+        Some((version, hash, delta))
+    }
+
+    pub(crate) fn response(
+        &mut self,
+        published: &Published,
+        delta: Option<(u64, String, bytes::Bytes)>,
+    ) -> pb::WatchResponse {
+        self.next_nonce += 1;
+        // `<stream>-<n>`, without the formatting machinery: this runs once
+        // per agent per push.
+        self.last_nonce.clear();
+        self.last_nonce.push_str(&self.nonce_prefix);
+        self.last_nonce.push('-');
+        push_decimal(&mut self.last_nonce, self.next_nonce);
+        let nonce = self.last_nonce.clone();
+        self.sent = Some(Sent {
+            version: published.version,
+            hash: published.hash.clone(),
+            pushed_at: (published.published_at >= self.opened_at).then_some(published.published_at),
+            answered: false,
+        });
+        self.known_version = published.version;
+        self.want_full = false;
+        self.agents.record_sent(&self.key, published.version);
+        // Either way the body shares the hub's buffer: no copy per stream.
+        let (body, base_version, base_hash) = match delta {
+            Some((base_version, base_hash, delta)) => {
+                tracing::debug!(parent: &self.span, version = published.version, base_version, %nonce, "sent delta");
+                self.metrics.sent_delta(delta.len());
+                (
+                    pb::watch_response::Body::Delta(delta),
+                    base_version,
+                    base_hash,
+                )
+            }
+            None => {
+                tracing::debug!(parent: &self.span, version = published.version, %nonce, "sent");
+                self.metrics.sent_full(published.snapshot.len());
+                (
+                    pb::watch_response::Body::Snapshot(published.snapshot.clone()),
+                    0,
+                    String::new(),
+                )
+            }
+        };
+        pb::WatchResponse {
+            group: published.group.clone(),
+            version: published.version,
+            hash: published.hash.clone(),
+            nonce,
+            body: Some(body),
+            base_version,
+            base_hash,
+            created_at_unix_ms: published.created_at_unix_ms,
+        }
+    }
+
+    /// [`Self::on_request`], after pushing the idle deadline back.
+    fn on_request_at(
+        &mut self,
+        request: pb::WatchRequest,
+        idle: std::pin::Pin<&mut tokio::time::Sleep>,
+        idle_timeout: Duration,
+    ) -> Result<Answer, Status> {
+        idle.reset(Instant::now() + idle_timeout);
+        self.on_request(request)
+    }
+
+    /// Handles one request after the first. An error ends the stream.
+    /// Every request counts as a sign of life (`last_seen`): an ACK or NACK
+    /// records it with what it records, anything else by itself (one
+    /// registry update per request, not two).
+    pub(crate) fn on_request(&mut self, request: pb::WatchRequest) -> Result<Answer, Status> {
+        let recorded = self.handle_request(&request)?;
+        if !recorded.0 {
+            self.agents.touch(&self.key);
+        }
+        Ok(recorded.1)
+    }
+
+    /// [`Self::on_request`] but for `last_seen`: also says whether the
+    /// registry was updated.
+    fn handle_request(&mut self, request: &pb::WatchRequest) -> Result<(bool, Answer), Status> {
+        if let Some(node) = &request.node
+            && (node.id != self.node.id || node.group != self.node.group)
+        {
+            return Err(Status::invalid_argument(format!(
+                "node: must not change within a stream (was id {:?} group {:?})",
+                self.node.id, self.node.group
+            )));
+        }
+        if request.response_nonce.is_empty() || request.response_nonce != self.last_nonce {
+            tracing::debug!(parent: &self.span, nonce = %request.response_nonce, "stale request ignored");
+            return Ok((false, Answer::Nothing));
+        }
+        let Some(sent) = self.sent.take() else {
+            return Ok((false, Answer::Nothing));
+        };
+        let (version, answer) = (
+            sent.version,
+            Sent {
+                answered: true,
+                ..sent
+            },
+        );
+        let sent = &answer;
+        let outcome = if request.want_full {
+            // Not a refusal of the content: the agent could not rebuild it
+            // from the delta. It keeps what it runs; send it the whole head.
+            tracing::info!(
+                parent: &self.span,
+                version,
+                reason = request
+                    .error_detail
+                    .as_ref()
+                    .map_or("", |e| e.message.as_str()),
+                "agent could not apply a delta; sending the full snapshot"
+            );
+            self.metrics.delta_fallback();
+            self.want_full = true;
+            (false, Answer::ResendFull)
+        } else if let Some(error) = &request.error_detail {
+            let reason = nack_reason(&error.message);
+            tracing::warn!(parent: &self.span, version, code = error.code, %reason, "agent refused version (NACK)");
+            self.metrics.nacked();
+            self.agents.record_nack(&self.key, version, &reason);
+            (true, Answer::Nothing)
+        } else if request.version_info == version
+            && (request.hash.is_empty() || request.hash == sent.hash)
+        {
+            tracing::debug!(parent: &self.span, version, "acked");
+            self.metrics.acked(sent.pushed_at.map(|at| at.elapsed()));
+            self.agents.record_ack(&self.key, version, &sent.hash);
+            self.acked = Some((version, sent.hash.clone()));
+            (true, Answer::Nothing)
+        } else {
+            if request.version_info == version {
+                tracing::warn!(
+                    parent: &self.span,
+                    version,
+                    sent = %sent.hash,
+                    acked = %request.hash,
+                    "ACK names another hash than the one sent; not recorded"
+                );
+            } else {
+                tracing::debug!(
+                    parent: &self.span,
+                    version,
+                    version_info = request.version_info,
+                    "answer neither acks nor nacks the last response"
+                );
+            }
+            // Not an answer: the response still waits for one.
+            self.sent = Some(Sent {
+                answered: false,
+                ..answer
+            });
+            return Ok((false, Answer::Nothing));
+        };
+        self.sent = Some(answer);
+        Ok(outcome)
+    }
+}
+
+/// The next change of the policy or tokens; never, when they cannot change.
+async fn next_change(
+    changes: &mut Option<tokio_stream::wrappers::WatchStream<u64>>,
+) -> Option<u64> {
+    match changes {
+        Some(changes) => changes.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Appends `n` in decimal.
+pub(crate) fn push_decimal(out: &mut String, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend(digits[i..].iter().map(|&d| char::from(d)));
+}

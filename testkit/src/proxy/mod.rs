@@ -1,0 +1,33 @@
+//! Helpers for the proxy's end-to-end tests: `vane-proxy` as a real process,
+//! backends (HTTP and TCP) in the test process that answer with their own
+//! id, HTTP clients and a load generator that counts every failed request,
+//! and snapshot builders and pushers.
+//!
+//! Backends and load run on the test's Tokio runtime; the proxy and the
+//! control server are real processes, so they can be SIGKILLed.
+//!
+//! # Layout
+//! - [`ProxyProcess`] (`process.rs`): the child process and its admin
+//!   endpoint.
+//! - [`Backend`], [`TcpBackend`] (`backend.rs`): what the proxy sends
+//!   traffic to, scripted by the test (status, delay, holding requests,
+//!   counting those in flight).
+//! - [`HttpClient`], [`OneConnection`], [`Load`] (`client.rs`): what sends
+//!   traffic to the proxy.
+//! - [`spec`]: snapshot builders; [`push`], [`AdminPusher`] (`push.rs`):
+//!   pushing them.
+//!
+//! None of these files uses another: each stands on the crate's
+//! [`crate::net`], [`crate::process`] and [`crate::ControlServer`] only.
+//! Free ports for listeners come from [`crate::net::free_addr`].
+
+mod backend;
+mod client;
+mod process;
+mod push;
+pub mod spec;
+
+pub use backend::{Backend, TcpBackend};
+pub use client::{HttpClient, Load, LoadReport, OneConnection, Reply};
+pub use process::{ProxyProcess, WAIT};
+pub use push::{AdminPusher, push};

@@ -1,0 +1,175 @@
+//! What the demo prepares before the tour: the files it pushes, the demo
+//! certificates and policy (mTLS), and vane-control's command line, in
+//! both security modes.
+
+use std::ffi::OsString;
+use std::fs::OpenOptions;
+use std::io::Write as _;
+use std::path::Path;
+
+use anyhow::{Context as _, Result, ensure};
+
+use crate::narrate::wrap;
+
+/// What the demo appends to vane-pki's `DEMO_POLICY`: the proxy runs with
+/// the agent's certificate (identity `agent-edge`, an agent of `edge` only)
+/// and follows `web`, so that identity may watch `web` as well.
+const WEB_BINDING: &str =
+    "  # Added by `cargo xtask demo`: its proxy (also agent-edge) follows group web.
+  - identity: agent-edge
+    role: agent
+    groups: [\"web\"]
+";
+
+/// How the demo's processes talk to each other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Security {
+    /// TLS with client certificates and a policy (the default): vanectl is
+    /// `operator`, the sidecar and the proxy are `agent-edge`.
+    Mtls,
+    /// Plaintext on loopback, no identities, authorization off (`--plaintext`).
+    Plaintext,
+}
+
+/// Writes vane-pki's demo set into `work` (what `cargo xtask certs` writes),
+/// extends its policy for the demo's proxy, and shows both.
+pub(crate) fn write_certs(work: &Path) -> Result<()> {
+    let explain = "A CA signs the control server's certificate (for 127.0.0.1 and localhost) \
+                   and client certificates whose CN is an identity: operator, reader and \
+                   agent-edge. The policy says which identity may do what in which groups; \
+                   the server refuses everything else. A certificate from another CA fails \
+                   the TLS handshake, and a caller with no certificate (and no bearer token) \
+                   is refused as unauthenticated. The files live in the scratch directory \
+                   and are removed with it at the end.";
+    println!("    {}", wrap(explain, 76, "    "));
+    let set = vane_pki::DemoSet::generate().context("generating the demo certificates")?;
+    let written = set.write(work, false)?;
+    let names: Vec<String> = written
+        .iter()
+        .filter_map(|p| p.file_name())
+        .map(|n| n.to_string_lossy().into_owned())
+        .collect();
+    let wrote = format!(
+        "(wrote {}: the set `cargo xtask certs --out DIR` writes)",
+        names.join(", ")
+    );
+    println!("{}", wrap(&wrote, 80, " "));
+    let policy = work.join("policy.yaml");
+    let mut file = OpenOptions::new()
+        .append(true)
+        .open(&policy)
+        .with_context(|| format!("cannot open {}", policy.display()))?;
+    file.write_all(WEB_BINDING.as_bytes())
+        .with_context(|| format!("cannot write {}", policy.display()))?;
+    println!("$ cat policy.yaml   # with one binding added for this demo's proxy");
+    let text = std::fs::read_to_string(&policy)
+        .with_context(|| format!("cannot read {}", policy.display()))?;
+    print!("{text}");
+    Ok(())
+}
+
+/// vane-control's arguments for `addr`, and the command line as shown
+/// (relative file names: the tour runs in the scratch directory).
+pub(crate) fn control_args(
+    addr: &str,
+    work: &Path,
+    data: &Path,
+    security: Security,
+) -> (Vec<OsString>, String) {
+    let mut args: Vec<OsString> = vec![
+        "--listen".into(),
+        addr.into(),
+        "--data-dir".into(),
+        data.into(),
+    ];
+    let mut shown = format!("vane-control --listen {addr} --data-dir {}", data.display());
+    if security == Security::Mtls {
+        shown.push_str(" \\\n   ");
+        for (flag, file) in [
+            ("--tls-cert", "server.pem"),
+            ("--tls-key", "server.key"),
+            ("--client-ca", "ca.pem"),
+            ("--policy", "policy.yaml"),
+        ] {
+            args.push(flag.into());
+            args.push(work.join(file).into());
+            shown.push_str(&format!(" {flag} {file}"));
+        }
+    }
+    (args, shown)
+}
+
+/// The three files the tour pushes: the example, a changed copy, a broken copy.
+pub(crate) fn write_files(root: &Path, work: &Path) -> Result<()> {
+    let example_path = root.join("examples/snapshot.yaml");
+    let example = std::fs::read_to_string(&example_path)
+        .with_context(|| format!("cannot read {}", example_path.display()))?;
+    std::fs::write(work.join("snapshot.yaml"), &example)?;
+    let v2 = replace_once(&example, "weight: 3", "weight: 5")?;
+    let v2 = replace_once(
+        &v2,
+        "feature.new_checkout: true",
+        "feature.new_checkout: false",
+    )?;
+    std::fs::write(work.join("snapshot-v2.yaml"), v2)?;
+    let dangling = replace_once(&example, "cluster: api,", "cluster: paymnets,")?;
+    std::fs::write(work.join("dangling.yaml"), dangling)?;
+    Ok(())
+}
+
+/// `text` with `from` replaced by `to`, failing if `from` is not there
+/// exactly once (so a change to the example cannot silently void a step).
+fn replace_once(text: &str, from: &str, to: &str) -> Result<String> {
+    let n = text.matches(from).count();
+    ensure!(
+        n == 1,
+        "examples/snapshot.yaml should contain `{from}` exactly once, found {n}: update the demo"
+    );
+    Ok(text.replacen(from, to, 1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn demo_files_follow_the_example() {
+        let root = crate::workspace_root();
+        let work = tempfile::tempdir().unwrap();
+        write_files(&root, work.path()).unwrap();
+        let v2 = std::fs::read_to_string(work.path().join("snapshot-v2.yaml")).unwrap();
+        assert!(v2.contains("weight: 5") && v2.contains("new_checkout: false"));
+        let bad = std::fs::read_to_string(work.path().join("dangling.yaml")).unwrap();
+        assert!(bad.contains("cluster: paymnets,"));
+    }
+
+    #[test]
+    fn replace_once_refuses_missing_text() {
+        assert!(replace_once("a b", "c", "d").is_err());
+        assert!(replace_once("a a", "a", "d").is_err());
+        assert_eq!(replace_once("a b", "b", "c").unwrap(), "a c");
+    }
+
+    #[test]
+    fn control_arguments_per_security() {
+        let (args, shown) = control_args(
+            "127.0.0.1:0",
+            Path::new("/w"),
+            Path::new("/w/data"),
+            Security::Plaintext,
+        );
+        assert_eq!(args.len(), 4);
+        assert_eq!(
+            shown,
+            "vane-control --listen 127.0.0.1:0 --data-dir /w/data"
+        );
+        let (args, shown) = control_args(
+            "127.0.0.1:0",
+            Path::new("/w"),
+            Path::new("/w/data"),
+            Security::Mtls,
+        );
+        assert!(args.contains(&OsString::from("/w/policy.yaml")), "{args:?}");
+        assert!(shown.ends_with("--policy policy.yaml"), "{shown}");
+    }
+}

@@ -1,0 +1,339 @@
+//! The tour itself: each step's title, its plain explanation, and what it
+//! runs, in order. Under mTLS the tour adds identity steps (whoami, a
+//! reader refused, the audit trail).
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, ensure};
+
+use super::session::{Demo, GROUP};
+use super::setup::Security;
+use crate::narrate::millis;
+
+/// One step of the tour: a title, a plain explanation, and what it runs.
+pub(crate) struct Step {
+    pub(crate) title: &'static str,
+    pub(crate) explain: &'static str,
+    pub(crate) action: fn(&mut Demo) -> Result<()>,
+}
+
+/// The tour for `security`, in the order it runs.
+pub(crate) fn steps(security: Security) -> Vec<Step> {
+    let mtls = security == Security::Mtls;
+    let mut steps = Vec::new();
+    if mtls {
+        steps.push(Step {
+            title: "who the server thinks we are",
+            explain: "Every vanectl command here presents ca.pem (to check the server's \
+                      certificate) and the client certificate operator.pem with its key: the \
+                      variables exported above stand for these three flags. The server takes \
+                      the identity from the certificate (its CN, `operator`), and the policy \
+                      makes it an operator of every group: it may read, push and roll back.",
+            action: |d| {
+                d.vanectl(
+                    &[
+                        "--ca",
+                        "ca.pem",
+                        "--cert",
+                        "operator.pem",
+                        "--key",
+                        "operator.key",
+                        "whoami",
+                    ],
+                    0,
+                )
+            },
+        });
+    }
+    steps.extend([
+        Step {
+            title: "push the example as the first version",
+            explain: "The server validates the file, hashes its canonical form with SHA-256 and \
+                      stores it durably (fsynced before the command returns) as version 1 of the \
+                      group `edge`.",
+            action: |d| {
+                d.vanectl(
+                    &[
+                        "push",
+                        GROUP,
+                        "-f",
+                        "snapshot.yaml",
+                        "-m",
+                        "first version of the edge config",
+                    ],
+                    0,
+                )
+            },
+        },
+        Step {
+            title: "read it back",
+            explain: "The header says which version and hash this is; below it is the canonical \
+                      YAML (sorted, defaults filled in), itself a valid file to push again.",
+            action: |d| d.vanectl(&["get", GROUP], 0),
+        },
+        Step {
+            title: "push a change",
+            explain: "snapshot-v2.yaml shifts api traffic (endpoint weight 3 -> 5) and turns the \
+                      feature flag new_checkout off. It becomes version 2.",
+            action: |d| {
+                d.vanectl(
+                    &[
+                        "push",
+                        GROUP,
+                        "-f",
+                        "snapshot-v2.yaml",
+                        "-m",
+                        "more weight on 9002, new checkout off",
+                    ],
+                    0,
+                )
+            },
+        },
+        Step {
+            title: "push the same content again",
+            explain: "Identical content has the identical hash, so nothing is stored and no \
+                      version is used up.",
+            action: |d| d.vanectl(&["push", GROUP, "-f", "snapshot-v2.yaml"], 0),
+        },
+        Step {
+            title: "the history",
+            explain: if mtls {
+                "Every version of the group, newest first, with its hash, its message and its \
+                 author: the identity that pushed it, `operator`, from vanectl's client \
+                 certificate."
+            } else {
+                "Every version of the group, newest first, with its hash and message. AUTHOR \
+                 is `-`: without client certificates or tokens the server knows no \
+                 identity (the default demo, with mTLS, shows one)."
+            },
+            action: |d| d.vanectl(&["history", GROUP], 0),
+        },
+        Step {
+            title: "what changed between 1 and 2",
+            explain: "A unified diff of the canonical YAML of the two versions, computed by the \
+                      server.",
+            action: |d| d.vanectl(&["diff", GROUP, "1", "2"], 0),
+        },
+        Step {
+            title: "roll back to version 1",
+            explain: "A rollback never rewrites history: it stores a new version, 3, with \
+                      version 1's content. Agents receive it like any other push.",
+            action: |d| {
+                d.vanectl(
+                    &[
+                        "rollback",
+                        GROUP,
+                        "--to",
+                        "1",
+                        "-m",
+                        "back out the traffic shift",
+                    ],
+                    0,
+                )
+            },
+        },
+        Step {
+            title: "the history again",
+            explain: "Version 3 carries version 1's hash (RESTORES says so): same content, same \
+                      hash, a new version number.",
+            action: |d| {
+                d.vanectl(&["history", GROUP], 0)?;
+                d.check_rollback_hash()
+            },
+        },
+        Step {
+            title: "a push the server refuses",
+            explain: "dangling.yaml routes /api to a cluster that does not exist. The server \
+                      refuses it with one line naming the field and the reason, stores nothing, \
+                      and vanectl exits with code 1 (2 is for usage errors and unreadable files, \
+                      3 for an unreachable server).",
+            action: |d| d.vanectl(&["push", GROUP, "-f", "dangling.yaml"], 1),
+        },
+        Step {
+            title: "a push that lost a race",
+            explain: "--expect-version is compare-and-set: this push assumes the head is still \
+                      version 2, but the rollback made it 3, so it is refused (exit 1) instead \
+                      of silently overwriting someone else's change.",
+            action: |d| {
+                d.vanectl(
+                    &[
+                        "push",
+                        GROUP,
+                        "-f",
+                        "snapshot-v2.yaml",
+                        "--expect-version",
+                        "2",
+                    ],
+                    1,
+                )
+            },
+        },
+        Step {
+            title: "a dry run",
+            explain: "--dry-run validates on the server and says which version the push would \
+                      become, without storing anything.",
+            action: |d| {
+                d.vanectl(&["push", GROUP, "-f", "snapshot-v2.yaml", "--dry-run"], 0)?;
+                d.vanectl(&["history", GROUP, "--limit", "1"], 0)
+            },
+        },
+    ]);
+    if mtls {
+        steps.extend([
+            Step {
+                title: "a push by someone who may only read",
+                explain: "reader.pem is a certificate from the same CA for the identity \
+                          `reader`, which the policy makes a reader of every group. It may \
+                          read the history, but its push is refused with PermissionDenied: one \
+                          line naming the identity, the action and the group. vanectl prints \
+                          it and exits with 1; nothing is stored.",
+                action: |d| {
+                    d.vanectl(
+                        &[
+                            "--cert",
+                            "reader.pem",
+                            "--key",
+                            "reader.key",
+                            "history",
+                            GROUP,
+                            "--limit",
+                            "1",
+                        ],
+                        0,
+                    )?;
+                    d.vanectl(
+                        &[
+                            "--cert",
+                            "reader.pem",
+                            "--key",
+                            "reader.key",
+                            "push",
+                            GROUP,
+                            "-f",
+                            "snapshot-v2.yaml",
+                            "-m",
+                            "a reader tries",
+                        ],
+                        1,
+                    )
+                },
+            },
+            Step {
+                title: "the audit trail",
+                explain: "The server records every push and rollback, and every refused \
+                          attempt, with the identity, the time, the version and the outcome, in \
+                          the store next to the history. The reader's refused push is on top; \
+                          below it are the lost race, the invalid push and the operator's \
+                          pushes and rollback (the unchanged push included).",
+                action: |d| {
+                    d.vanectl(&["audit", GROUP], 0)?;
+                    d.check_audit_refusal()
+                },
+            },
+        ]);
+    }
+    steps.extend([
+        Step {
+            title: "start a sidecar agent",
+            explain: "vane-agent follows the group `edge` for programs that cannot link Rust: it \
+                      verifies each version's hash, writes it atomically to edge.json, keeps a \
+                      disk cache, and ACKs. Its /status says what it runs and from where.",
+            action: |d| {
+                d.start_agent()?;
+                d.wait_agent_version(3)?;
+                d.show_agent_status()?;
+                d.show_output_head()
+            },
+        },
+        Step {
+            title: "who runs what",
+            explain: "The control server records every agent's ACK or NACK: the sidecar is \
+                      SYNCED on the head, version 3.",
+            action: |d| d.vanectl(&["status"], 0),
+        },
+        Step {
+            title: "a push reaches the agent",
+            explain: "A new version goes to every agent of the group over its open watch \
+                      stream; the agent applies it and rewrites its output file.",
+            action: |d| {
+                let pushed = Instant::now();
+                d.vanectl(
+                    &["push", GROUP, "-f", "snapshot-v2.yaml", "-m", "shift again"],
+                    0,
+                )?;
+                d.wait_agent_version(4)?;
+                println!(
+                    "(the agent applied version 4 {} after the push returned)",
+                    millis(pushed.elapsed())
+                );
+                Ok(())
+            },
+        },
+        Step {
+            title: "kill the control server (SIGKILL)",
+            explain: "The control plane dies without warning. The agent keeps serving version \
+                      4 from memory: its output file and /status are unchanged, it only notes \
+                      that the stream is gone and retries behind backoff.",
+            action: |d| {
+                d.server.kill()?;
+                std::thread::sleep(Duration::from_millis(500));
+                d.show_agent_status()?;
+                ensure!(
+                    d.agent_status_field("version").as_deref() == Some("4"),
+                    "the agent should still run version 4"
+                );
+                Ok(())
+            },
+        },
+        Step {
+            title: "restart the control server",
+            explain: "Same data directory, same address: every version survived the kill, and \
+                      the agent reconnects (within its backoff cap) and is confirmed current.",
+            action: |d| {
+                d.restart_server()?;
+                d.vanectl(&["history", GROUP, "--limit", "2"], 0)?;
+                d.wait_agent_connected()?;
+                d.show_agent_status()?;
+                d.vanectl(&["status", GROUP], 0)
+            },
+        },
+        Step {
+            title: "a proxy serving live traffic",
+            explain: "vane-proxy embeds the agent library. It follows the group `web`, whose \
+                      snapshot routes an HTTP listener to a small backend. A client now sends \
+                      requests through it back to back, a new connection each, and counts \
+                      every answer and every failure.",
+            action: |d| d.start_proxy_and_traffic(),
+        },
+        Step {
+            title: "change the config ten times under traffic",
+            explain: "A new version every 100 ms: each is validated, compiled aside and swapped \
+                      in at once by the proxy. Requests in flight finish on the version they \
+                      started with; none fails.",
+            action: |d| {
+                for step in 2..=11 {
+                    d.push_web(step)?;
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                d.wait_proxy_version(11)?;
+                d.show_traffic(0)
+            },
+        },
+        Step {
+            title: "kill the control server under traffic",
+            explain: "The control plane dies (SIGKILL), stays dead for two seconds, and comes \
+                      back. The proxy never asks it anything on the request path, so traffic \
+                      does not notice; afterwards a new version reaches the proxy again.",
+            action: |d| {
+                d.server.kill()?;
+                std::thread::sleep(Duration::from_secs(2));
+                d.show_traffic(0)?;
+                d.restart_server()?;
+                d.push_web(12)?;
+                d.wait_proxy_version(12)?;
+                d.show_traffic(0)
+            },
+        },
+    ]);
+    steps
+}
