@@ -3,7 +3,8 @@
 //! are accepted and closed at once), and a deadline per connection, so that
 //! neither a slowloris client nor an idle one can hold the port open (or
 //! stall a graceful shutdown, which waits for open connections). Used by
-//! `vane-control --admin-listen`, the `vane-agent` sidecar and `vane-proxy`.
+//! `vane-control --admin-listen`, the `vane-agent` sidecar and `vane-proxy`,
+//! which also take their termination signals from here ([`Termination`]).
 //!
 //! The deadline is enforced in the socket itself ([`Guarded`]), which works
 //! under `axum::serve` whatever the protocol: it starts at the accept and
@@ -12,6 +13,10 @@
 //! within `timeout` of connecting or of its previous answer, and a write
 //! the client does not read for `timeout` ends the connection too. Reads
 //! never push it back: trickling bytes buys a slowloris client nothing.
+
+mod signal;
+
+pub use signal::Termination;
 
 use std::future::Future;
 use std::io;

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{CommandFactory as _, Parser, ValueEnum};
-use tokio::signal::unix::{SignalKind, signal};
 use tracing_subscriber::EnvFilter;
+use vane_admin_http::Termination;
 use vane_control::{Config, Server};
 use vane_store_etcd::{EtcdAuth, EtcdConfig, EtcdCredentialError, EtcdTls};
 
@@ -329,8 +329,7 @@ fn init_logging(format: LogFormat) {
 async fn run(args: Args) -> anyhow::Result<()> {
     // Handlers first: a SIGTERM arriving right after the address is printed
     // must already mean "drain", not the default "die".
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let termination = Termination::install().context("installing the SIGTERM/SIGINT handlers")?;
 
     let etcd = if args.store == StoreKind::Etcd {
         let (tls, auth) = etcd_credentials(&args)?;
@@ -394,11 +393,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     drop(stdout);
 
     let shutdown = async move {
-        let name = tokio::select! {
-            _ = term.recv() => "SIGTERM",
-            _ = int.recv() => "SIGINT",
-        };
-        tracing::info!(signal = name, "signal received");
+        termination.received().await;
     };
     server.serve(shutdown).await?;
     Ok(())

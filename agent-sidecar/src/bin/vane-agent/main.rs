@@ -61,6 +61,10 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    // Before anything is announced: a signal right after the address is
+    // printed must mean "drain", not the default "die".
+    let termination = vane_admin_http::Termination::install()
+        .context("installing the SIGTERM/SIGINT handlers")?;
     let defaults = args.agent.load_defaults().map_err(anyhow::Error::msg)?;
     let outputs = Arc::new(Outputs::new(
         args.output.clone(),
@@ -114,7 +118,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         ))
     });
 
-    wait_for_signal().await?;
+    termination.received().await;
     tracing::info!("shutting down");
     stop_tx.send_replace(true);
     agent.shutdown().await;
@@ -125,17 +129,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
         {
             tracing::warn!("a task did not stop within 5s");
         }
-    }
-    Ok(())
-}
-
-async fn wait_for_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
     }
     Ok(())
 }

@@ -57,8 +57,10 @@ struct Args {
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
     init_logs(args.agent.log_format);
-    // The control side (agent, admin, activation) is light: one thread.
-    // Requests run on the data-plane workers the proxy starts itself.
+    // The control side (agent, admin) is light: one thread, plus the
+    // blocking thread the agent applies snapshots on (compiling them and
+    // switching the data plane). Requests run on the data-plane workers the
+    // proxy starts itself.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build();
@@ -66,6 +68,10 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    // Before anything is announced: a signal right after the address is
+    // printed must mean "drain", not the default "die".
+    let termination = vane_admin_http::Termination::install()
+        .context("installing the SIGTERM/SIGINT handlers")?;
     let defaults = args.agent.load_defaults().map_err(anyhow::Error::msg)?;
     let config = ProxyConfig {
         agent: args
@@ -99,7 +105,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
     };
 
-    wait_for_signal().await?;
+    termination.received().await;
     tracing::info!(drain_timeout = ?args.drain_timeout, "shutting down: draining connections");
     proxy.shutdown().await;
     stop_admin.cancel();
@@ -111,16 +117,5 @@ async fn run(args: Args) -> anyhow::Result<()> {
         tracing::warn!("the admin endpoint did not stop within 5s");
     }
     tracing::info!("stopped");
-    Ok(())
-}
-
-async fn wait_for_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
     Ok(())
 }
