@@ -5,7 +5,7 @@ use bytes::Bytes;
 use prost::Message;
 use vane_agent::apply::check_content;
 use vane_agent::{Candidate, Source};
-use vane_model::delta::{apply, apply_encoded, diff};
+use vane_model::delta::{apply, apply_encoded, apply_to_encoded, diff};
 use vane_model::{DEFAULT_MAX_SNAPSHOT_BYTES, Snapshot};
 
 use crate::fixtures::delta_bases;
@@ -49,7 +49,18 @@ pub fn delta_apply(data: &[u8]) {
         owned = base;
         (&owned, delta)
     };
-    let rebuilt = match apply_encoded(base, delta) {
+    // The agent applies a delta to the bytes of the version it runs
+    // (`apply_to_encoded`); the server-side helper (`apply_encoded`) starts
+    // from the domain snapshot. Both must rebuild the same bytes, or fail
+    // together.
+    let by_agent = apply_to_encoded(&base.encode(), delta).map(|m| m.encode_to_vec());
+    let by_model = apply_encoded(base, delta);
+    assert_eq!(
+        by_agent.as_ref().ok(),
+        by_model.as_ref().ok(),
+        "the agent's and the model's application of a delta differ"
+    );
+    let rebuilt = match by_agent {
         Ok(bytes) => bytes,
         Err(e) => {
             assert!(!e.to_string().is_empty(), "a delta error without a reason");
