@@ -21,9 +21,9 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
+use crate::control::{ControlServer, Output};
 use crate::net::{free_port, http_request as http};
 use crate::process::{STARTUP_TIMEOUT, bin_path, run_captured};
-use crate::{ControlServer, Output};
 
 /// How long a member (or the whole cluster) may take to become healthy.
 pub const ETCD_READY_TIMEOUT: Duration = Duration::from_secs(30);

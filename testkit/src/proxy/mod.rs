@@ -18,7 +18,7 @@
 //!   pushing them.
 //!
 //! None of these files uses another: each stands on the crate's
-//! [`crate::net`], [`crate::process`] and [`crate::ControlServer`] only.
+//! [`crate::net`], [`crate::process`] and [`crate::control::ControlServer`] only.
 //! Free ports for listeners come from [`crate::net::free_addr`].
 
 mod backend;

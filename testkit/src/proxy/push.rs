@@ -7,13 +7,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use vane_model::SnapshotSpec;
 use vane_proto as pb;
 
-use crate::ControlServer;
+use crate::control::ControlServer;
 
 /// Pushes `spec` to `group` with `vanectl push -o json`; returns the version.
 #[track_caller]
 pub fn push(server: &ControlServer, group: &str, spec: &SnapshotSpec) -> u64 {
     let n = PUSHES.fetch_add(1, Ordering::Relaxed);
-    let path = crate::fixtures::write_json(&server.scratch(), &format!("push-{n}.json"), spec);
+    let path =
+        crate::control::fixtures::write_json(&server.scratch(), &format!("push-{n}.json"), spec);
     let out = server
         .ctl(&[
             "push",
