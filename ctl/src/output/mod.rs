@@ -1,0 +1,21 @@
+//! Rendering vanectl's results: aligned tables and sentences for people, YAML
+//! and JSON for scripts. Pure functions of the server's answers (and of "now"
+//! for relative times), so every format is unit-tested.
+//!
+//! The JSON field names are a contract (tests and scripts read them); the
+//! table layout is not.
+//!
+//! # Layout
+//! - `views`: what is shown of each answer (the JSON contract).
+//! - `render`: one renderer per command.
+//! - `format`: tables, encodings, hashes, sizes and times.
+
+mod format;
+mod render;
+mod views;
+
+pub(crate) use render::{audit, diff, get, history, push, status, whoami};
+pub(crate) use views::{AgentView, AuditView, DiffView, PushView, VersionView, WhoAmIView};
+
+#[cfg(test)]
+mod tests;
