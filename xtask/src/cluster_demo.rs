@@ -20,7 +20,7 @@ use crate::harness::{
     AGENT_LISTENING, CONTROL_LISTENING, PROXY_LISTENING, Server, http_get, wait_until,
 };
 use crate::narrate::{millis, section, tail};
-use crate::process::{cargo, display, run as run_cmd, seconds, target_dir};
+use crate::process::{cargo, display, ensure_built, run as run_cmd, seconds, target_dir};
 use crate::traffic::{Backend, Traffic, snapshot};
 
 /// The group the demo works on.
@@ -205,6 +205,11 @@ impl Cluster {
     }
 }
 
+/// The packages whose binaries the cluster demo needs, and those binaries
+/// (vane-proxy is built apart: the demo goes on without it).
+pub(crate) const PACKAGES: &[&str] = &["vane-control", "vanectl", "vane-agent-sidecar"];
+pub(crate) const BINARIES: &[&str] = &["vane-control", "vanectl", "vane-agent"];
+
 pub(crate) fn run(root: &Path) -> Result<()> {
     let mut apt = crate::test::Apt::default();
     crate::test::ensure_protoc(&mut apt)?;
@@ -212,20 +217,14 @@ pub(crate) fn run(root: &Path) -> Result<()> {
 
     println!("==> building vane-control, vanectl and vane-agent (debug)");
     let mut build = cargo();
-    build
-        .args([
-            "build",
-            "--quiet",
-            "-p",
-            "vane-control",
-            "-p",
-            "vane-agent",
-            "--bins",
-        ])
-        .current_dir(root);
+    build.args(["build", "--quiet", "--bins"]).current_dir(root);
+    for package in PACKAGES {
+        build.args(["-p", package]);
+    }
     let took = run_cmd(&mut build)?;
     println!("    built in {}", seconds(took));
     let bin = target_dir(root).join("debug");
+    ensure_built(&bin, BINARIES)?;
     println!("==> building vane-proxy (the data plane), if this checkout has it");
     let mut build = cargo();
     build

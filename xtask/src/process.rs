@@ -101,9 +101,75 @@ pub(crate) fn on_path(bin: &str) -> bool {
     which(bin).is_some()
 }
 
+/// Checks that a build left every binary a command is about to run in
+/// `bin`; the error names the one missing, rather than a failed spawn later.
+pub(crate) fn ensure_built(bin: &Path, binaries: &[&str]) -> Result<()> {
+    for name in binaries {
+        anyhow::ensure!(
+            bin.join(name).exists(),
+            "{name} was not built in {} (the build above should have made it)",
+            bin.display()
+        );
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The workspace's binaries per package, from `cargo metadata`.
+    fn binaries_of(packages: &[&str]) -> std::collections::BTreeSet<String> {
+        let out = cargo()
+            .args(["metadata", "--format-version", "1", "--no-deps"])
+            .output()
+            .expect("cargo metadata runs");
+        let meta: serde_json::Value =
+            serde_json::from_slice(&out.stdout).expect("cargo metadata prints JSON");
+        let mut bins = std::collections::BTreeSet::new();
+        for package in meta["packages"].as_array().expect("packages") {
+            if !packages.contains(&package["name"].as_str().unwrap_or_default()) {
+                continue;
+            }
+            for target in package["targets"].as_array().expect("targets") {
+                let is_bin = target["kind"]
+                    .as_array()
+                    .is_some_and(|k| k.iter().any(|k| k == "bin"));
+                if is_bin && let Some(name) = target["name"].as_str() {
+                    bins.insert(name.to_owned());
+                }
+            }
+        }
+        bins
+    }
+
+    /// A command that builds some packages and runs their binaries must
+    /// build the packages that hold them (after a crate split, `-p
+    /// vane-agent` builds no binary at all).
+    #[test]
+    fn the_packages_built_hold_the_binaries_run() {
+        for (what, packages, binaries) in [
+            ("demo", crate::demo::PACKAGES, crate::demo::BINARIES),
+            (
+                "cluster demo",
+                crate::cluster_demo::PACKAGES,
+                crate::cluster_demo::BINARIES,
+            ),
+            (
+                "bench proxy",
+                crate::bench::proxy::PACKAGES,
+                crate::bench::proxy::BINARIES,
+            ),
+        ] {
+            let built = binaries_of(packages);
+            for binary in binaries {
+                assert!(
+                    built.contains(*binary),
+                    "the {what} runs {binary} but builds only {built:?}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn quoting() {

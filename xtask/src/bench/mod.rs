@@ -7,7 +7,7 @@
 //! - `cargo xtask bench push`: durable pushes per second, 1/8/64 pushers.
 
 mod fanout;
-mod proxy;
+pub(crate) mod proxy;
 mod push;
 
 use std::path::Path;

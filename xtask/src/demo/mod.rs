@@ -32,28 +32,30 @@ use self::setup::{control_args, write_certs, write_files};
 use self::steps::steps;
 use crate::harness::{CONTROL_LISTENING, Server};
 use crate::narrate::{section, tail, wrap};
-use crate::process::{cargo, run as run_cmd, seconds, target_dir};
+use crate::process::{cargo, ensure_built, run as run_cmd, seconds, target_dir};
+
+/// The packages whose binaries the demo runs, and those binaries (their
+/// names differ: `vanectl` and the sidecar have packages of their own).
+pub(crate) const PACKAGES: &[&str] = &[
+    "vane-control",
+    "vanectl",
+    "vane-agent-sidecar",
+    "vane-proxy-core",
+];
+pub(crate) const BINARIES: &[&str] = &["vane-control", "vanectl", "vane-agent", "vane-proxy"];
 
 pub(crate) fn run(root: &Path, security: Security) -> Result<()> {
     crate::test::ensure_protoc(&mut crate::test::Apt::default())?;
     println!("==> building vane-control, vanectl, vane-agent and vane-proxy (debug)");
     let mut build = cargo();
-    build
-        .args([
-            "build",
-            "--quiet",
-            "-p",
-            "vane-control",
-            "-p",
-            "vane-agent",
-            "-p",
-            "vane-proxy-core",
-            "--bins",
-        ])
-        .current_dir(root);
+    build.args(["build", "--quiet", "--bins"]).current_dir(root);
+    for package in PACKAGES {
+        build.args(["-p", package]);
+    }
     let took = run_cmd(&mut build)?;
     println!("    built in {}", seconds(took));
     let bin = target_dir(root).join("debug");
+    ensure_built(&bin, BINARIES)?;
 
     // Dropped last (declared first): the server guard below stops the
     // process before its data directory is removed.

@@ -38,7 +38,7 @@ use self::perf::profile_vane;
 use self::report::{Churn, DOC, Record, Settings, render, write_doc};
 use self::vane::Vane;
 use crate::harness::{Proc, wait_accepting};
-use crate::process::{cargo, display, run as run_cmd, target_dir};
+use crate::process::{cargo, display, ensure_built, run as run_cmd, target_dir};
 use crate::test::Apt;
 
 /// Options of `cargo xtask bench proxy`.
@@ -68,6 +68,10 @@ pub(crate) struct Options {
     no_write: bool,
 }
 
+/// The packages whose (release) binaries the benchmark runs, and those binaries.
+pub(crate) const PACKAGES: &[&str] = &["vane-proxy-core", "vane-control", "vanectl"];
+pub(crate) const BINARIES: &[&str] = &["vane-proxy", "vane-control", "vanectl"];
+
 pub(crate) fn run(root: &Path, o: &Options) -> Result<()> {
     ensure!(
         o.duration >= 1 && o.rounds >= 1,
@@ -82,18 +86,16 @@ pub(crate) fn run(root: &Path, o: &Options) -> Result<()> {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
 
     let mut build = cargo();
-    build.current_dir(root).args([
-        "build",
-        "--release",
-        "-p",
-        "vane-proxy-core",
-        "-p",
-        "vane-control",
-        "--bins",
-    ]);
+    build
+        .current_dir(root)
+        .args(["build", "--release", "--bins"]);
+    for package in PACKAGES {
+        build.args(["-p", package]);
+    }
     println!("==> {}", display(&build));
     run_cmd(&mut build)?;
     let bin = target_dir(root).join("release");
+    ensure_built(&bin, BINARIES)?;
 
     let dir = tempfile::Builder::new().prefix("vane-bench-").tempdir()?;
     let d = dir.path();

@@ -198,7 +198,7 @@ mod tests {
     #[test]
     fn smoke() {
         let bin = crate::process::target_dir(&crate::workspace_root()).join("debug");
-        for name in ["vane-control", "vanectl", "vane-proxy"] {
+        for name in crate::bench::proxy::BINARIES {
             assert!(
                 bin.join(name).exists(),
                 "{name} is not built: run `cargo build --workspace --bins` first"
