@@ -194,17 +194,7 @@ impl AgentRegistry {
                 record: AgentRecord {
                     node_id: node.id.clone(),
                     group: node.group.clone(),
-                    labels: BTreeMap::new(),
-                    agent_build: String::new(),
-                    peer: String::new(),
-                    connected: false,
-                    connected_since_unix_ms: 0,
-                    last_seen_unix_ms: 0,
-                    sent_version: 0,
-                    acked_version: 0,
-                    acked_hash: String::new(),
-                    last_nacked_version: 0,
-                    nack_reason: String::new(),
+                    ..AgentRecord::default()
                 },
                 owner: String::new(),
                 generation,

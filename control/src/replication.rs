@@ -212,17 +212,8 @@ mod tests {
         AgentRecord {
             node_id: "n".into(),
             group: "g".into(),
-            labels: BTreeMap::new(),
-            agent_build: String::new(),
-            peer: String::new(),
             connected: true,
-            connected_since_unix_ms: 0,
-            last_seen_unix_ms: 0,
-            sent_version: 0,
-            acked_version: 0,
-            acked_hash: String::new(),
-            last_nacked_version: 0,
-            nack_reason: String::new(),
+            ..AgentRecord::default()
         }
     }
 

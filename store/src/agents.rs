@@ -36,7 +36,10 @@ impl AgentState {
 }
 
 /// Everything recorded about one agent.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// `Default` is an agent nothing is known about yet: disconnected, nothing
+/// sent, acked or refused.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AgentRecord {
     /// Node id.
     pub node_id: String,
@@ -149,17 +152,8 @@ mod tests {
         AgentRecord {
             node_id: "n".into(),
             group: "g".into(),
-            labels: BTreeMap::new(),
-            agent_build: String::new(),
-            peer: String::new(),
             connected: true,
-            connected_since_unix_ms: 0,
-            last_seen_unix_ms: 0,
-            sent_version: 0,
-            acked_version: 0,
-            acked_hash: String::new(),
-            last_nacked_version: 0,
-            nack_reason: String::new(),
+            ..AgentRecord::default()
         }
     }
 
