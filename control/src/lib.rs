@@ -11,7 +11,9 @@
 //! - [`admin`]: the `Admin` service `vanectl` talks to.
 //! - [`auth`], [`audit`]: who is calling and what they may do; the audit log.
 //! - [`accept`]: the server's own accept loop (TLS handshake, connection caps).
-//! - [`metrics`], [`collectors`]: Prometheus metrics and the admin HTTP endpoint.
+//! - [`metrics`], [`collectors`]: Prometheus metrics and the admin HTTP endpoint;
+//!   [`health`]: readiness (`/readyz`, `grpc.health.v1.Health`).
+//! - [`retention`]: the background pass that keeps history bounded.
 //! - [`server`]: wiring, startup and bounded shutdown; the binary is a thin
 //!   shell around [`server::Server`].
 //!
@@ -35,9 +37,11 @@ pub mod agents;
 pub mod audit;
 pub mod auth;
 pub mod collectors;
+pub mod health;
 pub mod hub;
 pub mod metrics;
 pub mod replication;
+pub mod retention;
 pub mod server;
 pub mod watch;
 

@@ -1,6 +1,6 @@
 //! The control server's Prometheus metrics and the admin HTTP endpoint that
 //! serves them (`vane-control --admin-listen ADDR`: `GET /metrics`,
-//! `GET /healthz`).
+//! `GET /healthz`, `GET /readyz`).
 //!
 //! Two kinds of figures:
 //! - events, counted where they happen: responses and bytes sent per group
@@ -337,13 +337,19 @@ pub const ADMIN_MAX_CONNECTIONS: usize = vane_admin_http::DEFAULT_MAX_CONNECTION
 /// or after its previous answer (so also the keep-alive idle timeout).
 pub const ADMIN_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Serves `GET /metrics` and `GET /healthz` on `listener` until `stop`,
+/// Why the server is not ready (`None`: ready), asked on every `/readyz`.
+pub type Readiness = Arc<dyn Fn() -> Option<String> + Send + Sync>;
+
+/// Serves `GET /metrics`, `GET /healthz` (liveness: the process answers)
+/// and `GET /readyz` (200, or 503 with the reason from `ready`) on
+/// `listener` until `stop`,
 /// with at most [`ADMIN_MAX_CONNECTIONS`] connections, each closed when it
 /// does not send a whole request within [`ADMIN_REQUEST_TIMEOUT`]: idle
 /// and slowloris clients cannot hold the port or stall the shutdown.
 pub async fn serve_admin(
     listener: TcpListener,
     mut registry: Registry,
+    ready: Readiness,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
     use axum::http::{StatusCode, header};
@@ -392,7 +398,22 @@ pub async fn serve_admin(
                 }
             }),
         )
-        .route("/healthz", get(|| async { "ok\n" }));
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let why = ready();
+                async move {
+                    match why {
+                        None => (StatusCode::OK, "ready\n".to_owned()),
+                        Some(why) => (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            format!("not ready: {why}\n"),
+                        ),
+                    }
+                }
+            }),
+        );
     axum::serve(listener, app)
         .with_graceful_shutdown(stop.cancelled_owned())
         .await

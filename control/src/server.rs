@@ -105,6 +105,11 @@ pub struct Config {
     /// Longest a unary Admin call may take before it is cancelled.
     /// Default 60s.
     pub request_timeout: Duration,
+    /// What retention keeps. Default: the newest 1,000 versions of each
+    /// group, and every version younger than 30 days.
+    pub retention: vane_store::Retention,
+    /// How often retention runs. Default 1m.
+    pub retention_interval: Duration,
 }
 
 /// Largest header list (all request headers) the gRPC endpoint accepts.
@@ -135,6 +140,11 @@ impl Default for Config {
             push_rate: None,
             push_burst: crate::auth::rate::DEFAULT_PUSH_BURST,
             request_timeout: Duration::from_secs(60),
+            retention: vane_store::Retention {
+                keep_versions: crate::retention::DEFAULT_RETAIN_VERSIONS,
+                keep_age: crate::retention::DEFAULT_RETAIN_AGE,
+            },
+            retention_interval: crate::retention::DEFAULT_RETENTION_INTERVAL,
         }
     }
 }
@@ -417,17 +427,38 @@ impl Server {
         .with_auth(auth.clone(), Some(Arc::clone(&audit)))
         .with_limits(config.idle_stream_timeout, config.max_agents)
         .with_streams_per_identity(config.max_streams_per_identity);
+        let pruned = prometheus_client::metrics::counter::Counter::default();
+        tasks.spawn(
+            crate::retention::Task {
+                store: Arc::clone(&store),
+                agents: Arc::clone(&agents),
+                retention: config.retention,
+                interval: config.retention_interval,
+                pruned: pruned.clone(),
+            }
+            .run(stop.clone()),
+        );
         if let Some((admin_listener, admin_addr)) = admin_endpoint {
             let mut registry = metrics.registry(Arc::clone(&hub), Arc::clone(&agents));
+            registry.register(
+                "vane_control_pruned_versions",
+                "Versions retention removed since start (--retain-versions, --retain-age)",
+                pruned,
+            );
             registry.register_collector(Box::new(HealthCollector(Arc::clone(&store))));
             registry.register_collector(Box::new(SecurityCollector {
                 connections: Arc::clone(&conn_counters),
                 audit: Arc::clone(&audit),
             }));
             let stopped = stop.clone();
+            let ready: crate::metrics::Readiness = {
+                let store = Arc::clone(&store);
+                Arc::new(move || crate::health::not_ready(store.as_ref()))
+            };
             tasks.spawn(async move {
                 tracing::info!(addr = %admin_addr, "admin endpoint serving /metrics");
-                if let Err(e) = crate::metrics::serve_admin(admin_listener, registry, stopped).await
+                if let Err(e) =
+                    crate::metrics::serve_admin(admin_listener, registry, ready, stopped).await
                 {
                     tracing::error!(error = %e, "admin endpoint failed");
                 }
@@ -468,6 +499,12 @@ impl Server {
             conn_counters,
             stop.clone(),
         );
+        let (health_reporter, health_service) = tonic_health::server::health_reporter();
+        tasks.spawn(crate::health::report(
+            health_reporter,
+            Arc::clone(&store),
+            stop.clone(),
+        ));
         let server = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(config.http2_keepalive_interval))
             .http2_keepalive_timeout(Some(config.http2_keepalive_timeout))
@@ -477,6 +514,7 @@ impl Server {
             .timeout(config.request_timeout)
             .add_service(discovery.into_server())
             .add_service(admin.into_server())
+            .add_service(health_service)
             .serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned());
         let health = store.health();
         tracing::info!(

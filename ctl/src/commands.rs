@@ -87,7 +87,13 @@ async fn dispatch(
             };
             let resp = admin.history(request).await.map_err(refused)?.into_inner();
             let entries: Vec<VersionView> = resp.versions.iter().map(VersionView::from).collect();
-            Ok(output::history(&entries, fmt))
+            if fmt != OutputFormat::Table
+                && let Some(note) = output::pruned_note(resp.pruned_versions)
+            {
+                // stdout stays the list of versions a script parses.
+                eprintln!("{note}");
+            }
+            Ok(output::history(&entries, resp.pruned_versions, fmt))
         }
         Command::Diff { group, a, b } => {
             let request = pb::DiffRequest {

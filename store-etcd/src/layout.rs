@@ -167,6 +167,12 @@ impl Keys {
     pub(crate) fn version(&self, group: &str, version: u64) -> String {
         format!("{}/versions/{group}/{version:020}", self.prefix)
     }
+    pub(crate) fn blobs(&self) -> String {
+        format!("{}/blobs/", self.prefix)
+    }
+    pub(crate) fn pruned(&self, group: &str) -> String {
+        format!("{}/pruned/{group}", self.prefix)
+    }
     pub(crate) fn blob(&self, sha256: &str) -> String {
         format!("{}/blobs/{sha256}/", self.prefix)
     }

@@ -12,6 +12,8 @@
 //! - `blobs/<sha256 of the body>/<chunk, 6 digits>` -> up to [`CHUNK_BYTES`]
 //!   of the encoded snapshot. Content-addressed: a rollback or a repeated
 //!   content stores nothing new.
+//! - `pruned/<group>` -> how many of the group's versions retention removed
+//!   (decimal); see `prune.rs`.
 //! - `agents/<group>/<node id>/<lease id>` -> [`StoredAgent`], bound to the
 //!   writing replica's lease (see [`EtcdAgents`]).
 //!
@@ -74,6 +76,7 @@ mod credentials;
 mod failure;
 mod feed;
 mod layout;
+mod prune;
 mod push;
 mod shared;
 mod store;

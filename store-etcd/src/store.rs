@@ -11,8 +11,9 @@ use etcd_client::{ConnectOptions, GetOptions, SortOrder, SortTarget, Txn, TxnOp}
 use tokio::time::Instant;
 use vane_store::agents::AgentDirectory;
 use vane_store::{
-    AUDIT_RETENTION, AuditRecord, HeadFeed, NewVersion, PushOutcome, Store, StoreError,
-    StoreHealth, VersionMeta, VersionRecord, decode_audit, encode_audit,
+    AUDIT_RETENTION, AuditRecord, HeadFeed, NewVersion, Pinned, PruneReport, PushOutcome,
+    Retention, Store, StoreError, StoreHealth, VersionMeta, VersionRecord, decode_audit,
+    encode_audit,
 };
 
 use crate::agents::*;
@@ -270,6 +271,19 @@ impl Store for EtcdStore {
             });
         }
         Ok(out)
+    }
+
+    async fn prune(
+        &self,
+        retention: Retention,
+        pinned: &Pinned,
+    ) -> Result<PruneReport, StoreError> {
+        self.prune_versions(retention, pinned).await
+    }
+
+    async fn pruned(&self, group: &str) -> Result<u64, StoreError> {
+        check_group(group)?;
+        self.pruned_count(group).await
     }
 
     async fn heads(&self) -> Result<Vec<VersionRecord>, StoreError> {

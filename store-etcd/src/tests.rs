@@ -55,6 +55,7 @@ async fn suite_against_etcd() {
     suite::reopen(opener(store_config(&etcd, "/t/reopen"))).await;
     suite::concurrent(opener(store_config(&etcd, "/t/concurrent"))).await;
     suite::closed(opener(store_config(&etcd, "/t/closed"))).await;
+    suite::retention(opener(store_config(&etcd, "/t/retention"))).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,6 +2,7 @@
 //! cross it: versions to store and stored, audit entries, the outcome of a
 //! push, the backend's health and its change feed.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -155,6 +156,40 @@ impl PushOutcome {
     }
 }
 
+/// What retention keeps of each group's history (see [`Store::prune`]).
+/// A version is removed only when it is outside the newest
+/// `keep_versions` of its group **and** older than `keep_age`, and never
+/// when it is the head or [`Pinned`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// The newest versions of each group always kept (the head counts).
+    pub keep_versions: u64,
+    /// Versions younger than this are always kept.
+    pub keep_age: Duration,
+}
+
+impl Retention {
+    /// Whether a version, `rank` places from the newest (the head is 0) and
+    /// stored at `created_at_unix_ms`, may be removed at `now_unix_ms`.
+    pub fn removes(&self, rank: u64, created_at_unix_ms: i64, now_unix_ms: i64) -> bool {
+        let age_ms = u128::try_from(now_unix_ms.saturating_sub(created_at_unix_ms)).unwrap_or(0);
+        rank > 0 && rank >= self.keep_versions && age_ms >= self.keep_age.as_millis()
+    }
+}
+
+/// Versions retention keeps whatever their rank and age, per group: the
+/// last version each agent ACKed (a NACKing agent still runs it).
+pub type Pinned = BTreeMap<String, BTreeSet<u64>>;
+
+/// What one retention pass removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PruneReport {
+    /// Versions removed, over every group.
+    pub versions: u64,
+    /// Groups that lost at least one version.
+    pub groups: u64,
+}
+
 /// The versioned snapshot store. `Arc<dyn Store>` is what the server holds.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -179,6 +214,16 @@ pub trait Store: Send + Sync + 'static {
 
     /// Every group that has at least one version, sorted.
     async fn groups(&self) -> Result<Vec<String>, StoreError>;
+
+    /// Removes the versions `retention` lets go, except the heads and the
+    /// `pinned` ones. Numbers stay taken: the next version of a group is
+    /// still its head + 1, and a removed version reads as absent.
+    async fn prune(&self, retention: Retention, pinned: &Pinned)
+    -> Result<PruneReport, StoreError>;
+
+    /// How many versions of `group` retention has removed so far.
+    async fn pruned(&self, group: &str) -> Result<u64, StoreError>;
+
     /// Appends entries to the audit log, durable on return. The log keeps
     /// the newest [`AUDIT_RETENTION`] entries (approximately, with etcd).
     async fn append_audit(&self, entries: Vec<AuditRecord>) -> Result<(), StoreError>;

@@ -13,6 +13,9 @@
 //!   version yet). The conflict check comes before the unchanged check, so a
 //!   stale compare-and-set always says so.
 //! - A push that returns `Ok` is durable; a push that fails changes nothing.
+//! - Retention ([`Store::prune`]) removes old versions but never a head, and
+//!   never frees a number: a removed version reads as absent, the next push
+//!   is still head + 1.
 //!
 //! - A backend that other processes write too (etcd: every replica) offers a
 //!   change feed ([`Store::feed`]) that reports every head any writer
@@ -40,8 +43,9 @@ pub mod redb;
 pub mod suite;
 
 pub use contract::{
-    AUDIT_RETENTION, AuditRecord, FeedEvent, HeadFeed, NewVersion, PushOutcome, Store, StoreHealth,
-    VersionMeta, VersionRecord, decode_audit, encode_audit, now_unix_ms,
+    AUDIT_RETENTION, AuditRecord, FeedEvent, HeadFeed, NewVersion, Pinned, PruneReport,
+    PushOutcome, Retention, Store, StoreHealth, VersionMeta, VersionRecord, decode_audit,
+    encode_audit, now_unix_ms,
 };
 pub use error::StoreError;
 pub use redb::RedbStore;

@@ -315,3 +315,77 @@ pub async fn closed<F: Fn() -> OpenFuture>(open: F) {
     // Closing twice is harmless.
     store.close().await.unwrap();
 }
+
+/// Retention removes what falls outside the newest N and is old enough,
+/// never the head or a pinned version, counts what it removed, keeps every
+/// version readable that it kept, and never frees a number.
+pub async fn retention<F: Fn() -> OpenFuture>(open: F) {
+    use std::time::Duration;
+
+    use crate::contract::{Pinned, Retention};
+
+    let store = open().await;
+    for i in 1..=12u32 {
+        created(
+            store.as_ref(),
+            new_version("edge", format!("e{i}").as_bytes()),
+        )
+        .await;
+    }
+    created(store.as_ref(), new_version("core", b"c1")).await;
+    // Content equal to an older version (a rollback's body) stays readable
+    // after that older version goes.
+    created(store.as_ref(), new_version("edge", b"e2")).await;
+
+    // Young versions are kept whatever their rank.
+    let young = Retention {
+        keep_versions: 3,
+        keep_age: Duration::from_secs(3600),
+    };
+    let report = store.prune(young, &Pinned::new()).await.unwrap();
+    assert_eq!(report.versions, 0, "{report:?}");
+    assert_eq!(store.history("edge", 0).await.unwrap().len(), 13);
+
+    let mut pinned = Pinned::new();
+    pinned.entry("edge".to_owned()).or_default().insert(5);
+    let policy = Retention {
+        keep_versions: 3,
+        keep_age: Duration::ZERO,
+    };
+    let report = store.prune(policy, &pinned).await.unwrap();
+    // edge: 13 versions, keep 11, 12, 13 and the pinned 5: 9 removed.
+    assert_eq!(report.versions, 9, "{report:?}");
+    assert_eq!(report.groups, 1, "{report:?}");
+    let kept: Vec<u64> = store
+        .history("edge", 0)
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| m.version)
+        .collect();
+    assert_eq!(kept, [13, 12, 11, 5]);
+    assert_eq!(store.pruned("edge").await.unwrap(), 9);
+    assert_eq!(store.pruned("core").await.unwrap(), 0);
+    assert!(store.get("edge", Some(2)).await.unwrap().is_none());
+    let head = store.get("edge", None).await.unwrap().unwrap();
+    assert_eq!((head.version, head.snapshot.as_ref()), (13, b"e2".as_ref()));
+    assert_eq!(
+        store.get("edge", Some(5)).await.unwrap().unwrap().snapshot,
+        Bytes::from_static(b"e5")
+    );
+    assert_eq!(store.get("core", None).await.unwrap().unwrap().version, 1);
+
+    // A second pass with nothing to do removes nothing and counts nothing.
+    assert_eq!(store.prune(policy, &pinned).await.unwrap().versions, 0);
+    assert_eq!(store.pruned("edge").await.unwrap(), 9);
+
+    // Numbers stay taken, also across a reopen.
+    store.close().await.unwrap();
+    let store = open().await;
+    assert_eq!(
+        created(store.as_ref(), new_version("edge", b"e14")).await,
+        14
+    );
+    assert_eq!(store.pruned("edge").await.unwrap(), 9);
+    store.close().await.unwrap();
+}

@@ -3,7 +3,7 @@
 //! fixtures (re-exported at the crate root).
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -45,6 +45,13 @@ impl ControlServer {
 
     /// Like [`Self::start`], with more `vane-control` flags.
     pub fn start_with(extra_args: &[&str]) -> Self {
+        Self::start_prepared(extra_args, |_| {})
+    }
+
+    /// Like [`Self::start_with`], calling `prepare` with the (empty) data
+    /// directory before the server first starts: to mount a small file
+    /// system there, or to place a file.
+    pub fn start_prepared(extra_args: &[&str], prepare: impl FnOnce(&Path)) -> Self {
         let root = tempfile::Builder::new()
             .prefix("vane-e2e-")
             .tempdir()
@@ -58,8 +65,41 @@ impl ControlServer {
             extra_args: extra_args.iter().map(|a| (*a).to_owned()).collect(),
             listen: "127.0.0.1:0".into(),
         };
+        prepare(&server.data_dir());
         server.spawn();
         server
+    }
+
+    /// Starts the server once more and returns its exit status and stderr
+    /// when it exits within `within` (a start that must fail), or `None`
+    /// after killing it when it is still running.
+    pub fn start_expecting_exit(&mut self, within: Duration) -> Option<(ExitStatus, String)> {
+        self.starts += 1;
+        let log_path = self
+            .root
+            .path()
+            .join(format!("control-{}.log", self.starts));
+        let log = std::fs::File::create(&log_path).expect("create the log file");
+        let mut child = Command::new(bin_path("vane-control"))
+            .arg("--listen")
+            .arg(&self.listen)
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .args(&self.extra_args)
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start vane-control");
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Some(status) = child.try_wait().expect("wait for vane-control") {
+                return Some((status, read_lossy(&log_path)));
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        None
     }
 
     fn spawn(&mut self) {

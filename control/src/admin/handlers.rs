@@ -92,9 +92,15 @@ impl pb::admin_server::Admin for AdminService {
         if versions.is_empty() {
             return Err(self.not_found(&request.group, None));
         }
+        let pruned_versions = self
+            .store
+            .pruned(&request.group)
+            .await
+            .map_err(store_status)?;
         Ok(Response::new(pb::HistoryResponse {
             group: request.group,
             versions: versions.iter().map(version_info).collect(),
+            pruned_versions,
         }))
     }
 

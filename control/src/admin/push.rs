@@ -64,6 +64,13 @@ impl AdminService {
 
     pub(crate) fn not_found(&self, group: &str, version: Option<u64>) -> Status {
         match (version, self.hub.head(group)) {
+            // Numbers are gap-free and never reused: an absent one below the
+            // head was removed by retention.
+            (Some(v), Some(head)) if v < head.version => Status::not_found(format!(
+                "version {v} of group {group:?} was pruned by retention (--retain-versions, --retain-age); \
+                 `vanectl history {group}` lists the versions kept (the head is version {})",
+                head.version
+            )),
             (Some(v), Some(head)) => Status::not_found(format!(
                 "version {v} of group {group:?} not found (the head is version {})",
                 head.version

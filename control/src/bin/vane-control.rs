@@ -112,9 +112,23 @@ struct Args {
     /// How long a disconnected agent stays listed in `vanectl status`.
     #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
     forget_agents_after: Duration,
+    /// Versions of each group retention always keeps (the newest; at least
+    /// 1, the head). Older ones go once they are also older than
+    /// --retain-age, unless an agent runs them.
+    #[arg(long, default_value_t = vane_control::retention::DEFAULT_RETAIN_VERSIONS, value_parser = clap::value_parser!(u64).range(1..), help_heading = "Retention")]
+    retain_versions: u64,
+    /// Versions younger than this are always kept (`0s`: age keeps nothing
+    /// beyond --retain-versions).
+    #[arg(long, default_value = "30d", value_parser = humantime::parse_duration, help_heading = "Retention")]
+    retain_age: Duration,
+    /// How often retention runs.
+    #[arg(long, default_value = "1m", value_parser = parse_interval, help_heading = "Retention")]
+    retention_interval: Duration,
     /// Address of the admin HTTP endpoint serving `GET /metrics`
-    /// (Prometheus) and `GET /healthz`; off unless set. The bound address is
-    /// printed on stdout as `vane-control admin listening on ADDR`.
+    /// (Prometheus), `GET /healthz` (liveness) and `GET /readyz` (503 with
+    /// the reason while the store is not writable or reachable); off unless
+    /// set. The bound address is printed on stdout as `vane-control admin
+    /// listening on ADDR`.
     #[arg(long)]
     admin_listen: Option<SocketAddr>,
     /// The server's TLS certificate chain (PEM). With --tls-key, the gRPC
@@ -200,6 +214,15 @@ struct Args {
     /// Log format on stderr (level from RUST_LOG, default info).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+}
+
+/// A positive interval.
+fn parse_interval(s: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(s) {
+        Ok(d) if d >= Duration::from_millis(100) => Ok(d),
+        Ok(_) => Err(format!("{s:?}: must be at least 100ms")),
+        Err(e) => Err(format!("{s:?}: {e}")),
+    }
 }
 
 /// An etcd client URL: `http://host:port` or `https://host:port`.
@@ -302,6 +325,22 @@ fn main() -> ExitCode {
             .exit();
     }
     init_logging(args.log_format);
+    // A bug (or a library's `unreachable!`) is one log line naming where,
+    // not a backtrace in the middle of the logs; the task it hit fails and
+    // says so.
+    std::panic::set_hook(Box::new(|info| {
+        let location = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        let message = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        tracing::error!(%location, "internal error: {message}");
+    }));
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -378,6 +417,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
         request_timeout: args.request_timeout,
         http2_keepalive_interval: args.http2_keepalive_interval,
         http2_keepalive_timeout: args.http2_keepalive_timeout,
+        retention: vane_store::Retention {
+            keep_versions: args.retain_versions,
+            keep_age: args.retain_age,
+        },
+        retention_interval: args.retention_interval,
     };
     let server = Server::bind(config).await?;
 

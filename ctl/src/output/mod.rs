@@ -14,7 +14,7 @@ mod format;
 mod render;
 mod views;
 
-pub(crate) use render::{audit, diff, get, history, push, status, whoami};
+pub(crate) use render::{audit, diff, get, history, pruned_note, push, status, whoami};
 pub(crate) use views::{AgentView, AuditView, DiffView, PushView, VersionView, WhoAmIView};
 
 #[cfg(test)]

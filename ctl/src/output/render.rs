@@ -96,11 +96,31 @@ pub(crate) fn get(
     out
 }
 
-/// `history`: newest first, as the server sends it.
-pub(crate) fn history(entries: &[VersionView], format: OutputFormat) -> String {
+/// `history`: newest first, as the server sends it. The table ends with how
+/// many older versions retention removed; JSON and YAML stay the list of
+/// versions (the count is on stderr there, see `pruned_note`).
+pub(crate) fn history(entries: &[VersionView], pruned: u64, format: OutputFormat) -> String {
     if format != OutputFormat::Table {
         return encode(&entries, format);
     }
+    let mut out = history_table(entries);
+    if let Some(note) = pruned_note(pruned) {
+        out.push_str(&note);
+        out.push('\n');
+    }
+    out
+}
+
+/// "N older versions were pruned by retention", or nothing.
+pub(crate) fn pruned_note(pruned: u64) -> Option<String> {
+    match pruned {
+        0 => None,
+        1 => Some("(1 older version was pruned by retention)".to_owned()),
+        n => Some(format!("({n} older versions were pruned by retention)")),
+    }
+}
+
+fn history_table(entries: &[VersionView]) -> String {
     let rows = entries
         .iter()
         .map(|e| {

@@ -166,7 +166,7 @@ fn history_json_and_table() {
         .map(VersionView::from)
         .collect();
     let v: serde_json::Value =
-        serde_json::from_str(&history(&entries, OutputFormat::Json)).unwrap();
+        serde_json::from_str(&history(&entries, 7, OutputFormat::Json)).unwrap();
     let arr = v.as_array().unwrap();
     assert_eq!(arr.len(), 3);
     assert_eq!(arr[0]["version"], 3);
@@ -185,9 +185,14 @@ fn history_json_and_table() {
         assert!(arr[2].get(key).is_some(), "{key}");
     }
 
-    let table = history(&entries, OutputFormat::Table);
+    let table = history(&entries, 0, OutputFormat::Table);
     let lines: Vec<&str> = table.lines().collect();
     assert_eq!(lines.len(), 4);
+    let pruned = history(&entries, 7, OutputFormat::Table);
+    assert_eq!(
+        pruned.lines().last(),
+        Some("(7 older versions were pruned by retention)")
+    );
     assert!(lines[0].starts_with("VERSION  CREATED"));
     assert!(lines[1].starts_with("3        2025-01-02T03:04:05Z  ab12cd34ef56  612 B  v1"));
     assert!(lines[1].ends_with("rollback"));

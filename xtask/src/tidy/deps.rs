@@ -22,7 +22,7 @@ pub(crate) const RULES: &[(&str, &[&str])] = &[
     ("vane-backoff", &[]),
     ("vane-admin-http", &[]),
     // Storage.
-    ("vane-store", &["vane-proto"]),
+    ("vane-store", &["vane-proto", "vane-backoff"]),
     (
         "vane-store-etcd",
         &["vane-proto", "vane-store", "vane-tls", "vane-backoff"],

@@ -1,0 +1,160 @@
+//! Retention: a background task that keeps each group's history to what
+//! `--retain-versions` and `--retain-age` allow, never removing a head or a
+//! version an agent runs (its last ACK, and what it was last sent), on
+//! either store. Version numbers stay taken (see `vane_store::Store::prune`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::metrics::counter::Counter;
+use tokio_util::sync::CancellationToken;
+use vane_store::{Pinned, Retention, Store};
+
+use crate::agents::AgentRegistry;
+
+/// Versions of each group always kept, by default.
+pub const DEFAULT_RETAIN_VERSIONS: u64 = 1000;
+/// Versions younger than this are always kept, by default.
+pub const DEFAULT_RETAIN_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
+/// How often retention runs, by default.
+pub const DEFAULT_RETENTION_INTERVAL: Duration = Duration::from_secs(60);
+
+/// What the task needs.
+pub struct Task {
+    /// The store to prune.
+    pub store: Arc<dyn Store>,
+    /// This replica's agents.
+    pub agents: Arc<AgentRegistry>,
+    /// What to keep.
+    pub retention: Retention,
+    /// How often to run.
+    pub interval: Duration,
+    /// Versions removed so far (`vane_control_pruned_versions`).
+    pub pruned: Counter,
+}
+
+impl Task {
+    /// Runs a pass every `interval` (the first one after `interval`) until
+    /// `stop`.
+    pub async fn run(self, stop: CancellationToken) {
+        let mut tick =
+            tokio::time::interval_at(tokio::time::Instant::now() + self.interval, self.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            // A pass is bounded by the store's own timeouts; stopping waits
+            // for the one in progress.
+            self.pass().await;
+        }
+    }
+
+    async fn pass(&self) {
+        let Some(pinned) = self.pinned().await else {
+            return;
+        };
+        match self.store.prune(self.retention, &pinned).await {
+            Ok(report) if report.versions > 0 => {
+                self.pruned.inc_by(report.versions);
+                tracing::info!(
+                    versions = report.versions,
+                    groups = report.groups,
+                    keep_versions = self.retention.keep_versions,
+                    keep_age_s = self.retention.keep_age.as_secs(),
+                    "retention removed old versions"
+                );
+            }
+            Ok(_) => {}
+            // Read-only or away: the next pass tries again.
+            Err(e) => tracing::warn!(error = %e, "retention pass failed"),
+        }
+    }
+
+    /// The versions agents run, here and (clustered) at the other
+    /// replicas; `None` when the other replicas' cannot be read, since
+    /// pruning then could remove what one of their agents runs.
+    async fn pinned(&self) -> Option<Pinned> {
+        let mut records = self.agents.list(None);
+        if let Some(directory) = self.store.agent_directory() {
+            match directory.others(None).await {
+                Ok(others) => records.extend(others.into_iter().map(|a| a.record)),
+                Err(e) => {
+                    tracing::debug!(error = %e, "retention waits: the other replicas' agents are unknown");
+                    return None;
+                }
+            }
+        }
+        let mut pinned = Pinned::new();
+        for r in records {
+            let versions = pinned.entry(r.group).or_default();
+            for v in [r.acked_version, r.sent_version] {
+                if v > 0 {
+                    versions.insert(v);
+                }
+            }
+        }
+        Some(pinned)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agents::NodeInfo;
+    use bytes::Bytes;
+    use vane_store::{NewVersion, RedbStore};
+
+    fn version(content: &str) -> NewVersion {
+        NewVersion {
+            group: "edge".into(),
+            snapshot: Bytes::copy_from_slice(content.as_bytes()),
+            hash: content.into(),
+            message: String::new(),
+            author: String::new(),
+            rollback_of: None,
+            expected_version: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn keeps_what_agents_run_and_counts_what_it_removes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(RedbStore::open(dir.path()).await.unwrap());
+        for i in 1..=10 {
+            store.push(version(&format!("v{i}"))).await.unwrap();
+        }
+        let agents = Arc::new(AgentRegistry::new(Duration::from_secs(3600)));
+        let node = NodeInfo {
+            id: "n1".into(),
+            group: "edge".into(),
+            labels: Default::default(),
+            agent_build: String::new(),
+        };
+        let key = agents.connect(&node, "peer", None);
+        agents.record_sent(&key, 3);
+        agents.record_ack(&key, 3, "v3");
+        let task = Task {
+            store: Arc::clone(&store),
+            agents,
+            retention: Retention {
+                keep_versions: 2,
+                keep_age: Duration::ZERO,
+            },
+            interval: Duration::from_secs(1),
+            pruned: Counter::default(),
+        };
+        task.pass().await;
+        let kept: Vec<u64> = store
+            .history("edge", 0)
+            .await
+            .unwrap()
+            .iter()
+            .map(|m| m.version)
+            .collect();
+        assert_eq!(kept, [10, 9, 3]);
+        assert_eq!(task.pruned.get(), 7);
+        assert_eq!(store.pruned("edge").await.unwrap(), 7);
+    }
+}
