@@ -182,6 +182,10 @@ pub(crate) struct Link {
     pub(crate) last_error: Option<String>,
     pub(crate) server: Option<String>,
     pub(crate) last_nack: Option<(u64, String)>,
+    /// The control server that said it cannot reach its store, until the
+    /// next confirmation: the reason given once staleness passes the
+    /// threshold.
+    pub(crate) cut_off: Option<String>,
     /// Why the startup did not load a cache (reported while on defaults).
     startup_note: Option<String>,
 }
@@ -192,6 +196,7 @@ impl Link {
     pub(crate) fn confirm(&mut self, now: Instant) {
         self.confirmed = true;
         self.last_confirmed = now;
+        self.cut_off = None;
     }
 
     /// Confirmation stops (stream lost, or the last response was refused);
@@ -199,6 +204,16 @@ impl Link {
     pub(crate) fn unconfirm(&mut self, now: Instant) {
         if self.confirmed {
             self.last_confirmed = now;
+        }
+        self.confirmed = false;
+    }
+
+    /// Confirmation ended at `at` at the latest (a server that cannot reach
+    /// its store for some time confirmed nothing since): staleness counts
+    /// from `at`, or from the last real confirmation if that was earlier.
+    pub(crate) fn unconfirm_since(&mut self, at: Instant) {
+        if self.confirmed || at < self.last_confirmed {
+            self.last_confirmed = at;
         }
         self.confirmed = false;
     }
@@ -228,6 +243,7 @@ impl Shared {
                 last_error: None,
                 server: None,
                 last_nack: None,
+                cut_off: None,
                 startup_note: None,
             }),
             metrics: Metrics::default(),
@@ -296,6 +312,16 @@ impl Shared {
                 .unwrap_or_else(|| "no configuration received yet".into());
             HealthState::Degraded {
                 reason: format!("serving embedded defaults: {why}"),
+            }
+        } else if let Some(url) = link
+            .cut_off
+            .as_ref()
+            .filter(|_| staleness > self.stale_after)
+        {
+            // The agent may be connected and may have applied all its
+            // server sent: the server is what is behind.
+            HealthState::Degraded {
+                reason: format!("control server {url} cannot reach its store"),
             }
         } else if staleness > self.stale_after {
             HealthState::Degraded {

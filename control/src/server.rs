@@ -25,6 +25,7 @@ use crate::auth::{Auth, Policy, Tokens, reload};
 use crate::collectors::{HealthCollector, SecurityCollector};
 use crate::hub::{Hub, Published};
 use crate::metrics::Metrics;
+use crate::reach::StoreReach;
 use crate::watch::DiscoveryService;
 use vane_store::{FeedEvent, HeadFeed, RedbStore, Store, StoreError};
 use vane_store_etcd::{EtcdConfig, EtcdStore};
@@ -407,6 +408,9 @@ impl Server {
             0
         });
         let push_limit = Arc::new(PushLimiter::new(f64::from(push_rate), config.push_burst));
+        // With a clustered store, agents hear when this replica cannot reach
+        // it (followed below); a single server's store is always reachable.
+        let (store_reach, reach) = tokio::sync::watch::channel(StoreReach::Reachable);
         let discovery = DiscoveryService::new(
             Arc::clone(&hub),
             Arc::clone(&agents),
@@ -416,7 +420,8 @@ impl Server {
         .with_metrics(Arc::clone(&metrics))
         .with_auth(auth.clone(), Some(Arc::clone(&audit)))
         .with_limits(config.idle_stream_timeout, config.max_agents)
-        .with_streams_per_identity(config.max_streams_per_identity);
+        .with_streams_per_identity(config.max_streams_per_identity)
+        .with_store_reach(reach);
         if let Some((admin_listener, admin_addr)) = admin_endpoint {
             let mut registry = metrics.registry(Arc::clone(&hub), Arc::clone(&agents));
             registry.register_collector(Box::new(HealthCollector(Arc::clone(&store))));
@@ -451,6 +456,11 @@ impl Server {
         // the store's feed, and agents' status is shared with them.
         if let Some(feed) = store.feed() {
             tasks.spawn(follow_feed(feed, Arc::clone(&hub), stop.clone()));
+            tasks.spawn(crate::reach::follow(
+                Arc::clone(&store),
+                store_reach,
+                stop.clone(),
+            ));
         }
         if let Some(directory) = store.agent_directory() {
             tasks.spawn(crate::replication::replicate(

@@ -480,9 +480,10 @@ impl WatchClient {
             hash: hash.to_owned(),
             response_nonce: String::new(),
             error_detail: None,
-            // A minimal agent: full snapshots only.
+            // A minimal agent: full snapshots only, no store notices.
             want_full: false,
             accept_delta: false,
+            accept_store_notices: false,
         })
         .await
         .expect("the request stream is open");
@@ -580,6 +581,7 @@ impl WatchClient {
             error_detail: None,
             want_full: false,
             accept_delta: false,
+            accept_store_notices: false,
         })
         .await;
     }
@@ -598,6 +600,7 @@ impl WatchClient {
             }),
             want_full: false,
             accept_delta: false,
+            accept_store_notices: false,
         })
         .await;
     }

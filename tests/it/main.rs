@@ -4,6 +4,7 @@
 
 mod bad_input;
 mod cas;
+mod cluster_cut_off;
 mod cluster_etcd_faults;
 mod cluster_etcd_tls;
 mod cluster_failover;
@@ -23,4 +24,5 @@ mod push;
 mod security_tls;
 mod shutdown;
 mod sidecar;
+mod sidecar_readyz;
 mod watch;
