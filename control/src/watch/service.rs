@@ -229,6 +229,7 @@ impl DiscoveryService {
         stream.accept_notices = first.accept_store_notices;
         let mut reach = self.reach.clone();
         stream.reach = *reach.borrow_and_update();
+        stream.reach_changes = Some(reach);
         let changes = self.auth.subscribe_changes();
         if changes.is_some() {
             stream.access = Some(Box::new(Access {
@@ -252,7 +253,7 @@ impl DiscoveryService {
         // stream's log lines name the span as their parent instead.
         self.tasks.spawn(async move {
             let end = stream
-                .run(inbound, heads, changes, reach, tx, shutdown, idle_timeout)
+                .run(inbound, heads, changes, tx, shutdown, idle_timeout)
                 .await;
             // The identity's slot is free once the stream is over.
             drop(slot);

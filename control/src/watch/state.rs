@@ -59,6 +59,8 @@ pub(crate) struct WatchState {
     pub(crate) accept_notices: bool,
     /// Whether this replica reaches its store, as of the last change.
     pub(crate) reach: StoreReach,
+    /// Where changes of `reach` come from (`None`: it never changes).
+    pub(crate) reach_changes: Option<watch::Receiver<StoreReach>>,
     /// Whether the agent was last told the store is reachable (what it
     /// assumes before being told anything).
     pub(crate) told_reachable: bool,
@@ -104,6 +106,7 @@ impl WatchState {
             want_full: false,
             accept_notices: false,
             reach: StoreReach::Reachable,
+            reach_changes: None,
             told_reachable: true,
             opened_at: Instant::now(),
             metrics,
@@ -119,7 +122,6 @@ impl WatchState {
         mut inbound: impl Stream<Item = Result<pb::WatchRequest, Status>> + Unpin,
         heads: watch::Receiver<Head>,
         changes: Option<watch::Receiver<u64>>,
-        reach: watch::Receiver<StoreReach>,
         tx: mpsc::Sender<Box<pb::WatchResponse>>,
         shutdown: CancellationToken,
         idle_timeout: Duration,
@@ -135,7 +137,10 @@ impl WatchState {
         let current = heads.clone();
         let mut heads = tokio_stream::wrappers::WatchStream::from_changes(heads);
         let mut changes = changes.map(tokio_stream::wrappers::WatchStream::from_changes);
-        let mut reach = Some(tokio_stream::wrappers::WatchStream::from_changes(reach));
+        let mut reach = self
+            .reach_changes
+            .take()
+            .map(tokio_stream::wrappers::WatchStream::from_changes);
         // Reset by every request (heartbeats included); a stream silent for
         // the whole timeout belongs to a peer that is gone or idle on purpose.
         let idle = tokio::time::sleep(idle_timeout);

@@ -861,15 +861,7 @@ async fn a_stuck_agent_holds_at_most_two_versions() {
     let task = tokio::spawn(async move {
         let inbound = ReceiverStream::new(requests_rx);
         state
-            .run(
-                inbound,
-                heads,
-                None,
-                tokio::sync::watch::channel(StoreReach::Reachable).1,
-                tx,
-                stop,
-                DEFAULT_IDLE_STREAM_TIMEOUT,
-            )
+            .run(inbound, heads, None, tx, stop, DEFAULT_IDLE_STREAM_TIMEOUT)
             .await;
         state
     });
