@@ -208,11 +208,13 @@ impl Link {
         self.confirmed = false;
     }
 
-    /// Confirmation ended at `at` at the latest (a server that cannot reach
-    /// its store for some time confirmed nothing since): staleness counts
-    /// from `at`, or from the last real confirmation if that was earlier.
+    /// Confirmation ended at `at` at the latest: the server of the stream
+    /// has not reached its store since then, so its confirmations since
+    /// were none. Staleness counts from `at` if the link was confirmed
+    /// until now; if it was not, the last real confirmation stands (it came
+    /// from an earlier stream, perhaps from another server).
     pub(crate) fn unconfirm_since(&mut self, at: Instant) {
-        if self.confirmed || at < self.last_confirmed {
+        if self.confirmed {
             self.last_confirmed = at;
         }
         self.confirmed = false;
@@ -392,6 +394,22 @@ mod tests {
         // The next confirmation makes it healthy again.
         shared.update_link(|l| l.confirm(Instant::now()));
         assert_eq!(shared.health().state, HealthState::Healthy);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_server_without_its_store_backdates_only_a_standing_confirmation() {
+        let shared = Shared::new(Duration::from_secs(300));
+        shared.update_link(|l| l.confirm(Instant::now()));
+        tokio::time::advance(Duration::from_secs(10)).await;
+        let four_ago = Instant::now() - Duration::from_secs(4);
+        shared.update_link(|l| l.unconfirm_since(four_ago));
+        assert_eq!(shared.health().staleness, Duration::from_secs(4));
+        // Not confirmed now: the last real confirmation stands, whatever
+        // another server says of its own store.
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let long_ago = Instant::now() - Duration::from_secs(9);
+        shared.update_link(|l| l.unconfirm_since(long_ago));
+        assert_eq!(shared.health().staleness, Duration::from_secs(5));
     }
 
     #[tokio::test(start_paused = true)]

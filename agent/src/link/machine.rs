@@ -790,6 +790,7 @@ mod tests {
             Event::Opened(session(0)),
             now,
         );
+        let s = m.transition(s, Event::QuietConfirmed, now);
         let s = m.transition(s, Event::Healthy, now);
         let s = m.transition(
             s,

@@ -395,10 +395,14 @@ async fn a_version_from_a_server_cut_off_from_its_store_is_applied_then_the_agen
     let mut s = accepted.recv().await.unwrap();
     let hello = s.recv().await;
     assert!(hello.accept_store_notices);
+    // A quiet start: confirmed.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(shared.health().staleness, Duration::ZERO);
 
     // The head, from a server that has not reached its store for 4 s: the
     // agent applies and ACKs it (it is the best there is), but nothing is
-    // confirmed, and it leaves for the other server.
+    // confirmed (not the quiet start either: staleness counts from 4 s
+    // ago), and it leaves for the other server.
     let mut head = response(1, &example(1), "a");
     (head.store_unreachable, head.store_unreachable_ms) = (true, 4000);
     s.responses.send(Ok(head)).await.unwrap();
