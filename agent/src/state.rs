@@ -182,6 +182,10 @@ pub(crate) struct Link {
     pub(crate) last_error: Option<String>,
     pub(crate) server: Option<String>,
     pub(crate) last_nack: Option<(u64, String)>,
+    /// The control server that said it cannot reach its store, until the
+    /// next confirmation: the reason given once staleness passes the
+    /// threshold.
+    pub(crate) cut_off: Option<String>,
     /// Why the startup did not load a cache (reported while on defaults).
     startup_note: Option<String>,
 }
@@ -192,6 +196,7 @@ impl Link {
     pub(crate) fn confirm(&mut self, now: Instant) {
         self.confirmed = true;
         self.last_confirmed = now;
+        self.cut_off = None;
     }
 
     /// Confirmation stops (stream lost, or the last response was refused);
@@ -199,6 +204,18 @@ impl Link {
     pub(crate) fn unconfirm(&mut self, now: Instant) {
         if self.confirmed {
             self.last_confirmed = now;
+        }
+        self.confirmed = false;
+    }
+
+    /// Confirmation ended at `at` at the latest: the server of the stream
+    /// has not reached its store since then, so its confirmations since
+    /// were none. Staleness counts from `at` if the link was confirmed
+    /// until now; if it was not, the last real confirmation stands (it came
+    /// from an earlier stream, perhaps from another server).
+    pub(crate) fn unconfirm_since(&mut self, at: Instant) {
+        if self.confirmed {
+            self.last_confirmed = at;
         }
         self.confirmed = false;
     }
@@ -228,6 +245,7 @@ impl Shared {
                 last_error: None,
                 server: None,
                 last_nack: None,
+                cut_off: None,
                 startup_note: None,
             }),
             metrics: Metrics::default(),
@@ -296,6 +314,16 @@ impl Shared {
                 .unwrap_or_else(|| "no configuration received yet".into());
             HealthState::Degraded {
                 reason: format!("serving embedded defaults: {why}"),
+            }
+        } else if let Some(url) = link
+            .cut_off
+            .as_ref()
+            .filter(|_| staleness > self.stale_after)
+        {
+            // The agent may be connected and may have applied all its
+            // server sent: the server is what is behind.
+            HealthState::Degraded {
+                reason: format!("control server {url} cannot reach its store"),
             }
         } else if staleness > self.stale_after {
             HealthState::Degraded {
@@ -366,6 +394,22 @@ mod tests {
         // The next confirmation makes it healthy again.
         shared.update_link(|l| l.confirm(Instant::now()));
         assert_eq!(shared.health().state, HealthState::Healthy);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_server_without_its_store_backdates_only_a_standing_confirmation() {
+        let shared = Shared::new(Duration::from_secs(300));
+        shared.update_link(|l| l.confirm(Instant::now()));
+        tokio::time::advance(Duration::from_secs(10)).await;
+        let four_ago = Instant::now() - Duration::from_secs(4);
+        shared.update_link(|l| l.unconfirm_since(four_ago));
+        assert_eq!(shared.health().staleness, Duration::from_secs(4));
+        // Not confirmed now: the last real confirmation stands, whatever
+        // another server says of its own store.
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let long_ago = Instant::now() - Duration::from_secs(9);
+        shared.update_link(|l| l.unconfirm_since(long_ago));
+        assert_eq!(shared.health().staleness, Duration::from_secs(5));
     }
 
     #[tokio::test(start_paused = true)]

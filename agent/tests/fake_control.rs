@@ -37,7 +37,7 @@ fn response(version: u64, s: &Snapshot, nonce: &str) -> pb::WatchResponse {
         body: Some(pb::watch_response::Body::Snapshot(Bytes::from(s.encode()))),
         base_version: 0,
         base_hash: String::new(),
-        created_at_unix_ms: 0,
+        ..Default::default()
     }
 }
 
@@ -58,7 +58,7 @@ fn delta_response(
         body: Some(pb::watch_response::Body::Delta(Bytes::from(delta))),
         base_version,
         base_hash: base.content_hash().to_hex(),
-        created_at_unix_ms: 0,
+        ..Default::default()
     }
 }
 

@@ -8,6 +8,8 @@
 //!   [`replication`] shares it with the other replicas when clustered.
 //! - [`watch`]: the `ConfigDiscovery.Watch` stream, xDS-style ACK/NACK, with
 //!   delta responses for agents that accept them.
+//! - [`reach`]: whether this replica reaches its clustered store, as its
+//!   watch streams tell their agents.
 //! - [`admin`]: the `Admin` service `vanectl` talks to.
 //! - [`auth`], [`audit`]: who is calling and what they may do; the audit log.
 //! - [`accept`]: the server's own accept loop (TLS handshake, connection caps).
@@ -40,6 +42,7 @@ pub mod collectors;
 pub mod health;
 pub mod hub;
 pub mod metrics;
+pub mod reach;
 pub mod replication;
 pub mod retention;
 pub mod server;

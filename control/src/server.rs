@@ -25,6 +25,7 @@ use crate::auth::{Auth, Policy, Tokens, reload};
 use crate::collectors::{HealthCollector, SecurityCollector};
 use crate::hub::{Hub, Published};
 use crate::metrics::Metrics;
+use crate::reach::StoreReach;
 use crate::watch::DiscoveryService;
 use vane_store::{FeedEvent, HeadFeed, RedbStore, Store, StoreError};
 use vane_store_etcd::{EtcdConfig, EtcdStore};
@@ -417,6 +418,9 @@ impl Server {
             0
         });
         let push_limit = Arc::new(PushLimiter::new(f64::from(push_rate), config.push_burst));
+        // With a clustered store, agents hear when this replica cannot reach
+        // it (followed below); a single server's store is always reachable.
+        let (store_reach, reach) = tokio::sync::watch::channel(StoreReach::Reachable);
         let discovery = DiscoveryService::new(
             Arc::clone(&hub),
             Arc::clone(&agents),
@@ -426,7 +430,8 @@ impl Server {
         .with_metrics(Arc::clone(&metrics))
         .with_auth(auth.clone(), Some(Arc::clone(&audit)))
         .with_limits(config.idle_stream_timeout, config.max_agents)
-        .with_streams_per_identity(config.max_streams_per_identity);
+        .with_streams_per_identity(config.max_streams_per_identity)
+        .with_store_reach(reach);
         let pruned = prometheus_client::metrics::counter::Counter::default();
         tasks.spawn(
             crate::retention::Task {
@@ -482,6 +487,11 @@ impl Server {
         // the store's feed, and agents' status is shared with them.
         if let Some(feed) = store.feed() {
             tasks.spawn(follow_feed(feed, Arc::clone(&hub), stop.clone()));
+            tasks.spawn(crate::reach::follow(
+                Arc::clone(&store),
+                store_reach,
+                stop.clone(),
+            ));
         }
         if let Some(directory) = store.agent_directory() {
             tasks.spawn(crate::replication::replicate(

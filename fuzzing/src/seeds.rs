@@ -342,6 +342,8 @@ pub fn all() -> Vec<Seed> {
         base_version: RUNNING_VERSION,
         base_hash: example_hash.clone(),
         created_at_unix_ms: 1_700_000_000_000,
+        store_unreachable: false,
+        store_unreachable_ms: 0,
     };
     use pb::watch_response::Body;
     seeds.extend([

@@ -132,6 +132,9 @@ pub fn watch_response(data: &[u8]) {
         base_version,
         base_hash,
         created_at_unix_ms: _,
+        // Changes what confirms, never what is applied.
+        store_unreachable: _,
+        store_unreachable_ms: _,
     } = response;
     if group != GROUP {
         return;

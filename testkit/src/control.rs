@@ -520,9 +520,10 @@ impl WatchClient {
             hash: hash.to_owned(),
             response_nonce: String::new(),
             error_detail: None,
-            // A minimal agent: full snapshots only.
+            // A minimal agent: full snapshots only, no store notices.
             want_full: false,
             accept_delta: false,
+            accept_store_notices: false,
         })
         .await
         .expect("the request stream is open");
@@ -620,6 +621,7 @@ impl WatchClient {
             error_detail: None,
             want_full: false,
             accept_delta: false,
+            accept_store_notices: false,
         })
         .await;
     }
@@ -638,6 +640,7 @@ impl WatchClient {
             }),
             want_full: false,
             accept_delta: false,
+            accept_store_notices: false,
         })
         .await;
     }

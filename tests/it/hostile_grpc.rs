@@ -100,6 +100,7 @@ async fn replayed_and_forged_acks_are_not_recorded() {
         error_detail: None,
         want_full: false,
         accept_delta: false,
+        accept_store_notices: false,
     };
     // Replayed: the ACK of an older response.
     agent.send(ack(1, &r1.hash, &r1.nonce)).await;

@@ -4,6 +4,7 @@
 
 mod bad_input;
 mod cas;
+mod cluster_cut_off;
 mod cluster_etcd_faults;
 mod cluster_etcd_tls;
 mod cluster_failover;
@@ -24,5 +25,6 @@ mod retention;
 mod security_tls;
 mod shutdown;
 mod sidecar;
+mod sidecar_readyz;
 mod store_faults;
 mod watch;

@@ -29,6 +29,9 @@ pub(crate) enum LinkError {
     Status(tonic::Status),
     /// The server closed the stream cleanly, or the request side closed.
     Closed,
+    /// The server said it cannot reach its store, and another server is
+    /// configured: the agent leaves it for the next.
+    StoreUnreachable,
 }
 
 impl LinkError {
@@ -43,7 +46,7 @@ impl LinkError {
                     | tonic::Code::PermissionDenied
                     | tonic::Code::InvalidArgument
             ),
-            LinkError::Connect(_) | LinkError::Closed => false,
+            LinkError::Connect(_) | LinkError::Closed | LinkError::StoreUnreachable => false,
         };
         if config { Retry::AtCap } else { Retry::Backoff }
     }
@@ -74,6 +77,9 @@ impl std::fmt::Display for LinkError {
             LinkError::Tls(e) => f.write_str(e),
             LinkError::Status(s) => write!(f, "stream failed: {:?}: {}", s.code(), s.message()),
             LinkError::Closed => f.write_str("stream closed by the server"),
+            LinkError::StoreUnreachable => {
+                f.write_str("the server cannot reach its store; trying another server")
+            }
         }
     }
 }
@@ -124,6 +130,7 @@ mod tests {
             LinkError::from_status(tonic::Status::internal("replica going away")),
             LinkError::Connect("refused".into()),
             LinkError::Closed,
+            LinkError::StoreUnreachable,
         ] {
             assert_eq!(e.retry(), Retry::Backoff, "{e}");
         }

@@ -16,7 +16,7 @@ use crate::breaker::{Breaker, Permit};
 use crate::state::Shared;
 
 use super::error::{LinkError, Retry};
-use super::respond::Verdict;
+use super::respond::{StoreReach, Verdict};
 use super::session::Session;
 
 /// Where the link is.
@@ -75,6 +75,9 @@ pub(crate) enum Event {
         /// The ACK or NACK itself, sent next.
         answer: pb::WatchRequest,
     },
+    /// The server said whether it reaches its store (a notice, or a
+    /// response that says otherwise than the stream did so far).
+    Store(StoreReach),
     /// A queued answer or a heartbeat went out.
     Sent,
     /// The new stream stayed quiet for `QUIET_CONFIRM_AFTER`: what runs is
@@ -93,6 +96,8 @@ struct Note {
     confirmation: Option<Confirmation>,
     error: Option<String>,
     nack: Option<(u64, String)>,
+    /// The server (URL) that said it cannot reach its store.
+    cut_off: Option<String>,
     /// A stream or attempt ended and will be retried.
     reconnect: bool,
 }
@@ -102,6 +107,9 @@ struct Note {
 enum Confirmation {
     Confirm,
     Unconfirm,
+    /// Confirmation ended at that instant at the latest: the server's view
+    /// of the group is as old as its last contact with its store.
+    UnconfirmSince(Instant),
 }
 
 /// The reconnect pacing and the link status: everything a transition reads
@@ -159,9 +167,17 @@ impl Machine {
                 session.confirmed = true;
                 session.pending = Some(answer);
                 match verdict {
-                    Verdict::Ack => note.confirmation = Some(Confirmation::Confirm),
+                    Verdict::Ack => {
+                        session.refused = false;
+                        // A server cut off from its store may not send the
+                        // head: applying what it sends confirms nothing.
+                        if !session.store_unreachable {
+                            note.confirmation = Some(Confirmation::Confirm);
+                        }
+                    }
                     Verdict::WantFull => {}
                     Verdict::Nack { version, reason } => {
+                        session.refused = true;
                         note.confirmation = Some(Confirmation::Unconfirm);
                         note.error = Some(format!("NACK of version {version}: {reason}"));
                         note.nack = Some((version, reason));
@@ -171,8 +187,13 @@ impl Machine {
             }
             (State::Streaming(mut session), Event::QuietConfirmed) => {
                 session.confirmed = true;
-                note.confirmation = Some(Confirmation::Confirm);
+                if !session.store_unreachable {
+                    note.confirmation = Some(Confirmation::Confirm);
+                }
                 State::Streaming(session)
+            }
+            (State::Streaming(session), Event::Store(reach)) => {
+                self.store(session, reach, now, &mut note)
             }
             (State::Streaming(mut session), Event::Healthy) => {
                 session.delivered = true;
@@ -208,6 +229,45 @@ impl Machine {
             }
             Permit::WaitUntil(until) => State::BreakerOpen { until },
         }
+    }
+
+    /// The server of `session` said whether it reaches its store.
+    fn store(
+        &mut self,
+        mut session: Box<Session>,
+        reach: StoreReach,
+        now: Instant,
+        note: &mut Note,
+    ) -> State {
+        let url = self.url(session.server).to_owned();
+        match reach {
+            StoreReach::Unreachable(for_) => {
+                if !session.store_unreachable {
+                    tracing::warn!(server = %url, unreachable_for = ?for_, "the control server cannot reach its store; what it sends confirms nothing");
+                }
+                session.store_unreachable = true;
+                note.confirmation = Some(Confirmation::UnconfirmSince(
+                    now.checked_sub(for_).unwrap_or(now),
+                ));
+                note.cut_off = Some(url.clone());
+                note.error = Some(format!("{url}: cannot reach its store"));
+                // With another server to go to, leave (after answering what
+                // was applied); with one, stay: it still streams what it has.
+                session.leaving = self.servers.len() > 1;
+            }
+            StoreReach::Reachable => {
+                if session.store_unreachable {
+                    tracing::info!(server = %url, "the control server reaches its store again");
+                    session.store_unreachable = false;
+                    // Nothing newer to send: what runs is current, unless
+                    // it is what the agent kept after a refusal.
+                    if !session.refused {
+                        note.confirmation = Some(Confirmation::Confirm);
+                    }
+                }
+            }
+        }
+        State::Streaming(session)
     }
 
     /// An attempt or a stream to `server` failed: pace the next attempt.
@@ -267,7 +327,11 @@ impl Machine {
             match note.confirmation {
                 Some(Confirmation::Confirm) => link.confirm(now),
                 Some(Confirmation::Unconfirm) => link.unconfirm(now),
+                Some(Confirmation::UnconfirmSince(at)) => link.unconfirm_since(at),
                 None => {}
+            }
+            if let Some(url) = note.cut_off {
+                link.cut_off = Some(url);
             }
             if let Some(error) = note.error {
                 link.last_error = Some(error);
@@ -627,6 +691,133 @@ mod tests {
         assert_eq!(h.staleness, Duration::ZERO);
         assert!(h.last_nack.is_none() && h.last_error.is_none());
         assert!(matches!(s, State::Streaming(_)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_server_cut_off_from_its_store_confirms_nothing_until_it_is_back() {
+        // One server: there is nowhere else to go, so the agent stays.
+        let mut m = Machine::new(
+            Arc::new(Shared::new(Duration::from_secs(5))),
+            vec![SERVERS[0].to_owned()],
+            BackoffConfig::default().build().unwrap(),
+            Breaker::new(BreakerConfig::default()),
+        );
+        let mut live = Current::empty();
+        (live.version, live.hash, live.source) = (3, "ab".into(), Source::Live);
+        m.shared.install(live);
+        let s = m.transition(
+            State::Connecting { server: 0 },
+            Event::Opened(session(0)),
+            Instant::now(),
+        );
+        let s = m.transition(s, Event::QuietConfirmed, Instant::now());
+        assert_eq!(m.shared.health().staleness, Duration::ZERO);
+
+        // The server has not reached its store for 3 s: its view is that
+        // old, and neither the open stream nor an ACK confirms anything.
+        let s = m.transition(
+            s,
+            Event::Store(StoreReach::Unreachable(Duration::from_secs(3))),
+            Instant::now(),
+        );
+        let State::Streaming(session) = &s else {
+            panic!("one server: the agent stays, got {s:?}");
+        };
+        assert!(session.store_unreachable && !session.leaving);
+        assert_eq!(m.shared.health().staleness, Duration::from_secs(3));
+        assert_eq!(m.shared.health().state, HealthState::Healthy);
+        let ack = Event::Answered {
+            verdict: Verdict::Ack,
+            answer: pb::WatchRequest::default(),
+        };
+        let s = m.transition(s, ack, Instant::now());
+        let s = m.transition(s, Event::Sent, Instant::now());
+        let s = m.transition(s, Event::QuietConfirmed, Instant::now());
+        tokio::time::advance(Duration::from_secs(2)).await;
+        let h = m.shared.health();
+        assert_eq!(h.staleness, Duration::from_secs(5));
+        assert_eq!(h.state, HealthState::Healthy, "not past the threshold yet");
+        assert!(h.connected);
+
+        // Past the threshold: degraded, and the reason names the server.
+        tokio::time::advance(Duration::from_millis(1)).await;
+        let h = m.shared.health();
+        assert_eq!(
+            h.state,
+            HealthState::Degraded {
+                reason: "control server http://a:1 cannot reach its store".into()
+            }
+        );
+        assert_eq!(
+            h.last_error.as_deref(),
+            Some("http://a:1: cannot reach its store")
+        );
+
+        // It reaches its store again with nothing newer: current again.
+        let s = m.transition(s, Event::Store(StoreReach::Reachable), Instant::now());
+        let h = m.shared.health();
+        assert_eq!(
+            (h.staleness, h.state),
+            (Duration::ZERO, HealthState::Healthy)
+        );
+
+        // After a refusal, "reachable" does not confirm the old version.
+        let s = m.transition(
+            s,
+            Event::Store(StoreReach::Unreachable(Duration::ZERO)),
+            Instant::now(),
+        );
+        let nack = Event::Answered {
+            verdict: Verdict::Nack {
+                version: 4,
+                reason: "port in use".into(),
+            },
+            answer: pb::WatchRequest::default(),
+        };
+        let s = m.transition(s, nack, Instant::now());
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let s = m.transition(s, Event::Store(StoreReach::Reachable), Instant::now());
+        assert_eq!(m.shared.health().staleness, Duration::from_secs(1));
+        assert!(matches!(s, State::Streaming(_)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn with_another_server_the_agent_leaves_one_cut_off_from_its_store() {
+        let mut m = machine(100);
+        let now = Instant::now();
+        let s = m.transition(
+            State::Connecting { server: 0 },
+            Event::Opened(session(0)),
+            now,
+        );
+        let s = m.transition(s, Event::QuietConfirmed, now);
+        let s = m.transition(s, Event::Healthy, now);
+        let s = m.transition(
+            s,
+            Event::Store(StoreReach::Unreachable(Duration::from_secs(1))),
+            now,
+        );
+        let State::Streaming(session) = &s else {
+            panic!("the step leaves, not the transition: {s:?}");
+        };
+        assert!(session.leaving);
+        // The step reports the leaving as the stream's end: the next
+        // attempt goes to the other server, paced from the start (the
+        // stream had delivered).
+        let State::Backoff { until } =
+            m.transition(s, Event::Failed(LinkError::StoreUnreachable), now)
+        else {
+            panic!("expected backoff");
+        };
+        assert!(until - now <= Duration::from_millis(100));
+        assert_eq!(m.next_server, 1);
+        let h = m.shared.health();
+        assert_eq!(h.staleness, Duration::from_secs(1));
+        assert!(!h.connected);
+        assert_eq!(
+            h.last_error.as_deref(),
+            Some("http://a:1: the server cannot reach its store; trying another server")
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -38,6 +38,11 @@
 //!   failure; n starts over after a stream that delivered. A failed connect
 //!   counts towards the breaker. The next attempt goes to the next server.
 //!
+//!   A server that says it cannot reach its store (store_unreachable on a
+//!   response, or a store notice) confirms nothing while it says so; with
+//!   another server configured, the agent answers what it applied and
+//!   leaves it (Streaming ──▶ Backoff) as after a broken stream.
+//!
 //!   Shutdown, in every state that waits (BreakerOpen, Connecting,
 //!   Streaming, Backoff) ──▶ Stopped
 //! ```

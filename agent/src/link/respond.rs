@@ -2,9 +2,11 @@
 //! apply path on a blocking thread, and turned into its answer: an ACK, a
 //! NACK with the reason (the old version keeps running), or a request for
 //! the full snapshot after a delta this agent cannot use. Also the other
-//! requests the agent sends: the hello that opens a stream and heartbeats.
+//! requests the agent sends: the hello that opens a stream and heartbeats,
+//! and what a response says of its server's store.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use vane_proto as pb;
 
@@ -31,6 +33,39 @@ pub(crate) enum Verdict {
     },
 }
 
+/// What a response says of its server's store (docs/protocol.md#store-reachability).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StoreReach {
+    /// The server reaches its store (or predates the field): what it sends
+    /// is the group's head.
+    Reachable,
+    /// The server has not reached its store for this long: its view of the
+    /// group is that old, and it confirms nothing.
+    Unreachable(Duration),
+}
+
+impl StoreReach {
+    /// What `response` says.
+    pub(crate) fn of(response: &pb::WatchResponse) -> Self {
+        if response.store_unreachable {
+            StoreReach::Unreachable(Duration::from_millis(response.store_unreachable_ms))
+        } else {
+            StoreReach::Reachable
+        }
+    }
+
+    pub(crate) fn is_reachable(self) -> bool {
+        self == StoreReach::Reachable
+    }
+}
+
+/// Whether `response` is a store notice: no body and no nonce, so nothing
+/// to apply and nothing to answer. (A response with no body but a nonce is
+/// a broken version, NACKed as such.)
+pub(crate) fn is_notice(response: &pb::WatchResponse) -> bool {
+    response.body.is_none() && response.nonce.is_empty()
+}
+
 /// A response handled: what it means and the request that answers it.
 #[derive(Debug)]
 pub(crate) struct Answered {
@@ -53,6 +88,9 @@ pub(crate) async fn respond(
         base_version,
         base_hash,
         created_at_unix_ms: _,
+        // Read by the step before the response gets here (`StoreReach::of`).
+        store_unreachable: _,
+        store_unreachable_ms: _,
     } = response;
     let delta = matches!(body, Some(pb::watch_response::Body::Delta(_)));
     let outcome = if body.is_some() && group != config.group {
@@ -185,5 +223,6 @@ fn request(
         error_detail: error,
         want_full,
         accept_delta: true,
+        accept_store_notices: true,
     }
 }

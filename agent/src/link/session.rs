@@ -1,6 +1,7 @@
 //! One open watch stream: what the state machine knows of it (which server,
-//! since when, whether it delivered or confirmed anything, the answer waiting
-//! to go out) and the handles its steps read and write through.
+//! since when, whether it delivered or confirmed anything, whether its
+//! server reaches its store, the answer waiting to go out) and the handles
+//! its steps read and write through.
 
 use std::time::Duration;
 
@@ -40,6 +41,18 @@ pub(crate) struct Session {
     /// else is read, so the server hears it only after the link status says
     /// what it means.
     pub(crate) pending: Option<pb::WatchRequest>,
+    /// The last response was refused (NACK): what runs is not what the
+    /// server sent, so nothing confirms it until the next ACK.
+    pub(crate) refused: bool,
+    /// The server said it cannot reach its store: nothing on this stream
+    /// confirms what runs until it says it can again.
+    pub(crate) store_unreachable: bool,
+    /// Leave this stream (for another server) once the pending answer and
+    /// the held response are dealt with.
+    pub(crate) leaving: bool,
+    /// A response that changed what the stream says of the store, held
+    /// while the machine takes that change in: the step applies it next.
+    pub(crate) held: Option<pb::WatchResponse>,
     pub(crate) inbound: Inbound,
     /// Bounded ([`REQUEST_QUEUE`]): a server that stops reading cannot make
     /// the agent queue without end.
@@ -67,6 +80,10 @@ impl Session {
             delivered: false,
             confirmed: false,
             pending: None,
+            refused: false,
+            store_unreachable: false,
+            leaving: false,
+            held: None,
             inbound,
             requests,
             heartbeats,
@@ -82,6 +99,10 @@ impl std::fmt::Debug for Session {
             .field("delivered", &self.delivered)
             .field("confirmed", &self.confirmed)
             .field("pending", &self.pending.is_some())
+            .field("refused", &self.refused)
+            .field("store_unreachable", &self.store_unreachable)
+            .field("leaving", &self.leaving)
+            .field("held", &self.held.is_some())
             .finish_non_exhaustive()
     }
 }

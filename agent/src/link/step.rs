@@ -1,7 +1,10 @@
 //! The steps of the link: for each [`State`], the one thing it waits for
 //! (a timer, a connect, the next response, a heartbeat tick) and the
 //! [`Event`] that ends the wait. Every wait also watches for shutdown. The
-//! steps change nothing themselves; the machine's transition does.
+//! steps change nothing themselves; the machine's transition does. (They
+//! only move the session's queued answer to the wire, and hold a response
+//! that changes what the stream says of the store until the machine has
+//! taken that change in.)
 
 use std::sync::Arc;
 
@@ -14,7 +17,7 @@ use crate::config::AgentConfig;
 
 use super::error::LinkError;
 use super::machine::{Event, State};
-use super::respond::{self, Answered};
+use super::respond::{self, Answered, StoreReach};
 use super::session::{HEALTHY_STREAM_AFTER, QUIET_CONFIRM_AFTER, REQUEST_QUEUE, Session};
 use super::transport::Transport;
 
@@ -72,9 +75,10 @@ impl<T: Transport> Steps<T> {
         }
     }
 
-    /// On an open stream: sends the pending answer, else waits for the next
-    /// response (and applies it), a heartbeat tick or one of the stream's
-    /// milestones.
+    /// On an open stream: sends the pending answer, else applies the held
+    /// response, else leaves the stream if the machine decided so, else
+    /// waits for the next response (a store notice, or a version to apply),
+    /// a heartbeat tick or one of the stream's milestones.
     async fn stream(&mut self, session: &mut Session) -> Event {
         if let Some(answer) = session.pending.take() {
             return tokio::select! {
@@ -84,6 +88,12 @@ impl<T: Transport> Steps<T> {
                 },
                 _ = self.shutdown.changed() => Event::Shutdown,
             };
+        }
+        if let Some(response) = session.held.take() {
+            return self.respond(response).await;
+        }
+        if session.leaving {
+            return Event::Failed(LinkError::StoreUnreachable);
         }
         let quiet = session.opened_at + QUIET_CONFIRM_AFTER;
         let healthy = session.opened_at + HEALTHY_STREAM_AFTER;
@@ -111,6 +121,21 @@ impl<T: Transport> Steps<T> {
             Some(Err(error)) => return Event::Failed(error),
             None => return Event::Failed(LinkError::Closed),
         };
+        let reach = StoreReach::of(&response);
+        if respond::is_notice(&response) {
+            return Event::Store(reach);
+        }
+        if reach.is_reachable() == session.store_unreachable {
+            // The machine hears of the store first, so that the answer to
+            // this response is judged by what is true now.
+            session.held = Some(response);
+            return Event::Store(reach);
+        }
+        self.respond(response).await
+    }
+
+    /// Applies one response and builds its answer.
+    async fn respond(&mut self, response: vane_proto::WatchResponse) -> Event {
         // The apply runs on a blocking thread that cannot be cancelled; on
         // shutdown we stop waiting for it (it finishes on its own, and its
         // answer is never sent).

@@ -376,3 +376,71 @@ async fn the_whole_conversation_over_a_scripted_transport() {
         .unwrap();
     assert!(!shared.health().connected);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_version_from_a_server_cut_off_from_its_store_is_applied_then_the_agent_moves() {
+    let (fake, mut accepted) = Fake::new([Script::Accept, Script::Accept]);
+    let config = config();
+    let applier = applier();
+    let shared = applier.shared.clone();
+    let (stop, shutdown) = watch::channel(false);
+    let backoff = config.backoff.build().unwrap();
+    let task = tokio::spawn(super::run(
+        config,
+        applier.clone(),
+        fake.clone(),
+        backoff,
+        shutdown,
+    ));
+    let mut s = accepted.recv().await.unwrap();
+    let hello = s.recv().await;
+    assert!(hello.accept_store_notices);
+    // A quiet start: confirmed.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(shared.health().staleness, Duration::ZERO);
+
+    // The head, from a server that has not reached its store for 4 s: the
+    // agent applies and ACKs it (it is the best there is), but nothing is
+    // confirmed (not the quiet start either: staleness counts from 4 s
+    // ago), and it leaves for the other server.
+    let mut head = response(1, &example(1), "a");
+    (head.store_unreachable, head.store_unreachable_ms) = (true, 4000);
+    s.responses.send(Ok(head)).await.unwrap();
+    let ack = s.recv().await;
+    assert_eq!((ack.version_info, ack.response_nonce.as_str()), (1, "a"));
+    assert_eq!(shared.current.load().version, 1);
+    let left = Instant::now();
+    let mut s = accepted.recv().await.unwrap();
+    assert_eq!(s.server, 1);
+    assert!(
+        left.elapsed() <= Duration::from_millis(100),
+        "{:?}",
+        left.elapsed()
+    );
+    let health = shared.health();
+    assert_eq!(health.staleness, Duration::from_secs(4) + left.elapsed());
+    assert!(
+        health
+            .last_error
+            .unwrap()
+            .starts_with("http://a:1: the server cannot reach its store"),
+    );
+    assert_eq!(s.recv().await.version_info, 1);
+
+    // The other server reaches its store: its notice saying so is neither
+    // applied nor answered, and its quiet start confirms what runs.
+    s.responses
+        .send(Ok(pb::WatchResponse {
+            group: "edge".into(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let health = shared.health();
+    assert_eq!(health.staleness, Duration::ZERO);
+    assert_eq!(health.applies, 1, "the notice applied nothing");
+    assert_eq!(health.nacks, 0, "and was not refused");
+    stop.send_replace(true);
+    task.await.unwrap();
+}

@@ -15,6 +15,10 @@
 //! 5. When the policy or the token file is reloaded, the stream checks
 //!    again that its caller may watch its group, and ends with
 //!    `PermissionDenied` (or `Unauthenticated` for a withdrawn token) if not.
+//! 6. Every response says whether this replica reaches its store
+//!    (`store_unreachable`, see [`crate::reach`]); an agent whose first
+//!    request set `accept_store_notices` also gets a store notice (no body,
+//!    no nonce) whenever that changes and no version response says it.
 //!
 //! # Deltas
 //! If the first request set `accept_delta`, a newer head is sent as a delta

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::codec::Codec as _;
@@ -22,6 +22,7 @@ use crate::audit::AuditLog;
 use crate::auth::{Action, Auth, Caller};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
+use crate::reach::StoreReach;
 use crate::watch::admission::{
     Access, Credentials, DEFAULT_IDLE_STREAM_TIMEOUT, DEFAULT_MAX_AGENTS,
     DEFAULT_MAX_STREAMS_PER_IDENTITY, FIRST_REQUEST_TIMEOUT, MAX_REQUEST_BYTES, StreamsPerIdentity,
@@ -44,6 +45,8 @@ pub struct DiscoveryService {
     max_agents: usize,
     /// Open streams per identity, and the cap.
     streams: Arc<StreamsPerIdentity>,
+    /// Whether the store is reachable, as agents are told.
+    reach: watch::Receiver<StoreReach>,
 }
 
 impl DiscoveryService {
@@ -67,7 +70,17 @@ impl DiscoveryService {
             idle_timeout: DEFAULT_IDLE_STREAM_TIMEOUT,
             max_agents: DEFAULT_MAX_AGENTS,
             streams: Arc::new(StreamsPerIdentity::new(DEFAULT_MAX_STREAMS_PER_IDENTITY)),
+            // Its sender is gone: reachable, for good.
+            reach: watch::channel(StoreReach::Reachable).1,
         }
+    }
+
+    /// Where the store's reachability is published (see [`crate::reach`]);
+    /// by default the store is always reachable.
+    #[must_use]
+    pub fn with_store_reach(mut self, reach: watch::Receiver<StoreReach>) -> Self {
+        self.reach = reach;
+        self
     }
 
     /// How many watch streams one identity may hold open at once
@@ -213,6 +226,10 @@ impl DiscoveryService {
             metrics,
         );
         stream.span = span;
+        stream.accept_notices = first.accept_store_notices;
+        let mut reach = self.reach.clone();
+        stream.reach = *reach.borrow_and_update();
+        stream.reach_changes = Some(reach);
         let changes = self.auth.subscribe_changes();
         if changes.is_some() {
             stream.access = Some(Box::new(Access {

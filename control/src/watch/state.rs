@@ -1,6 +1,7 @@
 //! One watch stream's protocol: what was sent, what the agent answered
 //! (ACK, NACK, stale answers, heartbeats), which version goes next (full or
-//! delta, latest wins while the agent is slow), and the stream's loop.
+//! delta, latest wins while the agent is slow), what the agent was told of
+//! the store's reachability, and the stream's loop.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +17,7 @@ use vane_proto as pb;
 use crate::agents::{AgentRegistry, NodeInfo, StreamKey};
 use crate::hub::{Head, Published};
 use crate::metrics::StreamMetrics;
+use crate::reach::StoreReach;
 use crate::watch::admission::{Access, nack_reason};
 
 /// The last response sent on a stream.
@@ -53,6 +55,15 @@ pub(crate) struct WatchState {
     pub(crate) acked: Option<(u64, String)>,
     /// The next response must be a full snapshot: the agent asked for one.
     pub(crate) want_full: bool,
+    /// Whether the agent reads store notices (its first request said so).
+    pub(crate) accept_notices: bool,
+    /// Whether this replica reaches its store, as of the last change.
+    pub(crate) reach: StoreReach,
+    /// Where changes of `reach` come from (`None`: it never changes).
+    pub(crate) reach_changes: Option<watch::Receiver<StoreReach>>,
+    /// Whether the agent was last told the store is reachable (what it
+    /// assumes before being told anything).
+    pub(crate) told_reachable: bool,
     /// When the stream opened.
     pub(crate) opened_at: Instant,
     pub(crate) metrics: StreamMetrics,
@@ -93,6 +104,10 @@ impl WatchState {
             accept_delta,
             acked: None,
             want_full: false,
+            accept_notices: false,
+            reach: StoreReach::Reachable,
+            reach_changes: None,
+            told_reachable: true,
             opened_at: Instant::now(),
             metrics,
             span: tracing::Span::none(),
@@ -122,6 +137,10 @@ impl WatchState {
         let current = heads.clone();
         let mut heads = tokio_stream::wrappers::WatchStream::from_changes(heads);
         let mut changes = changes.map(tokio_stream::wrappers::WatchStream::from_changes);
+        let mut reach = self
+            .reach_changes
+            .take()
+            .map(tokio_stream::wrappers::WatchStream::from_changes);
         // Reset by every request (heartbeats included); a stream silent for
         // the whole timeout belongs to a peer that is gone or idle on purpose.
         let idle = tokio::time::sleep(idle_timeout);
@@ -133,11 +152,15 @@ impl WatchState {
                 () = &mut cancelled => {
                     break Some(Status::unavailable("the server is shutting down"));
                 }
-                permit = tx.reserve(), if self.pending.is_some() => match permit {
+                permit = tx.reserve(), if self.pending.is_some() || self.notice_due() => match permit {
                     Ok(permit) => {
+                        // A version carries the store's reachability too,
+                        // so a notice goes only when no version does.
                         if let Some(published) = self.pending.take() {
                             let delta = self.delta_for(&published).await;
                             permit.send(Box::new(self.response(&published, delta)));
+                        } else {
+                            permit.send(Box::new(self.notice()));
                         }
                     }
                     // The response stream was dropped: the agent is gone.
@@ -157,6 +180,12 @@ impl WatchState {
                     }
                     // The server's Auth is gone: nothing will change again.
                     None => changes = None,
+                },
+                now = next_change(&mut reach) => match now {
+                    Some(now) => self.reach = now,
+                    // Nobody follows the store's health (a single server):
+                    // it is reachable for good.
+                    None => reach = None,
                 },
                 () = &mut idle => {
                     tracing::info!(parent: &self.span, timeout = ?idle_timeout, "stream idle; closing it");
@@ -215,6 +244,30 @@ impl WatchState {
             .is_none_or(|p| head.version > p.version);
         if head.version > self.known_version && newer_than_pending {
             self.pending = Some(head);
+        }
+    }
+
+    /// Whether the agent reads notices and was told otherwise than what is
+    /// true now.
+    pub(crate) fn notice_due(&self) -> bool {
+        self.accept_notices && self.told_reachable != self.reach.is_reachable()
+    }
+
+    /// A store notice: no body, no version, no nonce (it needs no answer),
+    /// only the store's reachability.
+    pub(crate) fn notice(&mut self) -> pb::WatchResponse {
+        let (store_unreachable, store_unreachable_ms) = self.reach.fields(Instant::now());
+        self.told_reachable = !store_unreachable;
+        if store_unreachable {
+            tracing::info!(parent: &self.span, unreachable_ms = store_unreachable_ms, "told the agent the store is unreachable");
+        } else {
+            tracing::info!(parent: &self.span, "told the agent the store is reachable again");
+        }
+        pb::WatchResponse {
+            group: self.node.group.clone(),
+            store_unreachable,
+            store_unreachable_ms,
+            ..pb::WatchResponse::default()
         }
     }
 
@@ -284,6 +337,8 @@ impl WatchState {
                 )
             }
         };
+        let (store_unreachable, store_unreachable_ms) = self.reach.fields(Instant::now());
+        self.told_reachable = !store_unreachable;
         pb::WatchResponse {
             group: published.group.clone(),
             version: published.version,
@@ -293,6 +348,8 @@ impl WatchState {
             base_version,
             base_hash,
             created_at_unix_ms: published.created_at_unix_ms,
+            store_unreachable,
+            store_unreachable_ms,
         }
     }
 
@@ -403,10 +460,11 @@ impl WatchState {
     }
 }
 
-/// The next change of the policy or tokens; never, when they cannot change.
-async fn next_change(
-    changes: &mut Option<tokio_stream::wrappers::WatchStream<u64>>,
-) -> Option<u64> {
+/// The next change of the policy or tokens (or of the store's
+/// reachability); never, when they cannot change.
+async fn next_change<T: Clone + Send + Sync + 'static>(
+    changes: &mut Option<tokio_stream::wrappers::WatchStream<T>>,
+) -> Option<T> {
     match changes {
         Some(changes) => changes.next().await,
         None => std::future::pending().await,

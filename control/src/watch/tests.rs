@@ -26,6 +26,7 @@ use crate::agents::{AgentRegistry, NodeInfo};
 use crate::auth::Auth;
 use crate::hub::{Hub, Published};
 use crate::metrics::Metrics;
+use crate::reach::StoreReach;
 use crate::watch::admission::nack_reason;
 use crate::watch::body::{COPY_BODY_BELOW, encode_response};
 use crate::watch::state::{WatchState, push_decimal};
@@ -39,6 +40,8 @@ struct Harness {
     shutdown: CancellationToken,
     addr: SocketAddr,
     server: tokio::task::JoinHandle<()>,
+    /// What the service hears of the store's reachability.
+    reach: tokio::sync::watch::Sender<StoreReach>,
 }
 
 impl Harness {
@@ -50,13 +53,15 @@ impl Harness {
         let hub = Arc::new(Hub::new());
         let agents = Arc::new(AgentRegistry::default());
         let shutdown = CancellationToken::new();
+        let (reach, reach_rx) = tokio::sync::watch::channel(StoreReach::Reachable);
         let service = DiscoveryService::new(
             Arc::clone(&hub),
             Arc::clone(&agents),
             shutdown.clone(),
             TaskTracker::new(),
         )
-        .with_auth(auth, None);
+        .with_auth(auth, None)
+        .with_store_reach(reach_rx);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let incoming = TcpIncoming::from(listener);
@@ -74,6 +79,7 @@ impl Harness {
             shutdown,
             addr,
             server,
+            reach,
         }
     }
 
@@ -305,6 +311,79 @@ async fn reconnect_running_the_head_gets_nothing() {
 
     h.publish(5);
     assert_eq!(agent.next().await.version, 5);
+    h.shutdown.cancel();
+    h.server.await.unwrap();
+}
+
+#[tokio::test]
+async fn agents_that_accept_notices_hear_whether_the_store_is_reachable() {
+    let h = Harness::start().await;
+    h.publish(1);
+    let notices = |id: &str, version: u64| pb::WatchRequest {
+        accept_store_notices: true,
+        ..first(
+            id,
+            version,
+            &if version == 0 {
+                String::new()
+            } else {
+                hash(version)
+            },
+        )
+    };
+    let mut current = h.connect(notices("current", 1)).await;
+    // An agent built before notices: never sent one.
+    let mut old = h.connect(first("old", 1, &hash(1))).await;
+    current.nothing_for_a_while().await;
+
+    let since = tokio::time::Instant::now()
+        .checked_sub(Duration::from_secs(3))
+        .unwrap();
+    h.reach.send_replace(StoreReach::Unreachable { since });
+    let notice = current.next().await;
+    assert!(notice.store_unreachable, "{notice:?}");
+    assert!(notice.store_unreachable_ms >= 3000, "{notice:?}");
+    assert_eq!(
+        (notice.group.as_str(), notice.version, notice.nonce.as_str()),
+        ("edge", 0, ""),
+        "a notice names no version and needs no answer"
+    );
+    assert!(notice.body.is_none());
+
+    // A version sent meanwhile says it too, to every agent.
+    h.publish(2);
+    let r2 = current.next().await;
+    assert_eq!(r2.version, 2);
+    assert!(r2.store_unreachable && r2.store_unreachable_ms >= 3000);
+    let o2 = old.next().await;
+    assert_eq!(o2.version, 2);
+    assert!(o2.store_unreachable);
+
+    // A new stream hears it at once: in a notice when it runs the head, on
+    // the head itself (and nothing more) when it is behind.
+    let mut late = h.connect(notices("late", 2)).await;
+    assert!(late.next().await.store_unreachable);
+    let mut behind = h.connect(notices("behind", 0)).await;
+    let head = behind.next().await;
+    assert_eq!(head.version, 2);
+    assert!(head.store_unreachable);
+    behind.nothing_for_a_while().await;
+
+    // Reachable again: every agent that accepts notices hears it.
+    h.reach.send_replace(StoreReach::Reachable);
+    for agent in [&mut current, &mut late, &mut behind] {
+        let back = agent.next().await;
+        assert!(!back.store_unreachable && back.body.is_none(), "{back:?}");
+        assert_eq!(back.store_unreachable_ms, 0);
+    }
+    // A notice is no response to answer: the ACK of version 2 still counts.
+    current.ack(&r2).await;
+    h.wait_for("current", |a| a.acked_version == 2).await;
+    // The old agent got no notice: its next message is the next version.
+    h.publish(3);
+    let o3 = old.next().await;
+    assert_eq!(o3.version, 3);
+    assert!(!o3.store_unreachable);
     h.shutdown.cancel();
     h.server.await.unwrap();
 }
@@ -884,6 +963,8 @@ fn responses_are_framed_without_copying_large_bodies() {
             base_version: u64::from(delta) * 8,
             base_hash: if delta { hash(8) } else { String::new() },
             created_at_unix_ms: 1234,
+            store_unreachable: delta,
+            store_unreachable_ms: u64::from(delta) * 4321,
         };
         let (head, body) = encode_response(response.clone()).unwrap();
         let mut wire = head.to_vec();

@@ -1,4 +1,9 @@
-//! The sidecar's admin endpoint: `GET /status` (JSON), `/healthz`, `/metrics`.
+//! The sidecar's admin endpoint: `GET /status` (JSON), `/healthz`,
+//! `/readyz`, `/metrics`.
+//!
+//! - `/healthz`: liveness, 200 while the process serves.
+//! - `/readyz`: 200 once the agent serves a configuration (live, or from its
+//!   cache), 503 while it serves the embedded defaults or nothing.
 //!
 //! At most [`MAX_CONNECTIONS`] connections are open at once (more are
 //! accepted and closed at once), and each must send a whole request within
@@ -18,7 +23,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use vane_agent::AgentHandle;
+use vane_agent::{AgentHandle, HealthState, Source};
 
 /// Most admin connections open at once: scrapes and health checks need a
 /// handful.
@@ -58,6 +63,7 @@ pub(crate) async fn serve(
     let app = Router::new()
         .route("/status", get(status))
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(state);
     let shutdown = async move {
@@ -80,6 +86,32 @@ pub(crate) async fn serve(
 
 async fn status(State(s): State<AppState>) -> impl IntoResponse {
     axum::Json(s.agent.status())
+}
+
+async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
+    let current = s.agent.current();
+    match current.source {
+        Source::Live | Source::Cache => (
+            StatusCode::OK,
+            format!(
+                "ready: serving version {} ({})\n",
+                current.version,
+                current.source.as_str()
+            ),
+        ),
+        // Defaults are what to serve when there is nothing better, not a
+        // configuration this node was given.
+        Source::Defaults => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "not ready: {}\n",
+                match s.agent.health().state {
+                    HealthState::Degraded { reason } => reason,
+                    HealthState::Healthy => "serving the embedded defaults".to_owned(),
+                }
+            ),
+        ),
+    }
 }
 
 async fn metrics(State(s): State<AppState>) -> impl IntoResponse {

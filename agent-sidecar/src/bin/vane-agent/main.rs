@@ -1,7 +1,8 @@
 //! `vane-agent`: the agent library as a sidecar process, for programs that
 //! cannot link Rust. It materialises the running snapshot to a file, can
 //! veto candidates with a check command (like `nginx -t`), runs a command
-//! after each change, and serves `/status`, `/healthz` and `/metrics`.
+//! after each change, and serves `/status`, `/healthz`, `/readyz` and
+//! `/metrics`.
 
 mod admin;
 mod output;
@@ -45,7 +46,9 @@ struct Args {
     /// VANE_SOURCE, VANE_OUTPUT).
     #[arg(long)]
     on_change: Option<String>,
-    /// Address of the admin endpoint (/status, /healthz, /metrics).
+    /// Address of the admin endpoint (/status, /healthz, /readyz, /metrics).
+    /// /readyz answers 200 once a configuration (live or cached) is served,
+    /// 503 on the embedded defaults or nothing.
     #[arg(long)]
     admin_listen: Option<SocketAddr>,
 }
