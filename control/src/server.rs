@@ -23,7 +23,7 @@ use crate::audit::AuditLog;
 use crate::auth::rate::PushLimiter;
 use crate::auth::{Auth, Policy, Tokens, reload};
 use crate::collectors::{HealthCollector, SecurityCollector};
-use crate::hub::{Hub, Published};
+use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::watch::DiscoveryService;
 use vane_store::{FeedEvent, HeadFeed, RedbStore, Store, StoreError};
@@ -319,9 +319,16 @@ impl Server {
                 return Err(e);
             }
         };
-        tracing::info!(groups = heads.len(), "hub seeded from the store");
+        // Every head is checked against its hash before any agent is sent it.
+        let hub = Hub::new();
+        let seeded = hub.publish_verified(heads).await;
+        tracing::info!(
+            groups = seeded,
+            corrupt = hub.corrupt().heads().len(),
+            "hub seeded from the store"
+        );
         Ok(Self {
-            hub: Arc::new(Hub::seeded(&heads)),
+            hub: Arc::new(hub),
             agents: Arc::new(AgentRegistry::new(config.agent_forget_after)),
             config,
             listener,
@@ -562,15 +569,9 @@ async fn follow_feed(mut feed: HeadFeed, hub: Arc<Hub>, stop: CancellationToken)
                 if let Some(since) = lost_since.take() {
                     tracing::info!(after = ?since.elapsed(), "store feed resumed");
                 }
-                for record in &records {
-                    if hub.publish(Published::from(record)) {
-                        tracing::debug!(
-                            group = %record.group,
-                            version = record.version,
-                            "new head from the store"
-                        );
-                    }
-                }
+                // Checked against their hashes first (integrity.rs).
+                let published = hub.publish_verified(records).await;
+                tracing::debug!(published, "new heads from the store");
             }
             Some(FeedEvent::Resumed) => {
                 if let Some(since) = lost_since.take() {
