@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Mutex, PoisonError};
 
 use vane_model::Snapshot;
-use vane_store::VersionRecord;
+use vane_store::{Store, StoreError, VersionRecord};
 
 /// A stored version whose body does not match its hash (or does not decode).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -115,6 +115,45 @@ pub async fn verified(records: Vec<VersionRecord>) -> (Vec<VersionRecord>, Vec<C
         }
     }
     (good, bad)
+}
+
+/// Every group's head, read at startup: `Store::heads`, or, when the store
+/// cannot read one of them back (`StoreError::Corrupt`: a record or body
+/// that does not decode or match its checksum), each group's head on its
+/// own, so that one damaged version degrades its group instead of stopping
+/// the server. The heads returned are not verified yet
+/// (`Hub::publish_verified` does that).
+pub async fn read_heads(
+    store: &dyn Store,
+) -> Result<(Vec<VersionRecord>, Vec<Corrupt>), StoreError> {
+    match store.heads().await {
+        Ok(heads) => return Ok((heads, Vec::new())),
+        Err(StoreError::Corrupt(e)) => {
+            tracing::error!(error = %e, "a head cannot be read back; reading each group's head on its own");
+        }
+        Err(e) => return Err(e),
+    }
+    let (mut heads, mut corrupt) = (Vec::new(), Vec::new());
+    for group in store.groups().await? {
+        match store.get(&group, None).await {
+            Ok(Some(record)) => heads.push(record),
+            Ok(None) => {}
+            Err(StoreError::Corrupt(detail)) => {
+                // Which version: the history reads no body.
+                let Some(meta) = store.history(&group, 1).await?.into_iter().next() else {
+                    return Err(StoreError::Corrupt(detail));
+                };
+                let found = Corrupt {
+                    hash: meta.hash,
+                    ..Corrupt::unreadable(&group, meta.version, detail)
+                };
+                tracing::error!(group = %group, version = found.version, error = %found, "corrupt version in the store: not sent to agents (run `vane-control check`)");
+                corrupt.push(found);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok((heads, corrupt))
 }
 
 /// What this server knows to be corrupt: per group, its newest stored

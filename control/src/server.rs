@@ -286,7 +286,7 @@ impl Server {
     ) -> Result<Self, ServerError> {
         let bound = async {
             let security = Security::load(&config)?;
-            let heads = store.heads().await?;
+            let heads = crate::integrity::read_heads(store.as_ref()).await?;
             let listener =
                 TcpListener::bind(config.listen)
                     .await
@@ -321,6 +321,8 @@ impl Server {
         };
         // Every head is checked against its hash before any agent is sent it.
         let hub = Hub::new();
+        let (heads, unreadable) = heads;
+        unreadable.into_iter().for_each(|c| hub.found_corrupt(c));
         let seeded = hub.publish_verified(heads).await;
         tracing::info!(
             groups = seeded,

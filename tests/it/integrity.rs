@@ -2,8 +2,8 @@
 //! stored snapshot body (the record still decodes) is never sent to an
 //! agent nor printed as valid; the group shows DEGRADED with the reason,
 //! `vane_control_corrupt_versions` counts it, `vane-control check` lists
-//! it, and a rollback to a good version heals the group. The check reads
-//! etcd too.
+//! it, and a rollback to a good version heals the group. The same with
+//! etcd, where a damaged body no longer matches its checksum.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
@@ -235,7 +235,7 @@ fn a_corrupt_version_is_never_served_and_a_rollback_heals_the_group() {
 fn the_check_reads_every_version_from_etcd() {
     let etcd = EtcdCluster::start(1);
     let endpoints = etcd.endpoints();
-    let server = start_replica("a", &endpoints, &[]);
+    let mut server = start_replica("a", &endpoints, &[]);
     let dir = server.scratch();
     let v1 = write_json(
         &dir,
@@ -301,4 +301,23 @@ fn the_check_reads_every_version_from_etcd() {
             .contains(r#"version 2 of group "edge" is corrupt"#),
         "{out}"
     );
+
+    // A replica that starts now finds its head unreadable: it serves, with
+    // the group DEGRADED, rather than refusing to start; a rollback heals it.
+    server.kill();
+    server.restart();
+    let status = server.ctl(&["status", GROUP]).ok();
+    assert!(
+        status
+            .stdout
+            .contains("edge: DEGRADED, version 2 is corrupt (agents keep what they run;"),
+        "{status}"
+    );
+    assert_eq!(server.ctl(&["get", GROUP]).code, 1);
+    let out = server
+        .ctl(&["rollback", GROUP, "--to", "1", "-o", "json"])
+        .ok();
+    assert_eq!(out.json()["version"], 3, "{out}");
+    let status = server.ctl(&["status", GROUP]).ok();
+    assert!(!status.stdout.contains("DEGRADED"), "{status}");
 }
