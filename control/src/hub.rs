@@ -21,6 +21,8 @@ use tokio::time::Instant;
 
 use vane_store::VersionRecord;
 
+use crate::integrity::{self, Corrupt, CorruptHeads};
+
 /// How many versions before the head the hub keeps (their bytes only) to
 /// build deltas from. An agent further behind receives the full snapshot.
 pub const DELTA_BASES: usize = 4;
@@ -189,6 +191,9 @@ pub struct Hub {
     // A std lock: every critical section is a map lookup or insert, never an
     // await, and the watch channels themselves need no lock to send.
     groups: RwLock<HashMap<String, Channel>>,
+    /// Groups whose newest stored version is corrupt: never published, so
+    /// streams keep the head they have (see `integrity.rs`).
+    corrupt: CorruptHeads,
 }
 
 impl Hub {
@@ -197,22 +202,50 @@ impl Hub {
         Self::default()
     }
 
-    /// A hub holding these heads (from `Store::heads` at startup).
-    pub fn seeded(heads: &[VersionRecord]) -> Self {
-        let hub = Self::new();
-        for record in heads {
-            hub.publish(Published::from(record));
-        }
-        hub
-    }
-
     /// Makes `published` the head of its group if it is newer than the
     /// current head. Returns whether it did. Versions only move forward, so
     /// two pushes finishing in either order leave the newer one published.
     /// The previous head and its own bases become the new head's delta bases.
     pub fn publish(&self, published: Published) -> bool {
-        let group = published.group.clone();
-        self.with_channel(&group, |channel| Self::publish_to(channel, published))
+        let (group, version) = (published.group.clone(), published.version);
+        let sent = self.with_channel(&group, |channel| Self::publish_to(channel, published));
+        if sent {
+            self.corrupt.superseded(&group, version);
+        }
+        sent
+    }
+
+    /// Publishes records read from the store (the heads at startup, the
+    /// etcd feed) after checking each body against its hash; a corrupt one
+    /// is not published (streams keep what they have) and makes its group
+    /// degraded. Records not newer than the group's head are skipped
+    /// unverified: publishing them would be a no-op. Returns how many were
+    /// published.
+    pub async fn publish_verified(&self, records: Vec<VersionRecord>) -> usize {
+        let newer: Vec<VersionRecord> = records
+            .into_iter()
+            .filter(|r| self.head(&r.group).is_none_or(|h| r.version > h.version))
+            .collect();
+        let (good, bad) = integrity::verified(newer).await;
+        for corrupt in bad {
+            self.found_corrupt(corrupt);
+        }
+        good.iter()
+            .filter(|record| self.publish(Published::from(*record)))
+            .count()
+    }
+
+    /// Records a version found corrupt when read from the store: when it is
+    /// newer than the group's head, the group is degraded until a newer
+    /// version is published.
+    pub fn found_corrupt(&self, corrupt: Corrupt) {
+        let served = self.head(&corrupt.group).map_or(0, |h| h.version);
+        self.corrupt.found(corrupt, served);
+    }
+
+    /// What the hub knows to be corrupt (degraded groups, versions found).
+    pub fn corrupt(&self) -> &CorruptHeads {
+        &self.corrupt
     }
 
     fn publish_to(channel: &Channel, mut published: Published) -> bool {
@@ -406,28 +439,72 @@ mod tests {
         assert!(Arc::ptr_eq(&a, &b));
     }
 
-    #[test]
-    fn seeded_from_heads() {
-        let records: Vec<VersionRecord> = [("b", 3), ("a", 7)]
-            .into_iter()
-            .map(|(g, v)| VersionRecord {
-                group: g.into(),
-                version: v,
-                hash: "h".into(),
-                message: String::new(),
-                author: String::new(),
-                created_at_unix_ms: 0,
-                rollback_of: None,
-                snapshot: Bytes::new(),
-            })
-            .collect();
-        let hub = Hub::seeded(&records);
+    /// A record whose body is `marker`'s snapshot, under `hash_of`'s hash.
+    fn record(group: &str, version: u64, marker: &str, hash_of: &str) -> VersionRecord {
+        let encode = |marker: &str| {
+            let spec = vane_model::parse_file(
+                format!(r#"{{"values": {{"m": "{marker}"}}}}"#).as_bytes(),
+                vane_model::Format::Json,
+            )
+            .unwrap();
+            vane_model::validate(spec).unwrap().encode_and_hash()
+        };
+        VersionRecord {
+            group: group.into(),
+            version,
+            hash: encode(hash_of).1.to_hex(),
+            message: String::new(),
+            author: String::new(),
+            created_at_unix_ms: 0,
+            rollback_of: None,
+            snapshot: Bytes::from(encode(marker).0),
+        }
+    }
+
+    #[tokio::test]
+    async fn only_verified_records_are_published_and_a_corrupt_head_degrades_its_group() {
+        let hub = Hub::new();
+        let seeded = hub
+            .publish_verified(vec![
+                record("a", 7, "a7", "a7"),
+                record("b", 3, "b3", "b3"),
+                record("c", 2, "c2", "something else"),
+            ])
+            .await;
+        assert_eq!(seeded, 2);
         let heads: Vec<(String, u64)> = hub
             .heads()
             .iter()
             .map(|p| (p.group.clone(), p.version))
             .collect();
         assert_eq!(heads, vec![("a".into(), 7), ("b".into(), 3)]);
+        assert!(hub.head("c").is_none());
+        assert_eq!(hub.corrupt().head("c").map(|c| c.version), Some(2));
+
+        // From the feed: a corrupt newer version leaves the head alone.
+        let mut watching = hub.subscribe("a");
+        assert_eq!(
+            hub.publish_verified(vec![record("a", 8, "a8", "x")]).await,
+            0
+        );
+        assert!(!watching.has_changed().unwrap());
+        assert_eq!(hub.head("a").unwrap().version, 7);
+        assert_eq!(hub.corrupt().head("a").map(|c| c.version), Some(8));
+        // A good newer version is published and heals the group.
+        assert_eq!(
+            hub.publish_verified(vec![record("a", 9, "a9", "a9")]).await,
+            1
+        );
+        assert_eq!(watching.borrow_and_update().as_ref().unwrap().version, 9);
+        assert!(hub.corrupt().head("a").is_none());
+        assert_eq!(
+            hub.corrupt()
+                .heads()
+                .iter()
+                .map(|c| c.group.as_str())
+                .collect::<Vec<_>>(),
+            vec!["c"]
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -4,6 +4,9 @@
 //! # Layout
 //! - [`hub`]: one latest-wins channel per group holding its head; each
 //!   version is encoded once and shared by every stream.
+//! - [`integrity`]: every body read from the store is checked against its
+//!   hash before it reaches an agent or an operator; corrupt heads degrade
+//!   their group.
 //! - [`agents`]: what each agent was sent, acked and refused (for `Status`);
 //!   [`replication`] shares it with the other replicas when clustered.
 //! - [`watch`]: the `ConfigDiscovery.Watch` stream, xDS-style ACK/NACK, with
@@ -16,6 +19,7 @@
 //! - [`metrics`], [`collectors`]: Prometheus metrics and the admin HTTP endpoint;
 //!   [`health`]: readiness (`/readyz`, `grpc.health.v1.Health`).
 //! - [`retention`]: the background pass that keeps history bounded.
+//! - [`check`]: `vane-control check`, every stored version verified offline.
 //! - [`server`]: wiring, startup and bounded shutdown; the binary is a thin
 //!   shell around [`server::Server`].
 //!
@@ -38,9 +42,11 @@ pub mod admin;
 pub mod agents;
 pub mod audit;
 pub mod auth;
+pub mod check;
 pub mod collectors;
 pub mod health;
 pub mod hub;
+pub mod integrity;
 pub mod metrics;
 pub mod reach;
 pub mod replication;

@@ -10,7 +10,8 @@
 //!   short per-group lock), never a lookup in a shared map;
 //! - states, computed at scrape time from the agent registry and the hub:
 //!   agents per group and state (synced, stale, nacked, not sent),
-//!   connected agents, head versions, versions published. Nothing has to be
+//!   connected agents, head versions, versions published, corrupt heads
+//!   (`vane_control_corrupt_versions`). Nothing has to be
 //!   kept in step with the registry, and a scrape costs one pass over it.
 
 use std::net::SocketAddr;
@@ -318,6 +319,19 @@ impl Collector for StateCollector {
             for (group, n) in self.hub.published_counts() {
                 ConstCounter::new(n).encode(m.encode_family(&group_labels(&group))?)?;
             }
+        }
+        {
+            // A gauge, not a counter: it falls back to 0 once a push or a
+            // rollback supersedes each corrupt head, and after a restart it
+            // is the same (every head is verified at startup).
+            let corrupt = i64::try_from(self.hub.corrupt().heads().len()).unwrap_or(i64::MAX);
+            let m = encoder.encode_descriptor(
+                "vane_control_corrupt_versions",
+                "Corrupt newest versions, one per degraded group (stored content that does not match its hash): never sent to agents; the group is DEGRADED in status until a push or rollback; `vane-control check` lists every corrupt version",
+                None,
+                MetricType::Gauge,
+            )?;
+            ConstGauge::new(corrupt).encode(m)?;
         }
         Ok(())
     }

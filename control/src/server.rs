@@ -23,7 +23,7 @@ use crate::audit::AuditLog;
 use crate::auth::rate::PushLimiter;
 use crate::auth::{Auth, Policy, Tokens, reload};
 use crate::collectors::{HealthCollector, SecurityCollector};
-use crate::hub::{Hub, Published};
+use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::reach::StoreReach;
 use crate::watch::DiscoveryService;
@@ -297,7 +297,7 @@ impl Server {
     ) -> Result<Self, ServerError> {
         let bound = async {
             let security = Security::load(&config)?;
-            let heads = store.heads().await?;
+            let heads = crate::integrity::read_heads(store.as_ref()).await?;
             let listener =
                 TcpListener::bind(config.listen)
                     .await
@@ -330,9 +330,18 @@ impl Server {
                 return Err(e);
             }
         };
-        tracing::info!(groups = heads.len(), "hub seeded from the store");
+        // Every head is checked against its hash before any agent is sent it.
+        let hub = Hub::new();
+        let (heads, unreadable) = heads;
+        unreadable.into_iter().for_each(|c| hub.found_corrupt(c));
+        let seeded = hub.publish_verified(heads).await;
+        tracing::info!(
+            groups = seeded,
+            corrupt = hub.corrupt().heads().len(),
+            "hub seeded from the store"
+        );
         Ok(Self {
-            hub: Arc::new(Hub::seeded(&heads)),
+            hub: Arc::new(hub),
             agents: Arc::new(AgentRegistry::new(config.agent_forget_after)),
             config,
             listener,
@@ -610,15 +619,9 @@ async fn follow_feed(mut feed: HeadFeed, hub: Arc<Hub>, stop: CancellationToken)
                 if let Some(since) = lost_since.take() {
                     tracing::info!(after = ?since.elapsed(), "store feed resumed");
                 }
-                for record in &records {
-                    if hub.publish(Published::from(record)) {
-                        tracing::debug!(
-                            group = %record.group,
-                            version = record.version,
-                            "new head from the store"
-                        );
-                    }
-                }
+                // Checked against their hashes first (integrity.rs).
+                let published = hub.publish_verified(records).await;
+                tracing::debug!(published, "new heads from the store");
             }
             Some(FeedEvent::Resumed) => {
                 if let Some(since) = lost_since.take() {

@@ -86,7 +86,14 @@ async fn dispatch(
                 limit: limit.unwrap_or(0),
             };
             let resp = admin.history(request).await.map_err(refused)?.into_inner();
-            let entries: Vec<VersionView> = resp.versions.iter().map(VersionView::from).collect();
+            let entries: Vec<VersionView> = resp
+                .versions
+                .iter()
+                .map(|v| VersionView {
+                    corrupt: resp.corrupt_versions.contains(&v.version),
+                    ..VersionView::from(v)
+                })
+                .collect();
             if fmt != OutputFormat::Table
                 && let Some(note) = output::pruned_note(resp.pruned_versions)
             {
@@ -183,14 +190,14 @@ fn get(group: &str, resp: pb::GetResponse, fmt: OutputFormat) -> Result<String, 
             info.version
         ))
     })?;
-    // The hash is recomputed here, so a corrupted store or transfer is
-    // noticed by the operator; the content is still shown.
+    // The hash is recomputed here too (the server checks it before it
+    // answers): content that does not match it is never printed as valid.
     let hash = snapshot.content_hash().to_hex();
     if hash != info.hash {
-        eprintln!(
-            "warning: {group} version {}: the content hashes to {hash}, but the server recorded {}",
+        return Err(CliError::refused(format!(
+            "version {} of group {group:?} is corrupt: the server sent content that hashes to {hash}, not the recorded {}",
             info.version, info.hash
-        );
+        )));
     }
     Ok(output::get(group, &info, &snapshot, fmt))
 }

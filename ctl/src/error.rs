@@ -213,6 +213,7 @@ mod tests {
             Code::PermissionDenied,
             Code::Unauthenticated,
             Code::Internal,
+            Code::DataLoss,
             Code::Unknown,
             Code::Cancelled,
         ] {

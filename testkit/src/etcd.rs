@@ -410,6 +410,44 @@ impl EtcdCluster {
         revision
     }
 
+    /// Every key under `prefix` with its value, in key order, read through
+    /// member `i` (a test that damages what a replica stored reads it so).
+    pub fn get_prefix(&self, i: usize, prefix: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let mut end = prefix.as_bytes().to_vec();
+        if let Some(last) = end.last_mut() {
+            *last += 1;
+        }
+        let body = format!(
+            r#"{{"key":"{}","range_end":"{}"}}"#,
+            base64(prefix.as_bytes()),
+            base64(&end)
+        );
+        let (code, answer) =
+            http(self.gateway(i), "POST", "/v3/kv/range", &body).expect("POST /v3/kv/range");
+        assert_eq!(code, 200, "range: {answer}");
+        let json: serde_json::Value = serde_json::from_str(&answer).expect("range answers JSON");
+        let field = |kv: &serde_json::Value, name: &str| {
+            unbase64(kv[name].as_str().unwrap_or_default())
+                .unwrap_or_else(|| panic!("{name} is not base64 in {kv}"))
+        };
+        json["kvs"]
+            .as_array()
+            .map(|kvs| {
+                kvs.iter()
+                    .map(|kv| (field(kv, "key"), field(kv, "value")))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Sets `key` to `value` through member `i`.
+    pub fn put(&self, i: usize, key: &[u8], value: &[u8]) {
+        let body = format!(r#"{{"key":"{}","value":"{}"}}"#, base64(key), base64(value));
+        let (code, answer) =
+            http(self.gateway(i), "POST", "/v3/kv/put", &body).expect("POST /v3/kv/put");
+        assert_eq!(code, 200, "put: {answer}");
+    }
+
     /// Every member's logs so far.
     pub fn logs(&self) -> String {
         let mut out = String::new();
@@ -458,6 +496,36 @@ fn base64(bytes: &[u8]) -> String {
         }
     }
     out
+}
+
+/// The bytes of standard base64 with padding; `None` if it is not that.
+fn unbase64(text: &str) -> Option<Vec<u8>> {
+    let digit = |c: u8| -> Option<u32> {
+        Some(u32::from(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        }))
+    };
+    let text = text.as_bytes();
+    if !text.len().is_multiple_of(4) {
+        return None;
+    }
+    let mut out = Vec::with_capacity(text.len() / 4 * 3);
+    for quad in text.chunks(4) {
+        let pad = quad.iter().rev().take_while(|&&c| c == b'=').count();
+        let mut n = 0u32;
+        for &c in &quad[..4 - pad] {
+            n = (n << 6) | digit(c)?;
+        }
+        n <<= 6 * pad;
+        let bytes = [(n >> 16) as u8, (n >> 8) as u8, n as u8];
+        out.extend_from_slice(&bytes[..3 - pad]);
+    }
+    Some(out)
 }
 
 /// A random number (std's randomly keyed hasher), enough for a password

@@ -14,6 +14,7 @@ mod hostile_cache;
 mod hostile_grpc;
 mod hostile_proxy;
 mod hostile_tokens;
+mod integrity;
 mod proxy_ack;
 mod proxy_balancing;
 mod proxy_churn;

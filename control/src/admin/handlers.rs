@@ -97,10 +97,16 @@ impl pb::admin_server::Admin for AdminService {
             .pruned(&request.group)
             .await
             .map_err(store_status)?;
+        let corrupt = self.hub.corrupt();
         Ok(Response::new(pb::HistoryResponse {
-            group: request.group,
+            corrupt_versions: versions
+                .iter()
+                .filter(|v| corrupt.is_known(&v.group, v.version))
+                .map(|v| v.version)
+                .collect(),
             versions: versions.iter().map(version_info).collect(),
             pruned_versions,
+            group: request.group,
         }))
     }
 
@@ -269,16 +275,36 @@ impl pb::admin_server::Admin for AdminService {
                 group: h.group.clone(),
                 head_version: h.version,
                 head_hash: h.hash.clone(),
+                ..pb::GroupStatus::default()
             })
             .collect();
+        // A corrupt newest version degrades its group (integrity.rs), also
+        // one with nothing to serve.
+        for corrupt in self.hub.corrupt().heads() {
+            if filter.is_some_and(|g| g != corrupt.group) || !visible(&corrupt.group) {
+                continue;
+            }
+            let at = match groups.iter().position(|g| g.group == corrupt.group) {
+                Some(at) => at,
+                None => {
+                    groups.push(pb::GroupStatus {
+                        group: corrupt.group.clone(),
+                        ..pb::GroupStatus::default()
+                    });
+                    groups.len() - 1
+                }
+            };
+            groups[at].degraded = true;
+            groups[at].corrupt_version = corrupt.version;
+            groups[at].reason = corrupt.to_string();
+        }
         // A group agents watch before its first push still has a status.
         if let Some(group) = filter
             && groups.is_empty()
         {
             groups.push(pb::GroupStatus {
                 group: group.to_owned(),
-                head_version: 0,
-                head_hash: String::new(),
+                ..pb::GroupStatus::default()
             });
         }
         groups.sort_by(|a, b| a.group.cmp(&b.group));

@@ -17,6 +17,7 @@ use crate::admin::convert::{
 use crate::admin::service::AdminService;
 use crate::auth::Caller;
 use crate::hub::Published;
+use crate::integrity::{Corrupt, verify_off_thread};
 
 impl AdminService {
     /// Stores `new` and publishes the result. The write runs in its own task
@@ -27,17 +28,34 @@ impl AdminService {
         let hub = Arc::clone(&self.hub);
         let task = self.tasks.spawn(async move {
             let outcome = store.push(new).await?;
+            // An unchanged head was read back from the store: it is checked
+            // against its hash before it may be published (integrity.rs).
+            if outcome.is_unchanged()
+                && let (_, Err(corrupt)) = verify_off_thread(outcome.record().clone()).await
+            {
+                return Ok(Err(corrupt));
+            }
             // Publishing an unchanged head is a no-op; doing it anyway heals a
             // hub that missed a version.
             // With the delta from the previous head built first (hub.rs).
             hub.publish_prepared(Published::from(outcome.record()))
                 .await;
-            Ok::<_, StoreError>(outcome)
+            Ok::<_, StoreError>(Ok(outcome))
         });
         let outcome = task
             .await
             .map_err(|e| Status::internal(format!("push task failed: {e}")))?
-            .map_err(store_status)?;
+            .map_err(store_status)?
+            .map_err(|corrupt| {
+                // The store keeps versions immutable: equal content cannot
+                // replace the damaged copy, a new version can.
+                let hint = format!(
+                    "; this push has the content it should have, and versions are immutable: push changed content, or `vanectl rollback {} --to` a good version, to create a new one",
+                    corrupt.group
+                );
+                let status = self.corrupt_status(corrupt);
+                Status::data_loss(capped(format!("{}{hint}", status.message())))
+            })?;
         let r = outcome.record();
         tracing::info!(
             group = %r.group,
@@ -50,16 +68,47 @@ impl AdminService {
         Ok(outcome)
     }
 
+    /// A version read from the store and checked against its hash (`get`,
+    /// `diff`, the source of a rollback): a corrupt one is DATA_LOSS naming
+    /// the group, the version and "corrupt", and is never shown as valid.
     pub(crate) async fn record(
         &self,
         group: &str,
         version: Option<u64>,
     ) -> Result<VersionRecord, Status> {
-        self.store
-            .get(group, version)
-            .await
-            .map_err(store_status)?
-            .ok_or_else(|| self.not_found(group, version))
+        let record = match self.store.get(group, version).await {
+            Ok(Some(record)) => record,
+            Ok(None) => return Err(self.not_found(group, version)),
+            // The store could not even decode the record.
+            Err(StoreError::Corrupt(detail)) if version.is_some() => {
+                let corrupt = Corrupt::unreadable(group, version.unwrap_or(0), detail);
+                return Err(self.corrupt_status(corrupt));
+            }
+            Err(e) => return Err(store_status(e)),
+        };
+        self.verified(record).await
+    }
+
+    /// `record`, checked against its hash.
+    pub(crate) async fn verified(&self, record: VersionRecord) -> Result<VersionRecord, Status> {
+        match verify_off_thread(record).await {
+            (record, Ok(())) => Ok(record),
+            (_, Err(corrupt)) => Err(self.corrupt_status(corrupt)),
+        }
+    }
+
+    /// Logs a corrupt version, tells the hub (a corrupt newest version
+    /// degrades its group) and says it to the caller.
+    fn corrupt_status(&self, corrupt: Corrupt) -> Status {
+        tracing::error!(
+            group = %corrupt.group,
+            version = corrupt.version,
+            error = %corrupt,
+            "corrupt version in the store (run `vane-control check`)"
+        );
+        let status = Status::data_loss(capped(corrupt.to_string()));
+        self.hub.found_corrupt(corrupt);
+        status
     }
 
     pub(crate) fn not_found(&self, group: &str, version: Option<u64>) -> Status {

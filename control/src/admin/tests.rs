@@ -305,3 +305,113 @@ async fn status_reports_agents_and_heads() {
     assert_eq!(empty.groups[0].head_version, 0);
     store.close().await.unwrap();
 }
+
+/// Stores the content with `flag: body` under the hash of the content with
+/// `flag: hash_of`, as if a byte of the body had changed on disk: the
+/// record decodes, the hash does not match.
+async fn store_mismatched(store: &dyn Store, group: &str, body: &str, hash_of: &str) -> u64 {
+    let encode = |flag: &str| {
+        let text = EXAMPLE.replace("flag: true", &format!("flag: {flag}"));
+        let spec = vane_model::parse_file(text.as_bytes(), vane_model::Format::Yaml).unwrap();
+        vane_model::validate(spec).unwrap().encode_and_hash()
+    };
+    let (encoded, _) = encode(body);
+    let (_, hash) = encode(hash_of);
+    let new = vane_store::NewVersion {
+        group: group.into(),
+        snapshot: bytes::Bytes::from(encoded),
+        hash: hash.to_hex(),
+        message: String::new(),
+        author: String::new(),
+        rollback_of: None,
+        expected_version: None,
+    };
+    store.push(new).await.unwrap().record().version
+}
+
+#[tokio::test]
+async fn a_corrupt_version_is_data_loss_degrades_its_group_and_a_rollback_heals_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (svc, store) = service(dir.path()).await;
+    svc.push(push("edge", true)).await.unwrap();
+    // Version 2 in the store, behind the hub's back (another replica, or
+    // a server restarted on a damaged file).
+    assert_eq!(
+        store_mismatched(store.as_ref(), "edge", "false", "3").await,
+        2
+    );
+
+    for version in [None, Some(2)] {
+        let err = svc
+            .get(Request::new(pb::GetRequest {
+                group: "edge".into(),
+                version,
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::DataLoss, "{err:?}");
+        assert!(
+            err.message()
+                .starts_with(r#"version 2 of group "edge" is corrupt: its content hashes to "#),
+            "{}",
+            err.message()
+        );
+    }
+    // Never published: the hub still serves version 1.
+    assert_eq!(svc.hub.head("edge").unwrap().version, 1);
+    let status = svc
+        .status(Request::new(pb::StatusRequest {
+            group: "edge".into(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    let g = &status.groups[0];
+    assert_eq!(
+        (g.head_version, g.degraded, g.corrupt_version),
+        (1, true, 2)
+    );
+    assert!(g.reason.contains("is corrupt"), "{}", g.reason);
+    let history = svc
+        .history(Request::new(pb::HistoryRequest {
+            group: "edge".into(),
+            limit: 0,
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(history.corrupt_versions, vec![2]);
+
+    // A rollback to version 2 is refused; to version 1, it heals the group.
+    let rollback = |to| {
+        Request::new(pb::RollbackRequest {
+            group: "edge".into(),
+            to_version: to,
+            ..Default::default()
+        })
+    };
+    let err = svc.rollback(rollback(2)).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::DataLoss, "{err:?}");
+    let healed = svc.rollback(rollback(1)).await.unwrap().into_inner();
+    assert_eq!(healed.version, 3);
+    assert_eq!(svc.hub.head("edge").unwrap().version, 3);
+    assert_eq!(svc.hub.corrupt().heads(), vec![]);
+    store.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn pushing_the_content_of_a_corrupt_head_again_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (svc, store) = service(dir.path()).await;
+    // The head's recorded hash is that of `true`, its bytes are `false`'s.
+    store_mismatched(store.as_ref(), "edge", "false", "true").await;
+    let err = svc.push(push("edge", true)).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::DataLoss, "{err:?}");
+    assert!(err.message().contains("is corrupt"), "{}", err.message());
+    assert!(svc.hub.head("edge").is_none());
+    // Changed content creates a new, good version.
+    let pushed = svc.push(push("edge", false)).await.unwrap().into_inner();
+    assert_eq!(pushed.version, 2);
+    assert_eq!(svc.hub.head("edge").unwrap().version, 2);
+    store.close().await.unwrap();
+}

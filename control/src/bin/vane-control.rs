@@ -35,10 +35,10 @@ struct Args {
     listen: SocketAddr,
     /// Where versions are stored: `embedded` (a database in --data-dir, for
     /// a single server) or `etcd` (shared by every replica of a cluster).
-    #[arg(long, value_enum, default_value_t = StoreKind::Embedded)]
+    #[arg(long, value_enum, default_value_t = StoreKind::Embedded, global = true)]
     store: StoreKind,
     /// Directory of the embedded store (created if missing).
-    #[arg(long, default_value = vane_control::server::DEFAULT_DATA_DIR)]
+    #[arg(long, default_value = vane_control::server::DEFAULT_DATA_DIR, global = true)]
     data_dir: PathBuf,
     /// etcd client URLs, comma-separated (with --store etcd): all http://,
     /// or all https:// with --etcd-ca.
@@ -46,23 +46,29 @@ struct Args {
         long,
         value_delimiter = ',',
         required_if_eq("store", "etcd"),
-        value_parser = parse_endpoint
+        value_parser = parse_endpoint,
+        global = true
     )]
     etcd_endpoints: Vec<String>,
     /// Key prefix of everything Vane stores in etcd.
-    #[arg(long, default_value = "/vane")]
+    #[arg(long, default_value = "/vane", global = true)]
     etcd_prefix: String,
     /// Bound on each etcd operation, retries included: a push etcd does not
     /// confirm within it fails.
-    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration, global = true)]
     etcd_timeout: Duration,
     /// Lease of this replica's agent records in etcd: how long the agents of
     /// a replica that died stay listed by the others.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration, global = true)]
     etcd_lease_ttl: Duration,
     /// The CA bundle (PEM) that etcd's server certificate must chain to;
     /// required with https:// etcd endpoints.
-    #[arg(long, value_name = "FILE", help_heading = "Security (etcd)")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        help_heading = "Security (etcd)",
+        global = true
+    )]
     etcd_ca: Option<PathBuf>,
     /// This replica's client certificate (PEM) for etcd's
     /// --client-cert-auth; with --etcd-key.
@@ -70,7 +76,8 @@ struct Args {
         long,
         value_name = "FILE",
         requires = "etcd_key",
-        help_heading = "Security (etcd)"
+        help_heading = "Security (etcd)",
+        global = true
     )]
     etcd_cert: Option<PathBuf>,
     /// The private key (PEM) of --etcd-cert.
@@ -78,7 +85,8 @@ struct Args {
         long,
         value_name = "FILE",
         requires = "etcd_cert",
-        help_heading = "Security (etcd)"
+        help_heading = "Security (etcd)",
+        global = true
     )]
     etcd_key: Option<PathBuf>,
     /// The etcd user to authenticate as (etcd's RBAC); with
@@ -87,7 +95,8 @@ struct Args {
         long,
         value_name = "NAME",
         requires = "etcd_password_file",
-        help_heading = "Security (etcd)"
+        help_heading = "Security (etcd)",
+        global = true
     )]
     etcd_user: Option<String>,
     /// The file holding --etcd-user's password (one trailing line break is
@@ -96,7 +105,8 @@ struct Args {
         long,
         value_name = "FILE",
         requires = "etcd_user",
-        help_heading = "Security (etcd)"
+        help_heading = "Security (etcd)",
+        global = true
     )]
     etcd_password_file: Option<PathBuf>,
     /// This server's name among the replicas, shown by `vanectl status`
@@ -214,6 +224,21 @@ struct Args {
     /// Log format on stderr (level from RUST_LOG, default info).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+/// What to do instead of serving.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::Subcommand)]
+enum Command {
+    /// Verify every stored version against its hash, then exit.
+    ///
+    /// Reads every version of every group from the store (--data-dir, or
+    /// --store etcd with its flags), prints one line per corrupt version and
+    /// a summary, and exits 1 if any version is corrupt (or the store cannot
+    /// be read), 0 if none. With the embedded store, stop the server first:
+    /// it holds the file's lock.
+    Check,
 }
 
 /// A positive interval.
@@ -339,8 +364,24 @@ fn main() -> ExitCode {
             .map(|s| (*s).to_owned())
             .or_else(|| info.payload().downcast_ref::<String>().cloned())
             .unwrap_or_default();
-        tracing::error!(%location, "internal error: {message}");
+        // redb may panic on a damaged page; the store catches that and
+        // reports the file as damaged, with what to do.
+        if location.contains("/redb-") {
+            tracing::debug!(%location, "damaged database page: {message}");
+        } else {
+            tracing::error!(%location, "internal error: {message}");
+        }
     }));
+    if args.command == Some(Command::Check) {
+        return match check(args) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::FAILURE,
+            Err(e) => {
+                eprintln!("vane-control check: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -364,25 +405,66 @@ fn init_logging(format: LogFormat) {
     }
 }
 
+/// The etcd store's settings with `--store etcd`.
+fn etcd_config(args: &Args) -> anyhow::Result<Option<EtcdConfig>> {
+    if args.store != StoreKind::Etcd {
+        return Ok(None);
+    }
+    let (tls, auth) = etcd_credentials(args)?;
+    Ok(Some(EtcdConfig {
+        endpoints: args.etcd_endpoints.clone(),
+        prefix: args.etcd_prefix.clone(),
+        request_timeout: args.etcd_timeout,
+        lease_ttl: args.etcd_lease_ttl,
+        tls,
+        auth,
+    }))
+}
+
+/// `vane-control check`: true when every version matched its hash.
+#[tokio::main]
+async fn check(args: Args) -> anyhow::Result<bool> {
+    let store: Box<dyn vane_store::Store> = match etcd_config(&args)? {
+        Some(etcd) => Box::new(vane_store_etcd::EtcdStore::connect(etcd).await?),
+        None => {
+            // Never create a store where there was none.
+            let file = args.data_dir.join(vane_store::redb::DB_FILE);
+            anyhow::ensure!(
+                file.is_file(),
+                "--data-dir {}: no store there ({} does not exist)",
+                args.data_dir.display(),
+                file.display()
+            );
+            Box::new(vane_store::RedbStore::open(&args.data_dir).await?)
+        }
+    };
+    let location = store.health().location;
+    let checked = vane_control::check::check(store.as_ref()).await;
+    if let Err(e) = store.close().await {
+        tracing::warn!(error = %e, "closing the store after the check");
+    }
+    let report = checked.with_context(|| format!("reading {location}"))?;
+    let mut stdout = std::io::stdout().lock();
+    for corrupt in &report.corrupt {
+        writeln!(stdout, "{corrupt}")?;
+    }
+    writeln!(
+        stdout,
+        "{location}: {} groups, {} versions checked, {} corrupt",
+        report.groups,
+        report.versions,
+        report.corrupt.len()
+    )?;
+    Ok(report.is_clean())
+}
+
 #[tokio::main]
 async fn run(args: Args) -> anyhow::Result<()> {
     // Handlers first: a SIGTERM arriving right after the address is printed
     // must already mean "drain", not the default "die".
     let termination = Termination::install().context("installing the SIGTERM/SIGINT handlers")?;
 
-    let etcd = if args.store == StoreKind::Etcd {
-        let (tls, auth) = etcd_credentials(&args)?;
-        Some(EtcdConfig {
-            endpoints: args.etcd_endpoints,
-            prefix: args.etcd_prefix,
-            request_timeout: args.etcd_timeout,
-            lease_ttl: args.etcd_lease_ttl,
-            tls,
-            auth,
-        })
-    } else {
-        None
-    };
+    let etcd = etcd_config(&args)?;
     let config = Config {
         listen: args.listen,
         data_dir: args.data_dir,

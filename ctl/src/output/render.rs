@@ -127,7 +127,11 @@ fn history_table(entries: &[VersionView]) -> String {
             vec![
                 e.version.to_string(),
                 table_time(e.created_at.as_deref()),
-                short(&e.hash).to_owned(),
+                if e.corrupt {
+                    format!("{} CORRUPT", short(&e.hash))
+                } else {
+                    short(&e.hash).to_owned()
+                },
                 size(e.size_bytes),
                 if e.rollback_of == 0 {
                     "-".into()
@@ -275,6 +279,7 @@ pub(crate) fn status(
                     short(&h.head_hash)
                 );
             }
+            Some(h) if h.degraded => out.push_str("no version to send"),
             _ => out.push_str("no version pushed yet"),
         }
         if of_group.is_empty() {
@@ -295,6 +300,16 @@ pub(crate) fn status(
             }
             out.push('\n');
         }
+    }
+    for g in groups.iter().filter(|g| g.degraded) {
+        let _ = writeln!(
+            out,
+            "{}: DEGRADED, version {} is corrupt (agents keep what they run; push, or `vanectl rollback {} --to` a good version): {}",
+            g.group,
+            g.corrupt_version,
+            g.group,
+            one_line(&g.reason)
+        );
     }
     if let Some(store) = store
         && (clustered || store.degraded)

@@ -200,6 +200,55 @@ fn history_json_and_table() {
     assert!(lines.iter().all(|l| l.trim_end() == *l));
 }
 
+#[test]
+fn history_marks_a_corrupt_version() {
+    let mut entries: Vec<VersionView> = [info(2, 0, "second"), info(1, 0, "first")]
+        .iter()
+        .map(VersionView::from)
+        .collect();
+    entries[0].corrupt = true;
+    let v: serde_json::Value =
+        serde_json::from_str(&history(&entries, 0, OutputFormat::Json)).unwrap();
+    assert_eq!(v[0]["corrupt"], true);
+    // Only said when true: the JSON of a healthy version is unchanged.
+    assert!(v[1].get("corrupt").is_none(), "{v}");
+    let table = history(&entries, 0, OutputFormat::Table);
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(lines[1].contains("ab12cd34ef56 CORRUPT"), "{}", lines[1]);
+    assert!(!lines[2].contains("CORRUPT"), "{}", lines[2]);
+}
+
+#[test]
+fn status_shows_a_group_with_a_corrupt_head_degraded() {
+    let agents: Vec<AgentView> = [agent("n1", pb::AgentState::NotSent, 2)]
+        .iter()
+        .map(AgentView::from)
+        .collect();
+    let reason =
+        r#"version 2 of group "edge" is corrupt: its content hashes to 00, not the recorded 11"#;
+    let groups = [pb::GroupStatus {
+        group: "edge".into(),
+        degraded: true,
+        corrupt_version: 2,
+        reason: reason.into(),
+        ..pb::GroupStatus::default()
+    }];
+    let now = system_time(T + 120_000).unwrap();
+    let out = status(&agents, &groups, None, OutputFormat::Table, now);
+    assert!(
+        out.contains(
+            "\nedge: no version to send, 1 agent: 0 synced, 0 stale, 0 nacked, 1 not sent\n"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.ends_with(&format!(
+            "edge: DEGRADED, version 2 is corrupt (agents keep what they run; push, or `vanectl rollback edge --to` a good version): {reason}\n"
+        )),
+        "{out}"
+    );
+}
+
 fn diff_view(text: &str) -> DiffView {
     DiffView {
         group: "edge".into(),
@@ -313,11 +362,13 @@ fn status_table_has_rows_and_group_summaries() {
             group: "edge".into(),
             head_version: 3,
             head_hash: HASH.into(),
+            ..pb::GroupStatus::default()
         },
         pb::GroupStatus {
             group: "lonely".into(),
             head_version: 1,
             head_hash: HASH.into(),
+            ..pb::GroupStatus::default()
         },
     ];
     let now = system_time(T + 120_000).unwrap();

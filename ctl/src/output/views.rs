@@ -49,6 +49,10 @@ pub(crate) struct VersionView {
     /// The version whose content a rollback restored (0 for a push).
     pub(crate) rollback_of: u64,
     pub(crate) size_bytes: u64,
+    /// The server found this version's stored content corrupt (it does not
+    /// match its hash). In the JSON only when true.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub(crate) corrupt: bool,
 }
 
 impl From<&pb::VersionInfo> for VersionView {
@@ -61,6 +65,7 @@ impl From<&pb::VersionInfo> for VersionView {
             author: info.author.clone(),
             rollback_of: info.rollback_of,
             size_bytes: info.size_bytes,
+            corrupt: false,
         }
     }
 }

@@ -55,6 +55,20 @@ impl Handle {
                 tracing::warn!(path = %path.display(), error = %e, "integrity check at open could not write; opening without it");
                 open_database(path, false)?
             }
+            // A page that fails its checksum: serve what is readable rather
+            // than nothing. Every body the server uses is checked against
+            // its content hash first, so damaged content is reported (and
+            // never sent); a damaged page redb cannot read at all is a
+            // clear error (or a caught panic) on that read.
+            Err(StoreError::Corrupt(why)) if !why.contains("schema version") => {
+                tracing::error!(
+                    path = %path.display(),
+                    error = %why,
+                    "the database file failed its integrity check; opening it unchecked to serve what is readable: \
+                     run `vane-control check` with the server stopped, and restore from a backup"
+                );
+                open_database(path, false)?
+            }
             Err(e) => return Err(e),
         };
         Ok(Self {
@@ -187,25 +201,25 @@ impl Handle {
 /// Opens the file and makes sure its tables exist. A file written by a newer
 /// layout, or damaged, is refused with one line saying what to do.
 fn open_database(path: &Path, check_integrity: bool) -> Result<Database, StoreError> {
+    // redb may panic reading a page damaged outside it (an unchecked open
+    // trusts the file): that is the file's fault, reported as such.
+    std::panic::catch_unwind(|| open_unguarded(path, check_integrity)).unwrap_or_else(|panic| {
+        Err(damaged(
+            path,
+            &format!("opening failed: {}", panic_text(&panic)),
+        ))
+    })
+}
+
+fn open_unguarded(path: &Path, check_integrity: bool) -> Result<Database, StoreError> {
     // redb caches up to 1 GiB of pages by default: far more than a server's
     // working set (the heads, served from the hub's memory), and memory the
     // process would hold for nothing.
-    let opened = std::panic::catch_unwind(|| {
-        Database::builder()
-            .set_cache_size(CACHE_BYTES)
-            .set_check_integrity_on_open(check_integrity)
-            .create(path)
-    });
-    let db = match opened {
-        Ok(Ok(db)) => db,
-        Ok(Err(e)) => return Err(open_error(path, e)),
-        Err(panic) => {
-            return Err(damaged(
-                path,
-                &format!("opening failed: {}", panic_text(&panic)),
-            ));
-        }
-    };
+    let db = Database::builder()
+        .set_cache_size(CACHE_BYTES)
+        .set_check_integrity_on_open(check_integrity)
+        .create(path)
+        .map_err(|e| open_error(path, e))?;
     init_schema(&db).map_err(|e| match e {
         StoreError::Corrupt(msg) if !msg.contains("schema version") => damaged(path, &msg),
         other => other,
