@@ -40,6 +40,20 @@ pub enum Retry {
     AtCap,
 }
 
+impl Retry {
+    /// How to retry after the server answered with `code`:
+    /// `UNAUTHENTICATED`, `PERMISSION_DENIED` and `INVALID_ARGUMENT` are
+    /// configuration errors; any other code may pass.
+    pub fn after_status(code: tonic::Code) -> Self {
+        match code {
+            tonic::Code::Unauthenticated
+            | tonic::Code::PermissionDenied
+            | tonic::Code::InvalidArgument => Retry::AtCap,
+            _ => Retry::Backoff,
+        }
+    }
+}
+
 /// What failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Failure {

@@ -26,17 +26,11 @@ impl LinkError {
     /// How to retry after this error: TLS failures, `UNAUTHENTICATED`,
     /// `PERMISSION_DENIED` and `INVALID_ARGUMENT` are configuration errors.
     pub(crate) fn retry(&self) -> Retry {
-        let config = match self {
-            LinkError::Tls(_) => true,
-            LinkError::Status(s) => matches!(
-                s.code(),
-                tonic::Code::Unauthenticated
-                    | tonic::Code::PermissionDenied
-                    | tonic::Code::InvalidArgument
-            ),
-            LinkError::Connect(_) | LinkError::Closed => false,
-        };
-        if config { Retry::AtCap } else { Retry::Backoff }
+        match self {
+            LinkError::Tls(_) => Retry::AtCap,
+            LinkError::Status(s) => Retry::after_status(s.code()),
+            LinkError::Connect(_) | LinkError::Closed => Retry::Backoff,
+        }
     }
 
     /// A status from the stream: a TLS failure when rustls is behind it (a
