@@ -20,6 +20,7 @@ mod proxy_failover;
 mod proxy_resilience;
 mod proxy_routing;
 mod push;
+mod reconnect_recovery;
 mod security_tls;
 mod shutdown;
 mod sidecar;
