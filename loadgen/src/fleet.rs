@@ -396,27 +396,32 @@ impl Fleet {
 
     /// Waits (at most `within`) until every agent has re-synced since
     /// [`Self::begin_outage`]; times are measured from `back` (when the
-    /// server answered again).
-    pub async fn wait_resynced(&self, back: Instant, within: Duration) -> Resync {
+    /// server answered again). With `streams_may_survive` (the same server
+    /// process answers again, e.g. after SIGSTOP and SIGCONT), an agent
+    /// still on the stream it had before the outage, once every other
+    /// agent re-synced, kept its stream: it counts as re-synced at `back`.
+    pub async fn wait_resynced(
+        &self,
+        back: Instant,
+        within: Duration,
+        streams_may_survive: bool,
+    ) -> Resync {
         let shared = &self.shared;
-        // A stream open since before the outage is still open: the server
-        // that answers again reads what waited on it, and it is current.
         let outage = shared.outage_at.load(Ordering::Acquire);
-        let back_stamp = back.saturating_duration_since(shared.started).as_nanos() as u64 + 1;
-        let mut kept_stream = 0;
-        for (opened, resynced) in shared.opened_at.iter().zip(&shared.resynced) {
-            let opened = opened.load(Ordering::Acquire);
-            if opened != 0 && opened <= outage && VersionTimes::stamp(resynced, back_stamp) {
-                kept_stream += 1;
-                if shared.resync_left.fetch_sub(1, Ordering::AcqRel) == 1 {
-                    shared.all_resynced.notify_waiters();
-                }
-            }
-        }
+        let on_old_stream = |id: usize| {
+            let opened = shared.opened_at[id].load(Ordering::Acquire);
+            opened != 0 && opened <= outage
+        };
+        let waiting_on_old = || {
+            (0..shared.config.agents)
+                .filter(|&id| shared.resynced[id].load(Ordering::Acquire) == 0 && on_old_stream(id))
+                .count()
+        };
         let wait = async {
             loop {
                 let notified = shared.all_resynced.notified();
-                if shared.resync_left.load(Ordering::Acquire) == 0 {
+                let left = shared.resync_left.load(Ordering::Acquire);
+                if left == 0 || (streams_may_survive && waiting_on_old() == left) {
                     return;
                 }
                 tokio::select! {
@@ -427,6 +432,15 @@ impl Fleet {
         };
         // Not re-synced in time: reported as missing from the samples.
         let _ = tokio::time::timeout(within, wait).await;
+        let mut kept_stream = 0;
+        if streams_may_survive {
+            let back_stamp = back.saturating_duration_since(shared.started).as_nanos() as u64 + 1;
+            for id in 0..shared.config.agents {
+                if on_old_stream(id) && VersionTimes::stamp(&shared.resynced[id], back_stamp) {
+                    kept_stream += 1;
+                }
+            }
+        }
         Resync {
             resynced_ms: VersionTimes::since(&shared.resynced, shared.started, back),
             attempts: shared.attempts.load(Ordering::Relaxed),

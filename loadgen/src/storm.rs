@@ -8,9 +8,10 @@
 //! - This side prints `synced` once every agent ACKed the first version.
 //! - The driver writes `outage NAME` before it takes the server down; this
 //!   side prints `outage NAME begun`.
-//! - The driver writes `back` the moment the server answers again (a
-//!   restarted server printed its listening line; a stopped one was
-//!   continued). The line is stamped on a thread of its own as soon as it
+//! - The driver writes `back` the moment a restarted server printed its
+//!   listening line (no stream can have survived), or `continued` the
+//!   moment a stopped one was continued (a stream may have outlived a short
+//!   stop: see `Fleet::wait_resynced`). The line is stamped on a thread of its own as soon as it
 //!   is read, so a busy fleet cannot delay the origin of the times. This
 //!   side waits until every agent re-synced (or `resync_timeout`) and
 //!   prints `resynced NAME`.
@@ -85,8 +86,8 @@ pub struct OutageReport {
     pub attempts: u64,
     /// Of which failed.
     pub failed_attempts: u64,
-    /// Agents whose stream outlived the outage (counted as re-synced when
-    /// the server answered again).
+    /// Agents whose stream outlived the outage (counted as re-synced, at
+    /// 0 ms, when the server answered again).
     pub kept_stream: usize,
 }
 
@@ -134,10 +135,14 @@ pub async fn run(config: &StormConfig) -> Result<StormReport> {
         let Some((line, back)) = lines.recv().await else {
             bail!("driver: input ended during outage {name}");
         };
-        if line != "back" {
-            bail!("driver: expected `back`, got {line:?}");
-        }
-        let resync = fleet.wait_resynced(back, config.resync_timeout).await;
+        let streams_may_survive = match line.as_str() {
+            "back" => false,
+            "continued" => true,
+            _ => bail!("driver: expected `back` or `continued`, got {line:?}"),
+        };
+        let resync = fleet
+            .wait_resynced(back, config.resync_timeout, streams_may_survive)
+            .await;
         let mut sorted = resync.resynced_ms.clone();
         sorted.sort_by(f64::total_cmp);
         let at = |p: f64| {

@@ -59,7 +59,9 @@ fn after_an_outage_that_opens_every_breaker_all_agents_are_synced_within_5s() {
     let mut server = ControlServer::start();
     let dir = server.scratch();
     let v1 = fixtures::write_json(&dir, "v1.json", &fixtures::example_spec());
-    server.ctl(&["push", GROUP, "-f", v1.to_str().unwrap()]).ok();
+    server
+        .ctl(&["push", GROUP, "-f", v1.to_str().unwrap()])
+        .ok();
     let url = server.url();
     let nodes: Vec<String> = (1..=AGENTS).map(|n| format!("node-{n}")).collect();
     let agents: Vec<Sidecar> = nodes

@@ -186,7 +186,7 @@ pub(crate) fn measure(bin_dir: &Path, o: &Options) -> Result<Value> {
     server.signal(Signal::SIGSTOP)?;
     std::thread::sleep(o.blackhole);
     server.signal(Signal::SIGCONT)?;
-    loadgen.say("back")?;
+    loadgen.say("continued")?;
     loadgen.expect("resynced blackhole", resync, &server)?;
 
     let report = loadgen.finish()?;
