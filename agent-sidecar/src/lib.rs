@@ -65,8 +65,10 @@ pub struct AgentArgs {
     /// Consecutive failed connects that open the circuit breaker.
     #[arg(long, default_value_t = 5)]
     pub breaker_threshold: u32,
-    /// How long the breaker stays open before one probe.
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    /// Longest the breaker stays open before its next probe (each period is
+    /// uniform between half this and this), and longest pause after any
+    /// failed connect: a control server that answers again is found within it.
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
     pub breaker_open: Duration,
     /// Log format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]

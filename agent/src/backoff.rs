@@ -35,7 +35,7 @@ impl BackoffConfig {
     /// The retry sequence these settings describe. The rules are
     /// `vane-backoff`'s; the words are the agent's (`base`, `cap`), since
     /// they name the settings an operator wrote.
-    pub(crate) fn build(&self) -> Result<ExponentialBackoff, String> {
+    pub fn build(&self) -> Result<ExponentialBackoff, String> {
         ExponentialBackoff::new(self.base, self.cap, Jitter::Full).map_err(|e| match e {
             InvalidBackoff::ZeroMin => "backoff base must be above zero".to_owned(),
             InvalidBackoff::MinAboveMax { min, max } => {

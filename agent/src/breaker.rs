@@ -1,20 +1,35 @@
 //! A circuit breaker for reconnects: after `failure_threshold` consecutive
-//! failed attempts it opens and refuses attempts for `open_for` (plus jitter,
-//! so a fleet does not probe in lockstep); then it lets exactly one probe
-//! through (half-open). The probe's success closes it; its failure opens it
-//! again. Time is `tokio::time::Instant` so tests can pause the clock.
+//! failed attempts it opens, and from then on the agent stops escalating its
+//! backoff and probes the server at a steady, jittered pace: each period
+//! between probes is uniform in `[open_for / 2, open_for]`, counted from the
+//! start of the attempt that failed, then exactly one probe goes
+//! (half-open). The probe's success closes the breaker; its failure opens it
+//! again for another period.
+//!
+//! Why a short period: once the server answers again, an agent waits at
+//! most one period before its probe finds it, so `open_for` bounds the
+//! recovery after an outage of any length (3 s by default; a 30 s period
+//! used to add up to 36 s after every outage). Why this still protects the
+//! server: each agent has at most one attempt in flight and makes at most
+//! one per `open_for / 2`, spread by the jitter, and an attempt on a dead
+//! server costs that server nothing (a refused or unanswered connect); the
+//! expensive part (TLS, the watch, a full snapshot) happens only once it
+//! accepts. Time is `tokio::time::Instant` so tests can pause the clock.
 
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-/// Breaker settings. Defaults: open after 5 consecutive failures, for 30 s.
+/// Breaker settings. Defaults: open after 5 consecutive failures, for
+/// periods of 1.5 to 3 s.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BreakerConfig {
     /// Consecutive failures that open the breaker. Default 5.
     pub failure_threshold: u32,
-    /// How long it stays open before one probe is allowed. Default 30 s;
-    /// up to 20% of jitter is added.
+    /// The longest the breaker stays open before its next probe, and the
+    /// longest pause between attempts after any failed connect. Each
+    /// period is uniform in `[open_for / 2, open_for]` (equal jitter).
+    /// Default 3 s.
     pub open_for: Duration,
 }
 
@@ -22,7 +37,7 @@ impl Default for BreakerConfig {
     fn default() -> Self {
         Self {
             failure_threshold: 5,
-            open_for: Duration::from_secs(30),
+            open_for: Duration::from_secs(3),
         }
     }
 }
@@ -69,6 +84,12 @@ pub struct Breaker {
     config: BreakerConfig,
     state: BreakerState,
     failures: u32,
+    /// When the last permitted attempt started: the next period counts
+    /// from there, so an attempt that took long to fail (a connect timeout
+    /// on a black-holed server) is followed by the next without a further
+    /// wait, and a server that comes back during it is still found within
+    /// one period.
+    attempt_started: Option<Instant>,
 }
 
 impl Breaker {
@@ -78,7 +99,13 @@ impl Breaker {
             config,
             state: BreakerState::Closed,
             failures: 0,
+            attempt_started: None,
         }
+    }
+
+    /// The settings.
+    pub fn config(&self) -> BreakerConfig {
+        self.config
     }
 
     /// The current state.
@@ -88,7 +115,7 @@ impl Breaker {
 
     /// Asks to make an attempt at `now`.
     pub fn acquire(&mut self, now: Instant) -> Permit {
-        match self.state {
+        let permit = match self.state {
             BreakerState::Closed => Permit::Attempt,
             BreakerState::Open { until } if now >= until => {
                 self.state = BreakerState::HalfOpen;
@@ -97,7 +124,11 @@ impl Breaker {
             BreakerState::Open { until } => Permit::WaitUntil(until),
             // The probe's outcome is not known yet: nobody else goes.
             BreakerState::HalfOpen => Permit::WaitUntil(now + self.config.open_for),
+        };
+        if matches!(permit, Permit::Attempt | Permit::Probe) {
+            self.attempt_started = Some(now);
         }
+        permit
     }
 
     /// The attempt succeeded (a stream was established).
@@ -112,9 +143,10 @@ impl Breaker {
         let trip = matches!(self.state, BreakerState::HalfOpen)
             || self.failures >= self.config.failure_threshold.max(1);
         if trip {
-            let extra = vane_backoff::full_jitter(self.config.open_for / 5);
+            let started = self.attempt_started.take().unwrap_or(now).min(now);
+            let until = started + vane_backoff::equal_jitter(self.config.open_for);
             self.state = BreakerState::Open {
-                until: now + self.config.open_for + extra,
+                until: until.max(now),
             };
         }
     }
@@ -123,6 +155,13 @@ impl Breaker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn open_until(b: &Breaker) -> Instant {
+        match b.state() {
+            BreakerState::Open { until } => until,
+            other => panic!("breaker should be open, is {other:?}"),
+        }
+    }
 
     #[tokio::test(start_paused = true)]
     async fn opens_after_threshold_then_probes_once() {
@@ -136,29 +175,85 @@ mod tests {
             b.on_failure(Instant::now());
             assert_eq!(b.state(), BreakerState::Closed);
         }
+        assert_eq!(b.acquire(Instant::now()), Permit::Attempt);
         b.on_failure(Instant::now());
         let Permit::WaitUntil(until) = b.acquire(Instant::now()) else {
             panic!("breaker should be open");
         };
         let wait = until - Instant::now();
-        assert!(wait >= Duration::from_secs(10) && wait <= Duration::from_secs(12));
+        assert!(
+            wait >= Duration::from_secs(5) && wait <= Duration::from_secs(10),
+            "a period is in [open_for/2, open_for]: {wait:?}"
+        );
         assert_eq!(b.state().as_str(), "open");
 
-        tokio::time::advance(Duration::from_secs(13)).await;
+        tokio::time::advance(wait).await;
         assert_eq!(b.acquire(Instant::now()), Permit::Probe);
         assert_eq!(b.state(), BreakerState::HalfOpen);
         // A second caller during the probe must wait.
         assert!(matches!(b.acquire(Instant::now()), Permit::WaitUntil(_)));
 
-        // The probe fails: open again at once, whatever the count.
+        // The probe fails: open again at once, whatever the count, for one
+        // more period and no longer.
         b.on_failure(Instant::now());
-        assert!(matches!(b.state(), BreakerState::Open { .. }));
+        let again = open_until(&b) - Instant::now();
+        assert!(again <= Duration::from_secs(10), "{again:?}");
 
-        tokio::time::advance(Duration::from_secs(13)).await;
+        tokio::time::advance(Duration::from_secs(10)).await;
         assert_eq!(b.acquire(Instant::now()), Permit::Probe);
         b.on_success();
         assert_eq!(b.state(), BreakerState::Closed);
         assert_eq!(b.acquire(Instant::now()), Permit::Attempt);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_period_counts_from_the_start_of_the_attempt_that_failed() {
+        let mut b = Breaker::new(BreakerConfig {
+            failure_threshold: 1,
+            open_for: Duration::from_secs(3),
+        });
+        // An attempt that hangs for 5 s (a connect timeout) before failing:
+        // the next may go at once, since a whole period has passed.
+        assert_eq!(b.acquire(Instant::now()), Permit::Attempt);
+        tokio::time::advance(Duration::from_secs(5)).await;
+        b.on_failure(Instant::now());
+        assert_eq!(open_until(&b), Instant::now());
+        assert_eq!(b.acquire(Instant::now()), Permit::Probe);
+        // One that fails after 1 s waits out the rest of its period only.
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let started = Instant::now() - Duration::from_secs(1);
+        b.on_failure(Instant::now());
+        let until = open_until(&b);
+        assert!(
+            until >= started + Duration::from_millis(1500)
+                && until <= started + Duration::from_secs(3),
+            "{:?}",
+            until - started
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn periods_are_jittered_across_a_fleet() {
+        let config = BreakerConfig {
+            failure_threshold: 1,
+            open_for: Duration::from_secs(3),
+        };
+        let now = Instant::now();
+        let periods: Vec<Duration> = (0..200)
+            .map(|_| {
+                let mut b = Breaker::new(config);
+                b.acquire(now);
+                b.on_failure(now);
+                open_until(&b) - now
+            })
+            .collect();
+        let min = periods.iter().min().copied().unwrap();
+        let max = periods.iter().max().copied().unwrap();
+        assert!(min >= Duration::from_millis(1500) && max <= Duration::from_secs(3));
+        assert!(
+            max - min > Duration::from_secs(1),
+            "agents that failed together must not probe together: {min:?}..{max:?}"
+        );
     }
 
     #[tokio::test(start_paused = true)]

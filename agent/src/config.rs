@@ -26,7 +26,9 @@ pub struct AgentConfig {
     pub cache_dir: Option<PathBuf>,
     /// Reconnect backoff. Default: base 500 ms, cap 30 s, full jitter.
     pub backoff: BackoffConfig,
-    /// Reconnect circuit breaker. Default: opens after 5 failures, for 30 s.
+    /// Reconnect circuit breaker. Default: opens after 5 failed connects,
+    /// for periods of 1.5 to 3 s between probes (so a server that answers
+    /// again is found within 3 s).
     pub breaker: BreakerConfig,
     /// Degraded once unconfirmed for longer than this. Default 5 minutes.
     pub stale_after: Duration,

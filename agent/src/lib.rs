@@ -23,8 +23,9 @@
 //! - `link`: the watch stream to the control plane as a state machine
 //!   (connect, ACK/NACK, heartbeats, reconnect); its module docs hold the
 //!   state diagram.
-//! - [`backoff`], [`breaker`]: reconnect pacing (the backoff itself is
-//!   `vane-backoff`'s).
+//! - [`backoff`], [`breaker`], [`pacing`]: reconnect pacing (the backoff
+//!   itself is `vane-backoff`'s); [`pacing::Pacing`] decides each pause and
+//!   is also what the load generator's simulated agents reconnect with.
 //! - [`cache`]: the atomic disk cache.
 //! - [`state`]: the running configuration (one `ArcSwap`) and health.
 //! - TLS and tokens for the control plane come from `vane-tls`
@@ -38,6 +39,7 @@ pub mod breaker;
 pub mod cache;
 pub mod config;
 mod link;
+pub mod pacing;
 pub mod state;
 pub mod status;
 

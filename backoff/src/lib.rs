@@ -174,8 +174,7 @@ impl ExponentialBackoff {
 }
 
 /// Uniform in `[0, ceiling]`, at nanosecond resolution: the full jitter of
-/// one delay, also for pauses that are not part of a sequence (a circuit
-/// breaker's extra open time).
+/// one delay, also for pauses that are not part of a sequence.
 pub fn full_jitter(ceiling: Duration) -> Duration {
     // u64 nanoseconds cover 584 years; saturate beyond.
     let nanos = u64::try_from(ceiling.as_nanos()).unwrap_or(u64::MAX);
@@ -183,6 +182,15 @@ pub fn full_jitter(ceiling: Duration) -> Duration {
         return Duration::ZERO;
     }
     Duration::from_nanos(rand::random_range(0..=nanos))
+}
+
+/// Uniform in `[ceiling / 2, ceiling]` (AWS "equal jitter"): for a pause
+/// that must stay near a bound (a circuit breaker's period between probes,
+/// which bounds how long a recovered server waits for a client) yet must
+/// not fall in step across a fleet.
+pub fn equal_jitter(ceiling: Duration) -> Duration {
+    let half = ceiling / 2;
+    half + full_jitter(ceiling - half)
 }
 
 #[cfg(test)]
@@ -254,6 +262,19 @@ mod tests {
         }
         assert!(seen_low && seen_high, "full jitter covers the whole range");
         assert_eq!(full_jitter(Duration::ZERO), Duration::ZERO);
+    }
+
+    #[test]
+    fn equal_jitter_stays_in_the_upper_half_and_covers_it() {
+        let (mut low, mut high) = (ms(1000), ms(0));
+        for _ in 0..2000 {
+            let d = equal_jitter(ms(1000));
+            assert!(d >= ms(500) && d <= ms(1000), "{d:?}");
+            low = low.min(d);
+            high = high.max(d);
+        }
+        assert!(low < ms(600) && high > ms(900), "{low:?}..{high:?}");
+        assert_eq!(equal_jitter(Duration::ZERO), Duration::ZERO);
     }
 
     #[test]

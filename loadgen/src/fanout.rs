@@ -191,6 +191,7 @@ pub async fn run(config: &FanoutConfig) -> Result<FanoutReport> {
         verify: config.verify,
         connect_parallelism: config.connect_parallelism,
         verify_threads: config.verify_threads,
+        reconnect: false,
     })?;
     let first = fleet.expect(head);
     let connecting = Instant::now();
@@ -346,7 +347,7 @@ async fn pushed(
 }
 
 /// Pushes `s` to `group`; returns the stored version and how long the call took.
-async fn push(
+pub(crate) async fn push(
     admin: &mut pb::admin_client::AdminClient<tonic::transport::Channel>,
     group: &str,
     s: pb::Snapshot,
@@ -372,6 +373,6 @@ async fn push(
     Ok((response.version, started.elapsed()))
 }
 
-fn progress(args: std::fmt::Arguments<'_>) {
+pub(crate) fn progress(args: std::fmt::Arguments<'_>) {
     eprintln!("vane-loadgen: {args}");
 }

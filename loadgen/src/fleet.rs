@@ -16,10 +16,24 @@
 //! delta's base. [`Verify::Every`] makes each agent do the whole check
 //! itself (on a bounded number of threads); [`Verify::None`] ACKs unchecked.
 //!
+//! # Reconnecting ([`FleetConfig::reconnect`])
+//! By default a stream that ends is an error (the fan-out scenario never
+//! expects one). With `reconnect`, every agent has a connection of its own
+//! and, when its stream ends or an attempt fails, reconnects as `vane-agent`
+//! does: paced by the agent's own [`Pacing`] with the agent's default
+//! settings (backoff, jitter, circuit breaker), a new connection per
+//! attempt with the agent's connect and open timeouts and HTTP/2
+//! keepalive, heartbeats, and a first request naming what it runs.
+//!
 //! # Timing
 //! Every response's arrival and ACK are stamped per agent and per version;
 //! a version is *expected* ([`Fleet::expect`]) before it is pushed, so no
-//! arrival can be missed.
+//! arrival can be missed. After [`Fleet::begin_outage`], each agent's
+//! re-sync is stamped: the first moment a stream opened after the outage
+//! began has the server knowing the agent runs the head, either because
+//! its first request named the head (the server records that as the
+//! agent's ACK, SYNCED in `vanectl status`, and sends nothing) or because
+//! it ACKed the head sent on that stream.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -27,13 +41,17 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, anyhow, bail};
-use bytes::Bytes;
 use tokio::sync::{Notify, OnceCell, Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
-use vane_model::Snapshot;
+use vane_agent::AgentConfig;
+use vane_agent::breaker::Permit;
+use vane_agent::pacing::{Failure, Pacing, Retry};
 use vane_proto as pb;
+
+use crate::check::{Body, Refusal, Verified, verify};
+pub use crate::times::{Carried, VersionTimes};
 
 /// Largest response an agent accepts.
 const MAX_RESPONSE_BYTES: usize = 256 * 1024 * 1024;
@@ -83,100 +101,10 @@ pub struct FleetConfig {
     pub connect_parallelism: usize,
     /// Threads checking responses at once with [`Verify::Every`].
     pub verify_threads: usize,
-}
-
-/// Arrival and ACK times of one version, per agent.
-#[derive(Debug)]
-pub struct VersionTimes {
-    version: u64,
-    /// Nanoseconds since the fleet started, plus one (0: not yet).
-    received: Vec<AtomicU64>,
-    acked: Vec<AtomicU64>,
-    acks_left: AtomicUsize,
-    all_acked: Notify,
-    full: AtomicU64,
-    delta: AtomicU64,
-    full_bytes: AtomicU64,
-    delta_bytes: AtomicU64,
-}
-
-/// What the responses of one version were, summed over the fleet.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Carried {
-    /// Responses with a full snapshot.
-    pub full: u64,
-    /// Responses with a delta.
-    pub delta: u64,
-    /// Body bytes of the full responses.
-    pub full_bytes: u64,
-    /// Body bytes of the delta responses.
-    pub delta_bytes: u64,
-}
-
-impl VersionTimes {
-    fn new(version: u64, agents: usize) -> Self {
-        Self {
-            version,
-            received: (0..agents).map(|_| AtomicU64::new(0)).collect(),
-            acked: (0..agents).map(|_| AtomicU64::new(0)).collect(),
-            acks_left: AtomicUsize::new(agents),
-            all_acked: Notify::new(),
-            full: AtomicU64::new(0),
-            delta: AtomicU64::new(0),
-            full_bytes: AtomicU64::new(0),
-            delta_bytes: AtomicU64::new(0),
-        }
-    }
-
-    /// The version.
-    pub fn version(&self) -> u64 {
-        self.version
-    }
-
-    /// Milliseconds from `since` to each agent's first arrival of this
-    /// version (agents it never reached are left out).
-    pub fn received_ms(&self, started: Instant, since: Instant) -> Vec<f64> {
-        Self::since(&self.received, started, since)
-    }
-
-    /// Milliseconds from `since` to each agent's ACK of this version.
-    pub fn acked_ms(&self, started: Instant, since: Instant) -> Vec<f64> {
-        Self::since(&self.acked, started, since)
-    }
-
-    /// What the responses carried.
-    pub fn carried(&self) -> Carried {
-        Carried {
-            full: self.full.load(Ordering::Relaxed),
-            delta: self.delta.load(Ordering::Relaxed),
-            full_bytes: self.full_bytes.load(Ordering::Relaxed),
-            delta_bytes: self.delta_bytes.load(Ordering::Relaxed),
-        }
-    }
-
-    fn since(stamps: &[AtomicU64], started: Instant, since: Instant) -> Vec<f64> {
-        let offset = since.saturating_duration_since(started).as_nanos() as f64;
-        stamps
-            .iter()
-            .map(|s| s.load(Ordering::Relaxed))
-            .filter(|&s| s > 0)
-            .map(|s| ((s - 1) as f64 - offset).max(0.0) / 1e6)
-            .collect()
-    }
-
-    fn stamp(slot: &AtomicU64, now: u64) -> bool {
-        slot.compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed)
-            .is_ok()
-    }
-}
-
-/// A checked version, as agents run it.
-#[derive(Debug)]
-struct Verified {
-    version: u64,
-    hash: String,
-    /// The content, when it was checked (not with [`Verify::None`]).
-    snapshot: Option<Arc<Snapshot>>,
+    /// Agents reconnect like `vane-agent` when a stream ends, each on a
+    /// connection of its own (`connections` must equal `agents`); without
+    /// it a stream that ends is an error.
+    pub reconnect: bool,
 }
 
 /// The fleet-wide check of one (version, base version).
@@ -196,6 +124,19 @@ struct Shared {
     verified: Mutex<HashMap<u64, Arc<Verified>>>,
     verify_slots: Semaphore,
     streams_open: AtomicUsize,
+    /// Connect attempts (reconnecting fleets), and how many failed.
+    attempts: AtomicU64,
+    failed_attempts: AtomicU64,
+    /// The version agents must run to count as re-synced (0: none yet).
+    head: AtomicU64,
+    /// When the current outage began (a stamp; 0: none).
+    outage_at: AtomicU64,
+    /// Per agent: when its current stream opened (0: none open), and when
+    /// it re-synced after the outage began (0: not yet).
+    opened_at: Vec<AtomicU64>,
+    resynced: Vec<AtomicU64>,
+    resync_left: AtomicUsize,
+    all_resynced: Notify,
     want_full_sent: AtomicU64,
     nacks_sent: AtomicU64,
     errors: Mutex<Vec<String>>,
@@ -223,6 +164,23 @@ impl Shared {
         read(&self.expected).get(&version).cloned()
     }
 
+    /// Agent `id` runs `running` on a stream: re-synced, if that stream
+    /// opened after the outage began and `running` is the head.
+    fn mark_if_resynced(&self, id: usize, running: Option<&Verified>) {
+        let outage = self.outage_at.load(Ordering::Acquire);
+        let head = self.head.load(Ordering::Acquire);
+        let opened = self.opened_at[id].load(Ordering::Acquire);
+        if outage == 0 || head == 0 || opened <= outage || running.map(|r| r.version) != Some(head)
+        {
+            return;
+        }
+        if VersionTimes::stamp(&self.resynced[id], self.now())
+            && self.resync_left.fetch_sub(1, Ordering::AcqRel) == 1
+        {
+            self.all_resynced.notify_waiters();
+        }
+    }
+
     fn fail(&self, agent: usize, e: impl std::fmt::Display) {
         let mut errors = lock(&self.errors);
         if errors.len() < 16 {
@@ -241,6 +199,22 @@ pub struct Fleet {
     channels: Vec<Channel>,
 }
 
+/// What a reconnecting fleet went through during one outage.
+#[derive(Debug, Clone)]
+pub struct Resync {
+    /// Milliseconds from the instant given to [`Fleet::wait_resynced`] to
+    /// each agent's re-sync (agents that had not re-synced are left out).
+    pub resynced_ms: Vec<f64>,
+    /// Connect attempts since the outage began, and how many failed.
+    pub attempts: u64,
+    /// Of which failed.
+    pub failed_attempts: u64,
+    /// Agents whose stream outlived the outage (an outage shorter than
+    /// HTTP/2 keepalive's detection): re-synced the moment the server
+    /// answered again.
+    pub kept_stream: usize,
+}
+
 impl Fleet {
     /// A fleet with nothing connected yet.
     pub fn new(config: FleetConfig) -> Result<Self> {
@@ -251,6 +225,10 @@ impl Fleet {
                 config.connections
             );
         }
+        if config.reconnect && config.connections != config.agents {
+            bail!("connections: reconnecting agents each have a connection of their own");
+        }
+        let stamps = || (0..config.agents).map(|_| AtomicU64::new(0)).collect();
         let verify_threads = config.verify_threads.max(1);
         Ok(Self {
             shared: Arc::new(Shared {
@@ -260,6 +238,14 @@ impl Fleet {
                 verified: Mutex::new(HashMap::new()),
                 verify_slots: Semaphore::new(verify_threads),
                 streams_open: AtomicUsize::new(0),
+                attempts: AtomicU64::new(0),
+                failed_attempts: AtomicU64::new(0),
+                head: AtomicU64::new(0),
+                outage_at: AtomicU64::new(0),
+                opened_at: stamps(),
+                resynced: stamps(),
+                resync_left: AtomicUsize::new(0),
+                all_resynced: Notify::new(),
                 want_full_sent: AtomicU64::new(0),
                 nacks_sent: AtomicU64::new(0),
                 errors: Mutex::new(Vec::new()),
@@ -292,6 +278,27 @@ impl Fleet {
             .tcp_nodelay(true)
             .connect_timeout(Duration::from_secs(10));
         let deadline = tokio::time::Instant::now() + within;
+        if config.reconnect {
+            let agent = AgentConfig::default();
+            let endpoint = endpoint
+                .connect_timeout(agent.connect_timeout)
+                .http2_keep_alive_interval(agent.keepalive_interval)
+                .keep_alive_timeout(agent.keepalive_timeout)
+                .keep_alive_while_idle(true);
+            // Only the first attempts are spread out, so the fleet starts
+            // clean; later ones are paced as the agent paces them.
+            let first = Arc::new(Semaphore::new(config.connect_parallelism.max(1)));
+            for id in 0..config.agents {
+                let (endpoint, shared, first) = (
+                    endpoint.clone(),
+                    Arc::clone(&self.shared),
+                    Arc::clone(&first),
+                );
+                self.tasks
+                    .spawn(async move { run_reconnecting(id, endpoint, &shared, &first).await });
+            }
+            return self.wait_open(deadline).await;
+        }
         // Connect in waves, so the server's accept backlog never overflows
         // (an overflow costs a one-second SYN retry).
         let parallel = config.connect_parallelism.max(1);
@@ -316,6 +323,12 @@ impl Fleet {
                 }
             });
         }
+        self.wait_open(deadline).await
+    }
+
+    /// Waits until every agent has a stream open.
+    async fn wait_open(&self, deadline: tokio::time::Instant) -> Result<()> {
+        let config = &self.shared.config;
         loop {
             let open = self.shared.streams_open.load(Ordering::Relaxed);
             if open == config.agents {
@@ -361,6 +374,81 @@ impl Fleet {
         }
     }
 
+    /// The version agents must run to count as re-synced after an outage.
+    pub fn set_head(&self, version: u64) {
+        self.shared.head.store(version, Ordering::Release);
+    }
+
+    /// An outage begins now: from here on each agent counts as re-synced
+    /// once a stream opened after this instant has it running the head.
+    pub fn begin_outage(&self) {
+        let shared = &self.shared;
+        shared
+            .resync_left
+            .store(shared.config.agents, Ordering::Release);
+        for slot in &shared.resynced {
+            slot.store(0, Ordering::Release);
+        }
+        shared.attempts.store(0, Ordering::Release);
+        shared.failed_attempts.store(0, Ordering::Release);
+        shared.outage_at.store(shared.now(), Ordering::Release);
+    }
+
+    /// Waits (at most `within`) until every agent has re-synced since
+    /// [`Self::begin_outage`]; times are measured from `back` (when the
+    /// server answered again). With `streams_may_survive` (the same server
+    /// process answers again, e.g. after SIGSTOP and SIGCONT), an agent
+    /// still on the stream it had before the outage, once every other
+    /// agent re-synced, kept its stream: it counts as re-synced at `back`.
+    pub async fn wait_resynced(
+        &self,
+        back: Instant,
+        within: Duration,
+        streams_may_survive: bool,
+    ) -> Resync {
+        let shared = &self.shared;
+        let outage = shared.outage_at.load(Ordering::Acquire);
+        let on_old_stream = |id: usize| {
+            let opened = shared.opened_at[id].load(Ordering::Acquire);
+            opened != 0 && opened <= outage
+        };
+        let waiting_on_old = || {
+            (0..shared.config.agents)
+                .filter(|&id| shared.resynced[id].load(Ordering::Acquire) == 0 && on_old_stream(id))
+                .count()
+        };
+        let wait = async {
+            loop {
+                let notified = shared.all_resynced.notified();
+                let left = shared.resync_left.load(Ordering::Acquire);
+                if left == 0 || (streams_may_survive && waiting_on_old() == left) {
+                    return;
+                }
+                tokio::select! {
+                    () = notified => {}
+                    () = tokio::time::sleep(Duration::from_millis(100)) => {}
+                }
+            }
+        };
+        // Not re-synced in time: reported as missing from the samples.
+        let _ = tokio::time::timeout(within, wait).await;
+        let mut kept_stream = 0;
+        if streams_may_survive {
+            let back_stamp = back.saturating_duration_since(shared.started).as_nanos() as u64 + 1;
+            for id in 0..shared.config.agents {
+                if on_old_stream(id) && VersionTimes::stamp(&shared.resynced[id], back_stamp) {
+                    kept_stream += 1;
+                }
+            }
+        }
+        Resync {
+            resynced_ms: VersionTimes::since(&shared.resynced, shared.started, back),
+            attempts: shared.attempts.load(Ordering::Relaxed),
+            failed_attempts: shared.failed_attempts.load(Ordering::Relaxed),
+            kept_stream,
+        }
+    }
+
     /// NACKs asking for the full snapshot sent so far, and other NACKs.
     pub fn nacks(&self) -> (u64, u64) {
         (
@@ -386,8 +474,95 @@ impl Fleet {
     }
 }
 
-/// One agent's stream, until it fails or the fleet stops.
+/// One agent's stream, until it fails or the fleet stops (without
+/// `reconnect`: a stream that ends is an error).
 async fn run_agent(id: usize, channel: Channel, shared: &Shared) -> Result<()> {
+    let (tx, inbound) = open_stream(id, channel, shared, None)
+        .await
+        .context("opening the watch stream")?;
+    shared.streams_open.fetch_add(1, Ordering::Relaxed);
+    serve(id, &tx, inbound, shared, &mut None, &mut false).await?;
+    bail!("the server ended the stream")
+}
+
+/// As the agent's link (`HEALTHY_STREAM_AFTER`): a stream that stayed up
+/// this long delivered, even if nothing came on it.
+const HEALTHY_STREAM_AFTER: Duration = Duration::from_secs(10);
+
+/// One agent that reconnects like `vane-agent` (see the module docs),
+/// until the fleet stops. `first` spreads out the fleet's first attempts.
+async fn run_reconnecting(id: usize, endpoint: Endpoint, shared: &Shared, first: &Semaphore) {
+    let agent = AgentConfig::default();
+    let backoff = match agent.backoff.build() {
+        Ok(backoff) => backoff,
+        Err(e) => return shared.fail(id, e),
+    };
+    let mut pacing = Pacing::new(backoff, agent.breaker);
+    let mut running: Option<Arc<Verified>> = None;
+    let mut first = first.acquire().await.ok();
+    loop {
+        if let Permit::WaitUntil(until) = pacing.permit(tokio::time::Instant::now()) {
+            tokio::time::sleep_until(until).await;
+            continue;
+        }
+        shared.attempts.fetch_add(1, Ordering::Relaxed);
+        // A new connection per attempt, under the agent's connect timeout
+        // (on the endpoint), then its wait for the call to be answered.
+        let opened = match endpoint.connect().await {
+            Ok(channel) => tokio::time::timeout(
+                agent.connect_timeout,
+                open_stream(id, channel, shared, running.as_deref()),
+            )
+            .await
+            .unwrap_or_else(|_| Err(tonic::Status::unavailable("timed out opening the stream"))),
+            Err(e) => Err(tonic::Status::unavailable(format!("connect failed: {e}"))),
+        };
+        drop(first.take());
+        let pause = match opened {
+            Err(status) => {
+                shared.failed_attempts.fetch_add(1, Ordering::Relaxed);
+                let retry = Retry::after_status(status.code());
+                pacing.failed(tokio::time::Instant::now(), Failure::Connect, retry)
+            }
+            Ok((tx, inbound)) => {
+                pacing.opened();
+                let opened_at = tokio::time::Instant::now();
+                shared.opened_at[id].store(shared.now(), Ordering::Release);
+                shared.streams_open.fetch_add(1, Ordering::Relaxed);
+                // The server admitted the stream after reading the first
+                // request: if that named the head, it is recorded as acked.
+                shared.mark_if_resynced(id, running.as_deref());
+                let mut answered = false;
+                let ended = serve(id, &tx, inbound, shared, &mut running, &mut answered).await;
+                shared.streams_open.fetch_sub(1, Ordering::Relaxed);
+                shared.opened_at[id].store(0, Ordering::Release);
+                let delivered = answered || opened_at.elapsed() >= HEALTHY_STREAM_AFTER;
+                let retry = ended
+                    .err()
+                    .and_then(|e| e.downcast_ref::<tonic::Status>().map(|s| s.code()))
+                    .map_or(Retry::Backoff, Retry::after_status);
+                let now = tokio::time::Instant::now();
+                pacing.failed(now, Failure::Stream { delivered }, retry)
+            }
+        };
+        tokio::time::sleep_until(pause.until()).await;
+    }
+}
+
+/// Opens agent `id`'s watch on `channel`, its first request naming what it
+/// runs; resolves once the server has answered the call.
+async fn open_stream(
+    id: usize,
+    channel: Channel,
+    shared: &Shared,
+    running: Option<&Verified>,
+) -> Result<
+    (
+        mpsc::Sender<pb::WatchRequest>,
+        tonic::Streaming<pb::WatchResponse>,
+    ),
+    tonic::Status,
+> {
     let config = &shared.config;
     let mut client = pb::config_discovery_client::ConfigDiscoveryClient::new(channel)
         .max_decoding_message_size(MAX_RESPONSE_BYTES);
@@ -399,21 +574,53 @@ async fn run_agent(id: usize, channel: Channel, shared: &Shared) -> Result<()> {
     };
     // Bounded: one answer per response, and responses are handled in order.
     let (tx, rx) = mpsc::channel(4);
-    tx.send(pb::WatchRequest {
+    tx.try_send(pb::WatchRequest {
         node: Some(node),
+        version_info: running.map_or(0, |r| r.version),
+        hash: running.map(|r| r.hash.clone()).unwrap_or_default(),
         accept_delta: config.accept_delta,
         ..Default::default()
     })
-    .await
-    .map_err(|_| anyhow!("request stream closed"))?;
-    let mut inbound = client
-        .watch(ReceiverStream::new(rx))
-        .await
-        .context("opening the watch stream")?
-        .into_inner();
-    shared.streams_open.fetch_add(1, Ordering::Relaxed);
-    let mut running: Option<Arc<Verified>> = None;
-    while let Some(response) = inbound.message().await.context("watch stream")? {
+    .map_err(|_| tonic::Status::internal("request stream closed"))?;
+    let inbound = client.watch(ReceiverStream::new(rx)).await?.into_inner();
+    Ok((tx, inbound))
+}
+
+/// Answers the responses of one open stream, with a heartbeat every
+/// `vane-agent` heartbeat interval, until the stream ends (`Ok`) or fails.
+/// `running` is what the agent runs, carried across streams; `answered`
+/// turns true once a response was answered.
+async fn serve(
+    id: usize,
+    tx: &mpsc::Sender<pb::WatchRequest>,
+    mut inbound: tonic::Streaming<pb::WatchResponse>,
+    shared: &Shared,
+    running: &mut Option<Arc<Verified>>,
+    answered: &mut bool,
+) -> Result<()> {
+    let config = &shared.config;
+    let every = AgentConfig::default().heartbeat_interval;
+    let mut heartbeats = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    loop {
+        let response = tokio::select! {
+            message = inbound.message() => match message.context("watch stream")? {
+                Some(response) => response,
+                None => return Ok(()),
+            },
+            _ = heartbeats.tick() => {
+                let beat = pb::WatchRequest {
+                    version_info: running.as_ref().map_or(0, |r| r.version),
+                    hash: running.as_ref().map(|r| r.hash.clone()).unwrap_or_default(),
+                    accept_delta: config.accept_delta,
+                    ..Default::default()
+                };
+                // A full queue already holds a request the server will see.
+                if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(beat) {
+                    bail!("request stream closed");
+                }
+                continue;
+            }
+        };
         let arrived = shared.now();
         let times = shared.times(response.version);
         if let Some(t) = &times {
@@ -439,7 +646,7 @@ async fn run_agent(id: usize, channel: Channel, shared: &Shared) -> Result<()> {
                     accept_delta: config.accept_delta,
                     ..Default::default()
                 };
-                running = Some(now_running);
+                *running = Some(now_running);
                 answer
             }
             Err(Refusal { want_full, reason }) => {
@@ -467,6 +674,7 @@ async fn run_agent(id: usize, channel: Channel, shared: &Shared) -> Result<()> {
         tx.send(answer)
             .await
             .map_err(|_| anyhow!("request stream closed"))?;
+        *answered = true;
         if acked
             && let Some(t) = &times
             && VersionTimes::stamp(&t.acked[id], shared.now())
@@ -474,29 +682,8 @@ async fn run_agent(id: usize, channel: Channel, shared: &Shared) -> Result<()> {
         {
             t.all_acked.notify_waiters();
         }
-    }
-    bail!("the server ended the stream")
-}
-
-/// Why a response was not ACKed.
-#[derive(Debug, Clone)]
-struct Refusal {
-    want_full: bool,
-    reason: String,
-}
-
-impl Refusal {
-    fn want_full(reason: impl Into<String>) -> Self {
-        Self {
-            want_full: true,
-            reason: reason.into(),
-        }
-    }
-
-    fn refuse(reason: impl Into<String>) -> Self {
-        Self {
-            want_full: false,
-            reason: reason.into(),
+        if acked {
+            shared.mark_if_resynced(id, running.as_deref());
         }
     }
 }
@@ -586,50 +773,4 @@ async fn check(
             }
         }
     }
-}
-
-/// What a response carries.
-enum Body {
-    Full(Bytes),
-    Delta(Bytes),
-}
-
-/// Decodes (or rebuilds from `base` and a delta), validates and hashes; the
-/// content must hash to `hash`.
-fn verify(
-    version: u64,
-    hash: &str,
-    body: Body,
-    base: Option<&Snapshot>,
-) -> Result<Verified, Refusal> {
-    let from_delta = matches!(body, Body::Delta(_));
-    let decoded = match body {
-        Body::Full(bytes) => Snapshot::decode(&bytes),
-        Body::Delta(delta) => {
-            let base =
-                base.ok_or_else(|| Refusal::want_full("delta: the base is not known here"))?;
-            let full = vane_model::delta::apply_encoded(base, &delta)
-                .map_err(|e| Refusal::want_full(format!("delta does not apply: {e}")))?;
-            Snapshot::decode(&full)
-        }
-    };
-    let snapshot = decoded.map_err(|e| Refusal::refuse(e.to_string()))?;
-    let actual = snapshot.content_hash().to_hex();
-    if actual != hash {
-        let reason = format!(
-            "hash mismatch: version {version} claims hash {hash} but its content hashes to {actual}"
-        );
-        // A rebuilt snapshot that hashes wrong asks for the full one; a full
-        // one that hashes wrong is refused.
-        return Err(if from_delta {
-            Refusal::want_full(reason)
-        } else {
-            Refusal::refuse(reason)
-        });
-    }
-    Ok(Verified {
-        version,
-        hash: actual,
-        snapshot: Some(Arc::new(snapshot)),
-    })
 }

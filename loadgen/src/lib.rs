@@ -11,17 +11,25 @@
 //! - [`fleet`]: N simulated agents over C HTTP/2 connections (multiplexed
 //!   when C < N), each speaking the watch protocol like `vane-agent` does:
 //!   first request, apply (verify the hash), ACK, deltas with fallback to
-//!   full, and the times each response arrived and was ACKed.
+//!   full, and the times each response arrived and was ACKed; with
+//!   `reconnect`, one connection per agent and reconnects paced by the
+//!   agent's own `vane_agent::pacing::Pacing`. `check` holds the check of a
+//!   response, `times` the per-agent time stamps.
 //! - [`snapshots`]: the snapshots the benchmark pushes (R routes).
 //! - [`fanout`]: the fan-out scenario (connect, full pushes, one-route
 //!   pushes) and its report.
 //! - [`push`]: the durable-push throughput scenario and its report.
+//! - [`storm`]: the reconnect-storm scenario: a fleet that reconnects with
+//!   the agent's own pacing, and the time to re-sync after each outage.
 //! - [`sys`]: RLIMIT_NOFILE, and a process's RSS and CPU time from `/proc`.
 //! - [`stats`]: percentiles of latency samples.
 
+mod check;
 pub mod fanout;
 pub mod fleet;
 pub mod push;
 pub mod snapshots;
 pub mod stats;
+pub mod storm;
 pub mod sys;
+mod times;

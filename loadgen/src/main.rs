@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 use vane_loadgen::fanout::{self, FanoutConfig};
 use vane_loadgen::fleet::Verify;
 use vane_loadgen::push::{self, PushConfig};
+use vane_loadgen::storm::{self, StormConfig};
 use vane_loadgen::sys;
 
 /// Load generator for Vane's control plane.
@@ -68,6 +69,33 @@ enum Scenario {
         /// Threads checking responses with `--verify every`.
         #[arg(long, default_value_t = 1)]
         verify_threads: usize,
+    },
+    /// N agents that reconnect like `vane-agent`, synced; then, for each
+    /// outage the driver announces on stdin (`outage NAME`, then `back`),
+    /// the time until 50/90/99/100% re-synced. Driven by `cargo xtask bench
+    /// storm`.
+    Storm {
+        /// The control server.
+        #[arg(long, default_value = "http://127.0.0.1:7070")]
+        server: String,
+        /// The group the agents watch.
+        #[arg(long, default_value = "bench")]
+        group: String,
+        /// Simulated agents (N), each on a connection of its own.
+        #[arg(long, default_value_t = 1000)]
+        agents: usize,
+        /// Routes in the pushed snapshot (R).
+        #[arg(long, default_value_t = 10)]
+        routes: usize,
+        /// First connections opened at once.
+        #[arg(long, default_value_t = 256)]
+        connect_parallelism: usize,
+        /// Longest wait for the fleet to connect and sync at the start.
+        #[arg(long, default_value = "120s", value_parser = humantime_secs)]
+        sync_timeout: Duration,
+        /// Longest wait for every agent to re-sync after an outage.
+        #[arg(long, default_value = "60s", value_parser = humantime_secs)]
+        resync_timeout: Duration,
     },
     /// Durable pushes per second with 1, 8 and 64 concurrent pushers.
     Push {
@@ -145,6 +173,28 @@ async fn run(args: Args) -> Result<()> {
                 ack_timeout,
                 connect_parallelism,
                 verify_threads,
+            })
+            .await?;
+            serde_json::to_string(&report)?
+        }
+        Scenario::Storm {
+            server,
+            group,
+            agents,
+            routes,
+            connect_parallelism,
+            sync_timeout,
+            resync_timeout,
+        } => {
+            sys::raise_nofile(agents as u64 + 256)?;
+            let report = storm::run(&StormConfig {
+                server,
+                group,
+                agents,
+                routes,
+                connect_parallelism,
+                sync_timeout,
+                resync_timeout,
             })
             .await?;
             serde_json::to_string(&report)?

@@ -33,7 +33,7 @@ impl Summary {
 }
 
 /// The nearest-rank percentile of sorted, non-empty samples.
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     let rank = (p / 100.0 * sorted.len() as f64).ceil() as usize;
     sorted[rank.clamp(1, sorted.len()) - 1]
 }

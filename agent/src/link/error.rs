@@ -4,18 +4,9 @@
 
 use vane_tls::{Hints, tls_failure};
 
-/// How the state machine retries after an error.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Retry {
-    /// A fault that may pass (a server restarting, the network): the next
-    /// step of the backoff sequence.
-    Backoff,
-    /// A fault only an operator can fix (credentials, certificates, a group
-    /// the agent may not watch, a request the server refuses): a fast retry
-    /// would only hammer the server, so it is retried at the backoff cap and
-    /// logged as a configuration error.
-    AtCap,
-}
+/// How the state machine retries after an error: the reconnect pacing's
+/// classes.
+pub(crate) use crate::pacing::Retry;
 
 /// Errors of the link.
 #[derive(Debug)]
@@ -38,17 +29,13 @@ impl LinkError {
     /// How to retry after this error: TLS failures, `UNAUTHENTICATED`,
     /// `PERMISSION_DENIED` and `INVALID_ARGUMENT` are configuration errors.
     pub(crate) fn retry(&self) -> Retry {
-        let config = match self {
-            LinkError::Tls(_) => true,
-            LinkError::Status(s) => matches!(
-                s.code(),
-                tonic::Code::Unauthenticated
-                    | tonic::Code::PermissionDenied
-                    | tonic::Code::InvalidArgument
-            ),
-            LinkError::Connect(_) | LinkError::Closed | LinkError::StoreUnreachable => false,
-        };
-        if config { Retry::AtCap } else { Retry::Backoff }
+        match self {
+            LinkError::Tls(_) => Retry::AtCap,
+            LinkError::Status(s) => Retry::after_status(s.code()),
+            LinkError::Connect(_) | LinkError::Closed | LinkError::StoreUnreachable => {
+                Retry::Backoff
+            }
+        }
     }
 
     /// A status from the stream: a TLS failure when rustls is behind it (a

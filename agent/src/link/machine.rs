@@ -9,10 +9,10 @@
 use std::sync::Arc;
 
 use tokio::time::Instant;
-use vane_backoff::ExponentialBackoff;
 use vane_proto as pb;
 
-use crate::breaker::{Breaker, Permit};
+use crate::breaker::Permit;
+use crate::pacing::{Failure, Pacing, Pause};
 use crate::state::Shared;
 
 use super::error::{LinkError, Retry};
@@ -120,23 +120,17 @@ pub(crate) struct Machine {
     servers: Vec<String>,
     /// The server the next attempt goes to.
     next_server: usize,
-    backoff: ExponentialBackoff,
-    breaker: Breaker,
+    /// The backoff and the breaker: how long each pause is.
+    pacing: Pacing,
 }
 
 impl Machine {
-    pub(crate) fn new(
-        shared: Arc<Shared>,
-        servers: Vec<String>,
-        backoff: ExponentialBackoff,
-        breaker: Breaker,
-    ) -> Self {
+    pub(crate) fn new(shared: Arc<Shared>, servers: Vec<String>, pacing: Pacing) -> Self {
         Self {
             shared,
             servers,
             next_server: 0,
-            backoff,
-            breaker,
+            pacing,
         }
     }
 
@@ -151,16 +145,18 @@ impl Machine {
             (State::Connecting { .. }, Event::Opened(session)) => {
                 // A stream is what the breaker counts as success: it closes
                 // now, whether this was a normal attempt or its probe.
-                self.breaker.on_success();
+                self.pacing.opened();
                 tracing::info!(server = %self.url(session.server), "watch stream established");
                 State::Streaming(session)
             }
             (State::Connecting { server }, Event::Failed(error)) => {
-                self.breaker.on_failure(now);
-                self.fail(server, false, error, now, &mut note)
+                self.fail(server, Failure::Connect, error, now, &mut note)
             }
             (State::Streaming(session), Event::Failed(error)) => {
-                self.fail(session.server, session.delivered, error, now, &mut note)
+                let failure = Failure::Stream {
+                    delivered: session.delivered,
+                };
+                self.fail(session.server, failure, error, now, &mut note)
             }
             (State::Streaming(mut session), Event::Answered { verdict, answer }) => {
                 session.delivered = true;
@@ -217,7 +213,7 @@ impl Machine {
 
     /// Asks the breaker whether an attempt may go now.
     fn gate(&mut self, now: Instant) -> State {
-        match self.breaker.acquire(now) {
+        match self.pacing.permit(now) {
             Permit::Attempt => State::Connecting {
                 server: self.next_server,
             },
@@ -274,26 +270,26 @@ impl Machine {
     fn fail(
         &mut self,
         server: usize,
-        delivered: bool,
+        failure: Failure,
         error: LinkError,
         now: Instant,
         note: &mut Note,
     ) -> State {
-        if delivered {
-            self.backoff.reset();
-        }
         let url = self.url(server).to_owned();
-        let delay = match error.retry() {
-            Retry::AtCap => {
-                tracing::error!(server = %url, %error, "configuration error; retrying at the backoff cap");
-                self.backoff.max()
+        let retry = error.retry();
+        let pause = self.pacing.failed(now, failure, retry);
+        let delay_ms = (pause.until() - now).as_millis() as u64;
+        match (retry, pause) {
+            (Retry::AtCap, _) => {
+                tracing::error!(server = %url, %error, delay_ms, "configuration error; retrying at the backoff cap");
             }
-            Retry::Backoff => {
-                let delay = self.backoff.next();
-                tracing::warn!(server = %url, %error, delay_ms = delay.as_millis() as u64, "watch stream lost; reconnecting");
-                delay
+            (Retry::Backoff, Pause::BreakerOpen(_)) => {
+                tracing::warn!(server = %url, %error, delay_ms, "circuit breaker open; probing again after the pause");
             }
-        };
+            (Retry::Backoff, Pause::Backoff(_)) => {
+                tracing::warn!(server = %url, %error, delay_ms, "watch stream lost; reconnecting");
+            }
+        }
         // Try the next server on the next attempt; a stream that delivered
         // and then broke may be a restart of the same server, which the next
         // rotation will come back to.
@@ -301,7 +297,10 @@ impl Machine {
         note.confirmation = Some(Confirmation::Unconfirm);
         note.error = Some(format!("{url}: {error}"));
         note.reconnect = true;
-        State::Backoff { until: now + delay }
+        match pause {
+            Pause::Backoff(until) => State::Backoff { until },
+            Pause::BreakerOpen(until) => State::BreakerOpen { until },
+        }
     }
 
     /// Writes the link status: what `state` says, then what `note` adds.
@@ -316,7 +315,7 @@ impl Machine {
             State::Streaming(session) => Some(self.url(session.server).to_owned()),
             _ => None,
         };
-        let breaker = self.breaker.state();
+        let breaker = self.pacing.breaker();
         self.shared.update_link(|link| {
             link.connected = server.is_some();
             // The server of the current stream, else of the last one.
@@ -369,11 +368,13 @@ mod tests {
         Machine::new(
             Arc::new(Shared::new(Duration::from_secs(300))),
             SERVERS.iter().map(|s| (*s).to_owned()).collect(),
-            backoff.build().unwrap(),
-            Breaker::new(BreakerConfig {
-                failure_threshold: threshold,
-                open_for: Duration::from_secs(10),
-            }),
+            Pacing::new(
+                backoff.build().unwrap(),
+                BreakerConfig {
+                    failure_threshold: threshold,
+                    open_for: Duration::from_secs(10),
+                },
+            ),
         )
     }
 
@@ -443,7 +444,7 @@ mod tests {
         // Ceilings double: 200 ms, 400 ms, ... up to the 10 s cap.
         for n in 1..12u32 {
             let ceiling = Duration::from_millis(100 * 2u64.pow(n)).min(Duration::from_secs(10));
-            assert_eq!(m.backoff.ceiling(), ceiling);
+            assert_eq!(m.pacing.backoff().ceiling(), ceiling);
             let pause = failed_attempt(&mut m, refused());
             assert!(pause <= ceiling, "{pause:?} > {ceiling:?}");
         }
@@ -463,7 +464,7 @@ mod tests {
             assert_eq!(failed_attempt(&mut m, error), Duration::from_secs(10));
         }
         assert_eq!(
-            m.backoff.attempts(),
+            m.pacing.backoff().attempts(),
             0,
             "the cap is not a step of the sequence"
         );
@@ -472,24 +473,28 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn the_breaker_opens_after_its_threshold_and_half_opens_after_the_cool_down() {
+    async fn the_breaker_opens_after_its_threshold_and_half_opens_after_one_period() {
         let mut m = machine(3);
-        for _ in 0..3 {
+        for _ in 0..2 {
             failed_attempt(&mut m, refused());
         }
+        // The third failed connect opens the breaker: the pause is its
+        // period, in [open_for/2, open_for] from the attempt's start.
         let opened_at = Instant::now();
         let s = m.transition(State::Idle, Event::Ready, opened_at);
+        assert!(matches!(s, State::Connecting { .. }), "{s:?}");
+        let s = m.transition(s, Event::Failed(refused()), opened_at);
         let State::BreakerOpen { until } = s else {
             panic!("three failures open the breaker, got {s:?}");
         };
         let open = until - opened_at;
         assert!(
-            open >= Duration::from_secs(10) && open <= Duration::from_secs(12),
-            "open for 10 s plus up to 20%: {open:?}"
+            open >= Duration::from_secs(5) && open <= Duration::from_secs(10),
+            "open for 5 to 10 s: {open:?}"
         );
         assert_eq!(m.shared.health().breaker, BreakerState::Open { until });
 
-        // Asked again before the cool-down: still no attempt.
+        // Asked again before the period is over: still no attempt.
         tokio::time::advance(open - Duration::from_millis(1)).await;
         let s = m.transition(s, Event::Ready, Instant::now());
         let s = m.transition(s, Event::Ready, Instant::now());
@@ -504,22 +509,21 @@ mod tests {
         };
         assert_eq!(m.shared.health().breaker, BreakerState::HalfOpen);
 
-        // The probe fails: open again at once.
-        let s = m.transition(s, Event::Failed(refused()), Instant::now());
-        assert!(matches!(s, State::Backoff { .. }), "{s:?}");
+        // The probe fails: open again at once, for one more period.
+        let failed_at = Instant::now();
+        let s = m.transition(s, Event::Failed(refused()), failed_at);
+        let State::BreakerOpen { until } = s else {
+            panic!("a failed probe opens the breaker again, got {s:?}");
+        };
+        assert!(until - failed_at <= Duration::from_secs(10));
         assert!(matches!(
             m.shared.health().breaker,
             BreakerState::Open { .. }
         ));
-        let s = m.transition(s, Event::Ready, Instant::now());
-        assert!(matches!(
-            m.transition(s, Event::Ready, Instant::now()),
-            State::BreakerOpen { .. }
-        ));
 
         // The next probe opens a stream: the breaker closes.
-        tokio::time::advance(Duration::from_secs(13)).await;
-        let s = m.transition(State::BreakerOpen { until }, Event::Ready, Instant::now());
+        tokio::time::advance(until - failed_at).await;
+        let s = m.transition(s, Event::Ready, Instant::now());
         let State::Connecting { server: probe } = m.transition(s, Event::Ready, Instant::now())
         else {
             panic!("a second probe should go");
@@ -537,13 +541,76 @@ mod tests {
         assert_eq!(h.server.as_deref(), Some(SERVERS[probe]));
     }
 
+    /// The agent's defaults through a 40 s outage (every connect refused),
+    /// event by event on the paused clock: the server that answers again
+    /// waits at most `open_for` (3 s) for the next attempt, however long
+    /// the outage; meanwhile the breaker opens and attempts slow to one per
+    /// 1.5 to 3 s.
+    #[tokio::test(start_paused = true)]
+    async fn after_a_forty_second_outage_the_next_attempt_comes_within_open_for() {
+        let bound = BreakerConfig::default().open_for;
+        for _ in 0..50 {
+            let mut m = Machine::new(
+                Arc::new(Shared::new(Duration::from_secs(300))),
+                vec![SERVERS[0].to_owned()],
+                Pacing::new(
+                    BackoffConfig::default().build().unwrap(),
+                    BreakerConfig::default(),
+                ),
+            );
+            let mut s = m.transition(
+                State::Connecting { server: 0 },
+                Event::Opened(session(0)),
+                Instant::now(),
+            );
+            s = m.transition(s, Event::Healthy, Instant::now());
+            let outage = Instant::now();
+            let back = outage + Duration::from_secs(40);
+            s = m.transition(s, Event::Failed(LinkError::Closed), outage);
+            let mut attempts = Vec::new();
+            let mut saw_open = false;
+            let reconnected = loop {
+                s = match s {
+                    State::Backoff { until } | State::BreakerOpen { until } => {
+                        tokio::time::sleep_until(until).await;
+                        m.transition(s, Event::Ready, Instant::now())
+                    }
+                    State::Idle => m.transition(s, Event::Ready, Instant::now()),
+                    State::Connecting { .. } if Instant::now() < back => {
+                        attempts.push(Instant::now());
+                        let s = m.transition(s, Event::Failed(refused()), Instant::now());
+                        saw_open |= matches!(m.shared.health().breaker, BreakerState::Open { .. });
+                        s
+                    }
+                    State::Connecting { .. } => {
+                        let s = m.transition(s, Event::Opened(session(0)), Instant::now());
+                        assert!(matches!(s, State::Streaming(_)), "{s:?}");
+                        break Instant::now();
+                    }
+                    other => panic!("unexpected {other:?}"),
+                };
+            };
+            assert!(saw_open, "40 s of refused connects open the breaker");
+            assert!(
+                reconnected - back <= bound,
+                "reconnected {:?} after the server answered again",
+                reconnected - back
+            );
+            let h = m.shared.health();
+            assert!(h.connected && h.breaker == BreakerState::Closed);
+            let gaps: Vec<Duration> = attempts.windows(2).map(|p| p[1] - p[0]).collect();
+            assert!(gaps.iter().all(|g| *g <= bound), "{gaps:?}");
+            assert!(gaps[4..].iter().all(|g| *g >= bound / 2), "{gaps:?}");
+        }
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_stream_that_delivered_resets_the_backoff_and_one_that_did_not_does_not() {
         let mut m = machine(100);
         for _ in 0..5 {
             failed_attempt(&mut m, refused());
         }
-        assert_eq!(m.backoff.attempts(), 5);
+        assert_eq!(m.pacing.backoff().attempts(), 5);
         let now = Instant::now();
 
         // Opened, then broken before anything came: no reset.
@@ -554,7 +621,7 @@ mod tests {
         );
         let s = m.transition(s, Event::Failed(LinkError::Closed), now);
         assert!(matches!(s, State::Backoff { .. }));
-        assert_eq!(m.backoff.attempts(), 6);
+        assert_eq!(m.pacing.backoff().attempts(), 6);
         assert_eq!(
             m.shared.health().breaker,
             BreakerState::Closed,
@@ -580,7 +647,7 @@ mod tests {
             panic!("expected backoff");
         };
         assert!(until - now <= Duration::from_millis(100));
-        assert_eq!(m.backoff.attempts(), 1);
+        assert_eq!(m.pacing.backoff().attempts(), 1);
 
         // A long quiet life counts as delivered too.
         failed_attempt(&mut m, refused());
@@ -595,7 +662,7 @@ mod tests {
             panic!("expected backoff");
         };
         assert!(until - now <= Duration::from_millis(100));
-        assert_eq!(m.backoff.attempts(), 1);
+        assert_eq!(m.pacing.backoff().attempts(), 1);
     }
 
     #[tokio::test(start_paused = true)]
@@ -699,8 +766,10 @@ mod tests {
         let mut m = Machine::new(
             Arc::new(Shared::new(Duration::from_secs(5))),
             vec![SERVERS[0].to_owned()],
-            BackoffConfig::default().build().unwrap(),
-            Breaker::new(BreakerConfig::default()),
+            Pacing::new(
+                BackoffConfig::default().build().unwrap(),
+                BreakerConfig::default(),
+            ),
         );
         let mut live = Current::empty();
         (live.version, live.hash, live.source) = (3, "ab".into(), Source::Live);

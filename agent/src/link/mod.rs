@@ -13,12 +13,13 @@
 //!                      start
 //!                        │
 //!                        ▼          breaker open
-//!   ┌─────────────────▶ Idle ─────────────────────────▶ BreakerOpen
-//!   │                   │  ▲                                │
-//!   │  breaker closed,  │  └──────── cool-down over ────────┘
-//!   │  or its one       │
-//!   │  half-open probe  ▼
-//!   │               Connecting ───── fails ───────────────────────┐
+//!   ┌─────────────────▶ Idle ─────────────────────────▶ BreakerOpen ◀───┐
+//!   │                   │  ▲                                │           │
+//!   │  breaker closed,  │  └────────── period over ─────────┘           │
+//!   │  or its one       │                                               │
+//!   │  half-open probe  ▼                                               │
+//!   │               Connecting ── fails, and the breaker is open ───────┘
+//!   │                   │   └──── fails ──────────────────────────┐
 //!   │                   │ stream open: the breaker closes         │
 //!   │                   ▼                                         │
 //!   │               Streaming ◀──┐                                │
@@ -33,10 +34,17 @@
 //!   │                   ▼                                         │
 //!   └── pause over ── Backoff ◀───────────────────────────────────┘
 //!
-//!   Backoff's pause: full jitter in [0, min(cap, base·2ⁿ)]; exactly the
+//!   Backoff's pause: full jitter in [0, min(cap, base·2ⁿ)], and after a
+//!   failed connect never longer than the breaker's open_for; exactly the
 //!   cap after Unauthenticated, PermissionDenied, InvalidArgument or a TLS
-//!   failure; n starts over after a stream that delivered. A failed connect
-//!   counts towards the breaker. The next attempt goes to the next server.
+//!   failure; n starts over after a stream that delivered. Failed connects
+//!   count towards the breaker: at its threshold it opens for one period,
+//!   uniform in [open_for/2, open_for] and counted from the start of the
+//!   attempt that failed, then lets one probe through; a failed probe opens
+//!   it for another period. So a server that answers again is found within
+//!   open_for (3 s by default) whatever the outage's length, while a dead
+//!   one sees at most one attempt per agent per open_for/2. The next
+//!   attempt goes to the next server.
 //!
 //!   A server that says it cannot reach its store (store_unreachable on a
 //!   response, or a store notice) confirms nothing while it says so; with
@@ -73,8 +81,8 @@ use tokio::time::Instant;
 use vane_backoff::ExponentialBackoff;
 
 use crate::apply::Applier;
-use crate::breaker::Breaker;
 use crate::config::AgentConfig;
+use crate::pacing::Pacing;
 
 use machine::{Machine, State};
 use step::Steps;
@@ -91,8 +99,7 @@ pub(crate) async fn run<T: Transport>(
     let mut machine = Machine::new(
         applier.shared.clone(),
         config.servers.clone(),
-        backoff,
-        Breaker::new(config.breaker),
+        Pacing::new(backoff, config.breaker),
     );
     let mut steps = Steps {
         config,

@@ -185,10 +185,20 @@ pub(crate) struct ControlServer {
 impl ControlServer {
     /// Starts the server in `bin_dir` with its data and log under `dir`.
     pub(crate) fn start(bin_dir: &Path, dir: &Path) -> Result<Self> {
+        Self::start_on(bin_dir, dir, "127.0.0.1:0")
+    }
+
+    /// [`Self::start`] listening on `listen`; a restart on the same `dir`
+    /// keeps the data and appends to the log.
+    pub(crate) fn start_on(bin_dir: &Path, dir: &Path, listen: &str) -> Result<Self> {
         let data_dir = dir.join("data");
         let log = dir.join("vane-control.log");
+        let log_file = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(&log)?;
         let mut child = Command::new(bin_dir.join("vane-control"))
-            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .args(["--listen", listen, "--admin-listen", "127.0.0.1:0"])
             // `bench push` (which shares this server) pushes thousands of
             // times a second from one (anonymous) identity and `bench fanout`
             // in bursts: the per-identity push rate limit would measure
@@ -198,7 +208,7 @@ impl ControlServer {
             .arg(&data_dir)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::from(std::fs::File::create(&log)?))
+            .stderr(Stdio::from(log_file))
             .spawn()
             .with_context(|| format!("cannot start {}", bin_dir.join("vane-control").display()))?;
         let stdout = child.stdout.take().context("stdout is piped")?;
@@ -246,6 +256,25 @@ impl ControlServer {
     /// The process id.
     pub(crate) fn pid(&self) -> u32 {
         self.pid
+    }
+
+    /// The gRPC address.
+    pub(crate) fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// SIGKILL, and reap it.
+    pub(crate) fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Sends `signal` to the process (SIGSTOP, SIGCONT).
+    pub(crate) fn signal(&self, signal: nix::sys::signal::Signal) -> Result<()> {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.pid)?);
+        nix::sys::signal::kill(pid, signal).with_context(|| format!("{signal} to vane-control"))
     }
 
     /// The data directory (for the fsync probe).

@@ -5,10 +5,14 @@
 //! - `cargo xtask bench fanout`: N simulated agents (`vane-loadgen`) on a
 //!   release control server: convergence, bytes, memory and CPU per push.
 //! - `cargo xtask bench push`: durable pushes per second, 1/8/64 pushers.
+//! - `cargo xtask bench storm`: N simulated agents that reconnect like
+//!   `vane-agent`; the time to re-sync them after a SIGKILL and restart,
+//!   and after a SIGSTOP black hole.
 
 mod fanout;
 pub(crate) mod proxy;
 mod push;
+mod storm;
 
 use std::path::Path;
 
@@ -31,6 +35,11 @@ pub(crate) enum Bench {
     /// Durable pushes per second on the embedded store with 1, 8 and 64
     /// concurrent pushers.
     Push(push::Options),
+    /// A release vane-control and N simulated agents that reconnect like
+    /// vane-agent: the server is SIGKILLed and restarted (same port and
+    /// data), then SIGSTOPped for a while; time until 50/90/99/100% of the
+    /// agents re-synced after it answers again.
+    Storm(storm::Options),
 }
 
 /// Runs the chosen benchmark.
@@ -41,5 +50,6 @@ pub(crate) fn run(root: &Path, bench: Bench) -> Result<()> {
         Bench::Proxy(options) => proxy::run(root, &options),
         Bench::Fanout(options) => fanout::run(root, &options),
         Bench::Push(options) => push::run(root, &options),
+        Bench::Storm(options) => storm::run(root, &options),
     }
 }

@@ -66,7 +66,7 @@ pub(crate) const RULES: &[(&str, &[&str])] = &[
         "vane-fuzzing",
         &["vane-agent", "vane-control", "vane-model", "vane-proto"],
     ),
-    ("vane-loadgen", &["vane-model", "vane-proto"]),
+    ("vane-loadgen", &["vane-agent", "vane-model", "vane-proto"]),
     ("xtask", &["vane-pki", "vane-testkit"]),
 ];
 
