@@ -11,7 +11,7 @@ use crate::audit::AuditLog;
 
 /// The store's health for Prometheus, read at scrape time:
 /// `vane_control_store_degraded{backend}` is 1 while the store is read-only
-/// (etcd unreachable), else 0.
+/// (etcd unreachable, a full disk), else 0.
 pub struct HealthCollector(pub Arc<dyn Store>);
 
 impl std::fmt::Debug for HealthCollector {
@@ -29,7 +29,7 @@ impl prometheus_client::collector::Collector for HealthCollector {
         let health = self.0.health();
         let mut metric = encoder.encode_descriptor(
             "vane_control_store_degraded",
-            "1 while the store cannot be written (etcd unreachable): streams go on with the last known snapshots and pushes fail",
+            "1 while the store cannot be written (etcd unreachable, a full disk, the embedded file being reopened): streams go on with the last known snapshots and pushes fail",
             None,
             prometheus_client::metrics::MetricType::Gauge,
         )?;

@@ -37,6 +37,40 @@ impl Sidecar {
         }
     }
 
+    /// A sidecar of `node` following `group` on `controls` (tried in
+    /// order), its cache in `dir/cache-<node>` and its log in
+    /// `dir/<node>.log`, reconnecting fast (backoff 50 ms to 500 ms, breaker
+    /// open 500 ms) so tests of failover wait for the fault, not the pacing;
+    /// `extra` flags after those.
+    pub fn follow(
+        node: &str,
+        group: &str,
+        controls: &[String],
+        dir: &Path,
+        extra: &[&str],
+    ) -> Self {
+        let cache = dir.join(format!("cache-{node}"));
+        let control = controls.join(",");
+        let mut args = vec![
+            "--node-id",
+            node,
+            "--group",
+            group,
+            "--control",
+            &control,
+            "--cache-dir",
+            cache.to_str().expect("a UTF-8 path"),
+            "--backoff-base",
+            "50ms",
+            "--backoff-cap",
+            "500ms",
+            "--breaker-open",
+            "500ms",
+        ];
+        args.extend_from_slice(extra);
+        Self::start(&args, &dir.join(format!("{node}.log")))
+    }
+
     /// `GET /status` as JSON.
     pub fn status(&self) -> serde_json::Value {
         let (code, body) = http_get(self.admin, "/status").expect("GET /status");

@@ -47,30 +47,8 @@ fn push(server: &str, dir: &Path, marker: &str) -> u64 {
 }
 
 fn start_sidecar(node: &str, control: &[String], dir: &Path) -> Sidecar {
-    let cache = dir.join(format!("cache-{node}"));
-    let control = control.join(",");
     let stale_after = format!("{}s", STALE_AFTER.as_secs());
-    Sidecar::start(
-        &[
-            "--node-id",
-            node,
-            "--group",
-            GROUP,
-            "--control",
-            &control,
-            "--cache-dir",
-            cache.to_str().unwrap(),
-            "--stale-after",
-            &stale_after,
-            "--backoff-base",
-            "50ms",
-            "--backoff-cap",
-            "500ms",
-            "--breaker-open",
-            "500ms",
-        ],
-        &dir.join(format!("{node}.log")),
-    )
+    Sidecar::follow(node, GROUP, control, dir, &["--stale-after", &stale_after])
 }
 
 /// A one-member etcd, replica A on it directly and replica B through a

@@ -51,26 +51,7 @@ fn push_until_ok(server: &str, file: &Path, within: Duration) -> u64 {
 }
 
 fn start_sidecar(node: &str, control: &str, dir: &Path) -> Sidecar {
-    let cache = dir.join(format!("cache-{node}"));
-    Sidecar::start(
-        &[
-            "--node-id",
-            node,
-            "--group",
-            GROUP,
-            "--control",
-            control,
-            "--cache-dir",
-            cache.to_str().unwrap(),
-            "--backoff-base",
-            "50ms",
-            "--backoff-cap",
-            "500ms",
-            "--breaker-open",
-            "500ms",
-        ],
-        &dir.join(format!("{node}.log")),
-    )
+    Sidecar::follow(node, GROUP, &[control.to_owned()], dir, &[])
 }
 
 /// `(version, hash, marker)` of every push that returned success.

@@ -36,27 +36,7 @@ fn push(server: &str, file: &Path) -> u64 {
 }
 
 fn start_sidecar(node: &str, control: &[String], dir: &Path) -> Sidecar {
-    let cache = dir.join(format!("cache-{node}"));
-    let control = control.join(",");
-    Sidecar::start(
-        &[
-            "--node-id",
-            node,
-            "--group",
-            GROUP,
-            "--control",
-            &control,
-            "--cache-dir",
-            cache.to_str().unwrap(),
-            "--backoff-base",
-            "50ms",
-            "--backoff-cap",
-            "500ms",
-            "--breaker-open",
-            "500ms",
-        ],
-        &dir.join(format!("{node}.log")),
-    )
+    Sidecar::follow(node, GROUP, control, dir, &[])
 }
 
 fn median(mut samples: Vec<Duration>) -> Duration {

@@ -64,26 +64,7 @@ fn corrupt_gauge(admin: std::net::SocketAddr) -> String {
 }
 
 fn start_agent(node: &str, control: &str, dir: &Path) -> Sidecar {
-    let cache = dir.join(format!("cache-{node}"));
-    Sidecar::start(
-        &[
-            "--node-id",
-            node,
-            "--group",
-            GROUP,
-            "--control",
-            control,
-            "--cache-dir",
-            cache.to_str().unwrap(),
-            "--backoff-base",
-            "50ms",
-            "--backoff-cap",
-            "500ms",
-            "--breaker-open",
-            "500ms",
-        ],
-        &dir.join(format!("{node}.log")),
-    )
+    Sidecar::follow(node, GROUP, &[control.to_owned()], dir, &[])
 }
 
 #[test]
