@@ -169,6 +169,15 @@ impl Demo {
         Ok(())
     }
 
+    /// The agent's `/readyz`: 200 while it serves a configuration (live or
+    /// from its cache), whatever the control plane does.
+    pub(crate) fn show_agent_ready(&self) -> Result<()> {
+        let agent = self.agent.as_ref().context("no agent is running")?;
+        println!("$ curl -s http://{}/readyz", agent.addr);
+        print!("{}", http_get(agent.addr, "/readyz")?);
+        Ok(())
+    }
+
     pub(crate) fn show_output_head(&self) -> Result<()> {
         let path = self.work.join("edge.json");
         let text = std::fs::read_to_string(&path)

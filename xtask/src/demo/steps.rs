@@ -273,11 +273,14 @@ pub(crate) fn steps(security: Security) -> Vec<Step> {
             title: "kill the control server (SIGKILL)",
             explain: "The control plane dies without warning. The agent keeps serving version \
                       4 from memory: its output file and /status are unchanged, it only notes \
-                      that the stream is gone and retries behind backoff.",
+                      that the stream is gone and retries behind backoff, and its /readyz still \
+                      says ready (it serves a config; liveness and readiness never depend on \
+                      the control plane).",
             action: |d| {
                 d.server.kill()?;
                 std::thread::sleep(Duration::from_millis(500));
                 d.show_agent_status()?;
+                d.show_agent_ready()?;
                 ensure!(
                     d.agent_status_field("version").as_deref() == Some("4"),
                     "the agent should still run version 4"
