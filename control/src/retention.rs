@@ -103,27 +103,18 @@ impl Task {
 mod tests {
     use super::*;
     use crate::agents::NodeInfo;
-    use bytes::Bytes;
-    use vane_store::{NewVersion, RedbStore};
-
-    fn version(content: &str) -> NewVersion {
-        NewVersion {
-            group: "edge".into(),
-            snapshot: Bytes::copy_from_slice(content.as_bytes()),
-            hash: content.into(),
-            message: String::new(),
-            author: String::new(),
-            rollback_of: None,
-            expected_version: None,
-        }
-    }
+    use vane_store::RedbStore;
+    use vane_store::suite::new_version;
 
     #[tokio::test]
     async fn keeps_what_agents_run_and_counts_what_it_removes() {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn Store> = Arc::new(RedbStore::open(dir.path()).await.unwrap());
         for i in 1..=10 {
-            store.push(version(&format!("v{i}"))).await.unwrap();
+            store
+                .push(new_version("edge", format!("v{i}").as_bytes()))
+                .await
+                .unwrap();
         }
         let agents = Arc::new(AgentRegistry::new(Duration::from_secs(3600)));
         let node = NodeInfo {
@@ -134,7 +125,7 @@ mod tests {
         };
         let key = agents.connect(&node, "peer", None);
         agents.record_sent(&key, 3);
-        agents.record_ack(&key, 3, "v3");
+        agents.record_ack(&key, 3, "hash-of-v3");
         let task = Task {
             store: Arc::clone(&store),
             agents,

@@ -80,12 +80,8 @@ impl ControlServer {
             .path()
             .join(format!("control-{}.log", self.starts));
         let log = std::fs::File::create(&log_path).expect("create the log file");
-        let mut child = Command::new(bin_path("vane-control"))
-            .arg("--listen")
-            .arg(&self.listen)
-            .arg("--data-dir")
-            .arg(self.data_dir())
-            .args(&self.extra_args)
+        let mut child = self
+            .command()
             .stdout(std::process::Stdio::null())
             .stderr(log)
             .spawn()
@@ -102,19 +98,24 @@ impl ControlServer {
         None
     }
 
-    fn spawn(&mut self) {
-        self.starts += 1;
-        let log_path = self
-            .root
-            .path()
-            .join(format!("control-{}.log", self.starts));
+    /// `vane-control --listen … --data-dir … EXTRA_ARGS`.
+    fn command(&self) -> Command {
         let mut cmd = Command::new(bin_path("vane-control"));
         cmd.arg("--listen")
             .arg(&self.listen)
             .arg("--data-dir")
             .arg(self.data_dir())
             .args(&self.extra_args);
-        let (child, line) = spawn_announced(cmd, LISTENING_PREFIX, &log_path);
+        cmd
+    }
+
+    fn spawn(&mut self) {
+        self.starts += 1;
+        let log_path = self
+            .root
+            .path()
+            .join(format!("control-{}.log", self.starts));
+        let (child, line) = spawn_announced(self.command(), LISTENING_PREFIX, &log_path);
         self.addr = line
             .parse()
             .unwrap_or_else(|e| panic!("vane-control printed an unparsable address {line:?}: {e}"));

@@ -43,6 +43,28 @@ pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> 
     http_request(addr, "GET", path, "")
 }
 
+/// The sum of every sample of `name` in Prometheus/OpenMetrics `text`
+/// whose labels contain all `labels` (`key="value"` fragments); `None` when
+/// there is no such sample.
+pub fn metric_in(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.split(['{', ' ']).next().is_some_and(|n| n == name))
+        .filter(|l| labels.iter().all(|f| l.contains(f)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .fold(None, |sum, v| Some(sum.unwrap_or(0.0) + v))
+}
+
+/// [`metric_in`] of `GET /metrics` on the admin endpoint `admin`; panics
+/// when the endpoint does not answer 200 or has no such sample.
+#[track_caller]
+pub fn admin_metric(admin: SocketAddr, name: &str, labels: &[&str]) -> f64 {
+    let (code, text) = http_get(admin, "/metrics").expect("GET /metrics");
+    assert_eq!(code, 200, "GET /metrics: {text}");
+    metric_in(&text, name, labels)
+        .unwrap_or_else(|| panic!("no {name} {labels:?} in /metrics:\n{text}"))
+}
+
 /// `METHOD path` over HTTP/1.1 on `addr` with a JSON `body` (connect within
 /// 2 s, answer within 10 s); returns the status code and the body, a
 /// chunked body decoded. Enough for admin endpoints and etcd's JSON gateway,

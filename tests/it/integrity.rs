@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde_json::json;
 use vane_testkit::etcd::{EtcdCluster, start_replica};
 use vane_testkit::fixtures::{example_with_value, write_json};
-use vane_testkit::net::{free_addr, http_get};
+use vane_testkit::net::free_addr;
 use vane_testkit::process::{Captured, bin_path, run_captured};
 use vane_testkit::sidecar::Sidecar;
 use vane_testkit::{ControlServer, agent_status, wait_for_status};
@@ -53,14 +53,8 @@ fn flip_marker(file: &Path, marker: &str) -> usize {
     found
 }
 
-fn corrupt_gauge(admin: std::net::SocketAddr) -> String {
-    let (code, metrics) = http_get(admin, "/metrics").unwrap();
-    assert_eq!(code, 200, "{metrics}");
-    metrics
-        .lines()
-        .find(|l| l.starts_with("vane_control_corrupt_versions "))
-        .unwrap_or_else(|| panic!("no vane_control_corrupt_versions in {metrics}"))
-        .to_owned()
+fn corrupt_gauge(admin: std::net::SocketAddr) -> f64 {
+    vane_testkit::net::admin_metric(admin, "vane_control_corrupt_versions", &[])
 }
 
 fn start_agent(node: &str, control: &str, dir: &Path) -> Sidecar {
@@ -151,7 +145,7 @@ fn a_corrupt_version_is_never_served_and_a_rollback_heals_the_group() {
         ),
         "{status}"
     );
-    assert_eq!(corrupt_gauge(admin), "vane_control_corrupt_versions 1");
+    assert_eq!(corrupt_gauge(admin), 1.0);
     let history = server.ctl(&["history", GROUP, "-o", "json"]).ok().json();
     assert_eq!(history[0]["version"], 2);
     assert_eq!(history[0]["corrupt"], true, "{history}");
@@ -194,7 +188,7 @@ fn a_corrupt_version_is_never_served_and_a_rollback_heals_the_group() {
     let status = server.ctl(&["status", GROUP]).ok();
     assert!(!status.stdout.contains("DEGRADED"), "{status}");
     assert!(status.stdout.contains("edge: head version 3"), "{status}");
-    assert_eq!(corrupt_gauge(admin), "vane_control_corrupt_versions 0");
+    assert_eq!(corrupt_gauge(admin), 0.0);
     server.ctl(&["get", GROUP]).ok();
 
     // The damaged copy of version 2 is still in the store: the check says so.

@@ -12,7 +12,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use vane_testkit::net::{free_addr, http_get};
+use vane_testkit::net::{admin_metric, free_addr, http_get};
 use vane_testkit::{ControlServer, fixtures, vanectl};
 
 const GROUP: &str = "edge";
@@ -83,14 +83,7 @@ fn store_line(server: &ControlServer) -> Option<String> {
 }
 
 fn metric(admin: SocketAddr, name: &str) -> f64 {
-    let (code, body) = http_get(admin, "/metrics").unwrap();
-    assert_eq!(code, 200);
-    body.lines()
-        .find_map(|l| {
-            let (key, value) = l.rsplit_once(' ')?;
-            (key == name || key.starts_with(&format!("{name}{{"))).then(|| value.parse().ok())?
-        })
-        .unwrap_or_else(|| panic!("no {name} in /metrics"))
+    admin_metric(admin, name, &[])
 }
 
 async fn grpc_health(server: &ControlServer) -> i32 {

@@ -128,13 +128,7 @@ impl ProxyProcess {
     /// The sum of every sample of `name` whose labels contain all `labels`
     /// (`key="value"` fragments).
     pub fn metric(&self, name: &str, labels: &[&str]) -> f64 {
-        self.metrics()
-            .lines()
-            .filter(|l| !l.starts_with('#'))
-            .filter(|l| l.split(['{', ' ']).next().is_some_and(|n| n == name))
-            .filter(|l| labels.iter().all(|f| l.contains(f)))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+        crate::net::metric_in(&self.metrics(), name, labels).unwrap_or(0.0)
     }
 
     /// Polls `/config_dump` until the data plane runs `version`.

@@ -445,13 +445,7 @@ mod tests {
     /// `cargo xtask test` builds first, so it cannot rot.
     #[test]
     fn smoke() {
-        let bin_dir = target_dir(&crate::workspace_root()).join("debug");
-        for bin in ["vane-control", "vane-loadgen"] {
-            assert!(
-                bin_dir.join(bin).exists(),
-                "{bin} is not built: run `cargo build --workspace --bins` first"
-            );
-        }
+        let bin_dir = super::super::smoke_bins();
         let o = Options {
             agents: 30,
             connections: Some(10),

@@ -53,3 +53,18 @@ pub(crate) fn run(root: &Path, bench: Bench) -> Result<()> {
         Bench::Storm(options) => storm::run(root, &options),
     }
 }
+
+/// The debug build directory the benchmarks' smoke tests run from (built
+/// by `cargo xtask test` before the tests), checked to hold the server and
+/// the load generator.
+#[cfg(test)]
+fn smoke_bins() -> std::path::PathBuf {
+    let bin_dir = crate::process::target_dir(&crate::workspace_root()).join("debug");
+    for bin in ["vane-control", "vane-loadgen"] {
+        assert!(
+            bin_dir.join(bin).exists(),
+            "{bin} is not built: run `cargo build --workspace --bins` first"
+        );
+    }
+    bin_dir
+}

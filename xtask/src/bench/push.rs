@@ -101,13 +101,7 @@ mod tests {
     /// A small run on the debug binaries `cargo xtask test` builds first.
     #[test]
     fn smoke() {
-        let bin_dir = target_dir(&crate::workspace_root()).join("debug");
-        for bin in ["vane-control", "vane-loadgen"] {
-            assert!(
-                bin_dir.join(bin).exists(),
-                "{bin} is not built: run `cargo build --workspace --bins` first"
-            );
-        }
+        let bin_dir = super::super::smoke_bins();
         let o = Options {
             concurrency: vec![1, 4],
             seconds: 0.3,
