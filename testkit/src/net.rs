@@ -2,17 +2,25 @@
 //! on, a minimal HTTP/1.1 client for admin endpoints and etcd's gateway, and
 //! waiting until an address accepts connections.
 
+use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 /// A free loopback port for a process to listen on, chosen below the
 /// kernel's ephemeral range: a port from `bind(":0")` is one the kernel also
 /// hands to outgoing connections, and tests open many (every vanectl run,
 /// every etcd client), so such a port is sometimes taken by the time the
-/// process binds it. Consecutive calls return different ports even though
-/// each released its probe.
+/// process binds it.
+///
+/// Test binaries run side by side (nextest runs every test in its own
+/// process), and a probe released before the child binds leaves a window
+/// in which another process may pick the same port. So each chosen port is
+/// also reserved for the life of this process with an advisory lock on
+/// `$TMPDIR/vane-test-ports/<port>`; other processes skip locked ports. The
+/// kernel drops the lock when the process exits, however it exits.
 ///
 /// # Panics
 /// When no port between 20000 and 32000 is free.
@@ -21,15 +29,46 @@ pub fn free_port() -> u16 {
     static NEXT: AtomicU16 = AtomicU16::new(0);
     const LOW: u16 = 20_000;
     const SPAN: u16 = 12_000;
-    let start = u16::try_from(std::process::id() % u32::from(SPAN)).unwrap_or(0);
+    let start = u16::try_from(std::process::id().wrapping_mul(2_654_435_761) % u32::from(SPAN))
+        .unwrap_or(0);
     for _ in 0..SPAN {
         let offset = (start.wrapping_add(NEXT.fetch_add(7, Ordering::Relaxed))) % SPAN;
         let port = LOW + offset;
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        if reserve(port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return port;
         }
     }
     panic!("no free loopback port between {LOW} and {}", LOW + SPAN)
+}
+
+/// Takes the cross-process reservation of `port` (see [`free_port`]);
+/// false when another live process holds it. When the lock directory
+/// cannot be used at all the reservation is skipped (the bind probe alone
+/// still applies).
+fn reserve(port: u16) -> bool {
+    static HELD: Mutex<Vec<File>> = Mutex::new(Vec::new());
+    let dir = std::env::temp_dir().join("vane-test-ports");
+    if std::fs::create_dir_all(&dir).is_err() {
+        return true;
+    }
+    let Ok(file) = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(port.to_string()))
+    else {
+        return true;
+    };
+    match file.try_lock() {
+        Ok(()) => {
+            HELD.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(file);
+            true
+        }
+        Err(TryLockError::WouldBlock) => false,
+        Err(TryLockError::Error(_)) => true,
+    }
 }
 
 /// [`free_port`] as a `127.0.0.1` address.
@@ -143,6 +182,13 @@ mod tests {
         assert_ne!(a, b);
         assert!((20_000..32_000).contains(&a), "{a}");
         assert!(TcpListener::bind(("127.0.0.1", a)).is_ok());
+    }
+
+    #[test]
+    fn a_chosen_port_stays_reserved_against_other_pickers() {
+        let a = free_port();
+        // A second open file description conflicts like another process.
+        assert!(!reserve(a), "port {a} was handed out twice");
     }
 
     #[test]
