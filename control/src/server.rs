@@ -707,6 +707,7 @@ mod tests {
             .unwrap();
         let pushed = admin
             .push(pb::PushRequest {
+                supersede: false,
                 group: "edge".into(),
                 snapshot: Some(snapshot()),
                 expected_version: Some(0),

@@ -65,6 +65,7 @@ async fn metrics_show_convergence_states_and_bytes() {
         .await
         .unwrap();
     let push = |s: pb::Snapshot| pb::PushRequest {
+        supersede: false,
         group: "edge".into(),
         snapshot: Some(s),
         expected_version: None,

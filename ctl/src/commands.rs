@@ -63,6 +63,7 @@ async fn dispatch(
             ..
         } => {
             let request = pb::PushRequest {
+                supersede: false,
                 group: group.clone(),
                 snapshot: pushed,
                 expected_version: *expect_version,
@@ -317,6 +318,24 @@ mod tests {
                 &self,
                 _: Request<pb::RollbackRequest>,
             ) -> Result<Response<pb::PushResponse>, Status> {
+                Err(Status::unimplemented(""))
+            }
+            async fn start_rollout(
+                &self,
+                _: Request<pb::StartRolloutRequest>,
+            ) -> Result<Response<pb::RolloutResponse>, Status> {
+                Err(Status::unimplemented(""))
+            }
+            async fn get_rollout(
+                &self,
+                _: Request<pb::GetRolloutRequest>,
+            ) -> Result<Response<pb::RolloutResponse>, Status> {
+                Err(Status::unimplemented(""))
+            }
+            async fn control_rollout(
+                &self,
+                _: Request<pb::ControlRolloutRequest>,
+            ) -> Result<Response<pb::RolloutResponse>, Status> {
                 Err(Status::unimplemented(""))
             }
             async fn status(

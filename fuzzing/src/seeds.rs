@@ -131,6 +131,7 @@ pub fn all() -> Vec<Seed> {
     ];
 
     let push = |snapshot: &Snapshot, expected_version, dry_run| pb::PushRequest {
+        supersede: false,
         group: GROUP.into(),
         snapshot: Some(vane_model::proto::spec_to_proto(&snapshot.to_spec())),
         expected_version,

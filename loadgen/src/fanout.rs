@@ -355,6 +355,7 @@ pub(crate) async fn push(
     let started = Instant::now();
     let response = admin
         .push(pb::PushRequest {
+            supersede: false,
             group: group.to_owned(),
             snapshot: Some(s),
             expected_version: None,

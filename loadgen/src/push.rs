@@ -151,6 +151,7 @@ async fn measure(config: &PushConfig, k: usize, one_group: bool) -> Result<(f64,
                 let t = Instant::now();
                 let response = client
                     .push(pb::PushRequest {
+                        supersede: false,
                         group: group.clone(),
                         snapshot: Some(snapshot(i, seq)),
                         expected_version: None,

@@ -95,6 +95,16 @@ pub(crate) struct StoredAgent {
     pub(crate) last_nacked_version: u64,
     #[prost(string, tag = "14")]
     pub(crate) nack_reason: String,
+    #[prost(int32, tag = "15")]
+    pub(crate) nack_code: i32,
+    #[prost(bool, tag = "16")]
+    pub(crate) health_degraded: bool,
+    #[prost(string, tag = "17")]
+    pub(crate) health_reason: String,
+    #[prost(uint64, tag = "18")]
+    pub(crate) health_version: u64,
+    #[prost(uint64, tag = "19")]
+    pub(crate) sessions: u64,
 }
 
 impl From<&SharedAgent> for StoredAgent {
@@ -115,6 +125,11 @@ impl From<&SharedAgent> for StoredAgent {
             acked_hash: r.acked_hash.clone(),
             last_nacked_version: r.last_nacked_version,
             nack_reason: r.nack_reason.clone(),
+            nack_code: r.nack_code,
+            health_degraded: r.health_degraded,
+            health_reason: r.health_reason.clone(),
+            health_version: r.health_version,
+            sessions: r.sessions,
         }
     }
 }
@@ -137,6 +152,11 @@ impl From<StoredAgent> for SharedAgent {
                 acked_hash: a.acked_hash,
                 last_nacked_version: a.last_nacked_version,
                 nack_reason: a.nack_reason,
+                nack_code: a.nack_code,
+                health_degraded: a.health_degraded,
+                health_reason: a.health_reason,
+                health_version: a.health_version,
+                sessions: a.sessions,
             },
         }
     }

@@ -152,6 +152,8 @@ impl EtcdStore {
 
             let stored = StoredVersion {
                 info: Some(pb::VersionInfo {
+                    rollout_id: String::new(),
+                    rollout_stable_version: 0,
                     version,
                     hash: new.hash.clone(),
                     message: new.message.clone(),

@@ -212,6 +212,11 @@ async fn feed_recovers_from_compaction() {
 
 fn agent(node: &str, connected: bool) -> AgentRecord {
     AgentRecord {
+        nack_code: 3,
+        sessions: 2,
+        health_degraded: true,
+        health_reason: "error ratio 0.40 over 50 requests".into(),
+        health_version: 1,
         node_id: node.into(),
         group: "edge".into(),
         labels: BTreeMap::from([("zone".into(), "a".into())]),

@@ -67,6 +67,18 @@ pub struct AgentRecord {
     pub last_nacked_version: u64,
     /// Why it refused it.
     pub nack_reason: String,
+    /// The gRPC code of that refusal (3, INVALID_ARGUMENT: the content is
+    /// invalid; others: the agent could not apply it).
+    pub nack_code: i32,
+    /// Whether the data plane reports itself degraded (see `health_version`).
+    pub health_degraded: bool,
+    /// Why, when degraded.
+    pub health_reason: String,
+    /// The version the health report is about (0: never reported).
+    pub health_version: u64,
+    /// Streams the agent opened since this server first saw it: its
+    /// reconnects + 1 (a rollout counts crash loops with it).
+    pub sessions: u64,
 }
 
 impl AgentRecord {

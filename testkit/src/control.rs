@@ -516,6 +516,7 @@ impl WatchClient {
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         let (version_info, hash) = running.unwrap_or((0, ""));
         tx.send(pb::WatchRequest {
+            health: None,
             node: Some(node.clone()),
             version_info,
             hash: hash.to_owned(),
@@ -615,6 +616,7 @@ impl WatchClient {
     /// ACKs `resp`: the agent now runs its version.
     pub async fn ack(&self, resp: &pb::WatchResponse) {
         self.send(pb::WatchRequest {
+            health: None,
             node: None,
             version_info: resp.version,
             hash: resp.hash.clone(),
@@ -630,6 +632,7 @@ impl WatchClient {
     /// NACKs `resp` with `reason`, staying on `running` (`(version, hash)`).
     pub async fn nack(&self, resp: &pb::WatchResponse, running: (u64, &str), reason: &str) {
         self.send(pb::WatchRequest {
+            health: None,
             node: None,
             version_info: running.0,
             hash: running.1.to_owned(),

@@ -197,6 +197,7 @@ async fn push_latency_etcd_next_to_embedded() {
             let started = Instant::now();
             client
                 .push(vane_proto::PushRequest {
+                    supersede: false,
                     group: GROUP.into(),
                     snapshot: Some(vane_model::proto::spec_to_proto(&spec)),
                     expected_version: None,
@@ -232,6 +233,7 @@ async fn push_latency_etcd_next_to_embedded() {
         let started = Instant::now();
         let version = admin
             .push(vane_proto::PushRequest {
+                supersede: false,
                 group: GROUP.into(),
                 snapshot: Some(vane_model::proto::spec_to_proto(&spec)),
                 expected_version: None,

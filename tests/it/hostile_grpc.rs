@@ -39,6 +39,7 @@ pub(crate) fn with_token<T>(message: T, token: Option<&str>) -> tonic::Request<T
 /// A push of the example snapshot to `group` with `values[key] = value`.
 pub(crate) fn push_request(group: &str, key: &str, value: serde_json::Value) -> pb::PushRequest {
     pb::PushRequest {
+        supersede: false,
         group: group.into(),
         snapshot: Some(vane_model::proto::spec_to_proto(
             &fixtures::example_with_value(key, value),
@@ -93,6 +94,7 @@ async fn replayed_and_forged_acks_are_not_recorded() {
     assert_eq!((r1.version, r2.version), (1, 2));
 
     let ack = |version: u64, hash: &str, nonce: &str| pb::WatchRequest {
+        health: None,
         node: None,
         version_info: version,
         hash: hash.to_owned(),

@@ -29,6 +29,7 @@ async fn history_stays_bounded_under_churn_and_numbers_continue() {
         .unwrap();
     fn push(i: u64) -> vane_proto::PushRequest {
         vane_proto::PushRequest {
+            supersede: false,
             group: GROUP.into(),
             snapshot: Some(vane_model::proto::spec_to_proto(
                 &fixtures::example_with_value("test.churn", json!(i)),

@@ -224,5 +224,6 @@ fn request(
         want_full,
         accept_delta: true,
         accept_store_notices: true,
+        health: None,
     }
 }

@@ -156,6 +156,8 @@ pub(crate) fn push_response(outcome: &PushOutcome) -> pb::PushResponse {
 
 pub(crate) fn version_info(m: &VersionMeta) -> pb::VersionInfo {
     pb::VersionInfo {
+        rollout_id: String::new(),
+        rollout_stable_version: 0,
         version: m.version,
         hash: m.hash.clone(),
         message: m.message.clone(),
@@ -190,5 +192,11 @@ pub(crate) fn agent_status(shared: &SharedAgent, head: u64) -> pb::AgentStatus {
         sent_version: a.sent_version,
         peer: a.peer.clone(),
         replica: shared.replica.clone(),
+        degraded: a.health_degraded,
+        health_reason: a.health_reason.clone(),
+        health_version: a.health_version,
+        nack_code: a.nack_code,
+        sessions: a.sessions,
+        ..pb::AgentStatus::default()
     }
 }

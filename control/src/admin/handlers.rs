@@ -201,6 +201,27 @@ impl pb::admin_server::Admin for AdminService {
         }))
     }
 
+    async fn start_rollout(
+        &self,
+        _request: Request<pb::StartRolloutRequest>,
+    ) -> Result<Response<pb::RolloutResponse>, Status> {
+        Err(Status::unimplemented("ROLLOUT-SHIM"))
+    }
+
+    async fn get_rollout(
+        &self,
+        _request: Request<pb::GetRolloutRequest>,
+    ) -> Result<Response<pb::RolloutResponse>, Status> {
+        Err(Status::unimplemented("ROLLOUT-SHIM"))
+    }
+
+    async fn control_rollout(
+        &self,
+        _request: Request<pb::ControlRolloutRequest>,
+    ) -> Result<Response<pb::RolloutResponse>, Status> {
+        Err(Status::unimplemented("ROLLOUT-SHIM"))
+    }
+
     async fn who_am_i(
         &self,
         request: Request<pb::WhoAmIRequest>,
@@ -317,6 +338,7 @@ impl pb::admin_server::Admin for AdminService {
             replica: self.replica.clone(),
         };
         Ok(Response::new(pb::StatusResponse {
+            rollouts: Vec::new(),
             agents,
             groups,
             store: Some(store),

@@ -48,6 +48,7 @@ async fn service(dir: &std::path::Path) -> (AdminService, Arc<dyn Store>) {
 
 fn push(group: &str, flag: bool) -> Request<pb::PushRequest> {
     Request::new(pb::PushRequest {
+        supersede: false,
         group: group.into(),
         snapshot: Some(snapshot(flag)),
         expected_version: None,

@@ -119,6 +119,8 @@ fn example() -> Snapshot {
 
 fn info(version: u64, rollback_of: u64, message: &str) -> pb::VersionInfo {
     pb::VersionInfo {
+        rollout_id: String::new(),
+        rollout_stable_version: 0,
         version,
         hash: HASH.into(),
         message: message.into(),
@@ -276,6 +278,13 @@ fn diff_outputs() {
 
 fn agent(node: &str, state: pb::AgentState, acked: u64) -> pb::AgentStatus {
     pb::AgentStatus {
+        nack_code: 0,
+        role: String::new(),
+        sessions: 1,
+        target_version: acked,
+        degraded: false,
+        health_reason: String::new(),
+        health_version: 0,
         node_id: node.into(),
         group: "edge".into(),
         labels: [("zone".to_owned(), "a".to_owned())].into_iter().collect(),

@@ -174,6 +174,8 @@ pub(super) fn read_record(
 pub(super) fn encode_record(record: &VersionRecord) -> Vec<u8> {
     pb::StoredVersion {
         info: Some(pb::VersionInfo {
+            rollout_id: String::new(),
+            rollout_stable_version: 0,
             version: record.version,
             hash: record.hash.clone(),
             message: record.message.clone(),

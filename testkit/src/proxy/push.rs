@@ -52,6 +52,7 @@ impl AdminPusher {
         let resp = self
             .client
             .push(pb::PushRequest {
+                supersede: false,
                 group: group.into(),
                 snapshot: Some(vane_model::proto::spec_to_proto(spec)),
                 expected_version: None,
