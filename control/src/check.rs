@@ -75,6 +75,8 @@ mod tests {
         .unwrap();
         let (encoded, hash) = vane_model::validate(spec).unwrap().encode_and_hash();
         NewVersion {
+            candidate: None,
+            rollout: None,
             group: group.into(),
             snapshot: Bytes::from(encoded),
             hash: hash.to_hex(),

@@ -450,6 +450,7 @@ mod tests {
             vane_model::validate(spec).unwrap().encode_and_hash()
         };
         VersionRecord {
+            candidate: None,
             group: group.into(),
             version,
             hash: encode(hash_of).1.to_hex(),

@@ -77,6 +77,7 @@ pub async fn verify_off_thread(record: VersionRecord) -> (VersionRecord, Result<
     .await
     .unwrap_or_else(|e| {
         let record = VersionRecord {
+            candidate: None,
             group: group.clone(),
             version,
             hash: hash.clone(),
@@ -242,6 +243,7 @@ mod tests {
         let snapshot = vane_model::validate(spec).unwrap();
         let (encoded, hash) = snapshot.encode_and_hash();
         VersionRecord {
+            candidate: None,
             group: "edge".into(),
             version,
             hash: hash.to_hex(),

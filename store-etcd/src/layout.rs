@@ -272,6 +272,7 @@ pub(crate) fn record(
     snapshot: Bytes,
 ) -> VersionRecord {
     VersionRecord {
+        candidate: None,
         group: group.to_owned(),
         version,
         hash: info.hash,

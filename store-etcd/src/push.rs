@@ -72,6 +72,7 @@ impl EtcdStore {
             }
         }
         let created = |version: u64| VersionRecord {
+            candidate: None,
             group: group.to_owned(),
             version,
             hash: new.hash.clone(),

@@ -260,6 +260,7 @@ impl Store for EtcdStore {
             let stored = decode_version(group, version, kv.value())?;
             let info = stored.info.ok_or_else(|| missing(group, version, "info"))?;
             out.push(VersionMeta {
+                candidate: None,
                 group: group.to_owned(),
                 version,
                 hash: info.hash,
@@ -284,6 +285,22 @@ impl Store for EtcdStore {
     async fn pruned(&self, group: &str) -> Result<u64, StoreError> {
         check_group(group)?;
         self.pruned_count(group).await
+    }
+
+    async fn rollout(&self, _group: &str) -> Result<Option<vane_store::RolloutRecord>, StoreError> {
+        Err(StoreError::Unavailable("WIP-ETCD-ROLLOUTS".into()))
+    }
+
+    async fn rollouts(&self) -> Result<Vec<vane_store::RolloutRecord>, StoreError> {
+        Err(StoreError::Unavailable("WIP-ETCD-ROLLOUTS".into()))
+    }
+
+    async fn put_rollout(
+        &self,
+        _group: &str,
+        _put: vane_store::RolloutPut,
+    ) -> Result<vane_store::RolloutRecord, StoreError> {
+        Err(StoreError::Unavailable("WIP-ETCD-ROLLOUTS".into()))
     }
 
     async fn heads(&self) -> Result<Vec<VersionRecord>, StoreError> {

@@ -31,6 +31,53 @@ pub struct NewVersion {
     pub rollback_of: Option<u64>,
     /// Compare-and-set: refuse unless the head is this version (0: absent).
     pub expected_version: Option<u64>,
+    /// Set when the version is a rollout's candidate.
+    pub candidate: Option<CandidateOf>,
+    /// The group's rollout record to write in the same transaction, when
+    /// the version is created (start, supersede, rollback of a rollout).
+    /// `None`: a plain push, refused with [`StoreError::RolloutActive`]
+    /// while the group has an active rollout.
+    pub rollout: Option<RolloutPut>,
+}
+
+/// Marks a version as a rollout's candidate: until the rollout says
+/// otherwise, agents outside its cohort keep `stable_version`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CandidateOf {
+    /// The rollout.
+    pub rollout_id: String,
+    /// The version agents outside the cohort keep.
+    pub stable_version: u64,
+}
+
+/// A group's rollout record as stored. The body (an encoded
+/// `vane.v1.StoredRollout`) is the control server's; the store knows only
+/// the id, whether it is active, and its revision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RolloutRecord {
+    /// The group.
+    pub group: String,
+    /// The rollout's id.
+    pub id: String,
+    /// Whether the rollout is still running (plain pushes are refused).
+    pub active: bool,
+    /// The encoded record.
+    pub body: Bytes,
+    /// Grows with every write of the group's record (never 0 once stored).
+    pub revision: u64,
+}
+
+/// A compare-and-set write of a group's rollout record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RolloutPut {
+    /// The rollout's id.
+    pub id: String,
+    /// Whether it is still running after this write.
+    pub active: bool,
+    /// The encoded record.
+    pub body: Bytes,
+    /// Refuse unless the stored record has this revision (0: none stored).
+    pub expected_revision: u64,
 }
 
 /// Everything known about one stored version except its content.
@@ -52,6 +99,8 @@ pub struct VersionMeta {
     pub rollback_of: Option<u64>,
     /// Size of the encoded snapshot in bytes.
     pub size_bytes: u64,
+    /// Set when the version was stored as a rollout's candidate.
+    pub candidate: Option<CandidateOf>,
 }
 
 /// One stored version with its content.
@@ -73,6 +122,8 @@ pub struct VersionRecord {
     pub rollback_of: Option<u64>,
     /// The encoded canonical `vane.v1.Snapshot`.
     pub snapshot: Bytes,
+    /// Set when the version was stored as a rollout's candidate.
+    pub candidate: Option<CandidateOf>,
 }
 
 impl VersionRecord {
@@ -87,6 +138,7 @@ impl VersionRecord {
             created_at_unix_ms: self.created_at_unix_ms,
             rollback_of: self.rollback_of,
             size_bytes: self.snapshot.len() as u64,
+            candidate: self.candidate.clone(),
         }
     }
 }
@@ -223,6 +275,17 @@ pub trait Store: Send + Sync + 'static {
 
     /// How many versions of `group` retention has removed so far.
     async fn pruned(&self, group: &str) -> Result<u64, StoreError>;
+
+    /// The group's current (or last) rollout record.
+    async fn rollout(&self, group: &str) -> Result<Option<RolloutRecord>, StoreError>;
+
+    /// Every group's rollout record, sorted by group.
+    async fn rollouts(&self) -> Result<Vec<RolloutRecord>, StoreError>;
+
+    /// Writes the group's rollout record if its revision is still
+    /// `put.expected_revision` ([`StoreError::RolloutMoved`] otherwise);
+    /// durable on return. Returns the record as stored.
+    async fn put_rollout(&self, group: &str, put: RolloutPut) -> Result<RolloutRecord, StoreError>;
 
     /// Appends entries to the audit log, durable on return. The log keeps
     /// the newest [`AUDIT_RETENTION`] entries (approximately, with etcd).

@@ -1,6 +1,6 @@
 //! [`StoreError`]: why a store operation failed, and whose doing it was.
 
-/// Why a store operation failed. Only `Conflict` is the caller's doing; the
+/// Why a store operation failed. Only `Conflict`, `RolloutActive` and `RolloutMoved` are the caller's doing; the
 /// others are the store's. A push that fails stored nothing, with the one
 /// exception every database shares: when the commit itself fails (`Io`), the
 /// version may or may not have reached the disk, and a read tells which.
@@ -14,6 +14,24 @@ pub enum StoreError {
         /// The version the caller expected (0: absent).
         expected: u64,
         /// The group's head (0: absent).
+        actual: u64,
+    },
+    /// A plain push while the group has a rollout running.
+    #[error("group {group:?} has rollout {id} in progress")]
+    RolloutActive {
+        /// The group.
+        group: String,
+        /// The running rollout.
+        id: String,
+    },
+    /// Compare-and-set of a rollout record refused: someone else wrote it.
+    #[error("group {group:?}: the rollout record is at revision {actual}, expected {expected}")]
+    RolloutMoved {
+        /// The group.
+        group: String,
+        /// The revision the caller expected (0: none).
+        expected: u64,
+        /// The stored revision (0: none).
         actual: u64,
     },
     /// The store cannot serve requests now (closed, shutting down). Retrying

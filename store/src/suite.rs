@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::contract::{NewVersion, PushOutcome, Store};
+use crate::contract::{CandidateOf, NewVersion, PushOutcome, RolloutPut, Store};
 use crate::error::StoreError;
 
 /// What an opener returns.
@@ -31,6 +31,8 @@ pub fn new_version(group: &str, content: &[u8]) -> NewVersion {
         author: String::new(),
         rollback_of: None,
         expected_version: None,
+        candidate: None,
+        rollout: None,
     }
 }
 
@@ -387,5 +389,127 @@ pub async fn retention<F: Fn() -> OpenFuture>(open: F) {
         14
     );
     assert_eq!(store.pruned("edge").await.unwrap(), 9);
+    store.close().await.unwrap();
+}
+
+fn rollout_put(id: &str, active: bool, body: &str, expected_revision: u64) -> RolloutPut {
+    RolloutPut {
+        id: id.to_owned(),
+        active,
+        body: Bytes::copy_from_slice(body.as_bytes()),
+        expected_revision,
+    }
+}
+
+/// Rollout records: written with a candidate atomically, compare-and-set
+/// on their revision, refusing plain pushes while active, kept across a
+/// reopen.
+pub async fn rollouts<F: Fn() -> OpenFuture>(open: F) {
+    let store = open().await;
+    assert_eq!(store.rollout("edge").await.unwrap(), None);
+    assert!(store.rollouts().await.unwrap().is_empty());
+    assert_eq!(created(store.as_ref(), new_version("edge", b"a")).await, 1);
+
+    // Start: the candidate and the record in one write.
+    let mut start = new_version("edge", b"b");
+    start.candidate = Some(CandidateOf {
+        rollout_id: "r1".into(),
+        stable_version: 1,
+    });
+    start.rollout = Some(rollout_put("r1", true, "started", 0));
+    assert_eq!(created(store.as_ref(), start).await, 2);
+    let record = store.rollout("edge").await.unwrap().unwrap();
+    assert_eq!((record.id.as_str(), record.active), ("r1", true));
+    assert_eq!(record.body, Bytes::from_static(b"started"));
+    assert!(record.revision > 0);
+    let candidate = store.get("edge", Some(2)).await.unwrap().unwrap();
+    assert_eq!(
+        candidate.candidate,
+        Some(CandidateOf {
+            rollout_id: "r1".into(),
+            stable_version: 1
+        })
+    );
+    assert_eq!(
+        store.history("edge", 0).await.unwrap()[0].candidate,
+        candidate.candidate
+    );
+    assert_eq!(
+        store.get("edge", Some(1)).await.unwrap().unwrap().candidate,
+        None
+    );
+
+    // A plain push is refused while it runs, and stores nothing.
+    match store.push(new_version("edge", b"c")).await {
+        Err(StoreError::RolloutActive { group, id }) => {
+            assert_eq!((group.as_str(), id.as_str()), ("edge", "r1"));
+        }
+        other => panic!("expected RolloutActive, got {other:?}"),
+    }
+    // A second start (expecting no record) is refused too.
+    let mut again = new_version("edge", b"c");
+    again.rollout = Some(rollout_put("r2", true, "x", 0));
+    assert!(matches!(
+        store.push(again).await,
+        Err(StoreError::RolloutMoved { expected: 0, .. })
+    ));
+    assert_eq!(store.get("edge", None).await.unwrap().unwrap().version, 2);
+
+    // Compare-and-set updates.
+    let stale = record.revision;
+    let moved = store
+        .put_rollout("edge", rollout_put("r1", true, "step 2", stale))
+        .await
+        .unwrap();
+    assert!(moved.revision > stale);
+    assert_eq!(moved.body, Bytes::from_static(b"step 2"));
+    match store
+        .put_rollout("edge", rollout_put("r1", true, "lost", stale))
+        .await
+    {
+        Err(StoreError::RolloutMoved {
+            expected, actual, ..
+        }) => assert_eq!((expected, actual), (stale, moved.revision)),
+        other => panic!("expected RolloutMoved, got {other:?}"),
+    }
+    assert_eq!(
+        store.rollout("edge").await.unwrap().unwrap().body,
+        Bytes::from_static(b"step 2")
+    );
+
+    // Content equal to the head stores nothing, record included.
+    let mut same = new_version("edge", b"b");
+    same.rollout = Some(rollout_put("r1", false, "unchanged", moved.revision));
+    assert!(store.push(same).await.unwrap().is_unchanged());
+    assert_eq!(
+        store.rollout("edge").await.unwrap().unwrap().revision,
+        moved.revision
+    );
+
+    // The rollback: the stable content as a new version, ending the rollout.
+    let mut restore = new_version("edge", b"a");
+    restore.rollback_of = Some(1);
+    restore.rollout = Some(rollout_put("r1", false, "rolled back", moved.revision));
+    assert_eq!(created(store.as_ref(), restore).await, 3);
+    let ended = store.rollout("edge").await.unwrap().unwrap();
+    assert!(!ended.active);
+    // Plain pushes work again.
+    assert_eq!(created(store.as_ref(), new_version("edge", b"d")).await, 4);
+    store
+        .put_rollout("core", rollout_put("r9", true, "other", 0))
+        .await
+        .unwrap();
+    store.close().await.unwrap();
+    drop(store);
+
+    let store = open().await;
+    let all = store.rollouts().await.unwrap();
+    let groups: Vec<_> = all
+        .iter()
+        .map(|r| (r.group.as_str(), r.id.as_str()))
+        .collect();
+    assert_eq!(groups, [("core", "r9"), ("edge", "r1")]);
+    assert_eq!(all[1], ended);
+    assert_eq!(store.get("edge", None).await.unwrap().unwrap().version, 4);
     store.close().await.unwrap();
 }

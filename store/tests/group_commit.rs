@@ -13,6 +13,8 @@ const PUSHES: usize = 256;
 
 fn new_version(group: &str, n: usize) -> NewVersion {
     NewVersion {
+        candidate: None,
+        rollout: None,
         group: group.to_owned(),
         snapshot: Bytes::from(format!("content {n}")),
         hash: format!("{n:064x}"),

@@ -126,6 +126,12 @@ pub(crate) fn store_status(e: StoreError) -> Status {
             expected,
             actual,
         } => conflict(&group, expected, actual),
+        StoreError::RolloutActive { .. } => Status::failed_precondition(format!(
+            "{e}; wait for it, abort it (vanectl rollout abort), or push with --supersede"
+        )),
+        StoreError::RolloutMoved { .. } => Status::failed_precondition(format!(
+            "{e}: the rollout changed meanwhile; look at `vanectl rollout status` and try again"
+        )),
         StoreError::Unavailable(_) => Status::unavailable(e.to_string()),
         // Not UNAVAILABLE: this server answered, and it is the store behind
         // it that is away. vanectl reads UNAVAILABLE as "server unreachable"
@@ -156,8 +162,12 @@ pub(crate) fn push_response(outcome: &PushOutcome) -> pb::PushResponse {
 
 pub(crate) fn version_info(m: &VersionMeta) -> pb::VersionInfo {
     pb::VersionInfo {
-        rollout_id: String::new(),
-        rollout_stable_version: 0,
+        rollout_id: m
+            .candidate
+            .as_ref()
+            .map(|c| c.rollout_id.clone())
+            .unwrap_or_default(),
+        rollout_stable_version: m.candidate.as_ref().map_or(0, |c| c.stable_version),
         version: m.version,
         hash: m.hash.clone(),
         message: m.message.clone(),

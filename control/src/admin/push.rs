@@ -190,6 +190,8 @@ impl AdminService {
         }
         let outcome = self
             .commit(NewVersion {
+                candidate: None,
+                rollout: None,
                 group: request.group,
                 snapshot: encoded,
                 hash,
@@ -242,6 +244,8 @@ impl AdminService {
         };
         let outcome = self
             .commit(NewVersion {
+                candidate: None,
+                rollout: None,
                 group: request.group,
                 snapshot,
                 hash,

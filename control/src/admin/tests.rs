@@ -319,6 +319,8 @@ async fn store_mismatched(store: &dyn Store, group: &str, body: &str, hash_of: &
     let (encoded, _) = encode(body);
     let (_, hash) = encode(hash_of);
     let new = vane_store::NewVersion {
+        candidate: None,
+        rollout: None,
         group: group.into(),
         snapshot: bytes::Bytes::from(encoded),
         hash: hash.to_hex(),

@@ -19,6 +19,7 @@ use super::records::{
     AUDIT, CACHE_BYTES, HEADS, META, PRUNED, SCHEMA_KEY, SCHEMA_VERSION, VERSIONS, damaged,
     open_error, storage,
 };
+use super::rollouts::ROLLOUTS;
 use crate::error::StoreError;
 
 /// Where the database is.
@@ -245,6 +246,7 @@ fn init_schema(db: &Database) -> Result<(), StoreError> {
                     txn.open_table(VERSIONS).is_ok(),
                     txn.open_table(AUDIT).is_ok(),
                     txn.open_table(PRUNED).is_ok(),
+                    txn.open_table(ROLLOUTS).is_ok(),
                 ];
                 if complete.iter().all(|ok| *ok) {
                     return Ok(());
@@ -268,6 +270,7 @@ fn init_schema(db: &Database) -> Result<(), StoreError> {
         txn.open_table(VERSIONS).map_err(storage)?;
         txn.open_table(AUDIT).map_err(storage)?;
         txn.open_table(PRUNED).map_err(storage)?;
+        txn.open_table(ROLLOUTS).map_err(storage)?;
     }
     txn.commit().map_err(storage)
 }

@@ -30,6 +30,7 @@
 mod handle;
 mod prune;
 mod records;
+mod rollouts;
 mod writer;
 
 use std::path::Path;
@@ -41,8 +42,8 @@ use redb::ReadableTable;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::contract::{
-    AuditRecord, NewVersion, Pinned, PruneReport, PushOutcome, Retention, Store, StoreHealth,
-    VersionMeta, VersionRecord, decode_audit,
+    AuditRecord, NewVersion, Pinned, PruneReport, PushOutcome, Retention, RolloutPut,
+    RolloutRecord, Store, StoreHealth, VersionMeta, VersionRecord, decode_audit,
 };
 use crate::error::StoreError;
 use handle::Handle;
@@ -290,6 +291,32 @@ impl Store for RedbStore {
                 .map_or(0, |v| v.value()))
         })
         .await
+    }
+
+    async fn rollout(&self, group: &str) -> Result<Option<RolloutRecord>, StoreError> {
+        let group = group.to_owned();
+        self.read(move |txn| match txn.open_table(rollouts::ROLLOUTS) {
+            Ok(table) => rollouts::read(&table, &group),
+            // A file written before rollouts existed, opened read-only.
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+            Err(e) => Err(storage(e)),
+        })
+        .await
+    }
+
+    async fn rollouts(&self) -> Result<Vec<RolloutRecord>, StoreError> {
+        self.read(|txn| match txn.open_table(rollouts::ROLLOUTS) {
+            Ok(table) => rollouts::read_all(&table),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(Vec::new()),
+            Err(e) => Err(storage(e)),
+        })
+        .await
+    }
+
+    async fn put_rollout(&self, group: &str, put: RolloutPut) -> Result<RolloutRecord, StoreError> {
+        let group = group.to_owned();
+        self.ask(|reply| Request::PutRollout { group, put, reply })
+            .await?
     }
 
     async fn append_audit(&self, entries: Vec<AuditRecord>) -> Result<(), StoreError> {

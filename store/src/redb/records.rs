@@ -8,7 +8,7 @@ use prost::Message as _;
 use redb::{ReadableTable, TableDefinition};
 use vane_proto as pb;
 
-use crate::contract::{VersionMeta, VersionRecord};
+use crate::contract::{CandidateOf, VersionMeta, VersionRecord};
 use crate::error::StoreError;
 
 /// File name of the database inside the data directory.
@@ -134,6 +134,7 @@ pub(super) fn decode_info(
 }
 
 pub(super) fn meta_of(group: &str, version: u64, info: pb::VersionInfo) -> VersionMeta {
+    let candidate = candidate_of(&info);
     VersionMeta {
         group: group.to_owned(),
         version,
@@ -143,6 +144,7 @@ pub(super) fn meta_of(group: &str, version: u64, info: pb::VersionInfo) -> Versi
         created_at_unix_ms: info.created_at_unix_ms,
         rollback_of: nonzero(info.rollback_of),
         size_bytes: info.size_bytes,
+        candidate,
     }
 }
 
@@ -158,9 +160,11 @@ pub(super) fn read_record(
         pb::StoredVersion::decode(value.value()).map_err(|e| corrupt_record(group, version, &e))?;
     let info = stored.info.ok_or_else(|| missing_info(group, version))?;
     check_version(group, version, &info)?;
+    let candidate = candidate_of(&info);
     Ok(Some(VersionRecord {
         group: group.to_owned(),
         version,
+        candidate,
         hash: info.hash,
         message: info.message,
         author: info.author,
@@ -170,12 +174,24 @@ pub(super) fn read_record(
     }))
 }
 
+/// The candidate mark of a stored version, if it has one.
+pub(super) fn candidate_of(info: &pb::VersionInfo) -> Option<CandidateOf> {
+    (!info.rollout_id.is_empty()).then(|| CandidateOf {
+        rollout_id: info.rollout_id.clone(),
+        stable_version: info.rollout_stable_version,
+    })
+}
+
 /// The stored form of a new version.
 pub(super) fn encode_record(record: &VersionRecord) -> Vec<u8> {
     pb::StoredVersion {
         info: Some(pb::VersionInfo {
-            rollout_id: String::new(),
-            rollout_stable_version: 0,
+            rollout_id: record
+                .candidate
+                .as_ref()
+                .map(|c| c.rollout_id.clone())
+                .unwrap_or_default(),
+            rollout_stable_version: record.candidate.as_ref().map_or(0, |c| c.stable_version),
             version: record.version,
             hash: record.hash.clone(),
             message: record.message.clone(),

@@ -71,6 +71,12 @@ async fn suite_closed() {
 }
 
 #[tokio::test]
+async fn suite_rollouts() {
+    let dir = tempfile::tempdir().unwrap();
+    suite::rollouts(opener(dir.path())).await;
+}
+
+#[tokio::test]
 async fn second_open_of_same_dir_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let first = RedbStore::open(dir.path()).await.unwrap();

@@ -35,9 +35,10 @@ use super::records::{
     AUDIT, HEADS, META, PROBE_KEY, VERSIONS, encode_record, head_without_version, read_info,
     read_record, storage,
 };
+use super::rollouts::{self, ROLLOUTS};
 use crate::contract::{
-    AUDIT_RETENTION, AuditRecord, NewVersion, PruneReport, PushOutcome, Retention, VersionRecord,
-    encode_audit, now_unix_ms,
+    AUDIT_RETENTION, AuditRecord, NewVersion, PruneReport, PushOutcome, Retention, RolloutPut,
+    RolloutRecord, VersionRecord, encode_audit, now_unix_ms,
 };
 use crate::error::StoreError;
 
@@ -68,6 +69,11 @@ pub(super) enum Request {
         retention: Retention,
         pinned: prune::Pinned,
         reply: oneshot::Sender<Result<PruneReport, StoreError>>,
+    },
+    PutRollout {
+        group: String,
+        put: RolloutPut,
+        reply: oneshot::Sender<Result<RolloutRecord, StoreError>>,
     },
 }
 
@@ -175,6 +181,18 @@ pub(super) fn run(handle: &Arc<Handle>, mut rx: mpsc::Receiver<Request>) {
                     .map_err(|e| failure(handle.path(), e));
                 let _ = reply.send(result.clone());
                 Some(result)
+            }
+            Some(Request::PutRollout { group, put, reply }) => {
+                let result = handle
+                    .with_db(|db| put_rollout(db, &group, &put))
+                    .map_err(|e| failure(handle.path(), e));
+                let (answer, outcome) = match result {
+                    Ok(Ok(record)) => (Ok(record), Some(Ok(()))),
+                    Ok(Err(refused)) => (Err(refused), None),
+                    Err(e) => (Err(e.clone()), Some(Err(e))),
+                };
+                let _ = reply.send(answer);
+                outcome
             }
             Some(Request::Prune {
                 retention,
@@ -350,8 +368,15 @@ fn apply_batch(db: &Database, batch: &[NewVersion]) -> Result<BatchOutcome, Stor
     {
         let mut heads = txn.open_table(HEADS).map_err(storage)?;
         let mut versions = txn.open_table(VERSIONS).map_err(storage)?;
+        let mut rollouts = txn.open_table(ROLLOUTS).map_err(storage)?;
         for new in batch {
-            outcomes.push(apply_one(&mut heads, &mut versions, new, now)?);
+            outcomes.push(apply_one(
+                &mut heads,
+                &mut versions,
+                &mut rollouts,
+                new,
+                now,
+            )?);
         }
     }
     let created = outcomes
@@ -369,6 +394,7 @@ fn apply_batch(db: &Database, batch: &[NewVersion]) -> Result<BatchOutcome, Stor
 fn apply_one(
     heads: &mut Table<'_, &'static str, u64>,
     versions: &mut Table<'_, (&'static str, u64), &'static [u8]>,
+    rollouts: &mut Table<'_, &'static str, &'static [u8]>,
     new: &NewVersion,
     now: i64,
 ) -> Result<Result<PushOutcome, StoreError>, StoreError> {
@@ -382,6 +408,9 @@ fn apply_one(
             expected,
             actual: head,
         }));
+    }
+    if let Err(refused) = rollouts::check_push(rollouts, group, new.rollout.as_ref())? {
+        return Ok(Err(refused));
     }
     if head > 0 {
         // Compare hashes on the metadata alone; copy the head's snapshot out
@@ -423,12 +452,39 @@ fn apply_one(
         created_at_unix_ms: now,
         rollback_of: new.rollback_of,
         snapshot: new.snapshot.clone(),
+        candidate: new.candidate.clone(),
     };
+    if let Some(put) = &new.rollout
+        && let Err(refused) = rollouts::put(rollouts, group, put)?
+    {
+        return Ok(Err(refused));
+    }
     versions
         .insert((group, version), encode_record(&record).as_slice())
         .map_err(storage)?;
     heads.insert(group, version).map_err(storage)?;
     Ok(Ok(PushOutcome::Created(record)))
+}
+
+/// Writes a rollout record on its own (compare-and-set). The outer error
+/// is storage's; the inner a refusal that wrote nothing.
+fn put_rollout(
+    db: &Database,
+    group: &str,
+    put: &RolloutPut,
+) -> Result<Result<RolloutRecord, StoreError>, StoreError> {
+    let mut txn = db.begin_write().map_err(storage)?;
+    txn.set_durability(Durability::Immediate).map_err(storage)?;
+    let outcome = {
+        let mut table = txn.open_table(ROLLOUTS).map_err(storage)?;
+        rollouts::put(&mut table, group, put)?
+    };
+    if outcome.is_ok() {
+        txn.commit().map_err(storage)?;
+    } else {
+        txn.abort().map_err(storage)?;
+    }
+    Ok(outcome)
 }
 
 /// Appends audit entries and drops the oldest beyond [`AUDIT_RETENTION`].
