@@ -368,10 +368,10 @@ impl AgentRegistry {
         let mut changes: Vec<AgentChange> = keys
             .into_iter()
             .map(|key| match inner.agents.get(&key) {
-                Some(e) => AgentChange::Put(SharedAgent {
+                Some(e) => AgentChange::Put(Box::new(SharedAgent {
                     replica: replica.to_owned(),
                     record: e.record.clone(),
-                }),
+                })),
                 None => AgentChange::Delete {
                     group: key.0,
                     node_id: key.1,

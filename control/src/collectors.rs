@@ -8,6 +8,7 @@ use vane_store::Store;
 
 use crate::accept::ConnCounters;
 use crate::audit::AuditLog;
+use crate::rollout::driver::Rollouts;
 
 /// The store's health for Prometheus, read at scrape time:
 /// `vane_control_store_degraded{backend}` is 1 while the store is read-only
@@ -91,6 +92,54 @@ impl prometheus_client::collector::Collector for SecurityCollector {
             ("store_failed", self.audit.failed()),
         ] {
             ConstCounter::new(n).encode(metric.encode_family(&[("reason", reason)])?)?;
+        }
+        Ok(())
+    }
+}
+
+/// Rollouts for Prometheus, read at scrape time:
+/// `vane_control_rollout_state{group}` (the `vane.v1.RolloutState` number:
+/// 1 PROGRESSING, 2 BAKING, 3 PAUSED, 4 ABORTING, 5 COMPLETE, 6
+/// ROLLED_BACK, 7 SUPERSEDED) and `vane_control_rollout_step{group}` (the
+/// current step, from 1), of each group's current or last rollout.
+pub struct RolloutCollector(pub Arc<Rollouts>);
+
+impl std::fmt::Debug for RolloutCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("RolloutCollector").finish_non_exhaustive()
+    }
+}
+
+impl prometheus_client::collector::Collector for RolloutCollector {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric as _;
+        let all = self.0.all();
+        let mut state = encoder.encode_descriptor(
+            "vane_control_rollout_state",
+            "State of the group's current or last rollout: 1 PROGRESSING, 2 BAKING, 3 PAUSED, 4 ABORTING, 5 COMPLETE, 6 ROLLED_BACK, 7 SUPERSEDED",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for known in &all {
+            let labels = [("group", known.rollout.group.as_str())];
+            prometheus_client::metrics::gauge::ConstGauge::new(known.rollout.state.wire() as i64)
+                .encode(state.encode_family(&labels)?)?;
+        }
+        let mut step = encoder.encode_descriptor(
+            "vane_control_rollout_step",
+            "Current step (from 1) of the group's current or last rollout",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for known in &all {
+            let labels = [("group", known.rollout.group.as_str())];
+            prometheus_client::metrics::gauge::ConstGauge::new(
+                i64::try_from(known.rollout.step + 1).unwrap_or(i64::MAX),
+            )
+            .encode(step.encode_family(&labels)?)?;
         }
         Ok(())
     }

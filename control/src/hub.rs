@@ -19,7 +19,7 @@ use bytes::Bytes;
 use tokio::sync::{OnceCell, watch};
 use tokio::time::Instant;
 
-use vane_store::VersionRecord;
+use vane_store::{CandidateOf, VersionRecord};
 
 use crate::integrity::{self, Corrupt, CorruptHeads};
 
@@ -47,6 +47,9 @@ pub struct Published {
     /// When this server published it (monotonic): where push-to-ACK time
     /// starts.
     pub published_at: Instant,
+    /// Set when the version is a rollout's candidate: agents outside the
+    /// cohort keep the stable version (see `targets.rs`).
+    pub candidate: Option<CandidateOf>,
     /// Up to [`DELTA_BASES`] versions before this one, newest first, each
     /// with the delta from it to this version once a stream asked for it.
     /// Set by [`Hub::publish`]. Bounded, and dropped with this version.
@@ -97,8 +100,16 @@ impl Published {
             created_at_unix_ms,
             snapshot,
             published_at: Instant::now(),
+            candidate: None,
             bases: Vec::new(),
         }
+    }
+
+    /// Marks it as a rollout's candidate.
+    #[must_use]
+    pub fn with_candidate(mut self, candidate: Option<CandidateOf>) -> Self {
+        self.candidate = candidate;
+        self
     }
 
     /// The versions a delta to this one can start from, newest first.
@@ -171,6 +182,7 @@ impl From<&VersionRecord> for Published {
             r.created_at_unix_ms,
             r.snapshot.clone(),
         )
+        .with_candidate(r.candidate.clone())
     }
 }
 

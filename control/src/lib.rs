@@ -51,7 +51,9 @@ pub mod metrics;
 pub mod reach;
 pub mod replication;
 pub mod retention;
+pub mod rollout;
 pub mod server;
+pub mod targets;
 pub mod watch;
 
 pub use server::{Config, Server, ServerError, run};

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use vane_store::{Pinned, Retention, Store};
 
 use crate::agents::AgentRegistry;
+use crate::rollout::driver::Rollouts;
 
 /// Versions of each group always kept, by default.
 pub const DEFAULT_RETAIN_VERSIONS: u64 = 1000;
@@ -31,6 +32,8 @@ pub struct Task {
     pub interval: Duration,
     /// Versions removed so far (`vane_control_pruned_versions`).
     pub pruned: Counter,
+    /// Running rollouts: their stable and candidate versions are kept.
+    pub rollouts: Option<Arc<Rollouts>>,
 }
 
 impl Task {
@@ -87,6 +90,9 @@ impl Task {
             }
         }
         let mut pinned = Pinned::new();
+        for (group, version) in self.rollouts.iter().flat_map(|r| r.pinned()) {
+            pinned.entry(group).or_default().insert(version);
+        }
         for r in records {
             let versions = pinned.entry(r.group).or_default();
             for v in [r.acked_version, r.sent_version] {
@@ -135,6 +141,7 @@ mod tests {
             },
             interval: Duration::from_secs(1),
             pruned: Counter::default(),
+            rollouts: None,
         };
         task.pass().await;
         let kept: Vec<u64> = store

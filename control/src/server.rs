@@ -26,6 +26,8 @@ use crate::collectors::{HealthCollector, SecurityCollector};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::reach::StoreReach;
+use crate::rollout::driver::Rollouts;
+use crate::targets::Cohorts;
 use crate::watch::DiscoveryService;
 use vane_store::{FeedEvent, HeadFeed, RedbStore, Store, StoreError};
 use vane_store_etcd::{EtcdConfig, EtcdStore};
@@ -430,12 +432,28 @@ impl Server {
         // With a clustered store, agents hear when this replica cannot reach
         // it (followed below); a single server's store is always reachable.
         let (store_reach, reach) = tokio::sync::watch::channel(StoreReach::Reachable);
+        // Rollouts: their cohorts are known before any agent is served (a
+        // candidate head goes to nobody until then).
+        let cohorts = Arc::new(Cohorts::new());
+        let rollouts = Rollouts::new(
+            Arc::clone(&store),
+            Arc::clone(&hub),
+            Arc::clone(&cohorts),
+            Arc::clone(&agents),
+            replica.clone(),
+            Some(Arc::clone(&audit)),
+        );
+        if let Err(e) = rollouts.load().await {
+            tracing::warn!(error = %e, "reading rollouts at startup failed; the driver retries");
+        }
+        tasks.spawn(Arc::clone(&rollouts).run(stop.clone()));
         let discovery = DiscoveryService::new(
             Arc::clone(&hub),
             Arc::clone(&agents),
             stop.clone(),
             tasks.clone(),
         )
+        .with_cohorts(Arc::clone(&cohorts))
         .with_metrics(Arc::clone(&metrics))
         .with_auth(auth.clone(), Some(Arc::clone(&audit)))
         .with_limits(config.idle_stream_timeout, config.max_agents)
@@ -449,6 +467,7 @@ impl Server {
                 retention: config.retention,
                 interval: config.retention_interval,
                 pruned: pruned.clone(),
+                rollouts: Some(Arc::clone(&rollouts)),
             }
             .run(stop.clone()),
         );
@@ -460,6 +479,9 @@ impl Server {
                 pruned,
             );
             registry.register_collector(Box::new(HealthCollector(Arc::clone(&store))));
+            registry.register_collector(Box::new(crate::collectors::RolloutCollector(Arc::clone(
+                &rollouts,
+            ))));
             registry.register_collector(Box::new(SecurityCollector {
                 connections: Arc::clone(&conn_counters),
                 audit: Arc::clone(&audit),
@@ -486,7 +508,8 @@ impl Server {
             config.max_snapshot_bytes,
         )
         .with_replica(replica.clone())
-        .with_security(auth, Some(audit), push_limit);
+        .with_security(auth, Some(audit), push_limit)
+        .with_rollouts(Arc::clone(&rollouts));
         tasks.spawn(sweep_agents(
             Arc::clone(&agents),
             Arc::clone(&hub),

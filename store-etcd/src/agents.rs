@@ -79,7 +79,7 @@ impl AgentDirectory for EtcdAgents {
                     AgentChange::Put(agent) => TxnOp::put(
                         sh.keys
                             .agent(&agent.record.group, &agent.record.node_id, lease),
-                        StoredAgent::from(agent).encode_to_vec(),
+                        StoredAgent::from(&**agent).encode_to_vec(),
                         Some(PutOptions::new().with_lease(lease)),
                     ),
                     AgentChange::Delete { group, node_id } => {

@@ -248,7 +248,7 @@ async fn agents_are_shared_and_expire_with_the_lease() {
         record: agent("n1", true),
     };
     let epoch = dir_a
-        .publish(&[AgentChange::Put(shared.clone())])
+        .publish(&[AgentChange::Put(Box::new(shared.clone()))])
         .await
         .unwrap();
     assert_eq!(epoch, 1);
@@ -272,7 +272,7 @@ async fn agents_are_shared_and_expire_with_the_lease() {
 
     // Withdrawing removes everything at once.
     dir_a
-        .publish(&[AgentChange::Put(shared.clone())])
+        .publish(&[AgentChange::Put(Box::new(shared.clone()))])
         .await
         .unwrap();
     dir_a.withdraw().await.unwrap();
@@ -281,7 +281,7 @@ async fn agents_are_shared_and_expire_with_the_lease() {
     // Not renewed: gone once the lease's TTL (3s) passes; renewing later
     // binds a new lease, with a new epoch.
     let epoch = dir_a
-        .publish(&[AgentChange::Put(shared.clone())])
+        .publish(&[AgentChange::Put(Box::new(shared.clone()))])
         .await
         .unwrap();
     assert_eq!(dir_b.others(None).await.unwrap().len(), 1);

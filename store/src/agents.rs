@@ -111,7 +111,7 @@ pub struct SharedAgent {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AgentChange {
     /// The agent's current record.
-    Put(SharedAgent),
+    Put(Box<SharedAgent>),
     /// The agent was forgotten.
     Delete {
         /// Its group.

@@ -10,13 +10,14 @@ use tonic::{Request, Response, Status};
 use vane_proto as pb;
 
 use crate::admin::convert::{
-    DEFAULT_AUDIT_LIMIT, MAX_AUDIT_LIMIT, agent_status, canonical_yaml, check_group,
+    DEFAULT_AUDIT_LIMIT, MAX_AUDIT_LIMIT, agent_status, canonical_yaml, check_group, check_message,
     check_version_field, limit_for_filter, push_response, store_status, version_info,
 };
 use crate::admin::push::PushDone;
 use crate::admin::service::AdminService;
 use crate::auth::Action;
 use crate::hub::Published;
+use crate::rollout::engine;
 
 #[tonic::async_trait]
 impl pb::admin_server::Admin for AdminService {
@@ -203,23 +204,88 @@ impl pb::admin_server::Admin for AdminService {
 
     async fn start_rollout(
         &self,
-        _request: Request<pb::StartRolloutRequest>,
+        request: Request<pb::StartRolloutRequest>,
     ) -> Result<Response<pb::RolloutResponse>, Status> {
-        Err(Status::unimplemented("ROLLOUT-SHIM"))
+        let caller = self.allow_write(
+            &request,
+            "rollout.start",
+            &request.get_ref().group,
+            &request.get_ref().message,
+        )?;
+        let request = request.into_inner();
+        let group = request.group.clone();
+        let message = request.message.clone();
+        let started = self.start_rollout_as(&caller, request).await;
+        match started {
+            Ok(rollout) => Ok(Response::new(pb::RolloutResponse {
+                rollout: Some(rollout),
+            })),
+            Err(status) => {
+                if let Some(audit) = &self.audit {
+                    audit.refused(&caller, "rollout.start", &group, &message, &status);
+                }
+                Err(status)
+            }
+        }
     }
 
     async fn get_rollout(
         &self,
-        _request: Request<pb::GetRolloutRequest>,
+        request: Request<pb::GetRolloutRequest>,
     ) -> Result<Response<pb::RolloutResponse>, Status> {
-        Err(Status::unimplemented("ROLLOUT-SHIM"))
+        self.allow(&request, Action::Read, &request.get_ref().group)?;
+        let group = request.into_inner().group;
+        check_group(&group)?;
+        let rollout = self.rollouts.shown(&group).await?;
+        Ok(Response::new(pb::RolloutResponse {
+            rollout: Some(rollout),
+        }))
     }
 
     async fn control_rollout(
         &self,
-        _request: Request<pb::ControlRolloutRequest>,
+        request: Request<pb::ControlRolloutRequest>,
     ) -> Result<Response<pb::RolloutResponse>, Status> {
-        Err(Status::unimplemented("ROLLOUT-SHIM"))
+        let action = match request.get_ref().action() {
+            pb::RolloutAction::Pause => engine::Action::Pause,
+            pb::RolloutAction::Resume => engine::Action::Resume,
+            pb::RolloutAction::Promote => engine::Action::Promote,
+            pb::RolloutAction::Abort => engine::Action::Abort,
+            pb::RolloutAction::Unspecified => {
+                return Err(Status::invalid_argument(
+                    "action: required (PAUSE, RESUME, PROMOTE or ABORT)",
+                ));
+            }
+        };
+        let caller = self.allow_write(
+            &request,
+            action.name(),
+            &request.get_ref().group,
+            &request.get_ref().reason,
+        )?;
+        let request = request.into_inner();
+        check_group(&request.group)?;
+        check_message(&request.reason)?;
+        let acted = self
+            .rollouts
+            .act(&request.group, action, &request.reason, &caller.identity)
+            .await;
+        if let Err(status) = &acted
+            && let Some(audit) = &self.audit
+        {
+            audit.refused(
+                &caller,
+                action.name(),
+                &request.group,
+                &request.reason,
+                status,
+            );
+        }
+        acted?;
+        let rollout = self.rollouts.shown(&request.group).await?;
+        Ok(Response::new(pb::RolloutResponse {
+            rollout: Some(rollout),
+        }))
     }
 
     async fn who_am_i(
@@ -284,10 +350,22 @@ impl pb::admin_server::Admin for AdminService {
             },
             None => Vec::new(),
         };
+        // During a rollout an agent's state is relative to its cohort's
+        // version, and its role says which cohort.
         let agents = crate::replication::merge(self.agents.list(filter), &self.replica, others)
             .iter()
             .filter(|a| visible(&a.record.group))
-            .map(|a| agent_status(a, head_version(&a.record.group)))
+            .map(|a| {
+                let group = &a.record.group;
+                let head = heads.get(group).cloned();
+                let cohort = self.rollouts.cohorts.get(group);
+                let target = crate::targets::target(&head, &cohort, &a.record.node_id)
+                    .map_or(head_version(group), |t| t.version);
+                let mut status = agent_status(a, target);
+                status.target_version = target;
+                status.role = crate::targets::role(&head, &cohort, &a.record.node_id).to_owned();
+                status
+            })
             .collect();
         let mut groups: Vec<pb::GroupStatus> = heads
             .values()
@@ -319,6 +397,23 @@ impl pb::admin_server::Admin for AdminService {
             groups[at].corrupt_version = corrupt.version;
             groups[at].reason = corrupt.to_string();
         }
+        let mut rollouts = Vec::new();
+        let rollout_groups: Vec<String> = match filter {
+            Some(group) => vec![group.to_owned()],
+            None => self
+                .rollouts
+                .all()
+                .into_iter()
+                .map(|k| k.rollout.group)
+                .filter(|g| visible(g))
+                .collect(),
+        };
+        for group in rollout_groups {
+            // NOT_FOUND: the group never had one.
+            if let Ok(shown) = self.rollouts.shown(&group).await {
+                rollouts.push(shown);
+            }
+        }
         // A group agents watch before its first push still has a status.
         if let Some(group) = filter
             && groups.is_empty()
@@ -338,7 +433,7 @@ impl pb::admin_server::Admin for AdminService {
             replica: self.replica.clone(),
         };
         Ok(Response::new(pb::StatusResponse {
-            rollouts: Vec::new(),
+            rollouts,
             agents,
             groups,
             store: Some(store),

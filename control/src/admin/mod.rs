@@ -15,7 +15,7 @@
 //! - `push`: pushes and rollbacks (validate, store, publish).
 //! - `convert`: limits, field checks, statuses and messages.
 
-mod convert;
+pub(crate) mod convert;
 mod handlers;
 mod push;
 mod service;

@@ -18,6 +18,8 @@ use crate::admin::service::AdminService;
 use crate::auth::Caller;
 use crate::hub::Published;
 use crate::integrity::{Corrupt, verify_off_thread};
+use crate::rollout::service::{Start, in_progress};
+use crate::rollout::spec::Spec;
 
 impl AdminService {
     /// Stores `new` and publishes the result. The write runs in its own task
@@ -182,16 +184,30 @@ impl AdminService {
         let (encoded, hash) = tokio::task::spawn_blocking(move || prepare(snapshot, max))
             .await
             .map_err(|e| Status::internal(format!("validation task failed: {e}")))??;
+        // A running rollout refuses plain pushes (the store checks again in
+        // the write itself); `supersede` ends it instead.
+        let rollout = if request.supersede {
+            self.rollouts
+                .superseding(&request.group, &caller.identity)
+                .await?
+        } else {
+            if let Some(known) = self.rollouts.running(&request.group).await? {
+                return Err(in_progress(&known));
+            }
+            None
+        };
         if request.dry_run {
             let response = self
                 .dry_run(request.group, hash, request.expected_version)
                 .await?;
             return Ok(PushDone::DryRun(response));
         }
+        let superseding = rollout.is_some();
+        let group = request.group.clone();
         let outcome = self
             .commit(NewVersion {
                 candidate: None,
-                rollout: None,
+                rollout,
                 group: request.group,
                 snapshot: encoded,
                 hash,
@@ -201,6 +217,12 @@ impl AdminService {
                 expected_version: request.expected_version,
             })
             .await?;
+        if superseding {
+            // Its cohort ends at once on this server (the others follow
+            // within a driver tick).
+            self.rollouts.reread(&group).await;
+            tracing::info!(group, "push superseded the running rollout");
+        }
         Ok(PushDone::Committed(outcome))
     }
 
@@ -213,6 +235,9 @@ impl AdminService {
         check_group(&request.group)?;
         check_version_field("to_version", request.to_version)?;
         check_message(&request.message)?;
+        if let Some(known) = self.rollouts.running(&request.group).await? {
+            return Err(in_progress(&known));
+        }
         let target = self
             .record(&request.group, Some(request.to_version))
             .await?;
@@ -256,6 +281,60 @@ impl AdminService {
             })
             .await?;
         Ok(outcome)
+    }
+}
+
+impl AdminService {
+    /// Starts a rollout for `caller`, after authorization: validate the
+    /// plan and the candidate like a push, then store both in one write.
+    pub(crate) async fn start_rollout_as(
+        &self,
+        caller: &Caller,
+        request: pb::StartRolloutRequest,
+    ) -> Result<pb::Rollout, Status> {
+        check_group(&request.group)?;
+        check_message(&request.message)?;
+        let spec = Spec::try_from(request.spec.unwrap_or_default())
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let snapshot = request
+            .snapshot
+            .ok_or_else(|| Status::invalid_argument("snapshot: required"))?;
+        let max = self.max_snapshot_bytes;
+        let (encoded, hash) = tokio::task::spawn_blocking(move || prepare(snapshot, max))
+            .await
+            .map_err(|e| Status::internal(format!("validation task failed: {e}")))??;
+        let group = request.group.clone();
+        self.rollouts
+            .start(Start {
+                group: request.group,
+                snapshot: encoded,
+                hash,
+                spec,
+                message: request.message,
+                author: caller.identity.clone(),
+                expected_version: request.expected_version,
+            })
+            .await?;
+        if let Some(audit) = &self.audit
+            && let Some(known) = self.rollouts.known(&group)
+        {
+            let r = &known.rollout;
+            let entry = vane_store::AuditRecord {
+                identity: caller.identity.clone(),
+                peer: caller.peer.clone(),
+                action: "rollout.start".to_owned(),
+                group: group.clone(),
+                version: r.candidate.version,
+                hash: r.candidate.hash.clone(),
+                message: format!("rollout {} {}: {}", r.id, r.state.name(), r.reason),
+                result: "created".to_owned(),
+                ..vane_store::AuditRecord::default()
+            };
+            if let Err(e) = audit.record(entry).await {
+                tracing::error!(error = %e, group, "audit entry of a rollout start not written");
+            }
+        }
+        self.rollouts.shown(&group).await
     }
 }
 

@@ -15,6 +15,8 @@ use crate::audit::AuditLog;
 use crate::auth::rate::PushLimiter;
 use crate::auth::{Action, Auth, Caller};
 use crate::hub::Hub;
+use crate::rollout::driver::Rollouts;
+use crate::targets::Cohorts;
 
 /// The `Admin` gRPC service.
 #[derive(Clone)]
@@ -29,6 +31,7 @@ pub struct AdminService {
     pub(crate) auth: Auth,
     pub(crate) audit: Option<Arc<AuditLog>>,
     pub(crate) push_limit: Arc<PushLimiter>,
+    pub(crate) rollouts: Arc<Rollouts>,
 }
 
 impl std::fmt::Debug for AdminService {
@@ -49,7 +52,16 @@ impl AdminService {
         tasks: TaskTracker,
         max_snapshot_bytes: usize,
     ) -> Self {
+        let rollouts = Rollouts::new(
+            Arc::clone(&store),
+            Arc::clone(&hub),
+            Arc::new(Cohorts::new()),
+            Arc::clone(&agents),
+            String::new(),
+            None,
+        );
         Self {
+            rollouts,
             store,
             hub,
             agents,
@@ -187,6 +199,14 @@ impl AdminService {
             return Err(status);
         }
         Ok(caller)
+    }
+
+    /// Where rollouts are kept and driven (by default, rollouts of this
+    /// service alone, whose cohorts no watch stream follows).
+    #[must_use]
+    pub fn with_rollouts(mut self, rollouts: Arc<Rollouts>) -> Self {
+        self.rollouts = rollouts;
+        self
     }
 
     /// Names this server among the replicas: `Status` shows it next to the

@@ -23,6 +23,7 @@ use crate::auth::{Action, Auth, Caller};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::reach::StoreReach;
+use crate::targets::{self, Cohorts};
 use crate::watch::admission::{
     Access, Credentials, DEFAULT_IDLE_STREAM_TIMEOUT, DEFAULT_MAX_AGENTS,
     DEFAULT_MAX_STREAMS_PER_IDENTITY, FIRST_REQUEST_TIMEOUT, MAX_REQUEST_BYTES, StreamsPerIdentity,
@@ -35,6 +36,7 @@ use crate::watch::state::WatchState;
 #[derive(Debug, Clone)]
 pub struct DiscoveryService {
     hub: Arc<Hub>,
+    cohorts: Arc<Cohorts>,
     agents: Arc<AgentRegistry>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
@@ -61,6 +63,7 @@ impl DiscoveryService {
     ) -> Self {
         Self {
             hub,
+            cohorts: Arc::new(Cohorts::new()),
             agents,
             shutdown,
             tasks,
@@ -73,6 +76,14 @@ impl DiscoveryService {
             // Its sender is gone: reachable, for good.
             reach: watch::channel(StoreReach::Reachable).1,
         }
+    }
+
+    /// Where rollouts' cohorts are published (see [`crate::targets`]); by
+    /// default no group has a rollout.
+    #[must_use]
+    pub fn with_cohorts(mut self, cohorts: Arc<Cohorts>) -> Self {
+        self.cohorts = cohorts;
+        self
     }
 
     /// Where the store's reachability is published (see [`crate::reach`]);
@@ -174,6 +185,9 @@ impl DiscoveryService {
 
         let mut heads = self.hub.subscribe(&node.group);
         let head = heads.borrow_and_update().clone();
+        let mut cohorts = self.cohorts.subscribe(&node.group);
+        // What this agent should run: the head, or its cohort's version.
+        let target = targets::target(&head, &cohorts.borrow_and_update(), &node.id);
         let runs_head = head
             .as_ref()
             .is_some_and(|h| first.version_info == h.version && first.hash == h.hash);
@@ -226,6 +240,7 @@ impl DiscoveryService {
             metrics,
         );
         stream.span = span;
+        stream.cohorts = cohorts;
         stream.accept_notices = first.accept_store_notices;
         let mut reach = self.reach.clone();
         stream.reach = *reach.borrow_and_update();
@@ -239,13 +254,21 @@ impl DiscoveryService {
                 caller,
             }));
         }
-        match head {
-            Some(head) if runs_head => {
-                stream.known_version = head.version;
+        let runs_target = target
+            .as_ref()
+            .is_some_and(|t| first.version_info == t.version && first.hash == t.hash);
+        match target {
+            Some(target) if runs_target => {
+                stream.known_version = target.version;
                 // Checked against our own record: a delta may start here.
-                stream.acked = Some((head.version, head.hash.clone()));
+                stream.acked = Some((target.version, target.hash.clone()));
             }
-            head => stream.pending = head,
+            // It runs something newer than its cohort's version (it was
+            // sent the candidate before): never send it back.
+            Some(target) if claim_plausible && first.version_info > target.version => {
+                stream.known_version = first.version_info;
+            }
+            target => stream.pending = target,
         }
         let shutdown = self.shutdown.clone();
         // Not `.instrument(span)`: entering a span on every poll of ten

@@ -18,6 +18,7 @@ use crate::agents::{AgentRegistry, NodeInfo, StreamKey};
 use crate::hub::{Head, Published};
 use crate::metrics::StreamMetrics;
 use crate::reach::StoreReach;
+use crate::targets::{self, CohortView};
 use crate::watch::admission::{Access, nack_reason};
 
 /// The last response sent on a stream.
@@ -55,6 +56,9 @@ pub(crate) struct WatchState {
     pub(crate) acked: Option<(u64, String)>,
     /// The next response must be a full snapshot: the agent asked for one.
     pub(crate) want_full: bool,
+    /// The group's rollout cohort (see `targets.rs`): with the head, it
+    /// decides what this agent is sent.
+    pub(crate) cohorts: watch::Receiver<CohortView>,
     /// Whether the agent reads store notices (its first request said so).
     pub(crate) accept_notices: bool,
     /// Whether this replica reaches its store, as of the last change.
@@ -105,6 +109,8 @@ impl WatchState {
             acked: None,
             want_full: false,
             accept_notices: false,
+            // Its sender is gone: no rollout, for good.
+            cohorts: watch::channel(None).1,
             reach: StoreReach::Reachable,
             reach_changes: None,
             told_reachable: true,
@@ -136,6 +142,10 @@ impl WatchState {
         tokio::pin!(closed);
         let current = heads.clone();
         let mut heads = tokio_stream::wrappers::WatchStream::from_changes(heads);
+        let cohort_now = self.cohorts.clone();
+        let mut cohorts = Some(tokio_stream::wrappers::WatchStream::from_changes(
+            self.cohorts.clone(),
+        ));
         let mut changes = changes.map(tokio_stream::wrappers::WatchStream::from_changes);
         let mut reach = self
             .reach_changes
@@ -167,9 +177,20 @@ impl WatchState {
                     Err(_) => break None,
                 },
                 head = heads.next() => match head {
-                    Some(head) => self.offer(head),
+                    Some(head) => {
+                        let target = targets::target(&head, &cohort_now.borrow(), &self.node.id);
+                        self.offer(target);
+                    }
                     // The hub is gone, which only happens at shutdown.
                     None => break Some(Status::unavailable("the server is shutting down")),
+                },
+                cohort = next_change(&mut cohorts) => match cohort {
+                    Some(cohort) => {
+                        let target = targets::target(&current.borrow(), &cohort, &self.node.id);
+                        self.offer(target);
+                    }
+                    // No rollouts on this server any more (shutdown).
+                    None => cohorts = None,
                 },
                 change = next_change(&mut changes) => match change {
                     Some(_) => {
@@ -198,10 +219,11 @@ impl WatchState {
                     Some(Ok(request)) => match self.on_request_at(request, idle.as_mut(), idle_timeout) {
                         Ok(Answer::Nothing) => {}
                         Ok(Answer::ResendFull) => {
-                            // The head, even if this stream carried it; a
-                            // newer pending version is the head anyway.
-                            if let Some(head) = current.borrow().clone() {
-                                self.pending = Some(head);
+                            // The target, even if this stream carried it; a
+                            // newer pending version is the target anyway.
+                            let target = targets::target(&current.borrow(), &cohort_now.borrow(), &self.node.id);
+                            if let Some(target) = target {
+                                self.pending = Some(target);
                             }
                         }
                         Err(status) => break Some(status),
@@ -234,8 +256,10 @@ impl WatchState {
         }
     }
 
-    /// A new head: make it the pending version if it is newer than anything
-    /// sent or pending.
+    /// A new target (the head, or during a rollout the version this agent's
+    /// cohort runs): make it the pending version if it is newer than
+    /// anything sent, pending or known to run on the agent. Versions never
+    /// go backwards on a stream.
     pub(crate) fn offer(&mut self, head: Head) {
         let Some(head) = head else { return };
         let newer_than_pending = self
