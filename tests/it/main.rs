@@ -24,6 +24,7 @@ mod proxy_routing;
 mod push;
 mod reconnect_recovery;
 mod retention;
+mod rollout_cohorts;
 mod security_tls;
 mod shutdown;
 mod sidecar;
