@@ -200,6 +200,8 @@ impl Rollouts {
                 _ = tick.tick() => {}
                 () = self.wake.notified() => {}
             }
+            // Channels of groups nobody watches and no rollout holds.
+            self.cohorts.sweep();
             if let Err(e) = self.refresh().await {
                 tracing::warn!(error = %e, "reading rollouts failed; retrying");
                 continue;

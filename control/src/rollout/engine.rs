@@ -96,11 +96,16 @@ impl Evidence {
     }
 }
 
-/// The agents of the group the rollout's selector matches.
+/// The connected agents of the group the rollout's selector matches: the
+/// fleet a step's share is taken of. (An agent gone for good would
+/// otherwise hold every step below its share until the deadline; members
+/// that disconnect stay members and count as disconnected.)
 pub fn matching<'a>(rollout: &Rollout, agents: &'a [AgentRecord]) -> Vec<&'a AgentRecord> {
     agents
         .iter()
-        .filter(|a| a.group == rollout.group && rollout.spec.selector.matches(&a.labels))
+        .filter(|a| {
+            a.connected && a.group == rollout.group && rollout.spec.selector.matches(&a.labels)
+        })
         .collect()
 }
 
