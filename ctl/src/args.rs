@@ -348,9 +348,18 @@ fn positive_duration(text: &str) -> Result<Duration, String> {
 }
 
 impl Cli {
-    /// How long one call may take: `--timeout`, else 10s.
+    /// How long one call may take: `--timeout`, else 10s. For `rollout
+    /// status -w`, whose `--timeout` is how long to follow, at most 10s.
     pub fn call_timeout(&self) -> Duration {
-        self.timeout.unwrap_or(DEFAULT_TIMEOUT)
+        match (&self.command, self.timeout) {
+            (
+                Command::Rollout {
+                    command: RolloutCommand::Status { watch: true, .. },
+                },
+                Some(follow),
+            ) => follow.min(DEFAULT_TIMEOUT),
+            (_, timeout) => timeout.unwrap_or(DEFAULT_TIMEOUT),
+        }
     }
 }
 

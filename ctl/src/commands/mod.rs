@@ -48,10 +48,11 @@ pub(crate) async fn execute(cli: &Cli, live: &mut dyn FnMut(&str)) -> Result<Str
         _ => None,
     };
     let timeout = cli.call_timeout();
-    let writes = matches!(
-        cli.command,
-        Command::Push { .. } | Command::Rollback { .. } | Command::Rollout { .. }
-    );
+    let writes = match &cli.command {
+        Command::Push { .. } | Command::Rollback { .. } => true,
+        Command::Rollout { command } => !matches!(command, RolloutCommand::Status { .. }),
+        _ => false,
+    };
     let no_answer = || {
         CliError::unreachable(format!(
             "no answer from the control server at {url} within {} (see --timeout){}",
