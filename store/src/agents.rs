@@ -107,10 +107,8 @@ pub struct SharedAgent {
     pub record: AgentRecord,
 }
 
-/// One change of a replica's agents.
-// Changes live in short batches (taken, written, dropped): boxing the
-// record would only add an allocation per change.
-#[allow(clippy::large_enum_variant)]
+/// One change of a replica's agents (the record boxed: it is most of the
+/// enum's size).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AgentChange {
     /// The agent's current record.

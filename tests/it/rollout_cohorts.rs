@@ -3,6 +3,8 @@
 //! step, and an invalid-content NACK rolls the cohort back by itself to a
 //! new version with the stable content.
 
+#![allow(clippy::unwrap_used)]
+
 use std::collections::BTreeSet;
 use std::time::Duration;
 
@@ -133,7 +135,10 @@ async fn only_the_cohort_gets_the_candidate_until_its_step() {
         .await
         .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
-    assert!(refused.message().contains("rollout edge-v2 in progress"), "{refused:?}");
+    assert!(
+        refused.message().contains("rollout edge-v2 in progress"),
+        "{refused:?}"
+    );
 
     // Step 1: exactly two agents (20% of 10) are sent version 2 and ACK it.
     let first = members(&mut client, 2).await;
@@ -146,7 +151,10 @@ async fn only_the_cohort_gets_the_candidate_until_its_step() {
     assert_eq!(baking.cohort.as_ref().unwrap().synced, 2);
     // The others hear nothing while the step bakes.
     for a in agents.iter_mut().filter(|a| !first.contains(&a.node.id)) {
-        assert!(matches!(a.next(Duration::from_millis(200)).await, Next::Quiet));
+        assert!(matches!(
+            a.next(Duration::from_millis(200)).await,
+            Next::Quiet
+        ));
     }
     assert_eq!(rollout(&mut client).await.state(), pb::RolloutState::Baking);
 
@@ -202,14 +210,21 @@ async fn an_invalid_content_nack_rolls_the_cohort_back_by_itself() {
         }
     }
     let r = wait_state(&mut client, pb::RolloutState::RolledBack).await;
-    assert!(r.reason.contains("refused version 2 as invalid"), "{}", r.reason);
+    assert!(
+        r.reason.contains("refused version 2 as invalid"),
+        "{}",
+        r.reason
+    );
     assert!(r.reason.contains("unknown cluster"), "{}", r.reason);
     assert_eq!(r.restored_version, 3);
     // Every agent gets version 3 with the stable content: the cohort to
     // leave the candidate, the others a new number for what they run.
     for a in &mut agents {
         let resp = a.recv().await;
-        assert_eq!((resp.version, resp.hash.as_str()), (3, stable.hash.as_str()));
+        assert_eq!(
+            (resp.version, resp.hash.as_str()),
+            (3, stable.hash.as_str())
+        );
         a.ack(&resp).await;
     }
     let history = client
@@ -222,6 +237,10 @@ async fn an_invalid_content_nack_rolls_the_cohort_back_by_itself() {
         .into_inner();
     let v3 = &history.versions[0];
     assert_eq!((v3.version, v3.rollback_of), (3, 1));
-    assert!(v3.message.contains("rollback of rollout edge-v2"), "{}", v3.message);
+    assert!(
+        v3.message.contains("rollback of rollout edge-v2"),
+        "{}",
+        v3.message
+    );
     assert_eq!(history.versions[1].rollout_id, "edge-v2");
 }

@@ -566,7 +566,7 @@ mod tests {
         assert_eq!(r.members.len(), 5);
         assert!(r.members.iter().all(|m| {
             let n: usize = m.node_id[1..].parse().unwrap();
-            n % 2 == 0
+            n.is_multiple_of(2)
         }));
     }
 
