@@ -28,6 +28,9 @@
 //!   is also what the load generator's simulated agents reconnect with.
 //! - [`cache`]: the atomic disk cache.
 //! - [`state`]: the running configuration (one `ArcSwap`) and health.
+//! - [`report`]: the embedder's health hook ([`AgentHandle::report_health`]):
+//!   what the data plane says of the version it runs, sent to the control
+//!   plane on the watch stream.
 //! - TLS and tokens for the control plane come from `vane-tls`
 //!   ([`ClientTls`], [`BearerToken`]), checked at start.
 //! - [`status`]: the `/status` JSON and Prometheus rendering shared by the
@@ -40,6 +43,7 @@ pub mod cache;
 pub mod config;
 mod link;
 pub mod pacing;
+pub mod report;
 pub mod state;
 pub mod status;
 
@@ -58,6 +62,7 @@ pub use apply::{ApplyOutcome, Candidate, Rejection, Sink, Validator};
 pub use backoff::BackoffConfig;
 pub use breaker::{BreakerConfig, BreakerState};
 pub use config::AgentConfig;
+pub use report::{DataPlaneHealth, HealthReport};
 pub use state::{Current, Health, HealthState, Source};
 pub use status::StatusReport;
 pub use vane_tls::{BearerToken, ClientIdentity, ClientTls, TlsPart};
@@ -327,6 +332,30 @@ impl AgentHandle {
     /// Health: state, version, hash, source, staleness, breaker, last error.
     pub fn health(&self) -> Health {
         self.inner.shared.health()
+    }
+
+    /// Reports the data plane's health for the version it runs now (the
+    /// running version is attached; see [`Self::report_health_for`] to name
+    /// it). Cheap and non-blocking, so it may be called as often as the
+    /// embedder likes: the latest report wins, and only a change wakes the
+    /// link, which sends it to the control plane within a second (and with
+    /// every ACK and heartbeat after that).
+    pub fn report_health(&self, health: DataPlaneHealth) {
+        let version = self.inner.shared.current.load().version;
+        self.report_health_for(version, health);
+    }
+
+    /// [`Self::report_health`] for a given version: for a check that
+    /// started before the running version changed, so its verdict is not
+    /// pinned on the next one.
+    pub fn report_health_for(&self, version: u64, health: DataPlaneHealth) {
+        let report = HealthReport::new(version, health);
+        self.inner
+            .shared
+            .metrics
+            .data_plane_degraded
+            .set(i64::from(report.degraded));
+        self.inner.shared.reports.report(report);
     }
 
     /// The `/status` report.

@@ -24,6 +24,7 @@ use tokio::time::Instant;
 use vane_model::Snapshot;
 
 use crate::breaker::BreakerState;
+use crate::report::{HealthReport, Reports};
 
 /// Where the running configuration came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -116,6 +117,9 @@ pub struct Health {
     pub applies: u64,
     /// Snapshots refused since start.
     pub nacks: u64,
+    /// What the embedder last reported of its data plane (see
+    /// [`crate::AgentHandle::report_health`]); `None` until it reports.
+    pub data_plane: Option<HealthReport>,
 }
 
 /// Counters and gauges the agent keeps; register them with [`crate::AgentHandle::register_metrics`].
@@ -128,6 +132,7 @@ pub(crate) struct Metrics {
     pub(crate) staleness: Gauge<f64, AtomicU64>,
     pub(crate) healthy: Gauge,
     pub(crate) connected: Gauge,
+    pub(crate) data_plane_degraded: Gauge,
 }
 
 impl Metrics {
@@ -166,6 +171,11 @@ impl Metrics {
             "vane_agent_connected",
             "1 while a watch stream is up",
             self.connected.clone(),
+        );
+        registry.register(
+            "vane_agent_data_plane_degraded",
+            "1 while the embedder reports its data plane degraded (AgentHandle::report_health)",
+            self.data_plane_degraded.clone(),
         );
     }
 }
@@ -228,6 +238,8 @@ pub(crate) struct Shared {
     link: Mutex<Link>,
     pub(crate) metrics: Metrics,
     pub(crate) stale_after: Duration,
+    /// The embedder's latest data-plane health report, sent by the link.
+    pub(crate) reports: Reports,
 }
 
 impl Shared {
@@ -250,6 +262,7 @@ impl Shared {
             }),
             metrics: Metrics::default(),
             stale_after,
+            reports: Reports::new(),
         }
     }
 
@@ -359,6 +372,7 @@ impl Shared {
             reconnects: self.metrics.reconnects.get(),
             applies: self.metrics.applies.get(),
             nacks: self.metrics.nacks.get(),
+            data_plane: self.reports.latest(),
         }
     }
 }

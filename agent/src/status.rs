@@ -7,6 +7,7 @@ use prometheus_client::registry::Registry;
 use serde::Serialize;
 
 use crate::config::AgentConfig;
+use crate::report::HealthReport;
 use crate::state::{Health, HealthState};
 
 /// The `/status` body.
@@ -46,6 +47,10 @@ pub struct StatusReport {
     pub last_nack_version: Option<u64>,
     /// Why it was refused.
     pub last_nack_reason: Option<String>,
+    /// What the data plane last reported of its health (`degraded`,
+    /// `reason`, `version`), as sent to the control plane; null until it
+    /// reports. Separate from `state`, which is the agent's own.
+    pub data_plane_health: Option<HealthReport>,
 }
 
 impl StatusReport {
@@ -73,6 +78,7 @@ impl StatusReport {
             nacks: h.nacks,
             last_nack_version: h.last_nack.as_ref().map(|(v, _)| *v),
             last_nack_reason: h.last_nack.as_ref().map(|(_, r)| r.clone()),
+            data_plane_health: h.data_plane.clone(),
         }
     }
 }

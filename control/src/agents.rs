@@ -215,6 +215,12 @@ impl AgentRegistry {
         // What was sent belongs to the old stream; the NACK stays until the
         // agent acks something newer, since it still describes the head.
         r.sent_version = 0;
+        // Counted while the record is kept (a rollout tells crash loops by
+        // it); the health is the new stream's to say (its first request).
+        r.sessions = r.sessions.saturating_add(1);
+        r.health_degraded = false;
+        r.health_reason.clear();
+        r.health_version = 0;
         match running {
             Some((version, hash)) => {
                 r.acked_version = version;
@@ -279,11 +285,23 @@ impl AgentRegistry {
         });
     }
 
-    /// The agent refused `version` and keeps running what it acked before.
-    pub fn record_nack(&self, key: &StreamKey, version: u64, reason: &str) {
+    /// The agent refused `version` and keeps running what it acked before;
+    /// `code` is the gRPC code of its ErrorDetail (3: invalid content).
+    pub fn record_nack(&self, key: &StreamKey, version: u64, reason: &str, code: i32) {
         self.update(key, true, |r| {
             r.last_nacked_version = version;
             r.nack_reason = reason.to_owned();
+            r.nack_code = code;
+        });
+    }
+
+    /// The agent's data plane reports its health for `version` (all zero:
+    /// it reports none).
+    pub fn record_health(&self, key: &StreamKey, degraded: bool, reason: &str, version: u64) {
+        self.update(key, true, |r| {
+            r.health_degraded = degraded;
+            reason.clone_into(&mut r.health_reason);
+            r.health_version = version;
         });
     }
 
@@ -427,7 +445,7 @@ mod tests {
         let new = reg.connect(&node("a"), "1.2.3.4:6", Some((1, "h1")));
         assert_ne!(old.generation(), new.generation());
         reg.disconnect(&old);
-        reg.record_nack(&old, 1, "late");
+        reg.record_nack(&old, 1, "late", 9);
         let list = reg.list(None);
         assert_eq!(list.len(), 1);
         let a = &list[0];
@@ -450,7 +468,7 @@ mod tests {
         reg.record_sent(&a, 1);
         reg.record_ack(&a, 1, "h1");
         reg.record_sent(&a, 2);
-        reg.record_nack(&a, 2, "clusters[0]: bad");
+        reg.record_nack(&a, 2, "clusters[0]: bad", 3);
         let edge = reg.list(Some("edge"));
         assert_eq!(edge.len(), 1);
         let r = &edge[0];
@@ -509,7 +527,7 @@ mod tests {
         }
         // A failed write comes back with the state as it is by then.
         reg.requeue(&changes);
-        reg.record_nack(&a, 2, "no");
+        reg.record_nack(&a, 2, "no", 9);
         match &reg.take_changes("r")[0] {
             AgentChange::Put(shared) => assert_eq!(shared.record.last_nacked_version, 2),
             other => panic!("{other:?}"),

@@ -471,7 +471,7 @@ mod tests {
         let a = agents.connect(&node("a"), "", Some((2, "h2")));
         let b = agents.connect(&node("b"), "", Some((1, "h1")));
         agents.record_sent(&b, 2);
-        agents.record_nack(&b, 2, "bad");
+        agents.record_nack(&b, 2, "bad", 9);
         let c = agents.connect(&node("c"), "", Some((1, "h1")));
         agents.disconnect(&c);
         let _ = a;

@@ -146,9 +146,12 @@ fn retry_delay(failures: u32) -> Duration {
 /// This replica's agents merged with the other replicas': one entry per
 /// (group, node id), sorted. An agent that moved keeps an entry on the
 /// replica it left until that one forgets it (or dies), so the entry shown
-/// is the one with an open stream, else the most recently seen.
+/// is the one with an open stream, else the most recently seen. Its
+/// `sessions` is the sum over the replicas: each replica counts the streams
+/// it held, so an agent that reconnects to another replica still adds one.
 pub fn merge(local: Vec<AgentRecord>, replica: &str, others: Vec<SharedAgent>) -> Vec<SharedAgent> {
     let mut best: HashMap<(String, String), SharedAgent> = HashMap::new();
+    let mut sessions: HashMap<(String, String), u64> = HashMap::new();
     let all = local
         .into_iter()
         .map(|record| SharedAgent {
@@ -158,6 +161,8 @@ pub fn merge(local: Vec<AgentRecord>, replica: &str, others: Vec<SharedAgent>) -
         .chain(others);
     for agent in all {
         let key = (agent.record.group.clone(), agent.record.node_id.clone());
+        let total = sessions.entry(key.clone()).or_default();
+        *total = total.saturating_add(agent.record.sessions);
         match best.get(&key) {
             Some(current) if !newer(&agent.record, &current.record) => {}
             _ => {
@@ -165,7 +170,13 @@ pub fn merge(local: Vec<AgentRecord>, replica: &str, others: Vec<SharedAgent>) -
             }
         }
     }
-    let mut out: Vec<SharedAgent> = best.into_values().collect();
+    let mut out: Vec<SharedAgent> = best
+        .into_iter()
+        .map(|(key, mut agent)| {
+            agent.record.sessions = sessions.get(&key).copied().unwrap_or_default();
+            agent
+        })
+        .collect();
     out.sort_by(|a, b| {
         (&a.record.group, &a.record.node_id).cmp(&(&b.record.group, &b.record.node_id))
     });
@@ -231,9 +242,11 @@ mod tests {
         left.connected = false;
         left.connected_since_unix_ms = 10;
         left.last_seen_unix_ms = 50;
+        left.sessions = 3;
         let mut joined = left.clone();
         joined.connected = true;
         joined.connected_since_unix_ms = 40;
+        joined.sessions = 1;
         let mut elsewhere = record();
         elsewhere.node_id = "other".into();
         let merged = merge(
@@ -261,6 +274,8 @@ mod tests {
             })
             .collect();
         assert_eq!(shown, vec![("moved", "b", true), ("other", "b", true)]);
+        // Three streams on a, then one on b: four in all.
+        assert_eq!(merged[0].record.sessions, 4);
     }
 
     /// A scripted directory: records what is published, fails on demand,

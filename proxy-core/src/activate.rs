@@ -216,6 +216,10 @@ impl Activation {
         let running = shared.compiled.load_full();
         self.listeners.freeze_removed(&current, &running);
         shared.compiled.store(Arc::new(next));
+        if current.version != running.current.version || current.hash != running.current.hash {
+            // A version is judged on its own answers only.
+            shared.health.window.clear(crate::clock::now_millis());
+        }
         shared.metrics.commit_build();
         self.listeners.reconcile(&current, shared);
         shared
@@ -323,6 +327,9 @@ clusters:
                     max_connections: 16,
                 },
                 workers: Workers::start(1).unwrap(),
+                health: Arc::new(crate::health::ProxyHealth::new(
+                    crate::health::HealthConfig::default(),
+                )),
             });
             let listeners = Arc::new(Listeners::new(tokio::runtime::Handle::current()));
             let activation = Activation::new(shared.clone(), listeners.clone(), empty);

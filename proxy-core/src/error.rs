@@ -8,6 +8,9 @@ pub enum ProxyError {
     /// The embedded agent refused its configuration.
     #[error(transparent)]
     Agent(#[from] vane_agent::StartError),
+    /// A setting is wrong; the text names it.
+    #[error("invalid proxy configuration: {0}")]
+    Config(String),
     /// The data-plane worker threads could not start.
     #[error("cannot start the worker threads: {0}")]
     Workers(std::io::Error),

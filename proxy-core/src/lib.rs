@@ -49,6 +49,9 @@
 //! - `workers`: thread per core: one single-threaded runtime per worker;
 //!   connections and their upstream pools stay on the worker that accepted.
 //! - `clock`: a monotonic clock as integers, for atomics.
+//! - `health`: the proxy's own health (the share of 502/503/504 answers
+//!   over a sliding window since the version was applied), reported
+//!   through the agent to the control plane.
 //!
 //! # Invariants
 //! - The request path never awaits the control plane: it reads the
@@ -82,6 +85,7 @@ mod cluster;
 mod compile;
 mod conn;
 mod error;
+mod health;
 mod histogram;
 mod http;
 mod listeners;
@@ -95,4 +99,5 @@ mod upstream;
 mod workers;
 
 pub use error::ProxyError;
+pub use health::HealthConfig;
 pub use proxy::{Proxy, ProxyConfig, ProxyHandle};

@@ -29,6 +29,7 @@ use crate::activate::Activation;
 use crate::clock;
 use crate::compile::Compiled;
 use crate::error::ProxyError;
+use crate::health::{self, HealthConfig, ProxyHealth};
 use crate::listeners::Listeners;
 use crate::metrics::Metrics;
 use crate::shared::{Settings, Shared};
@@ -67,6 +68,10 @@ pub struct ProxyConfig {
     /// and is also the admin endpoint's per-request and idle timeout.
     /// Default 10 s.
     pub header_read_timeout: Duration,
+    /// When the proxy reports itself degraded to the control plane (the
+    /// share of 502/503/504 answers over a window). Default: see
+    /// [`HealthConfig`].
+    pub health: HealthConfig,
 }
 
 impl Default for ProxyConfig {
@@ -79,6 +84,7 @@ impl Default for ProxyConfig {
             workers: 0,
             idle_timeout: Duration::from_secs(60),
             header_read_timeout: Duration::from_secs(10),
+            health: HealthConfig::default(),
         }
     }
 }
@@ -95,6 +101,7 @@ impl Proxy {
     pub fn start(config: ProxyConfig) -> Result<ProxyHandle, ProxyError> {
         let control = tokio::runtime::Handle::try_current()
             .map_err(|_| ProxyError::Agent(StartError::NoRuntime))?;
+        config.health.validate().map_err(ProxyError::Config)?;
         let empty = Arc::new(Current {
             version: 0,
             hash: String::new(),
@@ -123,6 +130,7 @@ impl Proxy {
             },
             workers,
             refusal_logged_ms: AtomicU64::new(0),
+            health: Arc::new(ProxyHealth::new(config.health)),
         });
         let listeners = Arc::new(Listeners::new(control));
         let activation = Arc::new(Activation::new(shared.clone(), listeners.clone(), empty));
@@ -152,8 +160,23 @@ impl Proxy {
                 }
             })
         };
+        let health_task = tokio::spawn(health::follow(
+            shared.health.clone(),
+            agent.clone(),
+            stop.clone(),
+        ));
         let mut registry = Registry::default();
         shared.metrics.register(&mut registry);
+        registry.register(
+            "vane_proxy_degraded",
+            "1 while the proxy reports itself degraded: more than --unhealthy-error-ratio of its answers over --unhealthy-window were 502/503/504 or upstream failures",
+            shared.health.degraded.clone(),
+        );
+        registry.register(
+            "vane_proxy_error_ratio",
+            "Share of 502/503/504 answers and upstream failures over --unhealthy-window, since the running version was applied",
+            shared.health.error_ratio.clone(),
+        );
         agent.register_metrics(&mut registry);
         Ok(ProxyHandle {
             inner: Arc::new(Inner {
@@ -164,6 +187,7 @@ impl Proxy {
                 stop,
                 stopping: AtomicBool::new(false),
                 task: std::sync::Mutex::new(Some(task)),
+                health_task: std::sync::Mutex::new(Some(health_task)),
                 registry,
             }),
         })
@@ -179,6 +203,8 @@ struct Inner {
     /// Set at shutdown: `/readyz` turns 503 so load balancers move away.
     stopping: AtomicBool,
     task: std::sync::Mutex<Option<JoinHandle<()>>>,
+    /// Judges the proxy's health and reports it through the agent.
+    health_task: std::sync::Mutex<Option<JoinHandle<()>>>,
     registry: Registry,
 }
 
@@ -231,6 +257,7 @@ impl ProxyHandle {
     pub fn render_metrics(&self) -> String {
         // Refresh the gauges that are computed, not counted.
         let _ = self.inner.agent.health();
+        let _ = self.inner.shared.health.evaluate();
         let compiled = self.inner.shared.compiled.load();
         let now = clock::now_millis();
         for c in compiled.clusters.values() {
@@ -249,8 +276,9 @@ impl ProxyHandle {
         // No candidate may start listeners behind the drain.
         inner.activation.close();
         inner.stop.cancel();
-        let task = inner.task.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(task) = task {
+        let tasks = [&inner.task, &inner.health_task]
+            .map(|t| t.lock().unwrap_or_else(|p| p.into_inner()).take());
+        for task in tasks.into_iter().flatten() {
             let _ = task.await;
         }
         inner

@@ -1,6 +1,7 @@
 //! The state every listener and connection of the data plane shares: the
 //! compiled configuration requests read, the metrics, the HTTP connection
-//! settings, the connection cap and the worker threads. It sits below
+//! settings, the connection cap, the worker threads and the window of
+//! answers the proxy's health is judged on. It sits below
 //! everything that serves traffic and knows nothing of how it is filled in
 //! (that is `activate`'s job).
 
@@ -14,6 +15,7 @@ use hyper_util::server::conn::auto;
 use tokio::sync::Semaphore;
 
 use crate::compile::Compiled;
+use crate::health::ProxyHealth;
 use crate::metrics::Metrics;
 use crate::workers::Workers;
 
@@ -42,6 +44,8 @@ pub(crate) struct Shared {
     pub(crate) config: Settings,
     /// The data-plane threads.
     pub(crate) workers: Workers,
+    /// The window of answers the proxy's health is judged on.
+    pub(crate) health: Arc<ProxyHealth>,
 }
 
 impl std::fmt::Debug for Shared {

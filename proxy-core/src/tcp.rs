@@ -37,6 +37,7 @@ pub(crate) async fn serve(
         let now_ms = clock::now_millis();
         let Some(i) = cluster.pick(now_ms, avoid) else {
             tracing::debug!(%peer, cluster = %cluster.name, "no healthy endpoint; closing");
+            listener.shared.health.record(true);
             return;
         };
         let endpoint = &cluster.endpoints[i];
@@ -65,6 +66,7 @@ pub(crate) async fn serve(
             () = signals.hard.cancelled() => return,
         };
         cluster.record(i, true, clock::now_millis());
+        listener.shared.health.record(false);
         let _ = outbound.set_nodelay(true);
         let _in_flight = cluster
             .tracks_in_flight()
@@ -79,4 +81,6 @@ pub(crate) async fn serve(
         }
         return;
     }
+    // Every endpoint tried failed to connect.
+    listener.shared.health.record(true);
 }

@@ -108,6 +108,9 @@ pub struct SharedAgent {
 }
 
 /// One change of a replica's agents.
+// Changes live in short batches (taken, written, dropped): boxing the
+// record would only add an allocation per change.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AgentChange {
     /// The agent's current record.

@@ -9,6 +9,7 @@ mod cluster_etcd_faults;
 mod cluster_etcd_tls;
 mod cluster_failover;
 mod cluster_replicas;
+mod data_plane_health;
 mod durability;
 mod hostile_cache;
 mod hostile_grpc;

@@ -17,7 +17,7 @@ use crate::state::Shared;
 
 use super::error::{LinkError, Retry};
 use super::respond::{StoreReach, Verdict};
-use super::session::Session;
+use super::session::{HEALTH_MIN_GAP, Session};
 
 /// Where the link is.
 #[derive(Debug)]
@@ -72,14 +72,19 @@ pub(crate) enum Event {
     Answered {
         /// What the answer means for the link status.
         verdict: Verdict,
-        /// The ACK or NACK itself, sent next.
-        answer: pb::WatchRequest,
+        /// The ACK or NACK itself, sent next (boxed: it is the largest
+        /// thing an event carries).
+        answer: Box<pb::WatchRequest>,
     },
     /// The server said whether it reaches its store (a notice, or a
     /// response that says otherwise than the stream did so far).
     Store(StoreReach),
     /// A queued answer or a heartbeat went out.
     Sent,
+    /// The embedder reported another data-plane health.
+    HealthChanged,
+    /// A request carrying the latest data-plane health went out on its own.
+    HealthSent,
     /// The new stream stayed quiet for `QUIET_CONFIRM_AFTER`: what runs is
     /// current.
     QuietConfirmed,
@@ -161,7 +166,7 @@ impl Machine {
             (State::Streaming(mut session), Event::Answered { verdict, answer }) => {
                 session.delivered = true;
                 session.confirmed = true;
-                session.pending = Some(answer);
+                session.pending = Some(*answer);
                 match verdict {
                     Verdict::Ack => {
                         session.refused = false;
@@ -196,6 +201,22 @@ impl Machine {
                 State::Streaming(session)
             }
             (State::Streaming(session), Event::Sent) => State::Streaming(session),
+            (State::Streaming(mut session), Event::HealthChanged) => {
+                // Due at once, unless one went less than the gap ago; a
+                // change while one is due already rides on that one.
+                if session.health_due.is_none() {
+                    let earliest = session
+                        .health_sent_at
+                        .map_or(now, |at| (at + HEALTH_MIN_GAP).max(now));
+                    session.health_due = Some(earliest);
+                }
+                State::Streaming(session)
+            }
+            (State::Streaming(mut session), Event::HealthSent) => {
+                session.health_due = None;
+                session.health_sent_at = Some(now);
+                State::Streaming(session)
+            }
             (state, event) => {
                 // Steps only report what their state can observe; anything
                 // else is a bug, and the safest reading is "nothing happened".
@@ -638,7 +659,7 @@ mod tests {
             s,
             Event::Answered {
                 verdict: Verdict::Ack,
-                answer: pb::WatchRequest::default(),
+                answer: Box::default(),
             },
             now,
         );
@@ -684,10 +705,10 @@ mod tests {
                 version: 5,
                 reason: "port in use".into(),
             },
-            answer: pb::WatchRequest {
+            answer: Box::new(pb::WatchRequest {
                 response_nonce: "n5".into(),
                 ..Default::default()
-            },
+            }),
         };
         let s = m.transition(s, nack, now);
         let State::Streaming(session) = &s else {
@@ -711,7 +732,7 @@ mod tests {
         let s = m.transition(s, Event::Sent, Instant::now());
         let ack = Event::Answered {
             verdict: Verdict::Ack,
-            answer: pb::WatchRequest::default(),
+            answer: Box::default(),
         };
         let s = m.transition(s, ack, Instant::now());
         let h = m.shared.health();
@@ -750,7 +771,7 @@ mod tests {
             s,
             Event::Answered {
                 verdict: Verdict::WantFull,
-                answer: pb::WatchRequest::default(),
+                answer: Box::default(),
             },
             Instant::now(),
         );
@@ -797,7 +818,7 @@ mod tests {
         assert_eq!(m.shared.health().state, HealthState::Healthy);
         let ack = Event::Answered {
             verdict: Verdict::Ack,
-            answer: pb::WatchRequest::default(),
+            answer: Box::default(),
         };
         let s = m.transition(s, ack, Instant::now());
         let s = m.transition(s, Event::Sent, Instant::now());
@@ -841,7 +862,7 @@ mod tests {
                 version: 4,
                 reason: "port in use".into(),
             },
-            answer: pb::WatchRequest::default(),
+            answer: Box::default(),
         };
         let s = m.transition(s, nack, Instant::now());
         tokio::time::advance(Duration::from_secs(1)).await;
@@ -887,6 +908,42 @@ mod tests {
             h.last_error.as_deref(),
             Some("http://a:1: the server cannot reach its store; trying another server")
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_health_change_is_due_at_once_then_no_sooner_than_the_gap() {
+        let mut m = machine(100);
+        let t0 = Instant::now();
+        let s = m.transition(
+            State::Connecting { server: 0 },
+            Event::Opened(session(0)),
+            t0,
+        );
+        let due = |s: &State| match s {
+            State::Streaming(session) => session.health_due,
+            other => panic!("still streaming: {other:?}"),
+        };
+        let s = m.transition(s, Event::HealthChanged, t0);
+        assert_eq!(due(&s), Some(t0), "the first change goes at once");
+        let sent = t0 + Duration::from_millis(5);
+        let s = m.transition(s, Event::HealthSent, sent);
+        assert_eq!(due(&s), None);
+
+        // Another change 200 ms later waits for the gap; one more while it
+        // waits rides on the same request.
+        let s = m.transition(s, Event::HealthChanged, sent + Duration::from_millis(200));
+        assert_eq!(due(&s), Some(sent + HEALTH_MIN_GAP));
+        let s = m.transition(s, Event::HealthChanged, sent + Duration::from_millis(900));
+        assert_eq!(due(&s), Some(sent + HEALTH_MIN_GAP));
+        let s = m.transition(s, Event::HealthSent, sent + HEALTH_MIN_GAP);
+
+        // After a quiet spell longer than the gap: at once again.
+        let later = sent + Duration::from_secs(60);
+        let s = m.transition(s, Event::HealthChanged, later);
+        assert_eq!(due(&s), Some(later));
+        // The stream breaking forgets it: the next hello carries the latest.
+        let s = m.transition(s, Event::Failed(LinkError::Closed), later);
+        assert!(matches!(s, State::Backoff { .. }));
     }
 
     #[tokio::test(start_paused = true)]

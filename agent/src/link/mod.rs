@@ -28,6 +28,9 @@
 //!   │                   │          stays); or "want full" after   │
 //!   │                   │          an unusable delta. A heartbeat │
 //!   │                   │          every heartbeat_interval.      │
+//!   │                   │          The data plane's health: on    │
+//!   │                   │          every request, and on its own  │
+//!   │                   │          when it changes (≤ 1 per s).   │
 //!   │                   │          Quiet 2 s: confirmed.          │
 //!   │                   │          Up 10 s: delivered.            │
 //!   │                   │ the stream ends or fails                │
@@ -102,6 +105,7 @@ pub(crate) async fn run<T: Transport>(
         Pacing::new(backoff, config.breaker),
     );
     let mut steps = Steps {
+        health: applier.shared.reports.subscribe(),
         config,
         applier,
         transport,

@@ -12,6 +12,7 @@ use vane_proto as pb;
 
 use crate::apply::{Applier, ApplyOutcome, Candidate, DeltaCandidate, Rejection, code};
 use crate::config::AgentConfig;
+use crate::report::HealthReport;
 use crate::state::{Current, Source};
 
 /// What an answer means for the link, as the state machine records it.
@@ -195,6 +196,15 @@ pub(crate) fn heartbeat(config: &AgentConfig, current: &Current) -> pb::WatchReq
     }
 }
 
+/// The data plane's health as a request carries it (`None`: never reported).
+pub(crate) fn health(report: Option<&HealthReport>) -> Option<pb::Health> {
+    report.map(|r| pb::Health {
+        degraded: r.degraded,
+        reason: r.reason.clone(),
+        version: r.version,
+    })
+}
+
 /// A request naming what runs now. `want_full` asks for the full snapshot
 /// after a delta that could not be used.
 fn request(
@@ -224,6 +234,7 @@ fn request(
         want_full,
         accept_delta: true,
         accept_store_notices: true,
+        // Filled in by the step that sends it, with the latest report.
         health: None,
     }
 }

@@ -1,6 +1,7 @@
 //! One open watch stream: what the state machine knows of it (which server,
 //! since when, whether it delivered or confirmed anything, whether its
-//! server reaches its store, the answer waiting to go out) and the handles
+//! server reaches its store, the answer waiting to go out, when the data
+//! plane's health is due) and the handles
 //! its steps read and write through.
 
 use std::time::Duration;
@@ -20,6 +21,12 @@ pub(crate) const HEALTHY_STREAM_AFTER: Duration = Duration::from_secs(10);
 /// confirms what the agent runs. Until then the open stream is only a
 /// provisional confirmation: staleness keeps counting from the last real one.
 pub(crate) const QUIET_CONFIRM_AFTER: Duration = Duration::from_secs(2);
+
+/// Health requests (a change of the data plane's health, sent on its own)
+/// go at most this often: the first change after a quiet spell goes at
+/// once, a flapping data plane costs the server one request per second at
+/// most (latest wins in between).
+pub(crate) const HEALTH_MIN_GAP: Duration = Duration::from_secs(1);
 
 /// Requests queued on a stream at most: the hello, then one answer per
 /// response (each is sent before the next response is read) and heartbeats,
@@ -53,6 +60,12 @@ pub(crate) struct Session {
     /// A response that changed what the stream says of the store, held
     /// while the machine takes that change in: the step applies it next.
     pub(crate) held: Option<pb::WatchResponse>,
+    /// The data plane's health changed since it was last sent: a health
+    /// request goes at this instant (never sooner than [`HEALTH_MIN_GAP`]
+    /// after the previous one).
+    pub(crate) health_due: Option<Instant>,
+    /// When the last health request went.
+    pub(crate) health_sent_at: Option<Instant>,
     pub(crate) inbound: Inbound,
     /// Bounded ([`REQUEST_QUEUE`]): a server that stops reading cannot make
     /// the agent queue without end.
@@ -84,6 +97,8 @@ impl Session {
             store_unreachable: false,
             leaving: false,
             held: None,
+            health_due: None,
+            health_sent_at: None,
             inbound,
             requests,
             heartbeats,
@@ -103,6 +118,7 @@ impl std::fmt::Debug for Session {
             .field("store_unreachable", &self.store_unreachable)
             .field("leaving", &self.leaving)
             .field("held", &self.held.is_some())
+            .field("health_due", &self.health_due)
             .finish_non_exhaustive()
     }
 }

@@ -1,5 +1,6 @@
 //! The steps of the link: for each [`State`], the one thing it waits for
-//! (a timer, a connect, the next response, a heartbeat tick) and the
+//! (a timer, a connect, the next response, a heartbeat tick, a change of
+//! the data plane's health, the moment that change is due) and the
 //! [`Event`] that ends the wait. Every wait also watches for shutdown. The
 //! steps change nothing themselves; the machine's transition does. (They
 //! only move the session's queued answer to the wire, and hold a response
@@ -11,9 +12,11 @@ use std::sync::Arc;
 use futures::StreamExt;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
+use vane_proto as pb;
 
 use crate::apply::Applier;
 use crate::config::AgentConfig;
+use crate::report::HealthReport;
 
 use super::error::LinkError;
 use super::machine::{Event, State};
@@ -29,6 +32,9 @@ pub(crate) struct Steps<T> {
     pub(crate) transport: T,
     /// Turns true (or its sender goes away) when the agent stops.
     pub(crate) shutdown: watch::Receiver<bool>,
+    /// The embedder's latest data-plane health report; marked seen each
+    /// time it is put on a request.
+    pub(crate) health: watch::Receiver<Option<HealthReport>>,
 }
 
 impl<T: Transport> Steps<T> {
@@ -55,7 +61,8 @@ impl<T: Transport> Steps<T> {
     /// Opens a watch on `server`, saying who this agent is and what it runs.
     async fn connect(&mut self, server: usize) -> Event {
         let (requests, outbound) = mpsc::channel(REQUEST_QUEUE);
-        let hello = respond::hello(&self.config, &self.applier.shared.current.load());
+        let mut hello = respond::hello(&self.config, &self.applier.shared.current.load());
+        hello.health = self.health_now();
         if requests.try_send(hello).is_err() {
             return Event::Failed(LinkError::Closed);
         }
@@ -80,7 +87,8 @@ impl<T: Transport> Steps<T> {
     /// waits for the next response (a store notice, or a version to apply),
     /// a heartbeat tick or one of the stream's milestones.
     async fn stream(&mut self, session: &mut Session) -> Event {
-        if let Some(answer) = session.pending.take() {
+        if let Some(mut answer) = session.pending.take() {
+            answer.health = self.health_now();
             return tokio::select! {
                 sent = session.requests.send(answer) => match sent {
                     Ok(()) => Event::Sent,
@@ -97,10 +105,13 @@ impl<T: Transport> Steps<T> {
         }
         let quiet = session.opened_at + QUIET_CONFIRM_AFTER;
         let healthy = session.opened_at + HEALTHY_STREAM_AFTER;
+        // Only waited for while one is due (the value is unused otherwise).
+        let health_due = session.health_due.unwrap_or(quiet);
         let message = tokio::select! {
-            message = session.inbound.next() => message,
+            message = session.inbound.next() => Some(message),
             _ = session.heartbeats.tick() => {
-                let beat = respond::heartbeat(&self.config, &self.applier.shared.current.load());
+                let mut beat = respond::heartbeat(&self.config, &self.applier.shared.current.load());
+                beat.health = respond::health(self.health.borrow_and_update().as_ref());
                 // A full queue already holds a request the server will
                 // see, which says as much as a heartbeat would.
                 return match session.requests.try_send(beat) {
@@ -114,7 +125,14 @@ impl<T: Transport> Steps<T> {
             _ = tokio::time::sleep_until(healthy), if !session.delivered => {
                 return Event::Healthy;
             }
+            () = health_changed(&mut self.health), if session.health_due.is_none() => {
+                return Event::HealthChanged;
+            }
+            _ = tokio::time::sleep_until(health_due), if session.health_due.is_some() => None,
             _ = self.shutdown.changed() => return Event::Shutdown,
+        };
+        let Some(message) = message else {
+            return self.send_health(session).await;
         };
         let response = match message {
             Some(Ok(response)) => response,
@@ -134,6 +152,28 @@ impl<T: Transport> Steps<T> {
         self.respond(response).await
     }
 
+    /// The latest data-plane health, as a request carries it; marks it
+    /// seen, so only a later change wakes the stream again.
+    fn health_now(&mut self) -> Option<pb::Health> {
+        respond::health(self.health.borrow_and_update().as_ref())
+    }
+
+    /// Sends the latest data-plane health on its own, in a heartbeat's shape
+    /// (no node, no nonce): the server records it and takes it for nothing
+    /// else (not an ACK of anything). Waits for room in the queue like an
+    /// answer does: a change must not be lost to a full queue.
+    async fn send_health(&mut self, session: &mut Session) -> Event {
+        let mut beat = respond::heartbeat(&self.config, &self.applier.shared.current.load());
+        beat.health = self.health_now();
+        tokio::select! {
+            sent = session.requests.send(beat) => match sent {
+                Ok(()) => Event::HealthSent,
+                Err(_) => Event::Failed(LinkError::Closed),
+            },
+            _ = self.shutdown.changed() => Event::Shutdown,
+        }
+    }
+
     /// Applies one response and builds its answer.
     async fn respond(&mut self, response: vane_proto::WatchResponse) -> Event {
         // The apply runs on a blocking thread that cannot be cancelled; on
@@ -141,9 +181,17 @@ impl<T: Transport> Steps<T> {
         // answer is never sent).
         tokio::select! {
             Answered { verdict, answer } = respond::respond(&self.config, &self.applier, response) => {
-                Event::Answered { verdict, answer }
+                Event::Answered { verdict, answer: Box::new(answer) }
             }
             _ = self.shutdown.changed() => Event::Shutdown,
         }
+    }
+}
+
+/// The next change of the data plane's health; never, once its sender is
+/// gone (it lives as long as the agent, so only at the very end).
+async fn health_changed(health: &mut watch::Receiver<Option<HealthReport>>) {
+    if health.changed().await.is_err() {
+        std::future::pending::<()>().await;
     }
 }

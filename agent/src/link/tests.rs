@@ -129,9 +129,11 @@ fn applier() -> Arc<Applier> {
 
 fn steps(transport: Arc<Fake>) -> (Steps<Arc<Fake>>, watch::Sender<bool>) {
     let (stop, shutdown) = watch::channel(false);
+    let applier = applier();
     let steps = Steps {
         config: config(),
-        applier: applier(),
+        health: applier.shared.reports.subscribe(),
+        applier,
         transport,
         shutdown,
     };
@@ -441,6 +443,89 @@ async fn a_version_from_a_server_cut_off_from_its_store_is_applied_then_the_agen
     assert_eq!(health.staleness, Duration::ZERO);
     assert_eq!(health.applies, 1, "the notice applied nothing");
     assert_eq!(health.nacks, 0, "and was not refused");
+    stop.send_replace(true);
+    task.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_data_plane_health_goes_out_on_every_request_and_on_its_own_when_it_changes() {
+    use crate::report::{DataPlaneHealth, HealthReport};
+    let (fake, mut accepted) = Fake::new([Script::Accept, Script::Accept]);
+    let config = config();
+    let applier = applier();
+    let shared = applier.shared.clone();
+    let (stop, shutdown) = watch::channel(false);
+    let backoff = config.backoff.build().unwrap();
+    let task = tokio::spawn(super::run(
+        config,
+        applier.clone(),
+        fake.clone(),
+        backoff,
+        shutdown,
+    ));
+    let mut s = accepted.recv().await.unwrap();
+    let hello = s.recv().await;
+    assert_eq!(hello.health, None, "nothing reported yet");
+    let opened = Instant::now();
+
+    // A change goes out at once, on its own, shaped like a heartbeat (no
+    // node, no nonce: the server takes it for no answer).
+    let degraded = |version, reason: &str| {
+        HealthReport::new(
+            version,
+            DataPlaneHealth::Degraded {
+                reason: reason.into(),
+            },
+        )
+    };
+    shared.reports.report(degraded(0, "502s"));
+    let beat = s.recv().await;
+    assert_eq!(opened.elapsed(), Duration::ZERO);
+    assert!(beat.node.is_none() && beat.response_nonce.is_empty());
+    let sent = |degraded, reason: &str, version| {
+        Some(pb::Health {
+            degraded,
+            reason: reason.into(),
+            version,
+        })
+    };
+    assert_eq!(beat.health, sent(true, "502s", 0));
+
+    // Two more changes right after: one request, a second after the last
+    // one, carrying the latest.
+    shared.reports.report(degraded(0, "503s"));
+    shared
+        .reports
+        .report(HealthReport::new(0, DataPlaneHealth::Healthy));
+    let beat = s.recv().await;
+    assert_eq!(opened.elapsed(), super::session::HEALTH_MIN_GAP);
+    assert_eq!(beat.health, sent(false, "", 0));
+
+    // The same report again wakes nothing: the next request is the
+    // heartbeat at 30 s, which carries it too.
+    shared
+        .reports
+        .report(HealthReport::new(0, DataPlaneHealth::Healthy));
+    let beat = s.recv().await;
+    assert_eq!(opened.elapsed(), Duration::from_secs(30));
+    assert_eq!(beat.health, sent(false, "", 0));
+
+    // An ACK carries the latest too.
+    shared.reports.report(degraded(1, "slow"));
+    assert_eq!(s.recv().await.health, sent(true, "slow", 1));
+    s.responses
+        .send(Ok(response(1, &example(1), "a")))
+        .await
+        .unwrap();
+    let ack = s.recv().await;
+    assert_eq!((ack.version_info, ack.response_nonce.as_str()), (1, "a"));
+    assert_eq!(ack.health, sent(true, "slow", 1));
+
+    // A new stream says it in its hello.
+    drop(s.responses);
+    let mut s = accepted.recv().await.unwrap();
+    assert_eq!(s.recv().await.health, sent(true, "slow", 1));
+
     stop.send_replace(true);
     task.await.unwrap();
 }

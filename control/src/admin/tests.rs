@@ -281,7 +281,7 @@ async fn status_reports_agents_and_heads() {
     };
     let key = svc.agents.connect(&node, "127.0.0.1:1", None);
     svc.agents.record_sent(&key, 1);
-    svc.agents.record_nack(&key, 1, "bad");
+    svc.agents.record_nack(&key, 1, "bad", 9);
     let status = svc
         .status(Request::new(pb::StatusRequest {
             group: "edge".into(),

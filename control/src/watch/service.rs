@@ -242,6 +242,7 @@ impl DiscoveryService {
         stream.span = span;
         stream.cohorts = cohorts;
         stream.accept_notices = first.accept_store_notices;
+        stream.record_health(first.health.as_ref());
         let mut reach = self.reach.clone();
         stream.reach = *reach.borrow_and_update();
         stream.reach_changes = Some(reach);

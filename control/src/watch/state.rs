@@ -76,6 +76,9 @@ pub(crate) struct WatchState {
     /// How to check the caller again when the policy or tokens change
     /// (`None` when nothing can change).
     pub(crate) access: Option<Box<Access>>,
+    /// The data-plane health the agent's requests last carried, as
+    /// recorded (`None`: it reports none).
+    pub(crate) health: Option<pb::Health>,
 }
 
 /// What a request after the first asks of the stream.
@@ -118,6 +121,7 @@ impl WatchState {
             metrics,
             span: tracing::Span::none(),
             access: None,
+            health: None,
         }
     }
 
@@ -394,10 +398,34 @@ impl WatchState {
     /// registry update per request, not two).
     pub(crate) fn on_request(&mut self, request: pb::WatchRequest) -> Result<Answer, Status> {
         let recorded = self.handle_request(&request)?;
-        if !recorded.0 {
+        let health_recorded = self.record_health(request.health.as_ref());
+        if !recorded.0 && !health_recorded {
             self.agents.touch(&self.key);
         }
         Ok(recorded.1)
+    }
+
+    /// Records the data plane's health when a request (any: hello, ACK,
+    /// NACK, heartbeat) says otherwise than the last one did; a request
+    /// without it says "not reported". Returns whether it recorded.
+    pub(crate) fn record_health(&mut self, health: Option<&pb::Health>) -> bool {
+        if self.health.as_ref() == health {
+            return false;
+        }
+        self.health = health.cloned();
+        let (degraded, reason, version) = match health {
+            Some(h) if h.degraded => (true, nack_reason(&h.reason), h.version),
+            Some(h) => (false, String::new(), h.version),
+            None => (false, String::new(), 0),
+        };
+        if degraded {
+            tracing::warn!(parent: &self.span, version, %reason, "agent reports its data plane degraded");
+        } else {
+            tracing::info!(parent: &self.span, version, reported = health.is_some(), "agent reports its data plane healthy");
+        }
+        self.agents
+            .record_health(&self.key, degraded, &reason, version);
+        true
     }
 
     /// [`Self::on_request`] but for `last_seen`: also says whether the
@@ -445,7 +473,8 @@ impl WatchState {
             let reason = nack_reason(&error.message);
             tracing::warn!(parent: &self.span, version, code = error.code, %reason, "agent refused version (NACK)");
             self.metrics.nacked();
-            self.agents.record_nack(&self.key, version, &reason);
+            self.agents
+                .record_nack(&self.key, version, &reason, error.code);
             (true, Answer::Nothing)
         } else if request.version_info == version
             && (request.hash.is_empty() || request.hash == sent.hash)

@@ -29,7 +29,7 @@ use crate::metrics::Metrics;
 use crate::reach::StoreReach;
 use crate::watch::admission::nack_reason;
 use crate::watch::body::{COPY_BODY_BELOW, encode_response};
-use crate::watch::state::{WatchState, push_decimal};
+use crate::watch::state::{Answer, WatchState, push_decimal};
 
 const STEP: Duration = Duration::from_secs(5);
 const QUIET: Duration = Duration::from_millis(300);
@@ -997,4 +997,100 @@ fn long_nack_reasons_are_cut() {
     let cut = nack_reason(&long);
     assert!(cut.len() <= MAX_NACK_REASON_LEN + '…'.len_utf8());
     assert!(cut.ends_with('…'));
+}
+
+/// The data plane's health rides on any request: it is recorded from a
+/// heartbeat-shaped request without that request being taken for an ACK
+/// of what was sent; a NACK's code and every stream of the node are
+/// recorded too, and a new stream starts with no health until it says one.
+#[test]
+fn health_nack_codes_and_sessions_are_recorded_on_the_agent() {
+    let agents = Arc::new(AgentRegistry::default());
+    let node = NodeInfo {
+        id: "a".into(),
+        group: "edge".into(),
+        labels: BTreeMap::new(),
+        agent_build: String::new(),
+    };
+    let record = |agents: &AgentRegistry| agents.list(Some("edge")).remove(0);
+    let key = agents.connect(&node, "", Some((1, &hash(1))));
+    let mut state = WatchState::new(
+        Arc::clone(&agents),
+        key,
+        node.clone(),
+        false,
+        Metrics::new().stream("edge"),
+    );
+    assert_eq!(record(&agents).sessions, 1);
+    let v2 = Published::new("edge".into(), 2, hash(2), 0, Bytes::new());
+    let sent = state.response(&v2, None);
+
+    // Degraded, in a heartbeat's shape, naming what runs (version 1): the
+    // health is recorded and version 2 still waits for its answer.
+    let health = |degraded: bool, reason: &str, version: u64| pb::Health {
+        degraded,
+        reason: reason.into(),
+        version,
+    };
+    let beat = pb::WatchRequest {
+        version_info: 1,
+        hash: hash(1),
+        health: Some(health(true, "  5 of 20 responses failed ", 1)),
+        ..Default::default()
+    };
+    assert_eq!(state.on_request(beat.clone()).unwrap(), Answer::Nothing);
+    let r = record(&agents);
+    assert!(r.health_degraded);
+    assert_eq!(
+        (r.health_reason.as_str(), r.health_version),
+        ("5 of 20 responses failed", 1)
+    );
+    assert_eq!((r.acked_version, r.sent_version), (1, 2));
+    assert_eq!(r.state(2), AgentState::Stale, "not taken for an ACK");
+
+    // The NACK of version 2 for invalid content (code 3), still degraded.
+    let nack = pb::WatchRequest {
+        response_nonce: sent.nonce.clone(),
+        error_detail: Some(pb::ErrorDetail {
+            code: 3,
+            message: "clusters[0]: unknown field".into(),
+        }),
+        ..beat
+    };
+    state.on_request(nack).unwrap();
+    let r = record(&agents);
+    assert_eq!((r.last_nacked_version, r.nack_code), (2, 3));
+    assert!(r.health_degraded);
+
+    // Healthy again, on a plain heartbeat.
+    let healthy = pb::WatchRequest {
+        health: Some(health(false, "ignored when healthy", 1)),
+        ..Default::default()
+    };
+    state.on_request(healthy).unwrap();
+    let r = record(&agents);
+    assert!(!r.health_degraded);
+    assert_eq!((r.health_reason.as_str(), r.health_version), ("", 1));
+
+    // The node's next stream: counted, and its health is unknown until its
+    // own requests say it.
+    let key = agents.connect(&node, "", Some((1, &hash(1))));
+    let r = record(&agents);
+    assert_eq!(r.sessions, 2);
+    assert_eq!((r.health_degraded, r.health_version), (false, 0));
+    let mut state = WatchState::new(
+        Arc::clone(&agents),
+        key,
+        node,
+        false,
+        Metrics::new().stream("edge"),
+    );
+    assert!(state.record_health(Some(&health(true, "check failed", 1))));
+    assert!(
+        !state.record_health(Some(&health(true, "check failed", 1))),
+        "the same health again is no change"
+    );
+    assert!(record(&agents).health_degraded);
+    assert!(state.record_health(None), "no longer reported");
+    assert!(!record(&agents).health_degraded);
 }

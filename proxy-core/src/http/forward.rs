@@ -66,6 +66,10 @@ async fn route_and_forward(ctx: &ConnCtx, req: Request<Incoming>) -> Response<Pr
     };
     let resp = forward(ctx, &route, req, start).await;
     route.stats.count(resp.status());
+    ctx.listener
+        .shared
+        .health
+        .record(retryable_status(resp.status()));
     route.stats.duration.observe(start.elapsed());
     resp
 }

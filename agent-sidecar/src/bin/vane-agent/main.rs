@@ -1,10 +1,11 @@
 //! `vane-agent`: the agent library as a sidecar process, for programs that
 //! cannot link Rust. It materialises the running snapshot to a file, can
 //! veto candidates with a check command (like `nginx -t`), runs a command
-//! after each change, and serves `/status`, `/healthz`, `/readyz` and
-//! `/metrics`.
+//! after each change, reports the data plane's health from a health
+//! command, and serves `/status`, `/healthz`, `/readyz` and `/metrics`.
 
 mod admin;
+mod health;
 mod output;
 
 use std::net::SocketAddr;
@@ -46,6 +47,23 @@ struct Args {
     /// VANE_SOURCE, VANE_OUTPUT).
     #[arg(long)]
     on_change: Option<String>,
+    /// Command that checks the data plane's health with the running
+    /// configuration, run via `sh -c` at startup, after each apply and every
+    /// --health-interval (env: VANE_VERSION, VANE_HASH, VANE_SOURCE,
+    /// VANE_OUTPUT). Exit 0 reports the running version healthy; any other
+    /// exit (or a run over --health-timeout) reports it degraded, with the
+    /// command's stderr (trimmed, at most 2 KiB) as the reason. The agent
+    /// sends the report to the control plane (`vanectl status` shows it; a
+    /// rollout aborts on it) and /status shows it as `data_plane_health`.
+    #[arg(long, value_name = "CMD")]
+    health_cmd: Option<String>,
+    /// How often --health-cmd runs when nothing is applied.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    health_interval: Duration,
+    /// Longest a --health-cmd run may take; a slower one is killed and
+    /// reports degraded.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    health_timeout: Duration,
     /// Address of the admin endpoint (/status, /healthz, /readyz, /metrics).
     /// /readyz answers 200 once a configuration (live or cached) is served,
     /// 503 on the embedded defaults or nothing.
@@ -112,6 +130,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
             )))
         }
     };
+    let health_task = args.health_cmd.clone().map(|cmd| {
+        let health = health::HealthCmd {
+            cmd,
+            interval: args.health_interval,
+            timeout: args.health_timeout,
+            output: args.output.clone(),
+        };
+        tokio::spawn(health::run(health, agent.clone(), stop_rx.clone()))
+    });
     let on_change_task = args.on_change.clone().map(|cmd| {
         tokio::spawn(output::run_on_change(
             cmd,
@@ -125,7 +152,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     tracing::info!("shutting down");
     stop_tx.send_replace(true);
     agent.shutdown().await;
-    for task in [admin_task, on_change_task].into_iter().flatten() {
+    for task in [admin_task, on_change_task, health_task]
+        .into_iter()
+        .flatten()
+    {
         if tokio::time::timeout(Duration::from_secs(5), task)
             .await
             .is_err()

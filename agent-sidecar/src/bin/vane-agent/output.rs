@@ -10,7 +10,8 @@ use tokio::sync::watch;
 use vane_agent::Current;
 use vane_agent::cache::write_atomic;
 
-/// Most bytes of a check command's stderr kept as the NACK reason.
+/// Most bytes of a check (or health) command's stderr kept as the NACK
+/// (or degraded) reason.
 const MAX_REASON_BYTES: usize = 2048;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -115,23 +116,38 @@ impl Outputs {
 }
 
 /// Runs `sh -c '<cmd> "$1"' <path>`; Ok on exit 0, else the trimmed stderr.
-///
-/// The command runs in its own process group so a timeout kills everything it
-/// started, and nothing it leaves behind (a background process holding its
-/// stderr open) can keep the apply waiting past the deadline.
 fn run_check(cmd: &str, candidate: &Path, timeout: Duration) -> Result<(), String> {
-    use std::os::unix::process::CommandExt as _;
-    let mut child = Command::new("sh")
+    let mut command = Command::new("sh");
+    command
         .arg("-c")
         .arg(format!("{cmd} \"$1\""))
         .arg("vane-check")
-        .arg(candidate)
+        .arg(candidate);
+    run_sh(command, "check-cmd", cmd, timeout)
+}
+
+/// Runs `command` (an `sh -c` of the operator's `cmd`, the `--what` flag);
+/// Ok on exit 0, else the trimmed stderr, cut to [`MAX_REASON_BYTES`] (or
+/// the exit status when it said nothing). Blocks until it ends or
+/// `timeout` passes.
+///
+/// The command runs in its own process group so a timeout kills everything it
+/// started, and nothing it leaves behind (a background process holding its
+/// stderr open) can keep the caller waiting past the deadline.
+pub(crate) fn run_sh(
+    mut command: Command,
+    what: &str,
+    cmd: &str,
+    timeout: Duration,
+) -> Result<(), String> {
+    use std::os::unix::process::CommandExt as _;
+    let mut child = command
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .process_group(0)
         .spawn()
-        .map_err(|e| format!("check-cmd: cannot run {cmd:?}: {e}"))?;
+        .map_err(|e| format!("{what}: cannot run {cmd:?}: {e}"))?;
     let group = i32::try_from(child.id())
         .ok()
         .map(nix::unistd::Pid::from_raw);
@@ -155,10 +171,10 @@ fn run_check(cmd: &str, candidate: &Path, timeout: Duration) -> Result<(), Strin
                 }
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(format!("check-cmd timed out after {timeout:?}"));
+                return Err(format!("{what} timed out after {timeout:?}"));
             }
             Ok(None) => std::thread::sleep(Duration::from_millis(5)),
-            Err(e) => return Err(format!("check-cmd: {e}")),
+            Err(e) => return Err(format!("{what}: {e}")),
         }
     };
     // Whatever stderr said until now; a leftover holder of the pipe cannot
@@ -180,7 +196,7 @@ fn run_check(cmd: &str, candidate: &Path, timeout: Duration) -> Result<(), Strin
         text.push('…');
     }
     if text.is_empty() {
-        text = format!("check-cmd failed with {status}");
+        text = format!("{what} failed with {status}");
     }
     Err(text)
 }

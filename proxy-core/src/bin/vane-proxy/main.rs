@@ -10,7 +10,7 @@ use anyhow::Context;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 use vane_agent_sidecar::{AgentArgs, block_on_main, init_logs};
-use vane_proxy_core::{Proxy, ProxyConfig};
+use vane_proxy_core::{HealthConfig, Proxy, ProxyConfig};
 
 // glibc's malloc showed up at ~3% of the proxy's CPU (malloc, free,
 // unlink_chunk) in profiles; mimalloc's per-thread free lists suit a
@@ -52,6 +52,21 @@ struct Args {
     /// (0: one per CPU).
     #[arg(long, default_value_t = 0)]
     workers: usize,
+    /// The proxy reports itself degraded to the control plane (a rollout
+    /// aborts on it; /status `data_plane_health`, metric
+    /// vane_proxy_degraded) while more than this share of its answers over
+    /// --unhealthy-window are errors: 502, 503 or 504 (its own or an
+    /// upstream's) and TCP connections no upstream took. Counted from the
+    /// moment the running version was applied; healthy again once the
+    /// share drops to it or below.
+    #[arg(long, default_value_t = 0.2)]
+    unhealthy_error_ratio: f64,
+    /// ... with at least this many answers in the window (fewer: healthy).
+    #[arg(long, default_value_t = 20)]
+    unhealthy_min_requests: u64,
+    /// The sliding window the error ratio is taken over (in ten steps).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    unhealthy_window: Duration,
 }
 
 fn main() -> std::process::ExitCode {
@@ -84,6 +99,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
         workers: args.workers,
         idle_timeout: args.idle_timeout,
         header_read_timeout: args.header_read_timeout,
+        health: HealthConfig {
+            error_ratio: args.unhealthy_error_ratio,
+            min_requests: args.unhealthy_min_requests,
+            window: args.unhealthy_window,
+        },
     };
     let proxy = Proxy::start(config)?;
 
