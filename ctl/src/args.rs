@@ -10,13 +10,22 @@ use clap::{Parser, Subcommand, ValueEnum};
 /// Where vanectl talks to when neither `--server` nor `VANE_SERVER` is given.
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:7070";
 
+/// How long a call may take when `--timeout` is not given.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long `push --wait` waits when given without a value.
+pub const DEFAULT_WAIT: &str = "2m";
+
 /// Operate a Vane control server: push, inspect, compare and roll back
 /// versioned configuration snapshots, and see what every agent runs.
 ///
 /// Exit codes: 0 success; 1 the server refused (validation, compare-and-set
-/// conflict, unknown group or version, not authenticated, not allowed);
-/// 2 usage error or unreadable file; 3 server unreachable (including a
-/// failed TLS handshake).
+/// conflict, unknown group or version, not authenticated, not allowed), or
+/// what was waited for failed (an agent NACKed with `push --wait`, a rollout
+/// ended ROLLED_BACK or SUPERSEDED with `rollout status -w`); 2 usage error
+/// or unreadable file; 3 server unreachable (including a failed TLS
+/// handshake); 4 still not done when the time to wait passed (`push --wait`,
+/// `rollout status -w --timeout`).
 ///
 /// The bearer token may also be given as VANE_TOKEN (the token itself).
 #[derive(Debug, Parser)]
@@ -77,9 +86,11 @@ pub struct Cli {
     #[arg(skip)]
     pub token: Option<Secret>,
 
-    /// Give up when the server has not answered within this time (e.g. 500ms, 10s, 1m).
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration, global = true, help_heading = "Global options")]
-    pub timeout: Duration,
+    /// Give up when the server has not answered within this time (e.g.
+    /// 500ms, 10s, 1m; default 10s). With `rollout status -w`: how long to
+    /// follow the rollout (default: until it ends), each call still limited to 10s.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, global = true, help_heading = "Global options")]
+    pub timeout: Option<Duration>,
 
     /// Output format: a table (or text) for people, yaml or json for scripts.
     #[arg(short, long, value_enum, default_value_t = OutputFormat::Table, global = true, help_heading = "Global options")]
@@ -122,6 +133,18 @@ pub enum Command {
         /// Why this change is made (kept in the history).
         #[arg(short, long)]
         message: Option<String>,
+        /// After the push, wait until every connected agent of the group
+        /// ACKed the new version (exit 0), one NACKed it (exit 1) or
+        /// TIMEOUT passed (exit 4, naming the agents still missing).
+        /// Without a value: 2m.
+        #[arg(long, value_name = "TIMEOUT", num_args = 0..=1, require_equals = true,
+              default_missing_value = DEFAULT_WAIT, value_parser = humantime::parse_duration,
+              conflicts_with = "dry_run")]
+        wait: Option<Duration>,
+        /// End the group's running rollout (it becomes SUPERSEDED) instead
+        /// of being refused while one runs.
+        #[arg(long)]
+        supersede: bool,
     },
     /// Show one version of a group (the head unless --version is given).
     ///
@@ -186,6 +209,158 @@ pub enum Command {
     /// Show who the server takes you for and what you may do.
     #[command(name = "whoami")]
     WhoAmI,
+    /// Progressive rollouts: a candidate version goes to a growing cohort
+    /// of agents, advances on their ACKs and health, and rolls itself back.
+    Rollout {
+        /// What to do with the group's rollout.
+        #[command(subcommand)]
+        command: RolloutCommand,
+    },
+}
+
+/// `vanectl rollout …`.
+#[derive(Debug, Subcommand)]
+pub enum RolloutCommand {
+    /// Store FILE as the group's candidate version and start rolling it out
+    /// in steps; the head before it stays the stable version.
+    Start(StartArgs),
+    /// Show the group's current (or last) rollout: state, step, cohort and events.
+    ///
+    /// With -w, follow it until it ends: exit 0 COMPLETE, 1 ROLLED_BACK or
+    /// SUPERSEDED, 4 still running when --timeout passes.
+    Status {
+        /// The group.
+        group: String,
+        /// Follow the rollout until it ends, printing each change.
+        #[arg(short = 'w', long = "watch")]
+        watch: bool,
+    },
+    /// Hold the rollout at its step until `resume`.
+    Pause(ControlArgs),
+    /// Continue a paused rollout.
+    Resume(ControlArgs),
+    /// Jump to the last step (100%).
+    Promote(ControlArgs),
+    /// Stop the rollout and restore the stable content as a new version.
+    Abort(ControlArgs),
+}
+
+/// `vanectl rollout start`.
+#[derive(Debug, clap::Args)]
+pub struct StartArgs {
+    /// The group (it must have a version already: the stable one).
+    pub group: String,
+    /// The candidate snapshot file, YAML or JSON ("-" reads standard input).
+    #[arg(short, long, value_name = "FILE")]
+    pub file: PathBuf,
+    /// Cohort percentages, comma-separated, strictly increasing, each 1..=100, the last 100.
+    #[arg(long, value_name = "PERCENTS", value_parser = parse_steps)]
+    pub steps: Steps,
+    /// How long each step must run without failure once its share of agents
+    /// ACKed, before the next (e.g. 60s, 5m; default: no bake).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub bake: Option<Duration>,
+    /// Only agents whose labels match take part: `k=v`, `k!=v`,
+    /// `k in (a,b)`, `k notin (a,b)`, `k`, `!k`, comma-separated (default: every agent).
+    #[arg(long, value_name = "SELECTOR")]
+    pub select: Option<String>,
+    /// Abort when more cohort members than this NACK the candidate (default 0;
+    /// a NACK for invalid content aborts at once).
+    #[arg(long, value_name = "N")]
+    pub max_nacks: Option<u32>,
+    /// Abort when a member that ACKed disconnects more than this many times
+    /// during a step (default 3).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_disconnects: Option<u32>,
+    /// Pause (and resume by itself) while the cohort has fewer members than this (default 1).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub min_agents: Option<u32>,
+    /// Abort when a step has not reached its share of ACKs within this time (default 10m).
+    #[arg(long, value_name = "DURATION", value_parser = positive_duration)]
+    pub progress_deadline: Option<Duration>,
+    /// Abort when more members than this report degraded health for the candidate (default 0).
+    #[arg(long, value_name = "N")]
+    pub max_degraded: Option<u32>,
+    /// Refuse unless the group's head (the stable version) is this version.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub expect_version: Option<u64>,
+    /// Why this change is made (kept in the history and the rollout).
+    #[arg(short, long)]
+    pub message: Option<String>,
+}
+
+/// `vanectl rollout pause|resume|promote|abort`.
+#[derive(Debug, clap::Args)]
+pub struct ControlArgs {
+    /// The group.
+    pub group: String,
+    /// Why (kept in the rollout's events and the audit log).
+    #[arg(
+        short = 'm',
+        long = "message",
+        visible_alias = "reason",
+        value_name = "REASON"
+    )]
+    pub reason: Option<String>,
+}
+
+/// The cohort percentages of `--steps`, already checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Steps(pub Vec<u32>);
+
+/// `--steps 10,50,100`: strictly increasing percentages, each 1..=100,
+/// ending at 100 (clap names the flag in front of the error).
+fn parse_steps(text: &str) -> Result<Steps, String> {
+    let mut steps: Vec<u32> = Vec::new();
+    for part in text.split(',').map(str::trim) {
+        let p: u32 = part
+            .trim_end_matches('%')
+            .parse()
+            .map_err(|_| format!("{part:?} is not a percentage (use e.g. 10,50,100)"))?;
+        if !(1..=100).contains(&p) {
+            return Err(format!("each step must be 1..=100, not {p}"));
+        }
+        if let Some(&before) = steps.last()
+            && p <= before
+        {
+            return Err(format!(
+                "steps must be strictly increasing: {p} comes after {before}"
+            ));
+        }
+        steps.push(p);
+    }
+    match steps.last() {
+        Some(100) => Ok(Steps(steps)),
+        Some(last) => Err(format!(
+            "the last step must be 100 (every agent), not {last}"
+        )),
+        None => Err("no steps given".to_owned()),
+    }
+}
+
+/// A duration longer than zero (0 would mean the server's default).
+fn positive_duration(text: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(text) {
+        Ok(d) if d.is_zero() => Err("must be longer than 0".to_owned()),
+        Ok(d) => Ok(d),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+impl Cli {
+    /// How long one call may take: `--timeout`, else 10s. For `rollout
+    /// status -w`, whose `--timeout` is how long to follow, at most 10s.
+    pub fn call_timeout(&self) -> Duration {
+        match (&self.command, self.timeout) {
+            (
+                Command::Rollout {
+                    command: RolloutCommand::Status { watch: true, .. },
+                },
+                Some(follow),
+            ) => follow.min(DEFAULT_TIMEOUT),
+            (_, timeout) => timeout.unwrap_or(DEFAULT_TIMEOUT),
+        }
+    }
 }
 
 /// A secret from the environment (`VANE_TOKEN`); `Debug` never shows it.
@@ -231,7 +406,8 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(cli.output, OutputFormat::Json);
-        assert_eq!(cli.timeout, Duration::from_millis(250));
+        assert_eq!(cli.timeout, Some(Duration::from_millis(250)));
+        assert_eq!(cli.call_timeout(), Duration::from_millis(250));
         match cli.command {
             Command::Push {
                 group,
@@ -239,7 +415,11 @@ mod tests {
                 expect_version,
                 dry_run,
                 message,
+                wait,
+                supersede,
             } => {
+                assert_eq!(wait, None);
+                assert!(!supersede);
                 assert_eq!(group, "edge");
                 assert_eq!(file, PathBuf::from("s.yaml"));
                 assert_eq!(expect_version, Some(0));
@@ -330,5 +510,186 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn push_wait_and_supersede() {
+        let wait = |args: &[&str]| match parse(args).unwrap().command {
+            Command::Push {
+                wait, supersede, ..
+            } => (wait, supersede),
+            other => panic!("parsed as {other:?}"),
+        };
+        assert_eq!(wait(&["push", "edge", "-f", "s.yaml"]), (None, false));
+        assert_eq!(
+            wait(&["push", "edge", "-f", "s.yaml", "--wait"]),
+            (Some(Duration::from_secs(120)), false)
+        );
+        assert_eq!(
+            wait(&["push", "edge", "-f", "s.yaml", "--wait=30s", "--supersede"]),
+            (Some(Duration::from_secs(30)), true)
+        );
+        // The value needs `=`: a separate word is not taken as the timeout.
+        assert!(parse(&["push", "edge", "-f", "s.yaml", "--wait", "30s"]).is_err());
+        let e = parse(&["push", "edge", "-f", "s.yaml", "--wait=soon"]).unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        assert!(e.to_string().contains("--wait"), "{e}");
+        let e = parse(&["push", "edge", "-f", "s.yaml", "--wait", "--dry-run"]).unwrap_err();
+        assert!(e.to_string().contains("--dry-run"), "{e}");
+    }
+
+    #[test]
+    fn rollout_start_flags() {
+        let cli = parse(&[
+            "rollout",
+            "start",
+            "edge",
+            "-f",
+            "c.yaml",
+            "--steps",
+            "10,50,100",
+            "--bake",
+            "60s",
+            "--select",
+            "zone=a,tier!=edge",
+            "--max-nacks",
+            "2",
+            "--max-disconnects",
+            "4",
+            "--min-agents",
+            "3",
+            "--progress-deadline",
+            "10m",
+            "--max-degraded",
+            "1",
+            "--expect-version",
+            "7",
+            "-m",
+            "why",
+        ])
+        .unwrap();
+        let Command::Rollout {
+            command: RolloutCommand::Start(a),
+        } = cli.command
+        else {
+            panic!("parsed as {:?}", cli.command);
+        };
+        assert_eq!(a.group, "edge");
+        assert_eq!(a.file, PathBuf::from("c.yaml"));
+        assert_eq!(a.steps, Steps(vec![10, 50, 100]));
+        assert_eq!(a.bake, Some(Duration::from_secs(60)));
+        assert_eq!(a.select.as_deref(), Some("zone=a,tier!=edge"));
+        assert_eq!(a.max_nacks, Some(2));
+        assert_eq!(a.max_disconnects, Some(4));
+        assert_eq!(a.min_agents, Some(3));
+        assert_eq!(a.progress_deadline, Some(Duration::from_secs(600)));
+        assert_eq!(a.max_degraded, Some(1));
+        assert_eq!(a.expect_version, Some(7));
+        assert_eq!(a.message.as_deref(), Some("why"));
+    }
+
+    #[test]
+    fn rollout_steps_are_checked_and_errors_name_the_flag() {
+        assert_eq!(parse_steps("100"), Ok(Steps(vec![100])));
+        assert_eq!(parse_steps("1, 2,100"), Ok(Steps(vec![1, 2, 100])));
+        assert_eq!(parse_steps("25%,100%"), Ok(Steps(vec![25, 100])));
+        assert_eq!(
+            parse_steps("10,50"),
+            Err("the last step must be 100 (every agent), not 50".to_owned())
+        );
+        assert_eq!(
+            parse_steps("50,10,100"),
+            Err("steps must be strictly increasing: 10 comes after 50".to_owned())
+        );
+        assert_eq!(
+            parse_steps("50,50,100"),
+            Err("steps must be strictly increasing: 50 comes after 50".to_owned())
+        );
+        assert_eq!(
+            parse_steps("0,100"),
+            Err("each step must be 1..=100, not 0".to_owned())
+        );
+        assert_eq!(
+            parse_steps("10,150"),
+            Err("each step must be 1..=100, not 150".to_owned())
+        );
+        assert!(parse_steps("ten,100").unwrap_err().contains("\"ten\""));
+        assert!(parse_steps("").is_err());
+        let start = |extra: &[&str]| {
+            let mut args = vec!["rollout", "start", "edge", "-f", "c.yaml"];
+            args.extend_from_slice(extra);
+            parse(&args)
+        };
+        for (extra, flag) in [
+            (&["--steps", "10,50"][..], "--steps"),
+            (&[][..], "--steps"),
+            (&["--steps", "100", "--bake", "soon"][..], "--bake"),
+            (
+                &["--steps", "100", "--progress-deadline", "0s"][..],
+                "--progress-deadline",
+            ),
+            (
+                &["--steps", "100", "--max-disconnects", "0"][..],
+                "--max-disconnects",
+            ),
+            (&["--steps", "100", "--min-agents", "0"][..], "--min-agents"),
+            (&["--steps", "100", "--max-nacks", "x"][..], "--max-nacks"),
+        ] {
+            let e = start(extra).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{extra:?}");
+            assert!(e.to_string().contains(flag), "{extra:?}: {e}");
+        }
+        assert!(start(&["--steps", "100", "--bake", "0s"]).is_ok());
+    }
+
+    #[test]
+    fn rollout_status_and_controls() {
+        let cli = parse(&[
+            "rollout",
+            "status",
+            "edge",
+            "-w",
+            "--timeout",
+            "5m",
+            "-o",
+            "json",
+        ])
+        .unwrap();
+        assert_eq!(cli.timeout, Some(Duration::from_secs(300)));
+        assert!(matches!(
+            cli.command,
+            Command::Rollout {
+                command: RolloutCommand::Status { watch: true, .. }
+            }
+        ));
+        let cli = parse(&["rollout", "status", "edge"]).unwrap();
+        assert_eq!(cli.timeout, None);
+        assert_eq!(cli.call_timeout(), DEFAULT_TIMEOUT);
+        for (verb, reason) in [
+            ("pause", Some("looks odd")),
+            ("resume", None),
+            ("promote", None),
+            ("abort", Some("bad")),
+        ] {
+            let mut args = vec!["rollout", verb, "edge"];
+            if let Some(r) = reason {
+                args.extend(["-m", r]);
+            }
+            let cli = parse(&args).unwrap();
+            let Command::Rollout { command } = cli.command else {
+                panic!("parsed as {:?}", cli.command);
+            };
+            let got = match (verb, command) {
+                ("pause", RolloutCommand::Pause(a))
+                | ("resume", RolloutCommand::Resume(a))
+                | ("promote", RolloutCommand::Promote(a))
+                | ("abort", RolloutCommand::Abort(a)) => a,
+                (verb, other) => panic!("{verb} parsed as {other:?}"),
+            };
+            assert_eq!(got.group, "edge");
+            assert_eq!(got.reason.as_deref(), reason);
+        }
+        assert!(parse(&["rollout", "abort"]).is_err());
+        assert!(parse(&["rollout", "restart", "edge"]).is_err());
     }
 }

@@ -20,6 +20,9 @@ pub enum Failure {
     /// out, or a TLS handshake that failed (unknown CA, expired or misnamed
     /// certificate, client certificate refused). Exit 3.
     Unreachable,
+    /// What vanectl waited for had not happened when the time given passed
+    /// (`push --wait`, `rollout status -w --timeout`). Exit 4.
+    TimedOut,
 }
 
 impl Failure {
@@ -29,6 +32,7 @@ impl Failure {
             Failure::Refused => 1,
             Failure::Usage => 2,
             Failure::Unreachable => 3,
+            Failure::TimedOut => 4,
         }
     }
 }
@@ -40,6 +44,9 @@ pub struct CliError {
     pub kind: Failure,
     /// What happened, naming the field and the reason when there is one.
     pub message: String,
+    /// What to print on standard output before the error (for a wait that
+    /// failed: the result and who refused or is missing); usually empty.
+    pub output: String,
 }
 
 impl CliError {
@@ -58,10 +65,23 @@ impl CliError {
         Self::new(Failure::Unreachable, message)
     }
 
+    /// What was waited for did not happen in time.
+    pub fn timed_out(message: impl Into<String>) -> Self {
+        Self::new(Failure::TimedOut, message)
+    }
+
+    /// The same failure, with `output` to print on standard output first.
+    #[must_use]
+    pub fn with_output(mut self, output: impl Into<String>) -> Self {
+        self.output = output.into();
+        self
+    }
+
     fn new(kind: Failure, message: impl Into<String>) -> Self {
         Self {
             kind,
             message: message.into(),
+            output: String::new(),
         }
     }
 
@@ -198,6 +218,11 @@ mod tests {
         assert_eq!(Failure::Refused.exit_code(), 1);
         assert_eq!(Failure::Usage.exit_code(), 2);
         assert_eq!(Failure::Unreachable.exit_code(), 3);
+        assert_eq!(Failure::TimedOut.exit_code(), 4);
+        let e = CliError::timed_out("late").with_output("n1 STALE\n");
+        assert_eq!(e.kind.exit_code(), 4);
+        assert_eq!(e.output, "n1 STALE\n");
+        assert_eq!(e.to_string(), "late");
     }
 
     #[test]

@@ -5,12 +5,14 @@
 //!
 //! # Layout
 //! - `args`: the command line (clap).
-//! - `commands`: one function per subcommand, request in, text out.
+//! - `commands`: one function per subcommand, request in, text out; the
+//!   rollout commands and `push --wait` follow the server by polling.
 //! - `client`: connecting to the server (URL, TLS, timeouts, message sizes).
 //! - `credentials`: `--ca`/`--cert`/`--key` and the bearer token, checked
 //!   before connecting; recognising TLS failures.
 //! - `output`: tables, YAML and JSON (the JSON field names are a contract).
-//! - `error`: failures and their exit codes (0 ok, 1 refused, 2 usage, 3 unreachable).
+//! - `error`: failures and their exit codes (0 ok, 1 refused, 2 usage, 3
+//!   unreachable, 4 not done in the time given).
 
 mod args;
 mod client;
@@ -24,7 +26,10 @@ use std::process::ExitCode;
 
 use clap::Parser as _;
 
-pub use args::{Cli, Command, DEFAULT_SERVER, OutputFormat, Secret};
+pub use args::{
+    Cli, Command, ControlArgs, DEFAULT_SERVER, DEFAULT_TIMEOUT, DEFAULT_WAIT, OutputFormat,
+    RolloutCommand, Secret, StartArgs, Steps,
+};
 pub use error::{CliError, Failure};
 
 /// Parses the command line, runs the command, prints the result on stdout or
@@ -35,32 +40,48 @@ pub fn main() -> ExitCode {
     // Not a flag (see `Cli::token`). A non-Unicode value is kept, lossily,
     // so that the token check refuses it by name rather than ignoring it.
     cli.token = std::env::var_os("VANE_TOKEN").map(|t| Secret(t.to_string_lossy().into_owned()));
-    match run(&cli) {
-        Ok(text) => {
-            // A closed pipe (`vanectl history edge | head -1`) is not an error.
-            let mut stdout = std::io::stdout().lock();
-            match stdout
-                .write_all(text.as_bytes())
-                .and_then(|()| stdout.flush())
-            {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
-                Err(e) => fail(&CliError::usage(format!(
-                    "cannot write to standard output: {e}"
-                ))),
-            }
+    // What a following command (`rollout status -w`, `push --wait`) prints
+    // as it goes; errors writing it show again when the result is written.
+    let mut live = |line: &str| {
+        let _ = write_stdout(line);
+    };
+    match run(&cli, &mut live) {
+        Ok(text) => match write_stdout(&text) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(&e),
+        },
+        Err(e) => {
+            // A failed wait also has a result to show (who refused, who is missing).
+            let _ = write_stdout(&e.output);
+            fail(&e)
         }
-        Err(e) => fail(&e),
     }
 }
 
 /// Runs one command on a single-threaded runtime; returns what to print.
-pub fn run(cli: &Cli) -> Result<String, CliError> {
+/// `live` receives the lines a following command prints before its result.
+pub fn run(cli: &Cli, live: &mut dyn FnMut(&str)) -> Result<String, CliError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| CliError::usage(format!("cannot start the async runtime: {e}")))?;
-    runtime.block_on(commands::execute(cli))
+    runtime.block_on(commands::execute(cli, live))
+}
+
+/// Writes and flushes `text`; a closed pipe (`vanectl history edge | head -1`)
+/// is not an error.
+fn write_stdout(text: &str) -> Result<(), CliError> {
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Err(e) => Err(CliError::usage(format!(
+            "cannot write to standard output: {e}"
+        ))),
+    }
 }
 
 fn fail(e: &CliError) -> ExitCode {

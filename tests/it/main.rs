@@ -23,6 +23,7 @@ mod proxy_failover;
 mod proxy_resilience;
 mod proxy_routing;
 mod push;
+mod push_wait;
 mod reconnect_recovery;
 mod retention;
 mod rollout_cohorts;

@@ -8,14 +8,20 @@
 //! # Layout
 //! - `views`: what is shown of each answer (the JSON contract).
 //! - `render`: one renderer per command.
+//! - `rollout`: the rollout view and its renderers.
 //! - `format`: tables, encodings, hashes, sizes and times.
 
 mod format;
 mod render;
+mod rollout;
 mod views;
 
+pub(crate) use format::{encode, one_line, rfc3339_seconds, table, unix_ms};
 pub(crate) use render::{audit, diff, get, history, pruned_note, push, status, whoami};
-pub(crate) use views::{AgentView, AuditView, DiffView, PushView, VersionView, WhoAmIView};
+pub(crate) use rollout::{RolloutView, rollout, rollout_started};
+pub(crate) use views::{
+    AgentView, AuditView, DiffView, PushView, VersionView, WhoAmIView, state_name,
+};
 
 #[cfg(test)]
 mod tests;

@@ -9,6 +9,7 @@ use vane_proto as pb;
 
 use crate::args::OutputFormat;
 use crate::output::format::*;
+use crate::output::rollout::RolloutView;
 use crate::output::views::*;
 
 /// `push` and `rollback`.
@@ -195,9 +196,14 @@ pub(crate) fn diff(view: &DiffView, format: OutputFormat, color: bool) -> String
 /// `status`: one row per agent, then one summary line per group, then (for
 /// a cluster, or a store in trouble) a line on the store. JSON and YAML are
 /// the array of agents.
+///
+/// A running rollout is a header line above the table (state, step, cohort
+/// counts); an ended one is said after its group's summary. In JSON each
+/// agent carries its group's rollout as `rollout`.
 pub(crate) fn status(
     agents: &[AgentView],
     groups: &[pb::GroupStatus],
+    rollouts: &[RolloutView],
     store: Option<&pb::StoreStatus>,
     format: OutputFormat,
     now: SystemTime,
@@ -208,6 +214,13 @@ pub(crate) fn status(
     let now_ms = unix_ms(now);
     let clustered = store.is_some_and(|s| s.backend == "etcd");
     let mut out = String::new();
+    for r in rollouts.iter().filter(|r| !r.ended()) {
+        out.push_str(&r.header(now_ms));
+        out.push('\n');
+    }
+    if !out.is_empty() && !agents.is_empty() {
+        out.push('\n');
+    }
     if !agents.is_empty() {
         let mut rows: Vec<Vec<String>> = agents
             .iter()
@@ -248,11 +261,25 @@ pub(crate) fn status(
             "LABELS",
             "NACK",
         ];
+        // The data plane's health, when any agent reports trouble (before NACK).
+        if agents.iter().any(|a| a.degraded) {
+            headers.insert(8, "HEALTH");
+            for (row, a) in rows.iter_mut().zip(agents) {
+                row.insert(8, health_cell(a));
+            }
+        }
         // In a cluster, which replica each agent is on (before LABELS).
         if clustered {
             headers.insert(7, "REPLICA");
             for (row, a) in rows.iter_mut().zip(agents) {
                 row.insert(7, a.replica.clone());
+            }
+        }
+        // During a rollout, which version each agent is meant to run (after STATE).
+        if agents.iter().any(|a| !a.role.is_empty()) {
+            headers.insert(3, "ROLE");
+            for (row, a) in rows.iter_mut().zip(agents) {
+                row.insert(3, dash(&a.role));
             }
         }
         out.push_str(&table(&headers, rows));
@@ -298,6 +325,25 @@ pub(crate) fn status(
             if not_sent > 0 {
                 let _ = write!(out, ", {not_sent} not sent");
             }
+            let degraded = of_group.iter().filter(|a| a.degraded).count();
+            if degraded > 0 {
+                let _ = write!(out, ", {degraded} degraded");
+            }
+            out.push('\n');
+        }
+        if let Some(r) = rollouts.iter().find(|r| r.group == name && r.ended()) {
+            let _ = write!(
+                out,
+                "{name}: last rollout {} {} (stable v{} → candidate v{}",
+                r.id, r.state, r.stable_version, r.candidate_version
+            );
+            if r.restored_version != 0 {
+                let _ = write!(out, ", restored as v{}", r.restored_version);
+            }
+            out.push(')');
+            if !r.reason.is_empty() {
+                let _ = write!(out, ": {}", one_line(&r.reason));
+            }
             out.push('\n');
         }
     }
@@ -329,6 +375,21 @@ pub(crate) fn status(
         }
     }
     out
+}
+
+/// The HEALTH cell: `ok`, or `degraded (vN): reason`.
+fn health_cell(a: &AgentView) -> String {
+    if !a.degraded {
+        return "ok".into();
+    }
+    let mut cell = "degraded".to_owned();
+    if a.health_version != 0 {
+        let _ = write!(cell, " (v{})", a.health_version);
+    }
+    if !a.health_reason.is_empty() {
+        let _ = write!(cell, ": {}", one_line(&a.health_reason));
+    }
+    cell
 }
 
 /// `audit`: newest first, as the server sends it; refusals show the gRPC

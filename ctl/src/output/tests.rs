@@ -11,6 +11,7 @@ use crate::args::OutputFormat;
 
 use crate::output::format::*;
 use crate::output::render::*;
+use crate::output::rollout::*;
 use crate::output::views::*;
 
 #[test]
@@ -236,7 +237,7 @@ fn status_shows_a_group_with_a_corrupt_head_degraded() {
         ..pb::GroupStatus::default()
     }];
     let now = system_time(T + 120_000).unwrap();
-    let out = status(&agents, &groups, None, OutputFormat::Table, now);
+    let out = status(&agents, &groups, &[], None, OutputFormat::Table, now);
     assert!(
         out.contains(
             "\nedge: no version to send, 1 agent: 0 synced, 0 stale, 0 nacked, 1 not sent\n"
@@ -320,7 +321,14 @@ fn status_json_is_an_array_of_agents() {
     .iter()
     .map(AgentView::from)
     .collect();
-    let out = status(&agents, &[], None, OutputFormat::Json, SystemTime::now());
+    let out = status(
+        &agents,
+        &[],
+        &[],
+        None,
+        OutputFormat::Json,
+        SystemTime::now(),
+    );
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     let arr = v.as_array().unwrap();
     assert_eq!(arr[0]["state"], "SYNCED");
@@ -381,7 +389,7 @@ fn status_table_has_rows_and_group_summaries() {
         },
     ];
     let now = system_time(T + 120_000).unwrap();
-    let out = status(&agents, &groups, None, OutputFormat::Table, now);
+    let out = status(&agents, &groups, &[], None, OutputFormat::Table, now);
     let lines: Vec<&str> = out.lines().collect();
     assert!(lines[0].starts_with("GROUP  NODE  STATE"));
     assert!(
@@ -396,7 +404,7 @@ fn status_table_has_rows_and_group_summaries() {
     ));
     assert!(out.ends_with("lonely: head version 1 (sha256 ab12cd34ef56), no agents\n"));
     assert_eq!(
-        status(&[], &[], None, OutputFormat::Table, now),
+        status(&[], &[], &[], None, OutputFormat::Table, now),
         "no groups and no agents yet\n"
     );
 }
@@ -416,6 +424,7 @@ fn status_of_a_cluster_shows_replicas_and_the_store() {
     let out = status(
         std::slice::from_ref(&a),
         &[],
+        &[],
         Some(&store),
         OutputFormat::Table,
         now,
@@ -432,7 +441,7 @@ fn status_of_a_cluster_shows_replicas_and_the_store() {
     ));
     store.degraded = true;
     store.reason = "etcd at http://127.0.0.1:2379 did not answer within 3s".into();
-    let out = status(&[], &[], Some(&store), OutputFormat::Table, now);
+    let out = status(&[], &[], &[], Some(&store), OutputFormat::Table, now);
     assert!(
             out.ends_with("DEGRADED, read-only (agents keep the last known snapshots; pushes fail): etcd at http://127.0.0.1:2379 did not answer within 3s\n"),
             "{out}"
@@ -440,9 +449,9 @@ fn status_of_a_cluster_shows_replicas_and_the_store() {
     // A single server says nothing about its store while all is well.
     store.backend = "embedded".into();
     store.degraded = false;
-    let out = status(&[], &[], Some(&store), OutputFormat::Table, now);
+    let out = status(&[], &[], &[], Some(&store), OutputFormat::Table, now);
     assert_eq!(out, "no groups and no agents yet\n");
-    let json = status(&[a], &[], Some(&store), OutputFormat::Json, now);
+    let json = status(&[a], &[], &[], Some(&store), OutputFormat::Json, now);
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(v[0]["control_degraded"], true);
     assert_eq!(v[0]["replica"], "127.0.0.1:7070");
@@ -604,4 +613,267 @@ fn small_helpers() {
     assert_eq!(since(T, T + 3_600_000), "1h");
     assert_eq!(since(T, T - 5_000), "0s");
     assert_eq!(short("abc"), "abc");
+}
+
+fn a_rollout(state: pb::RolloutState) -> pb::Rollout {
+    pb::Rollout {
+        id: "r-0123".into(),
+        group: "edge".into(),
+        state: state as i32,
+        step: 1,
+        percent: 25,
+        stable_version: 3,
+        candidate_version: 4,
+        cohort: Some(pb::RolloutCohort {
+            total: 5,
+            synced: 4,
+            nacked: 1,
+            degraded: 0,
+            disconnected: 2,
+            target: 5,
+            matching: 20,
+        }),
+        reason: String::new(),
+        spec: Some(pb::RolloutSpec {
+            steps: vec![25, 100],
+            bake_ms: 60_000,
+            selector: "zone=a".into(),
+            max_nacks: 1,
+            max_disconnects: 3,
+            min_agents: 1,
+            progress_deadline_ms: 600_000,
+            max_degraded: 0,
+        }),
+        stable_hash: HASH.into(),
+        candidate_hash: "cd".repeat(32),
+        restored_version: 0,
+        started_at_unix_ms: T,
+        updated_at_unix_ms: T + 1000,
+        step_started_at_unix_ms: T,
+        bake_ends_at_unix_ms: T + 60_000,
+        author: "operator".into(),
+        message: "faster timeouts".into(),
+        events: vec![
+            pb::RolloutEvent {
+                at_unix_ms: T,
+                state: pb::RolloutState::Progressing as i32,
+                step: 1,
+                percent: 25,
+                reason: "started".into(),
+                identity: "operator".into(),
+            },
+            pb::RolloutEvent {
+                at_unix_ms: T + 1000,
+                state: pb::RolloutState::Baking as i32,
+                step: 1,
+                percent: 25,
+                reason: String::new(),
+                identity: String::new(),
+            },
+        ],
+        members: vec!["n1".into(), "n2".into()],
+        paused_by_operator: false,
+    }
+}
+
+#[test]
+fn rollout_json_has_the_contract_fields() {
+    let view = RolloutView::from(&a_rollout(pb::RolloutState::Baking));
+    let out = rollout(&view, OutputFormat::Json, T);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["id"], "r-0123");
+    assert_eq!(v["state"], "BAKING");
+    assert_eq!(v["step"], 1);
+    assert_eq!(v["percent"], 25);
+    assert_eq!(v["stable_version"], 3);
+    assert_eq!(v["candidate_version"], 4);
+    assert_eq!(
+        v["cohort"],
+        serde_json::json!({"total": 5, "synced": 4, "nacked": 1, "degraded": 0,
+            "disconnected": 2, "target": 5, "matching": 20})
+    );
+    assert_eq!(v["reason"], "");
+    assert_eq!(v["steps"], serde_json::json!([25, 100]));
+    assert_eq!(v["spec"]["bake_ms"], 60_000);
+    assert_eq!(v["spec"]["selector"], "zone=a");
+    assert_eq!(v["bake_ends_at"], "2025-01-02T03:05:05.678Z");
+    assert_eq!(v["restored_version"], 0);
+    assert_eq!(v["members"], serde_json::json!(["n1", "n2"]));
+    assert_eq!(v["events"][0]["state"], "PROGRESSING");
+    assert_eq!(v["events"][0]["at"], "2025-01-02T03:04:05.678Z");
+    assert_eq!(v["events"][1]["state"], "BAKING");
+    assert!(v.get("bake_ends_ms").is_none());
+    let yaml = rollout(&view, OutputFormat::Yaml, T);
+    assert!(yaml.contains("state: BAKING\n"), "{yaml}");
+}
+
+#[test]
+fn rollout_state_names_follow_the_contract() {
+    for (state, name) in [
+        (pb::RolloutState::Progressing, "PROGRESSING"),
+        (pb::RolloutState::Baking, "BAKING"),
+        (pb::RolloutState::Paused, "PAUSED"),
+        (pb::RolloutState::Aborting, "ABORTING"),
+        (pb::RolloutState::Complete, "COMPLETE"),
+        (pb::RolloutState::RolledBack, "ROLLED_BACK"),
+        (pb::RolloutState::Superseded, "SUPERSEDED"),
+    ] {
+        let view = RolloutView::from(&a_rollout(state));
+        assert_eq!(view.state, name);
+        assert_eq!(
+            view.ended(),
+            matches!(name, "COMPLETE" | "ROLLED_BACK" | "SUPERSEDED")
+        );
+    }
+}
+
+#[test]
+fn rollout_table_is_a_header_the_plan_and_the_events() {
+    let mut r = a_rollout(pb::RolloutState::Baking);
+    r.reason = "waiting for the bake".into();
+    let out = rollout(&RolloutView::from(&r), OutputFormat::Table, T + 18_000);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines[0],
+        "edge rollout r-0123: BAKING, step 1/2 at 25%, stable v3 → candidate v4; \
+         cohort 5 of 20 matching (target 5): 4 synced, 1 nacked, 0 degraded, 2 disconnected; \
+         bake ends in 42s; waiting for the bake"
+    );
+    assert_eq!(
+        lines[1],
+        "plan: steps 25% → 100%; bake 1m; selector zone=a; max nacks 1, max degraded 0, \
+         max disconnects 3, min agents 1, progress deadline 10m"
+    );
+    assert_eq!(
+        lines[2],
+        "started 2025-01-02T03:04:05Z by operator: faster timeouts"
+    );
+    assert_eq!(lines[3], "");
+    assert_eq!(
+        lines[4],
+        "TIME                  STATE        STEP  PERCENT  IDENTITY  REASON"
+    );
+    assert_eq!(
+        lines[5],
+        "2025-01-02T03:04:05Z  PROGRESSING  1     25%      operator  started"
+    );
+    assert_eq!(
+        lines[6],
+        "2025-01-02T03:04:06Z  BAKING       1     25%      -         -"
+    );
+
+    let mut paused = a_rollout(pb::RolloutState::Paused);
+    paused.paused_by_operator = true;
+    let view = RolloutView::from(&paused);
+    assert!(
+        view.header(T)
+            .contains(": PAUSED (by an operator), step 1/2")
+    );
+    paused.paused_by_operator = false;
+    let view = RolloutView::from(&paused);
+    assert!(
+        view.header(T)
+            .contains("PAUSED (too few agents, resumes by itself)")
+    );
+    let mut back = a_rollout(pb::RolloutState::RolledBack);
+    back.restored_version = 5;
+    let view = RolloutView::from(&back);
+    assert!(
+        view.header(T)
+            .contains("ROLLED_BACK, step 1/2 at 25%, stable v3 → candidate v4 (restored as v5);"),
+        "{}",
+        view.header(T)
+    );
+    let started = rollout_started(&view, OutputFormat::Table, T);
+    assert!(started.starts_with(
+        "started rollout r-0123 of edge: stable v3 (sha256 ab12cd34ef56) → candidate v4 (sha256 cdcdcdcdcdcd)\n"
+    ));
+}
+
+#[test]
+fn status_says_a_running_rollout_first_and_an_ended_one_last() {
+    let mut candidate = agent("n1", pb::AgentState::Synced, 4);
+    candidate.role = "candidate".into();
+    let mut stable = agent("n2", pb::AgentState::Synced, 3);
+    stable.role = "stable".into();
+    let running = RolloutView::from(&a_rollout(pb::RolloutState::Progressing));
+    let agents: Vec<AgentView> = [candidate, stable]
+        .iter()
+        .map(|a| AgentView {
+            rollout: Some(running.clone()),
+            ..AgentView::from(a)
+        })
+        .collect();
+    let groups = [pb::GroupStatus {
+        group: "edge".into(),
+        head_version: 4,
+        head_hash: HASH.into(),
+        ..pb::GroupStatus::default()
+    }];
+    let now = system_time(T + 120_000).unwrap();
+    let out = status(
+        &agents,
+        &groups,
+        std::slice::from_ref(&running),
+        None,
+        OutputFormat::Table,
+        now,
+    );
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines[0].starts_with("edge rollout r-0123: PROGRESSING, step 1/2 at 25%"),
+        "{out}"
+    );
+    assert_eq!(lines[1], "");
+    assert!(
+        lines[2].starts_with("GROUP  NODE  STATE   ROLE       ACKED"),
+        "{out}"
+    );
+    assert!(
+        lines[3].starts_with("edge   n1    SYNCED  candidate  4"),
+        "{out}"
+    );
+    assert!(
+        lines[4].starts_with("edge   n2    SYNCED  stable     3"),
+        "{out}"
+    );
+    // No one degraded: no HEALTH column.
+    assert!(!lines[2].contains("HEALTH"), "{out}");
+
+    let json = status(&agents, &groups, &[], None, OutputFormat::Json, now);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v[0]["role"], "candidate");
+    assert_eq!(v[0]["target_version"], 4);
+    assert_eq!(v[0]["rollout"]["state"], "PROGRESSING");
+    assert_eq!(v[0]["rollout"]["cohort"]["total"], 5);
+    for key in [
+        "degraded",
+        "health_reason",
+        "health_version",
+        "nack_code",
+        "sessions",
+    ] {
+        assert!(v[0].get(key).is_some(), "{key}");
+    }
+
+    // Ended: said after the group's summary; no role column without roles.
+    let mut done = a_rollout(pb::RolloutState::RolledBack);
+    done.restored_version = 5;
+    done.reason = "1 NACK of the candidate (max 0)".into();
+    let done = RolloutView::from(&done);
+    let plain: Vec<AgentView> = [agent("n1", pb::AgentState::Synced, 5)]
+        .iter()
+        .map(AgentView::from)
+        .collect();
+    let out = status(&plain, &groups, &[done], None, OutputFormat::Table, now);
+    assert!(out.starts_with("GROUP  NODE  STATE   ACKED"), "{out}");
+    assert!(
+        out.ends_with(
+            "edge: last rollout r-0123 ROLLED_BACK (stable v3 → candidate v4, restored as v5): 1 NACK of the candidate (max 0)\n"
+        ),
+        "{out}"
+    );
+    let json = status(&plain, &groups, &[], None, OutputFormat::Json, now);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert!(v[0].get("rollout").is_none());
 }

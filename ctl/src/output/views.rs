@@ -7,6 +7,7 @@ use serde::Serialize;
 use vane_proto as pb;
 
 use crate::output::format::*;
+use crate::output::rollout::RolloutView;
 
 /// The result of a push or a rollback.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -103,6 +104,24 @@ pub(crate) struct AgentView {
     /// keeps streaming the last known snapshots, pushes fail, and it may not
     /// list the other replicas' agents.
     pub(crate) control_degraded: bool,
+    /// During a rollout of its group: `candidate` (in the cohort) or
+    /// `stable`; empty otherwise.
+    pub(crate) role: String,
+    /// The version the agent should run now (its cohort's version).
+    pub(crate) target_version: u64,
+    /// The data plane reports degraded health for `health_version`, with
+    /// `health_reason`.
+    pub(crate) degraded: bool,
+    pub(crate) health_reason: String,
+    pub(crate) health_version: u64,
+    /// The gRPC code of the last NACK (3: invalid content).
+    pub(crate) nack_code: i32,
+    /// Streams the agent opened since the server first saw it (reconnects + 1).
+    pub(crate) sessions: u64,
+    /// The group's current (or last) rollout, on each agent of that group
+    /// (absent when the group never had one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) rollout: Option<RolloutView>,
     /// For relative times in the table; not part of the JSON contract.
     #[serde(skip)]
     pub(crate) connected_since_ms: i64,
@@ -129,6 +148,14 @@ impl From<&pb::AgentStatus> for AgentView {
             agent_build: a.agent_build.clone(),
             replica: a.replica.clone(),
             control_degraded: false,
+            role: a.role.clone(),
+            target_version: a.target_version,
+            degraded: a.degraded,
+            health_reason: a.health_reason.clone(),
+            health_version: a.health_version,
+            nack_code: a.nack_code,
+            sessions: a.sessions,
+            rollout: None,
             connected_since_ms: a.connected_since_unix_ms,
             last_seen_ms: a.last_seen_unix_ms,
         }

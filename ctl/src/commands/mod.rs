@@ -1,5 +1,18 @@
 //! One function per vanectl subcommand: build the Admin request, call the
 //! server, hand the answer to [`crate::output`].
+//!
+//! # Layout
+//! - `rollout`: `rollout start|status|pause|resume|promote|abort`, and
+//!   following a rollout (`-w`).
+//! - `wait`: `push --wait`, and the pure decision it polls with.
+//! - `follow`: what both followers share (calls bounded one by one, riding
+//!   out a server restart, the poll interval).
+
+mod follow;
+mod rollout;
+#[cfg(test)]
+mod tests_fake;
+mod wait;
 
 use std::io::{IsTerminal as _, Read as _};
 use std::path::Path;
@@ -9,14 +22,18 @@ use vane_model::Snapshot;
 use vane_model::file::ReadError;
 use vane_proto as pb;
 
-use crate::args::{Cli, Command, OutputFormat};
+use crate::args::{Cli, Command, OutputFormat, RolloutCommand, StartArgs};
 use crate::client::{self, Admin};
 use crate::credentials::Credentials;
 use crate::error::CliError;
-use crate::output::{self, AgentView, AuditView, DiffView, PushView, VersionView, WhoAmIView};
+use crate::output::{
+    self, AgentView, AuditView, DiffView, PushView, RolloutView, VersionView, WhoAmIView,
+};
 
-/// Runs the command and returns what to print on stdout.
-pub(crate) async fn execute(cli: &Cli) -> Result<String, CliError> {
+/// Runs the command and returns what to print on stdout; `live` receives
+/// what a following command (`rollout status -w`, `push --wait`) prints as
+/// it goes.
+pub(crate) async fn execute(cli: &Cli, live: &mut dyn FnMut(&str)) -> Result<String, CliError> {
     // Certificates and token are checked before connecting, like the file
     // to push: the user's to fix (exit 2) whether or not the server is up.
     let credentials = Credentials::load(cli)?;
@@ -24,26 +41,56 @@ pub(crate) async fn execute(cli: &Cli) -> Result<String, CliError> {
     // The file is read before connecting: a bad file is the user's to fix
     // whether or not the server is up, and gets exit code 2 either way.
     let pushed = match &cli.command {
-        Command::Push { file, .. } => Some(read_snapshot(file)?),
+        Command::Push { file, .. }
+        | Command::Rollout {
+            command: RolloutCommand::Start(StartArgs { file, .. }),
+        } => Some(read_snapshot(file)?),
         _ => None,
     };
-    let call = async {
-        let mut admin = client::connect(&url, cli.timeout, &credentials).await?;
-        dispatch(&mut admin, cli, &url, pushed).await
+    let timeout = cli.call_timeout();
+    let writes = match &cli.command {
+        Command::Push { .. } | Command::Rollback { .. } => true,
+        Command::Rollout { command } => !matches!(command, RolloutCommand::Status { .. }),
+        _ => false,
     };
-    let writes = matches!(cli.command, Command::Push { .. } | Command::Rollback { .. });
-    match tokio::time::timeout(cli.timeout, call).await {
-        Ok(result) => result,
-        Err(_) => Err(CliError::unreachable(format!(
+    let no_answer = || {
+        CliError::unreachable(format!(
             "no answer from the control server at {url} within {} (see --timeout){}",
-            humantime::format_duration(cli.timeout),
+            humantime::format_duration(timeout),
             if writes {
                 "; the change may still have been stored: check `vanectl history`"
             } else {
                 ""
             }
-        ))),
+        ))
+    };
+    if follows(&cli.command) {
+        // A follower bounds each of its calls itself (`follow::bounded`):
+        // following lasts longer than one call may.
+        let mut admin = tokio::time::timeout(timeout, client::connect(&url, timeout, &credentials))
+            .await
+            .map_err(|_| no_answer())??;
+        return dispatch(&mut admin, cli, &url, pushed, live).await;
     }
+    let call = async {
+        let mut admin = client::connect(&url, timeout, &credentials).await?;
+        dispatch(&mut admin, cli, &url, pushed, live).await
+    };
+    match tokio::time::timeout(timeout, call).await {
+        Ok(result) => result,
+        Err(_) => Err(no_answer()),
+    }
+}
+
+/// Whether the command polls the server until something happens.
+fn follows(command: &Command) -> bool {
+    matches!(
+        command,
+        Command::Push { wait: Some(_), .. }
+            | Command::Rollout {
+                command: RolloutCommand::Status { watch: true, .. }
+            }
+    )
 }
 
 async fn dispatch(
@@ -51,6 +98,7 @@ async fn dispatch(
     cli: &Cli,
     url: &str,
     pushed: Option<pb::Snapshot>,
+    live: &mut dyn FnMut(&str),
 ) -> Result<String, CliError> {
     let fmt = cli.output;
     let refused = |status: tonic::Status| CliError::from_status(&status, url);
@@ -60,18 +108,25 @@ async fn dispatch(
             expect_version,
             dry_run,
             message,
+            wait,
+            supersede,
             ..
         } => {
             let request = pb::PushRequest {
-                supersede: false,
+                supersede: *supersede,
                 group: group.clone(),
                 snapshot: pushed,
                 expected_version: *expect_version,
                 dry_run: *dry_run,
                 message: message.clone().unwrap_or_default(),
             };
-            let resp = admin.push(request).await.map_err(refused)?.into_inner();
-            Ok(output::push(&PushView::new(&resp, None), fmt))
+            match wait {
+                Some(wait) => wait::push_and_wait(admin, cli, url, request, *wait, live).await,
+                None => {
+                    let resp = admin.push(request).await.map_err(refused)?.into_inner();
+                    Ok(output::push(&PushView::new(&resp, None), fmt))
+                }
+            }
         }
         Command::Get { group, version } => {
             let request = pb::GetRequest {
@@ -139,12 +194,16 @@ async fn dispatch(
             };
             let resp = admin.status(request).await.map_err(refused)?.into_inner();
             let degraded = resp.store.as_ref().is_some_and(|s| s.degraded);
+            let mut rollouts: Vec<RolloutView> =
+                resp.rollouts.iter().map(RolloutView::from).collect();
+            rollouts.sort_by(|a, b| a.group.cmp(&b.group));
             let mut agents: Vec<AgentView> = resp
                 .agents
                 .iter()
                 .map(|a| {
                     let mut view = AgentView::from(a);
                     view.control_degraded = degraded;
+                    view.rollout = rollouts.iter().find(|r| r.group == a.group).cloned();
                     view
                 })
                 .collect();
@@ -152,11 +211,13 @@ async fn dispatch(
             Ok(output::status(
                 &agents,
                 &resp.groups,
+                &rollouts,
                 resp.store.as_ref(),
                 fmt,
                 SystemTime::now(),
             ))
         }
+        Command::Rollout { command } => rollout::run(admin, cli, url, command, pushed, live).await,
         Command::Audit { group, limit } => {
             let request = pb::AuditRequest {
                 group: group.clone().unwrap_or_default(),
@@ -419,7 +480,7 @@ mod tests {
                 .collect();
             let cli =
                 Cli::try_parse_from(std::iter::once("vanectl".to_owned()).chain(args)).unwrap();
-            execute(&cli).await
+            execute(&cli, &mut |_| {}).await
         }
 
         #[tokio::test]
