@@ -1,5 +1,6 @@
 //! How the store lays out its keys under the prefix, and the records
-//! stored there (heads, versions, body references, agents), with their
+//! stored there (heads, versions, body references, agents, rollout
+//! records), with their
 //! decoding and the limits that shape them.
 
 use std::collections::BTreeMap;
@@ -11,7 +12,7 @@ use prost::Message as _;
 use sha2::{Digest as _, Sha256};
 use vane_proto as pb;
 use vane_store::agents::{AgentRecord, SharedAgent};
-use vane_store::{StoreError, VersionRecord};
+use vane_store::{CandidateOf, StoreError, VersionRecord};
 
 /// Layout version stored under `<prefix>/schema`.
 pub const SCHEMA_VERSION: u64 = 1;
@@ -62,6 +63,21 @@ pub(crate) struct StoredVersion {
     pub(crate) push_id: String,
     #[prost(message, optional, tag = "3")]
     pub(crate) body: Option<BodyRef>,
+}
+
+/// `rollouts/<group>`: the group's rollout record. Its revision is the
+/// key's `mod_revision`, so it is not stored.
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct StoredRollout {
+    #[prost(string, tag = "1")]
+    pub(crate) id: String,
+    #[prost(bool, tag = "2")]
+    pub(crate) active: bool,
+    #[prost(bytes = "bytes", tag = "3")]
+    pub(crate) body: Bytes,
+    /// Random per write: finds a write whose commit etcd did not answer.
+    #[prost(string, tag = "4")]
+    pub(crate) write_id: String,
 }
 
 /// `agents/<group>/<node>/<lease>`.
@@ -205,6 +221,12 @@ impl Keys {
             None => format!("{}/audit/", self.prefix),
         }
     }
+    pub(crate) fn rollouts(&self) -> String {
+        format!("{}/rollouts/", self.prefix)
+    }
+    pub(crate) fn rollout(&self, group: &str) -> String {
+        format!("{}/rollouts/{group}", self.prefix)
+    }
     pub(crate) fn agents(&self, group: Option<&str>) -> String {
         match group {
             Some(group) => format!("{}/agents/{group}/", self.prefix),
@@ -272,7 +294,7 @@ pub(crate) fn record(
     snapshot: Bytes,
 ) -> VersionRecord {
     VersionRecord {
-        candidate: None,
+        candidate: candidate_of(&info),
         group: group.to_owned(),
         version,
         hash: info.hash,
@@ -282,6 +304,14 @@ pub(crate) fn record(
         rollback_of: (info.rollback_of != 0).then_some(info.rollback_of),
         snapshot,
     }
+}
+
+/// The candidate mark of a stored version, if it has one.
+pub(crate) fn candidate_of(info: &pb::VersionInfo) -> Option<CandidateOf> {
+    (!info.rollout_id.is_empty()).then(|| CandidateOf {
+        rollout_id: info.rollout_id.clone(),
+        stable_version: info.rollout_stable_version,
+    })
 }
 
 /// Group names become key segments: they must not contain `/`.

@@ -16,6 +16,9 @@
 //!   (decimal); see `prune.rs`.
 //! - `agents/<group>/<node id>/<lease id>` -> [`StoredAgent`], bound to the
 //!   writing replica's lease (see [`EtcdAgents`]).
+//! - `rollouts/<group>` -> [`StoredRollout`]: the group's current (or last)
+//!   rollout record: its id, whether it is active, the control server's
+//!   encoded body. Its revision is the key's `mod_revision`.
 //!
 //! # A push
 //! Pushes of one group are serialized inside a replica (a per-group lock), so
@@ -29,6 +32,18 @@
 //! a reader never finds a head whose body is missing. A lost race re-reads
 //! and tries again; `--expect-version` is the same compare, so a stale
 //! expectation is a [`StoreError::Conflict`].
+//!
+//! The same read takes the group's rollout record, and the commit also
+//! compares the record key's `mod_revision` with the one read (0 when
+//! absent). A plain push is refused with [`StoreError::RolloutActive`]
+//! while the record read is active, and the compare makes that check hold
+//! at the commit: a rollout starting (or any record write) in between fails
+//! the transaction and the push re-reads. A push carrying a record
+//! (`NewVersion::rollout`) is refused with [`StoreError::RolloutMoved`]
+//! unless the revision read is its `expected_revision`, and puts the record
+//! in the same transaction (its body then goes first, like a large one, so
+//! the two share no request). `Store::put_rollout` is the same compare and
+//! put on its own (see `rollouts.rs`).
 //!
 //! Every push carries a random id, stored in the head and the version. When
 //! etcd does not answer a commit (timeout, member killed), the outcome is
@@ -66,7 +81,8 @@
 //! - `failure`: error classes; `shared`: the client and the bounded,
 //!   retrying `call` every operation goes through.
 //! - `connect`: schemes, the client, the layout version.
-//! - `store`: [`EtcdStore`] and its reads; `push`: compare-and-set pushes.
+//! - `store`: [`EtcdStore`] and its reads; `push`: compare-and-set pushes;
+//!   `rollouts`: rollout records.
 //! - `feed`: the change feed; `agents`: [`EtcdAgents`].
 
 mod agents;
@@ -78,6 +94,7 @@ mod feed;
 mod layout;
 mod prune;
 mod push;
+mod rollouts;
 mod shared;
 mod store;
 
@@ -104,5 +121,7 @@ use {
 
 #[cfg(test)]
 mod feed_tests;
+#[cfg(test)]
+mod rollouts_tests;
 #[cfg(test)]
 mod tests;

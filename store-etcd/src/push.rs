@@ -1,6 +1,7 @@
-//! A push on etcd: compare-and-set on the group's head, bodies written
-//! content-addressed in chunks, and an outcome that is never unknown (a
-//! commit etcd did not answer is looked for by its push id).
+//! A push on etcd: compare-and-set on the group's head and its rollout
+//! record, bodies written content-addressed in chunks, and an outcome that
+//! is never unknown (a commit etcd did not answer is looked for by its push
+//! id).
 
 use std::time::Duration;
 
@@ -13,6 +14,7 @@ use vane_store::{NewVersion, PushOutcome, StoreError, VersionRecord, now_unix_ms
 
 use crate::failure::*;
 use crate::layout::*;
+use crate::rollouts::{check_push, decode_rollout, put_op, revision_of, unmoved};
 use crate::store::EtcdStore;
 
 impl EtcdStore {
@@ -27,7 +29,10 @@ impl EtcdStore {
         let outcome = self.push_as(new, &push_id).await;
         if matches!(
             outcome,
-            Ok(PushOutcome::Unchanged(_)) | Err(StoreError::Conflict { .. })
+            Ok(PushOutcome::Unchanged(_))
+                | Err(StoreError::Conflict { .. }
+                    | StoreError::RolloutActive { .. }
+                    | StoreError::RolloutMoved { .. })
         ) {
             self.shared.take_own_body(&push_id);
         }
@@ -59,8 +64,11 @@ impl EtcdStore {
                 .map_err(|_| StoreError::Io("snapshot: too many chunks".into()))?,
         };
         // A large body goes first, piece by piece: the head that points to
-        // it is written only once every piece is there.
-        if chunks.len() > 1 {
+        // it is written only once every piece is there. So does the body of
+        // a push that writes a rollout record, which would otherwise share
+        // etcd's request limit with it.
+        let chunks_first = chunks.len() > 1 || new.rollout.is_some();
+        if chunks_first {
             for (i, chunk) in chunks.iter().enumerate() {
                 let key = keys.chunk(&sha, i);
                 sh.call(deadline, |mut kv| {
@@ -72,7 +80,7 @@ impl EtcdStore {
             }
         }
         let created = |version: u64| VersionRecord {
-            candidate: None,
+            candidate: new.candidate.clone(),
             group: group.to_owned(),
             version,
             hash: new.hash.clone(),
@@ -83,14 +91,18 @@ impl EtcdStore {
             snapshot: new.snapshot.clone(),
         };
         let head_key = keys.head(group);
+        let rollout_key = keys.rollout(group);
         // Versions that commits without an answer may have created.
         let mut unanswered: Vec<u64> = Vec::new();
         let mut sent = false;
         let mut rounds = 0u32;
         loop {
-            // The head and the versions unanswered commits aimed at, at one
-            // revision.
-            let mut ops = vec![TxnOp::get(head_key.clone(), None)];
+            // The head, the rollout record and the versions unanswered
+            // commits aimed at, at one revision.
+            let mut ops = vec![
+                TxnOp::get(head_key.clone(), None),
+                TxnOp::get(rollout_key.clone(), None),
+            ];
             ops.extend(
                 unanswered
                     .iter()
@@ -115,7 +127,7 @@ impl EtcdStore {
             }
             let mut still_open = Vec::new();
             for (i, version) in unanswered.iter().enumerate() {
-                match txn_get(&responses, i + 1) {
+                match txn_get(&responses, i + 2) {
                     Some(kv) => {
                         let stored = decode_version(group, *version, kv.value())?;
                         if stored.push_id == push_id {
@@ -138,6 +150,11 @@ impl EtcdStore {
                     actual: head_version,
                 });
             }
+            let rollout = txn_get(&responses, 1)
+                .map(|kv| decode_rollout(group, kv).map(|(record, _)| record))
+                .transpose()?;
+            check_push(group, new.rollout.as_ref(), rollout.as_ref())?;
+            let rollout_revision = rollout.as_ref().map_or(0, |r| r.revision);
             if let Some((h, _)) = &head
                 && h.hash == new.hash
             {
@@ -153,8 +170,12 @@ impl EtcdStore {
 
             let stored = StoredVersion {
                 info: Some(pb::VersionInfo {
-                    rollout_id: String::new(),
-                    rollout_stable_version: 0,
+                    rollout_id: new
+                        .candidate
+                        .as_ref()
+                        .map(|c| c.rollout_id.clone())
+                        .unwrap_or_default(),
+                    rollout_stable_version: new.candidate.as_ref().map_or(0, |c| c.stable_version),
                     version,
                     hash: new.hash.clone(),
                     message: new.message.clone(),
@@ -171,17 +192,26 @@ impl EtcdStore {
                 hash: new.hash.clone(),
                 push_id: push_id.to_owned(),
             };
-            let mut compares = vec![match &head {
-                Some((_, mod_revision)) => {
-                    Compare::mod_revision(head_key.clone(), CompareOp::Equal, *mod_revision)
-                }
-                None => Compare::create_revision(head_key.clone(), CompareOp::Equal, 0),
-            }];
+            // The record must still be the one checked above: a plain push
+            // never lands after a rollout started, nor a record write after
+            // another.
+            let mut compares = vec![
+                match &head {
+                    Some((_, mod_revision)) => {
+                        Compare::mod_revision(head_key.clone(), CompareOp::Equal, *mod_revision)
+                    }
+                    None => Compare::create_revision(head_key.clone(), CompareOp::Equal, 0),
+                },
+                unmoved(&rollout_key, rollout_revision),
+            ];
             let mut puts = vec![
                 TxnOp::put(head_key.clone(), head_value.encode_to_vec(), None),
                 TxnOp::put(keys.version(group, version), stored.encode_to_vec(), None),
             ];
-            if chunks.len() == 1 {
+            if let Some(put) = &new.rollout {
+                puts.push(put_op(&rollout_key, put, push_id));
+            }
+            if !chunks_first {
                 puts.push(TxnOp::put(keys.chunk(&sha, 0), chunks[0].to_vec(), None));
             } else {
                 compares.extend(
@@ -189,10 +219,10 @@ impl EtcdStore {
                         .map(|i| Compare::version(keys.chunk(&sha, i), CompareOp::Greater, 0)),
                 );
             }
-            let txn = Txn::new()
-                .when(compares)
-                .and_then(puts)
-                .or_else(vec![TxnOp::get(head_key.clone(), None)]);
+            let txn = Txn::new().when(compares).and_then(puts).or_else(vec![
+                TxnOp::get(head_key.clone(), None),
+                TxnOp::get(rollout_key.clone(), None),
+            ]);
             let mut once = |mut kv: KvClient| {
                 let txn = txn.clone();
                 async move { kv.txn(txn).await }
@@ -202,9 +232,13 @@ impl EtcdStore {
                     return Ok(PushOutcome::Created(created(version)));
                 }
                 Ok(resp) => {
-                    let now_head = txn_get(&resp.op_responses(), 0).map(|kv| kv.mod_revision());
-                    if now_head == head.as_ref().map(|(_, r)| *r) {
-                        // The head did not move, so a chunk compare failed.
+                    let responses = resp.op_responses();
+                    let now_head = txn_get(&responses, 0).map(|kv| kv.mod_revision());
+                    let now_rollout = txn_get(&responses, 1).map_or(0, revision_of);
+                    if now_head == head.as_ref().map(|(_, r)| *r) && now_rollout == rollout_revision
+                    {
+                        // Neither the head nor the record moved, so a chunk
+                        // compare failed.
                         return Err(StoreError::Io(format!(
                             "group {group:?}: a chunk of body {sha} vanished before the commit"
                         )));
@@ -218,7 +252,11 @@ impl EtcdStore {
                              pushes through other replicas; nothing was stored, try again"
                         )));
                     }
-                    tracing::debug!(group, version, "another replica moved the head; retrying");
+                    tracing::debug!(
+                        group,
+                        version,
+                        "another replica moved the head or the rollout record; retrying"
+                    );
                 }
                 Err(Failure::TimedOut(last)) => {
                     sent = true;

@@ -1,5 +1,6 @@
 //! [`EtcdStore`]: connecting, and the [`Store`] operations on etcd
-//! (reads, history, audit, health); pushes are in `push.rs`.
+//! (reads, history, audit, health); pushes are in `push.rs`, rollout
+//! records in `rollouts.rs`.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -12,8 +13,8 @@ use tokio::time::Instant;
 use vane_store::agents::AgentDirectory;
 use vane_store::{
     AUDIT_RETENTION, AuditRecord, HeadFeed, NewVersion, Pinned, PruneReport, PushOutcome,
-    Retention, Store, StoreError, StoreHealth, VersionMeta, VersionRecord, decode_audit,
-    encode_audit,
+    Retention, RolloutPut, RolloutRecord, Store, StoreError, StoreHealth, VersionMeta,
+    VersionRecord, decode_audit, encode_audit,
 };
 
 use crate::agents::*;
@@ -260,7 +261,7 @@ impl Store for EtcdStore {
             let stored = decode_version(group, version, kv.value())?;
             let info = stored.info.ok_or_else(|| missing(group, version, "info"))?;
             out.push(VersionMeta {
-                candidate: None,
+                candidate: candidate_of(&info),
                 group: group.to_owned(),
                 version,
                 hash: info.hash,
@@ -287,20 +288,16 @@ impl Store for EtcdStore {
         self.pruned_count(group).await
     }
 
-    async fn rollout(&self, _group: &str) -> Result<Option<vane_store::RolloutRecord>, StoreError> {
-        Err(StoreError::Unavailable("WIP-ETCD-ROLLOUTS".into()))
+    async fn rollout(&self, group: &str) -> Result<Option<RolloutRecord>, StoreError> {
+        self.read_rollout(group).await
     }
 
-    async fn rollouts(&self) -> Result<Vec<vane_store::RolloutRecord>, StoreError> {
-        Err(StoreError::Unavailable("WIP-ETCD-ROLLOUTS".into()))
+    async fn rollouts(&self) -> Result<Vec<RolloutRecord>, StoreError> {
+        self.read_rollouts().await
     }
 
-    async fn put_rollout(
-        &self,
-        _group: &str,
-        _put: vane_store::RolloutPut,
-    ) -> Result<vane_store::RolloutRecord, StoreError> {
-        Err(StoreError::Unavailable("WIP-ETCD-ROLLOUTS".into()))
+    async fn put_rollout(&self, group: &str, put: RolloutPut) -> Result<RolloutRecord, StoreError> {
+        self.write_rollout(group, put).await
     }
 
     async fn heads(&self) -> Result<Vec<VersionRecord>, StoreError> {

@@ -56,6 +56,7 @@ async fn suite_against_etcd() {
     suite::concurrent(opener(store_config(&etcd, "/t/concurrent"))).await;
     suite::closed(opener(store_config(&etcd, "/t/closed"))).await;
     suite::retention(opener(store_config(&etcd, "/t/retention"))).await;
+    suite::rollouts(opener(store_config(&etcd, "/t/rollouts"))).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -495,6 +496,8 @@ fn keys_parse_back() {
         Some(("a-b.c".into(), 7))
     );
     assert_eq!(keys.parse_version(b"/vane/heads/edge"), None);
+    assert_eq!(keys.rollout("edge"), "/vane/rollouts/edge");
+    assert!(keys.rollout("edge").starts_with(&keys.rollouts()));
     assert_eq!(
         keys.agent("edge", "n/1", 255),
         "/vane/agents/edge/n/1/00000000000000ff"
