@@ -142,6 +142,12 @@ impl ErrorWindow {
         let mut word = slot.load(Ordering::Relaxed);
         loop {
             let (e, requests, errors) = unpack(word);
+            // An answer timed before what the slot holds now (a request
+            // that started a lap of the ring ago) is too old to count.
+            let ahead = e.wrapping_sub(epoch) & EPOCH_MASK;
+            if ahead != 0 && ahead < EPOCH_MASK / 2 {
+                return;
+            }
             // A slot last used a window (or more) ago starts over.
             let (requests, errors) = if e == epoch {
                 (requests, errors)
@@ -175,8 +181,10 @@ impl ErrorWindow {
         counts
     }
 
-    /// Forgets every answer (a new version was applied). Answers of the
-    /// old version still in flight may land after it: a handful at most.
+    /// Forgets every answer (a new version was applied). Every slot is
+    /// marked with the current slot's number, so answers of requests that
+    /// started before are dropped too, except those that started within
+    /// the current slot (a second, by default).
     pub(crate) fn clear(&self, now_ms: u64) {
         let empty = pack(now_ms / self.slot_ms, 0, 0);
         for slot in &self.slots {
@@ -206,10 +214,11 @@ impl ProxyHealth {
         }
     }
 
-    /// Counts one answer now.
+    /// Counts one answer at `now_ms` (the data plane's clock; a request's
+    /// start is close enough for slots of a second, and saves a clock read).
     #[inline]
-    pub(crate) fn record(&self, error: bool) {
-        self.window.record(error, clock::now_millis());
+    pub(crate) fn record(&self, error: bool, now_ms: u64) {
+        self.window.record(error, now_ms);
     }
 
     /// The verdict on the window now, with the gauges refreshed.
@@ -318,8 +327,10 @@ mod tests {
             }
         );
         assert_eq!(w.counts(t0 + 15_000), Counts::default());
-        // A slot reused a lap later starts over.
+        // A slot reused a lap later starts over, and an answer timed a
+        // lap before what it holds now is dropped.
         w.record(true, t0 + 20_000);
+        w.record(true, t0 + 10_000);
         assert_eq!(
             w.counts(t0 + 20_000),
             Counts {

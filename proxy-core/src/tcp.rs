@@ -37,7 +37,7 @@ pub(crate) async fn serve(
         let now_ms = clock::now_millis();
         let Some(i) = cluster.pick(now_ms, avoid) else {
             tracing::debug!(%peer, cluster = %cluster.name, "no healthy endpoint; closing");
-            listener.shared.health.record(true);
+            listener.shared.health.record(true, clock::now_millis());
             return;
         };
         let endpoint = &cluster.endpoints[i];
@@ -66,7 +66,7 @@ pub(crate) async fn serve(
             () = signals.hard.cancelled() => return,
         };
         cluster.record(i, true, clock::now_millis());
-        listener.shared.health.record(false);
+        listener.shared.health.record(false, clock::now_millis());
         let _ = outbound.set_nodelay(true);
         let _in_flight = cluster
             .tracks_in_flight()
@@ -82,5 +82,5 @@ pub(crate) async fn serve(
         return;
     }
     // Every endpoint tried failed to connect.
-    listener.shared.health.record(true);
+    listener.shared.health.record(true, clock::now_millis());
 }

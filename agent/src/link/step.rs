@@ -113,9 +113,15 @@ impl<T: Transport> Steps<T> {
                 let mut beat = respond::heartbeat(&self.config, &self.applier.shared.current.load());
                 beat.health = respond::health(self.health.borrow_and_update().as_ref());
                 // A full queue already holds a request the server will
-                // see, which says as much as a heartbeat would.
+                // see, which says as much as a heartbeat would; but not the
+                // latest health, perhaps: let that go on its own, once
+                // there is room.
                 return match session.requests.try_send(beat) {
-                    Ok(()) | Err(mpsc::error::TrySendError::Full(_)) => Event::Sent,
+                    Ok(()) => Event::Sent,
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        self.health.mark_changed();
+                        Event::Sent
+                    }
                     Err(mpsc::error::TrySendError::Closed(_)) => Event::Failed(LinkError::Closed),
                 };
             }

@@ -412,16 +412,21 @@ impl WatchState {
         if self.health.as_ref() == health {
             return false;
         }
+        let was_degraded = self.health.as_ref().is_some_and(|h| h.degraded);
         self.health = health.cloned();
         let (degraded, reason, version) = match health {
             Some(h) if h.degraded => (true, nack_reason(&h.reason), h.version),
             Some(h) => (false, String::new(), h.version),
             None => (false, String::new(), 0),
         };
+        // Healthy on each new version is the common case: not worth a line
+        // per agent per push.
         if degraded {
             tracing::warn!(parent: &self.span, version, %reason, "agent reports its data plane degraded");
+        } else if was_degraded {
+            tracing::info!(parent: &self.span, version, "agent reports its data plane healthy again");
         } else {
-            tracing::info!(parent: &self.span, version, reported = health.is_some(), "agent reports its data plane healthy");
+            tracing::debug!(parent: &self.span, version, "agent reports its data plane healthy");
         }
         self.agents
             .record_health(&self.key, degraded, &reason, version);

@@ -66,10 +66,11 @@ async fn route_and_forward(ctx: &ConnCtx, req: Request<Incoming>) -> Response<Pr
     };
     let resp = forward(ctx, &route, req, start).await;
     route.stats.count(resp.status());
+    // 502, 503 and 504 are what the proxy's health counts as errors.
     ctx.listener
         .shared
         .health
-        .record(retryable_status(resp.status()));
+        .record(retryable_status(resp.status()), clock::millis_at(start));
     route.stats.duration.observe(start.elapsed());
     resp
 }
