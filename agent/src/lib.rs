@@ -63,7 +63,7 @@ pub use backoff::BackoffConfig;
 pub use breaker::{BreakerConfig, BreakerState};
 pub use config::AgentConfig;
 pub use report::{DataPlaneHealth, HealthReport};
-pub use state::{Current, Health, HealthState, Source};
+pub use state::{Applied, Current, Health, HealthState, Source};
 pub use status::StatusReport;
 pub use vane_tls::{BearerToken, ClientIdentity, ClientTls, TlsPart};
 

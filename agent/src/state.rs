@@ -11,8 +11,9 @@
 //! sit beside it that are not the link's: why startup fell back to the
 //! defaults, and a failed cache write reported as the last error.
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use prometheus_client::metrics::counter::Counter;
@@ -25,6 +26,22 @@ use vane_model::Snapshot;
 
 use crate::breaker::BreakerState;
 use crate::report::{HealthReport, Reports};
+
+/// How many applies [`Health::history`] keeps (the oldest is dropped first).
+pub const HISTORY_LEN: usize = 16;
+
+/// One configuration the agent installed, as `/status` `history` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Applied {
+    /// The control plane's version (0 for defaults).
+    pub version: u64,
+    /// Hash of the content.
+    pub hash: String,
+    /// When it was installed, in milliseconds since the Unix epoch.
+    pub applied_at_unix_ms: u64,
+    /// `live`, `cache` or `defaults`.
+    pub source: &'static str,
+}
 
 /// Where the running configuration came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -120,6 +137,9 @@ pub struct Health {
     /// What the embedder last reported of its data plane (see
     /// [`crate::AgentHandle::report_health`]); `None` until it reports.
     pub data_plane: Option<HealthReport>,
+    /// The last [`HISTORY_LEN`] configurations installed, oldest first (a
+    /// cached one confirmed live is not a new entry: same content).
+    pub history: Vec<Applied>,
 }
 
 /// Counters and gauges the agent keeps; register them with [`crate::AgentHandle::register_metrics`].
@@ -240,6 +260,8 @@ pub(crate) struct Shared {
     pub(crate) stale_after: Duration,
     /// The embedder's latest data-plane health report, sent by the link.
     pub(crate) reports: Reports,
+    /// The last [`HISTORY_LEN`] installs, oldest first.
+    history: Mutex<VecDeque<Applied>>,
 }
 
 impl Shared {
@@ -263,6 +285,7 @@ impl Shared {
             metrics: Metrics::default(),
             stale_after,
             reports: Reports::new(),
+            history: Mutex::new(VecDeque::with_capacity(HISTORY_LEN)),
         }
     }
 
@@ -290,8 +313,14 @@ impl Shared {
         self.link().last_error = Some(error);
     }
 
-    /// Installs a new running configuration: the one swap.
+    /// Installs a new running configuration: the one swap, noted in the
+    /// history.
     pub(crate) fn install(&self, current: Current) {
+        self.note_applied(&current);
+        self.swap(current);
+    }
+
+    fn swap(&self, current: Current) {
         let current = Arc::new(current);
         self.metrics
             .version
@@ -308,8 +337,24 @@ impl Shared {
         if current.source == Source::Cache {
             let mut promoted = (*current).clone();
             promoted.source = Source::Live;
-            self.install(promoted);
+            self.swap(promoted);
         }
+    }
+
+    fn note_applied(&self, current: &Current) {
+        let mut history = self.history.lock().unwrap_or_else(|p| p.into_inner());
+        if history.len() == HISTORY_LEN {
+            history.pop_front();
+        }
+        history.push_back(Applied {
+            version: current.version,
+            hash: current.hash.clone(),
+            applied_at_unix_ms: current
+                .applied_at
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            source: current.source.as_str(),
+        });
     }
 
     pub(crate) fn health(&self) -> Health {
@@ -373,6 +418,13 @@ impl Shared {
             applies: self.metrics.applies.get(),
             nacks: self.metrics.nacks.get(),
             data_plane: self.reports.latest(),
+            history: self
+                .history
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .cloned()
+                .collect(),
         }
     }
 }
@@ -424,6 +476,34 @@ mod tests {
         let long_ago = Instant::now() - Duration::from_secs(9);
         shared.update_link(|l| l.unconfirm_since(long_ago));
         assert_eq!(shared.health().staleness, Duration::from_secs(5));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn history_keeps_the_last_installs_and_skips_a_promotion() {
+        let shared = Shared::new(Duration::from_secs(300));
+        let mut cached = Current::empty();
+        cached.version = 1;
+        cached.hash = "h1".into();
+        cached.source = Source::Cache;
+        shared.install(cached);
+        shared.promote_cached();
+        let h = shared.health();
+        assert_eq!(h.source, Source::Live);
+        assert_eq!(h.history.len(), 1, "a promotion is the same content");
+        assert_eq!((h.history[0].version, h.history[0].source), (1, "cache"));
+        for v in 2..=20 {
+            let mut c = Current::empty();
+            c.version = v;
+            c.hash = format!("h{v}");
+            c.source = Source::Live;
+            shared.install(c);
+        }
+        let versions: Vec<u64> = shared.health().history.iter().map(|a| a.version).collect();
+        assert_eq!(
+            versions,
+            (5..=20).collect::<Vec<_>>(),
+            "the last 16, oldest first"
+        );
     }
 
     #[tokio::test(start_paused = true)]

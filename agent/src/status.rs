@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::config::AgentConfig;
 use crate::report::HealthReport;
-use crate::state::{Health, HealthState};
+use crate::state::{Applied, Health, HealthState};
 
 /// The `/status` body.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -51,6 +51,9 @@ pub struct StatusReport {
     /// `reason`, `version`), as sent to the control plane; null until it
     /// reports. Separate from `state`, which is the agent's own.
     pub data_plane_health: Option<HealthReport>,
+    /// The last 16 configurations installed, oldest first: `version`,
+    /// `hash`, `applied_at_unix_ms`, `source`.
+    pub history: Vec<Applied>,
 }
 
 impl StatusReport {
@@ -79,6 +82,7 @@ impl StatusReport {
             last_nack_version: h.last_nack.as_ref().map(|(v, _)| *v),
             last_nack_reason: h.last_nack.as_ref().map(|(_, r)| r.clone()),
             data_plane_health: h.data_plane.clone(),
+            history: h.history.clone(),
         }
     }
 }

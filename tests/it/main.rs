@@ -27,6 +27,7 @@ mod push_wait;
 mod reconnect_recovery;
 mod retention;
 mod rollout_cohorts;
+mod rollouts;
 mod security_tls;
 mod shutdown;
 mod sidecar;

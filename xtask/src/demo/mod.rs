@@ -11,6 +11,7 @@
 //! - [`session`]: the state the steps act on ([`session::Demo`]) and what
 //!   they do with it.
 //! - [`setup`]: the files, certificates and command lines prepared first.
+//! - [`rollout`]: the sidecars of the rollout that rolls itself back.
 //! - This file: building, starting the control server, running the steps,
 //!   stopping everything.
 //!
@@ -18,6 +19,7 @@
 //! [`crate::traffic`]'s, and the printing [`crate::narrate`]'s, all shared
 //! with the cluster demo.
 
+mod rollout;
 mod session;
 mod setup;
 mod steps;
@@ -65,6 +67,7 @@ pub(crate) fn run(root: &Path, security: Security) -> Result<()> {
         .context("cannot create a temporary directory")?;
     let data = work.path().join("data");
     write_files(root, work.path())?;
+    rollout::write_candidate(work.path())?;
 
     if security == Security::Mtls {
         println!();
@@ -128,6 +131,7 @@ pub(crate) fn run(root: &Path, security: Security) -> Result<()> {
         proxy: None,
         web: None,
         traffic: None,
+        canaries: Vec::new(),
     };
     for (i, step) in steps(security).iter().enumerate() {
         section(i + 1, step.title, step.explain);
@@ -135,6 +139,7 @@ pub(crate) fn run(root: &Path, security: Security) -> Result<()> {
             for p in std::iter::once(&demo.server)
                 .chain(demo.agent.as_ref())
                 .chain(demo.proxy.as_ref())
+                .chain(demo.canaries.iter().map(|(_, a)| a))
             {
                 eprintln!("{} log ({}):", p.name, p.log.display());
                 eprintln!("{}", tail(&p.log, 20));
@@ -150,6 +155,11 @@ pub(crate) fn run(root: &Path, security: Security) -> Result<()> {
         println!("==> stopping vane-proxy with SIGTERM");
         let (status, took) = proxy.stop()?;
         println!("    it drained and exited ({status}) in {}", seconds(took));
+    }
+    if !demo.canaries.is_empty() {
+        println!();
+        println!("==> stopping the rollout's four sidecars with SIGTERM");
+        demo.stop_canaries()?;
     }
     if let Some(mut agent) = demo.agent.take() {
         println!();

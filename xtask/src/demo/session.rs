@@ -36,6 +36,8 @@ pub(crate) struct Demo {
     /// The proxy's HTTP listener, and the backend behind it.
     pub(crate) web: Option<(SocketAddr, Backend)>,
     pub(crate) traffic: Option<Traffic>,
+    /// The rollout's sidecars, by node id.
+    pub(crate) canaries: Vec<(String, Server)>,
 }
 
 impl Demo {
@@ -67,7 +69,7 @@ impl Demo {
     /// exported: the server, and under mTLS the CA and `operator`'s
     /// certificate. Credentials from the caller's environment are dropped,
     /// so they cannot change who the demo is.
-    fn vanectl_cmd(&self) -> Command {
+    pub(crate) fn vanectl_cmd(&self) -> Command {
         let mut cmd = Command::new(&self.vanectl);
         cmd.current_dir(&self.work)
             .env("VANE_SERVER", &self.server_url);
@@ -90,7 +92,7 @@ impl Demo {
 
     /// The TLS arguments of an agent or proxy (`--ca --cert --key`, as
     /// `agent-edge`): as run (absolute paths) and as shown (relative).
-    fn agent_tls(&self) -> (Vec<OsString>, &'static str) {
+    pub(crate) fn agent_tls(&self) -> (Vec<OsString>, &'static str) {
         match self.security {
             Security::Plaintext => (Vec::new(), ""),
             Security::Mtls => (

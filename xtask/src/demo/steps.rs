@@ -301,6 +301,65 @@ pub(crate) fn steps(security: Security) -> Vec<Step> {
             },
         },
         Step {
+            title: "four more agents, labelled by zone",
+            explain: "Four sidecars edge-1..edge-4 join the group with a label zone=a or zone=b. \
+                      Each runs a --health-cmd after every apply: it stands for the data \
+                      plane's own check (here: do uploads still work?), and a non-zero exit \
+                      reports the running version degraded, with its stderr as the reason, on \
+                      the agent's stream to the control server.",
+            action: |d| {
+                d.start_canaries(4)?;
+                d.vanectl(&["status", GROUP], 0)
+            },
+        },
+        Step {
+            title: "a progressive rollout that rolls itself back",
+            explain: "snapshot-small-bodies.yaml cuts the body limit to 1 KiB: valid, and wrong. \
+                      Instead of pushing it to everyone, `rollout start` stores it as the \
+                      candidate, version 5, and sends it only to a cohort: 25% of the agents \
+                      the selector `zone` matches (1 of 4, chosen by hashing the rollout id \
+                      with each node id); the others, and demo-sidecar which has no zone, \
+                      keep the stable version 4. The member ACKs, its health check reports \
+                      degraded, and the server aborts without waiting for the bake: it \
+                      stores version 6 with version 4's content and sends it. `rollout status \
+                      -w` follows each change and exits 1 for ROLLED_BACK (0 for COMPLETE, 4 \
+                      when --timeout passes first).",
+            action: |d| {
+                d.vanectl(
+                    &[
+                        "rollout",
+                        "start",
+                        GROUP,
+                        "-f",
+                        "snapshot-small-bodies.yaml",
+                        "--steps",
+                        "25,100",
+                        "--bake",
+                        "30s",
+                        "--select",
+                        "zone",
+                        "-m",
+                        "smaller request bodies",
+                    ],
+                    0,
+                )?;
+                d.vanectl(&["rollout", "status", GROUP, "-w", "--timeout", "60s"], 1)
+            },
+        },
+        Step {
+            title: "what the rollout left",
+            explain: "The rollout keeps its reason, its cohort counts and every transition. \
+                      Versions never went backwards: the history shows the candidate, 5, and \
+                      version 6 restoring 4's hash; the cohort member's own /status history \
+                      lists what it ran, and every agent is SYNCED on 6.",
+            action: |d| {
+                d.vanectl(&["rollout", "status", GROUP], 0)?;
+                d.show_rolled_back()?;
+                d.vanectl(&["history", GROUP, "--limit", "3"], 0)?;
+                d.vanectl(&["status", GROUP], 0)
+            },
+        },
+        Step {
             title: "a proxy serving live traffic",
             explain: "vane-proxy embeds the agent library. It follows the group `web`, whose \
                       snapshot routes an HTTP listener to a small backend. A client now sends \
