@@ -510,6 +510,10 @@ impl Server {
         .with_replica(replica.clone())
         .with_security(auth, Some(audit), push_limit)
         .with_rollouts(Arc::clone(&rollouts));
+        // Only the tasks and services keep it from here: it holds the audit
+        // log, whose writer ends (and shutdown with it) once every holder
+        // is gone.
+        drop(rollouts);
         tasks.spawn(sweep_agents(
             Arc::clone(&agents),
             Arc::clone(&hub),
