@@ -38,7 +38,7 @@ pub enum Phase {
         /// it; they are sent nothing new).
         stable: Option<Arc<Published>>,
     },
-    /// Ended: the head goes to everyone.
+    /// Completed: the candidate goes to everyone.
     Ended,
 }
 

@@ -191,7 +191,7 @@ impl AdminService {
                 .superseding(&request.group, &caller.identity)
                 .await?
         } else {
-            if let Some(known) = self.rollouts.running(&request.group).await? {
+            if let Some(known) = self.rollouts.running_known(&request.group) {
                 return Err(in_progress(&known));
             }
             None
@@ -235,7 +235,7 @@ impl AdminService {
         check_group(&request.group)?;
         check_version_field("to_version", request.to_version)?;
         check_message(&request.message)?;
-        if let Some(known) = self.rollouts.running(&request.group).await? {
+        if let Some(known) = self.rollouts.running_known(&request.group) {
             return Err(in_progress(&known));
         }
         let target = self

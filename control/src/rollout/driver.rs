@@ -117,6 +117,13 @@ impl Rollouts {
         })
     }
 
+    /// The group's running rollout as last known here (re-read from the
+    /// store every tick): what a plain push is told before the store's own
+    /// check in the write refuses it.
+    pub fn running_known(&self, group: &str) -> Option<Known> {
+        self.known(group).filter(|k| k.rollout.state.is_active())
+    }
+
     /// The group's rollout as last known here.
     pub fn known(&self, group: &str) -> Option<Known> {
         self.board
@@ -238,7 +245,12 @@ impl Rollouts {
     pub(crate) async fn remember(&self, known: Known) {
         let rollout = &known.rollout;
         let group = rollout.group.clone();
-        let phase = if rollout.state.is_active() {
+        // Only a completed rollout sends its candidate to everyone. A rolled
+        // back or superseded one keeps splitting the group until the newer
+        // head (the restored or superseding version) is published here,
+        // which then goes to everyone anyway: the record may arrive first
+        // (another replica wrote it; a status call re-read it).
+        let phase = if rollout.state != State::Complete {
             Phase::Running {
                 members: rollout.members.iter().map(|m| m.node_id.clone()).collect(),
                 stable: self.stable_of(rollout).await,
