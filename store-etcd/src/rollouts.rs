@@ -44,33 +44,14 @@ pub(crate) fn revision_of(kv: &KeyValue) -> u64 {
 }
 
 /// Whether a push to `group` carrying `put` (`None`: a plain push) may go
-/// on, given the record read with the head: a plain push is refused while
-/// the record is active, a record write unless the revision is the
-/// expected one. The commit then compares the key against what was read.
+/// on, given the record read with the head ([`RolloutPut::check`]). The
+/// commit then compares the key against what was read.
 pub(crate) fn check_push(
     group: &str,
     put: Option<&RolloutPut>,
     current: Option<&RolloutRecord>,
 ) -> Result<(), StoreError> {
-    match (put, current) {
-        (None, Some(current)) if current.active => Err(StoreError::RolloutActive {
-            group: group.to_owned(),
-            id: current.id.clone(),
-        }),
-        (None, _) => Ok(()),
-        (Some(put), current) => {
-            let actual = current.map_or(0, |c| c.revision);
-            if actual == put.expected_revision {
-                Ok(())
-            } else {
-                Err(StoreError::RolloutMoved {
-                    group: group.to_owned(),
-                    expected: put.expected_revision,
-                    actual,
-                })
-            }
-        }
-    }
+    RolloutPut::check(group, put, current)
 }
 
 /// The compare a commit makes on the record key: its `mod_revision` is

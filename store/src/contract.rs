@@ -40,6 +40,39 @@ pub struct NewVersion {
     pub rollout: Option<RolloutPut>,
 }
 
+impl RolloutPut {
+    /// Whether a push to `group` carrying `put` (`None`: a plain push) may
+    /// go on over the stored record `current`: a plain push is refused
+    /// while the record is active, a record write unless the stored
+    /// revision is the expected one. Every backend applies this rule
+    /// inside the write.
+    pub fn check(
+        group: &str,
+        put: Option<&RolloutPut>,
+        current: Option<&RolloutRecord>,
+    ) -> Result<(), StoreError> {
+        match (put, current) {
+            (None, Some(current)) if current.active => Err(StoreError::RolloutActive {
+                group: group.to_owned(),
+                id: current.id.clone(),
+            }),
+            (None, _) => Ok(()),
+            (Some(put), current) => {
+                let actual = current.map_or(0, |c| c.revision);
+                if actual == put.expected_revision {
+                    Ok(())
+                } else {
+                    Err(StoreError::RolloutMoved {
+                        group: group.to_owned(),
+                        expected: put.expected_revision,
+                        actual,
+                    })
+                }
+            }
+        }
+    }
+}
+
 /// Marks a version as a rollout's candidate: until the rollout says
 /// otherwise, agents outside its cohort keep `stable_version`.
 #[derive(Debug, Clone, PartialEq, Eq)]

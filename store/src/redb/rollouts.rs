@@ -78,31 +78,7 @@ pub(super) fn check_push(
         Err(e @ StoreError::Corrupt(_)) => return Ok(Err(e)),
         Err(e) => return Err(e),
     };
-    Ok(match (put, current) {
-        (None, Some(current)) if current.active => Err(StoreError::RolloutActive {
-            group: group.to_owned(),
-            id: current.id,
-        }),
-        (None, _) => Ok(()),
-        (Some(put), current) => revision_matches(group, put, current.as_ref()),
-    })
-}
-
-fn revision_matches(
-    group: &str,
-    put: &RolloutPut,
-    current: Option<&RolloutRecord>,
-) -> Result<(), StoreError> {
-    let actual = current.map_or(0, |c| c.revision);
-    if actual == put.expected_revision {
-        Ok(())
-    } else {
-        Err(StoreError::RolloutMoved {
-            group: group.to_owned(),
-            expected: put.expected_revision,
-            actual,
-        })
-    }
+    Ok(RolloutPut::check(group, put, current.as_ref()))
 }
 
 /// Writes `put` as the group's record if its revision matches (the inner
@@ -117,7 +93,7 @@ pub(super) fn put(
         Err(e @ StoreError::Corrupt(_)) => return Ok(Err(e)),
         Err(e) => return Err(e),
     };
-    if let Err(e) = revision_matches(group, put, current.as_ref()) {
+    if let Err(e) = RolloutPut::check(group, Some(put), current.as_ref()) {
         return Ok(Err(e));
     }
     let record = RolloutRecord {
