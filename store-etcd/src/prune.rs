@@ -40,13 +40,7 @@ impl EtcdStore {
         sh.check_open()?;
         // The heads first: their revision guards the body deletion.
         let heads_prefix = sh.keys.heads();
-        let heads_resp = sh
-            .call(sh.deadline(), |mut kv| {
-                let prefix = heads_prefix.clone();
-                async move { kv.get(prefix, Some(GetOptions::new().with_prefix())).await }
-            })
-            .await
-            .map_err(|f| sh.read_error(f))?;
+        let heads_resp = sh.read_prefix(&heads_prefix).await?;
         let read_revision = heads_resp.header().map_or(0, |h| h.revision());
         let mut heads = BTreeMap::new();
         for kv in heads_resp.kvs() {
@@ -59,14 +53,7 @@ impl EtcdStore {
             heads.insert(group.to_owned(), decode_head(group, kv.value())?.version);
         }
 
-        let versions_prefix = sh.keys.versions();
-        let versions_resp = sh
-            .call(sh.deadline(), |mut kv| {
-                let prefix = versions_prefix.clone();
-                async move { kv.get(prefix, Some(GetOptions::new().with_prefix())).await }
-            })
-            .await
-            .map_err(|f| sh.read_error(f))?;
+        let versions_resp = sh.read_prefix(&sh.keys.versions()).await?;
         let mut groups: BTreeMap<String, Vec<Seen>> = BTreeMap::new();
         for kv in versions_resp.kvs() {
             let Some((group, version)) = sh.keys.parse_version(kv.key()) else {

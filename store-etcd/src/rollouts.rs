@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use etcd_client::{Compare, CompareOp, GetOptions, KeyValue, KvClient, Txn, TxnOp};
+use etcd_client::{Compare, CompareOp, KeyValue, KvClient, Txn, TxnOp};
 use prost::Message as _;
 use tokio::time::Instant;
 use vane_store::{RolloutPut, RolloutRecord, StoreError};
@@ -126,13 +126,7 @@ impl EtcdStore {
         let sh = &self.shared;
         sh.check_open()?;
         let prefix = sh.keys.rollouts();
-        let resp = sh
-            .call(sh.deadline(), |mut kv| {
-                let prefix = prefix.clone();
-                async move { kv.get(prefix, Some(GetOptions::new().with_prefix())).await }
-            })
-            .await
-            .map_err(|f| sh.read_error(f))?;
+        let resp = sh.read_prefix(&prefix).await?;
         let mut out = Vec::with_capacity(resp.kvs().len());
         for kv in resp.kvs() {
             let group = std::str::from_utf8(kv.key())

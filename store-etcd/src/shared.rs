@@ -382,17 +382,25 @@ impl Shared {
         Ok(record(group, version, info, snapshot))
     }
 
+    /// Every key under `prefix`, read within the store's deadline (retried
+    /// on another endpoint on failure); a failure is a read error.
+    pub(crate) async fn read_prefix(
+        &self,
+        prefix: &str,
+    ) -> Result<etcd_client::GetResponse, StoreError> {
+        self.call(self.deadline(), |mut kv| {
+            let prefix = prefix.to_owned();
+            async move { kv.get(prefix, Some(GetOptions::new().with_prefix())).await }
+        })
+        .await
+        .map_err(|f| self.read_error(f))
+    }
+
     /// Every head with its body, and the revision they were read at.
     pub(crate) async fn read_heads(&self) -> Result<(Vec<VersionRecord>, i64), StoreError> {
         let deadline = self.deadline();
         let prefix = self.keys.heads();
-        let resp = self
-            .call(deadline, |mut kv| {
-                let prefix = prefix.clone();
-                async move { kv.get(prefix, Some(GetOptions::new().with_prefix())).await }
-            })
-            .await
-            .map_err(|f| self.read_error(f))?;
+        let resp = self.read_prefix(&prefix).await?;
         let revision = resp.header().map_or(0, |h| h.revision());
         let mut heads = Vec::new();
         for kv in resp.kvs() {
