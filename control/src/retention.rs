@@ -156,3 +156,73 @@ mod tests {
         assert_eq!(store.pruned("edge").await.unwrap(), 7);
     }
 }
+
+#[cfg(test)]
+mod rollout_tests {
+    use super::*;
+    use crate::hub::Hub;
+    use crate::rollout::service::Start;
+    use crate::rollout::spec::Spec;
+    use crate::targets::Cohorts;
+    use vane_store::RedbStore;
+    use vane_store::suite::new_version;
+
+    #[tokio::test]
+    async fn a_running_rollouts_stable_version_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(RedbStore::open(dir.path()).await.unwrap());
+        for i in 1..=5 {
+            store
+                .push(new_version("edge", format!("v{i}").as_bytes()))
+                .await
+                .unwrap();
+        }
+        let agents = Arc::new(AgentRegistry::new(Duration::from_secs(3600)));
+        let rollouts = Rollouts::new(
+            Arc::clone(&store),
+            Arc::new(Hub::new()),
+            Arc::new(Cohorts::new()),
+            Arc::clone(&agents),
+            "r".into(),
+            None,
+        );
+        let candidate = new_version("edge", b"v6");
+        rollouts
+            .start(Start {
+                group: "edge".into(),
+                snapshot: candidate.snapshot,
+                hash: candidate.hash,
+                spec: Spec::try_from(vane_proto::RolloutSpec {
+                    steps: vec![100],
+                    ..vane_proto::RolloutSpec::default()
+                })
+                .unwrap(),
+                message: String::new(),
+                author: String::new(),
+                expected_version: None,
+            })
+            .await
+            .unwrap();
+        let task = |rollouts: Option<Arc<Rollouts>>| Task {
+            store: Arc::clone(&store),
+            agents: Arc::clone(&agents),
+            retention: Retention {
+                keep_versions: 1,
+                keep_age: Duration::ZERO,
+            },
+            interval: Duration::from_secs(1),
+            pruned: Counter::default(),
+            rollouts,
+        };
+        let kept = || async {
+            let h = store.history("edge", 0).await.unwrap();
+            h.iter().map(|m| m.version).collect::<Vec<u64>>()
+        };
+        // The stable version (5) is kept although only the head (6) should be.
+        task(Some(Arc::clone(&rollouts))).pass().await;
+        assert_eq!(kept().await, [6, 5]);
+        // Without the rollout's pins it would go.
+        task(None).pass().await;
+        assert_eq!(kept().await, [6]);
+    }
+}
