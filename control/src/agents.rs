@@ -39,6 +39,9 @@ pub struct NodeInfo {
     pub labels: BTreeMap<String, String>,
     /// Build of the agent, e.g. `vane-agent/0.1.0`.
     pub agent_build: String,
+    /// What kind of client: `vane-agent`, `envoy`, `grpc`, `xds` (see
+    /// [`AgentRecord::client`]).
+    pub client: String,
 }
 
 /// Identifies one stream's hold on its agent entry.
@@ -208,6 +211,7 @@ impl AgentRegistry {
         let r = &mut entry.record;
         r.labels.clone_from(&node.labels);
         r.agent_build.clone_from(&node.agent_build);
+        r.client.clone_from(&node.client);
         r.peer = peer.to_owned();
         r.connected = true;
         r.connected_since_unix_ms = now_ms;
@@ -430,6 +434,7 @@ mod tests {
 
     fn node(id: &str) -> NodeInfo {
         NodeInfo {
+            client: "vane-agent".to_owned(),
             id: id.into(),
             group: "edge".into(),
             labels: BTreeMap::from([("zone".into(), "a".into())]),

@@ -212,6 +212,7 @@ mod tests {
 
     fn node(id: &str) -> NodeInfo {
         NodeInfo {
+            client: "vane-agent".to_owned(),
             id: id.into(),
             group: "edge".into(),
             labels: BTreeMap::from([("zone".into(), "a".into())]),

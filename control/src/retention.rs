@@ -124,6 +124,7 @@ mod tests {
         }
         let agents = Arc::new(AgentRegistry::new(Duration::from_secs(3600)));
         let node = NodeInfo {
+            client: "vane-agent".to_owned(),
             id: "n1".into(),
             group: "edge".into(),
             labels: Default::default(),

@@ -121,6 +121,8 @@ pub(crate) struct StoredAgent {
     pub(crate) health_version: u64,
     #[prost(uint64, tag = "19")]
     pub(crate) sessions: u64,
+    #[prost(string, tag = "20")]
+    pub(crate) client: String,
 }
 
 impl From<&SharedAgent> for StoredAgent {
@@ -146,6 +148,7 @@ impl From<&SharedAgent> for StoredAgent {
             health_reason: r.health_reason.clone(),
             health_version: r.health_version,
             sessions: r.sessions,
+            client: r.client.clone(),
         }
     }
 }
@@ -173,6 +176,7 @@ impl From<StoredAgent> for SharedAgent {
                 health_reason: a.health_reason,
                 health_version: a.health_version,
                 sessions: a.sessions,
+                client: a.client,
             },
         }
     }

@@ -213,6 +213,7 @@ async fn feed_recovers_from_compaction() {
 
 fn agent(node: &str, connected: bool) -> AgentRecord {
     AgentRecord {
+        client: "vane-agent".to_owned(),
         nack_code: 3,
         sessions: 2,
         health_degraded: true,

@@ -79,6 +79,10 @@ pub struct AgentRecord {
     /// Streams the agent opened since this server first saw it: its
     /// reconnects + 1 (a rollout counts crash loops with it).
     pub sessions: u64,
+    /// What kind of client it is: `vane-agent` (Vane's own watch), `envoy`
+    /// or `grpc` (xDS clients), `xds` (another xDS client); "" for records
+    /// written before clients were told apart (shown as `vane-agent`).
+    pub client: String,
 }
 
 impl AgentRecord {

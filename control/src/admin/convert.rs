@@ -207,6 +207,11 @@ pub(crate) fn agent_status(shared: &SharedAgent, head: u64) -> pb::AgentStatus {
         health_version: a.health_version,
         nack_code: a.nack_code,
         sessions: a.sessions,
+        client: if a.client.is_empty() {
+            "vane-agent".to_owned()
+        } else {
+            a.client.clone()
+        },
         ..pb::AgentStatus::default()
     }
 }

@@ -274,6 +274,7 @@ async fn status_reports_agents_and_heads() {
     let (svc, store) = service(dir.path()).await;
     svc.push(push("edge", true)).await.unwrap();
     let node = crate::agents::NodeInfo {
+        client: "vane-agent".to_owned(),
         id: "n1".into(),
         group: "edge".into(),
         labels: Default::default(),

@@ -129,6 +129,7 @@ pub fn check_first_request(first: &pb::WatchRequest) -> Result<NodeInfo, String>
         group: node.group.clone(),
         labels: node.labels.clone(),
         agent_build: node.agent_build.clone(),
+        client: "vane-agent".to_owned(),
     })
 }
 

@@ -839,6 +839,7 @@ async fn a_stuck_agent_holds_at_most_two_versions() {
     let hub = Arc::new(Hub::new());
     let agents = Arc::new(AgentRegistry::default());
     let node = NodeInfo {
+        client: "vane-agent".to_owned(),
         id: "stuck".into(),
         group: "edge".into(),
         labels: BTreeMap::new(),
@@ -907,6 +908,7 @@ async fn a_stuck_agent_holds_at_most_two_versions() {
 fn latest_wins_while_the_agent_is_slow() {
     let agents = Arc::new(AgentRegistry::default());
     let node = NodeInfo {
+        client: "vane-agent".to_owned(),
         id: "a".into(),
         group: "edge".into(),
         labels: BTreeMap::new(),
@@ -1007,6 +1009,7 @@ fn long_nack_reasons_are_cut() {
 fn health_nack_codes_and_sessions_are_recorded_on_the_agent() {
     let agents = Arc::new(AgentRegistry::default());
     let node = NodeInfo {
+        client: "vane-agent".to_owned(),
         id: "a".into(),
         group: "edge".into(),
         labels: BTreeMap::new(),

@@ -279,6 +279,7 @@ fn diff_outputs() {
 
 fn agent(node: &str, state: pb::AgentState, acked: u64) -> pb::AgentStatus {
     pb::AgentStatus {
+        client: "vane-agent".to_owned(),
         nack_code: 0,
         role: String::new(),
         sessions: 1,

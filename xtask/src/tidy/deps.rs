@@ -21,6 +21,7 @@ pub(crate) const RULES: &[(&str, &[&str])] = &[
     ("vane-tls", &[]),
     ("vane-backoff", &[]),
     ("vane-admin-http", &[]),
+    ("vane-xds", &["vane-model"]),
     // Storage.
     ("vane-store", &["vane-proto", "vane-backoff"]),
     (
@@ -38,9 +39,10 @@ pub(crate) const RULES: &[(&str, &[&str])] = &[
             "vane-store-etcd",
             "vane-admin-http",
             "vane-backoff",
+            "vane-xds",
         ],
     ),
-    ("vanectl", &["vane-proto", "vane-model", "vane-tls"]),
+    ("vanectl", &["vane-proto", "vane-model", "vane-tls", "vane-xds"]),
     (
         "vane-agent",
         &["vane-proto", "vane-model", "vane-tls", "vane-backoff"],
