@@ -6,7 +6,9 @@
 //! A response of a type goes out when the client first asks for it, when
 //! its names change, when it asks again without a nonce, and when the
 //! stream's version changes — never again for a version the client
-//! refused. A name the version lacks is left out of the answer (an empty
+//! refused; the endpoints and routes again after clusters and listeners
+//! are acked (a changed cluster or listener warms until it gets them). A
+//! name the version lacks is left out of the answer (an empty
 //! answer, never silence). Types Vane does not serve are answered empty.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -17,7 +19,7 @@ use tonic::Status;
 use vane_xds::ResourceType;
 
 use crate::xds::stream::{Nonces, Protocol, Target};
-use crate::xds::tracker::{Refusal, Tracker};
+use crate::xds::tracker::{Answer, Refusal, Tracker};
 
 /// What a client subscribed to of one type.
 #[derive(Debug, Default)]
@@ -85,12 +87,16 @@ impl Protocol for Sotw {
             tracker.touch();
             return Ok(());
         }
+        let mut acked = false;
         if !request.response_nonce.is_empty() {
             let refusal = request.error_detail.as_ref().map(|e| Refusal {
                 code: e.code,
                 message: e.message.clone(),
             });
-            tracker.answered(ty, &request.response_nonce, refusal);
+            acked = matches!(
+                tracker.answered(ty, &request.response_nonce, refusal),
+                Answer::Ack(_)
+            );
         }
         let (wildcard, names) = subscription(&request.resource_names, ty.wildcard_by_default());
         let changed = wildcard != sub.wildcard || names != sub.names;
@@ -99,6 +105,17 @@ impl Protocol for Sotw {
         if first || changed || request.response_nonce.is_empty() {
             sub.due = true;
             tracker.subscribed(ty);
+        }
+        // Clusters and listeners an update changed are warming: each waits
+        // for its endpoints or routes, which a client whose subscription
+        // did not change would not ask for again. Send them once more.
+        let dependent = match ty {
+            ResourceType::Cluster => Some(ResourceType::Endpoint),
+            ResourceType::Listener => Some(ResourceType::Route),
+            _ => None,
+        };
+        if acked && let Some(dependent) = dependent.and_then(|d| self.types.get_mut(&d)) {
+            dependent.due = true;
         }
         Ok(())
     }

@@ -529,3 +529,51 @@ async fn the_stream_follows_the_head_latest_wins() {
     assert_eq!(end.unwrap().code(), tonic::Code::Unavailable);
     assert!(!f.agents.list(Some("edge"))[0].connected);
 }
+
+#[test]
+fn sotw_sends_endpoints_again_once_clusters_are_acked() {
+    let mut f = fixture();
+    let mut p = Sotw::default();
+    let v1 = target(1, &[("a", "1")]);
+    f.retarget(&v1);
+    p.on_request(sotw(ResourceType::Cluster, &[], "", None), &mut f.tracker)
+        .unwrap();
+    p.on_request(
+        sotw(ResourceType::Endpoint, &["a"], "", None),
+        &mut f.tracker,
+    )
+    .unwrap();
+    let cds = p.next_response(&v1, &mut f.tracker).unwrap();
+    let eds = p.next_response(&v1, &mut f.tracker).unwrap();
+    p.on_request(
+        sotw(ResourceType::Endpoint, &["a"], &eds.nonce, None),
+        &mut f.tracker,
+    )
+    .unwrap();
+    assert!(!p.has_due());
+    p.on_request(
+        sotw(ResourceType::Cluster, &[], &cds.nonce, None),
+        &mut f.tracker,
+    )
+    .unwrap();
+    let again = p.next_response(&v1, &mut f.tracker).unwrap();
+    assert_eq!(again.type_url, ResourceType::Endpoint.type_url());
+    assert_eq!(names(&again), ["a=1"]);
+    // A refused cluster update does not.
+    let v2 = target(2, &[("a", "2")]);
+    f.retarget(&v2);
+    p.on_target();
+    let cds2 = p.next_response(&v2, &mut f.tracker).unwrap();
+    let eds2 = p.next_response(&v2, &mut f.tracker).unwrap();
+    p.on_request(
+        sotw(ResourceType::Endpoint, &["a"], &eds2.nonce, None),
+        &mut f.tracker,
+    )
+    .unwrap();
+    p.on_request(
+        sotw(ResourceType::Cluster, &[], &cds2.nonce, Some("no")),
+        &mut f.tracker,
+    )
+    .unwrap();
+    assert!(!p.has_due());
+}
