@@ -363,3 +363,69 @@ async fn a_delta_stream_resumes_from_what_the_client_has() {
     );
     assert_eq!(resumed.removed_resources, ["postgres"]);
 }
+
+/// Acks every response on `s` until `version`'s listeners arrive; returns
+/// whether they did within 10 s.
+async fn ack_until(s: &mut Sotw, version: &str) -> bool {
+    while let Some(r) = s.next(Duration::from_secs(10)).await {
+        s.send(request(&r.type_url, &r.nonce, None)).await;
+        if r.type_url == LDS && r.version_info == version {
+            return true;
+        }
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_sends_its_candidate_to_its_cohort_of_xds_nodes_only() {
+    let server = ControlServer::start();
+    push(&server, "edge", "v1");
+    let mut nodes = Vec::new();
+    for id in ["envoy-a", "envoy-b"] {
+        let mut first = request(CDS, "", None);
+        first.node = Some(node(id, Some("edge")));
+        let mut s = Sotw::open(&server.url(), None, first).await.unwrap();
+        s.send(request(LDS, "", None)).await;
+        assert!(ack_until(&mut s, "1").await);
+        nodes.push(s);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let spec = fixtures::example_with_value("candidate", serde_json::json!(true));
+    let path = fixtures::write_json(dir.path(), "v2.json", &spec);
+    server
+        .ctl(&[
+            "rollout",
+            "start",
+            "edge",
+            "-f",
+            path.to_str().unwrap(),
+            "--steps",
+            "50,100",
+            "--bake",
+            "60s",
+        ])
+        .ok();
+    // One of the two gets version 2; the other is sent nothing new.
+    let mut got = Vec::new();
+    for s in &mut nodes {
+        let mut received = false;
+        while let Some(r) = s.next(Duration::from_secs(3)).await {
+            assert_eq!(r.version_info, "2");
+            received = true;
+            s.send(request(&r.type_url, &r.nonce, None)).await;
+        }
+        got.push(received);
+    }
+    assert_eq!(got.iter().filter(|g| **g).count(), 1, "{got:?}");
+    let candidate = if got[0] { "envoy-a" } else { "envoy-b" };
+    let status = status_when(&server, "edge", candidate, |a| a["acked_version"] == 2).await;
+    assert_eq!(status["role"], "candidate");
+    // Aborted: the candidate's node is sent the restored version (3).
+    server.ctl(&["rollout", "abort", "edge", "-m", "test"]).ok();
+    let idx = usize::from(!got[0]);
+    assert!(
+        ack_until(&mut nodes[idx], "3").await,
+        "the restored version did not arrive"
+    );
+    status_when(&server, "edge", candidate, |a| a["acked_version"] == 3).await;
+}
