@@ -34,3 +34,4 @@ mod sidecar;
 mod sidecar_readyz;
 mod store_faults;
 mod watch;
+mod xds_view;
