@@ -35,3 +35,4 @@ mod sidecar_readyz;
 mod store_faults;
 mod watch;
 mod xds_ads;
+mod xds_view;
