@@ -208,7 +208,12 @@ mod tests {
         let upstream = crate::traffic::Backend::start().unwrap();
         let mut rec = Record::default();
         let vane = Vane::start(&bin, dir.path(), upstream.addr, 1, &mut rec).unwrap();
-        assert_eq!(vane.running_version().unwrap(), 1);
+        // Its listeners accept as the swap happens; /config_dump may answer
+        // a moment before it shows the version on a loaded machine.
+        crate::harness::wait_until("vane-proxy to run version 1", || {
+            vane.running_version().is_ok_and(|v| v == 1)
+        })
+        .unwrap();
         assert_eq!(http_get(vane.config.http, "/").unwrap(), "ok\n");
         vane.config.push(1).unwrap();
         crate::harness::wait_until("vane-proxy to run version 2", || {
