@@ -5,8 +5,9 @@
 //! lacks (a resource's version is the hash of its content) and the names it
 //! must drop.
 //!
-//! What the client has is tracked per type; a refused response puts it back
-//! to what it had, and nothing is sent again until the version changes or
+//! What the client has is tracked per type; a refused response (the last
+//! one or an older one still in flight) takes what it carried out of that,
+//! and nothing is sent again until the version changes or
 //! the subscription grows. A subscribed name the version lacks is answered
 //! once in `removed_resources` (the client learns it does not exist).
 
@@ -19,7 +20,7 @@ use prost::Message as _;
 use tonic::Status;
 use vane_xds::ResourceType;
 
-use crate::xds::stream::{Nonces, Protocol, Target};
+use crate::xds::stream::{MAX_NAMES_PER_TYPE, MAX_OTHER_TYPES, Nonces, Protocol, Target, too_many};
 use crate::xds::tracker::{Answer, Refusal, Tracker};
 
 /// One type's subscription and what the client has of it.
@@ -29,8 +30,10 @@ struct Subscription {
     names: BTreeSet<String>,
     /// Name → content hash of what the client has (as far as we know).
     known: HashMap<String, String>,
-    /// The last response's nonce and what the client had before it.
-    before: Option<(String, HashMap<String, String>)>,
+    /// The responses not answered yet, oldest first: their nonce, the
+    /// names they carried and the names they removed (at most
+    /// [`MAX_IN_FLIGHT`]).
+    in_flight: Vec<InFlight>,
     /// Names subscribed since the last response: each is answered, if only
     /// to say it does not exist.
     fresh: BTreeSet<String>,
@@ -40,6 +43,17 @@ struct Subscription {
     /// of the type waits for one).
     must_answer: bool,
 }
+
+/// One response waiting for its answer.
+#[derive(Debug)]
+struct InFlight {
+    nonce: String,
+    sent: Vec<String>,
+    removed: Vec<String>,
+}
+
+/// The most unanswered responses remembered per type.
+const MAX_IN_FLIGHT: usize = 8;
 
 /// One delta stream's protocol.
 #[derive(Debug, Default)]
@@ -51,12 +65,15 @@ pub(crate) struct Delta {
 }
 
 impl Subscription {
-    fn apply(&mut self, request: &DeltaDiscoveryRequest) {
+    fn apply(&mut self, request: &DeltaDiscoveryRequest) -> Result<(), Status> {
         for name in &request.resource_names_subscribe {
             if name == "*" {
                 self.wildcard = true;
                 self.due = true;
             } else if self.names.insert(name.clone()) {
+                if self.names.len() > MAX_NAMES_PER_TYPE {
+                    return Err(too_many("resource_names_subscribe", MAX_NAMES_PER_TYPE));
+                }
                 self.fresh.insert(name.clone());
                 self.due = true;
             }
@@ -76,6 +93,7 @@ impl Subscription {
                 }
             }
         }
+        Ok(())
     }
 
     fn is_empty(&self) -> bool {
@@ -103,10 +121,16 @@ impl Protocol for Delta {
                 ));
             }
             let first = !self.others.contains_key(&request.type_url);
+            if first && self.others.len() >= MAX_OTHER_TYPES {
+                return Err(too_many(
+                    "type_url (types Vane does not serve)",
+                    MAX_OTHER_TYPES,
+                ));
+            }
             let sub = self.others.entry(request.type_url.clone()).or_default();
             sub.must_answer |= first;
             sub.due |= first;
-            sub.apply(&request);
+            sub.apply(&request)?;
             tracker.touch();
             return Ok(());
         };
@@ -114,6 +138,9 @@ impl Protocol for Delta {
         let sub = self.types.entry(ty).or_default();
         if first {
             sub.wildcard = ty.wildcard_by_default() && request.resource_names_subscribe.is_empty();
+            if request.initial_resource_versions.len() > MAX_NAMES_PER_TYPE {
+                return Err(too_many("initial_resource_versions", MAX_NAMES_PER_TYPE));
+            }
             sub.known = request.initial_resource_versions.clone();
             sub.must_answer = true;
             sub.due = true;
@@ -124,16 +151,27 @@ impl Protocol for Delta {
                 message: e.message.clone(),
             });
             let answer = tracker.answered(ty, &request.response_nonce, refusal);
-            let before = sub.before.take();
-            match (answer, before) {
-                (Answer::Nack(_), Some((nonce, had))) if nonce == request.response_nonce => {
-                    sub.known = had;
+            if let Some(at) = sub
+                .in_flight
+                .iter()
+                .position(|f| f.nonce == request.response_nonce)
+            {
+                let answered = sub.in_flight.drain(..=at).next_back();
+                if let (Answer::Nack(_), Some(refused)) = (answer, answered) {
+                    // The client kept what it had: the resources this
+                    // response carried are not known to be there (sent
+                    // again with the next version), and the ones it removed
+                    // still are, in a version we cannot name.
+                    for name in refused.sent {
+                        sub.known.remove(&name);
+                    }
+                    for name in refused.removed {
+                        sub.known.insert(name, String::new());
+                    }
                 }
-                (Answer::Stale, before) => sub.before = before,
-                _ => {}
             }
         }
-        sub.apply(&request);
+        sub.apply(&request)?;
         if sub.is_empty() && !first {
             tracker.unsubscribed(ty);
         } else if sub.due {
@@ -203,7 +241,6 @@ impl Protocol for Delta {
                 continue;
             }
             sub.must_answer = false;
-            let had = sub.known.clone();
             for r in &send {
                 sub.known.insert(r.name.clone(), r.version.clone());
             }
@@ -211,7 +248,14 @@ impl Protocol for Delta {
                 sub.known.remove(name);
             }
             let nonce = self.nonces.next();
-            sub.before = Some((nonce.clone(), had));
+            if sub.in_flight.len() == MAX_IN_FLIGHT {
+                sub.in_flight.remove(0);
+            }
+            sub.in_flight.push(InFlight {
+                nonce: nonce.clone(),
+                sent: send.iter().map(|r| r.name.clone()).collect(),
+                removed: removed.iter().cloned().collect(),
+            });
             let response = DeltaDiscoveryResponse {
                 system_version_info: version.to_string(),
                 resources: send,

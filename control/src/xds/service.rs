@@ -16,7 +16,8 @@ use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
 use futures::Stream;
-use tokio::sync::mpsc;
+use futures::StreamExt as _;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status, Streaming};
@@ -163,6 +164,8 @@ impl XdsService {
             self.refused(&caller, "", &status);
             status
         })?;
+        // Before the check: a reload between the two is not missed.
+        let changes = inner.auth.subscribe_changes();
         if let Err(status) = inner.auth.authorize(&caller, Action::Watch, &node.group) {
             self.refused(&caller, &node.group, &status);
             return Err(status);
@@ -208,10 +211,14 @@ impl XdsService {
             Arc::clone(&inner.agents),
             key.clone(),
             inner.metrics.stream(&node.group),
+            node.client == vane_xds::Client::Envoy.as_str(),
         );
         let mut protocol = P::default();
-        protocol.on_request(first, &mut tracker)?;
-        let changes = inner.auth.subscribe_changes();
+        if let Err(status) = protocol.on_request(first, &mut tracker) {
+            // Nothing will follow: the node is not left connected.
+            inner.agents.disconnect(&key);
+            return Err(status);
+        }
         let access = changes.is_some().then(|| {
             Box::new(Access {
                 auth: inner.auth.clone(),
@@ -234,16 +241,21 @@ impl XdsService {
             span,
         };
         let (tx, rx) = mpsc::channel(1);
-        let end_tx = tx.clone();
+        // The stream's end travels apart from its responses, so that a
+        // client that stopped reading cannot hold the task.
+        let (end_tx, end_rx) = oneshot::channel::<Status>();
         let shutdown = inner.shutdown.clone();
         inner.tasks.spawn(async move {
             let end = stream.run(inbound, tx, changes, shutdown).await;
             drop(slot);
             if let Some(status) = end {
-                let _ = end_tx.send(Err(status)).await;
+                let _ = end_tx.send(status);
             }
         });
-        Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
+        let end = futures::stream::once(end_rx).filter_map(|end| async move { end.ok().map(Err) });
+        Ok(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx).chain(end),
+        ))
     }
 }
 

@@ -18,7 +18,7 @@ use prost::Message as _;
 use tonic::Status;
 use vane_xds::ResourceType;
 
-use crate::xds::stream::{Nonces, Protocol, Target};
+use crate::xds::stream::{MAX_NAMES_PER_TYPE, MAX_OTHER_TYPES, Nonces, Protocol, Target, too_many};
 use crate::xds::tracker::{Answer, Refusal, Tracker};
 
 /// What a client subscribed to of one type.
@@ -32,6 +32,9 @@ struct Subscription {
     due: bool,
     /// The nonce of the last response of this type ("" before the first).
     nonce: String,
+    /// The first request named nothing: an empty list keeps meaning
+    /// "everything" (the legacy wildcard) until the client names names.
+    legacy_wildcard: bool,
 }
 
 /// One state-of-the-world stream's protocol.
@@ -43,11 +46,15 @@ pub(crate) struct Sotw {
     nonces: Nonces,
 }
 
-/// The subscription a request's names mean for `wildcard_by_default` types.
-fn subscription(names: &[String], wildcard_by_default: bool) -> (bool, BTreeSet<String>) {
-    let wildcard = (names.is_empty() && wildcard_by_default) || names.iter().any(|n| n == "*");
+/// The subscription a request's names mean (`legacy`: an empty list means
+/// everything).
+fn subscription(names: &[String], legacy: bool) -> Result<(bool, BTreeSet<String>), Status> {
+    if names.len() > MAX_NAMES_PER_TYPE {
+        return Err(too_many("resource_names", MAX_NAMES_PER_TYPE));
+    }
+    let wildcard = (names.is_empty() && legacy) || names.iter().any(|n| n == "*");
     let names = names.iter().filter(|n| *n != "*").cloned().collect();
-    (wildcard, names)
+    Ok((wildcard, names))
 }
 
 impl Protocol for Sotw {
@@ -69,8 +76,15 @@ impl Protocol for Sotw {
                     "type_url: empty; an aggregated stream names the type of every request",
                 ));
             }
+            if !self.others.contains_key(&request.type_url) && self.others.len() >= MAX_OTHER_TYPES
+            {
+                return Err(too_many(
+                    "type_url (types Vane does not serve)",
+                    MAX_OTHER_TYPES,
+                ));
+            }
+            let (wildcard, names) = subscription(&request.resource_names, false)?;
             let sub = self.others.entry(request.type_url.clone()).or_default();
-            let (wildcard, names) = subscription(&request.resource_names, false);
             if request.response_nonce.is_empty() || names != sub.names || wildcard != sub.wildcard {
                 sub.due = true;
             }
@@ -81,6 +95,9 @@ impl Protocol for Sotw {
         };
         let first = !self.types.contains_key(&ty);
         let sub = self.types.entry(ty).or_default();
+        if first {
+            sub.legacy_wildcard = ty.wildcard_by_default() && request.resource_names.is_empty();
+        }
         if !first && !request.response_nonce.is_empty() && request.response_nonce != sub.nonce {
             // An answer to an older response: the client will answer the
             // newer one too.
@@ -98,10 +115,19 @@ impl Protocol for Sotw {
                 Answer::Ack(_)
             );
         }
-        let (wildcard, names) = subscription(&request.resource_names, ty.wildcard_by_default());
+        let (wildcard, names) = subscription(&request.resource_names, sub.legacy_wildcard)?;
+        if !names.is_empty() {
+            sub.legacy_wildcard = false;
+        }
         let changed = wildcard != sub.wildcard || names != sub.names;
         sub.wildcard = wildcard;
         sub.names = names;
+        if !sub.wildcard && sub.names.is_empty() {
+            // Unsubscribed from everything of the type.
+            self.types.remove(&ty);
+            tracker.unsubscribed(ty);
+            return Ok(());
+        }
         if first || changed || request.response_nonce.is_empty() {
             sub.due = true;
             tracker.subscribed(ty);
@@ -114,7 +140,10 @@ impl Protocol for Sotw {
             ResourceType::Listener => Some(ResourceType::Route),
             _ => None,
         };
-        if acked && let Some(dependent) = dependent.and_then(|d| self.types.get_mut(&d)) {
+        if acked
+            && let Some(d) = dependent.filter(|d| !tracker.refused_current(*d))
+            && let Some(dependent) = self.types.get_mut(&d)
+        {
             dependent.due = true;
         }
         Ok(())

@@ -17,7 +17,7 @@ use crate::hub::{Head, Published};
 use crate::targets::{self, CohortView};
 use crate::watch::admission::Access;
 use crate::watch::state::next_change;
-use crate::xds::tracker::Tracker;
+use crate::xds::tracker::{Present, Tracker};
 
 /// The version a stream serves, with its resources.
 pub(crate) struct Target {
@@ -40,6 +40,18 @@ impl Nonces {
         self.0 += 1;
         self.0.to_string()
     }
+}
+
+/// The most names one stream may subscribe to per type.
+pub(crate) const MAX_NAMES_PER_TYPE: usize = 65_536;
+/// The most types Vane does not serve one stream may ask for.
+pub(crate) const MAX_OTHER_TYPES: usize = 16;
+
+/// The refusal of a subscription over the limits.
+pub(crate) fn too_many(what: &str, max: usize) -> Status {
+    Status::resource_exhausted(format!(
+        "{what}: more than {max} on one stream, the server's limit"
+    ))
 }
 
 /// A discovery protocol: what requests mean and which response is due.
@@ -89,8 +101,12 @@ impl<P: Protocol> XdsStream<P> {
         }
         match next.xds().await {
             Ok(resources) => {
-                self.tracker
-                    .retarget(next.version, &next.hash, next.published_at);
+                self.tracker.retarget(
+                    next.version,
+                    &next.hash,
+                    next.published_at,
+                    Present::of(&resources),
+                );
                 self.target = Some(Target {
                     published: next,
                     resources,

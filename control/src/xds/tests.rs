@@ -18,7 +18,7 @@ use vane_xds::{Resource, ResourceType, Resources};
 use super::delta::Delta;
 use super::sotw::Sotw;
 use super::stream::{Protocol, Target};
-use super::tracker::{State, Tracker};
+use super::tracker::{Present, State, Tracker};
 use crate::agents::{AgentRegistry, AgentState, NodeInfo};
 use crate::hub::Published;
 use crate::metrics::Metrics;
@@ -83,7 +83,12 @@ fn fixture() -> Fixture {
         client: "envoy".into(),
     };
     let key = agents.connect(&node, "127.0.0.1:1", None);
-    let tracker = Tracker::new(Arc::clone(&agents), key, Metrics::new().stream("edge"));
+    let tracker = Tracker::new(
+        Arc::clone(&agents),
+        key,
+        Metrics::new().stream("edge"),
+        false,
+    );
     Fixture { agents, tracker }
 }
 
@@ -91,9 +96,15 @@ impl Fixture {
     fn record(&self) -> crate::agents::AgentRecord {
         self.agents.list(Some("edge")).remove(0)
     }
+    /// Serves `t`, counting none of its types as needed beyond what the
+    /// client subscribes to (the protocol tests' view).
     fn retarget(&mut self, t: &Target) {
-        self.tracker
-            .retarget(t.version(), &t.published.hash, t.published.published_at);
+        self.tracker.retarget(
+            t.version(),
+            &t.published.hash,
+            t.published.published_at,
+            Present::default(),
+        );
     }
 }
 
@@ -462,6 +473,7 @@ async fn the_stream_follows_the_head_latest_wins() {
         Arc::clone(&f.agents),
         key.clone(),
         Metrics::new().stream("edge"),
+        false,
     );
     let mut protocol = Sotw::default();
     let mut first = sotw(ResourceType::Cluster, &[], "", None);
@@ -576,4 +588,204 @@ fn sotw_sends_endpoints_again_once_clusters_are_acked() {
     )
     .unwrap();
     assert!(!p.has_due());
+}
+
+/// A fixture serving `t` with its real needs: Envoy must have listeners,
+/// clusters, and what they refer to.
+fn envoy_fixture(t: &Target) -> Fixture {
+    let mut f = fixture();
+    f.tracker = Tracker::new(
+        Arc::clone(&f.agents),
+        f.agents_key(),
+        Metrics::new().stream("edge"),
+        true,
+    );
+    f.tracker.retarget(
+        t.version(),
+        &t.published.hash,
+        t.published.published_at,
+        Present::of(&t.resources),
+    );
+    f
+}
+
+impl Fixture {
+    fn agents_key(&self) -> crate::agents::StreamKey {
+        let node = NodeInfo {
+            id: "envoy-1".into(),
+            group: "edge".into(),
+            labels: BTreeMap::new(),
+            agent_build: "envoy/1.40.0".into(),
+            client: "envoy".into(),
+        };
+        self.agents.connect(&node, "127.0.0.1:1", None)
+    }
+}
+
+#[test]
+fn a_node_is_not_synced_before_the_types_it_needs_and_a_late_nack_undoes_it() {
+    let v1 = target(1, &[("a", "1")]);
+    let mut f = envoy_fixture(&v1);
+    let mut p = Sotw::default();
+    // Envoy asks for clusters first; their ACK alone is not SYNCED.
+    p.on_request(sotw(ResourceType::Cluster, &[], "", None), &mut f.tracker)
+        .unwrap();
+    let cds = p.next_response(&v1, &mut f.tracker).unwrap();
+    p.on_request(
+        sotw(ResourceType::Cluster, &[], &cds.nonce, None),
+        &mut f.tracker,
+    )
+    .unwrap();
+    assert_eq!(
+        f.record().acked_version,
+        0,
+        "listeners, endpoints, routes still to come"
+    );
+    let answer = |p: &mut Sotw, f: &mut Fixture, ty, names: &[&str], error| {
+        p.on_request(sotw(ty, names, "", None), &mut f.tracker)
+            .unwrap();
+        while let Some(r) = p.next_response(&v1, &mut f.tracker) {
+            let t = ResourceType::from_type_url(&r.type_url).unwrap();
+            let e = (t == ty).then_some(error).flatten();
+            let n: Vec<&str> = if t == ty { names.to_vec() } else { vec!["a"] };
+            p.on_request(sotw(t, &n, &r.nonce, e), &mut f.tracker)
+                .unwrap();
+        }
+    };
+    answer(&mut p, &mut f, ResourceType::Endpoint, &["a"], None);
+    answer(&mut p, &mut f, ResourceType::Listener, &[], None);
+    assert_eq!(f.record().acked_version, 0, "routes still to come");
+    answer(&mut p, &mut f, ResourceType::Route, &["main"], None);
+    assert_eq!(f.record().state(1), AgentState::Synced);
+
+    // On a gRPC-like client recorded SYNCED with what it had asked for so
+    // far, a type asked for later that refuses the version undoes it.
+    let mut f = fixture();
+    let mut p = Sotw::default();
+    f.retarget(&v1);
+    p.on_request(
+        sotw(ResourceType::Listener, &["web"], "", None),
+        &mut f.tracker,
+    )
+    .unwrap();
+    let lds = p.next_response(&v1, &mut f.tracker).unwrap();
+    p.on_request(
+        sotw(ResourceType::Listener, &["web"], &lds.nonce, None),
+        &mut f.tracker,
+    )
+    .unwrap();
+    assert_eq!(f.record().state(1), AgentState::Synced);
+    p.on_request(
+        sotw(ResourceType::Route, &["main"], "", None),
+        &mut f.tracker,
+    )
+    .unwrap();
+    let rds = p.next_response(&v1, &mut f.tracker).unwrap();
+    p.on_request(
+        sotw(
+            ResourceType::Route,
+            &["main"],
+            &rds.nonce,
+            Some("bad regex"),
+        ),
+        &mut f.tracker,
+    )
+    .unwrap();
+    let r = f.record();
+    assert_eq!(r.state(1), AgentState::Nacked, "{r:?}");
+    assert_eq!(r.acked_version, 0);
+}
+
+#[test]
+fn delta_a_refused_response_older_than_the_last_is_recorded_and_resent_later() {
+    let mut f = fixture();
+    let mut p = Delta::default();
+    let v1 = target(1, &[("a", "1"), ("b", "1")]);
+    f.retarget(&v1);
+    p.on_request(delta(ResourceType::Cluster, &[], "", None), &mut f.tracker)
+        .unwrap();
+    let r1 = p.next_response(&v1, &mut f.tracker).unwrap();
+    p.on_request(
+        delta(ResourceType::Cluster, &[], &r1.nonce, None),
+        &mut f.tracker,
+    )
+    .unwrap();
+    // v2 changes b (sent as r2); v3 changes a (r3) before the client answers.
+    let v2 = target(2, &[("a", "1"), ("b", "2")]);
+    f.retarget(&v2);
+    p.on_target();
+    let r2 = p.next_response(&v2, &mut f.tracker).unwrap();
+    let v3 = target(3, &[("a", "3"), ("b", "2")]);
+    f.retarget(&v3);
+    p.on_target();
+    let r3 = p.next_response(&v3, &mut f.tracker).unwrap();
+    assert_eq!(r3.resources.len(), 1, "only a: b@2 is in flight");
+    // r2 refused, r3 acked: the node refused 2 and is not SYNCED at 3.
+    p.on_request(
+        delta(ResourceType::Cluster, &[], &r2.nonce, Some("no")),
+        &mut f.tracker,
+    )
+    .unwrap();
+    p.on_request(
+        delta(ResourceType::Cluster, &[], &r3.nonce, None),
+        &mut f.tracker,
+    )
+    .unwrap();
+    let r = f.record();
+    assert_eq!(r.last_nacked_version, 2);
+    // b@2 goes out again with the next version.
+    let v4 = target(4, &[("a", "3"), ("b", "2")]);
+    f.retarget(&v4);
+    p.on_target();
+    let r4 = p.next_response(&v4, &mut f.tracker).unwrap();
+    let sent: Vec<_> = r4.resources.iter().map(|r| r.version.as_str()).collect();
+    assert_eq!(sent, ["b-2"]);
+}
+
+#[test]
+fn sotw_an_empty_list_after_names_unsubscribes_and_limits_hold() {
+    let mut f = fixture();
+    let mut p = Sotw::default();
+    let v1 = target(1, &[("a", "1")]);
+    f.retarget(&v1);
+    // Named LDS (gRPC), then nothing: unsubscribed, not "everything".
+    p.on_request(
+        sotw(ResourceType::Listener, &["web"], "", None),
+        &mut f.tracker,
+    )
+    .unwrap();
+    let lds = p.next_response(&v1, &mut f.tracker).unwrap();
+    p.on_request(
+        sotw(ResourceType::Listener, &[], &lds.nonce, None),
+        &mut f.tracker,
+    )
+    .unwrap();
+    assert!(!p.has_due());
+    assert_eq!(
+        *f.tracker.state(ResourceType::Listener),
+        State::Unsubscribed
+    );
+    // The legacy wildcard keeps meaning everything on later empty lists.
+    p.on_request(sotw(ResourceType::Cluster, &[], "", None), &mut f.tracker)
+        .unwrap();
+    let cds = p.next_response(&v1, &mut f.tracker).unwrap();
+    p.on_request(
+        sotw(ResourceType::Cluster, &[], &cds.nonce, None),
+        &mut f.tracker,
+    )
+    .unwrap();
+    assert!(matches!(
+        f.tracker.state(ResourceType::Cluster),
+        State::Acked { version: 1 }
+    ));
+    // Too many types Vane does not serve.
+    for i in 0..16 {
+        let mut r = sotw(ResourceType::Route, &[], "", None);
+        r.type_url = format!("type.googleapis.com/other.T{i}");
+        p.on_request(r, &mut f.tracker).unwrap();
+    }
+    let mut r = sotw(ResourceType::Route, &[], "", None);
+    r.type_url = "type.googleapis.com/other.T16".into();
+    let e = p.on_request(r, &mut f.tracker).unwrap_err();
+    assert_eq!(e.code(), tonic::Code::ResourceExhausted);
 }

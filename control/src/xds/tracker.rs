@@ -91,34 +91,79 @@ pub(crate) struct Refusal {
     pub(crate) message: String,
 }
 
+/// The most responses of one type kept waiting for an answer: older ones
+/// are forgotten (their answers then count as stale).
+const MAX_IN_FLIGHT: usize = 8;
+
+/// Which types a version has resources of (what a node must subscribe to
+/// before it can be SYNCED).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Present {
+    pub(crate) routes: bool,
+    pub(crate) clusters: bool,
+    pub(crate) endpoints: bool,
+}
+
+impl Present {
+    pub(crate) fn of(resources: &vane_xds::Resources) -> Self {
+        Self {
+            routes: !resources.routes.is_empty(),
+            clusters: !resources.clusters.is_empty(),
+            endpoints: !resources.endpoints.is_empty(),
+        }
+    }
+}
+
+/// The version a stream serves.
+struct Serving {
+    version: u64,
+    hash: String,
+    published_at: Instant,
+    present: Present,
+}
+
 /// One stream's types, and what was recorded of them.
 pub(crate) struct Tracker {
     types: BTreeMap<ResourceType, State>,
+    /// Per type, the responses not answered yet: (nonce, version), oldest
+    /// first, at most [`MAX_IN_FLIGHT`].
+    in_flight: BTreeMap<ResourceType, Vec<(String, u64)>>,
     agents: Arc<AgentRegistry>,
     key: StreamKey,
     metrics: StreamMetrics,
-    /// The version the stream serves now, its hash and when it was
-    /// published (`None` before the first).
-    target: Option<(u64, String, Instant)>,
-    /// The highest version recorded as sent, acked and refused.
+    /// Envoy subscribes to listeners and clusters, always.
+    envoy: bool,
+    target: Option<Serving>,
+    /// The highest version recorded as sent and refused.
     recorded_sent: u64,
-    recorded_acked: u64,
     recorded_refused: u64,
+    /// The version recorded as acked and its hash, and the one before it
+    /// (put back when a type refuses the recorded one after all).
+    recorded_acked: (u64, String),
+    previous_acked: (u64, String),
     /// When the stream opened: a version published before is not timed.
     opened_at: Instant,
 }
 
 impl Tracker {
-    pub(crate) fn new(agents: Arc<AgentRegistry>, key: StreamKey, metrics: StreamMetrics) -> Self {
+    pub(crate) fn new(
+        agents: Arc<AgentRegistry>,
+        key: StreamKey,
+        metrics: StreamMetrics,
+        envoy: bool,
+    ) -> Self {
         Self {
             types: BTreeMap::new(),
+            in_flight: BTreeMap::new(),
             agents,
             key,
             metrics,
+            envoy,
             target: None,
             recorded_sent: 0,
-            recorded_acked: 0,
             recorded_refused: 0,
+            recorded_acked: (0, String::new()),
+            previous_acked: (0, String::new()),
             opened_at: Instant::now(),
         }
     }
@@ -126,6 +171,12 @@ impl Tracker {
     /// The state of `ty`.
     pub(crate) fn state(&self, ty: ResourceType) -> &State {
         self.types.get(&ty).unwrap_or(&State::Unsubscribed)
+    }
+
+    /// Whether `ty` refused the version the stream serves.
+    pub(crate) fn refused_current(&self, ty: ResourceType) -> bool {
+        let serving = self.target.as_ref().map_or(0, |t| t.version);
+        matches!(self.state(ty), State::Nacked { version, .. } if *version == serving)
     }
 
     /// The client asked for `ty` (a first request, or new names).
@@ -142,12 +193,25 @@ impl Tracker {
     /// The client unsubscribed from every resource of `ty`.
     pub(crate) fn unsubscribed(&mut self, ty: ResourceType) {
         self.types.remove(&ty);
+        self.in_flight.remove(&ty);
         self.check_synced();
     }
 
-    /// The stream serves `version` now (its hash, when it was published).
-    pub(crate) fn retarget(&mut self, version: u64, hash: &str, published_at: Instant) {
-        self.target = Some((version, hash.to_owned(), published_at));
+    /// The stream serves `version` now (its hash, when it was published,
+    /// which types it has resources of).
+    pub(crate) fn retarget(
+        &mut self,
+        version: u64,
+        hash: &str,
+        published_at: Instant,
+        present: Present,
+    ) {
+        self.target = Some(Serving {
+            version,
+            hash: hash.to_owned(),
+            published_at,
+            present,
+        });
     }
 
     /// `version` cannot be served: it has no xDS form. Recorded as a
@@ -162,6 +226,13 @@ impl Tracker {
                 &nack_reason(&format!("vane-control: version {version} {reason}")),
                 9,
             );
+        }
+    }
+
+    fn record_sent(&mut self, version: u64) {
+        if version > self.recorded_sent {
+            self.recorded_sent = version;
+            self.agents.record_sent(&self.key, version);
         }
     }
 
@@ -184,34 +255,47 @@ impl Tracker {
                 acked,
             },
         );
+        let in_flight = self.in_flight.entry(ty).or_default();
+        if in_flight.len() == MAX_IN_FLIGHT {
+            in_flight.remove(0);
+        }
+        in_flight.push((nonce.to_owned(), version));
         if delta {
             self.metrics.sent_delta(bytes);
         } else {
             self.metrics.sent_full(bytes);
         }
-        if version > self.recorded_sent {
-            self.recorded_sent = version;
-            self.agents.record_sent(&self.key, version);
-        }
+        self.record_sent(version);
     }
 
-    /// Nothing needs sending for `ty` at `version`: the client has it.
+    /// Nothing needs sending for `ty` at `version`: the client has that
+    /// content, or will once it applies the response in flight (whose ACK
+    /// then stands for `version`).
     pub(crate) fn settled(&mut self, ty: ResourceType, version: u64) {
-        if matches!(self.state(ty), State::Unsubscribed) {
-            return;
-        }
-        let unanswered = matches!(self.state(ty), State::Sent { version: v, .. } if *v == version);
-        if !unanswered {
-            self.types.insert(ty, State::Acked { version });
-            if version > self.recorded_sent {
-                self.recorded_sent = version;
-                self.agents.record_sent(&self.key, version);
+        match self.types.get_mut(&ty) {
+            None => return,
+            Some(State::Sent {
+                version: v, nonce, ..
+            }) => {
+                *v = version;
+                if let Some(last) = self
+                    .in_flight
+                    .get_mut(&ty)
+                    .and_then(|f| f.iter_mut().find(|(n, _)| n == nonce))
+                {
+                    last.1 = version;
+                }
             }
-            self.check_synced();
+            Some(state) => *state = State::Acked { version },
         }
+        self.record_sent(version);
+        self.check_synced();
     }
 
     /// The client answered the response of `ty` sent under `nonce`.
+    ///
+    /// An ACK of an older response than the last one waits for the last;
+    /// a NACK of any response in flight is recorded.
     pub(crate) fn answered(
         &mut self,
         ty: ResourceType,
@@ -219,32 +303,43 @@ impl Tracker {
         refusal: Option<Refusal>,
     ) -> Answer {
         self.agents.touch(&self.key);
-        let (version, acked) = match self.state(ty) {
-            State::Sent {
-                version,
-                nonce: sent,
-                acked,
-            } if sent == nonce => (*version, *acked),
-            _ => return Answer::Stale,
+        let in_flight = self.in_flight.entry(ty).or_default();
+        let Some(at) = in_flight.iter().position(|(n, _)| n == nonce) else {
+            return Answer::Stale;
         };
+        let version = in_flight[at].1;
+        let latest = at + 1 == in_flight.len();
+        // This response and every older one are answered.
+        in_flight.drain(..=at);
+        let acked = self.state(ty).acked();
         match refusal {
-            None => {
+            None if latest => {
                 self.types.insert(ty, State::Acked { version });
                 self.check_synced();
                 Answer::Ack(version)
             }
+            None => Answer::Stale,
             Some(refusal) => {
                 let reason = format!("{} {}", ty.short(), refusal.message.trim());
-                self.types.insert(
-                    ty,
-                    State::Nacked {
-                        version,
-                        acked,
-                        reason: reason.clone(),
-                    },
-                );
+                if latest {
+                    self.types.insert(
+                        ty,
+                        State::Nacked {
+                            version,
+                            acked,
+                            reason: reason.clone(),
+                        },
+                    );
+                }
                 self.metrics.nacked();
                 self.recorded_refused = self.recorded_refused.max(version);
+                if version <= self.recorded_acked.0 {
+                    // Recorded SYNCED at it before this type answered: the
+                    // node does not run it whole.
+                    self.recorded_acked = std::mem::take(&mut self.previous_acked);
+                    let (v, h) = &self.recorded_acked;
+                    self.agents.record_ack(&self.key, *v, h);
+                }
                 self.agents
                     .record_nack(&self.key, version, &nack_reason(&reason), refusal.code);
                 Answer::Nack(version)
@@ -252,23 +347,41 @@ impl Tracker {
         }
     }
 
-    /// Records the node SYNCED at the target once every subscribed type
+    /// Whether the node must have `ty` before it runs the target whole:
+    /// what it subscribed to, and what those refer to.
+    fn required(&self, ty: ResourceType, present: Present) -> bool {
+        let has = |t: ResourceType| self.types.contains_key(&t);
+        has(ty)
+            || match ty {
+                ResourceType::Listener | ResourceType::Cluster => self.envoy,
+                ResourceType::Route => present.routes && has(ResourceType::Listener),
+                ResourceType::Endpoint => {
+                    present.endpoints && (has(ResourceType::Cluster) || self.envoy)
+                }
+            }
+            || (ty == ResourceType::Cluster && present.clusters && has(ResourceType::Route))
+    }
+
+    /// Records the node SYNCED at the target once every type it needs
     /// acked it.
     fn check_synced(&mut self) {
-        let Some((version, hash, published_at)) = &self.target else {
+        let Some(serving) = &self.target else {
             return;
         };
-        if *version <= self.recorded_acked || self.types.is_empty() {
+        let version = serving.version;
+        if version <= self.recorded_acked.0 || self.types.is_empty() {
             return;
         }
-        let all = self
-            .types
-            .values()
-            .all(|s| matches!(s, State::Acked { version: v } if v == version));
+        let all = ResourceType::ALL.into_iter().all(|ty| {
+            !self.required(ty, serving.present)
+                || matches!(self.state(ty), State::Acked { version: v } if *v == version)
+        });
         if all {
-            self.recorded_acked = *version;
-            self.agents.record_ack(&self.key, *version, hash);
-            let since = (*published_at >= self.opened_at).then(|| published_at.elapsed());
+            self.previous_acked =
+                std::mem::replace(&mut self.recorded_acked, (version, serving.hash.clone()));
+            self.agents.record_ack(&self.key, version, &serving.hash);
+            let since =
+                (serving.published_at >= self.opened_at).then(|| serving.published_at.elapsed());
             self.metrics.acked(since);
         }
     }
