@@ -34,3 +34,5 @@ mod sidecar;
 mod sidecar_readyz;
 mod store_faults;
 mod watch;
+mod xds_envoy;
+mod xds_grpc;

@@ -1,6 +1,7 @@
 //! `cargo xtask`: the project's automation, in Rust so it runs wherever cargo does.
 //!
-//! - `cargo xtask test`: installs missing test tools, then format check,
+//! - `cargo xtask test`: installs missing test tools (etcd, protoc, and
+//!   Envoy, grpcio and grpc-js-xds for the xDS tests), then format check,
 //!   tidy, clippy, build and every test, stopping at the first failure.
 //! - `cargo xtask tidy`: the codebase's own rules (a `//!` line opening
 //!   every file, file length, no import circles, which crate may depend on
@@ -18,6 +19,7 @@
 //! - `cargo xtask fuzz [--seconds N] [--target NAME]`: runs the cargo-fuzz
 //!   targets in fuzz/ (installing cargo-fuzz when missing).
 
+mod apt;
 mod bench;
 mod certs;
 mod cluster_demo;
@@ -29,6 +31,7 @@ mod process;
 mod test;
 mod tidy;
 mod traffic;
+mod xds_deps;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

@@ -47,7 +47,7 @@ pub(crate) const PACKAGES: &[&str] = &[
 pub(crate) const BINARIES: &[&str] = &["vane-control", "vanectl", "vane-agent", "vane-proxy"];
 
 pub(crate) fn run(root: &Path, security: Security) -> Result<()> {
-    crate::test::ensure_protoc(&mut crate::test::Apt::default())?;
+    crate::test::ensure_protoc(&mut crate::apt::Apt::default())?;
     println!("==> building vane-control, vanectl, vane-agent and vane-proxy (debug)");
     let mut build = cargo();
     build.args(["build", "--quiet", "--bins"]).current_dir(root);
