@@ -52,7 +52,8 @@ enum Task {
     /// and a policy on a temporary data dir, and walk through push, get,
     /// history, diff, rollback, refused pushes (one by a mere reader), the
     /// audit trail, a dry run and status, then a sidecar agent and a proxy
-    /// under traffic that outlive a killed control server.
+    /// under traffic that outlive a killed control server, and a stock
+    /// Envoy following a group over xDS.
     Demo {
         /// Instead: three etcd members and two control-server replicas, a
         /// proxy (or sidecar) given both, a replica killed under traffic

@@ -42,7 +42,10 @@ pub(crate) const RULES: &[(&str, &[&str])] = &[
             "vane-xds",
         ],
     ),
-    ("vanectl", &["vane-proto", "vane-model", "vane-tls", "vane-xds"]),
+    (
+        "vanectl",
+        &["vane-proto", "vane-model", "vane-tls", "vane-xds"],
+    ),
     (
         "vane-agent",
         &["vane-proto", "vane-model", "vane-tls", "vane-backoff"],
