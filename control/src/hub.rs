@@ -54,6 +54,9 @@ pub struct Published {
     /// with the delta from it to this version once a stream asked for it.
     /// Set by [`Hub::publish`]. Bounded, and dropped with this version.
     bases: Vec<Base>,
+    /// The version as xDS resources (`crate::xds`), translated once, by
+    /// the first xDS stream that needs it, and shared by every other.
+    xds: OnceCell<crate::xds::Translated>,
 }
 
 /// An older version a delta to the head can start from.
@@ -102,7 +105,17 @@ impl Published {
             published_at: Instant::now(),
             candidate: None,
             bases: Vec::new(),
+            xds: OnceCell::new(),
         }
+    }
+
+    /// The version as xDS resources, or why it has no xDS form; translated
+    /// on the blocking pool by the first caller, shared after.
+    pub async fn xds(&self) -> crate::xds::Translated {
+        self.xds
+            .get_or_init(|| crate::xds::translate(self.snapshot.clone()))
+            .await
+            .clone()
     }
 
     /// Marks it as a rollout's candidate.

@@ -55,5 +55,6 @@ pub mod rollout;
 pub mod server;
 pub mod targets;
 pub mod watch;
+pub mod xds;
 
 pub use server::{Config, Server, ServerError, run};

@@ -558,6 +558,7 @@ impl Server {
             .http2_max_header_list_size(Some(MAX_HEADER_LIST_BYTES))
             .http2_max_pending_accept_reset_streams(Some(100))
             .timeout(config.request_timeout)
+            .add_service(crate::xds::XdsService::beside(&discovery).into_server())
             .add_service(discovery.into_server())
             .add_service(admin.into_server())
             .add_service(health_service)

@@ -50,11 +50,11 @@
 //! - `body`: the hand-framed response body.
 //! - `replay`: [`StreamReplay`], the stream without a network, for fuzzing.
 
-mod admission;
+pub(crate) mod admission;
 mod body;
 mod replay;
 mod service;
-mod state;
+pub(crate) mod state;
 
 pub use admission::{
     DEFAULT_IDLE_STREAM_TIMEOUT, DEFAULT_MAX_AGENTS, DEFAULT_MAX_STREAMS_PER_IDENTITY,

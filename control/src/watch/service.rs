@@ -32,6 +32,21 @@ use crate::watch::admission::{
 use crate::watch::body::WatchBody;
 use crate::watch::state::WatchState;
 
+/// What the xDS service shares with the watch service: one hub, one
+/// registry, one policy, one per-identity stream cap.
+pub(crate) struct Parts {
+    pub(crate) hub: Arc<Hub>,
+    pub(crate) cohorts: Arc<Cohorts>,
+    pub(crate) agents: Arc<AgentRegistry>,
+    pub(crate) auth: Auth,
+    pub(crate) audit: Option<Arc<AuditLog>>,
+    pub(crate) streams: Arc<StreamsPerIdentity>,
+    pub(crate) max_agents: usize,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) tasks: TaskTracker,
+}
+
 /// The `ConfigDiscovery` gRPC service.
 #[derive(Debug, Clone)]
 pub struct DiscoveryService {
@@ -125,6 +140,22 @@ impl DiscoveryService {
     pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
         self.metrics = metrics;
         self
+    }
+
+    /// What the xDS service shares with this one (`crate::xds`).
+    pub(crate) fn parts(&self) -> Parts {
+        Parts {
+            hub: Arc::clone(&self.hub),
+            cohorts: Arc::clone(&self.cohorts),
+            agents: Arc::clone(&self.agents),
+            auth: self.auth.clone(),
+            audit: self.audit.clone(),
+            streams: Arc::clone(&self.streams),
+            max_agents: self.max_agents,
+            metrics: Arc::clone(&self.metrics),
+            shutdown: self.shutdown.clone(),
+            tasks: self.tasks.clone(),
+        }
     }
 
     /// The gRPC service to add to a tonic server: `vane.v1.ConfigDiscovery`

@@ -520,7 +520,7 @@ impl WatchState {
 
 /// The next change of the policy or tokens (or of the store's
 /// reachability); never, when they cannot change.
-async fn next_change<T: Clone + Send + Sync + 'static>(
+pub(crate) async fn next_change<T: Clone + Send + Sync + 'static>(
     changes: &mut Option<tokio_stream::wrappers::WatchStream<T>>,
 ) -> Option<T> {
     match changes {

@@ -1,0 +1,268 @@
+//! The `envoy.service.discovery.v3.AggregatedDiscoveryService` tonic
+//! service: [`XdsService`] opens a stream as Vane's own watch does — the
+//! caller authenticated (client certificate or bearer token in the
+//! `authorization` metadata), the first request read under a timeout, its
+//! node checked, the caller authorized as an agent of the node's group,
+//! the per-identity stream cap and the agent cap applied, the node
+//! recorded — then runs it in a task of its own.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
+    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
+};
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
+use futures::Stream;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::accept::ConnInfo;
+use crate::agents::{AgentRegistry, ConnectRefused};
+use crate::audit::AuditLog;
+use crate::auth::{Action, Auth, Caller};
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+use crate::targets::Cohorts;
+use crate::watch::admission::{Access, Credentials, FIRST_REQUEST_TIMEOUT, StreamsPerIdentity};
+use crate::xds::delta::Delta;
+use crate::xds::node::node_info;
+use crate::xds::sotw::Sotw;
+use crate::xds::stream::{Protocol, XdsStream};
+use crate::xds::tracker::Tracker;
+
+/// The largest request accepted (a delta stream's first request lists
+/// every resource the client has).
+pub(crate) const MAX_XDS_REQUEST_BYTES: usize = 4 * 1024 * 1024;
+
+/// The response stream of either method.
+type Responses<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// The ADS service, sharing the watch service's hub, cohorts, registry,
+/// policy and per-identity stream cap.
+#[derive(Debug, Clone)]
+pub struct XdsService {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    hub: Arc<Hub>,
+    cohorts: Arc<Cohorts>,
+    agents: Arc<AgentRegistry>,
+    auth: Auth,
+    audit: Option<Arc<AuditLog>>,
+    streams: Arc<StreamsPerIdentity>,
+    max_agents: usize,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl XdsService {
+    /// The service of a server whose Vane watch is `watch`: the same hub,
+    /// cohorts, agents, policy, limits and metrics.
+    pub fn beside(watch: &crate::watch::DiscoveryService) -> Self {
+        let parts = watch.parts();
+        Self {
+            inner: Arc::new(Inner {
+                hub: parts.hub,
+                cohorts: parts.cohorts,
+                agents: parts.agents,
+                auth: parts.auth,
+                audit: parts.audit,
+                streams: parts.streams,
+                max_agents: parts.max_agents,
+                metrics: parts.metrics,
+                shutdown: parts.shutdown,
+                tasks: parts.tasks,
+            }),
+        }
+    }
+
+    /// The gRPC service to add to a tonic server.
+    pub fn into_server(self) -> AggregatedDiscoveryServiceServer<Self> {
+        AggregatedDiscoveryServiceServer::new(self)
+            .max_decoding_message_size(MAX_XDS_REQUEST_BYTES)
+            .max_encoding_message_size(usize::MAX)
+    }
+
+    /// Records a refused stream in the audit log.
+    fn refused(&self, caller: &Caller, group: &str, status: &Status) {
+        tracing::info!(identity = %caller.identity, peer = %caller.peer, group, code = ?status.code(), reason = status.message(), "xDS stream refused");
+        if let Some(audit) = &self.inner.audit {
+            audit.refused(caller, "xds", group, "", status);
+        }
+    }
+
+    /// Opens a stream of protocol `P`.
+    async fn open<P: Protocol>(
+        &self,
+        request: Request<Streaming<P::Request>>,
+    ) -> Result<Responses<P::Response>, Status> {
+        let inner = &self.inner;
+        let tcp_only = request.remote_addr().map(|remote| ConnInfo {
+            remote,
+            identity: None,
+        });
+        let credentials = Credentials {
+            conn: request.extensions().get::<ConnInfo>().cloned().or(tcp_only),
+            authorization: request
+                .metadata()
+                .get("authorization")
+                .and_then(|v| http::HeaderValue::from_bytes(v.as_bytes()).ok()),
+        };
+        let caller = inner
+            .auth
+            .caller(
+                credentials.conn.as_ref(),
+                credentials
+                    .authorization
+                    .as_ref()
+                    .map(http::HeaderValue::as_bytes),
+            )
+            .inspect_err(|status| {
+                let anonymous = Caller {
+                    identity: String::new(),
+                    source: crate::auth::Source::None,
+                    peer: credentials
+                        .conn
+                        .as_ref()
+                        .map(|c| c.remote.to_string())
+                        .unwrap_or_default(),
+                };
+                self.refused(&anonymous, "", status);
+            })?;
+        let mut inbound = request.into_inner();
+        let first = tokio::select! {
+            () = inner.shutdown.cancelled() => {
+                return Err(Status::unavailable("the server is shutting down"));
+            }
+            first = tokio::time::timeout(FIRST_REQUEST_TIMEOUT, inbound.message()) => match first {
+                Err(_) => {
+                    return Err(Status::deadline_exceeded(format!(
+                        "node: no first request within {}s",
+                        FIRST_REQUEST_TIMEOUT.as_secs()
+                    )));
+                }
+                Ok(Err(status)) => return Err(status),
+                Ok(Ok(None)) => {
+                    return Err(Status::invalid_argument(
+                        "node: the stream ended before its first request",
+                    ));
+                }
+                Ok(Ok(Some(first))) => first,
+            },
+        };
+        let node = node_info(P::node(&first)).map_err(|e| {
+            let status = Status::invalid_argument(e.to_string());
+            self.refused(&caller, "", &status);
+            status
+        })?;
+        if let Err(status) = inner.auth.authorize(&caller, Action::Watch, &node.group) {
+            self.refused(&caller, &node.group, &status);
+            return Err(status);
+        }
+        let slot = if caller.identity.is_empty() {
+            None
+        } else {
+            match inner.streams.acquire(&caller.identity) {
+                Ok(slot) => Some(slot),
+                Err(status) => {
+                    self.refused(&caller, &node.group, &status);
+                    return Err(status);
+                }
+            }
+        };
+        let key = inner
+            .agents
+            .connect_as(
+                &node,
+                &caller.peer,
+                None,
+                &caller.identity,
+                inner.max_agents,
+            )
+            .map_err(|e| {
+                let status = match e {
+                    ConnectRefused::Owned { .. } => Status::permission_denied(e.to_string()),
+                    ConnectRefused::Full { .. } => Status::resource_exhausted(e.to_string()),
+                };
+                self.refused(&caller, &node.group, &status);
+                status
+            })?;
+        let span = tracing::info_span!(
+            "xds",
+            group = %node.group,
+            node = %node.id,
+            client = %node.client,
+            peer = %caller.peer,
+            stream = key.generation(),
+        );
+        span.in_scope(|| tracing::info!(build = %node.agent_build, "xDS client connected"));
+        let mut tracker = Tracker::new(
+            Arc::clone(&inner.agents),
+            key.clone(),
+            inner.metrics.stream(&node.group),
+        );
+        let mut protocol = P::default();
+        protocol.on_request(first, &mut tracker)?;
+        let changes = inner.auth.subscribe_changes();
+        let access = changes.is_some().then(|| {
+            Box::new(Access {
+                auth: inner.auth.clone(),
+                audit: inner.audit.clone(),
+                credentials,
+                caller,
+            })
+        });
+        let stream = XdsStream {
+            protocol,
+            tracker,
+            agents: Arc::clone(&inner.agents),
+            key,
+            heads: inner.hub.subscribe(&node.group),
+            cohorts: inner.cohorts.subscribe(&node.group),
+            node,
+            target: None,
+            untranslatable: 0,
+            access,
+            span,
+        };
+        let (tx, rx) = mpsc::channel(1);
+        let end_tx = tx.clone();
+        let shutdown = inner.shutdown.clone();
+        inner.tasks.spawn(async move {
+            let end = stream.run(inbound, tx, changes, shutdown).await;
+            drop(slot);
+            if let Some(status) = end {
+                let _ = end_tx.send(Err(status)).await;
+            }
+        });
+        Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
+    }
+}
+
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for XdsService {
+    type StreamAggregatedResourcesStream = Responses<DiscoveryResponse>;
+    type DeltaAggregatedResourcesStream = Responses<DeltaDiscoveryResponse>;
+
+    async fn stream_aggregated_resources(
+        &self,
+        request: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+        self.open::<Sotw>(request).await.map(Response::new)
+    }
+
+    async fn delta_aggregated_resources(
+        &self,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        self.open::<Delta>(request).await.map(Response::new)
+    }
+}
