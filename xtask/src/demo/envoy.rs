@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 use vane_testkit::envoy_config::{EnvoyBootstrap, EnvoyTls, envoy_command};
-use vane_testkit::net::free_port;
+use vane_testkit::net::{self, free_port};
 
 use crate::harness::{Proc, http_get, wait_until};
 use crate::narrate::millis;
@@ -83,7 +83,7 @@ impl EnvoyRun {
         bootstrap.tls = tls;
         std::fs::write(work.join("envoy.json"), bootstrap.to_json())?;
         println!(
-            "$ grep -A1 -E '\"node\"|api_type|port_value\": {}' envoy.json",
+            "$ grep -E '\"node\"|api_type|port_value\": {}' envoy.json",
             control.port()
         );
         for line in bootstrap.to_json().lines().filter(|l| {
@@ -110,7 +110,9 @@ impl EnvoyRun {
             std::fs::read_to_string(&admin_path)
                 .ok()
                 .and_then(|a| a.trim().parse::<SocketAddr>().ok())
-                .is_some_and(|a| http_get(a, "/ready").is_ok())
+                // Any answer: /ready says 503 until Envoy has its first
+                // listeners, which come later.
+                .is_some_and(|a| net::http_get(a, "/ready").is_ok())
         })?;
         let admin = std::fs::read_to_string(&admin_path)?
             .trim()
