@@ -34,5 +34,6 @@ mod sidecar;
 mod sidecar_readyz;
 mod store_faults;
 mod watch;
+mod xds_ads;
 mod xds_envoy;
 mod xds_grpc;

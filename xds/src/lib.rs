@@ -3,20 +3,66 @@
 //! clusters and cluster load assignments stock Envoy and gRPC's proxyless
 //! clients read ([`Resources`]), each with its content hash (a delta
 //! stream's resource version). The control server sends them; `vanectl get
-//! --as xds` prints them.
+//! --as xds` prints them, in Envoy's JSON ([`json`]).
+//!
+//! # Layout
+//! - `types.rs` — resource types, client kinds, [`Resource`], [`Resources`],
+//!   [`TranslateError`];
+//! - `listeners.rs` — socket listeners and gRPC's API listeners;
+//! - `routes.rs` — route tables as route configurations (matches, retries,
+//!   timeouts, rate limits);
+//! - `ratelimit.rs` — Vane's token buckets as Envoy's local rate limit;
+//! - `clusters.rs` — clusters and their load assignments;
+//! - `parts.rs` — packing and hashing, the ADS config source, small pieces;
+//! - `json.rs` — resources as Envoy's JSON, through the descriptor set
+//!   committed as `xds/descriptors.bin` (`cargo xtask xds-descriptors`).
+//!
+//! The mapping, field by field, and what each client ignores: `docs/xds.md`.
 
+mod clusters;
+pub mod json;
+mod listeners;
+mod parts;
+mod ratelimit;
+mod routes;
 mod types;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use prost::{Message, Name};
 
 pub use types::{Client, Resource, ResourceType, Resources, TranslateError};
 
 /// The xDS resources of `snapshot`.
 ///
+/// The same snapshot always gives the same resources with the same hashes,
+/// and a resource whose content did not change between two snapshots keeps
+/// its hash (a delta stream sends only what changed).
+///
 /// # Errors
-/// When a part of the snapshot has no xDS form (the error names it).
+/// When a part of the snapshot has no xDS form (the error names it). A
+/// snapshot that passed `vane_model::validate` always translates.
 pub fn translate(snapshot: &vane_model::Snapshot) -> Result<Resources, TranslateError> {
-    let _ = snapshot;
-    Err(TranslateError::Unsupported {
-        field: String::new(),
-        reason: "the translation is not written yet".into(),
+    let l = listeners::listeners(snapshot);
+    Ok(Resources {
+        listeners: by_name(l.sockets),
+        api_listeners: by_name(l.apis),
+        routes: by_name(routes::route_configurations(snapshot)?),
+        clusters: by_name(clusters::clusters(snapshot)),
+        endpoints: by_name(clusters::load_assignments(snapshot)),
     })
 }
+
+fn by_name<M: Message + Name>(items: Vec<(String, M)>) -> BTreeMap<String, Arc<Resource>> {
+    items
+        .into_iter()
+        .map(|(name, message)| {
+            let resource = parts::resource(&name, &message);
+            (name, resource)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;

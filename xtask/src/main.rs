@@ -18,6 +18,8 @@
 //! - `cargo xtask certs --out DIR`: demo certificates and policy for mTLS.
 //! - `cargo xtask fuzz [--seconds N] [--target NAME]`: runs the cargo-fuzz
 //!   targets in fuzz/ (installing cargo-fuzz when missing).
+//! - `cargo xtask xds-descriptors`: regenerates `xds/descriptors.bin` from
+//!   the protos shipped with envoy-types.
 
 mod apt;
 mod bench;
@@ -32,6 +34,7 @@ mod test;
 mod tidy;
 mod traffic;
 mod xds_deps;
+mod xds_descriptors;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -92,6 +95,9 @@ enum Task {
     /// Run each cargo-fuzz target in fuzz/ for a while (nightly, or stable
     /// with RUSTC_BOOTSTRAP=1); a crash fails the run and names its input.
     Fuzz(fuzz::FuzzArgs),
+    /// Regenerate xds/descriptors.bin (the descriptor set vane-xds renders
+    /// Envoy's JSON with) from the .proto files the envoy-types crate ships.
+    XdsDescriptors,
 }
 
 fn main() -> ExitCode {
@@ -116,6 +122,7 @@ fn main() -> ExitCode {
         Task::Bench { which } => bench::run(&root, which),
         Task::Certs { out, force } => certs::run(&out, force),
         Task::Fuzz(args) => fuzz::run(&root, args),
+        Task::XdsDescriptors => xds_descriptors::run(&root),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
