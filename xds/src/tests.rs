@@ -446,7 +446,10 @@ fn the_clusters_policy_comes_first_and_round_robin_second() {
         "type.googleapis.com/envoy.extensions.load_balancing_policies.round_robin.v3.RoundRobin"
             .to_owned(),
     );
-    assert_eq!(policies(&get(&r.clusters, "api")), std::slice::from_ref(&rr));
+    assert_eq!(
+        policies(&get(&r.clusters, "api")),
+        std::slice::from_ref(&rr)
+    );
     let web: Cluster = get(&r.clusters, "web");
     let p = policies(&web);
     assert_eq!(p[0].0, "envoy.load_balancing_policies.least_request");

@@ -203,6 +203,10 @@ impl Tracker {
         let unanswered = matches!(self.state(ty), State::Sent { version: v, .. } if *v == version);
         if !unanswered {
             self.types.insert(ty, State::Acked { version });
+            if version > self.recorded_sent {
+                self.recorded_sent = version;
+                self.agents.record_sent(&self.key, version);
+            }
             self.check_synced();
         }
     }
