@@ -205,6 +205,7 @@ async fn a_port_envoy_cannot_bind_is_nacked_once_and_traffic_stays() {
         "the NACK reason should be LDS and Envoy's words: {entry}"
     );
     assert_eq!(entry["last_nacked_version"], 2, "{entry}");
+    println!("vanectl status: NACKED, {reason:?}");
     envoy.wait_until("one rejected LDS update", XDS_WAIT, |e| {
         e.stat_or_zero("listener_manager.lds.update_rejected") == 1
     });

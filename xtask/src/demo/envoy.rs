@@ -159,7 +159,7 @@ impl EnvoyRun {
             })
             .collect();
         println!(
-            "$ curl -s http://{}/config_dump | jq '.configs[] | .version_info'",
+            "$ curl -s http://{}/config_dump   # each section's version_info:",
             self.admin
         );
         for v in versions {

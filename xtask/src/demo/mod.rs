@@ -195,12 +195,14 @@ pub(crate) fn run(root: &Path, security: Security) -> Result<()> {
     println!();
     let how = match security {
         Security::Mtls => {
-            "That was the control plane under mTLS, a sidecar agent and a proxy that outlived it. \
+            "That was the control plane under mTLS, a sidecar agent and a proxy that outlived it, \
+             and a stock Envoy following Vane. \
              `cargo xtask demo --plaintext` runs the same tour without TLS; `cargo xtask certs --out DIR` \
              writes a certificate set to keep."
         }
         Security::Plaintext => {
-            "That was the control plane, a sidecar agent and a proxy that outlived it, in plaintext; \
+            "That was the control plane, a sidecar agent and a proxy that outlived it, and a stock \
+             Envoy following Vane, in plaintext; \
              plain `cargo xtask demo` runs the same tour with mTLS and a policy."
         }
     };

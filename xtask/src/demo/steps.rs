@@ -437,9 +437,10 @@ pub(crate) fn steps(security: Security) -> Vec<Step> {
         Step {
             title: "a push reaches Envoy",
             explain: "mesh-2.yaml sends everything to green instead. Envoy gets the new route \
-                      and cluster over its open ADS stream, ACKs version 2, and its own \
-                      /config_dump says version 2: the same history, audit and rollback apply \
-                      to it as to Vane's agents.",
+                      and cluster over its open ADS stream and ACKs version 2; its own \
+                      /config_dump shows Vane's version 2 for the clusters (the listener did not \
+                      change, and keeps the version it came with). History, audit and rollback \
+                      apply to it as to Vane's agents.",
             action: |d| {
                 let pushed = Instant::now();
                 d.vanectl(
