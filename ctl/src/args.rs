@@ -112,6 +112,33 @@ pub enum OutputFormat {
     Json,
 }
 
+/// What `get --as` renders a version as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum GetAs {
+    /// Envoy xDS resources.
+    Xds,
+}
+
+/// Whose xDS view `get --as xds` shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum XdsClient {
+    /// Envoy: socket listeners, route configurations, clusters, endpoints.
+    #[default]
+    Envoy,
+    /// gRPC proxyless clients: API listeners instead of socket listeners.
+    Grpc,
+}
+
+impl XdsClient {
+    /// The name on the command line and in the JSON (`envoy`, `grpc`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            XdsClient::Envoy => "envoy",
+            XdsClient::Grpc => "grpc",
+        }
+    }
+}
+
 /// vanectl's subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -150,12 +177,27 @@ pub enum Command {
     ///
     /// The table output is the canonical YAML under a commented header, so it
     /// can be saved, edited and pushed again.
+    ///
+    /// With `--as xds`: the Envoy xDS resources Vane serves for that version
+    /// (listeners, route configurations, clusters, endpoints), translated
+    /// here exactly as the control server translates them; a table of TYPE,
+    /// NAME and VERSION (the resource's content hash), or each resource in
+    /// Envoy's JSON with -o json|yaml.
     Get {
         /// The group.
         group: String,
         /// The version to show.
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
         version: Option<u64>,
+        /// Show the version as another configuration format: `xds` (the
+        /// resources stock Envoy and gRPC clients receive).
+        #[arg(long = "as", value_enum, value_name = "FORMAT")]
+        view: Option<GetAs>,
+        /// With `--as xds`: whose view: `envoy` (the socket listeners, what a
+        /// wildcard subscriber gets; the default) or `grpc` (the API
+        /// listeners gRPC's proxyless clients ask for by name).
+        #[arg(long, value_enum, value_name = "CLIENT", requires = "view")]
+        client: Option<XdsClient>,
     },
     /// List a group's versions, newest first.
     History {
@@ -498,6 +540,36 @@ mod tests {
             parse(&["whoami", "-o", "json"]).unwrap().command,
             Command::WhoAmI
         ));
+    }
+
+    #[test]
+    fn get_as_xds_takes_a_client() {
+        let get = |args: &[&str]| match parse(args).unwrap().command {
+            Command::Get { view, client, .. } => (view, client),
+            other => panic!("parsed as {other:?}"),
+        };
+        assert_eq!(get(&["get", "edge"]), (None, None));
+        assert_eq!(
+            get(&["get", "edge", "--as", "xds"]),
+            (Some(GetAs::Xds), None)
+        );
+        assert_eq!(
+            get(&["get", "edge", "--as", "xds", "--client", "grpc"]),
+            (Some(GetAs::Xds), Some(XdsClient::Grpc))
+        );
+        let e = parse(&["get", "edge", "--as", "xds", "--client", "nginx"]).unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        let text = e.to_string();
+        assert!(
+            text.contains("'nginx'") && text.contains("envoy, grpc"),
+            "{text}"
+        );
+        // --client means nothing without --as xds.
+        let e = parse(&["get", "edge", "--client", "envoy"]).unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        assert!(e.to_string().contains("--as"), "{e}");
+        let e = parse(&["get", "edge", "--as", "yaml"]).unwrap_err();
+        assert_eq!(e.exit_code(), 2);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! `vanectl`, the operators' CLI for a Vane control server: argument
 //! parsing, the calls to the Admin API, output formatting and exit codes.
-//! It depends on the wire contract, the model and client TLS only, never on
-//! the server or a store. The `vanectl` binary only calls [`main`].
+//! It depends on the wire contract, the model, client TLS and the xDS
+//! translation only, never on the server or a store. The `vanectl` binary only calls [`main`].
 //!
 //! # Layout
 //! - `args`: the command line (clap).
@@ -27,8 +27,8 @@ use std::process::ExitCode;
 use clap::Parser as _;
 
 pub use args::{
-    Cli, Command, ControlArgs, DEFAULT_SERVER, DEFAULT_TIMEOUT, DEFAULT_WAIT, OutputFormat,
-    RolloutCommand, Secret, StartArgs, Steps,
+    Cli, Command, ControlArgs, DEFAULT_SERVER, DEFAULT_TIMEOUT, DEFAULT_WAIT, GetAs, OutputFormat,
+    RolloutCommand, Secret, StartArgs, Steps, XdsClient,
 };
 pub use error::{CliError, Failure};
 

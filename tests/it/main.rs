@@ -37,3 +37,4 @@ mod watch;
 mod xds_ads;
 mod xds_envoy;
 mod xds_grpc;
+mod xds_view;

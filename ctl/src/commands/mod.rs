@@ -22,12 +22,12 @@ use vane_model::Snapshot;
 use vane_model::file::ReadError;
 use vane_proto as pb;
 
-use crate::args::{Cli, Command, OutputFormat, RolloutCommand, StartArgs};
+use crate::args::{Cli, Command, GetAs, OutputFormat, RolloutCommand, StartArgs, XdsClient};
 use crate::client::{self, Admin};
 use crate::credentials::Credentials;
 use crate::error::CliError;
 use crate::output::{
-    self, AgentView, AuditView, DiffView, PushView, RolloutView, VersionView, WhoAmIView,
+    self, AgentView, AuditView, DiffView, PushView, RolloutView, VersionView, WhoAmIView, XdsView,
 };
 
 /// Runs the command and returns what to print on stdout; `live` receives
@@ -128,13 +128,24 @@ async fn dispatch(
                 }
             }
         }
-        Command::Get { group, version } => {
+        Command::Get {
+            group,
+            version,
+            view,
+            client,
+        } => {
             let request = pb::GetRequest {
                 group: group.clone(),
                 version: *version,
             };
             let resp = admin.get(request).await.map_err(refused)?.into_inner();
-            get(group, resp, fmt)
+            let (info, snapshot) = checked_snapshot(group, resp)?;
+            match view {
+                None => Ok(output::get(group, &info, &snapshot, fmt)),
+                Some(GetAs::Xds) => {
+                    get_xds(group, &info, &snapshot, client.unwrap_or_default(), fmt)
+                }
+            }
         }
         Command::History { group, limit } => {
             let request = pb::HistoryRequest {
@@ -238,7 +249,12 @@ async fn dispatch(
     }
 }
 
-fn get(group: &str, resp: pb::GetResponse, fmt: OutputFormat) -> Result<String, CliError> {
+/// The version's info and its snapshot, decoded and checked against the
+/// recorded hash.
+fn checked_snapshot(
+    group: &str,
+    resp: pb::GetResponse,
+) -> Result<(pb::VersionInfo, Snapshot), CliError> {
     let info = resp.info.unwrap_or_default();
     let Some(snapshot) = resp.snapshot else {
         return Err(CliError::refused(format!(
@@ -261,7 +277,27 @@ fn get(group: &str, resp: pb::GetResponse, fmt: OutputFormat) -> Result<String, 
             info.version, info.hash
         )));
     }
-    Ok(output::get(group, &info, &snapshot, fmt))
+    Ok((info, snapshot))
+}
+
+/// `get --as xds`: the resources the control server serves for this
+/// version, translated here by the same function.
+fn get_xds(
+    group: &str,
+    info: &pb::VersionInfo,
+    snapshot: &Snapshot,
+    client: XdsClient,
+    fmt: OutputFormat,
+) -> Result<String, CliError> {
+    let resources = vane_xds::translate(snapshot).map_err(|e| {
+        CliError::refused(format!(
+            "version {} of {group} has no xDS form: {e}",
+            info.version
+        ))
+    })?;
+    let view = XdsView::new(group, info.version, &info.hash, client, &resources)
+        .map_err(|e| CliError::refused(format!("cannot render the xDS resources: {e}")))?;
+    Ok(output::xds(&view, fmt))
 }
 
 /// Reads and parses the file to push (`-` is standard input). Full validation

@@ -25,6 +25,9 @@ struct Script {
     starts: Vec<pb::StartRolloutRequest>,
     controls: Vec<pb::ControlRolloutRequest>,
     status_calls: usize,
+    /// What `get` answers (NOT_FOUND when unset), and what it was asked.
+    version: Option<pb::GetResponse>,
+    gets: Vec<pb::GetRequest>,
 }
 
 #[derive(Clone, Default)]
@@ -66,8 +69,16 @@ impl pb::admin_server::Admin for Fake {
         s.pushes.push(r);
         Ok(Response::new(resp))
     }
-    async fn get(&self, _: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
-        unimplemented()
+    async fn get(
+        &self,
+        request: Request<pb::GetRequest>,
+    ) -> Result<Response<pb::GetResponse>, Status> {
+        let mut s = self.script();
+        s.gets.push(request.into_inner());
+        s.version
+            .clone()
+            .map(Response::new)
+            .ok_or_else(|| Status::not_found("no such group"))
     }
     async fn history(
         &self,
@@ -454,7 +465,10 @@ async fn status_shows_roles_health_and_the_rollout() {
         lines[0].starts_with("edge rollout r-7: BAKING, step 1/2 at 25%, stable v3 → candidate v4; cohort 2 of 8 matching (target 2): 1 synced"),
         "{out}"
     );
-    assert!(lines[2].starts_with("GROUP  NODE  STATE  ROLE"), "{out}");
+    assert!(
+        lines[2].starts_with("GROUP  NODE  CLIENT      STATE  ROLE"),
+        "{out}"
+    );
     assert!(lines[2].contains("HEALTH"), "{out}");
     assert!(lines[3].contains("candidate"), "{out}");
     assert!(
@@ -469,4 +483,163 @@ async fn status_shows_roles_health_and_the_rollout() {
     assert_eq!(v[0]["rollout"]["id"], "r-7");
     assert_eq!(v[0]["rollout"]["state"], "BAKING");
     assert_eq!(v[1]["rollout"]["cohort"]["synced"], 1);
+}
+
+/// A stored version as the server sends it: the snapshot of `yaml` and
+/// its recorded hash.
+fn version_of(yaml: &str, version: u64) -> (pb::GetResponse, vane_model::Snapshot) {
+    let spec = vane_model::parse_file(yaml.as_bytes(), vane_model::Format::Yaml).unwrap();
+    let wire = vane_model::proto::spec_to_proto(&spec);
+    let snapshot = vane_model::validate(spec).unwrap();
+    let info = pb::VersionInfo {
+        version,
+        hash: snapshot.content_hash().to_hex(),
+        ..pb::VersionInfo::default()
+    };
+    let resp = pb::GetResponse {
+        info: Some(info),
+        snapshot: Some(wire),
+        ..pb::GetResponse::default()
+    };
+    (resp, snapshot)
+}
+
+const XDS_SNAPSHOT: &str = "\
+listeners:
+  - { name: web, address: \"127.0.0.1:18080\", route_table: main }
+  - { name: db, address: \"127.0.0.1:15432\", protocol: tcp, cluster: db }
+route_tables:
+  - name: main
+    routes:
+      - { match: { path_prefix: /api }, cluster: api, retries: 2 }
+      - { cluster: web }
+clusters:
+  - { name: api, lb: least_request, endpoints: [ { address: \"127.0.0.1:9001\", weight: 3 } ] }
+  - { name: web, endpoints: [ { address: \"127.0.0.1:9002\" } ] }
+  - { name: db, lb: random, endpoints: [ { address: \"127.0.0.1:5432\" } ] }
+";
+
+#[tokio::test]
+async fn get_as_xds_shows_the_translation_of_the_fetched_version() {
+    let fake = Fake::default();
+    let (resp, snapshot) = version_of(XDS_SNAPSHOT, 7);
+    let hash = resp.info.as_ref().unwrap().hash.clone();
+    fake.script().version = Some(resp);
+    let url = serve(fake.clone()).await;
+    let expected = vane_xds::translate(&snapshot).unwrap();
+
+    // Envoy's view (the default): socket listeners, everything in Envoy's JSON.
+    let (_, out) = vanectl(
+        &url,
+        &["get", "edge", "--as", "xds", "-o", "json", "--version", "7"],
+    )
+    .await;
+    let v: serde_json::Value = serde_json::from_str(&out.unwrap()).unwrap();
+    assert_eq!(fake.script().gets[0].version, Some(7));
+    assert_eq!(v["group"], "edge");
+    assert_eq!(v["version"], 7);
+    assert_eq!(v["hash"], hash.as_str());
+    assert_eq!(v["client"], "envoy");
+    let res = &v["resources"];
+    let names = |key: &str| -> Vec<String> {
+        res[key]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                r.get("name")
+                    .or_else(|| r.get("cluster_name"))
+                    .unwrap()
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect()
+    };
+    assert_eq!(names("listeners"), ["db", "web"]);
+    assert_eq!(names("routes"), ["main"]);
+    assert_eq!(names("clusters"), ["api", "db", "web"]);
+    assert_eq!(names("endpoints"), ["api", "db", "web"]);
+    let web = &res["listeners"][1];
+    assert_eq!(
+        web["@type"],
+        "type.googleapis.com/envoy.config.listener.v3.Listener"
+    );
+    assert_eq!(web["address"]["socket_address"]["port_value"], 18080);
+    let route = &res["routes"][0]["virtual_hosts"][0]["routes"][0];
+    assert_eq!(route["route"]["cluster"], "api");
+    assert_eq!(route["route"]["retry_policy"]["num_retries"], 2);
+    let policies: Vec<&str> = res["clusters"][0]["load_balancing_policy"]["policies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["typed_extension_config"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        policies,
+        [
+            "envoy.load_balancing_policies.least_request",
+            "envoy.load_balancing_policies.round_robin"
+        ]
+    );
+    assert_eq!(
+        res["endpoints"][0]["endpoints"][0]["lb_endpoints"][0]["load_balancing_weight"],
+        3
+    );
+
+    // gRPC's view: the API listener instead of the sockets (none for tcp).
+    let (_, out) = vanectl(
+        &url,
+        &[
+            "get", "edge", "--as", "xds", "--client", "grpc", "-o", "yaml",
+        ],
+    )
+    .await;
+    let v: serde_json::Value = serde_norway::from_str(&out.unwrap()).unwrap();
+    assert_eq!(v["client"], "grpc");
+    let listeners = v["resources"]["listeners"].as_array().unwrap();
+    assert_eq!(listeners.len(), 1);
+    assert_eq!(listeners[0]["name"], "web");
+    assert!(listeners[0].get("address").is_none());
+    assert_eq!(
+        listeners[0]["api_listener"]["api_listener"]["rds"]["route_config_name"],
+        "main"
+    );
+
+    // The table: one row per resource, the version being its hash's prefix.
+    let (_, out) = vanectl(&url, &["get", "edge", "--as", "xds"]).await;
+    let out = out.unwrap();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "# group: edge  version: 7  client: envoy");
+    assert!(lines[1].starts_with("TYPE  NAME  VERSION"), "{out}");
+    assert_eq!(lines.len(), 2 + 2 + 1 + 3 + 3, "{out}");
+    let web_hash = &expected.listeners["web"].hash[..12];
+    assert!(
+        lines.contains(&format!("LDS   web   {web_hash}").as_str()),
+        "{out}"
+    );
+    let cla_hash = &expected.endpoints["db"].hash[..12];
+    assert!(
+        lines.contains(&format!("EDS   db    {cla_hash}").as_str()),
+        "{out}"
+    );
+
+    // The plain `get` is unchanged by all this.
+    let (_, out) = vanectl(&url, &["get", "edge", "-o", "json"]).await;
+    let v: serde_json::Value = serde_json::from_str(&out.unwrap()).unwrap();
+    assert_eq!(v["listeners"][0]["name"], "db");
+    assert!(v.get("resources").is_none());
+}
+
+#[tokio::test]
+async fn get_as_xds_refuses_content_that_does_not_match_its_hash() {
+    let fake = Fake::default();
+    let (mut resp, _) = version_of(XDS_SNAPSHOT, 7);
+    resp.info.as_mut().unwrap().hash = "00".repeat(32);
+    fake.script().version = Some(resp);
+    let url = serve(fake).await;
+    let (_, out) = vanectl(&url, &["get", "edge", "--as", "xds", "-o", "json"]).await;
+    let e = out.unwrap_err();
+    assert_eq!(e.kind, Failure::Refused);
+    assert!(e.message.contains("is corrupt"), "{}", e.message);
 }

@@ -9,12 +9,14 @@
 //! - `views`: what is shown of each answer (the JSON contract).
 //! - `render`: one renderer per command.
 //! - `rollout`: the rollout view and its renderers.
+//! - `xds`: `get --as xds`, the xDS resources of a version.
 //! - `format`: tables, encodings, hashes, sizes and times.
 
 mod format;
 mod render;
 mod rollout;
 mod views;
+mod xds;
 
 pub(crate) use format::{encode, one_line, rfc3339_seconds, table, unix_ms};
 pub(crate) use render::{audit, diff, get, history, pruned_note, push, status, whoami};
@@ -22,6 +24,7 @@ pub(crate) use rollout::{RolloutView, rollout, rollout_started};
 pub(crate) use views::{
     AgentView, AuditView, DiffView, PushView, VersionView, WhoAmIView, state_name,
 };
+pub(crate) use xds::{XdsView, xds};
 
 #[cfg(test)]
 mod tests;

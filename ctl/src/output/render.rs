@@ -228,6 +228,7 @@ pub(crate) fn status(
                 vec![
                     a.group.clone(),
                     a.node_id.clone(),
+                    a.client.clone(),
                     a.state.to_owned(),
                     version_cell(a.acked_version),
                     version_cell(a.sent_version),
@@ -253,6 +254,7 @@ pub(crate) fn status(
         let mut headers = vec![
             "GROUP",
             "NODE",
+            "CLIENT",
             "STATE",
             "ACKED",
             "SENT",
@@ -263,23 +265,23 @@ pub(crate) fn status(
         ];
         // The data plane's health, when any agent reports trouble (before NACK).
         if agents.iter().any(|a| a.degraded) {
-            headers.insert(8, "HEALTH");
+            headers.insert(9, "HEALTH");
             for (row, a) in rows.iter_mut().zip(agents) {
-                row.insert(8, health_cell(a));
+                row.insert(9, health_cell(a));
             }
         }
         // In a cluster, which replica each agent is on (before LABELS).
         if clustered {
-            headers.insert(7, "REPLICA");
+            headers.insert(8, "REPLICA");
             for (row, a) in rows.iter_mut().zip(agents) {
-                row.insert(7, a.replica.clone());
+                row.insert(8, a.replica.clone());
             }
         }
         // During a rollout, which version each agent is meant to run (after STATE).
         if agents.iter().any(|a| !a.role.is_empty()) {
-            headers.insert(3, "ROLE");
+            headers.insert(4, "ROLE");
             for (row, a) in rows.iter_mut().zip(agents) {
-                row.insert(3, dash(&a.role));
+                row.insert(4, dash(&a.role));
             }
         }
         out.push_str(&table(&headers, rows));

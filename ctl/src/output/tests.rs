@@ -359,6 +359,7 @@ fn status_json_is_an_array_of_agents() {
         "agent_build",
         "replica",
         "control_degraded",
+        "client",
     ] {
         assert!(arr[0].get(key).is_some(), "{key}");
     }
@@ -392,9 +393,9 @@ fn status_table_has_rows_and_group_summaries() {
     let now = system_time(T + 120_000).unwrap();
     let out = status(&agents, &groups, &[], None, OutputFormat::Table, now);
     let lines: Vec<&str> = out.lines().collect();
-    assert!(lines[0].starts_with("GROUP  NODE  STATE"));
+    assert!(lines[0].starts_with("GROUP  NODE  CLIENT      STATE"));
     assert!(
-        lines[1].starts_with("edge   n1    SYNCED  3"),
+        lines[1].starts_with("edge   n1    vane-agent  SYNCED  3"),
         "{}",
         lines[1]
     );
@@ -827,15 +828,15 @@ fn status_says_a_running_rollout_first_and_an_ended_one_last() {
     );
     assert_eq!(lines[1], "");
     assert!(
-        lines[2].starts_with("GROUP  NODE  STATE   ROLE       ACKED"),
+        lines[2].starts_with("GROUP  NODE  CLIENT      STATE   ROLE       ACKED"),
         "{out}"
     );
     assert!(
-        lines[3].starts_with("edge   n1    SYNCED  candidate  4"),
+        lines[3].starts_with("edge   n1    vane-agent  SYNCED  candidate  4"),
         "{out}"
     );
     assert!(
-        lines[4].starts_with("edge   n2    SYNCED  stable     3"),
+        lines[4].starts_with("edge   n2    vane-agent  SYNCED  stable     3"),
         "{out}"
     );
     // No one degraded: no HEALTH column.
@@ -867,7 +868,10 @@ fn status_says_a_running_rollout_first_and_an_ended_one_last() {
         .map(AgentView::from)
         .collect();
     let out = status(&plain, &groups, &[done], None, OutputFormat::Table, now);
-    assert!(out.starts_with("GROUP  NODE  STATE   ACKED"), "{out}");
+    assert!(
+        out.starts_with("GROUP  NODE  CLIENT      STATE   ACKED"),
+        "{out}"
+    );
     assert!(
         out.ends_with(
             "edge: last rollout r-0123 ROLLED_BACK (stable v3 → candidate v4, restored as v5): 1 NACK of the candidate (max 0)\n"
@@ -877,4 +881,44 @@ fn status_says_a_running_rollout_first_and_an_ended_one_last() {
     let json = status(&plain, &groups, &[], None, OutputFormat::Json, now);
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert!(v[0].get("rollout").is_none());
+}
+
+#[test]
+fn status_names_each_nodes_client() {
+    let mut envoy = agent("envoy-1", pb::AgentState::Nacked, 2);
+    envoy.client = "envoy".into();
+    envoy.nack_reason = "LDS error adding listener 'web': address already in use".into();
+    let mut old = agent("n1", pb::AgentState::Synced, 3);
+    // A record from before the field: Vane's own agent.
+    old.client = String::new();
+    let mut grpc = agent("svc-1", pb::AgentState::Synced, 3);
+    grpc.client = "grpc".into();
+    let agents: Vec<AgentView> = [envoy, old, grpc].iter().map(AgentView::from).collect();
+    let now = system_time(T + 120_000).unwrap();
+    let out = status(&agents, &[], &[], None, OutputFormat::Table, now);
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines[0].starts_with("GROUP  NODE     CLIENT      STATE"),
+        "{out}"
+    );
+    assert!(
+        lines[1].starts_with("edge   envoy-1  envoy       NACKED"),
+        "{out}"
+    );
+    assert!(
+        lines[1].ends_with("v3: LDS error adding listener 'web': address already in use"),
+        "{out}"
+    );
+    assert!(
+        lines[2].starts_with("edge   n1       vane-agent  SYNCED"),
+        "{out}"
+    );
+    assert!(
+        lines[3].starts_with("edge   svc-1    grpc        SYNCED"),
+        "{out}"
+    );
+    let json = status(&agents, &[], &[], None, OutputFormat::Json, now);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let clients: Vec<&str> = (0..3).map(|i| v[i]["client"].as_str().unwrap()).collect();
+    assert_eq!(clients, ["envoy", "vane-agent", "grpc"]);
 }

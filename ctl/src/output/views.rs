@@ -86,6 +86,10 @@ pub(crate) struct DiffView {
 pub(crate) struct AgentView {
     pub(crate) node_id: String,
     pub(crate) group: String,
+    /// What kind of client the node is: `vane-agent` (Vane's own watch;
+    /// also for records older than this field), `envoy`, `grpc` or `xds`
+    /// (another xDS client).
+    pub(crate) client: String,
     pub(crate) state: &'static str,
     pub(crate) acked_version: u64,
     pub(crate) acked_hash: String,
@@ -134,6 +138,11 @@ impl From<&pb::AgentStatus> for AgentView {
         Self {
             node_id: a.node_id.clone(),
             group: a.group.clone(),
+            client: if a.client.is_empty() {
+                "vane-agent".to_owned()
+            } else {
+                a.client.clone()
+            },
             state: state_name(a.state()),
             acked_version: a.acked_version,
             acked_hash: a.acked_hash.clone(),
