@@ -19,19 +19,26 @@
 //! - [`sidecar`]: `vane-agent` as a child process.
 //! - [`proxy`]: `vane-proxy` as a child process, backends, HTTP clients and
 //!   load, and snapshot builders for it.
+//! - [`xds_tools`], [`envoy_config`]: where the real xDS clients (Envoy,
+//!   grpcio, grpc-js-xds) are installed, pinned, and Envoy's bootstrap for
+//!   following Vane (light: xtask uses them to install and for the demo).
+//! - [`xds`]: Envoy and gRPC's proxyless clients as child processes,
+//!   following a control server over xDS.
 //!
 //! Every wait here is bounded by a generous timeout, so a hung server fails a
 //! test instead of hanging it; none of the assertions depend on how fast
 //! anything runs.
 //!
-//! `net` and `process` need nothing but the standard library and `nix`;
+//! `net`, `process`, `xds_tools` and `envoy_config` need nothing but the standard library and `nix`;
 //! everything else is behind the default feature `full` (gRPC, HTTP, the
 //! model), which xtask leaves out so that `cargo xtask` starts quickly.
 
 #![allow(clippy::unwrap_used)] // Test support: a panic is how a test fails.
 
+pub mod envoy_config;
 pub mod net;
 pub mod process;
+pub mod xds_tools;
 
 #[cfg(feature = "full")]
 mod control;
@@ -41,6 +48,8 @@ pub mod etcd;
 pub mod proxy;
 #[cfg(feature = "full")]
 pub mod sidecar;
+#[cfg(feature = "full")]
+pub mod xds;
 
 #[cfg(feature = "full")]
 pub use control::*;

@@ -35,4 +35,6 @@ mod sidecar_readyz;
 mod store_faults;
 mod watch;
 mod xds_ads;
+mod xds_envoy;
+mod xds_grpc;
 mod xds_view;

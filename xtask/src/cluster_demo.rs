@@ -211,7 +211,7 @@ pub(crate) const PACKAGES: &[&str] = &["vane-control", "vanectl", "vane-agent-si
 pub(crate) const BINARIES: &[&str] = &["vane-control", "vanectl", "vane-agent"];
 
 pub(crate) fn run(root: &Path) -> Result<()> {
-    let mut apt = crate::test::Apt::default();
+    let mut apt = crate::apt::Apt::default();
     crate::test::ensure_protoc(&mut apt)?;
     apt.ensure_tool("etcd", "etcd-server")?;
 

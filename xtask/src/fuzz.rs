@@ -14,8 +14,9 @@ use std::time::Instant;
 
 use anyhow::{Context as _, Result, bail};
 
+use crate::apt::Apt;
 use crate::process::{display, on_path, run as run_cmd, which};
-use crate::test::{Apt, ensure_protoc};
+use crate::test::ensure_protoc;
 
 /// Largest input libFuzzer generates: far above any snapshot file worth
 /// testing, small enough to keep each run fast.

@@ -1,6 +1,7 @@
 //! `cargo xtask`: the project's automation, in Rust so it runs wherever cargo does.
 //!
-//! - `cargo xtask test`: installs missing test tools, then format check,
+//! - `cargo xtask test`: installs missing test tools (etcd, protoc, and
+//!   Envoy, grpcio and grpc-js-xds for the xDS tests), then format check,
 //!   tidy, clippy, build and every test, stopping at the first failure.
 //! - `cargo xtask tidy`: the codebase's own rules (a `//!` line opening
 //!   every file, file length, no import circles, which crate may depend on
@@ -20,6 +21,7 @@
 //! - `cargo xtask xds-descriptors`: regenerates `xds/descriptors.bin` from
 //!   the protos shipped with envoy-types.
 
+mod apt;
 mod bench;
 mod certs;
 mod cluster_demo;
@@ -31,6 +33,7 @@ mod process;
 mod test;
 mod tidy;
 mod traffic;
+mod xds_deps;
 mod xds_descriptors;
 
 use std::path::{Path, PathBuf};
@@ -52,7 +55,8 @@ enum Task {
     /// and a policy on a temporary data dir, and walk through push, get,
     /// history, diff, rollback, refused pushes (one by a mere reader), the
     /// audit trail, a dry run and status, then a sidecar agent and a proxy
-    /// under traffic that outlive a killed control server.
+    /// under traffic that outlive a killed control server, and a stock
+    /// Envoy following a group over xDS.
     Demo {
         /// Instead: three etcd members and two control-server replicas, a
         /// proxy (or sidecar) given both, a replica killed under traffic

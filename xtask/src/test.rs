@@ -1,5 +1,6 @@
 //! `cargo xtask test`: everything CI checks, in order, stopping at the first
-//! failure. Tools the tests need are installed first when missing.
+//! failure. Tools the tests need are installed first when missing (etcd and
+//! protoc with apt, the xDS clients by `xds_deps`).
 
 use std::path::Path;
 use std::process::Command;
@@ -7,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 
+use crate::apt::Apt;
 use crate::process::{cargo, display, on_path, run as run_cmd, seconds};
 
 /// Programs the end-to-end tests run, with the Debian package that provides
@@ -27,6 +29,11 @@ pub(crate) fn run(root: &Path) -> Result<()> {
     for (bin, package) in TOOLS {
         apt.ensure_tool(bin, package)?;
     }
+    // Envoy, grpcio and grpc-js-xds for the xDS tests, pinned, under the
+    // target directory; the tests are told where (and fail, saying to run
+    // this, when they are missing).
+    let xds = crate::xds_deps::ensure(root, &mut apt)?;
+    let xds_env = crate::xds_deps::test_env(&xds);
 
     let mut steps: Vec<(&str, Step)> = Vec::new();
     let mut fmt = cargo();
@@ -54,7 +61,9 @@ pub(crate) fn run(root: &Path) -> Result<()> {
     steps.push(("build", Step::Command(build)));
     if nextest_installed() {
         let mut tests = cargo();
-        tests.args(["nextest", "run", "--workspace"]);
+        tests
+            .args(["nextest", "run", "--workspace"])
+            .envs(xds_env.clone());
         steps.push(("test", Step::Command(tests)));
         // nextest does not run doctests.
         let mut doc = cargo();
@@ -62,7 +71,7 @@ pub(crate) fn run(root: &Path) -> Result<()> {
         steps.push(("doctest", Step::Command(doc)));
     } else {
         let mut tests = cargo();
-        tests.args(["test", "--workspace"]);
+        tests.args(["test", "--workspace"]).envs(xds_env);
         steps.push(("test", Step::Command(tests)));
     }
 
@@ -181,74 +190,9 @@ fn protoc_works() -> bool {
     cmd.status().is_ok_and(|s| s.success())
 }
 
-/// Installs missing tools with apt-get, running `apt-get update` at most once.
-#[derive(Debug, Default)]
-pub(crate) struct Apt {
-    updated: bool,
-}
-
-impl Apt {
-    /// Makes sure `bin` is on `$PATH`, installing the Debian package `package`
-    /// when it is not and we are root. Without root (or apt-get) it fails
-    /// with the command to run, rather than letting the tests fail later
-    /// with a less clear error.
-    pub(crate) fn ensure_tool(&mut self, bin: &str, package: &str) -> Result<()> {
-        if on_path(bin) {
-            return Ok(());
-        }
-        self.install(&[package], &format!("`{bin}`"))?;
-        if !on_path(bin) {
-            bail!("installed {package}, but `{bin}` is still not on PATH");
-        }
-        Ok(())
-    }
-
-    /// Installs Debian `packages`, needed for `what`, when we are root and
-    /// have apt-get; otherwise fails with the command to run.
-    pub(crate) fn install(&mut self, packages: &[&str], what: &str) -> Result<()> {
-        let list = packages.join(" ");
-        if !nix::unistd::geteuid().is_root() {
-            bail!(
-                "the build or the tests need {what}, which is missing; install it with \
-                 `sudo apt-get install -y {list}` and run again"
-            );
-        }
-        if !on_path("apt-get") {
-            bail!(
-                "the build or the tests need {what} (Debian packages {list}), which is missing, \
-                 and there is no apt-get here to install it: install it and run again"
-            );
-        }
-        println!("==> installing {list} (for {what})");
-        if !self.updated {
-            let mut update = Command::new("apt-get");
-            update
-                .arg("update")
-                .env("DEBIAN_FRONTEND", "noninteractive");
-            run_cmd(&mut update)?;
-            self.updated = true;
-        }
-        let mut install = Command::new("apt-get");
-        install
-            .args(["install", "-y", "--no-install-recommends"])
-            .args(packages)
-            .env("DEBIAN_FRONTEND", "noninteractive");
-        run_cmd(&mut install)?;
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn present_tools_need_nothing() {
-        // `sh` is always there, so neither apt-get nor root is needed.
-        let mut apt = Apt::default();
-        apt.ensure_tool("sh", "dash").unwrap();
-        assert!(!apt.updated);
-    }
 
     #[test]
     fn the_tools_include_etcd() {

@@ -13,7 +13,8 @@ use anyhow::Result;
 
 use crate::harness::http_get;
 
-/// An HTTP backend answering every request with 200 "ok", until dropped.
+/// An HTTP backend answering every request with 200 "ok" (or a body of
+/// its own), until dropped.
 pub(crate) struct Backend {
     pub(crate) addr: SocketAddr,
     stop: Arc<AtomicBool>,
@@ -22,6 +23,12 @@ pub(crate) struct Backend {
 
 impl Backend {
     pub(crate) fn start() -> Result<Self> {
+        Self::answering("ok")
+    }
+
+    /// A backend whose answer is `word` and a newline.
+    pub(crate) fn answering(word: &str) -> Result<Self> {
+        let body: Arc<str> = format!("{word}\n").into();
         let listener = TcpListener::bind("127.0.0.1:0")?;
         // Non-blocking accept so the loop sees `stop`.
         listener.set_nonblocking(true)?;
@@ -32,7 +39,8 @@ impl Backend {
             while !flag.load(Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((conn, _)) => {
-                        std::thread::spawn(move || serve_ok(conn));
+                        let body = Arc::clone(&body);
+                        std::thread::spawn(move || serve_ok(conn, &body));
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(5)),
                 }
@@ -55,9 +63,9 @@ impl Drop for Backend {
     }
 }
 
-/// Answers every request of one keep-alive connection with 200 "ok"; ends
-/// when the peer closes it or asks to (`Connection: close`).
-fn serve_ok(conn: TcpStream) {
+/// Answers every request of one keep-alive connection with 200 and
+/// `body`; ends when the peer closes it or asks to (`Connection: close`).
+fn serve_ok(conn: TcpStream, body: &str) {
     let _ = conn.set_nonblocking(false);
     let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
     let Ok(mut writer) = conn.try_clone() else {
@@ -76,9 +84,11 @@ fn serve_ok(conn: TcpStream) {
                 Ok(_) => close |= line.eq_ignore_ascii_case("connection: close\r\n"),
             }
         }
-        let answered = writer
-            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n")
-            .is_ok();
+        let answer = format!(
+            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let answered = writer.write_all(answer.as_bytes()).is_ok();
         if !answered || close {
             return;
         }

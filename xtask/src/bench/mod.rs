@@ -45,7 +45,7 @@ pub(crate) enum Bench {
 /// Runs the chosen benchmark.
 pub(crate) fn run(root: &Path, bench: Bench) -> Result<()> {
     // Every bench builds the workspace, whose etcd client needs protoc.
-    crate::test::ensure_protoc(&mut crate::test::Apt::default())?;
+    crate::test::ensure_protoc(&mut crate::apt::Apt::default())?;
     match bench {
         Bench::Proxy(options) => proxy::run(root, &options),
         Bench::Fanout(options) => fanout::run(root, &options),

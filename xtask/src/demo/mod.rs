@@ -12,6 +12,7 @@
 //!   they do with it.
 //! - [`setup`]: the files, certificates and command lines prepared first.
 //! - [`rollout`]: the sidecars of the rollout that rolls itself back.
+//! - [`envoy`]: the stock Envoy following the group `mesh` over xDS.
 //! - This file: building, starting the control server, running the steps,
 //!   stopping everything.
 //!
@@ -19,6 +20,7 @@
 //! [`crate::traffic`]'s, and the printing [`crate::narrate`]'s, all shared
 //! with the cluster demo.
 
+mod envoy;
 mod rollout;
 mod session;
 mod setup;
@@ -47,7 +49,10 @@ pub(crate) const PACKAGES: &[&str] = &[
 pub(crate) const BINARIES: &[&str] = &["vane-control", "vanectl", "vane-agent", "vane-proxy"];
 
 pub(crate) fn run(root: &Path, security: Security) -> Result<()> {
-    crate::test::ensure_protoc(&mut crate::test::Apt::default())?;
+    let mut apt = crate::apt::Apt::default();
+    crate::test::ensure_protoc(&mut apt)?;
+    // The Envoy of the xDS steps, pinned, as the tests have it.
+    let xds = crate::xds_deps::ensure(root, &mut apt)?;
     println!("==> building vane-control, vanectl, vane-agent and vane-proxy (debug)");
     let mut build = cargo();
     build.args(["build", "--quiet", "--bins"]).current_dir(root);
@@ -132,6 +137,8 @@ pub(crate) fn run(root: &Path, security: Security) -> Result<()> {
         web: None,
         traffic: None,
         canaries: Vec::new(),
+        envoy_bin: xds.envoy,
+        envoy: None,
     };
     for (i, step) in steps(security).iter().enumerate() {
         section(i + 1, step.title, step.explain);
@@ -144,12 +151,22 @@ pub(crate) fn run(root: &Path, security: Security) -> Result<()> {
                 eprintln!("{} log ({}):", p.name, p.log.display());
                 eprintln!("{}", tail(&p.log, 20));
             }
+            if demo.envoy.is_some() {
+                let log = demo.work.join("envoy.log");
+                eprintln!("envoy log ({}):", log.display());
+                eprintln!("{}", tail(&log, 20));
+            }
         })?;
     }
 
     // Traffic stops before the proxy does, so no request is cut off by the
     // demo itself.
     drop(demo.traffic.take());
+    if let Some(mut envoy) = demo.envoy.take() {
+        println!();
+        println!("==> stopping Envoy with SIGTERM");
+        envoy.stop()?;
+    }
     if let Some(mut proxy) = demo.proxy.take() {
         println!();
         println!("==> stopping vane-proxy with SIGTERM");
@@ -178,12 +195,14 @@ pub(crate) fn run(root: &Path, security: Security) -> Result<()> {
     println!();
     let how = match security {
         Security::Mtls => {
-            "That was the control plane under mTLS, a sidecar agent and a proxy that outlived it. \
+            "That was the control plane under mTLS, a sidecar agent and a proxy that outlived it, \
+             and a stock Envoy following Vane. \
              `cargo xtask demo --plaintext` runs the same tour without TLS; `cargo xtask certs --out DIR` \
              writes a certificate set to keep."
         }
         Security::Plaintext => {
-            "That was the control plane, a sidecar agent and a proxy that outlived it, in plaintext; \
+            "That was the control plane, a sidecar agent and a proxy that outlived it, and a stock \
+             Envoy following Vane, in plaintext; \
              plain `cargo xtask demo` runs the same tour with mTLS and a policy."
         }
     };

@@ -9,7 +9,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, ensure};
+use vane_testkit::envoy_config::EnvoyTls;
 
+use super::envoy::EnvoyRun;
 use super::setup::{Security, control_args};
 use crate::harness::{
     AGENT_LISTENING, CONTROL_LISTENING, PROXY_LISTENING, Server, http_get, wait_until,
@@ -38,6 +40,10 @@ pub(crate) struct Demo {
     pub(crate) traffic: Option<Traffic>,
     /// The rollout's sidecars, by node id.
     pub(crate) canaries: Vec<(String, Server)>,
+    /// The Envoy binary (installed under the target directory).
+    pub(crate) envoy_bin: PathBuf,
+    /// The stock Envoy following the group `mesh`.
+    pub(crate) envoy: Option<EnvoyRun>,
 }
 
 impl Demo {
@@ -107,6 +113,34 @@ impl Demo {
                 " --ca ca.pem --cert agent.pem --key agent.key",
             ),
         }
+    }
+
+    /// Envoy's TLS to the control server under mTLS: the CA, and the
+    /// agent's certificate (identity `agent-edge`).
+    pub(crate) fn envoy_tls(&self) -> Option<EnvoyTls> {
+        (self.security == Security::Mtls).then(|| EnvoyTls {
+            ca: self.work.join("ca.pem"),
+            cert: self.work.join("agent.pem"),
+            key: self.work.join("agent.key"),
+        })
+    }
+
+    /// Polls `vanectl status GROUP -o json` until `node` is SYNCED at `version`.
+    pub(crate) fn wait_synced(&self, group: &str, node: &str, version: u64) -> Result<()> {
+        wait_until(&format!("{node} SYNCED at version {version}"), || {
+            self.vanectl_cmd()
+                .args(["status", group, "-o", "json"])
+                .output()
+                .ok()
+                .and_then(|o| serde_json::from_slice::<serde_json::Value>(&o.stdout).ok())
+                .and_then(|all| {
+                    all.as_array()?
+                        .iter()
+                        .find(|a| a["node_id"] == node)
+                        .cloned()
+                })
+                .is_some_and(|a| a["state"] == "SYNCED" && a["acked_version"] == version)
+        })
     }
 
     pub(crate) fn start_agent(&mut self) -> Result<()> {

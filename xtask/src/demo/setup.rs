@@ -11,14 +11,16 @@ use anyhow::{Context as _, Result, ensure};
 
 use crate::narrate::wrap;
 
-/// What the demo appends to vane-pki's `DEMO_POLICY`: the proxy runs with
-/// the agent's certificate (identity `agent-edge`, an agent of `edge` only)
-/// and follows `web`, so that identity may watch `web` as well.
+/// What the demo appends to vane-pki's `DEMO_POLICY`: the proxy and Envoy
+/// run with the agent's certificate (identity `agent-edge`, an agent of
+/// `edge` only) and follow `web` and `mesh`, so that identity may watch
+/// those as well.
 const WEB_BINDING: &str =
-    "  # Added by `cargo xtask demo`: its proxy (also agent-edge) follows group web.
+    "  # Added by `cargo xtask demo`: its proxy and its Envoy (also agent-edge)
+  # follow groups web and mesh.
   - identity: agent-edge
     role: agent
-    groups: [\"web\"]
+    groups: [\"web\", \"mesh\"]
 ";
 
 /// How the demo's processes talk to each other.
@@ -61,7 +63,7 @@ pub(crate) fn write_certs(work: &Path) -> Result<()> {
         .with_context(|| format!("cannot open {}", policy.display()))?;
     file.write_all(WEB_BINDING.as_bytes())
         .with_context(|| format!("cannot write {}", policy.display()))?;
-    println!("$ cat policy.yaml   # with one binding added for this demo's proxy");
+    println!("$ cat policy.yaml   # with one binding added for this demo's proxy and Envoy");
     let text = std::fs::read_to_string(&policy)
         .with_context(|| format!("cannot read {}", policy.display()))?;
     print!("{text}");

@@ -6,6 +6,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, ensure};
 
+use anyhow::Context as _;
+
+use super::envoy::{EnvoyRun, MESH, NODE};
 use super::session::{Demo, GROUP};
 use super::setup::Security;
 use crate::narrate::millis;
@@ -394,6 +397,73 @@ pub(crate) fn steps(security: Security) -> Vec<Step> {
                 d.push_web(12)?;
                 d.wait_proxy_version(12)?;
                 d.show_traffic(0)
+            },
+        },
+        Step {
+            title: "a stock Envoy following Vane",
+            explain: "Envoy speaks xDS, and vane-control serves it on the same port, with the \
+                      same TLS and policy (Envoy presents the agent's certificate). Its \
+                      bootstrap names only the control server and its group, mesh, in its \
+                      node metadata (vane.group); the listener, the route and the cluster come \
+                      from the group's snapshot, mesh-1.yaml, which sends everything to the \
+                      backend blue. vanectl status lists Envoy like any agent, with CLIENT \
+                      envoy.",
+            action: |d| {
+                let prepared = EnvoyRun::prepare(&d.work)?;
+                d.vanectl(
+                    &[
+                        "push",
+                        MESH,
+                        "-f",
+                        "mesh-1.yaml",
+                        "-m",
+                        "everything to blue",
+                    ],
+                    0,
+                )?;
+                let tls = d.envoy_tls();
+                let envoy = EnvoyRun::start(&d.envoy_bin, &d.work, d.server.addr, tls, prepared)?;
+                let took = envoy.wait_answer("blue")?;
+                println!(
+                    "(Envoy's listener answered {} after its start)",
+                    millis(took)
+                );
+                envoy.show_curl()?;
+                d.envoy = Some(envoy);
+                d.wait_synced(MESH, NODE, 1)?;
+                d.vanectl(&["status", MESH], 0)
+            },
+        },
+        Step {
+            title: "a push reaches Envoy",
+            explain: "mesh-2.yaml sends everything to green instead. Envoy gets the new route \
+                      and cluster over its open ADS stream and ACKs version 2; its own \
+                      /config_dump shows Vane's version 2 for the clusters (the listener did not \
+                      change, and keeps the version it came with). History, audit and rollback \
+                      apply to it as to Vane's agents.",
+            action: |d| {
+                let pushed = Instant::now();
+                d.vanectl(
+                    &[
+                        "push",
+                        MESH,
+                        "-f",
+                        "mesh-2.yaml",
+                        "-m",
+                        "everything to green",
+                    ],
+                    0,
+                )?;
+                let envoy = d.envoy.as_ref().context("Envoy is not running")?;
+                envoy.wait_answer("green")?;
+                println!(
+                    "(Envoy answered from green {} after the push returned)",
+                    millis(pushed.elapsed())
+                );
+                envoy.show_curl()?;
+                d.wait_synced(MESH, NODE, 2)?;
+                envoy.show_version()?;
+                d.vanectl(&["status", MESH], 0)
             },
         },
     ]);

@@ -37,9 +37,9 @@ use self::nginx::{proxy_conf, start_nginx, stream_module, upstream_conf};
 use self::perf::profile_vane;
 use self::report::{Churn, DOC, Record, Settings, render, write_doc};
 use self::vane::Vane;
+use crate::apt::Apt;
 use crate::harness::{Proc, wait_accepting};
 use crate::process::{cargo, display, ensure_built, run as run_cmd, target_dir};
-use crate::test::Apt;
 
 /// Options of `cargo xtask bench proxy`.
 #[derive(Debug, clap::Args)]
