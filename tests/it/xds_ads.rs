@@ -24,6 +24,18 @@ use crate::hostile_grpc::{channel, with_token};
 
 const CDS: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
 const LDS: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
+const EDS: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+const RDS: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
+
+/// The names a real Envoy asks for by name with the example snapshot.
+fn names_of(type_url: &str) -> Vec<String> {
+    let names: &[&str] = match type_url {
+        EDS => &["api", "postgres", "web"],
+        RDS => &["main"],
+        _ => &[],
+    };
+    names.iter().map(|n| (*n).to_owned()).collect()
+}
 
 fn node(id: &str, group: Option<&str>) -> Node {
     Node {
@@ -49,6 +61,7 @@ fn node(id: &str, group: Option<&str>) -> Node {
 fn request(type_url: &str, nonce: &str, error: Option<&str>) -> DiscoveryRequest {
     DiscoveryRequest {
         type_url: type_url.into(),
+        resource_names: names_of(type_url),
         response_nonce: nonce.into(),
         error_detail: error.map(|m| RpcStatus {
             code: 13,
@@ -92,6 +105,40 @@ impl Sotw {
     async fn send(&self, r: DiscoveryRequest) {
         self.tx.send(r).await.unwrap();
     }
+
+    /// Opens a stream as Envoy does: clusters, endpoints, listeners, routes.
+    async fn like_envoy(url: &str, id: &str) -> Self {
+        let mut first = request(CDS, "", None);
+        first.node = Some(node(id, Some("edge")));
+        let s = Self::open(url, None, first).await.unwrap();
+        for t in [EDS, LDS, RDS] {
+            s.send(request(t, "", None)).await;
+        }
+        s
+    }
+
+    /// Answers every response until none comes for `quiet`: ACKs, or a
+    /// NACK of the first response of type `refuse`. Returns the (type,
+    /// version) of each response in order.
+    async fn drain(&mut self, quiet: Duration, refuse: Option<&str>) -> Vec<(String, String)> {
+        let mut seen: Vec<(String, String)> = Vec::new();
+        let mut refused = false;
+        while let Some(r) = self.next(quiet).await {
+            let nack = refuse == Some(r.type_url.as_str()) && !refused;
+            refused |= nack;
+            let error = nack.then_some("cluster api: unsupported thing");
+            self.send(request(&r.type_url, &r.nonce, error)).await;
+            seen.push((r.type_url.clone(), r.version_info.clone()));
+        }
+        seen
+    }
+}
+
+/// The position of the first response of `type_url` in `seen`.
+fn first_of(seen: &[(String, String)], type_url: &str) -> usize {
+    seen.iter()
+        .position(|(t, _)| t == type_url)
+        .unwrap_or_else(|| panic!("no {type_url} in {seen:?}"))
 }
 
 fn push(server: &ControlServer, group: &str, key: &str) {
@@ -130,45 +177,25 @@ async fn status_when(
 async fn a_nack_is_recorded_per_type_and_the_refused_version_is_never_sent_again() {
     let server = ControlServer::start();
     push(&server, "edge", "v1");
-    let mut first = request(CDS, "", None);
-    first.node = Some(node("envoy-1", Some("edge")));
-    let mut s = Sotw::open(&server.url(), None, first).await.unwrap();
-    s.send(request(LDS, "", None)).await;
-    let cds = s.next(Duration::from_secs(10)).await.unwrap();
-    assert_eq!(
-        (cds.type_url.as_str(), cds.version_info.as_str()),
-        (CDS, "1")
+    let mut s = Sotw::like_envoy(&server.url(), "envoy-1").await;
+    let seen = s.drain(Duration::from_secs(2), None).await;
+    assert!(seen.iter().all(|(_, v)| v == "1"), "{seen:?}");
+    assert!(
+        first_of(&seen, CDS) < first_of(&seen, LDS),
+        "clusters before listeners: {seen:?}"
     );
-    assert_eq!(cds.resources.len(), 3, "api, web, postgres");
-    let lds = s.next(Duration::from_secs(10)).await.unwrap();
-    assert_eq!(lds.type_url, LDS);
-    assert_eq!(lds.resources.len(), 2, "web and db");
-    s.send(request(CDS, &cds.nonce, None)).await;
-    s.send(request(LDS, &lds.nonce, None)).await;
     let synced = status_when(&server, "edge", "envoy-1", |a| a["state"] == "SYNCED").await;
     assert_eq!(synced["acked_version"], 1);
     assert_eq!(synced["client"], "envoy");
 
     push(&server, "edge", "v2");
-    let mut refused = None;
-    while let Some(r) = s.next(Duration::from_secs(10)).await {
-        assert_eq!(r.version_info, "2");
-        if r.type_url == CDS && refused.is_none() {
-            s.send(request(
-                CDS,
-                &r.nonce,
-                Some("cluster api: unsupported thing"),
-            ))
-            .await;
-            refused = Some(r.nonce);
-        } else {
-            s.send(request(&r.type_url, &r.nonce, None)).await;
-        }
-        if r.type_url == LDS {
-            break;
-        }
-    }
-    assert!(refused.is_some());
+    let seen = s.drain(Duration::from_secs(2), Some(CDS)).await;
+    assert!(seen.iter().all(|(_, v)| v == "2"), "{seen:?}");
+    assert_eq!(
+        seen.iter().filter(|(t, _)| t == CDS).count(),
+        1,
+        "a refused version was sent again: {seen:?}"
+    );
     let nacked = status_when(&server, "edge", "envoy-1", |a| a["state"] == "NACKED").await;
     assert_eq!(nacked["nack_reason"], "CDS cluster api: unsupported thing");
     assert_eq!(nacked["last_nacked_version"], 2);
@@ -177,18 +204,15 @@ async fn a_nack_is_recorded_per_type_and_the_refused_version_is_never_sent_again
         s.next(Duration::from_secs(3)).await.is_none(),
         "a refused version was sent again"
     );
-    // The next version is sent, and acked: SYNCED again.
+    // The next version is sent in order, and acked: SYNCED again.
     push(&server, "edge", "v3");
-    let mut types = Vec::new();
-    while let Some(r) = s.next(Duration::from_secs(10)).await {
-        assert_eq!(r.version_info, "3");
-        types.push(r.type_url.clone());
-        s.send(request(&r.type_url, &r.nonce, None)).await;
-        if r.type_url == LDS {
-            break;
-        }
-    }
-    assert_eq!(types, [CDS, LDS], "clusters before listeners");
+    let seen = s.drain(Duration::from_secs(2), None).await;
+    assert!(seen.iter().all(|(_, v)| v == "3"), "{seen:?}");
+    let order: Vec<usize> = [CDS, EDS, LDS, RDS]
+        .iter()
+        .map(|t| first_of(&seen, t))
+        .collect();
+    assert!(order.is_sorted(), "make before break: {seen:?}");
     let synced = status_when(&server, "edge", "envoy-1", |a| a["state"] == "SYNCED").await;
     assert_eq!(synced["acked_version"], 3);
 }
@@ -364,29 +388,14 @@ async fn a_delta_stream_resumes_from_what_the_client_has() {
     assert_eq!(resumed.removed_resources, ["postgres"]);
 }
 
-/// Acks every response on `s` until `version`'s listeners arrive; returns
-/// whether they did within 10 s.
-async fn ack_until(s: &mut Sotw, version: &str) -> bool {
-    while let Some(r) = s.next(Duration::from_secs(10)).await {
-        s.send(request(&r.type_url, &r.nonce, None)).await;
-        if r.type_url == LDS && r.version_info == version {
-            return true;
-        }
-    }
-    false
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rollout_sends_its_candidate_to_its_cohort_of_xds_nodes_only() {
     let server = ControlServer::start();
     push(&server, "edge", "v1");
     let mut nodes = Vec::new();
     for id in ["envoy-a", "envoy-b"] {
-        let mut first = request(CDS, "", None);
-        first.node = Some(node(id, Some("edge")));
-        let mut s = Sotw::open(&server.url(), None, first).await.unwrap();
-        s.send(request(LDS, "", None)).await;
-        assert!(ack_until(&mut s, "1").await);
+        let mut s = Sotw::like_envoy(&server.url(), id).await;
+        assert!(!s.drain(Duration::from_secs(2), None).await.is_empty());
         nodes.push(s);
     }
     let dir = tempfile::tempdir().unwrap();
@@ -408,13 +417,9 @@ async fn a_rollout_sends_its_candidate_to_its_cohort_of_xds_nodes_only() {
     // One of the two gets version 2; the other is sent nothing new.
     let mut got = Vec::new();
     for s in &mut nodes {
-        let mut received = false;
-        while let Some(r) = s.next(Duration::from_secs(3)).await {
-            assert_eq!(r.version_info, "2");
-            received = true;
-            s.send(request(&r.type_url, &r.nonce, None)).await;
-        }
-        got.push(received);
+        let seen = s.drain(Duration::from_secs(3), None).await;
+        assert!(seen.iter().all(|(_, v)| v == "2"), "{seen:?}");
+        got.push(!seen.is_empty());
     }
     assert_eq!(got.iter().filter(|g| **g).count(), 1, "{got:?}");
     let candidate = if got[0] { "envoy-a" } else { "envoy-b" };
@@ -423,9 +428,10 @@ async fn a_rollout_sends_its_candidate_to_its_cohort_of_xds_nodes_only() {
     // Aborted: the candidate's node is sent the restored version (3).
     server.ctl(&["rollout", "abort", "edge", "-m", "test"]).ok();
     let idx = usize::from(!got[0]);
+    let seen = nodes[idx].drain(Duration::from_secs(3), None).await;
     assert!(
-        ack_until(&mut nodes[idx], "3").await,
-        "the restored version did not arrive"
+        seen.iter().any(|(_, v)| v == "3"),
+        "the restored version did not arrive: {seen:?}"
     );
     status_when(&server, "edge", candidate, |a| a["acked_version"] == 3).await;
 }

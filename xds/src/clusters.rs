@@ -8,7 +8,7 @@ use envoy_types::pb::envoy::config::cluster::v3::{
     cluster::{ClusterDiscoveryType, DiscoveryType, EdsClusterConfig},
     load_balancing_policy::Policy,
 };
-use envoy_types::pb::envoy::config::core::v3::TypedExtensionConfig;
+use envoy_types::pb::envoy::config::core::v3::{Locality, TypedExtensionConfig};
 use envoy_types::pb::envoy::config::endpoint::v3::{
     ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint::HostIdentifier,
 };
@@ -110,6 +110,9 @@ pub(crate) fn load_assignments(snapshot: &Snapshot) -> Vec<(String, ClusterLoadA
             let cla = ClusterLoadAssignment {
                 cluster_name: c.name.clone(),
                 endpoints: vec![LocalityLbEndpoints {
+                    // gRPC clients refuse a locality left unset (Envoy
+                    // does not mind): the one locality, named nothing.
+                    locality: Some(Locality::default()),
                     lb_endpoints,
                     load_balancing_weight: Some(u32_value(1)),
                     ..Default::default()

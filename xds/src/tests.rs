@@ -569,6 +569,8 @@ fn grpc_clients_requirements_hold_for_every_resource() {
                 .iter()
                 .all(|l| l.load_balancing_weight.is_some_and(|w| w.value > 0))
         );
+        // gRPC clients refuse a locality left unset.
+        assert!(cla.endpoints.iter().all(|l| l.locality.is_some()));
     }
 }
 
