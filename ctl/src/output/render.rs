@@ -282,6 +282,16 @@ pub(crate) fn status(
                 row.insert(3, dash(&a.role));
             }
         }
+        // When not every agent is Vane's own, what kind each is (after NODE).
+        if agents
+            .iter()
+            .any(|a| !a.client.is_empty() && a.client != "vane-agent")
+        {
+            headers.insert(2, "CLIENT");
+            for (row, a) in rows.iter_mut().zip(agents) {
+                row.insert(2, dash(&a.client));
+            }
+        }
         out.push_str(&table(&headers, rows));
         out.push('\n');
     }

@@ -98,6 +98,9 @@ pub(crate) struct AgentView {
     pub(crate) labels: BTreeMap<String, String>,
     pub(crate) peer: String,
     pub(crate) agent_build: String,
+    /// What kind of client: `vane-agent`, `envoy`, `grpc`, `xds` or `http`
+    /// (an HTTP long-poll client).
+    pub(crate) client: String,
     /// The control server (replica) holding the agent's stream.
     pub(crate) replica: String,
     /// True when the server that answered cannot reach its store (etcd): it
@@ -146,6 +149,7 @@ impl From<&pb::AgentStatus> for AgentView {
             labels: a.labels.clone().into_iter().collect(),
             peer: a.peer.clone(),
             agent_build: a.agent_build.clone(),
+            client: a.client.clone(),
             replica: a.replica.clone(),
             control_degraded: false,
             role: a.role.clone(),
