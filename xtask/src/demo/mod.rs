@@ -12,6 +12,7 @@
 //!   they do with it.
 //! - [`setup`]: the files, certificates and command lines prepared first.
 //! - [`rollout`]: the sidecars of the rollout that rolls itself back.
+//! - [`longpoll`]: `examples/longpoll.sh` following the group over HTTP.
 //! - This file: building, starting the control server, running the steps,
 //!   stopping everything.
 //!
@@ -19,6 +20,7 @@
 //! [`crate::traffic`]'s, and the printing [`crate::narrate`]'s, all shared
 //! with the cluster demo.
 
+mod longpoll;
 mod rollout;
 mod session;
 mod setup;
