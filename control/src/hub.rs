@@ -58,7 +58,7 @@ pub struct Published {
     /// the first xDS stream that needs it, and shared by every other.
     xds: OnceCell<crate::xds::Translated>,
     /// The version's HTTP bodies (`crate::http`), each rendered once.
-    http: crate::http::Bodies,
+    http: crate::http::render::Bodies,
 }
 
 /// An older version a delta to the head can start from.
@@ -108,12 +108,12 @@ impl Published {
             candidate: None,
             bases: Vec::new(),
             xds: OnceCell::new(),
-            http: crate::http::Bodies::default(),
+            http: crate::http::render::Bodies::default(),
         }
     }
 
     /// The version's HTTP bodies (JSON, YAML, values), rendered on first use.
-    pub(crate) fn http_bodies(&self) -> &crate::http::Bodies {
+    pub(crate) fn http_bodies(&self) -> &crate::http::render::Bodies {
         &self.http
     }
 

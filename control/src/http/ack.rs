@@ -9,9 +9,9 @@ use http::StatusCode;
 use serde::Deserialize;
 
 use crate::agents::ReportRefused;
+use crate::http::api::{Call, HttpApi};
 use crate::http::errors::ApiError;
 use crate::http::params::check_text;
-use crate::http::{Call, HttpApi};
 use crate::targets;
 use crate::watch::admission::nack_reason;
 

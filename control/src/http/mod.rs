@@ -13,6 +13,7 @@
 //! polls held at once.
 //!
 //! # Layout
+//! - `api`: [`HttpApi`] and what every call does first.
 //! - `params`: the query and `If-None-Match`, checked.
 //! - `poll`: the hold and the poll handler.
 //! - `ack`: ACK and NACK.
@@ -20,25 +21,22 @@
 //! - `errors`: the JSON error body and status codes.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
 use axum::response::Response;
 use axum::routing::{get, post};
-use tokio::sync::Semaphore;
 use tonic::Status;
 
-use crate::accept::ConnInfo;
-use crate::auth::{Action, Caller};
-use crate::watch::admission::Credentials;
-use crate::watch::{DiscoveryService, Parts};
-
 mod ack;
+mod api;
 mod errors;
 mod params;
 mod poll;
-mod render;
+pub(crate) mod render;
+
+use api::Call;
+pub use api::{DEFAULT_MAX_HELD_POLLS, HttpApi};
 
 pub use ack::MAX_ACK_BYTES;
 pub use params::{DEFAULT_WAIT, MAX_WAIT};
@@ -48,49 +46,7 @@ pub use render::Bodies;
 use errors::ApiError;
 use render::View;
 
-/// Polls held at once, across every caller, unless configured.
-pub const DEFAULT_MAX_HELD_POLLS: usize = 20_000;
-
-/// The HTTP API: its routes go next to the gRPC services (see
-/// [`HttpApi::routes`]).
-pub struct HttpApi {
-    parts: Parts,
-    held: Arc<Semaphore>,
-    max_held: usize,
-    request_timeout: Duration,
-}
-
-impl std::fmt::Debug for HttpApi {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HttpApi")
-            .field("max_held", &self.max_held)
-            .field("request_timeout", &self.request_timeout)
-            .finish_non_exhaustive()
-    }
-}
-
 impl HttpApi {
-    /// The API beside `discovery`, sharing its hub, cohorts, registry,
-    /// policy and per-identity cap.
-    pub fn beside(discovery: &DiscoveryService) -> Self {
-        Self {
-            parts: discovery.parts(),
-            held: Arc::new(Semaphore::new(DEFAULT_MAX_HELD_POLLS)),
-            max_held: DEFAULT_MAX_HELD_POLLS,
-            request_timeout: Duration::from_secs(60),
-        }
-    }
-
-    /// At most `max_held_polls` polls held at once; holds end a second
-    /// before `request_timeout` (the server's cut-off for every request).
-    #[must_use]
-    pub fn with_limits(mut self, max_held_polls: usize, request_timeout: Duration) -> Self {
-        self.held = Arc::new(Semaphore::new(max_held_polls.min(Semaphore::MAX_PERMITS)));
-        self.max_held = max_held_polls;
-        self.request_timeout = request_timeout;
-        self
-    }
-
     /// The routes, to add to the tonic server beside the gRPC services
     /// (`Server::builder().accept_http1(true).add_routes(..)`). Any other
     /// path is a JSON 404, or gRPC's `UNIMPLEMENTED` for a gRPC request.
@@ -103,90 +59,6 @@ impl HttpApi {
             .fallback(not_found)
             .with_state(Arc::new(self));
         tonic::service::Routes::from(router)
-    }
-
-    /// Who is calling, and whether they may follow `group`; a refusal is
-    /// logged and audited as `action`.
-    fn authorize(&self, call: &Call, action: &str) -> Result<Caller, ApiError> {
-        let authorization = call
-            .credentials
-            .authorization
-            .as_ref()
-            .map(http::HeaderValue::as_bytes);
-        let caller = self
-            .parts
-            .auth
-            .caller(call.credentials.conn.as_ref(), authorization)
-            .map_err(|status| {
-                let anonymous = Caller {
-                    identity: String::new(),
-                    source: crate::auth::Source::None,
-                    peer: call.peer(),
-                };
-                self.refused(&anonymous, action, &call.group, &status);
-                ApiError::from_status(&status)
-            })?;
-        self.parts
-            .auth
-            .authorize(&caller, Action::Watch, &call.group)
-            .map_err(|status| {
-                self.refused(&caller, action, &call.group, &status);
-                ApiError::from_status(&status)
-            })?;
-        Ok(caller)
-    }
-
-    /// Logs and audits a refused call.
-    fn refused(&self, caller: &Caller, action: &str, group: &str, status: &Status) {
-        tracing::info!(identity = %caller.identity, peer = %caller.peer, group, action, code = ?status.code(), reason = status.message(), "http call refused");
-        if let Some(audit) = &self.parts.audit {
-            audit.refused(caller, action, group, "", status);
-        }
-    }
-
-    /// Whether `group` is known: it has a version (or a corrupt one), or
-    /// some client (a stream, an xDS client or a held poll) waits for its
-    /// first. Anything else is a 404, so a misspelt group is an error
-    /// rather than a poll that never ends.
-    fn known(&self, group: &str) -> bool {
-        let hub = &self.parts.hub;
-        hub.head(group).is_some() || hub.watched(group) || hub.corrupt().head(group).is_some()
-    }
-}
-
-/// One call: its group, its request head and what it proved of its caller.
-struct Call {
-    group: String,
-    parts: http::request::Parts,
-    credentials: Credentials,
-}
-
-impl Call {
-    /// Checks the group, and takes the caller's credentials from the
-    /// connection (our accept loop's `ConnInfo`) and the headers.
-    fn new(
-        group: Result<Path<String>, axum::extract::rejection::PathRejection>,
-        parts: http::request::Parts,
-    ) -> Result<Self, ApiError> {
-        let Path(group) = group.map_err(|e| ApiError::invalid("group", e.body_text()))?;
-        vane_model::names::check_group(&group).map_err(|e| ApiError::invalid("group", e))?;
-        let credentials = Credentials {
-            conn: parts.extensions.get::<ConnInfo>().cloned(),
-            authorization: parts.headers.get(http::header::AUTHORIZATION).cloned(),
-        };
-        Ok(Self {
-            group,
-            parts,
-            credentials,
-        })
-    }
-
-    fn peer(&self) -> String {
-        self.credentials
-            .conn
-            .as_ref()
-            .map(|c| c.remote.to_string())
-            .unwrap_or_default()
     }
 }
 

@@ -15,10 +15,10 @@ use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
 use crate::agents::NodeInfo;
+use crate::http::api::{Call, HttpApi};
 use crate::http::errors::{ApiError, RETRY_AFTER_SECS};
 use crate::http::params::{if_none_match, poll_params};
 use crate::http::render::View;
-use crate::http::{Call, HttpApi};
 use crate::hub::{Head, Published};
 use crate::targets::{self, CohortView};
 use crate::watch::admission::Access;
