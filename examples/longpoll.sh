@@ -21,6 +21,10 @@ set -u
 server=${1%/} group=$2 node=$3 out=$4 once=${5:-}
 wait=${WAIT:-30s} format=${FORMAT:-json}
 version=0 backoff=1
+# The ETag of the file we run, sent as If-None-Match: after a restart of
+# the server, it records this node as running it. Empty after a refusal,
+# so the refused version is not served again.
+etag=
 tmp="$out.tmp.$$" head="$out.head.$$"
 trap 'rm -f "$tmp" "$head"' EXIT
 trap 'exit 130' INT TERM
@@ -62,8 +66,9 @@ report() {
 }
 
 while :; do
-    code=$(call -o "$tmp" -D "$head" -w '%{http_code}' --max-time 90 \
-        "$server/v1/groups/$group/snapshot?node=$node&after_version=$version&wait=$wait&format=$format") || code=000
+    set -- "$server/v1/groups/$group/snapshot?node=$node&after_version=$version&wait=$wait&format=$format"
+    [ -z "$etag" ] || set -- -H "If-None-Match: \"$etag\"" "$@"
+    code=$(call -o "$tmp" -D "$head" -w '%{http_code}' --max-time 90 "$@") || code=000
     case $code in
     200)
         new=$(header vane-version)
@@ -71,10 +76,12 @@ while :; do
         if [ -n "${CHECK_CMD:-}" ] && ! why=$($CHECK_CMD "$tmp" 2>&1); then
             echo "longpoll: version $new refused by $CHECK_CMD: $why" >&2
             report "$new" "$hash" "${why:-$CHECK_CMD failed}"
+            etag=
         else
             mv -f "$tmp" "$out"
             echo "longpoll: wrote version $new (sha256 $(echo "$hash" | cut -c1-12)) to $out" >&2
             report "$new" "$hash"
+            etag=$hash
             [ "$once" = --once ] && exit 0
         fi
         # Refused or not, that version is known: wait for the next one.
