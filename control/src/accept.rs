@@ -116,7 +116,9 @@ pub fn server_config(files: &TlsFiles) -> Result<Arc<rustls::ServerConfig>, TlsE
     let mut config = builder
         .with_single_cert(chain, key)
         .map_err(|e| TlsError::Config(format!("--tls-cert/--tls-key: {e}")))?;
-    config.alpn_protocols = vec![b"h2".to_vec()];
+    // h2 for gRPC (and HTTP clients that speak it); http/1.1 for the HTTP
+    // API's plain clients (curl, scripts), which may offer nothing else.
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
 

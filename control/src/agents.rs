@@ -69,6 +69,19 @@ struct Entry {
     generation: u64,
     // Monotonic, for expiry: a wall-clock jump must not forget agents early.
     last_seen: Instant,
+    /// An HTTP long-poll node (no stream to end): it counts as
+    /// disconnected once this passes without a new poll.
+    expires: Option<Instant>,
+    /// The hash of `record.sent_version` as sent over HTTP, which the
+    /// node's ACK must name.
+    sent_hash: String,
+}
+
+impl Entry {
+    /// Connected: a stream is open, or an HTTP node polled recently enough.
+    fn connected(&self, now: Instant) -> bool {
+        self.record.connected && self.expires.is_none_or(|at| at > now)
+    }
 }
 
 #[derive(Debug, Default)]
@@ -97,6 +110,23 @@ pub enum ConnectRefused {
         /// The limit.
         max: usize,
     },
+}
+
+/// Why an HTTP node's ACK or NACK was not recorded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReportRefused {
+    /// The node never polled this group here (or was forgotten).
+    #[error("node: has not polled this group on this server (poll first, then acknowledge)")]
+    Unknown,
+    /// Another identity holds this node id.
+    #[error("node: this node id is held by identity {owner:?}")]
+    Owned {
+        /// The identity that holds it.
+        owner: String,
+    },
+    /// The node id belongs to a stream (a vane-agent or xDS client).
+    #[error("node: this node id is a streaming agent's, which acknowledges on its stream")]
+    Stream,
 }
 
 /// The registry of agents.
@@ -202,12 +232,17 @@ impl AgentRegistry {
                 owner: String::new(),
                 generation,
                 last_seen: Instant::now(),
+                expires: None,
+                sent_hash: String::new(),
             });
         if entry.owner.is_empty() {
             identity.clone_into(&mut entry.owner);
         }
         entry.generation = generation;
         entry.last_seen = Instant::now();
+        // A stream, until an HTTP poll says otherwise (`poll_as`).
+        entry.expires = None;
+        entry.sent_hash.clear();
         let r = &mut entry.record;
         r.labels.clone_from(&node.labels);
         r.agent_build.clone_from(&node.agent_build);
@@ -314,14 +349,163 @@ impl AgentRegistry {
         self.update(key, true, |r| r.connected = false);
     }
 
+    /// Records a poll of an HTTP long-poll node (`crate::http`) and returns
+    /// its key. There is no stream: the node counts as connected until
+    /// `alive_for` passes without another poll. A node that is still
+    /// polling keeps its key (its ACKs keep counting); one seen anew (or
+    /// after a stream of the same id) starts a session like a stream's
+    /// connect, keeping what it acked before unless `running` says what it
+    /// runs. Refused like [`Self::connect_as`].
+    pub fn poll_as(
+        &self,
+        node: &NodeInfo,
+        peer: &str,
+        identity: &str,
+        max_agents: usize,
+        alive_for: Duration,
+        running: Option<(u64, &str)>,
+    ) -> Result<StreamKey, ConnectRefused> {
+        let mut inner = self.lock();
+        let key = (node.group.clone(), node.id.clone());
+        let now = Instant::now();
+        let until = now + alive_for;
+        let tracked_agents = inner.agents.len();
+        match inner.agents.get_mut(&key) {
+            Some(entry) if !entry.owner.is_empty() && entry.owner != identity => {
+                return Err(ConnectRefused::Owned {
+                    owner: entry.owner.clone(),
+                });
+            }
+            Some(entry) if entry.expires.is_some() && entry.connected(now) => {
+                entry.last_seen = now;
+                entry.record.last_seen_unix_ms = now_unix_ms();
+                entry.expires = Some(entry.expires.map_or(until, |at| at.max(until)));
+                let changed = entry.record.labels != node.labels || entry.record.peer != peer;
+                if changed {
+                    entry.record.labels.clone_from(&node.labels);
+                    peer.clone_into(&mut entry.record.peer);
+                }
+                let generation = entry.generation;
+                let tracked = changed && mark_dirty(&mut inner, &key);
+                drop(inner);
+                self.notify(tracked);
+                return Ok(StreamKey { key, generation });
+            }
+            Some(_) => {}
+            None if tracked_agents >= max_agents => {
+                return Err(ConnectRefused::Full { max: max_agents });
+            }
+            None => {}
+        }
+        let previous = inner
+            .agents
+            .get(&key)
+            .filter(|e| e.record.acked_version > 0)
+            .map(|e| (e.record.acked_version, e.record.acked_hash.clone()));
+        let running = running.map(|(v, h)| (v, h.to_owned())).or(previous);
+        let running = running.as_ref().map(|(v, h)| (*v, h.as_str()));
+        let (stream, tracked) = Self::connect_locked(&mut inner, node, peer, running, identity);
+        if let Some(entry) = inner.agents.get_mut(&key) {
+            entry.expires = Some(until);
+        }
+        drop(inner);
+        self.notify(tracked);
+        Ok(stream)
+    }
+
+    /// `version` (hashing to `hash`) was sent to an HTTP node.
+    pub fn record_http_sent(&self, key: &StreamKey, version: u64, hash: &str) {
+        let mut inner = self.lock();
+        let mut tracked = false;
+        if let Some(entry) = inner.agents.get_mut(&key.key)
+            && entry.generation == key.generation
+        {
+            entry.record.sent_version = version;
+            hash.clone_into(&mut entry.sent_hash);
+            tracked = mark_dirty(&mut inner, &key.key);
+        }
+        drop(inner);
+        self.notify(tracked);
+    }
+
+    /// What was last sent to an HTTP node of `group` (version, hash;
+    /// `(0, "")` when nothing), for checking its ACK; refused when the node
+    /// is not known here or belongs to another identity.
+    pub fn http_sent(
+        &self,
+        group: &str,
+        node: &str,
+        identity: &str,
+    ) -> Result<(u64, String), ReportRefused> {
+        let inner = self.lock();
+        let entry = inner
+            .agents
+            .get(&(group.to_owned(), node.to_owned()))
+            .ok_or(ReportRefused::Unknown)?;
+        if !entry.owner.is_empty() && entry.owner != identity {
+            return Err(ReportRefused::Owned {
+                owner: entry.owner.clone(),
+            });
+        }
+        if entry.expires.is_none() {
+            return Err(ReportRefused::Stream);
+        }
+        Ok((entry.record.sent_version, entry.sent_hash.clone()))
+    }
+
+    /// An HTTP node's ACK (`nack: None`) or NACK (with its reason) of
+    /// `version`, already checked against [`Self::http_sent`]. A report is
+    /// a sign of life too.
+    pub fn record_http_report(
+        &self,
+        group: &str,
+        node: &str,
+        version: u64,
+        hash: &str,
+        nack: Option<&str>,
+    ) {
+        let key = (group.to_owned(), node.to_owned());
+        let mut inner = self.lock();
+        let mut tracked = false;
+        if let Some(entry) = inner.agents.get_mut(&key)
+            && entry.expires.is_some()
+        {
+            entry.last_seen = Instant::now();
+            let r = &mut entry.record;
+            r.last_seen_unix_ms = now_unix_ms();
+            match nack {
+                None => {
+                    r.acked_version = version;
+                    hash.clone_into(&mut r.acked_hash);
+                }
+                Some(reason) => {
+                    r.last_nacked_version = version;
+                    reason.clone_into(&mut r.nack_reason);
+                    // INVALID_ARGUMENT: the node refused the content.
+                    r.nack_code = 3;
+                }
+            }
+            tracked = mark_dirty(&mut inner, &key);
+        }
+        drop(inner);
+        self.notify(tracked);
+    }
+
     /// Every agent (of `group` when given), sorted by group then node id.
     pub fn list(&self, group: Option<&str>) -> Vec<AgentRecord> {
         let inner = self.lock();
+        let now = Instant::now();
         let mut out: Vec<AgentRecord> = inner
             .agents
             .values()
             .filter(|e| group.is_none_or(|g| e.record.group == g))
-            .map(|e| e.record.clone())
+            .map(|e| {
+                let mut record = e.record.clone();
+                // An HTTP node past its expiry shows as gone at once, not
+                // at the next sweep.
+                record.connected = e.connected(now);
+                record
+            })
             .collect();
         out.sort_by(|a, b| (&a.group, &a.node_id).cmp(&(&b.group, &b.node_id)));
         out
@@ -331,7 +515,17 @@ impl AgentRegistry {
     /// how many were forgotten.
     pub fn sweep(&self) -> usize {
         let forget_after = self.forget_after;
+        let now = Instant::now();
         let mut inner = self.lock();
+        // HTTP nodes that stopped polling are disconnected now (and told to
+        // the other replicas), then forgotten like any disconnected agent.
+        let mut expired = Vec::new();
+        for (key, e) in &mut inner.agents {
+            if e.record.connected && !e.connected(now) {
+                e.record.connected = false;
+                expired.push(key.clone());
+            }
+        }
         let mut forgotten = Vec::new();
         inner.agents.retain(|key, e| {
             let keep = e.record.connected || e.last_seen.elapsed() < forget_after;
@@ -341,7 +535,7 @@ impl AgentRegistry {
             keep
         });
         let mut tracked = false;
-        for key in &forgotten {
+        for key in expired.iter().chain(&forgotten) {
             tracked |= mark_dirty(&mut inner, key);
         }
         drop(inner);
@@ -498,6 +692,98 @@ mod tests {
         assert_eq!(reg.sweep(), 1);
         let left: Vec<String> = reg.list(None).into_iter().map(|r| r.node_id).collect();
         assert_eq!(left, vec!["live".to_owned()]);
+    }
+
+    fn http_node(id: &str) -> NodeInfo {
+        NodeInfo {
+            client: "http".to_owned(),
+            ..node(id)
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_http_node_lives_while_it_polls_then_expires_and_is_forgotten() {
+        let reg = AgentRegistry::new(Duration::from_secs(600));
+        reg.track_changes();
+        reg.take_changes("r");
+        let alive = Duration::from_secs(60);
+        let first = reg
+            .poll_as(&http_node("p"), "peer", "", 10, alive, None)
+            .unwrap();
+        reg.record_http_sent(&first, 2, "h2");
+        tokio::time::advance(Duration::from_secs(50)).await;
+        // Still polling: the same session, expiry pushed back.
+        let again = reg
+            .poll_as(&http_node("p"), "peer", "", 10, alive, None)
+            .unwrap();
+        assert_eq!(first, again);
+        assert_eq!(reg.http_sent("edge", "p", ""), Ok((2, "h2".to_owned())));
+        reg.record_http_report("edge", "p", 2, "h2", None);
+        let r = &reg.list(None)[0];
+        assert!(r.connected);
+        assert_eq!((r.client.as_str(), r.sessions), ("http", 1));
+        assert_eq!(r.state(2), AgentState::Synced);
+        tokio::time::advance(Duration::from_secs(59)).await;
+        assert!(reg.list(None)[0].connected);
+        assert_eq!(reg.sweep(), 0);
+        tokio::time::advance(Duration::from_secs(2)).await;
+        // Past its expiry: shown disconnected at once, told to the other
+        // replicas at the sweep, forgotten after --forget-after.
+        assert!(!reg.list(None)[0].connected);
+        reg.take_changes("r");
+        assert_eq!(reg.sweep(), 0);
+        match &reg.take_changes("r")[..] {
+            [AgentChange::Put(shared)] => assert!(!shared.record.connected),
+            other => panic!("{other:?}"),
+        }
+        // A poll after expiry is a new session that keeps its ACK.
+        reg.poll_as(&http_node("p"), "peer", "", 10, alive, None)
+            .unwrap();
+        let r = &reg.list(None)[0];
+        assert!(r.connected);
+        assert_eq!((r.sessions, r.acked_version), (2, 2));
+        tokio::time::advance(Duration::from_secs(61 + 600)).await;
+        assert_eq!(reg.sweep(), 1);
+        assert!(reg.list(None).is_empty());
+    }
+
+    #[test]
+    fn http_reports_are_refused_for_unknown_foreign_and_streaming_nodes() {
+        let reg = AgentRegistry::default();
+        let alive = Duration::from_secs(60);
+        assert_eq!(
+            reg.http_sent("edge", "p", "me"),
+            Err(ReportRefused::Unknown)
+        );
+        reg.poll_as(&http_node("p"), "", "me", 10, alive, None)
+            .unwrap();
+        assert!(matches!(
+            reg.http_sent("edge", "p", "other"),
+            Err(ReportRefused::Owned { .. })
+        ));
+        assert!(matches!(
+            reg.poll_as(&http_node("p"), "", "other", 10, alive, None),
+            Err(ConnectRefused::Owned { .. })
+        ));
+        assert!(matches!(
+            reg.poll_as(&http_node("q"), "", "me", 1, alive, None),
+            Err(ConnectRefused::Full { max: 1 })
+        ));
+        reg.connect(&node("s"), "", None);
+        assert_eq!(reg.http_sent("edge", "s", ""), Err(ReportRefused::Stream));
+        // A NACK is recorded with its reason; the ACK before it stays.
+        reg.record_http_report("edge", "p", 1, "h1", None);
+        reg.record_http_report("edge", "p", 2, "h2", Some("bad file"));
+        let r = reg
+            .list(Some("edge"))
+            .into_iter()
+            .find(|r| r.node_id == "p")
+            .unwrap();
+        assert_eq!((r.acked_version, r.last_nacked_version), (1, 2));
+        assert_eq!(
+            (r.nack_reason.as_str(), r.state(2)),
+            ("bad file", AgentState::Nacked)
+        );
     }
 
     fn keys(changes: &[AgentChange]) -> Vec<(String, bool)> {

@@ -57,6 +57,8 @@ pub struct Published {
     /// The version as xDS resources (`crate::xds`), translated once, by
     /// the first xDS stream that needs it, and shared by every other.
     xds: OnceCell<crate::xds::Translated>,
+    /// The version's HTTP bodies (`crate::http`), each rendered once.
+    http: crate::http::render::Bodies,
 }
 
 /// An older version a delta to the head can start from.
@@ -106,7 +108,13 @@ impl Published {
             candidate: None,
             bases: Vec::new(),
             xds: OnceCell::new(),
+            http: crate::http::render::Bodies::default(),
         }
+    }
+
+    /// The version's HTTP bodies (JSON, YAML, values), rendered on first use.
+    pub(crate) fn http_bodies(&self) -> &crate::http::render::Bodies {
+        &self.http
     }
 
     /// The version as xDS resources, or why it has no xDS form; translated
@@ -332,6 +340,13 @@ impl Hub {
             channel.sender.borrow().is_some() || channel.sender.receiver_count() > 0
         });
         before - groups.len()
+    }
+
+    /// Whether some client (a stream, or a held poll) waits on the group.
+    pub fn watched(&self, group: &str) -> bool {
+        self.read()
+            .get(group)
+            .is_some_and(|channel| channel.sender.receiver_count() > 0)
     }
 
     /// The group's head.

@@ -13,6 +13,7 @@
 //!   delta responses for agents that accept them.
 //! - [`reach`]: whether this replica reaches its clustered store, as its
 //!   watch streams tell their agents.
+//! - [`http`]: the HTTP long-poll API on the main port, beside gRPC.
 //! - [`admin`]: the `Admin` service `vanectl` talks to.
 //! - [`auth`], [`audit`]: who is calling and what they may do; the audit log.
 //! - [`accept`]: the server's own accept loop (TLS handshake, connection caps).
@@ -45,6 +46,7 @@ pub mod auth;
 pub mod check;
 pub mod collectors;
 pub mod health;
+pub mod http;
 pub mod hub;
 pub mod integrity;
 pub mod metrics;

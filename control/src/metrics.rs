@@ -64,6 +64,10 @@ pub struct Metrics {
     delta_fallbacks: Family<GroupLabels, Counter>,
     streams: Family<GroupLabels, Gauge>,
     streams_opened: Counter,
+    /// HTTP long polls being held (`crate::http`).
+    http_held: Gauge,
+    /// HTTP polls answered, per result (the status code).
+    http_polls: Family<GroupLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -77,6 +81,8 @@ impl Default for Metrics {
             delta_fallbacks: Family::default(),
             streams: Family::default(),
             streams_opened: Counter::default(),
+            http_held: Gauge::default(),
+            http_polls: Family::default(),
         }
     }
 }
@@ -113,6 +119,19 @@ impl Metrics {
             delta_fallbacks: self.delta_fallbacks.get_or_create_owned(&g),
             streams,
         }
+    }
+
+    /// Counts one HTTP poll as held until the returned value is dropped.
+    pub fn http_held(&self) -> HeldPoll {
+        self.http_held.inc();
+        HeldPoll(self.http_held.clone())
+    }
+
+    /// Counts one HTTP poll answered with `status` (200, 304, 4xx, 503).
+    pub fn http_polled(&self, status: u16) {
+        self.http_polls
+            .get_or_create(&vec![("result", status.to_string())])
+            .inc();
     }
 
     /// A registry holding these metrics and the scrape-time figures of
@@ -159,8 +178,28 @@ impl Metrics {
             "Watch streams opened since start",
             self.streams_opened.clone(),
         );
+        r.register(
+            "vane_control_http_held_polls",
+            "HTTP long polls (GET /v1/groups/{group}/snapshot or /values) held open now",
+            self.http_held.clone(),
+        );
+        r.register(
+            "vane_control_http_polls",
+            "HTTP polls answered since start, per result (status code: 200, 304, 400, 401, 403, 404, 429, 503)",
+            self.http_polls.clone(),
+        );
         r.register_collector(Box::new(StateCollector { hub, agents }));
         r
+    }
+}
+
+/// One held HTTP poll in `vane_control_http_held_polls`.
+#[derive(Debug)]
+pub struct HeldPoll(Gauge);
+
+impl Drop for HeldPoll {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 

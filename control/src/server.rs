@@ -113,6 +113,9 @@ pub struct Config {
     pub retention: vane_store::Retention,
     /// How often retention runs. Default 1m.
     pub retention_interval: Duration,
+    /// HTTP long polls held at once, across every caller (each also counts
+    /// against its identity's `max_streams_per_identity`). Default 20,000.
+    pub max_held_polls: usize,
 }
 
 /// Largest header list (all request headers) the gRPC endpoint accepts.
@@ -148,6 +151,7 @@ impl Default for Config {
                 keep_age: crate::retention::DEFAULT_RETAIN_AGE,
             },
             retention_interval: crate::retention::DEFAULT_RETENTION_INTERVAL,
+            max_held_polls: crate::http::DEFAULT_MAX_HELD_POLLS,
         }
     }
 }
@@ -551,13 +555,18 @@ impl Server {
             Arc::clone(&store),
             stop.clone(),
         ));
+        // The HTTP API (http/) shares the port: HTTP/1.1 and h2 both reach it.
+        let http_api = crate::http::HttpApi::beside(&discovery)
+            .with_limits(config.max_held_polls, config.request_timeout);
         let server = tonic::transport::Server::builder()
+            .accept_http1(true)
             .http2_keepalive_interval(Some(config.http2_keepalive_interval))
             .http2_keepalive_timeout(Some(config.http2_keepalive_timeout))
             .max_concurrent_streams(Some(config.max_streams_per_connection))
             .http2_max_header_list_size(Some(MAX_HEADER_LIST_BYTES))
             .http2_max_pending_accept_reset_streams(Some(100))
             .timeout(config.request_timeout)
+            .add_routes(http_api.routes())
             .add_service(crate::xds::XdsService::beside(&discovery).into_server())
             .add_service(discovery.into_server())
             .add_service(admin.into_server())

@@ -15,6 +15,7 @@ mod hostile_cache;
 mod hostile_grpc;
 mod hostile_proxy;
 mod hostile_tokens;
+mod http_poll;
 mod integrity;
 mod proxy_ack;
 mod proxy_balancing;

@@ -204,6 +204,11 @@ struct Args {
     /// a fleet that shares one identity.
     #[arg(long, default_value_t = vane_control::watch::DEFAULT_MAX_STREAMS_PER_IDENTITY, help_heading = "Limits")]
     max_streams_per_identity: usize,
+    /// HTTP long polls (GET /v1/groups/G/snapshot) held at once, across
+    /// every caller; more are answered 429 with Retry-After. Each also
+    /// counts against its identity's --max-streams-per-identity.
+    #[arg(long, default_value_t = vane_control::http::DEFAULT_MAX_HELD_POLLS, help_heading = "Limits")]
+    max_held_polls: usize,
     /// Pushes and rollbacks per second each identity may sustain (0: no
     /// limit) [default: 20 with --policy; no limit without one].
     #[arg(long, help_heading = "Limits")]
@@ -504,6 +509,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             keep_age: args.retain_age,
         },
         retention_interval: args.retention_interval,
+        max_held_polls: args.max_held_polls,
     };
     let server = Server::bind(config).await?;
 

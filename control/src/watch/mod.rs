@@ -63,6 +63,7 @@ pub use admission::{
 };
 pub use body::WatchBody;
 pub use replay::StreamReplay;
+pub(crate) use service::Parts;
 pub use service::{DiscoveryService, WatchServer};
 
 #[cfg(test)]

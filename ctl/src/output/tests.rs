@@ -357,6 +357,7 @@ fn status_json_is_an_array_of_agents() {
         "acked_hash",
         "peer",
         "agent_build",
+        "client",
         "replica",
         "control_degraded",
         "client",
@@ -364,6 +365,34 @@ fn status_json_is_an_array_of_agents() {
         assert!(arr[0].get(key).is_some(), "{key}");
     }
     assert!(arr[0].get("last_seen_ms").is_none());
+}
+
+#[test]
+fn status_table_shows_each_agents_client() {
+    let mut poller = agent("n2", pb::AgentState::Synced, 3);
+    poller.client = "http".into();
+    let agents: Vec<AgentView> = [agent("n1", pb::AgentState::Synced, 3), poller]
+        .iter()
+        .map(AgentView::from)
+        .collect();
+    let now = system_time(T + 120_000).unwrap();
+    let out = status(&agents, &[], &[], None, OutputFormat::Table, now);
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines[0].starts_with("GROUP  NODE  CLIENT      STATE"),
+        "{out}"
+    );
+    assert!(
+        lines[1].starts_with("edge   n1    vane-agent  SYNCED"),
+        "{out}"
+    );
+    assert!(
+        lines[2].starts_with("edge   n2    http        SYNCED"),
+        "{out}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&status(&agents, &[], &[], None, OutputFormat::Json, now)).unwrap();
+    assert_eq!(json[1]["client"], "http");
 }
 
 #[test]

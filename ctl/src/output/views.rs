@@ -87,8 +87,8 @@ pub(crate) struct AgentView {
     pub(crate) node_id: String,
     pub(crate) group: String,
     /// What kind of client the node is: `vane-agent` (Vane's own watch;
-    /// also for records older than this field), `envoy`, `grpc` or `xds`
-    /// (another xDS client).
+    /// also for records older than this field), `envoy`, `grpc`, `xds`
+    /// (another xDS client) or `http` (an HTTP long-poll client).
     pub(crate) client: String,
     pub(crate) state: &'static str,
     pub(crate) acked_version: u64,

@@ -13,6 +13,7 @@
 //! - [`setup`]: the files, certificates and command lines prepared first.
 //! - [`rollout`]: the sidecars of the rollout that rolls itself back.
 //! - [`envoy`]: the stock Envoy following the group `mesh` over xDS.
+//! - [`longpoll`]: `examples/longpoll.sh` following the group over HTTP.
 //! - This file: building, starting the control server, running the steps,
 //!   stopping everything.
 //!
@@ -21,6 +22,7 @@
 //! with the cluster demo.
 
 mod envoy;
+mod longpoll;
 mod rollout;
 mod session;
 mod setup;

@@ -116,6 +116,10 @@ pub(crate) fn write_files(root: &Path, work: &Path) -> Result<()> {
     std::fs::write(work.join("snapshot-v2.yaml"), v2)?;
     let dangling = replace_once(&example, "cluster: api,", "cluster: paymnets,")?;
     std::fs::write(work.join("dangling.yaml"), dangling)?;
+    // The shell long-poll client the tour runs (`longpoll.rs`).
+    let longpoll = root.join("examples/longpoll.sh");
+    std::fs::copy(&longpoll, work.join("longpoll.sh"))
+        .with_context(|| format!("cannot copy {}", longpoll.display()))?;
     Ok(())
 }
 

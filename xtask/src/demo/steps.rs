@@ -273,6 +273,15 @@ pub(crate) fn steps(security: Security) -> Vec<Step> {
             },
         },
         Step {
+            title: "a shell script follows the group over HTTP",
+            explain: "Programs that speak neither gRPC nor Vane's protocol long-poll the \
+                      control server's main port: GET /v1/groups/edge/snapshot answers at once \
+                      with the head (ETag = its hash) or holds until a newer version. \
+                      examples/longpoll.sh does it with curl, writes the file atomically and \
+                      ACKs it; the status lists it as an `http` client (docs/http-api.md).",
+            action: super::longpoll::run,
+        },
+        Step {
             title: "kill the control server (SIGKILL)",
             explain: "The control plane dies without warning. The agent keeps serving version \
                       4 from memory: its output file and /status are unchanged, it only notes \

@@ -1,0 +1,285 @@
+//! The query parameters and headers of a poll, checked: each error names
+//! the parameter (`wait: ...`, `after_version: ...`, `If-None-Match: ...`).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use http::HeaderMap;
+
+use crate::http::errors::ApiError;
+use crate::http::render::Format;
+use crate::watch::{MAX_LABELS, MAX_NODE_FIELD_LEN};
+
+/// How long a poll is held unless `wait` says.
+pub const DEFAULT_WAIT: Duration = Duration::from_secs(30);
+/// The longest `wait` accepted.
+pub const MAX_WAIT: Duration = Duration::from_secs(60);
+/// The prefix of label parameters: `label.zone=a`.
+const LABEL_PREFIX: &str = "label.";
+
+/// A poll's query, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct PollParams {
+    /// `node`: recorded in the agent registry when given.
+    pub(crate) node: Option<String>,
+    /// `label.<key>=<value>`: the node's labels (rollout selectors).
+    pub(crate) labels: BTreeMap<String, String>,
+    /// `after_version`: the version the client has (0: none).
+    pub(crate) after_version: u64,
+    /// `wait`: how long to hold.
+    pub(crate) wait: Duration,
+    /// `format`: `json` (default) or `yaml`.
+    pub(crate) format: Format,
+}
+
+impl Default for PollParams {
+    fn default() -> Self {
+        Self {
+            node: None,
+            labels: BTreeMap::new(),
+            after_version: 0,
+            wait: DEFAULT_WAIT,
+            format: Format::Json,
+        }
+    }
+}
+
+/// Parses a poll's query string (`None`: no query).
+pub(crate) fn poll_params(query: Option<&str>) -> Result<PollParams, ApiError> {
+    let mut params = PollParams::default();
+    let mut seen = std::collections::HashSet::new();
+    for (name, value) in pairs(query.unwrap_or(""))? {
+        if !seen.insert(name.clone()) {
+            return Err(ApiError::invalid(&name, "given more than once"));
+        }
+        match name.as_str() {
+            "node" => {
+                check_text("node", &value)?;
+                params.node = Some(value);
+            }
+            "after_version" => {
+                params.after_version = value.parse().map_err(|_| {
+                    ApiError::invalid(
+                        "after_version",
+                        format!("{value:?} is not a version (an integer from 0)"),
+                    )
+                })?;
+            }
+            "wait" => params.wait = wait(&value)?,
+            "format" => {
+                params.format = match value.as_str() {
+                    "json" => Format::Json,
+                    "yaml" => Format::Yaml,
+                    other => {
+                        return Err(ApiError::invalid(
+                            "format",
+                            format!("{other:?}: expected json or yaml"),
+                        ));
+                    }
+                };
+            }
+            _ => match name.strip_prefix(LABEL_PREFIX) {
+                Some(key) => {
+                    check_text(&name, key)?;
+                    if value.len() > MAX_NODE_FIELD_LEN {
+                        return Err(ApiError::invalid(
+                            &name,
+                            format!(
+                                "is {} bytes long, over the limit of {MAX_NODE_FIELD_LEN}",
+                                value.len()
+                            ),
+                        ));
+                    }
+                    params.labels.insert(key.to_owned(), value);
+                    if params.labels.len() > MAX_LABELS {
+                        return Err(ApiError::invalid(
+                            "label",
+                            format!("more than {MAX_LABELS} labels"),
+                        ));
+                    }
+                }
+                None => {
+                    return Err(ApiError::invalid(
+                        &name,
+                        "unknown parameter (expected node, after_version, wait, format, label.<key>)",
+                    ));
+                }
+            },
+        }
+    }
+    if !params.labels.is_empty() && params.node.is_none() {
+        return Err(ApiError::invalid(
+            "label",
+            "labels describe a node: give node too",
+        ));
+    }
+    Ok(params)
+}
+
+/// `wait`: a duration with its unit (`30s`, `500ms`, `1m`) or whole
+/// seconds (`30`), at most [`MAX_WAIT`].
+fn wait(value: &str) -> Result<Duration, ApiError> {
+    let parsed = if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        value.parse::<u64>().ok().map(Duration::from_secs)
+    } else {
+        humantime::parse_duration(value).ok()
+    };
+    let wait = parsed.ok_or_else(|| {
+        ApiError::invalid(
+            "wait",
+            format!("{value:?} is not a duration (e.g. 30s, 500ms, 1m, or seconds)"),
+        )
+    })?;
+    if wait > MAX_WAIT {
+        return Err(ApiError::invalid(
+            "wait",
+            format!(
+                "{} is over the maximum of {}s",
+                humantime::format_duration(wait),
+                MAX_WAIT.as_secs()
+            ),
+        ));
+    }
+    Ok(wait)
+}
+
+/// The decoded `name=value` pairs of a query (`+` is a space).
+fn pairs(query: &str) -> Result<Vec<(String, String)>, ApiError> {
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let name = decode(name).map_err(|e| ApiError::invalid("query", e))?;
+            let value = decode(value).map_err(|e| ApiError::invalid(&name, e))?;
+            Ok((name, value))
+        })
+        .collect()
+}
+
+fn decode(text: &str) -> Result<String, &'static str> {
+    let text = text.replace('+', " ");
+    percent_encoding::percent_decode_str(&text)
+        .decode_utf8()
+        .map(std::borrow::Cow::into_owned)
+        .map_err(|_| "not UTF-8 once percent-decoded")
+}
+
+/// A node id or label key: as the watch checks them (non-empty, at most
+/// [`MAX_NODE_FIELD_LEN`] bytes, no control characters).
+pub(crate) fn check_text(what: &str, s: &str) -> Result<(), ApiError> {
+    if s.is_empty() {
+        Err(ApiError::invalid(what, "must not be empty"))
+    } else if s.len() > MAX_NODE_FIELD_LEN {
+        Err(ApiError::invalid(
+            what,
+            format!(
+                "is {} bytes long, over the limit of {MAX_NODE_FIELD_LEN}",
+                s.len()
+            ),
+        ))
+    } else if s.chars().any(char::is_control) {
+        Err(ApiError::invalid(
+            what,
+            "must not contain control characters",
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+/// The hashes of `If-None-Match` (`"<hash>"`, weak `W/"<hash>"` or a
+/// comma-separated list of them); `None` when absent. `*` is refused: a
+/// poll always has something to compare.
+pub(crate) fn if_none_match(headers: &HeaderMap) -> Result<Option<Vec<String>>, ApiError> {
+    const NAME: &str = "If-None-Match";
+    let mut hashes = Vec::new();
+    for value in headers.get_all(http::header::IF_NONE_MATCH) {
+        let text = value
+            .to_str()
+            .map_err(|_| ApiError::invalid(NAME, "not ASCII"))?;
+        for tag in text.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+            let bare = tag.strip_prefix("W/").unwrap_or(tag);
+            let hash = bare
+                .strip_prefix('"')
+                .and_then(|t| t.strip_suffix('"'))
+                .unwrap_or(bare);
+            let hash = hash.strip_prefix("sha256:").unwrap_or(hash);
+            if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(ApiError::invalid(
+                    NAME,
+                    format!("{tag:?} is not an ETag of this API (\"<64 hex digits>\")"),
+                ));
+            }
+            hashes.push(hash.to_ascii_lowercase());
+        }
+    }
+    Ok((!hashes.is_empty()).then_some(hashes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(query: &str) -> String {
+        poll_params(Some(query)).unwrap_err().message
+    }
+
+    #[test]
+    fn parses_every_parameter() {
+        let p = poll_params(Some(
+            "node=web%2D1&after_version=7&wait=2s&format=yaml&label.zone=eu+west",
+        ))
+        .unwrap();
+        assert_eq!(p.node.as_deref(), Some("web-1"));
+        assert_eq!(p.after_version, 7);
+        assert_eq!(p.wait, Duration::from_secs(2));
+        assert_eq!(p.format, Format::Yaml);
+        assert_eq!(p.labels["zone"], "eu west");
+        assert_eq!(poll_params(None).unwrap(), PollParams::default());
+        assert_eq!(
+            poll_params(Some("wait=45")).unwrap().wait,
+            Duration::from_secs(45)
+        );
+        assert_eq!(
+            poll_params(Some("wait=500ms")).unwrap().wait,
+            Duration::from_millis(500)
+        );
+    }
+
+    #[test]
+    fn each_error_names_its_parameter() {
+        assert!(err("wait=abc").starts_with("wait: "), "{}", err("wait=abc"));
+        assert!(err("wait=61s").starts_with("wait: 1m 1s is over the maximum of 60s"));
+        assert!(err("after_version=-1").starts_with("after_version: "));
+        assert!(err("after_version=1.5").starts_with("after_version: "));
+        assert!(err("format=xml").starts_with("format: "));
+        assert!(err("node=").starts_with("node: must not be empty"));
+        assert!(err(&format!("node={}", "n".repeat(257))).starts_with("node: is 257 bytes"));
+        assert!(err("node=a%0Ab").starts_with("node: must not contain control"));
+        assert!(err("node=a&node=b").starts_with("node: given more than once"));
+        assert!(err("after=3").starts_with("after: unknown parameter"));
+        assert!(err("label.zone=a").starts_with("label: labels describe a node"));
+        assert!(err("node=%FF").starts_with("node: not UTF-8"));
+    }
+
+    #[test]
+    fn if_none_match_takes_quoted_weak_and_listed_tags() {
+        let h = "ab".repeat(32);
+        let mut headers = HeaderMap::new();
+        assert_eq!(if_none_match(&headers).unwrap(), None);
+        headers.insert(
+            http::header::IF_NONE_MATCH,
+            format!("W/\"{}\", \"{h}\"", "CD".repeat(32))
+                .parse()
+                .unwrap(),
+        );
+        assert_eq!(
+            if_none_match(&headers).unwrap(),
+            Some(vec!["cd".repeat(32), h.clone()])
+        );
+        headers.insert(http::header::IF_NONE_MATCH, "*".parse().unwrap());
+        let e = if_none_match(&headers).unwrap_err();
+        assert!(e.message.starts_with("If-None-Match: "), "{}", e.message);
+    }
+}
