@@ -95,6 +95,30 @@ impl Drop for StreamSlot {
     }
 }
 
+/// Reads a stream's first request (Vane's watch and xDS alike) within
+/// [`FIRST_REQUEST_TIMEOUT`], or says why there is none.
+pub(crate) async fn first_request<T>(
+    shutdown: &tokio_util::sync::CancellationToken,
+    inbound: &mut tonic::Streaming<T>,
+) -> Result<T, Status> {
+    tokio::select! {
+        () = shutdown.cancelled() => Err(Status::unavailable("the server is shutting down")),
+        first = tokio::time::timeout(FIRST_REQUEST_TIMEOUT, inbound.message()) => match first {
+            // Not InvalidArgument: agents give up on that, and a slow first
+            // request is worth retrying.
+            Err(_) => Err(Status::deadline_exceeded(format!(
+                "node: no first request within {}s",
+                FIRST_REQUEST_TIMEOUT.as_secs()
+            ))),
+            Ok(Err(status)) => Err(status),
+            Ok(Ok(None)) => Err(Status::invalid_argument(
+                "node: the stream ended before its first request",
+            )),
+            Ok(Ok(Some(first))) => Ok(first),
+        },
+    }
+}
+
 /// Checks the node of a stream's first request (public for the fuzz
 /// targets). The error names the field.
 pub fn check_first_request(first: &pb::WatchRequest) -> Result<NodeInfo, String> {

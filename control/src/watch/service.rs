@@ -26,8 +26,8 @@ use crate::reach::StoreReach;
 use crate::targets::{self, Cohorts};
 use crate::watch::admission::{
     Access, Credentials, DEFAULT_IDLE_STREAM_TIMEOUT, DEFAULT_MAX_AGENTS,
-    DEFAULT_MAX_STREAMS_PER_IDENTITY, FIRST_REQUEST_TIMEOUT, MAX_REQUEST_BYTES, StreamsPerIdentity,
-    check_first_request,
+    DEFAULT_MAX_STREAMS_PER_IDENTITY, MAX_REQUEST_BYTES, StreamsPerIdentity, check_first_request,
+    first_request,
 };
 use crate::watch::body::WatchBody;
 use crate::watch::state::WatchState;
@@ -175,28 +175,7 @@ impl DiscoveryService {
         mut inbound: Streaming<pb::WatchRequest>,
     ) -> Result<WatchBody, Status> {
         let peer = caller.peer.clone();
-        let first = tokio::select! {
-            () = self.shutdown.cancelled() => {
-                return Err(Status::unavailable("the server is shutting down"));
-            }
-            first = tokio::time::timeout(FIRST_REQUEST_TIMEOUT, inbound.message()) => match first {
-                // Not InvalidArgument: agents give up on that, and a slow
-                // first request is worth retrying.
-                Err(_) => {
-                    return Err(Status::deadline_exceeded(format!(
-                        "node: no first request within {}s",
-                        FIRST_REQUEST_TIMEOUT.as_secs()
-                    )));
-                }
-                Ok(Err(status)) => return Err(status),
-                Ok(Ok(None)) => {
-                    return Err(Status::invalid_argument(
-                        "node: the stream ended before its first request",
-                    ));
-                }
-                Ok(Ok(Some(first))) => first,
-            },
-        };
+        let first = first_request(&self.shutdown, &mut inbound).await?;
         let node = check_first_request(&first).map_err(Status::invalid_argument)?;
         if let Err(status) = self.auth.authorize(&caller, Action::Watch, &node.group) {
             self.refused(&caller, &node.group, &status);

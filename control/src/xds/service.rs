@@ -29,7 +29,7 @@ use crate::auth::{Action, Auth, Caller};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::targets::Cohorts;
-use crate::watch::admission::{Access, Credentials, FIRST_REQUEST_TIMEOUT, StreamsPerIdentity};
+use crate::watch::admission::{Access, Credentials, StreamsPerIdentity, first_request};
 use crate::xds::delta::Delta;
 use crate::xds::node::node_info;
 use crate::xds::sotw::Sotw;
@@ -139,26 +139,7 @@ impl XdsService {
                 self.refused(&anonymous, "", status);
             })?;
         let mut inbound = request.into_inner();
-        let first = tokio::select! {
-            () = inner.shutdown.cancelled() => {
-                return Err(Status::unavailable("the server is shutting down"));
-            }
-            first = tokio::time::timeout(FIRST_REQUEST_TIMEOUT, inbound.message()) => match first {
-                Err(_) => {
-                    return Err(Status::deadline_exceeded(format!(
-                        "node: no first request within {}s",
-                        FIRST_REQUEST_TIMEOUT.as_secs()
-                    )));
-                }
-                Ok(Err(status)) => return Err(status),
-                Ok(Ok(None)) => {
-                    return Err(Status::invalid_argument(
-                        "node: the stream ended before its first request",
-                    ));
-                }
-                Ok(Ok(Some(first))) => first,
-            },
-        };
+        let first = first_request(&inner.shutdown, &mut inbound).await?;
         let node = node_info(P::node(&first)).map_err(|e| {
             let status = Status::invalid_argument(e.to_string());
             self.refused(&caller, "", &status);
