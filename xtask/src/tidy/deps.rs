@@ -22,6 +22,7 @@ pub(crate) const RULES: &[(&str, &[&str])] = &[
     ("vane-backoff", &[]),
     ("vane-admin-http", &[]),
     ("vane-xds", &["vane-model"]),
+    ("vane-jsonlogic", &[]),
     // Storage.
     ("vane-store", &["vane-proto", "vane-backoff"]),
     (
