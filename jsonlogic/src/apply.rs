@@ -67,12 +67,15 @@ impl Eval {
         Ok(match op {
             Op::Var => {
                 let path = values.first().unwrap_or(&Val::Null);
+                // A present `null` also takes the default: flagd's
+                // providers (json-logic-engine in JavaScript, json_logic in
+                // Python) do so, unlike json-logic-js.
                 match data::lookup(data, path) {
-                    Some(found) => {
+                    Some(found) if *found != Val::Null => {
                         self.charge(found.size())?;
                         found.into_owned()
                     }
-                    None => values.get(1).cloned().unwrap_or(Val::Null),
+                    _ => values.get(1).cloned().unwrap_or(Val::Null),
                 }
             }
             Op::Missing => Val::Arr(data::missing(&values, data)),
@@ -102,9 +105,7 @@ impl Eval {
             Op::In => text::in_op(&values),
             Op::Cat => {
                 let s = text::cat(&values);
-                if let Val::Str(s) = &s {
-                    self.charge(s.len() / 64)?;
-                }
+                self.charge(s.size())?;
                 s
             }
             Op::Substr => text::substr_op(&values),

@@ -70,9 +70,11 @@ impl Val {
         }
     }
 
-    /// How many values this one holds, itself included: what copying it costs.
+    /// What copying this value costs, in evaluation steps: one per value
+    /// it holds, itself included, and one per 16 bytes of text.
     pub(crate) fn size(&self) -> usize {
         match self {
+            Val::Str(s) => 1 + s.len() / 16,
             Val::Arr(items) => 1 + items.iter().map(Val::size).sum::<usize>(),
             Val::Obj(map) => 1 + map.values().map(Val::size).sum::<usize>(),
             _ => 1,
