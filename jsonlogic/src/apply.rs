@@ -5,8 +5,8 @@
 
 use std::collections::BTreeMap;
 
-use crate::EvalError;
 use crate::compile::{Node, Op};
+use crate::error::EvalError;
 use crate::fractional::fractional;
 use crate::ops::{arith, compare, data, text};
 use crate::semver::sem_ver;

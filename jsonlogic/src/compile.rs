@@ -4,7 +4,7 @@
 
 use serde_json::Value;
 
-use crate::CompileError;
+use crate::error::CompileError;
 use crate::semver::OPERATORS as SEMVER_OPERATORS;
 use crate::value::Val;
 

@@ -90,3 +90,69 @@ fn pick(hash: u32, total: u64, buckets: &[(&Val, u64)]) -> Val {
     }
     Val::Null
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn s(v: &str) -> Val {
+        Val::Str(v.to_owned())
+    }
+
+    #[test]
+    fn the_point_is_the_hash_scaled_to_the_total_weight() {
+        let (a, b, c) = (s("a"), s("b"), s("c"));
+        let buckets = [(&a, 1), (&b, 0), (&c, 1)];
+        // Point 0: the first bucket; the last point: the last bucket with
+        // weight; a zero weight bucket never wins.
+        assert_eq!(pick(0, 2, &buckets), a);
+        assert_eq!(pick(u32::MAX, 2, &buckets), c);
+        assert_eq!(pick(1 << 31, 2, &buckets), c);
+        assert_eq!(pick((1 << 31) - 1, 2, &buckets), a);
+        assert_eq!(pick(u32::MAX, 0, &[]), Val::Null);
+    }
+
+    #[test]
+    fn weights_and_variants_as_flagd_reads_them() {
+        let entry = |items: Vec<Val>| Val::Arr(items);
+        let input = [
+            entry(vec![s("a")]),
+            entry(vec![s("b"), Val::Num(-3.0)]),
+            entry(vec![Val::Bool(true), Val::Num(7.0)]),
+        ];
+        let parsed = parse_buckets(&input).expect("valid");
+        let weights: Vec<u64> = parsed.iter().map(|(_, w)| *w).collect();
+        assert_eq!(weights, [1, 0, 7]);
+        assert!(parse_buckets(&[entry(vec![s("a"), Val::Num(0.5)])]).is_none());
+        assert!(parse_buckets(&[entry(vec![s("a"), s("1")])]).is_none());
+        assert!(parse_buckets(&[entry(vec![entry(vec![]), Val::Num(1.0)])]).is_none());
+        assert!(parse_buckets(&[entry(vec![])]).is_none());
+        assert!(parse_buckets(&[s("a")]).is_none());
+    }
+
+    #[test]
+    fn the_default_key_is_flag_key_then_targeting_key() {
+        let data = |tk: Val| {
+            Val::Obj(BTreeMap::from([
+                ("targetingKey".to_owned(), tk),
+                (
+                    "$flagd".to_owned(),
+                    Val::Obj(BTreeMap::from([("flagKey".to_owned(), s("flagA"))])),
+                ),
+            ]))
+        };
+        let buckets = [
+            Val::Arr(vec![s("red"), Val::Num(50.0)]),
+            Val::Arr(vec![s("blue"), Val::Num(50.0)]),
+        ];
+        let implicit = fractional(&buckets, &data(s("bucketKeyB")));
+        let mut explicit_args = vec![s("flagAbucketKeyB")];
+        explicit_args.extend(buckets.iter().cloned());
+        assert_eq!(fractional(&explicit_args, &data(Val::Null)), implicit);
+        assert_eq!(implicit, s("red"));
+        assert_eq!(fractional(&buckets, &data(Val::Num(5.0))), Val::Null);
+        assert_eq!(fractional(&[], &data(s("x"))), Val::Null);
+    }
+}

@@ -16,6 +16,7 @@
 
 mod apply;
 mod compile;
+mod error;
 mod fractional;
 mod murmur;
 mod ops;
@@ -25,6 +26,7 @@ mod value;
 use serde_json::{Map, Value, json};
 
 use crate::compile::Node;
+pub use crate::error::{CompileError, EvalError};
 use crate::value::Val;
 
 /// A compiled, checked JSON Logic rule, with the JSON it came from.
@@ -74,26 +76,6 @@ impl Rule {
         let mut out = Vec::new();
         compile::result_literals(&self.root, "", &mut out);
         out
-    }
-}
-
-/// A rule that does not compile: where (`if[1].fractional[0]`, empty for
-/// the whole rule) and why.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("{path}{}{reason}", if .path.is_empty() { "" } else { ": " })]
-pub struct CompileError {
-    pub path: String,
-    pub reason: String,
-}
-
-/// An evaluation that could not finish.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("{0}")]
-pub struct EvalError(String);
-
-impl EvalError {
-    fn new(message: String) -> EvalError {
-        EvalError(message)
     }
 }
 
