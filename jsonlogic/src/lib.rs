@@ -13,6 +13,25 @@
 //! The same flag definitions are evaluated by flagd's own providers, so the
 //! answers here must be theirs: see each module for which behaviour of
 //! flagd it follows.
+//!
+//! # Where flagd's providers disagree
+//! flagd's Go core, its JavaScript core (json-logic-engine) and its Python
+//! core (json_logic) do not agree on every corner of JSON Logic; where
+//! they split, this crate takes json-logic-js's answer unless two of the
+//! providers share another:
+//! - `var` with a default also takes the default for a present `null`
+//!   (JavaScript and Python providers; json-logic-js would give `null`).
+//! - Where json-logic-engine throws (arithmetic or `<` on non-numbers
+//!   giving NaN, `in` on a non-string), the answer is json-logic-js's value.
+//! - `fractional` with a bucketing key that evaluates to `null` treats it
+//!   as a malformed bucket and gives `null`, as the JavaScript and Python
+//!   providers do (the Go core falls back to the targeting key).
+//! - `fractional` hashes the UTF-8 bytes of the key (Go, Python); the
+//!   JavaScript provider hashes UTF-16 code units, which differs for keys
+//!   that are not ASCII.
+//! - Refused at compile time although flagd would evaluate them: literal
+//!   non-string bucket variants, negative literal weights, buckets of more
+//!   than two items, operators outside JSON Logic and flagd's four.
 
 mod apply;
 mod compile;
