@@ -112,6 +112,17 @@ pub enum ConnectRefused {
     },
 }
 
+impl From<ConnectRefused> for tonic::Status {
+    /// `PERMISSION_DENIED` for a node id another identity holds,
+    /// `RESOURCE_EXHAUSTED` for a full registry.
+    fn from(e: ConnectRefused) -> Self {
+        match e {
+            ConnectRefused::Owned { .. } => tonic::Status::permission_denied(e.to_string()),
+            ConnectRefused::Full { .. } => tonic::Status::resource_exhausted(e.to_string()),
+        }
+    }
+}
+
 /// Why an HTTP node's ACK or NACK was not recorded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ReportRefused {

@@ -59,6 +59,8 @@ pub struct Published {
     xds: OnceCell<crate::xds::Translated>,
     /// The version's HTTP bodies (`crate::http`), each rendered once.
     http: crate::http::render::Bodies,
+    /// The version's flags (`crate::openfeature`), decoded once.
+    flags: OnceCell<crate::openfeature::Decoded>,
 }
 
 /// An older version a delta to the head can start from.
@@ -109,6 +111,7 @@ impl Published {
             bases: Vec::new(),
             xds: OnceCell::new(),
             http: crate::http::render::Bodies::default(),
+            flags: OnceCell::new(),
         }
     }
 
@@ -122,6 +125,17 @@ impl Published {
     pub async fn xds(&self) -> crate::xds::Translated {
         self.xds
             .get_or_init(|| crate::xds::translate(self.snapshot.clone()))
+            .await
+            .clone()
+    }
+
+    /// The version's flags, or why it has none; decoded on the blocking
+    /// pool by the first caller, shared after.
+    pub async fn flags(&self) -> crate::openfeature::Decoded {
+        self.flags
+            .get_or_init(|| {
+                crate::openfeature::decode(self.group.clone(), self.version, self.snapshot.clone())
+            })
             .await
             .clone()
     }

@@ -50,6 +50,7 @@ pub mod http;
 pub mod hub;
 pub mod integrity;
 pub mod metrics;
+pub mod openfeature;
 pub mod reach;
 pub mod replication;
 pub mod retention;

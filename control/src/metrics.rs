@@ -68,6 +68,7 @@ pub struct Metrics {
     http_held: Gauge,
     /// HTTP polls answered, per result (the status code).
     http_polls: Family<GroupLabels, Counter>,
+    ofrep: Family<GroupLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -83,6 +84,7 @@ impl Default for Metrics {
             streams_opened: Counter::default(),
             http_held: Gauge::default(),
             http_polls: Family::default(),
+            ofrep: Family::default(),
         }
     }
 }
@@ -134,6 +136,16 @@ impl Metrics {
             .inc();
     }
 
+    /// An OFREP call (`kind` `flag` or `bulk`) answered with `status`.
+    pub fn ofrep_evaluated(&self, kind: &str, status: u16) {
+        self.ofrep
+            .get_or_create(&vec![
+                ("kind", kind.to_owned()),
+                ("result", status.to_string()),
+            ])
+            .inc();
+    }
+
     /// A registry holding these metrics and the scrape-time figures of
     /// `agents` and `hub`.
     pub fn registry(self: &Arc<Self>, hub: Arc<Hub>, agents: Arc<AgentRegistry>) -> Registry {
@@ -177,6 +189,11 @@ impl Metrics {
             "vane_control_watch_streams_opened",
             "Watch streams opened since start",
             self.streams_opened.clone(),
+        );
+        r.register(
+            "vane_control_ofrep_evaluations",
+            "OFREP calls answered, by kind (flag, bulk) and HTTP status",
+            self.ofrep.clone(),
         );
         r.register(
             "vane_control_http_held_polls",
@@ -271,6 +288,7 @@ struct Counts {
     stale: i64,
     nacked: i64,
     not_sent: i64,
+    unacked: i64,
 }
 
 impl StateCollector {
@@ -296,6 +314,7 @@ impl StateCollector {
                 AgentState::Stale => c.stale += 1,
                 AgentState::Nacked => c.nacked += 1,
                 AgentState::NotSent => c.not_sent += 1,
+                AgentState::Unacked => c.unacked += 1,
             }
         }
         by_group.into_iter().collect()
@@ -308,7 +327,7 @@ impl Collector for StateCollector {
         {
             let mut m = encoder.encode_descriptor(
                 "vane_control_agents",
-                "Agents listed in status, per group and state (synced, stale, nacked, not_sent)",
+                "Agents listed in status, per group and state (synced, stale, nacked, not_sent, unacked)",
                 None,
                 MetricType::Gauge,
             )?;
@@ -318,6 +337,7 @@ impl Collector for StateCollector {
                     ("stale", c.stale),
                     ("nacked", c.nacked),
                     ("not_sent", c.not_sent),
+                    ("unacked", c.unacked),
                 ] {
                     let labels = vec![("group", group.clone()), ("state", state.to_owned())];
                     ConstGauge::new(n).encode(m.encode_family(&labels)?)?;

@@ -568,6 +568,7 @@ impl Server {
             .timeout(config.request_timeout)
             .add_routes(http_api.routes())
             .add_service(crate::xds::XdsService::beside(&discovery).into_server())
+            .add_service(crate::openfeature::FlagSyncService::beside(&discovery).into_server())
             .add_service(discovery.into_server())
             .add_service(admin.into_server())
             .add_service(health_service)

@@ -54,6 +54,7 @@ pub fn snapshot(routes: usize, generation: u64, edited: usize) -> pb::Snapshot {
         clusters,
         rate_limits: Vec::new(),
         values: Default::default(),
+        flags: Default::default(),
     }
 }
 

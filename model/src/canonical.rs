@@ -99,6 +99,11 @@ impl Snapshot {
                 })
                 .collect(),
             values: self.values.clone(),
+            flags: self
+                .flags
+                .iter()
+                .map(|(k, f)| (k.clone(), flag_spec(f)))
+                .collect(),
         }
     }
 
@@ -186,6 +191,16 @@ fn elide<T: PartialEq>(slot: &mut Option<T>, default: &T) {
 
 fn millis(d: std::time::Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn flag_spec(f: &crate::flags::Flag) -> FlagSpec {
+    FlagSpec {
+        state: Some(f.state.as_str().to_owned()),
+        variants: f.variants.clone(),
+        default_variant: Some(f.default_variant.clone()),
+        targeting: f.targeting.as_ref().map(|r| r.source().clone()),
+        metadata: f.metadata.clone(),
+    }
 }
 
 fn listener_spec(l: &Listener) -> ListenerSpec {

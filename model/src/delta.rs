@@ -86,19 +86,47 @@ pub fn diff(base: &pb::Snapshot, target: &pb::Snapshot) -> pb::SnapshotDelta {
         |_, _| None::<()>,
         &mut Vec::new(),
     );
-    delta.removed_values = base
-        .values
+    (delta.removed_values, delta.values) = diff_map(&base.values, &target.values);
+    (delta.removed_flags, delta.flags) = diff_map(&base.flags, &target.flags);
+    delta
+}
+
+/// Keys removed, and entries added or changed, from `base` to `target`.
+fn diff_map(
+    base: &std::collections::BTreeMap<String, String>,
+    target: &std::collections::BTreeMap<String, String>,
+) -> (Vec<String>, std::collections::BTreeMap<String, String>) {
+    let mut removed: Vec<String> = base
         .keys()
-        .filter(|k| !target.values.contains_key(*k))
+        .filter(|k| !target.contains_key(*k))
         .cloned()
         .collect();
-    delta.values = target
-        .values
+    removed.sort();
+    let upserts = target
         .iter()
-        .filter(|(k, v)| base.values.get(*k) != Some(*v))
+        .filter(|(k, v)| base.get(*k) != Some(*v))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    delta
+    (removed, upserts)
+}
+
+/// Removes `removed` from `map` (each must be there), then adds `upserts`.
+fn apply_map(
+    map: &mut std::collections::BTreeMap<String, String>,
+    removed: Vec<String>,
+    upserts: std::collections::BTreeMap<String, String>,
+    (field, what): (&str, &str),
+) -> Result<(), DeltaError> {
+    for (i, key) in removed.iter().enumerate() {
+        if map.remove(key).is_none() {
+            return Err(DeltaError::new(
+                format!("{field}[{i}]"),
+                format!("no {what} {key:?} in the base"),
+            ));
+        }
+    }
+    map.extend(upserts);
+    Ok(())
 }
 
 /// Applies `delta` to `base`: removals, then patches, then whole
@@ -110,6 +138,7 @@ pub fn apply(base: pb::Snapshot, delta: pb::SnapshotDelta) -> Result<pb::Snapsho
         clusters,
         rate_limits,
         mut values,
+        mut flags,
     } = base;
     // Destructured so a new field of the delta breaks the build here.
     let pb::SnapshotDelta {
@@ -125,6 +154,8 @@ pub fn apply(base: pb::Snapshot, delta: pb::SnapshotDelta) -> Result<pb::Snapsho
         removed_rate_limits,
         values: value_upserts,
         removed_values,
+        flags: flag_upserts,
+        removed_flags,
     } = delta;
 
     let listeners = apply_named(
@@ -155,21 +186,25 @@ pub fn apply(base: pb::Snapshot, delta: pb::SnapshotDelta) -> Result<pb::Snapsho
         (Vec::<NoPatch>::new(), ""),
         rate_limit_upserts,
     )?;
-    for (i, key) in removed_values.iter().enumerate() {
-        if values.remove(key).is_none() {
-            return Err(DeltaError::new(
-                format!("removed_values[{i}]"),
-                format!("no value {key:?} in the base"),
-            ));
-        }
-    }
-    values.extend(value_upserts);
+    apply_map(
+        &mut values,
+        removed_values,
+        value_upserts,
+        ("removed_values", "value"),
+    )?;
+    apply_map(
+        &mut flags,
+        removed_flags,
+        flag_upserts,
+        ("removed_flags", "flag"),
+    )?;
     Ok(pb::Snapshot {
         listeners,
         route_tables,
         clusters,
         rate_limits,
         values,
+        flags,
     })
 }
 
@@ -717,6 +752,14 @@ mod tests {
             RemoveValue {
                 key: u8,
             },
+            Flag {
+                key: u8,
+                default_on: bool,
+                targeted: bool,
+            },
+            RemoveFlag {
+                key: u8,
+            },
             RateLimit {
                 rps: u32,
             },
@@ -755,6 +798,14 @@ mod tests {
                 (0..4u8).prop_map(|name| Edit::RemoveCluster { name }),
                 (0..5u8, 0..4u8).prop_map(|(key, value)| Edit::Value { key, value }),
                 (0..5u8).prop_map(|key| Edit::RemoveValue { key }),
+                (0..4u8, any::<bool>(), any::<bool>()).prop_map(|(key, default_on, targeted)| {
+                    Edit::Flag {
+                        key,
+                        default_on,
+                        targeted,
+                    }
+                }),
+                (0..4u8).prop_map(|key| Edit::RemoveFlag { key }),
                 (1..500u32).prop_map(|rps| Edit::RateLimit { rps }),
                 (20000..20010u16).prop_map(|port| Edit::Listener { port }),
             ]
@@ -847,6 +898,29 @@ mod tests {
                 }
                 Edit::RemoveValue { key } => {
                     spec.values.remove(&format!("k{key}"));
+                }
+                Edit::Flag {
+                    key,
+                    default_on,
+                    targeted,
+                } => {
+                    let flag = crate::FlagSpec {
+                        state: Some("ENABLED".into()),
+                        variants: [
+                            ("on".to_owned(), serde_json::json!(true)),
+                            ("off".to_owned(), serde_json::json!(false)),
+                        ]
+                        .into(),
+                        default_variant: Some(if default_on { "on" } else { "off" }.into()),
+                        targeting: targeted.then(|| {
+                            serde_json::json!({"if": [{"==": [{"var": "tier"}, "gold"]}, "on", null]})
+                        }),
+                        metadata: Default::default(),
+                    };
+                    spec.flags.insert(format!("f{key}"), flag);
+                }
+                Edit::RemoveFlag { key } => {
+                    spec.flags.remove(&format!("f{key}"));
                 }
                 Edit::RateLimit { rps } => {
                     spec.rate_limits[0].requests_per_second = Some(f64::from(rps));

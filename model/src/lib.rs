@@ -8,6 +8,8 @@
 //!   the control server, the agent and the proxy work with.
 //! - [`validate`]: `spec -> Snapshot`, collecting every error with its field
 //!   path (`route_tables[0].routes[2].cluster: unknown cluster "paymnets"`).
+//! - [`flags`]: feature flags in flagd's model: their checks, their
+//!   evaluation and the flagd configuration document.
 //! - [`file`]: reading YAML or JSON snapshot files.
 //! - [`proto`]: the protobuf edge (`TryFrom<pb::Snapshot>`, encoding).
 //! - [`canonical`]: the canonical encoding, its SHA-256 hash, canonical YAML
@@ -23,6 +25,7 @@ pub mod canonical;
 pub mod delta;
 pub mod error;
 pub mod file;
+pub mod flags;
 pub mod names;
 pub mod proto;
 pub mod snapshot;
@@ -32,6 +35,7 @@ pub mod validate;
 pub use canonical::{ContentHash, unified_diff};
 pub use error::{FieldError, FileError, ValidationError};
 pub use file::{Format, parse_file};
+pub use flags::{Flag, FlagState, FlagType};
 pub use snapshot::*;
-pub use spec::SnapshotSpec;
+pub use spec::{FlagSpec, SnapshotSpec};
 pub use validate::{DEFAULT_MAX_SNAPSHOT_BYTES, check_size, validate};

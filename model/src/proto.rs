@@ -74,6 +74,7 @@ impl TryFrom<pb::Snapshot> for SnapshotSpec {
             clusters,
             rate_limits,
             values,
+            flags,
         } = msg;
         let mut errors = Vec::new();
         let mut json_values = std::collections::BTreeMap::new();
@@ -86,6 +87,24 @@ impl TryFrom<pb::Snapshot> for SnapshotSpec {
                     format!("values[{k:?}]"),
                     format!("not valid JSON: {e}"),
                 )),
+            }
+        }
+        let mut flag_specs = std::collections::BTreeMap::new();
+        for (k, text) in flags {
+            let mut de = serde_json::Deserializer::from_str(&text);
+            match serde_path_to_error::deserialize::<_, crate::spec::FlagSpec>(&mut de) {
+                Ok(f) => {
+                    flag_specs.insert(k, f);
+                }
+                Err(e) => {
+                    let at = e.path().to_string();
+                    let path = if at == "." {
+                        format!("flags[{k:?}]")
+                    } else {
+                        format!("flags[{k:?}].{at}")
+                    };
+                    errors.push(FieldError::new(path, format!("{}", e.inner())));
+                }
             }
         }
         if let Some(e) = ValidationError::from_errors(errors) {
@@ -120,6 +139,7 @@ impl TryFrom<pb::Snapshot> for SnapshotSpec {
                 })
                 .collect(),
             values: json_values,
+            flags: flag_specs,
         })
     }
 }
@@ -311,6 +331,18 @@ pub fn spec_to_proto(spec: &SnapshotSpec) -> pb::Snapshot {
             .values
             .iter()
             .map(|(k, v)| (k.clone(), v.to_string()))
+            .collect(),
+        flags: spec
+            .flags
+            .iter()
+            .map(|(k, f)| {
+                // Through `Value` so the object keys come out sorted: the
+                // wire form is canonical (deltas compare it byte for byte).
+                let text = serde_json::to_value(f)
+                    .map(|v| v.to_string())
+                    .unwrap_or_default();
+                (k.clone(), text)
+            })
             .collect(),
     }
 }

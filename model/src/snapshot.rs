@@ -21,6 +21,8 @@ pub struct Snapshot {
     pub rate_limits: Vec<RateLimit>,
     /// Free-form values (feature flags, thresholds).
     pub values: BTreeMap<String, serde_json::Value>,
+    /// Feature flags by key (see [`crate::flags`]).
+    pub flags: BTreeMap<String, crate::flags::Flag>,
 }
 
 impl Snapshot {

@@ -26,6 +26,36 @@ pub struct SnapshotSpec {
     /// Free-form JSON values.
     #[serde(default)]
     pub values: BTreeMap<String, serde_json::Value>,
+    /// Feature flags, by key: see [`crate::Flag`]. Left out of the
+    /// encoding when empty, so snapshots without flags hash as before.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub flags: BTreeMap<String, FlagSpec>,
+}
+
+/// A feature flag as written: a flagd flag definition, field names and all
+/// (`defaultVariant` in camel case), so a flagd flag file pastes in as is.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlagSpec {
+    /// Required: `ENABLED` or `DISABLED`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    /// At least one; every value of one type (boolean, string, number or object).
+    #[serde(default)]
+    pub variants: BTreeMap<String, serde_json::Value>,
+    /// Required: the variant served without targeting, or when it returns null.
+    #[serde(
+        rename = "defaultVariant",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub default_variant: Option<String>,
+    /// Optional JSON Logic rule returning a variant name; `{}` is no rule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub targeting: Option<serde_json::Value>,
+    /// Optional string, number or boolean entries handed to clients as is.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, serde_json::Value>,
 }
 
 /// A listener as written.

@@ -107,6 +107,7 @@ impl Validator {
             clusters,
             rate_limits,
             values,
+            flags,
         } = spec;
 
         self.unique("listeners", listeners.iter().map(|l| l.name.as_str()));
@@ -126,6 +127,7 @@ impl Validator {
             clusters: Vec::new(),
             rate_limits: Vec::new(),
             values: BTreeMap::new(),
+            flags: BTreeMap::new(),
         };
         let mut bound: HashMap<SocketAddr, usize> = HashMap::new();
         for (i, l) in listeners.iter().enumerate() {
@@ -175,6 +177,7 @@ impl Validator {
                 out.values.insert(key, value);
             }
         }
+        out.flags = crate::flags::check::flags(flags, &out.values, &mut self.errors);
         out.listeners.sort_by(|a, b| a.name.cmp(&b.name));
         out.route_tables.sort_by(|a, b| a.name.cmp(&b.name));
         out.clusters.sort_by(|a, b| a.name.cmp(&b.name));
@@ -602,7 +605,7 @@ pub(crate) fn default_burst(rps: f64) -> u64 {
 /// Whether `value` nests arrays and objects more than `limit` levels deep.
 /// Looks no deeper than `limit + 1` levels, so the recursion is bounded
 /// whatever the value.
-fn nested_deeper_than(value: &serde_json::Value, limit: usize) -> bool {
+pub(crate) fn nested_deeper_than(value: &serde_json::Value, limit: usize) -> bool {
     use serde_json::Value;
     match value {
         Value::Array(items) => limit == 0 || items.iter().any(|v| nested_deeper_than(v, limit - 1)),

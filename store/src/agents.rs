@@ -21,6 +21,9 @@ pub enum AgentState {
     Nacked,
     /// Nothing was sent to it (the group has no version, or nothing went out yet).
     NotSent,
+    /// Was sent the head, but its protocol has no acknowledgement (flagd
+    /// sync clients): it is known to have received it, not to run it.
+    Unacked,
 }
 
 impl AgentState {
@@ -31,6 +34,7 @@ impl AgentState {
             Self::Stale => "STALE",
             Self::Nacked => "NACKED",
             Self::NotSent => "NOT_SENT",
+            Self::Unacked => "UNACKED",
         }
     }
 }
@@ -86,6 +90,12 @@ pub struct AgentRecord {
 }
 
 impl AgentRecord {
+    /// Whether its protocol acknowledges versions: every client but flagd
+    /// sync clients (`flagd`).
+    pub fn can_ack(&self) -> bool {
+        self.client != "flagd"
+    }
+
     /// The state relative to the group's head version `head` (0: no version).
     pub fn state(&self, head: u64) -> AgentState {
         if head == 0 {
@@ -94,6 +104,8 @@ impl AgentRecord {
             AgentState::Synced
         } else if self.last_nacked_version == head {
             AgentState::Nacked
+        } else if self.sent_version == head && !self.can_ack() {
+            AgentState::Unacked
         } else if self.sent_version == 0 && self.acked_version == 0 {
             AgentState::NotSent
         } else {

@@ -185,6 +185,7 @@ pub(crate) fn agent_status(shared: &SharedAgent, head: u64) -> pb::AgentStatus {
         AgentState::Stale => pb::AgentState::Stale,
         AgentState::Nacked => pb::AgentState::Nacked,
         AgentState::NotSent => pb::AgentState::NotSent,
+        AgentState::Unacked => pb::AgentState::Unacked,
     };
     pb::AgentStatus {
         node_id: a.node_id.clone(),

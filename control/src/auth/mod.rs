@@ -227,6 +227,23 @@ impl Auth {
         self.authorize(caller, action, group).is_ok()
     }
 
+    /// The one group `caller` may do `action` in, when its policy bindings
+    /// name exactly one group and no pattern (`None` without a policy).
+    pub fn only_group(&self, caller: &Caller, action: Action) -> Option<String> {
+        let policy = self.policy.as_ref()?.load();
+        let mut groups = policy
+            .bindings_of(&caller.identity)
+            .filter(|b| b.role.permits(action))
+            .flat_map(|b| b.groups.iter().map(|g| g.as_str().to_owned()))
+            .collect::<Vec<_>>();
+        groups.sort();
+        groups.dedup();
+        match groups.as_slice() {
+            [only] if !only.ends_with('*') => Some(only.clone()),
+            _ => None,
+        }
+    }
+
     /// The roles `caller` holds, for `WhoAmI`: `(role, group patterns)`.
     pub fn roles(&self, caller: &Caller) -> Vec<(Role, Vec<String>)> {
         let Some(policy) = &self.policy else {

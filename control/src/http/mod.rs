@@ -30,7 +30,7 @@ use tonic::Status;
 
 mod ack;
 mod api;
-mod errors;
+pub(crate) mod errors;
 mod params;
 mod poll;
 pub(crate) mod render;
@@ -55,6 +55,8 @@ impl HttpApi {
             .route("/v1/groups/{group}/snapshot", get(snapshot))
             .route("/v1/groups/{group}/values", get(values))
             .route("/v1/groups/{group}/ack", post(ack))
+            .route("/ofrep/v1/evaluate/flags", post(ofrep_all))
+            .route("/ofrep/v1/evaluate/flags/{key}", post(ofrep_one))
             .method_not_allowed_fallback(method_not_allowed)
             .fallback(not_found)
             .with_state(Arc::new(self));
@@ -90,6 +92,20 @@ async fn ack(State(api): State<Arc<HttpApi>>, group: Group, request: Request) ->
         Err(e) => Err(e),
     };
     response.unwrap_or_else(ApiError::into_response)
+}
+
+async fn ofrep_one(
+    State(api): State<Arc<HttpApi>>,
+    Path(key): Path<String>,
+    request: Request,
+) -> Response {
+    let (parts, body) = request.into_parts();
+    crate::openfeature::ofrep::evaluate_one(&api.parts, &key, parts, body).await
+}
+
+async fn ofrep_all(State(api): State<Arc<HttpApi>>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    crate::openfeature::ofrep::evaluate_all(&api.parts, parts, body).await
 }
 
 async fn method_not_allowed(request: Request) -> Response {

@@ -211,14 +211,7 @@ pub(crate) async fn poll(api: &HttpApi, call: Call, view: View) -> Result<Respon
                     running.as_ref().map(|(v, h)| (*v, h.as_str())),
                 )
                 .map_err(|e| {
-                    let status = match e {
-                        crate::agents::ConnectRefused::Owned { .. } => {
-                            Status::permission_denied(e.to_string())
-                        }
-                        crate::agents::ConnectRefused::Full { .. } => {
-                            Status::resource_exhausted(e.to_string())
-                        }
-                    };
+                    let status = Status::from(e);
                     api.refused(&caller, "poll", &group, &status);
                     ApiError::from_status(&status)
                 })?;

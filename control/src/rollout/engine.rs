@@ -99,12 +99,17 @@ impl Evidence {
 /// The connected agents of the group the rollout's selector matches: the
 /// fleet a step's share is taken of. (An agent gone for good would
 /// otherwise hold every step below its share until the deadline; members
-/// that disconnect stay members and count as disconnected.)
+/// that disconnect stay members and count as disconnected.) Clients that
+/// cannot acknowledge (flagd sync) are left out: they could never confirm
+/// a step, and get the stable version until the rollout completes.
 pub fn matching<'a>(rollout: &Rollout, agents: &'a [AgentRecord]) -> Vec<&'a AgentRecord> {
     agents
         .iter()
         .filter(|a| {
-            a.connected && a.group == rollout.group && rollout.spec.selector.matches(&a.labels)
+            a.connected
+                && a.can_ack()
+                && a.group == rollout.group
+                && rollout.spec.selector.matches(&a.labels)
         })
         .collect()
 }

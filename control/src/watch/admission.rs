@@ -181,6 +181,48 @@ pub(crate) struct Credentials {
     pub(crate) authorization: Option<http::HeaderValue>,
 }
 
+impl Credentials {
+    /// The credentials of a tonic request: our accept loop's `ConnInfo`
+    /// (else only the TCP peer, outside it) and the `authorization` metadata.
+    pub(crate) fn of_request<T>(request: &tonic::Request<T>) -> Self {
+        let tcp_only = request.remote_addr().map(|remote| ConnInfo {
+            remote,
+            identity: None,
+        });
+        Self {
+            conn: request.extensions().get::<ConnInfo>().cloned().or(tcp_only),
+            authorization: request
+                .metadata()
+                .get("authorization")
+                .and_then(|v| http::HeaderValue::from_bytes(v.as_bytes()).ok()),
+        }
+    }
+
+    /// The peer's address ("" when unknown).
+    pub(crate) fn peer(&self) -> String {
+        self.conn
+            .as_ref()
+            .map(|c| c.remote.to_string())
+            .unwrap_or_default()
+    }
+
+    /// Who the caller is; on refusal, the anonymous caller to audit too.
+    pub(crate) fn caller(&self, auth: &Auth) -> Result<Caller, (Caller, Status)> {
+        auth.caller(
+            self.conn.as_ref(),
+            self.authorization.as_ref().map(http::HeaderValue::as_bytes),
+        )
+        .map_err(|status| {
+            let anonymous = Caller {
+                identity: String::new(),
+                source: crate::auth::Source::None,
+                peer: self.peer(),
+            };
+            (anonymous, status)
+        })
+    }
+}
+
 /// A stream's standing: who opened it and how, to be checked again.
 #[derive(Debug)]
 pub(crate) struct Access {

@@ -17,7 +17,7 @@ use tonic::{Status, Streaming};
 use vane_proto as pb;
 
 use crate::accept::ConnInfo;
-use crate::agents::{AgentRegistry, ConnectRefused};
+use crate::agents::AgentRegistry;
 use crate::audit::AuditLog;
 use crate::auth::{Action, Auth, Caller};
 use crate::hub::Hub;
@@ -213,10 +213,7 @@ impl DiscoveryService {
             .agents
             .connect_as(&node, &peer, running, &caller.identity, self.max_agents)
             .map_err(|e| {
-                let status = match e {
-                    ConnectRefused::Owned { .. } => Status::permission_denied(e.to_string()),
-                    ConnectRefused::Full { .. } => Status::resource_exhausted(e.to_string()),
-                };
+                let status = Status::from(e);
                 self.refused(&caller, &node.group, &status);
                 status
             })?;

@@ -22,8 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::accept::ConnInfo;
-use crate::agents::{AgentRegistry, ConnectRefused};
+use crate::agents::AgentRegistry;
 use crate::audit::AuditLog;
 use crate::auth::{Action, Auth, Caller};
 use crate::hub::Hub;
@@ -106,38 +105,11 @@ impl XdsService {
         request: Request<Streaming<P::Request>>,
     ) -> Result<Responses<P::Response>, Status> {
         let inner = &self.inner;
-        let tcp_only = request.remote_addr().map(|remote| ConnInfo {
-            remote,
-            identity: None,
-        });
-        let credentials = Credentials {
-            conn: request.extensions().get::<ConnInfo>().cloned().or(tcp_only),
-            authorization: request
-                .metadata()
-                .get("authorization")
-                .and_then(|v| http::HeaderValue::from_bytes(v.as_bytes()).ok()),
-        };
-        let caller = inner
-            .auth
-            .caller(
-                credentials.conn.as_ref(),
-                credentials
-                    .authorization
-                    .as_ref()
-                    .map(http::HeaderValue::as_bytes),
-            )
-            .inspect_err(|status| {
-                let anonymous = Caller {
-                    identity: String::new(),
-                    source: crate::auth::Source::None,
-                    peer: credentials
-                        .conn
-                        .as_ref()
-                        .map(|c| c.remote.to_string())
-                        .unwrap_or_default(),
-                };
-                self.refused(&anonymous, "", status);
-            })?;
+        let credentials = Credentials::of_request(&request);
+        let caller = credentials.caller(&inner.auth).map_err(|(anonymous, status)| {
+            self.refused(&anonymous, "", &status);
+            status
+        })?;
         let mut inbound = request.into_inner();
         let first = first_request(&inner.shutdown, &mut inbound).await?;
         let node = node_info(P::node(&first)).map_err(|e| {
@@ -172,10 +144,7 @@ impl XdsService {
                 inner.max_agents,
             )
             .map_err(|e| {
-                let status = match e {
-                    ConnectRefused::Owned { .. } => Status::permission_denied(e.to_string()),
-                    ConnectRefused::Full { .. } => Status::resource_exhausted(e.to_string()),
-                };
+                let status = Status::from(e);
                 self.refused(&caller, &node.group, &status);
                 status
             })?;

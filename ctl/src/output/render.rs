@@ -323,6 +323,10 @@ pub(crate) fn status(
                 count("STALE"),
                 count("NACKED"),
             );
+            let unacked = count("UNACKED");
+            if unacked > 0 {
+                let _ = write!(out, ", {unacked} unacked");
+            }
             let not_sent = count("NOT_SENT");
             if not_sent > 0 {
                 let _ = write!(out, ", {not_sent} not sent");

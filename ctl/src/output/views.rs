@@ -266,13 +266,15 @@ impl From<pb::WhoAmIResponse> for WhoAmIView {
     }
 }
 
-/// The contract's state names (`SYNCED`, `STALE`, `NACKED`, `NOT_SENT`).
+/// The contract's state names (`SYNCED`, `STALE`, `NACKED`, `NOT_SENT`,
+/// `UNACKED`).
 pub(crate) fn state_name(state: pb::AgentState) -> &'static str {
     match state {
         pb::AgentState::Synced => "SYNCED",
         pb::AgentState::Stale => "STALE",
         pb::AgentState::Nacked => "NACKED",
         pb::AgentState::NotSent => "NOT_SENT",
+        pb::AgentState::Unacked => "UNACKED",
         pb::AgentState::Unspecified => "UNKNOWN",
     }
 }

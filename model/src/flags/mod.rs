@@ -1,0 +1,154 @@
+//! Feature flags: the typed `flags` section of a snapshot, in flagd's flag
+//! definition model (`state`, `variants`, `defaultVariant`, `targeting`,
+//! `metadata`), so that OpenFeature's flagd providers evaluate Vane's flags
+//! exactly as they evaluate a flagd flag file.
+//!
+//! - [`check`]: the rules a definition must pass (called by
+//!   [`crate::validate`], errors with field paths like every section);
+//! - [`eval`]: evaluating a flag for an evaluation context, as flagd does
+//!   (what the control server answers OFREP requests with);
+//! - [`flagd`]: the flagd flag configuration JSON that flagd's sync
+//!   protocol carries.
+//!
+//! A snapshot's plain `values` are flags too: each value that is a boolean,
+//! string, number or object is served as a static flag of the same key with
+//! one variant, [`STATIC_VARIANT`]. A key may not be both a flag and a value.
+
+pub(crate) mod check;
+pub mod eval;
+pub mod flagd;
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+
+use vane_jsonlogic::Rule;
+
+use crate::snapshot::Snapshot;
+
+/// The one variant of a value served as a flag.
+pub const STATIC_VARIANT: &str = "value";
+
+/// A validated feature flag.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Flag {
+    /// Whether the flag is served.
+    pub state: FlagState,
+    /// Named values, all of [`Flag::flag_type`].
+    pub variants: BTreeMap<String, serde_json::Value>,
+    /// A key of `variants`.
+    pub default_variant: String,
+    /// JSON Logic returning a variant name (or a boolean naming `"true"` /
+    /// `"false"`, or null for the default).
+    pub targeting: Option<Rule>,
+    /// Strings, numbers and booleans handed to clients with each evaluation.
+    pub metadata: BTreeMap<String, serde_json::Value>,
+}
+
+impl Flag {
+    /// The type of every variant's value.
+    pub fn flag_type(&self) -> FlagType {
+        self.variants
+            .get(&self.default_variant)
+            .and_then(FlagType::of)
+            .unwrap_or(FlagType::Object)
+    }
+
+    /// A value served as a static flag, when it has a flag type.
+    pub fn from_value(value: &serde_json::Value) -> Option<Flag> {
+        FlagType::of(value)?;
+        Some(Flag {
+            state: FlagState::Enabled,
+            variants: [(STATIC_VARIANT.to_owned(), value.clone())].into(),
+            default_variant: STATIC_VARIANT.to_owned(),
+            targeting: None,
+            metadata: BTreeMap::new(),
+        })
+    }
+}
+
+/// Whether a flag is served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlagState {
+    /// Evaluated normally.
+    Enabled,
+    /// Evaluations fail with `FLAG_DISABLED`… or return the caller's default.
+    Disabled,
+}
+
+impl FlagState {
+    /// The name in files: `ENABLED` or `DISABLED`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FlagState::Enabled => "ENABLED",
+            FlagState::Disabled => "DISABLED",
+        }
+    }
+}
+
+/// The type of a flag's values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlagType {
+    /// `true` / `false`.
+    Boolean,
+    /// Text.
+    String,
+    /// Integer or float.
+    Number,
+    /// A JSON object.
+    Object,
+}
+
+impl FlagType {
+    /// The type of `value`; `None` for null and arrays, which flagd does not
+    /// take as flag values.
+    pub fn of(value: &serde_json::Value) -> Option<FlagType> {
+        use serde_json::Value;
+        match value {
+            Value::Bool(_) => Some(FlagType::Boolean),
+            Value::String(_) => Some(FlagType::String),
+            Value::Number(_) => Some(FlagType::Number),
+            Value::Object(_) => Some(FlagType::Object),
+            Value::Null | Value::Array(_) => None,
+        }
+    }
+
+    /// The name used in messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FlagType::Boolean => "boolean",
+            FlagType::String => "string",
+            FlagType::Number => "number",
+            FlagType::Object => "object",
+        }
+    }
+}
+
+impl Snapshot {
+    /// The flag called `key`: one of `flags`, else one of `values` served as
+    /// a static flag.
+    pub fn flag(&self, key: &str) -> Option<Cow<'_, Flag>> {
+        if let Some(flag) = self.flags.get(key) {
+            return Some(Cow::Borrowed(flag));
+        }
+        self.values
+            .get(key)
+            .and_then(Flag::from_value)
+            .map(Cow::Owned)
+    }
+
+    /// Every flag, `flags` and `values` together, sorted by key.
+    pub fn all_flags(&self) -> BTreeMap<&str, Cow<'_, Flag>> {
+        let mut all: BTreeMap<&str, Cow<'_, Flag>> = self
+            .values
+            .iter()
+            .filter_map(|(k, v)| Flag::from_value(v).map(|f| (k.as_str(), Cow::Owned(f))))
+            .collect();
+        for (k, f) in &self.flags {
+            all.insert(k.as_str(), Cow::Borrowed(f));
+        }
+        all
+    }
+}
+
+#[cfg(test)]
+mod tests;
