@@ -1,4 +1,5 @@
-//! Compiles `vane/v1/*.proto` with protox (pure Rust, no system `protoc`).
+//! Compiles `vane/v1/*.proto` and flagd's `flagd/sync/v1/sync.proto` with
+//! protox (pure Rust, no system `protoc`).
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
@@ -6,6 +7,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "vane/v1/discovery.proto",
         "vane/v1/admin.proto",
         "vane/v1/store.proto",
+        // OpenFeature's flagd providers (in-process mode) stream flags from
+        // this service; its well-known types come from prost-types.
+        "flagd/sync/v1/sync.proto",
     ];
     for f in &files {
         println!("cargo:rerun-if-changed={f}");
