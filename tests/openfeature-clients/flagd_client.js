@@ -14,6 +14,7 @@
 //            [--tls-ca FILE] [--grace-seconds N] [--deadline-ms N] --eval JSON
 'use strict';
 
+const fs = require('node:fs');
 const { parseArgs } = require('node:util');
 const { OpenFeature, ProviderEvents } = require('@openfeature/server-sdk');
 const { FlagdProvider } = require('@openfeature/flagd-provider');
@@ -65,6 +66,10 @@ function parse() {
     }
   }
   const port = integerOption(values, 'port');
+  // The provider would quietly fall back to the system's roots.
+  if (values['tls-ca'] !== undefined && !fs.existsSync(values['tls-ca'])) {
+    fail(`--tls-ca: no such file: ${values['tls-ca']}`);
+  }
   let entries;
   try {
     entries = JSON.parse(values.eval);

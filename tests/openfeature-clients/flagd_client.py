@@ -25,6 +25,7 @@ and "context" may hold "targetingKey".
 
 import argparse
 import json
+import os
 import signal
 import sys
 import threading
@@ -76,6 +77,8 @@ def parse_args(argv):
     )
     parser.add_argument("--eval", required=True, help="JSON list of evaluations")
     args = parser.parse_args(argv)
+    if args.tls_ca is not None and not os.path.isfile(args.tls_ca):
+        parser.error(f"--tls-ca: no such file: {args.tls_ca}")
     try:
         entries = json.loads(args.eval)
     except json.JSONDecodeError as e:
