@@ -8,6 +8,7 @@
 //! of the crate.
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 /// What pip installs into the Python target: the SDK and the flagd
 /// provider, and every transitive dependency at the version they were
@@ -143,6 +144,48 @@ impl OpenFeatureTools {
     }
 }
 
+impl OpenFeatureTools {
+    /// The installed packages, for a test. A missing one fails the test,
+    /// saying how to install it: the OpenFeature tests are part of the
+    /// suite, never skipped.
+    #[track_caller]
+    pub fn for_tests() -> Self {
+        let target = crate::process::bin_dir()
+            .parent()
+            .map_or_else(|| PathBuf::from("target"), Path::to_path_buf);
+        let tools = Self::locate(&target);
+        let missing = tools.missing();
+        assert!(
+            missing.is_empty(),
+            "the OpenFeature tests need clients that are not installed: {}. Run `cargo xtask \
+             test` (it installs them, pinned, into {}/openfeature-deps), then run the tests again",
+            missing.join("; "),
+            target.display()
+        );
+        tools
+    }
+
+    /// `python3 flagd_client.py` with `PYTHONPATH` set; add the client's
+    /// arguments (`--host`, `--port`, `--selector`, `--eval`, ...).
+    pub fn python_client(&self) -> Command {
+        let (script, _) = client_scripts(&crate::process::workspace_root());
+        let mut cmd = Command::new("python3");
+        cmd.arg("-u")
+            .arg(script)
+            .env("PYTHONPATH", &self.pythonpath);
+        cmd
+    }
+
+    /// `node flagd_client.js` with `NODE_PATH` set; the same arguments as
+    /// [`Self::python_client`].
+    pub fn node_client(&self) -> Command {
+        let (_, script) = client_scripts(&crate::process::workspace_root());
+        let mut cmd = Command::new("node");
+        cmd.arg(script).env("NODE_PATH", &self.node_path);
+        cmd
+    }
+}
+
 /// The client scripts under the workspace root `root`: `(python, node)`.
 pub fn client_scripts(root: &Path) -> (PathBuf, PathBuf) {
     let dir = root.join(CLIENTS_DIR);
@@ -184,6 +227,33 @@ mod tests {
         // One grpcio for both the xDS and the OpenFeature clients.
         let grpcio = PYTHON_PIP.iter().find(|s| s.starts_with("grpcio=="));
         assert!(crate::xds_tools::GRPCIO_PIP.contains(grpcio.unwrap()));
+    }
+
+    #[test]
+    fn the_client_commands_run_the_committed_scripts_with_the_packages() {
+        let tools = OpenFeatureTools::in_dirs(&OpenFeatureDirs::under(Path::new("/t")));
+        let py = tools.python_client();
+        assert_eq!(py.get_program(), "python3");
+        let script = py.get_args().nth(1).unwrap();
+        assert!(Path::new(script).is_file(), "{script:?}");
+        let env: Vec<_> = py.get_envs().collect();
+        assert_eq!(
+            env,
+            [(
+                "PYTHONPATH".as_ref(),
+                Some("/t/openfeature-deps/python".as_ref())
+            )]
+        );
+        let js = tools.node_client();
+        assert!(Path::new(js.get_args().next().unwrap()).is_file());
+        let env: Vec<_> = js.get_envs().collect();
+        assert_eq!(
+            env,
+            [(
+                "NODE_PATH".as_ref(),
+                Some("/t/openfeature-deps/node/node_modules".as_ref())
+            )]
+        );
     }
 
     #[test]
