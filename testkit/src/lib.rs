@@ -22,6 +22,9 @@
 //! - [`xds_tools`], [`envoy_config`]: where the real xDS clients (Envoy,
 //!   grpcio, grpc-js-xds) are installed, pinned, and Envoy's bootstrap for
 //!   following Vane (light: xtask uses them to install and for the demo).
+//! - [`openfeature_tools`]: where the real OpenFeature clients (the Python
+//!   and Node SDKs with their flagd providers) are installed, pinned, and
+//!   the client scripts that drive them (light, like `xds_tools`).
 //! - [`xds`]: Envoy and gRPC's proxyless clients as child processes,
 //!   following a control server over xDS.
 //!
@@ -29,7 +32,7 @@
 //! test instead of hanging it; none of the assertions depend on how fast
 //! anything runs.
 //!
-//! `net`, `process`, `xds_tools` and `envoy_config` need nothing but the standard library and `nix`;
+//! `net`, `process`, `xds_tools`, `openfeature_tools` and `envoy_config` need nothing but the standard library and `nix`;
 //! everything else is behind the default feature `full` (gRPC, HTTP, the
 //! model), which xtask leaves out so that `cargo xtask` starts quickly.
 
@@ -37,6 +40,7 @@
 
 pub mod envoy_config;
 pub mod net;
+pub mod openfeature_tools;
 pub mod process;
 pub mod xds_tools;
 

@@ -29,6 +29,8 @@ mod demo;
 mod fuzz;
 mod harness;
 mod narrate;
+mod openfeature_deps;
+mod pinned;
 mod process;
 mod test;
 mod tidy;

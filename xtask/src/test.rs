@@ -1,6 +1,7 @@
 //! `cargo xtask test`: everything CI checks, in order, stopping at the first
 //! failure. Tools the tests need are installed first when missing (etcd and
-//! protoc with apt, the xDS clients by `xds_deps`).
+//! protoc with apt, the xDS clients by `xds_deps`, the OpenFeature clients by
+//! `openfeature_deps`).
 
 use std::path::Path;
 use std::process::Command;
@@ -33,7 +34,10 @@ pub(crate) fn run(root: &Path) -> Result<()> {
     // target directory; the tests are told where (and fail, saying to run
     // this, when they are missing).
     let xds = crate::xds_deps::ensure(root, &mut apt)?;
-    let xds_env = crate::xds_deps::test_env(&xds);
+    let mut tools_env = crate::xds_deps::test_env(&xds);
+    // The OpenFeature SDKs with their flagd providers, the same way.
+    let openfeature = crate::openfeature_deps::ensure(root, &mut apt)?;
+    tools_env.extend(crate::openfeature_deps::test_env(&openfeature));
 
     let mut steps: Vec<(&str, Step)> = Vec::new();
     let mut fmt = cargo();
@@ -63,7 +67,7 @@ pub(crate) fn run(root: &Path) -> Result<()> {
         let mut tests = cargo();
         tests
             .args(["nextest", "run", "--workspace"])
-            .envs(xds_env.clone());
+            .envs(tools_env.clone());
         steps.push(("test", Step::Command(tests)));
         // nextest does not run doctests.
         let mut doc = cargo();
@@ -71,7 +75,7 @@ pub(crate) fn run(root: &Path) -> Result<()> {
         steps.push(("doctest", Step::Command(doc)));
     } else {
         let mut tests = cargo();
-        tests.args(["test", "--workspace"]).envs(xds_env);
+        tests.args(["test", "--workspace"]).envs(tools_env);
         steps.push(("test", Step::Command(tests)));
     }
 
