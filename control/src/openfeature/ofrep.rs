@@ -88,12 +88,16 @@ pub(crate) async fn evaluate_one(
     let answer = async {
         let (set, _) = admit(parts, &head).await.map_err(|r| r.about(key))?;
         let context = context(body).await.map_err(|r| r.about(key))?;
-        let evaluation = set
-            .snapshot
-            .evaluate_flag(key, &context, now_secs())
+        let evaluation = match set.snapshot.evaluate_flag(key, &context, now_secs()) {
+            Err(EvalError::Disabled(_)) => {
+                return Ok(json_response(StatusCode::OK, &disabled(key)));
+            }
+            other => other,
+        };
+        let evaluation = evaluation
             .map_err(|e| {
                 let status = match e {
-                    EvalError::NotFound(_) | EvalError::Disabled(_) => StatusCode::NOT_FOUND,
+                    EvalError::NotFound(_) => StatusCode::NOT_FOUND,
                     _ => StatusCode::BAD_REQUEST,
                 };
                 let mut error = ApiError::invalid("key", &e);
@@ -127,6 +131,7 @@ pub(crate) async fn evaluate_all(parts: &Parts, head: http::request::Parts, body
             .map(|(key, flag)| {
                 match vane_model::flags::eval::evaluate(key, &flag, &context, now) {
                     Ok(evaluation) => success(key, &evaluation),
+                    Err(EvalError::Disabled(_)) => disabled(key),
                     Err(e) => json!({"key": key, "errorCode": e.code(), "errorDetails": e.to_string()}),
                 }
             })
@@ -261,6 +266,12 @@ fn success(key: &str, e: &Evaluation) -> Value {
         "reason": e.reason.as_str(),
         "metadata": e.metadata,
     })
+}
+
+/// A disabled flag: no value, so the caller's default applies (OFREP's
+/// rule for an absent value), with reason `DISABLED` as flagd gives.
+fn disabled(key: &str) -> Value {
+    json!({"key": key, "reason": "DISABLED"})
 }
 
 fn json_response(status: StatusCode, body: &Value) -> Response {

@@ -222,7 +222,11 @@ impl FlagSync for FlagSyncService {
                 self.refused(&anonymous, "", &status);
                 status
             })?;
-        Ok(Response::new(fpb::GetMetadataResponse::default()))
+        // An empty `metadata`, never none: the Python provider reads the
+        // field unconditionally and its sync thread dies without it.
+        Ok(Response::new(fpb::GetMetadataResponse {
+            metadata: Some(vane_proto::prost_types::Struct::default()),
+        }))
     }
 }
 
@@ -313,8 +317,9 @@ impl Sync {
                         return Some(status);
                     }
                 }
-                changed = heads.changed() => if changed.is_err() { return None },
-                changed = cohorts.changed() => if changed.is_err() { return None },
+                // Never an OK end: Node's provider would not reconnect.
+                changed = heads.changed() => if changed.is_err() { return Some(stopping()) },
+                changed = cohorts.changed() => if changed.is_err() { return Some(stopping()) },
             }
         }
     }

@@ -78,8 +78,9 @@ impl EvalError {
     pub fn code(&self) -> &'static str {
         match self {
             EvalError::NotFound(_) => "FLAG_NOT_FOUND",
-            EvalError::Disabled(_) => "FLAG_NOT_FOUND",
-            EvalError::Targeting { .. } | EvalError::NoVariant { .. } => "GENERAL",
+            EvalError::Targeting { .. } | EvalError::NoVariant { .. } | EvalError::Disabled(_) => {
+                "GENERAL"
+            }
         }
     }
 }

@@ -71,7 +71,8 @@ impl Flag {
 pub enum FlagState {
     /// Evaluated normally.
     Enabled,
-    /// Evaluations fail with `FLAG_DISABLED`… or return the caller's default.
+    /// Not served: clients fall back to their code's default (reason
+    /// `DISABLED`).
     Disabled,
 }
 
