@@ -60,7 +60,7 @@ pub struct Published {
     /// The version's HTTP bodies (`crate::http`), each rendered once.
     http: crate::http::render::Bodies,
     /// The version's flags (`crate::openfeature`), decoded once.
-    flags: OnceCell<crate::openfeature::Decoded>,
+    flags: OnceCell<crate::openfeature::flagset::Decoded>,
 }
 
 /// An older version a delta to the head can start from.
@@ -131,10 +131,14 @@ impl Published {
 
     /// The version's flags, or why it has none; decoded on the blocking
     /// pool by the first caller, shared after.
-    pub async fn flags(&self) -> crate::openfeature::Decoded {
+    pub async fn flags(&self) -> crate::openfeature::flagset::Decoded {
         self.flags
             .get_or_init(|| {
-                crate::openfeature::decode(self.group.clone(), self.version, self.snapshot.clone())
+                crate::openfeature::flagset::decode(
+                    self.group.clone(),
+                    self.version,
+                    self.snapshot.clone(),
+                )
             })
             .await
             .clone()

@@ -26,6 +26,7 @@ pub mod delta;
 pub mod error;
 pub mod file;
 pub mod flags;
+pub mod limits;
 pub mod names;
 pub mod proto;
 pub mod snapshot;

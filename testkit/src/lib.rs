@@ -47,7 +47,13 @@ pub mod xds_tools;
 #[cfg(feature = "full")]
 mod control;
 #[cfg(feature = "full")]
+pub mod curl;
+#[cfg(feature = "full")]
 pub mod etcd;
+#[cfg(feature = "full")]
+pub mod lines;
+#[cfg(feature = "full")]
+pub mod openfeature;
 #[cfg(feature = "full")]
 pub mod proxy;
 #[cfg(feature = "full")]

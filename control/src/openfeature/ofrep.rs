@@ -22,7 +22,7 @@ use vane_model::flags::eval::{EvalError, Evaluation};
 use crate::auth::{Action, Caller};
 use crate::http::errors::ApiError;
 use crate::hub::Published;
-use crate::openfeature::FlagSet;
+use crate::openfeature::flagset::FlagSet;
 use crate::targets;
 use crate::watch::Parts;
 use crate::watch::admission::Credentials;
@@ -94,17 +94,16 @@ pub(crate) async fn evaluate_one(
             }
             other => other,
         };
-        let evaluation = evaluation
-            .map_err(|e| {
-                let status = match e {
-                    EvalError::NotFound(_) => StatusCode::NOT_FOUND,
-                    _ => StatusCode::BAD_REQUEST,
-                };
-                let mut error = ApiError::invalid("key", &e);
-                error.message = e.to_string();
-                error.status = status;
-                Refusal::new(error, e.code()).about(key)
-            })?;
+        let evaluation = evaluation.map_err(|e| {
+            let status = match e {
+                EvalError::NotFound(_) => StatusCode::NOT_FOUND,
+                _ => StatusCode::BAD_REQUEST,
+            };
+            let mut error = ApiError::invalid("key", &e);
+            error.message = e.to_string();
+            error.status = status;
+            Refusal::new(error, e.code()).about(key)
+        })?;
         Ok::<_, Refusal>(json_response(StatusCode::OK, &success(key, &evaluation)))
     }
     .await;
@@ -112,7 +111,11 @@ pub(crate) async fn evaluate_one(
 }
 
 /// `POST /ofrep/v1/evaluate/flags`.
-pub(crate) async fn evaluate_all(parts: &Parts, head: http::request::Parts, body: Body) -> Response {
+pub(crate) async fn evaluate_all(
+    parts: &Parts,
+    head: http::request::Parts,
+    body: Body,
+) -> Response {
     let answer = async {
         let (set, version) = admit(parts, &head).await?;
         let etag = format!("\"{}\"", version.hash);
@@ -128,13 +131,15 @@ pub(crate) async fn evaluate_all(parts: &Parts, head: http::request::Parts, body
             .snapshot
             .all_flags()
             .into_iter()
-            .map(|(key, flag)| {
-                match vane_model::flags::eval::evaluate(key, &flag, &context, now) {
+            .map(
+                |(key, flag)| match vane_model::flags::eval::evaluate(key, &flag, &context, now) {
                     Ok(evaluation) => success(key, &evaluation),
                     Err(EvalError::Disabled(_)) => disabled(key),
-                    Err(e) => json!({"key": key, "errorCode": e.code(), "errorDetails": e.to_string()}),
-                }
-            })
+                    Err(e) => {
+                        json!({"key": key, "errorCode": e.code(), "errorDetails": e.to_string()})
+                    }
+                },
+            )
             .collect();
         let mut response = json_response(StatusCode::OK, &json!({ "flags": flags }));
         set_etag(&mut response, &etag);

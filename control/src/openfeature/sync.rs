@@ -88,7 +88,11 @@ impl FlagSyncService {
             .get("flagd-selector")
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
-        let group = if selector.is_empty() { header } else { selector };
+        let group = if selector.is_empty() {
+            header
+        } else {
+            selector
+        };
         let group = group.trim().to_owned();
         if let Err(e) = vane_model::names::check_group(&group) {
             let status = Status::invalid_argument(format!(
@@ -148,7 +152,13 @@ impl FlagSync for FlagSyncService {
         };
         let key = parts
             .agents
-            .connect_as(&node, &caller.peer, None, &caller.identity, parts.max_agents)
+            .connect_as(
+                &node,
+                &caller.peer,
+                None,
+                &caller.identity,
+                parts.max_agents,
+            )
             .map_err(|e| {
                 let status = Status::from(e);
                 self.refused(&caller, &group, &status);
@@ -203,9 +213,10 @@ impl FlagSync for FlagSyncService {
                 "selector: group {group:?} has no version yet"
             )));
         };
-        let flags = version.flags().await.map_err(|reason| {
-            Status::internal(format!("version {}: {reason}", version.version))
-        })?;
+        let flags = version
+            .flags()
+            .await
+            .map_err(|reason| Status::internal(format!("version {}: {reason}", version.version)))?;
         Ok(Response::new(fpb::FetchAllFlagsResponse {
             flag_configuration: flags.configuration.clone(),
         }))
@@ -326,7 +337,9 @@ impl Sync {
 }
 
 fn stopping() -> Status {
-    Status::unavailable("the server is shutting down; reconnect (another replica, or this one once it is back)")
+    Status::unavailable(
+        "the server is shutting down; reconnect (another replica, or this one once it is back)",
+    )
 }
 
 /// The node id of a provider: its provider id, else one made of its address.

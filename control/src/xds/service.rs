@@ -106,10 +106,12 @@ impl XdsService {
     ) -> Result<Responses<P::Response>, Status> {
         let inner = &self.inner;
         let credentials = Credentials::of_request(&request);
-        let caller = credentials.caller(&inner.auth).map_err(|(anonymous, status)| {
-            self.refused(&anonymous, "", &status);
-            status
-        })?;
+        let caller = credentials
+            .caller(&inner.auth)
+            .map_err(|(anonymous, status)| {
+                self.refused(&anonymous, "", &status);
+                status
+            })?;
         let mut inbound = request.into_inner();
         let first = first_request(&inner.shutdown, &mut inbound).await?;
         let node = node_info(P::node(&first)).map_err(|e| {

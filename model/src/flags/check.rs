@@ -6,10 +6,10 @@ use std::collections::BTreeMap;
 use serde_json::Value;
 use vane_jsonlogic::Rule;
 
-use super::{Flag, FlagState, FlagType};
+use super::types::{Flag, FlagState, FlagType};
 use crate::error::FieldError;
+use crate::limits::{MAX_VALUE_DEPTH, MAX_VALUE_KEY_LEN, nested_deeper_than};
 use crate::spec::FlagSpec;
-use crate::validate::{MAX_VALUE_DEPTH, MAX_VALUE_KEY_LEN, nested_deeper_than};
 
 /// Validates every flag; `values` is the snapshot's values (a key may not be
 /// both). Problems are appended to `errors`.
@@ -193,7 +193,10 @@ fn compile(
                 if !variants.contains_key(&name) {
                     errors.push(FieldError::new(
                         at(&p),
-                        format!("returns {name:?}, which is no variant ({})", names(variants)),
+                        format!(
+                            "returns {name:?}, which is no variant ({})",
+                            names(variants)
+                        ),
                     ));
                 }
             }

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-use super::{Flag, FlagState};
+use super::types::{Flag, FlagState};
 use crate::snapshot::Snapshot;
 
 /// Why an evaluation gave its value (OpenFeature's resolution reasons).

@@ -4,7 +4,7 @@
 
 use serde_json::{Map, Value};
 
-use super::Flag;
+use super::types::Flag;
 use crate::snapshot::Snapshot;
 
 impl Snapshot {
@@ -28,7 +28,10 @@ impl Snapshot {
 /// One flag as flagd writes it.
 pub fn definition(flag: &Flag) -> Value {
     let mut m = Map::new();
-    m.insert("state".into(), Value::String(flag.state.as_str().to_owned()));
+    m.insert(
+        "state".into(),
+        Value::String(flag.state.as_str().to_owned()),
+    );
     m.insert(
         "variants".into(),
         Value::Object(flag.variants.clone().into_iter().collect()),

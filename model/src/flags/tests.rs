@@ -87,7 +87,10 @@ fn flags_round_trip_through_every_rendering_and_the_wire() {
     let decoded = Snapshot::decode(&s.encode()).unwrap();
     assert_eq!(decoded, s);
     // `{}` as targeting is no targeting, and hashes the same as none.
-    let empty = FLAGS.replace("    defaultVariant: a\n", "    defaultVariant: a\n    targeting: {}\n");
+    let empty = FLAGS.replace(
+        "    defaultVariant: a\n",
+        "    defaultVariant: a\n    targeting: {}\n",
+    );
     assert_eq!(snapshot(&empty).content_hash(), s.content_hash());
 }
 
@@ -152,7 +155,9 @@ fn each_broken_rule_is_named_by_its_path() {
         "{unknown}"
     );
     // Unknown fields of a definition are refused by the file reader.
-    let field = refused("flags:\n  f: {state: ENABLED, variants: {a: 1}, defaultVariant: a, defaultvariant: a}\n");
+    let field = refused(
+        "flags:\n  f: {state: ENABLED, variants: {a: 1}, defaultVariant: a, defaultvariant: a}\n",
+    );
     assert!(field.contains("defaultvariant"), "{field}");
 }
 
@@ -163,7 +168,10 @@ fn a_bad_flag_on_the_wire_is_named_by_key_and_field() {
         ..vane_proto::Snapshot::default()
     };
     let err = Snapshot::try_from(msg).unwrap_err().to_string();
-    assert!(err.starts_with(r#"flags["f"].state: invalid type"#), "{err}");
+    assert!(
+        err.starts_with(r#"flags["f"].state: invalid type"#),
+        "{err}"
+    );
     let msg = vane_proto::Snapshot {
         flags: [("f".to_owned(), "{".to_owned())].into(),
         ..vane_proto::Snapshot::default()
@@ -178,11 +186,17 @@ fn evaluation_follows_flagd() {
     let e = s
         .evaluate_flag("new-checkout", &ctx(json!({"email": "a@example.com"})), 0)
         .unwrap();
-    assert_eq!((e.value, e.variant.as_str(), e.reason), (json!(true), "on", Reason::TargetingMatch));
+    assert_eq!(
+        (e.value, e.variant.as_str(), e.reason),
+        (json!(true), "on", Reason::TargetingMatch)
+    );
     let e = s
         .evaluate_flag("new-checkout", &ctx(json!({"email": "a@other.org"})), 0)
         .unwrap();
-    assert_eq!((e.value, e.variant.as_str(), e.reason), (json!(false), "off", Reason::Default));
+    assert_eq!(
+        (e.value, e.variant.as_str(), e.reason),
+        (json!(false), "off", Reason::Default)
+    );
     // A value is a static flag.
     let e = s.evaluate_flag("max_body", &Map::new(), 0).unwrap();
     assert_eq!((e.value, e.reason), (json!(1_048_576), Reason::Static));
@@ -226,6 +240,9 @@ fn the_flagd_document_holds_flags_and_servable_values() {
         json!({"state": "ENABLED", "variants": {"value": 1_048_576}, "defaultVariant": "value"})
     );
     assert_eq!(flags["old"]["state"], json!("DISABLED"));
-    assert_eq!(flags["color"]["metadata"], json!({"owner": "web", "rev": 3}));
+    assert_eq!(
+        flags["color"]["metadata"],
+        json!({"owner": "web", "rev": 3})
+    );
     assert_eq!(doc["metadata"], json!({"flagSetId": "edge"}));
 }

@@ -4,19 +4,17 @@
 //! "error CODE DETAILS") which the handle collects, and the bootstrap file
 //! (`GRPC_XDS_BOOTSTRAP`) that points them at Vane.
 
-use std::io::{BufRead as _, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::thread;
+use std::process::{Child, Command};
 use std::time::Duration;
 
 use tempfile::TempDir;
 
-use crate::process::{read_lossy, spawn_announced};
+use crate::lines::LineProcess;
+use crate::process::spawn_announced;
 
-use super::support::{client_script, tail, tools, wait_for};
+use super::support::{client_script, tools, wait_for};
 
 /// Which gRPC implementation a client runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,10 +57,7 @@ pub fn grpc_bootstrap(
 /// A client calling `/vane.test.Echo/Who` on its target every 50 ms until
 /// dropped, its answers collected line by line.
 pub struct GrpcClient {
-    child: Option<Child>,
-    lines: Arc<Mutex<Vec<String>>>,
-    /// Holds its stderr (`client.log`).
-    dir: TempDir,
+    process: LineProcess,
     lang: Lang,
 }
 
@@ -71,10 +66,6 @@ impl GrpcClient {
     /// `GRPC_XDS_BOOTSTRAP=bootstrap`.
     pub fn start(lang: Lang, target: &str, bootstrap: &Path) -> Self {
         let tools = tools();
-        let dir = tempfile::Builder::new()
-            .prefix("vane-grpc-client-")
-            .tempdir()
-            .expect("create a temporary directory");
         let mut cmd = match lang {
             Lang::Python => {
                 let mut cmd = Command::new("python3");
@@ -89,40 +80,17 @@ impl GrpcClient {
                 cmd
             }
         };
-        let log = std::fs::File::create(dir.path().join("client.log")).expect("create a file");
-        let mut child = cmd
-            .args([target, "50"])
-            .env("GRPC_XDS_BOOTSTRAP", bootstrap)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start the {lang:?} gRPC client: {e}"));
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let sink = lines.clone();
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                sink.lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .push(line);
-            }
-        });
+        cmd.args([target, "50"])
+            .env("GRPC_XDS_BOOTSTRAP", bootstrap);
         Self {
-            child: Some(child),
-            lines,
-            dir,
+            process: LineProcess::start(cmd, &format!("{lang:?} gRPC client")),
             lang,
         }
     }
 
     /// Every line printed so far.
     pub fn lines(&self) -> Vec<String> {
-        self.lines
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.process.lines()
     }
 
     /// How many calls have ended so far (answered or failed).
@@ -169,29 +137,12 @@ impl GrpcClient {
 
     /// The last calls and the client's stderr, for failure messages.
     pub fn describe(&self) -> String {
-        let lines = self.lines();
-        format!(
-            "last lines: {:?}\nstderr (end):\n{}",
-            &lines[lines.len().saturating_sub(8)..],
-            tail(&read_lossy(&self.dir.path().join("client.log")), 30)
-        )
+        self.process.describe()
     }
 }
 
 fn is_call(line: &str) -> bool {
     line.starts_with("ok ") || line.starts_with("error ")
-}
-
-impl Drop for GrpcClient {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        if thread::panicking() {
-            eprintln!("--- {:?} gRPC client ---\n{}", self.lang, self.describe());
-        }
-    }
 }
 
 /// A gRPC backend (`tests/xds-clients/backend.py`) answering

@@ -3,7 +3,7 @@
 //! tails.
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::xds_tools::XdsTools;
 
@@ -38,29 +38,4 @@ pub fn client_script(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// Polls `check` every 50 ms until it returns `Some`, and returns that;
-/// panics after `within` with `what` and the last thing `describe` says.
-#[track_caller]
-pub fn wait_for<T>(
-    what: &str,
-    within: Duration,
-    mut check: impl FnMut() -> Option<T>,
-    describe: impl Fn() -> String,
-) -> T {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(v) = check() {
-            return v;
-        }
-        if Instant::now() >= deadline {
-            panic!("waited {within:?} for {what}; last seen: {}", describe());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// The last `n` lines of `text`.
-pub fn tail(text: &str, n: usize) -> String {
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
+pub use crate::lines::{tail, wait_for};
