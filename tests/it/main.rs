@@ -17,6 +17,7 @@ mod hostile_proxy;
 mod hostile_tokens;
 mod http_poll;
 mod integrity;
+mod openfeature;
 mod proxy_ack;
 mod proxy_balancing;
 mod proxy_churn;

@@ -1,0 +1,383 @@
+//! OpenFeature against a real server: the Python SDK with
+//! `openfeature-provider-flagd` and the Node SDK with
+//! `@openfeature/flagd-provider`, both in in-process mode, sync a group's
+//! flags over `flagd.sync.v1`, evaluate them (targeting included), follow a
+//! push, keep their flags while the server is SIGKILLed and follow again
+//! after its restart; they are listed in status as `flagd` clients,
+//! UNACKED at the version sent. OFREP with curl gives the same answers.
+//! Both APIs are authorized like agents; bad flags are refused at push.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use vane_testkit::ControlServer;
+use vane_testkit::curl::{Answer, curl};
+use vane_testkit::fixtures::write_text;
+use vane_testkit::lines::wait_for;
+use vane_testkit::openfeature::{FlagdClient, Sdk, eval, values_of};
+
+const GROUP: &str = "shop";
+/// Generous for a first sync: the SDKs start a Python or Node runtime.
+const START: Duration = Duration::from_secs(60);
+
+/// Version 1: new-checkout on for example.com addresses, else its default
+/// (off); max_body a plain value.
+const V1: &str = r#"
+values:
+  max_body: 1048576
+flags:
+  new-checkout:
+    state: ENABLED
+    variants: {on: true, off: false}
+    defaultVariant: off
+    targeting:
+      if:
+        - ends_with: [{var: email}, "@example.com"]
+        - on
+        - null
+"#;
+
+/// Version 2 flips both answers: off for example.com, else on.
+const V2: &str = r#"
+values:
+  max_body: 1048576
+flags:
+  new-checkout:
+    state: ENABLED
+    variants: {on: true, off: false}
+    defaultVariant: on
+    targeting:
+      if:
+        - ends_with: [{var: email}, "@example.com"]
+        - off
+        - null
+"#;
+
+fn contexts() -> [Value; 2] {
+    [
+        json!({"targetingKey": "u1", "email": "ann@example.com"}),
+        json!({"targetingKey": "u2", "email": "bob@other.org"}),
+    ]
+}
+
+fn evals() -> Vec<Value> {
+    let [a, b] = contexts();
+    vec![
+        eval("new-checkout", "boolean", json!(false), a),
+        eval("new-checkout", "boolean", json!(false), b),
+        eval("max_body", "number", json!(0), json!({})),
+    ]
+}
+
+fn push(server: &ControlServer, name: &str, yaml: &str) -> u64 {
+    let file = write_text(&server.scratch(), name, yaml);
+    push_file(server, &file)
+}
+
+fn push_file(server: &ControlServer, file: &Path) -> u64 {
+    let out = server
+        .ctl(&["push", GROUP, "-f", file.to_str().unwrap(), "-o", "json"])
+        .ok();
+    out.json()["version"].as_u64().unwrap()
+}
+
+/// `POST /ofrep/v1/evaluate/flags[/key]` with `Vane-Group: shop`.
+fn ofrep(server: &ControlServer, key: Option<&str>, body: &Value, extra: &[&str]) -> Answer {
+    let path = match key {
+        Some(k) => format!("/ofrep/v1/evaluate/flags/{k}"),
+        None => "/ofrep/v1/evaluate/flags".to_owned(),
+    };
+    let body = body.to_string();
+    let mut args = vec![
+        "-X",
+        "POST",
+        "-H",
+        "Content-Type: application/json",
+        "--data-binary",
+        &body,
+    ];
+    args.extend_from_slice(extra);
+    curl(&format!("http://{}{path}", server.addr()), &args)
+}
+
+fn with_group(server: &ControlServer, key: Option<&str>, body: &Value) -> Answer {
+    ofrep(server, key, body, &["-H", "Vane-Group: shop"])
+}
+
+/// What OFREP says for each of `evals()`: (value, variant, reason).
+fn ofrep_answers(server: &ControlServer) -> Vec<(Value, Value, Value)> {
+    evals()
+        .iter()
+        .map(|e| {
+            let a = with_group(
+                server,
+                Some(e["flag"].as_str().unwrap()),
+                &json!({"context": e["context"]}),
+            );
+            assert_eq!(a.status, 200, "{a:?}");
+            let v = a.json();
+            (
+                v["value"].clone(),
+                v["variant"].clone(),
+                v["reason"].clone(),
+            )
+        })
+        .collect()
+}
+
+/// (value, variant, reason) of each result an SDK printed.
+fn sdk_answers(results: &[Value]) -> Vec<(Value, Value, Value)> {
+    results
+        .iter()
+        .map(|r| {
+            (
+                r["value"].clone(),
+                r["variant"].clone(),
+                r["reason"].clone(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn flagd_providers_follow_pushes_and_keep_their_flags_through_a_killed_server() {
+    let mut server = ControlServer::start();
+    assert_eq!(push(&server, "v1.yaml", V1), 1);
+    let clients: Vec<FlagdClient> = [Sdk::Python, Sdk::Node]
+        .into_iter()
+        .map(|sdk| FlagdClient::start(sdk, server.addr(), GROUP, &evals()))
+        .collect();
+
+    // Version 1: targeting picks on for ann, the default (off) for bob.
+    let v1 = [json!(true), json!(false), json!(1_048_576)];
+    for c in &clients {
+        let results = c.wait_values("version 1's values", START, |r| values_of(r) == v1);
+        assert_eq!(
+            sdk_answers(&results),
+            ofrep_answers(&server),
+            "{:?} and OFREP disagree",
+            c.sdk()
+        );
+        assert_eq!(results[0]["reason"], "TARGETING_MATCH");
+        assert_eq!(results[1]["reason"], "DEFAULT");
+        assert_eq!(results[2]["reason"], "STATIC");
+    }
+    // Both are nodes of the group: client flagd, UNACKED at 1.
+    assert_eq!(flagd_nodes(&server, 1), 2);
+
+    // A push flips both answers; each SDK follows within 2 s.
+    let pushed = Instant::now();
+    assert_eq!(push(&server, "v2.yaml", V2), 2);
+    let v2 = [json!(false), json!(true), json!(1_048_576)];
+    let results: Vec<Vec<Value>> = clients
+        .iter()
+        .map(|c| {
+            c.wait_values("version 2's values", Duration::from_secs(10), |r| {
+                values_of(r) == v2
+            })
+        })
+        .collect();
+    let took = pushed.elapsed();
+    assert!(
+        took < Duration::from_secs(2),
+        "the SDKs took {took:?} to follow a push"
+    );
+    for r in &results {
+        assert_eq!(sdk_answers(r), ofrep_answers(&server));
+    }
+
+    // The server is SIGKILLed: the SDKs keep evaluating version 2.
+    let lines_before: Vec<usize> = clients.iter().map(|c| c.value_lines().len()).collect();
+    server.kill();
+    for c in &clients {
+        // They notice (Python after its 5 s stream check, Node at once)…
+        wait_for(
+            &format!("{:?} to report the lost stream", c.sdk()),
+            Duration::from_secs(30),
+            || (c.count("stale") + c.count("error") > 0).then_some(()),
+            || c.describe(),
+        );
+    }
+    // … and still answer from the flags they hold: no result changed.
+    std::thread::sleep(Duration::from_secs(1));
+    for (c, before) in clients.iter().zip(&lines_before) {
+        let lines = c.value_lines();
+        assert_eq!(
+            lines.len(),
+            *before,
+            "{:?} results changed with the server dead: {:?}",
+            c.sdk(),
+            &lines[*before..]
+        );
+    }
+
+    // Restarted (same port, same data): they reconnect and follow version 3.
+    server.restart_same_port();
+    let v3_text = V2.replace("max_body: 1048576", "max_body: 2048");
+    assert_eq!(push(&server, "v3.yaml", &v3_text), 3);
+    let v3 = [json!(false), json!(true), json!(2048)];
+    for c in &clients {
+        c.wait_values("version 3's values after the restart", START, |r| {
+            values_of(r) == v3
+        });
+    }
+    // Listed again: the killed server's entries were in its memory only;
+    // the new streams are UNACKED at 3.
+    assert_eq!(flagd_nodes(&server, 3), 2);
+}
+
+/// How many `flagd` clients `vanectl status` lists; each must be
+/// connected, UNACKED at `version` (the head).
+fn flagd_nodes(server: &ControlServer, version: u64) -> usize {
+    let status = server.ctl(&["status", GROUP, "-o", "json"]).ok().json();
+    let flagd: Vec<&Value> = status
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["client"] == "flagd")
+        .collect();
+    for a in &flagd {
+        assert_eq!(
+            (
+                a["state"].as_str(),
+                a["connected"].as_bool(),
+                a["target_version"].as_u64()
+            ),
+            (Some("UNACKED"), Some(true), Some(version)),
+            "{a}"
+        );
+    }
+    flagd.len()
+}
+
+#[test]
+fn ofrep_evaluates_with_etags_and_names_what_is_wrong() {
+    let server = ControlServer::start();
+    push(&server, "v1.yaml", V1);
+    let [ann, _] = contexts();
+
+    // Bulk: every flag (values too), with the version's hash as ETag.
+    let bulk = with_group(&server, None, &json!({"context": ann}));
+    assert_eq!(bulk.status, 200, "{bulk:?}");
+    let (_, hash) = vane_testkit::history(&server.url(), GROUP).pop().unwrap();
+    let etag = bulk.header("etag").unwrap().to_owned();
+    assert_eq!(etag, format!("\"{hash}\""));
+    let flags = bulk.json()["flags"].as_array().unwrap().clone();
+    let keys: Vec<&str> = flags.iter().map(|f| f["key"].as_str().unwrap()).collect();
+    assert_eq!(keys, ["max_body", "new-checkout"]);
+    assert_eq!(flags[1]["value"], true);
+    // Unchanged: 304; after a push: 200 with the new ETag.
+    let same = ofrep(
+        &server,
+        None,
+        &json!({"context": ann}),
+        &[
+            "-H",
+            "Vane-Group: shop",
+            "-H",
+            &format!("If-None-Match: {etag}"),
+        ],
+    );
+    assert_eq!((same.status, same.body.as_str()), (304, ""), "{same:?}");
+    push(&server, "v2.yaml", V2);
+    let changed = ofrep(
+        &server,
+        None,
+        &json!({"context": ann}),
+        &[
+            "-H",
+            "Vane-Group: shop",
+            "-H",
+            &format!("If-None-Match: {etag}"),
+        ],
+    );
+    assert_eq!(changed.status, 200, "{changed:?}");
+    assert_ne!(changed.header("etag"), Some(etag.as_str()));
+
+    // Errors: OFREP's codes, the field named.
+    let missing = with_group(&server, Some("nope"), &json!({"context": {}}));
+    assert_eq!(missing.status, 404, "{missing:?}");
+    assert_eq!(missing.json()["errorCode"], "FLAG_NOT_FOUND");
+    assert_eq!(missing.json()["key"], "nope");
+    let bad = with_group(
+        &server,
+        Some("new-checkout"),
+        &json!({"context": {"targetingKey": 7}}),
+    );
+    assert_eq!(bad.status, 400, "{bad:?}");
+    assert_eq!(bad.json()["errorCode"], "INVALID_CONTEXT");
+    assert!(
+        bad.json()["errorDetails"]
+            .as_str()
+            .unwrap()
+            .starts_with("context.targetingKey:")
+    );
+    let not_json = curl(
+        &format!(
+            "http://{}/ofrep/v1/evaluate/flags/new-checkout",
+            server.addr()
+        ),
+        &[
+            "-X",
+            "POST",
+            "-H",
+            "Vane-Group: shop",
+            "--data-binary",
+            "{oops",
+        ],
+    );
+    assert_eq!(
+        (not_json.status, not_json.json()["errorCode"].as_str()),
+        (400, Some("PARSE_ERROR"))
+    );
+    let no_group = ofrep(&server, Some("new-checkout"), &json!({}), &[]);
+    assert_eq!(no_group.status, 400, "{no_group:?}");
+    assert!(
+        no_group.json()["errorDetails"]
+            .as_str()
+            .unwrap()
+            .starts_with("Vane-Group:")
+    );
+    let unknown = ofrep(&server, None, &json!({}), &["-H", "Vane-Group: nowhere"]);
+    assert_eq!(unknown.status, 404, "{unknown:?}");
+
+    // A disabled flag: no value (the caller's default), reason DISABLED.
+    let disabled = V1.replace("state: ENABLED", "state: DISABLED");
+    push(&server, "v3.yaml", &disabled);
+    let off = with_group(&server, Some("new-checkout"), &json!({"context": ann}));
+    assert_eq!(off.status, 200, "{off:?}");
+    assert_eq!(
+        off.json(),
+        json!({"key": "new-checkout", "reason": "DISABLED"})
+    );
+}
+
+#[test]
+fn a_flag_that_is_not_valid_is_refused_at_push_and_nothing_changes() {
+    let server = ControlServer::start();
+    push(&server, "v1.yaml", V1);
+    let broken = V1.replace("defaultVariant: off", "defaultVariant: of");
+    let file = write_text(&server.scratch(), "broken.yaml", &broken);
+    let out = server.ctl(&["push", GROUP, "-f", file.to_str().unwrap()]);
+    assert_eq!(out.code, 1, "{out}");
+    assert!(
+        out.one_error_line().contains(
+            r#"flags["new-checkout"].defaultVariant: no variant "of" (variants: off, on)"#
+        ),
+        "{out}"
+    );
+    let logic = V1.replace("ends_with:", "ends_wit:");
+    let file = write_text(&server.scratch(), "logic.yaml", &logic);
+    let out = server.ctl(&["push", GROUP, "-f", file.to_str().unwrap()]);
+    assert_eq!(out.code, 1, "{out}");
+    assert!(
+        out.one_error_line()
+            .contains(r#"flags["new-checkout"].targeting.if[0]: not valid JSON Logic"#),
+        "{out}"
+    );
+    let history = vane_testkit::history(&server.url(), GROUP);
+    assert_eq!(history.len(), 1, "{history:?}");
+}
