@@ -55,6 +55,8 @@ pub mod lines;
 #[cfg(feature = "full")]
 pub mod openfeature;
 #[cfg(feature = "full")]
+pub mod policy;
+#[cfg(feature = "full")]
 pub mod proxy;
 #[cfg(feature = "full")]
 pub mod sidecar;

@@ -13,11 +13,14 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use vane_proto::flagd::sync::v1 as fpb;
+use vane_proto::flagd::sync::v1::flag_sync_service_client::FlagSyncServiceClient;
 use vane_testkit::ControlServer;
 use vane_testkit::curl::{Answer, curl};
 use vane_testkit::fixtures::write_text;
 use vane_testkit::lines::wait_for;
 use vane_testkit::openfeature::{FlagdClient, Sdk, eval, values_of};
+use vane_testkit::policy::{bearer, start_with_policy, token_file};
 
 const GROUP: &str = "shop";
 /// Generous for a first sync: the SDKs start a Python or Node runtime.
@@ -380,4 +383,129 @@ fn a_flag_that_is_not_valid_is_refused_at_push_and_nothing_changes() {
     );
     let history = vane_testkit::history(&server.url(), GROUP);
     assert_eq!(history.len(), 1, "{history:?}");
+}
+
+const TOKENS: &[(&str, &str)] = &[
+    ("ci-shop", "shop-operator-token"),
+    ("flags-shop", "shop-flags-token"),
+    ("flags-other", "other-flags-token"),
+];
+
+const POLICY: &str = "bindings:\n  - {identity: ci-shop, role: operator, groups: [shop]}\n  - {identity: flags-shop, role: agent, groups: [shop]}\n  - {identity: flags-other, role: agent, groups: [other]}\n";
+
+/// A sync stream from Rust (the stock providers cannot send a token).
+async fn sync_stream(
+    server: &ControlServer,
+    token: Option<&str>,
+) -> Result<tonic::Streaming<fpb::SyncFlagsResponse>, tonic::Status> {
+    let mut client = FlagSyncServiceClient::connect(server.url()).await.unwrap();
+    let mut request = tonic::Request::new(fpb::SyncFlagsRequest {
+        provider_id: "rust-1".into(),
+        ..Default::default()
+    });
+    request
+        .metadata_mut()
+        .insert("flagd-selector", GROUP.parse().unwrap());
+    if let Some(token) = token {
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    }
+    client
+        .sync_flags(request)
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_and_ofrep_are_authorized_like_agents() {
+    let (server, policy) = start_with_policy(TOKENS, POLICY, &[]);
+    let operator = token_file(&policy, "operator.token", TOKENS[0].1);
+    let file = write_text(&server.scratch(), "v1.yaml", V1);
+    server
+        .ctl(&[
+            "--token-file",
+            operator.to_str().unwrap(),
+            "push",
+            GROUP,
+            "-f",
+            file.to_str().unwrap(),
+        ])
+        .ok();
+
+    // flagd sync: no token, another group's token, then the group's.
+    let anonymous = sync_stream(&server, None).await.unwrap_err();
+    assert_eq!(
+        anonymous.code(),
+        tonic::Code::Unauthenticated,
+        "{anonymous:?}"
+    );
+    let other = sync_stream(&server, Some(TOKENS[2].1)).await.unwrap_err();
+    assert_eq!(other.code(), tonic::Code::PermissionDenied, "{other:?}");
+    let mut stream = sync_stream(&server, Some(TOKENS[1].1)).await.unwrap();
+    let first = stream.message().await.unwrap().unwrap();
+    let config: Value = serde_json::from_str(&first.flag_configuration).unwrap();
+    assert_eq!(config["flags"]["new-checkout"]["defaultVariant"], "off");
+    assert_eq!(config["metadata"]["flagSetId"], GROUP);
+    let status = server
+        .ctl(&[
+            "--token-file",
+            operator.to_str().unwrap(),
+            "status",
+            GROUP,
+            "-o",
+            "json",
+        ])
+        .ok()
+        .json();
+    let entry = status
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["node_id"] == "rust-1")
+        .cloned()
+        .unwrap_or_else(|| panic!("rust-1 not listed: {status}"));
+    assert_eq!(
+        (
+            entry["client"].as_str(),
+            entry["state"].as_str(),
+            entry["target_version"].as_u64()
+        ),
+        (Some("flagd"), Some("UNACKED"), Some(1)),
+        "{entry}"
+    );
+
+    // OFREP: 401 without a token, 403 for another group, and the group
+    // taken from the caller's only binding when no Vane-Group is given.
+    let base = server.addr();
+    let answers = tokio::task::spawn_blocking(move || {
+        let url = format!("http://{base}/ofrep/v1/evaluate/flags/max_body");
+        let post = ["-X", "POST", "--data-binary", "{}"];
+        let mut shop = post.to_vec();
+        let (b1, b2) = (bearer(TOKENS[1].1), bearer(TOKENS[2].1));
+        shop.extend(["-H", b1.as_str()]);
+        let mut other = post.to_vec();
+        other.extend(["-H", b2.as_str(), "-H", "Vane-Group: shop"]);
+        [curl(&url, &post), curl(&url, &other), curl(&url, &shop)]
+    })
+    .await
+    .unwrap();
+    let [none, other, shop] = answers;
+    assert_eq!(none.status, 401, "{none:?}");
+    assert_eq!(other.status, 403, "{other:?}");
+    assert_eq!(shop.status, 200, "{shop:?}");
+    assert_eq!(shop.json()["value"], 1_048_576);
+
+    // The policy withdraws shop from flags-shop: the open stream ends.
+    std::fs::write(
+        &policy,
+        "bindings:\n  - {identity: ci-shop, role: operator, groups: [shop]}\n",
+    )
+    .unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(30), stream.message())
+        .await
+        .expect("the stream ends after the reload")
+        .unwrap_err();
+    assert_eq!(ended.code(), tonic::Code::PermissionDenied, "{ended:?}");
+    assert!(ended.message().contains("withdrawn"), "{ended:?}");
 }

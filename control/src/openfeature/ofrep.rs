@@ -172,6 +172,13 @@ async fn admit(
             refused(parts, &anonymous, "", &status);
             Refusal::of_status(&status)
         })?;
+    if parts.auth.enforced() && caller.identity.is_empty() {
+        let status = Status::unauthenticated(
+            "evaluating flags: needs a client certificate or a bearer token",
+        );
+        refused(parts, &caller, "", &status);
+        return Err(Refusal::of_status(&status));
+    }
     let group = group(parts, &caller, &head.headers)?;
     if let Err(status) = parts.auth.authorize(&caller, Action::Watch, &group) {
         refused(parts, &caller, &group, &status);
