@@ -130,18 +130,18 @@ impl FlagSync for FlagSyncService {
         let selector = request.get_ref().selector.clone();
         let (credentials, caller, group) = self.admit(&request, &selector)?;
         let provider_id = request.into_inner().provider_id;
-        let id = node_id(&provider_id, &caller.peer).map_err(|status| {
-            self.refused(&caller, &group, &status);
-            status
-        })?;
+        let id = node_id(&provider_id, &caller.peer)
+            .inspect_err(|status| self.refused(&caller, &group, status))?;
         let parts = &self.parts;
         let slot = if caller.identity.is_empty() {
             None
         } else {
-            Some(parts.streams.acquire(&caller.identity).map_err(|status| {
-                self.refused(&caller, &group, &status);
-                status
-            })?)
+            Some(
+                parts
+                    .streams
+                    .acquire(&caller.identity)
+                    .inspect_err(|status| self.refused(&caller, &group, status))?,
+            )
         };
         let node = NodeInfo {
             id,
