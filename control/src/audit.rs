@@ -149,19 +149,8 @@ impl AuditLog {
             &mut entry.reason,
             &mut entry.identity,
         ] {
-            cut(field, MAX_FIELD);
+            crate::text::cut(field, MAX_FIELD);
         }
-    }
-}
-
-/// Cuts `s` to at most `max` bytes at a character boundary.
-fn cut(s: &mut String, max: usize) {
-    if s.len() > max {
-        let mut end = max;
-        while !s.is_char_boundary(end) {
-            end -= 1;
-        }
-        s.truncate(end);
     }
 }
 

@@ -57,6 +57,7 @@ pub mod retention;
 pub mod rollout;
 pub mod server;
 pub mod targets;
+mod text;
 pub mod watch;
 pub mod xds;
 

@@ -44,12 +44,7 @@ pub(crate) const MAX_ERROR_MESSAGE_BYTES: usize = 8 * 1024;
 
 /// `message`, cut to [`MAX_ERROR_MESSAGE_BYTES`] on a character boundary.
 pub(crate) fn capped(mut message: String) -> String {
-    if message.len() > MAX_ERROR_MESSAGE_BYTES {
-        let mut cut = MAX_ERROR_MESSAGE_BYTES;
-        while !message.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        message.truncate(cut);
+    if crate::text::cut(&mut message, MAX_ERROR_MESSAGE_BYTES) {
         message.push_str(" …");
     }
     message

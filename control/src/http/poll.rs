@@ -297,11 +297,7 @@ fn user_agent(headers: &http::HeaderMap) -> String {
         .get(header::USER_AGENT)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    let mut end = agent.len().min(crate::watch::MAX_NODE_FIELD_LEN);
-    while !agent.is_char_boundary(end) {
-        end -= 1;
-    }
-    agent[..end].to_owned()
+    crate::text::prefix(agent, crate::watch::MAX_NODE_FIELD_LEN)
 }
 
 #[cfg(test)]

@@ -325,3 +325,76 @@ fn now_secs() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    async fn parsed(body: &str) -> Result<Map<String, Value>, (u16, &'static str, String)> {
+        context(Body::from(body.to_owned()))
+            .await
+            .map_err(|r| (r.error.status.as_u16(), r.code, r.error.message.clone()))
+    }
+
+    #[tokio::test]
+    async fn the_context_is_optional_and_checked() {
+        assert_eq!(parsed("").await.unwrap(), Map::new());
+        assert_eq!(parsed("  \n").await.unwrap(), Map::new());
+        assert_eq!(parsed("{}").await.unwrap(), Map::new());
+        assert_eq!(parsed(r#"{"context": null}"#).await.unwrap(), Map::new());
+        let c = parsed(r#"{"context": {"targetingKey": "u1", "tier": "gold"}, "extra": 1}"#)
+            .await
+            .unwrap();
+        assert_eq!(c["tier"], "gold");
+        for (body, code, field) in [
+            ("{oops", "PARSE_ERROR", "body:"),
+            ("[1]", "PARSE_ERROR", "body:"),
+            (r#"{"context": [1]}"#, "INVALID_CONTEXT", "context:"),
+            (
+                r#"{"context": {"targetingKey": 7}}"#,
+                "INVALID_CONTEXT",
+                "context.targetingKey:",
+            ),
+        ] {
+            let (status, c, message) = parsed(body).await.unwrap_err();
+            assert_eq!((status, c), (400, code), "{body}");
+            assert!(message.starts_with(field), "{body}: {message}");
+        }
+        let huge = format!(
+            r#"{{"context": {{"k": "{}"}}}}"#,
+            "x".repeat(MAX_OFREP_BODY_BYTES)
+        );
+        let (status, code, _) = parsed(&huge).await.unwrap_err();
+        assert_eq!((status, code), (400, "PARSE_ERROR"));
+    }
+
+    #[test]
+    fn if_none_match_takes_lists_weak_tags_and_star() {
+        let etag = "\"abc\"";
+        let with = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::IF_NONE_MATCH, HeaderValue::from_str(v).unwrap());
+            matches_etag(&h, etag)
+        };
+        assert!(with("\"abc\""));
+        assert!(with("\"x\", \"abc\""));
+        assert!(with("W/\"abc\""));
+        assert!(with("*"));
+        assert!(!with("\"abd\""));
+        assert!(!with("abc"));
+        assert!(!matches_etag(&HeaderMap::new(), etag));
+    }
+
+    #[test]
+    fn refusals_carry_ofrep_bodies_and_http_statuses() {
+        let r = Refusal::of_status(&Status::permission_denied("no")).about("k");
+        let response = r.into_response();
+        assert_eq!(response.status(), StatusCode::FORBIDDEN);
+        let r = Refusal::of_status(&Status::resource_exhausted("busy"));
+        let response = r.into_response();
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert!(response.headers().contains_key(header::RETRY_AFTER));
+    }
+}

@@ -122,7 +122,7 @@ impl FlagSync for FlagSyncService {
             .metadata()
             .get("user-agent")
             .and_then(|v| v.to_str().ok())
-            .map(|s| cut(s, MAX_NODE_FIELD_LEN))
+            .map(|s| crate::text::prefix(s, MAX_NODE_FIELD_LEN))
             .unwrap_or_default();
         // Deprecated in flagd's schema for the `flagd-selector` header, but
         // both are sent by the providers; `admit` takes either.
@@ -357,10 +357,24 @@ fn node_id(provider_id: &str, peer: &str) -> Result<String, Status> {
     Ok(id)
 }
 
-fn cut(s: &str, max: usize) -> String {
-    let mut end = s.len().min(max);
-    while !s.is_char_boundary(end) {
-        end -= 1;
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_provider_without_an_id_is_named_by_its_address() {
+        assert_eq!(
+            node_id("", "10.0.0.1:5000").ok(),
+            Some("flagd-10.0.0.1:5000".into())
+        );
+        assert_eq!(
+            node_id("checkout-7", "10.0.0.1:5000").ok(),
+            Some("checkout-7".into())
+        );
+        let long = "x".repeat(MAX_NODE_FIELD_LEN + 1);
+        let refused = node_id(&long, "").unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+        assert!(refused.message().starts_with("provider_id:"));
+        assert!(node_id("a\nb", "").is_err());
     }
-    s[..end].to_owned()
 }

@@ -269,12 +269,9 @@ pub(crate) fn nack_reason(message: &str) -> String {
     if message.is_empty() {
         return "(no reason given)".into();
     }
-    if message.len() <= MAX_NACK_REASON_LEN {
-        return message.to_owned();
+    let mut reason = message.to_owned();
+    if crate::text::cut(&mut reason, MAX_NACK_REASON_LEN) {
+        reason.push('…');
     }
-    let mut end = MAX_NACK_REASON_LEN;
-    while !message.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &message[..end])
+    reason
 }

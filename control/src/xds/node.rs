@@ -94,13 +94,7 @@ pub(crate) fn node_info(node: Option<&Node>) -> Result<NodeInfo, NodeError> {
     } else {
         format!("{}/{version}", node.user_agent_name)
     };
-    if agent_build.len() > MAX_FIELD_LEN {
-        let mut end = MAX_FIELD_LEN;
-        while !agent_build.is_char_boundary(end) {
-            end -= 1;
-        }
-        agent_build.truncate(end);
-    }
+    crate::text::cut(&mut agent_build, MAX_FIELD_LEN);
     Ok(NodeInfo {
         id: node.id.clone(),
         group,
