@@ -12,6 +12,10 @@
 //! diff, status and audit; `operator` is a reader that may also push and
 //! roll back; `admin` may do everything, watching included. Bindings add up:
 //! an identity may do whatever any binding matching it allows.
+//!
+//! `anonymous_watch` (optional) lists groups that callers without any
+//! credential may watch, and nothing else: for clients that cannot present
+//! one (OpenFeature's flagd providers, whose flags a group may publish).
 
 use std::fmt;
 
@@ -140,12 +144,16 @@ pub struct Binding {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Policy {
     bindings: Vec<Binding>,
+    /// Groups anonymous callers may watch.
+    anonymous_watch: Vec<Pattern>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PolicyFile {
     bindings: Vec<BindingFile>,
+    #[serde(default)]
+    anonymous_watch: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -191,7 +199,28 @@ impl Policy {
                 groups,
             });
         }
-        Ok(Self { bindings })
+        if file.anonymous_watch.len() > MAX_BINDINGS {
+            return Err(format!(
+                "anonymous_watch: {} patterns, over the limit of {MAX_BINDINGS}",
+                file.anonymous_watch.len()
+            ));
+        }
+        let anonymous_watch = file
+            .anonymous_watch
+            .iter()
+            .enumerate()
+            .map(|(j, g)| Pattern::parse(g).map_err(|e| format!("anonymous_watch[{j}]: {e}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            bindings,
+            anonymous_watch,
+        })
+    }
+
+    /// Whether a caller without credentials may watch `group`
+    /// (`anonymous_watch`); no other action is ever allowed to one.
+    pub fn allows_anonymous(&self, action: Action, group: &str) -> bool {
+        action == Action::Watch && self.anonymous_watch.iter().any(|g| g.matches(group))
     }
 
     /// Whether `identity` may do `action` in `group`.
@@ -269,6 +298,25 @@ bindings:
         assert!(p.allows_everywhere("reader", Action::Read));
         assert!(!p.allows_everywhere("team-a-ci", Action::Read));
         assert_eq!(p.bindings_of("operator").count(), 1);
+    }
+
+    #[test]
+    fn anonymous_callers_may_only_watch_the_groups_granted() {
+        let p = Policy::parse("bindings: []\nanonymous_watch: [shop, 'public-*']\n").unwrap();
+        assert!(p.allows_anonymous(Action::Watch, "shop"));
+        assert!(p.allows_anonymous(Action::Watch, "public-flags"));
+        assert!(!p.allows_anonymous(Action::Watch, "edge"));
+        assert!(!p.allows_anonymous(Action::Read, "shop"));
+        assert!(!p.allows_anonymous(Action::Write, "shop"));
+        // Not a binding: "*" identities do not gain anything from it.
+        assert!(!p.allows("someone", Action::Watch, "shop"));
+        let e = Policy::parse("bindings: []\nanonymous_watch: ['a*b']\n").unwrap_err();
+        assert!(e.starts_with("anonymous_watch[0]: "), "{e}");
+        assert!(
+            !Policy::parse("bindings: []")
+                .unwrap()
+                .allows_anonymous(Action::Watch, "shop")
+        );
     }
 
     #[test]

@@ -172,7 +172,12 @@ async fn admit(
             refused(parts, &anonymous, "", &status);
             Refusal::of_status(&status)
         })?;
-    if parts.auth.enforced() && caller.identity.is_empty() {
+    if parts.auth.enforced()
+        && caller.identity.is_empty()
+        && !head.headers.contains_key(GROUP_HEADER)
+    {
+        // No group to check an anonymous grant against: say what is
+        // missing first, the credential.
         let status = Status::unauthenticated(
             "evaluating flags: needs a client certificate or a bearer token",
         );
