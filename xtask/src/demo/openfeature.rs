@@ -223,7 +223,7 @@ pub(crate) fn show_ofrep(
 /// The command line as shown: the script by its path from the workspace
 /// root and the evaluations summarized.
 fn shorten(shown: &str, evals: &str) -> String {
-    let root = crate::workspace_root();
+    let root = vane_testkit::process::workspace_root();
     let root = format!("{}/", root.display());
     shown
         .replace(&root, "")
@@ -298,7 +298,7 @@ mod tests {
 
     #[test]
     fn the_shown_command_line_is_short() {
-        let root = crate::workspace_root();
+        let root = vane_testkit::process::workspace_root();
         let shown = format!(
             "python3 -u {}/tests/openfeature-clients/flagd_client.py --eval '[1]'",
             root.display()
