@@ -385,6 +385,61 @@ fn a_flag_that_is_not_valid_is_refused_at_push_and_nothing_changes() {
     assert_eq!(history.len(), 1, "{history:?}");
 }
 
+/// The committed `examples/flags.yaml` pushes as it is and evaluates as its
+/// comments say (the demo pushes it too).
+#[test]
+fn the_flags_example_pushes_and_evaluates_as_documented() {
+    let server = ControlServer::start();
+    let example = vane_testkit::process::workspace_root().join("examples/flags.yaml");
+    assert_eq!(push_file(&server, &example), 1);
+    let evaluate = |key: &str, context: Value| {
+        let a = with_group(&server, Some(key), &json!({ "context": context }));
+        assert_eq!(a.status, 200, "{a:?}");
+        let v = a.json();
+        (
+            v["value"].clone(),
+            v["variant"].clone(),
+            v["reason"].clone(),
+        )
+    };
+    assert_eq!(
+        evaluate(
+            "new-checkout",
+            json!({"targetingKey": "u1", "email": "ann@example.com"})
+        ),
+        (json!(true), json!("on"), json!("TARGETING_MATCH"))
+    );
+    assert_eq!(
+        evaluate(
+            "new-checkout",
+            json!({"targetingKey": "u2", "email": "bob@other.org"})
+        ),
+        (json!(false), json!("off"), json!("DEFAULT"))
+    );
+    assert_eq!(
+        evaluate("checkout.max_items", json!({})).0,
+        json!(50),
+        "the value is served as a static flag"
+    );
+    // The banner goes to about 20% of users: 20 of 100 expected.
+    let mut sale = 0;
+    for i in 0..100 {
+        let (value, variant, _) = evaluate(
+            "checkout-banner",
+            json!({"targetingKey": format!("user-{i}")}),
+        );
+        match variant.as_str() {
+            Some("spring-sale") => {
+                assert_eq!(value, "Spring sale: 10% off");
+                sale += 1;
+            }
+            Some("none") => assert_eq!(value, ""),
+            _ => panic!("user-{i}: variant {variant}"),
+        }
+    }
+    assert!((8..=32).contains(&sale), "{sale} of 100 users got the sale");
+}
+
 const TOKENS: &[(&str, &str)] = &[
     ("ci-shop", "shop-operator-token"),
     ("flags-shop", "shop-flags-token"),

@@ -16,8 +16,9 @@ the last one printed; the flags are evaluated every 100 ms. Numbers are
 printed as JavaScript prints them (1.0 as 1), so both clients print the same
 line for the same result. It exits on SIGTERM or when stdin closes.
 
-Usage: flagd_client.py --host H --port P --selector GROUP [--tls-ca FILE]
-           [--grace-seconds N] [--deadline-ms N] --eval JSON
+Usage: flagd_client.py --host H --port P --selector GROUP [--tls-ca FILE
+           [--tls-cert FILE --tls-key FILE]] [--grace-seconds N]
+           [--deadline-ms N] --eval JSON
 where JSON is a list of
   {"flag": KEY, "type": "boolean|string|number|object", "default": V, "context": {...}}
 and "context" may hold "targetingKey".
@@ -30,6 +31,7 @@ import signal
 import sys
 import threading
 
+import grpc
 from openfeature import api
 from openfeature.contrib.provider.flagd import FlagdProvider
 from openfeature.contrib.provider.flagd.config import ResolverType
@@ -66,6 +68,10 @@ def parse_args(argv):
     parser.add_argument("--selector", required=True, help="the Vane group")
     parser.add_argument("--tls-ca", help="PEM file of the CA that signed the server")
     parser.add_argument(
+        "--tls-cert", help="PEM file of a client certificate (mTLS, with --tls-key)"
+    )
+    parser.add_argument("--tls-key", help="PEM file of the client certificate's key")
+    parser.add_argument(
         "--grace-seconds",
         type=int,
         help="seconds from stale to error (the provider's default is 10)",
@@ -79,6 +85,13 @@ def parse_args(argv):
     args = parser.parse_args(argv)
     if args.tls_ca is not None and not os.path.isfile(args.tls_ca):
         parser.error(f"--tls-ca: no such file: {args.tls_ca}")
+    if (args.tls_cert is None) != (args.tls_key is None):
+        parser.error("--tls-cert and --tls-key: give both or neither")
+    if args.tls_cert is not None and args.tls_ca is None:
+        parser.error("--tls-cert: needs --tls-ca")
+    for flag, path in (("--tls-cert", args.tls_cert), ("--tls-key", args.tls_key)):
+        if path is not None and not os.path.isfile(path):
+            parser.error(f"{flag}: no such file: {path}")
     try:
         entries = json.loads(args.eval)
     except json.JSONDecodeError as e:
@@ -95,6 +108,11 @@ def parse_args(argv):
         if not isinstance(entry.get("context", {}), dict):
             parser.error(f"--eval[{i}].context: must be an object")
     return args, entries
+
+
+def read_bytes(path):
+    with open(path, "rb") as f:
+        return f.read()
 
 
 def context_of(entry):
@@ -163,6 +181,13 @@ def main(argv):
         "tls": args.tls_ca is not None,
         "cert_path": args.tls_ca,
     }
+    if args.tls_cert is not None:
+        # A client certificate: the provider takes it as channel credentials.
+        options["channel_credentials"] = grpc.ssl_channel_credentials(
+            root_certificates=read_bytes(args.tls_ca),
+            private_key=read_bytes(args.tls_key),
+            certificate_chain=read_bytes(args.tls_cert),
+        )
     if args.grace_seconds is not None:
         options["retry_grace_period"] = args.grace_seconds
     if args.deadline_ms is not None:

@@ -14,6 +14,8 @@
 //! - [`rollout`]: the sidecars of the rollout that rolls itself back.
 //! - [`envoy`]: the stock Envoy following the group `mesh` over xDS.
 //! - [`longpoll`]: `examples/longpoll.sh` following the group over HTTP.
+//! - [`openfeature`]: the Python OpenFeature SDK following the flags of the
+//!   group `shop`, and OFREP with curl.
 //! - This file: building, starting the control server, running the steps,
 //!   stopping everything.
 //!
@@ -23,6 +25,7 @@
 
 mod envoy;
 mod longpoll;
+mod openfeature;
 mod rollout;
 mod session;
 mod setup;
@@ -55,6 +58,8 @@ pub(crate) fn run(root: &Path, security: Security) -> Result<()> {
     crate::test::ensure_protoc(&mut apt)?;
     // The Envoy of the xDS steps, pinned, as the tests have it.
     let xds = crate::xds_deps::ensure(root, &mut apt)?;
+    // The OpenFeature SDKs of the flags steps, pinned, as the tests have them.
+    let openfeature = crate::openfeature_deps::ensure(root, &mut apt)?;
     println!("==> building vane-control, vanectl, vane-agent and vane-proxy (debug)");
     let mut build = cargo();
     build.args(["build", "--quiet", "--bins"]).current_dir(root);
@@ -141,6 +146,8 @@ pub(crate) fn run(root: &Path, security: Security) -> Result<()> {
         canaries: Vec::new(),
         envoy_bin: xds.envoy,
         envoy: None,
+        openfeature,
+        flagd: None,
     };
     for (i, step) in steps(security).iter().enumerate() {
         section(i + 1, step.title, step.explain);
@@ -158,12 +165,20 @@ pub(crate) fn run(root: &Path, security: Security) -> Result<()> {
                 eprintln!("envoy log ({}):", log.display());
                 eprintln!("{}", tail(&log, 20));
             }
+            if demo.flagd.is_some() {
+                let log = demo.work.join(openfeature::LOG);
+                eprintln!("OpenFeature client log ({}):", log.display());
+                eprintln!("{}", tail(&log, 20));
+            }
         })?;
     }
 
     // Traffic stops before the proxy does, so no request is cut off by the
     // demo itself.
     drop(demo.traffic.take());
+    if let Some(mut flagd) = demo.flagd.take() {
+        flagd.stop()?;
+    }
     if let Some(mut envoy) = demo.envoy.take() {
         println!();
         println!("==> stopping Envoy with SIGTERM");
@@ -198,13 +213,13 @@ pub(crate) fn run(root: &Path, security: Security) -> Result<()> {
     let how = match security {
         Security::Mtls => {
             "That was the control plane under mTLS, a sidecar agent and a proxy that outlived it, \
-             and a stock Envoy following Vane. \
+             a stock Envoy following Vane and an OpenFeature SDK evaluating its flags. \
              `cargo xtask demo --plaintext` runs the same tour without TLS; `cargo xtask certs --out DIR` \
              writes a certificate set to keep."
         }
         Security::Plaintext => {
-            "That was the control plane, a sidecar agent and a proxy that outlived it, and a stock \
-             Envoy following Vane, in plaintext; \
+            "That was the control plane, a sidecar agent and a proxy that outlived it, a stock \
+             Envoy following Vane and an OpenFeature SDK evaluating its flags, in plaintext; \
              plain `cargo xtask demo` runs the same tour with mTLS and a policy."
         }
     };

@@ -10,8 +10,10 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, ensure};
 use vane_testkit::envoy_config::EnvoyTls;
+use vane_testkit::openfeature_tools::OpenFeatureTools;
 
 use super::envoy::EnvoyRun;
+use super::openfeature::FlagdRun;
 use super::setup::{Security, control_args};
 use crate::harness::{
     AGENT_LISTENING, CONTROL_LISTENING, PROXY_LISTENING, Server, http_get, wait_until,
@@ -44,6 +46,10 @@ pub(crate) struct Demo {
     pub(crate) envoy_bin: PathBuf,
     /// The stock Envoy following the group `mesh`.
     pub(crate) envoy: Option<EnvoyRun>,
+    /// Where the OpenFeature SDKs are installed (under the target directory).
+    pub(crate) openfeature: OpenFeatureTools,
+    /// The Python OpenFeature SDK following the group `shop`.
+    pub(crate) flagd: Option<FlagdRun>,
 }
 
 impl Demo {
@@ -141,6 +147,31 @@ impl Demo {
                 })
                 .is_some_and(|a| a["state"] == "SYNCED" && a["acked_version"] == version)
         })
+    }
+
+    /// Polls `vanectl status GROUP -o json` until it lists a connected
+    /// `flagd` client, UNACKED at `version` (flagd's sync protocol has no
+    /// ACKs).
+    pub(crate) fn wait_flagd_listed(&self, group: &str, version: u64) -> Result<()> {
+        wait_until(
+            &format!("a flagd client UNACKED at version {version}"),
+            || {
+                self.vanectl_cmd()
+                    .args(["status", group, "-o", "json"])
+                    .output()
+                    .ok()
+                    .and_then(|o| serde_json::from_slice::<serde_json::Value>(&o.stdout).ok())
+                    .and_then(|all| all.as_array().cloned())
+                    .is_some_and(|all| {
+                        all.iter().any(|a| {
+                            a["client"] == "flagd"
+                                && a["state"] == "UNACKED"
+                                && a["connected"] == true
+                                && a["target_version"] == version
+                        })
+                    })
+            },
+        )
     }
 
     pub(crate) fn start_agent(&mut self) -> Result<()> {

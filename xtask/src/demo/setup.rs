@@ -11,16 +11,16 @@ use anyhow::{Context as _, Result, ensure};
 
 use crate::narrate::wrap;
 
-/// What the demo appends to vane-pki's `DEMO_POLICY`: the proxy and Envoy
-/// run with the agent's certificate (identity `agent-edge`, an agent of
-/// `edge` only) and follow `web` and `mesh`, so that identity may watch
-/// those as well.
+/// What the demo appends to vane-pki's `DEMO_POLICY`: the proxy, Envoy and
+/// the OpenFeature SDK run with the agent's certificate (identity
+/// `agent-edge`, an agent of `edge` only) and follow `web`, `mesh` and
+/// `shop`, so that identity may watch those as well.
 const WEB_BINDING: &str =
-    "  # Added by `cargo xtask demo`: its proxy and its Envoy (also agent-edge)
-  # follow groups web and mesh.
+    "  # Added by `cargo xtask demo`: its proxy, its Envoy and its OpenFeature
+  # SDK (also agent-edge) follow groups web, mesh and shop.
   - identity: agent-edge
     role: agent
-    groups: [\"web\", \"mesh\"]
+    groups: [\"web\", \"mesh\", \"shop\"]
 ";
 
 /// How the demo's processes talk to each other.
@@ -63,7 +63,7 @@ pub(crate) fn write_certs(work: &Path) -> Result<()> {
         .with_context(|| format!("cannot open {}", policy.display()))?;
     file.write_all(WEB_BINDING.as_bytes())
         .with_context(|| format!("cannot write {}", policy.display()))?;
-    println!("$ cat policy.yaml   # with one binding added for this demo's proxy and Envoy");
+    println!("$ cat policy.yaml   # with one binding added for this demo's proxy, Envoy and SDK");
     let text = std::fs::read_to_string(&policy)
         .with_context(|| format!("cannot read {}", policy.display()))?;
     print!("{text}");
@@ -101,35 +101,51 @@ pub(crate) fn control_args(
     (args, shown)
 }
 
-/// The three files the tour pushes: the example, a changed copy, a broken copy.
+/// The files the tour pushes: the example, a changed copy, a broken copy;
+/// the flags example and its change.
 pub(crate) fn write_files(root: &Path, work: &Path) -> Result<()> {
-    let example_path = root.join("examples/snapshot.yaml");
+    let example_path = root.join(SNAPSHOT);
     let example = std::fs::read_to_string(&example_path)
         .with_context(|| format!("cannot read {}", example_path.display()))?;
     std::fs::write(work.join("snapshot.yaml"), &example)?;
-    let v2 = replace_once(&example, "weight: 3", "weight: 5")?;
+    let v2 = replace_once(SNAPSHOT, &example, "weight: 3", "weight: 5")?;
     let v2 = replace_once(
+        SNAPSHOT,
         &v2,
         "feature.new_checkout: true",
         "feature.new_checkout: false",
     )?;
     std::fs::write(work.join("snapshot-v2.yaml"), v2)?;
-    let dangling = replace_once(&example, "cluster: api,", "cluster: paymnets,")?;
+    let dangling = replace_once(SNAPSHOT, &example, "cluster: api,", "cluster: paymnets,")?;
     std::fs::write(work.join("dangling.yaml"), dangling)?;
     // The shell long-poll client the tour runs (`longpoll.rs`).
     let longpoll = root.join("examples/longpoll.sh");
     std::fs::copy(&longpoll, work.join("longpoll.sh"))
         .with_context(|| format!("cannot copy {}", longpoll.display()))?;
+    // The OpenFeature steps' flags (`openfeature.rs`).
+    let flags_path = root.join(FLAGS);
+    let flags = std::fs::read_to_string(&flags_path)
+        .with_context(|| format!("cannot read {}", flags_path.display()))?;
+    std::fs::write(work.join("flags.yaml"), &flags)?;
+    // The change: the new checkout's default variant on (everyone gets it).
+    let flags_v2 = replace_once(FLAGS, &flags, "defaultVariant: off", "defaultVariant: on")?;
+    std::fs::write(work.join("flags-v2.yaml"), flags_v2)?;
     Ok(())
 }
 
-/// `text` with `from` replaced by `to`, failing if `from` is not there
-/// exactly once (so a change to the example cannot silently void a step).
-fn replace_once(text: &str, from: &str, to: &str) -> Result<String> {
+/// The example snapshot, from the workspace root.
+const SNAPSHOT: &str = "examples/snapshot.yaml";
+/// The example flags, from the workspace root.
+const FLAGS: &str = "examples/flags.yaml";
+
+/// `text` (the example `name`) with `from` replaced by `to`, failing if
+/// `from` is not there exactly once (so a change to the example cannot
+/// silently void a step).
+pub(crate) fn replace_once(name: &str, text: &str, from: &str, to: &str) -> Result<String> {
     let n = text.matches(from).count();
     ensure!(
         n == 1,
-        "examples/snapshot.yaml should contain `{from}` exactly once, found {n}: update the demo"
+        "{name} should contain `{from}` exactly once, found {n}: update the demo"
     );
     Ok(text.replacen(from, to, 1))
 }
@@ -147,13 +163,22 @@ mod tests {
         assert!(v2.contains("weight: 5") && v2.contains("new_checkout: false"));
         let bad = std::fs::read_to_string(work.path().join("dangling.yaml")).unwrap();
         assert!(bad.contains("cluster: paymnets,"));
+        let flags = std::fs::read_to_string(work.path().join("flags.yaml")).unwrap();
+        let flags_v2 = std::fs::read_to_string(work.path().join("flags-v2.yaml")).unwrap();
+        assert!(flags.contains("defaultVariant: off"), "{flags}");
+        assert!(flags_v2.contains("defaultVariant: on"), "{flags_v2}");
+        assert!(!flags_v2.contains("defaultVariant: off"), "{flags_v2}");
     }
 
     #[test]
     fn replace_once_refuses_missing_text() {
-        assert!(replace_once("a b", "c", "d").is_err());
-        assert!(replace_once("a a", "a", "d").is_err());
-        assert_eq!(replace_once("a b", "b", "c").unwrap(), "a c");
+        let err = replace_once("x.yaml", "a b", "c", "d").unwrap_err();
+        assert!(
+            err.to_string().starts_with("x.yaml should contain `c`"),
+            "{err}"
+        );
+        assert!(replace_once("x.yaml", "a a", "a", "d").is_err());
+        assert_eq!(replace_once("x.yaml", "a b", "b", "c").unwrap(), "a c");
     }
 
     #[test]

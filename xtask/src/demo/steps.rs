@@ -9,6 +9,7 @@ use anyhow::{Result, ensure};
 use anyhow::Context as _;
 
 use super::envoy::{EnvoyRun, MESH, NODE};
+use super::openfeature::{FlagdRun, SHOP, show_ofrep};
 use super::session::{Demo, GROUP};
 use super::setup::Security;
 use crate::narrate::millis;
@@ -473,6 +474,74 @@ pub(crate) fn steps(security: Security) -> Vec<Step> {
                 d.wait_synced(MESH, NODE, 2)?;
                 envoy.show_version()?;
                 d.vanectl(&["status", MESH], 0)
+            },
+        },
+        Step {
+            title: "feature flags for an OpenFeature SDK",
+            explain: "flags.yaml (examples/flags.yaml) has a `flags` section: flagd flag \
+                      definitions with variants, a default and JSON Logic targeting \
+                      (new-checkout on for example.com addresses, checkout-banner for 20% \
+                      of users by a fractional split); its values are served as static \
+                      flags too. The Python OpenFeature SDK with flagd's provider in \
+                      in-process mode syncs the group `shop` over flagd.sync.v1 from the \
+                      main port (the selector is the group) and evaluates locally, here for \
+                      two users. OFREP evaluates remotely: POST \
+                      /ofrep/v1/evaluate/flags/KEY with the group in the Vane-Group header.",
+            action: |d| {
+                d.vanectl(
+                    &[
+                        "push",
+                        SHOP,
+                        "-f",
+                        "flags.yaml",
+                        "-m",
+                        "new checkout for example.com",
+                    ],
+                    0,
+                )?;
+                let run = FlagdRun::start(&d.openfeature, &d.work, d.server.addr, d.security)?;
+                let values = run.show_first();
+                d.flagd = Some(run);
+                show_ofrep(&d.work, &d.server_url, d.security, &values?)
+            },
+        },
+        Step {
+            title: "a flag change reaches the SDK",
+            explain: "flags-v2.yaml makes the new checkout's default variant `on`: everyone \
+                      gets it. The provider receives version 2 over its open sync stream and \
+                      evaluates it at once. flagd's protocol has no ACKs, so vanectl status \
+                      lists the SDK as client `flagd`, UNACKED at the version it was sent.",
+            action: |d| {
+                let run = d
+                    .flagd
+                    .as_ref()
+                    .context("the OpenFeature SDK is not running")?;
+                run.check_before_change()?;
+                d.vanectl(
+                    &[
+                        "push",
+                        SHOP,
+                        "-f",
+                        "flags-v2.yaml",
+                        "-m",
+                        "new checkout for everyone",
+                    ],
+                    0,
+                )?;
+                let pushed = Instant::now();
+                let run = d
+                    .flagd
+                    .as_ref()
+                    .context("the OpenFeature SDK is not running")?;
+                run.show_change(pushed)?;
+                d.wait_flagd_listed(SHOP, 2)?;
+                d.vanectl(&["status", SHOP], 0)?;
+                let mut run = d
+                    .flagd
+                    .take()
+                    .context("the OpenFeature SDK is not running")?;
+                println!("$ kill {}   # the SDK client", run.pid());
+                run.stop()
             },
         },
     ]);
