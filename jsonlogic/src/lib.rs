@@ -46,6 +46,12 @@ use serde_json::{Map, Value, json};
 
 use crate::compile::Node;
 pub use crate::error::{CompileError, EvalError};
+
+/// A number as JavaScript prints it (`2`, `2.5`, `1e+21`): how flagd's
+/// providers turn a numeric targeting result into a variant name.
+pub fn js_number_string(x: f64) -> String {
+    value::number_to_string(x)
+}
 use crate::value::Val;
 
 /// A compiled, checked JSON Logic rule, with the JSON it came from.

@@ -10,6 +10,10 @@ use async_trait::async_trait;
 
 use crate::error::StoreError;
 
+/// The `client` of OpenFeature flagd sync nodes, whose protocol has no
+/// acknowledgement.
+pub const FLAGD_CLIENT: &str = "flagd";
+
 /// The state shown for an agent, relative to its group's head.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum AgentState {
@@ -93,7 +97,7 @@ impl AgentRecord {
     /// Whether its protocol acknowledges versions: every client but flagd
     /// sync clients (`flagd`).
     pub fn can_ack(&self) -> bool {
-        self.client != "flagd"
+        self.client != FLAGD_CLIENT
     }
 
     /// The state relative to the group's head version `head` (0: no version).

@@ -270,7 +270,30 @@ fn flagd_providers_follow_pushes_and_keep_their_flags_through_a_killed_server() 
     // Restarted (same port, same data): they reconnect and follow version 3.
     server.restart_same_port();
     let v3_text = V2.replace("max_body: 1048576", "max_body: 2048");
-    assert_eq!(push(&server, "v3.yaml", &v3_text), 3);
+    // Both reconnect (listed again, UNACKED at 2); `push --wait` then does
+    // not wait for them: they cannot ACK.
+    wait_for(
+        "both providers to reconnect",
+        START,
+        || (flagd_nodes(&server, 2) == 2).then_some(()),
+        || format!("{:?}", server.ctl(&["status", GROUP]).stdout),
+    );
+    let file = write_text(&server.scratch(), "v3.yaml", &v3_text);
+    let waited = server
+        .ctl(&[
+            "push",
+            GROUP,
+            "-f",
+            file.to_str().unwrap(),
+            "--wait",
+            "--timeout",
+            "20s",
+            "-o",
+            "json",
+        ])
+        .ok()
+        .json();
+    assert_eq!(waited["version"], 3, "{waited}");
     let v3 = [json!(false), json!(true), json!(2048)];
     for c in &clients {
         c.wait_values("version 3's values after the restart", START, |r| {
@@ -312,41 +335,46 @@ fn ofrep_evaluates_with_etags_and_names_what_is_wrong() {
     push(&server, "v1.yaml", V1);
     let [ann, _] = contexts();
 
-    // Bulk: every flag (values too), with the version's hash as ETag.
+    // Bulk: every flag (values too). Without a context the ETag is the
+    // version's hash; with one, the hash and a digest of the context.
+    let (_, hash) = vane_testkit::history(&server.url(), GROUP).pop().unwrap();
+    let plain = with_group(&server, None, &json!({}));
+    assert_eq!(plain.status, 200, "{plain:?}");
+    assert_eq!(plain.header("etag"), Some(format!("\"{hash}\"").as_str()));
     let bulk = with_group(&server, None, &json!({"context": ann}));
     assert_eq!(bulk.status, 200, "{bulk:?}");
-    let (_, hash) = vane_testkit::history(&server.url(), GROUP).pop().unwrap();
     let etag = bulk.header("etag").unwrap().to_owned();
-    assert_eq!(etag, format!("\"{hash}\""));
+    assert!(etag.starts_with(&format!("\"{hash}.")), "{etag}");
     let flags = bulk.json()["flags"].as_array().unwrap().clone();
     let keys: Vec<&str> = flags.iter().map(|f| f["key"].as_str().unwrap()).collect();
     assert_eq!(keys, ["color", "max_body", "new-checkout"]);
     assert_eq!(flags[2]["value"], true);
-    // Unchanged: 304; after a push: 200 with the new ETag.
-    let same = ofrep(
-        &server,
-        None,
-        &json!({"context": ann}),
-        &[
-            "-H",
-            "Vane-Group: shop",
-            "-H",
-            &format!("If-None-Match: {etag}"),
-        ],
-    );
+    // The flag set's metadata under the flag's own, as the providers merge.
+    assert_eq!(flags[2]["metadata"]["flagSetId"], GROUP);
+    assert_eq!(flags[2]["metadata"]["version"], "1");
+    let again = |context: &Value, etag: &str| {
+        let tag = format!("If-None-Match: {etag}");
+        ofrep(
+            &server,
+            None,
+            &json!({ "context": context }),
+            &["-H", "Vane-Group: shop", "-H", &tag],
+        )
+    };
+    // Unchanged: 304 without a body.
+    let same = again(&ann, &etag);
     assert_eq!((same.status, same.body.as_str()), (304, ""), "{same:?}");
+    let same = again(&json!({}), &format!("\"{hash}\""));
+    assert_eq!(same.status, 304, "{same:?}");
+    // Another context with the old ETag (as OFREP's web provider sends it
+    // after a context change): that context's answers, not a 304.
+    let [_, bob] = contexts();
+    let other = again(&bob, &etag);
+    assert_eq!(other.status, 200, "{other:?}");
+    assert_eq!(other.json()["flags"][2]["value"], false);
+    // After a push: 200 with a new ETag.
     push(&server, "v2.yaml", V2);
-    let changed = ofrep(
-        &server,
-        None,
-        &json!({"context": ann}),
-        &[
-            "-H",
-            "Vane-Group: shop",
-            "-H",
-            &format!("If-None-Match: {etag}"),
-        ],
-    );
+    let changed = again(&ann, &etag);
     assert_eq!(changed.status, 200, "{changed:?}");
     assert_ne!(changed.header("etag"), Some(etag.as_str()));
 
@@ -567,9 +595,9 @@ async fn sync_and_ofrep_are_authorized_like_agents() {
         .as_array()
         .unwrap()
         .iter()
-        .find(|a| a["node_id"] == "rust-1")
+        .find(|a| a["node_id"] == "flagd-rust-1")
         .cloned()
-        .unwrap_or_else(|| panic!("rust-1 not listed: {status}"));
+        .unwrap_or_else(|| panic!("flagd-rust-1 not listed: {status}"));
     assert_eq!(
         (
             entry["client"].as_str(),

@@ -15,6 +15,12 @@ pub struct FlagSet {
     pub snapshot: Snapshot,
     /// The flagd flag configuration JSON that sync clients receive.
     pub configuration: String,
+    /// The flag set's metadata (`flagSetId`, `version`), which flagd's
+    /// providers merge under each flag's own; OFREP answers do the same.
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+    /// Whether a targeting rule reads `$flagd.timestamp`: its answers
+    /// change with time, so bulk answers carry no ETag.
+    pub time_dependent: bool,
 }
 
 /// A version's flags, or why it has none.
@@ -28,10 +34,17 @@ pub(crate) async fn decode(group: String, version: u64, snapshot: Bytes) -> Deco
         let mut metadata = serde_json::Map::new();
         metadata.insert("flagSetId".to_owned(), group.into());
         metadata.insert("version".to_owned(), version.to_string().into());
-        let configuration = snapshot.flagd_configuration(metadata).to_string();
+        let configuration = snapshot.flagd_configuration(metadata.clone()).to_string();
+        let time_dependent = snapshot.flags.values().any(|f| {
+            f.targeting
+                .as_ref()
+                .is_some_and(|r| r.source().to_string().contains("$flagd.timestamp"))
+        });
         Ok::<_, String>(Arc::new(FlagSet {
             snapshot,
             configuration,
+            metadata,
+            time_dependent,
         }))
     })
     .await;

@@ -3,8 +3,9 @@
 //! /ofrep/v1/evaluate/flags` every flag of the group, for the evaluation
 //! context in the body (`{"context": {...}}`). The group is the
 //! `Vane-Group` header, or else the caller's only agent binding. Bulk
-//! answers carry `ETag: "<hash of the version>"`, and `If-None-Match` of it
-//! is answered 304.
+//! answers carry `ETag: "<hash of the version>"` (followed by a digest of
+//! the context when there is one), and `If-None-Match` of it is answered
+//! 304.
 //!
 //! The version evaluated is the group's stable one: OFREP callers are not
 //! nodes, so never members of a rollout's cohort.
@@ -28,7 +29,8 @@ use crate::watch::Parts;
 use crate::watch::admission::Credentials;
 
 /// The largest request body accepted.
-pub const MAX_OFREP_BODY_BYTES: usize = 1024 * 1024;
+/// (An evaluation context is a user's attributes: a few hundred bytes.)
+pub const MAX_OFREP_BODY_BYTES: usize = 64 * 1024;
 /// The header naming the group.
 pub const GROUP_HEADER: &str = "vane-group";
 
@@ -104,7 +106,10 @@ pub(crate) async fn evaluate_one(
             error.status = status;
             Refusal::new(error, e.code()).about(key)
         })?;
-        Ok::<_, Refusal>(json_response(StatusCode::OK, &success(key, &evaluation)))
+        Ok::<_, Refusal>(json_response(
+            StatusCode::OK,
+            &success(key, &evaluation, &set.metadata),
+        ))
     }
     .await;
     finish(parts, answer, "flag")
@@ -118,35 +123,67 @@ pub(crate) async fn evaluate_all(
 ) -> Response {
     let answer = async {
         let (set, version) = admit(parts, &head).await?;
-        let etag = format!("\"{}\"", version.hash);
-        if matches_etag(&head.headers, &etag) {
+        let context = context(body).await?;
+        let etag = (!set.time_dependent).then(|| bulk_etag(&version.hash, &context));
+        if let Some(etag) = &etag
+            && matches_etag(&head.headers, etag)
+        {
             let mut response = Response::new(Body::empty());
             *response.status_mut() = StatusCode::NOT_MODIFIED;
-            set_etag(&mut response, &etag);
+            set_etag(&mut response, etag);
             return Ok(response);
         }
-        let context = context(body).await?;
-        let now = now_secs();
-        let flags: Vec<Value> = set
-            .snapshot
-            .all_flags()
-            .into_iter()
-            .map(
-                |(key, flag)| match vane_model::flags::eval::evaluate(key, &flag, &context, now) {
-                    Ok(evaluation) => success(key, &evaluation),
-                    Err(EvalError::Disabled(_)) => disabled(key),
-                    Err(e) => {
-                        json!({"key": key, "errorCode": e.code(), "errorDetails": e.to_string()})
-                    }
-                },
-            )
-            .collect();
-        let mut response = json_response(StatusCode::OK, &json!({ "flags": flags }));
-        set_etag(&mut response, &etag);
+        // Every flag's rule on the blocking pool: a large group must not
+        // hold a runtime thread that serves streams.
+        let body = tokio::task::spawn_blocking(move || bulk(&set, &context))
+            .await
+            .map_err(|e| {
+                Refusal::new(
+                    ApiError::internal(format!("evaluation failed: {e}")),
+                    "GENERAL",
+                )
+            })?;
+        let mut response = json_response(StatusCode::OK, &body);
+        if let Some(etag) = &etag {
+            set_etag(&mut response, etag);
+        }
         Ok(response)
     }
     .await;
     finish(parts, answer, "bulk")
+}
+
+/// Every flag of `set` for `context`.
+fn bulk(set: &FlagSet, context: &Map<String, Value>) -> Value {
+    let now = now_secs();
+    let flags: Vec<Value> = set
+        .snapshot
+        .all_flags()
+        .into_iter()
+        .map(
+            |(key, flag)| match vane_model::flags::eval::evaluate(key, &flag, context, now) {
+                Ok(evaluation) => success(key, &evaluation, &set.metadata),
+                Err(EvalError::Disabled(_)) => disabled(key),
+                Err(e) => json!({"key": key, "errorCode": e.code(), "errorDetails": e.to_string()}),
+            },
+        )
+        .collect();
+    json!({ "flags": flags })
+}
+
+/// The ETag of a bulk answer: the version's hash for an empty context (the
+/// answer then depends on the version only); with a context, the hash and
+/// a digest of the context, so a client that changes its context (OFREP's
+/// web provider sends its last ETag with the new context) is not answered
+/// 304 with the old context's evaluations.
+fn bulk_etag(hash: &str, context: &Map<String, Value>) -> String {
+    if context.is_empty() {
+        return format!("\"{hash}\"");
+    }
+    // `Map` is sorted: the same context gives the same text.
+    let digest =
+        vane_model::ContentHash::of_bytes(Value::Object(context.clone()).to_string().as_bytes());
+    format!("\"{hash}.{}\"", &digest.to_hex()[..16])
 }
 
 fn finish(parts: &Parts, answer: Answer, kind: &str) -> Response {
@@ -189,8 +226,8 @@ async fn admit(
         refused(parts, &caller, &group, &status);
         return Err(Refusal::of_status(&status));
     }
-    let stable = parts.hub.subscribe(&group).borrow().clone();
-    let cohort = parts.cohorts.subscribe(&group).borrow().clone();
+    let stable = parts.hub.head(&group);
+    let cohort = parts.cohorts.get(&group);
     let Some(version) = targets::target(&stable, &cohort, "") else {
         return Err(Refusal::new(
             ApiError::not_found(format!("group {group:?} has no version yet")),
@@ -275,13 +312,17 @@ async fn context(body: Body) -> Result<Map<String, Value>, Refusal> {
     Ok(context)
 }
 
-fn success(key: &str, e: &Evaluation) -> Value {
+/// A flag's answer; its metadata over the flag set's, as the providers
+/// merge them.
+fn success(key: &str, e: &Evaluation, set_metadata: &Map<String, Value>) -> Value {
+    let mut metadata = set_metadata.clone();
+    metadata.extend(e.metadata.clone());
     json!({
         "key": key,
         "value": e.value,
         "variant": e.variant,
         "reason": e.reason.as_str(),
-        "metadata": e.metadata,
+        "metadata": metadata,
     })
 }
 

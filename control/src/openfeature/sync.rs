@@ -31,7 +31,7 @@ use crate::watch::Parts;
 use crate::watch::admission::{Access, Credentials, MAX_NODE_FIELD_LEN};
 
 /// The `client` of these nodes in the registry and status.
-pub const CLIENT: &str = "flagd";
+pub use vane_store::agents::FLAGD_CLIENT as CLIENT;
 
 /// The flagd sync service, sharing the watch service's parts.
 #[derive(Clone)]
@@ -191,7 +191,12 @@ impl FlagSync for FlagSyncService {
                 let _ = end_tx.send(status);
             }
         });
-        let end = futures::stream::once(end_rx).filter_map(|end| async move { end.ok().map(Err) });
+        // A task that ended without a word (it panicked) still ends the
+        // stream with an error: never OK, which Node's provider would take
+        // as final.
+        let end = futures::stream::once(end_rx).map(|end| {
+            Err(end.unwrap_or_else(|_| Status::unavailable("the sync stream failed; reconnect")))
+        });
         let stream = tokio_stream::wrappers::ReceiverStream::new(rx)
             .map(Ok)
             .chain(end);
@@ -206,9 +211,10 @@ impl FlagSync for FlagSyncService {
         let selector = request.get_ref().selector.clone();
         let (_, _, group) = self.admit(&request, &selector)?;
         let provider_id = request.into_inner().provider_id;
-        let head = self.parts.hub.subscribe(&group).borrow().clone();
-        let cohort = self.parts.cohorts.subscribe(&group).borrow().clone();
-        let Some(version) = targets::target(&head, &cohort, &provider_id) else {
+        let head = self.parts.hub.head(&group);
+        let cohort = self.parts.cohorts.get(&group);
+        let node = node_id(&provider_id, "")?;
+        let Some(version) = targets::target(&head, &cohort, &node) else {
             return Err(Status::not_found(format!(
                 "selector: group {group:?} has no version yet"
             )));
@@ -257,10 +263,13 @@ struct Sync {
 impl Sync {
     /// Sends the node's version whenever it changes; the status to end the
     /// stream with, if any. The node is disconnected in the registry however
-    /// it ends.
+    /// it ends (a panic included: the guard's drop).
     async fn run(mut self, tx: mpsc::Sender<fpb::SyncFlagsResponse>) -> Option<Status> {
+        let _connected = Connected {
+            agents: Arc::clone(&self.agents),
+            key: self.key.clone(),
+        };
         let end = self.serve(&tx).await;
-        self.agents.disconnect(&self.key);
         tracing::info!(group = %self.group, node = %self.node, "flagd provider disconnected");
         end
     }
@@ -336,18 +345,32 @@ impl Sync {
     }
 }
 
+/// Disconnects a node from the registry when dropped.
+struct Connected {
+    agents: Arc<AgentRegistry>,
+    key: StreamKey,
+}
+
+impl Drop for Connected {
+    fn drop(&mut self) {
+        self.agents.disconnect(&self.key);
+    }
+}
+
 fn stopping() -> Status {
     Status::unavailable(
         "the server is shutting down; reconnect (another replica, or this one once it is back)",
     )
 }
 
-/// The node id of a provider: its provider id, else one made of its address.
+/// The node id of a provider: `flagd-` and its provider id, else its
+/// address. The prefix keeps providers out of other clients' node ids: a
+/// provider id equal to an agent's must not take over the agent's entry.
 fn node_id(provider_id: &str, peer: &str) -> Result<String, Status> {
     let id = if provider_id.is_empty() {
         format!("flagd-{peer}")
     } else {
-        provider_id.to_owned()
+        format!("flagd-{provider_id}")
     };
     if id.len() > MAX_NODE_FIELD_LEN || id.chars().any(char::is_control) {
         return Err(Status::invalid_argument(format!(
@@ -369,7 +392,7 @@ mod tests {
         );
         assert_eq!(
             node_id("checkout-7", "10.0.0.1:5000").ok(),
-            Some("checkout-7".into())
+            Some("flagd-checkout-7".into())
         );
         let long = "x".repeat(MAX_NODE_FIELD_LEN + 1);
         let refused = node_id(&long, "").unwrap_err();

@@ -56,12 +56,13 @@ pub(crate) struct Missing {
 /// an older head: a newer push, or, during a rollout, its cohort's version.
 /// A NACK of `version` (`last_nacked_version`) by any connected agent
 /// decides at once: the agent keeps its old version and will not retry.
-/// Disconnected agents are not waited for.
+/// Disconnected agents are not waited for, nor clients whose protocol has
+/// no acknowledgement (OpenFeature's flagd providers: state `UNACKED`).
 pub(crate) fn decide(status: &pb::StatusResponse, group: &str, version: u64) -> Decision {
     let agents: Vec<&pb::AgentStatus> = status
         .agents
         .iter()
-        .filter(|a| a.group == group && a.connected)
+        .filter(|a| a.group == group && a.connected && a.client != FLAGD_CLIENT)
         .collect();
     if agents.is_empty() {
         return Decision::NoAgents;
@@ -103,6 +104,9 @@ pub(crate) fn decide(status: &pb::StatusResponse, group: &str, version: u64) -> 
         missing,
     }
 }
+
+/// The `client` of nodes that cannot acknowledge (flagd sync).
+const FLAGD_CLIENT: &str = "flagd";
 
 fn acked(a: &pb::AgentStatus, version: u64) -> bool {
     // A replica with a stale view could report an older head as the
@@ -367,6 +371,12 @@ mod tests {
             pb::AgentStatus {
                 group: "other".into(),
                 ..agent("x", 1, 2, true)
+            },
+            // A flagd provider never ACKs: not waited for either.
+            pb::AgentStatus {
+                client: "flagd".into(),
+                state: pb::AgentState::Unacked as i32,
+                ..agent("flagd-10.0.0.1:5000", 0, 5, true)
             },
         ]);
         assert_eq!(decide(&s, "edge", 5), Decision::Acked { agents: 2 });

@@ -90,10 +90,23 @@ fn flag(path: &str, spec: FlagSpec, errors: &mut Vec<FieldError>) -> Option<Flag
     let targeting = match targeting {
         None => None,
         Some(Value::Object(m)) if m.is_empty() => None,
-        Some(source) => compile(path, &source, &variants, errors),
+        Some(source @ Value::Object(_)) => compile(path, &source, &variants, errors),
+        Some(_) => {
+            // flagd's schema (and its Python provider) take only an object.
+            errors.push(FieldError::new(
+                format!("{path}.targeting"),
+                "must be a JSON Logic operation (an object), or {} for none",
+            ));
+            None
+        }
     };
     for (k, v) in &metadata {
-        if !matches!(v, Value::String(_) | Value::Number(_) | Value::Bool(_)) {
+        if k.is_empty() {
+            errors.push(FieldError::new(
+                format!("{path}.metadata"),
+                "keys must not be empty",
+            ));
+        } else if !matches!(v, Value::String(_) | Value::Number(_) | Value::Bool(_)) {
             errors.push(FieldError::new(
                 format!("{path}.metadata[{k:?}]"),
                 "must be a string, a number or a boolean",

@@ -1,6 +1,7 @@
 //! Evaluating a flag for an evaluation context, the way flagd does: no
 //! targeting serves the default variant (`STATIC`); targeting that returns
-//! a variant name (or a boolean, naming the variant `"true"` or `"false"`)
+//! a variant name (or a boolean, naming the variant `"true"` or `"false"`,
+//! or a number, naming the variant it prints as: `2` names `"2"`)
 //! serves that variant (`TARGETING_MATCH`); targeting that returns null
 //! serves the default (`DEFAULT`); a disabled flag is not served.
 
@@ -138,6 +139,14 @@ pub fn evaluate(
         Value::Null => served(&flag.default_variant, Reason::Default),
         Value::String(s) => served(&s, Reason::TargetingMatch),
         Value::Bool(b) => served(if b { "true" } else { "false" }, Reason::TargetingMatch),
+        // As the providers do (`toString()`): 2 names the variant "2".
+        Value::Number(n) => match n.as_f64() {
+            Some(x) => served(&vane_jsonlogic::js_number_string(x), Reason::TargetingMatch),
+            None => Err(EvalError::NoVariant {
+                key: key.to_owned(),
+                returned: n.to_string(),
+            }),
+        },
         other => Err(EvalError::NoVariant {
             key: key.to_owned(),
             returned: other.to_string(),

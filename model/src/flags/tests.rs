@@ -138,6 +138,14 @@ fn each_broken_rule_is_named_by_its_path() {
             r#"flags["f"]: is also a key of values (each value is served as a flag of its key)"#,
         ),
         (
+            "flags:\n  f: {state: ENABLED, variants: {a: 1}, defaultVariant: a, targeting: a}\n",
+            r#"flags["f"].targeting: must be a JSON Logic operation (an object), or {} for none"#,
+        ),
+        (
+            "flags:\n  f: {state: ENABLED, variants: {a: 1}, defaultVariant: a, metadata: {'': 1}}\n",
+            r#"flags["f"].metadata: keys must not be empty"#,
+        ),
+        (
             "flags:\n  f: {state: ENABLED, variants: {a: 1}, defaultVariant: a, metadata: {m: [1]}}\n",
             r#"flags["f"].metadata["m"]: must be a string, a number or a boolean"#,
         ),
@@ -197,6 +205,14 @@ fn evaluation_follows_flagd() {
         (e.value, e.variant.as_str(), e.reason),
         (json!(false), "off", Reason::Default)
     );
+    // A number names the variant it prints as, as in the providers.
+    let plans = snapshot(
+        "flags:\n  plan:\n    state: ENABLED\n    variants: {'1': basic, '2': pro}\n    defaultVariant: '1'\n    targeting: {var: plan}\n",
+    );
+    let e = plans
+        .evaluate_flag("plan", &ctx(json!({"plan": 2})), 0)
+        .unwrap();
+    assert_eq!((e.value, e.variant.as_str()), (json!("pro"), "2"));
     // A value is a static flag.
     let e = s.evaluate_flag("max_body", &Map::new(), 0).unwrap();
     assert_eq!((e.value, e.reason), (json!(1_048_576), Reason::Static));
