@@ -151,6 +151,10 @@ fn pairs(query: &str) -> Result<Vec<(String, String)>, ApiError> {
         .map(|pair| {
             let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
             let name = decode(name).map_err(|e| ApiError::invalid("query", e))?;
+            // `=x` or `%20=x` would otherwise be refused under no name at all.
+            if name.trim().is_empty() {
+                return Err(ApiError::invalid("query", "a parameter without a name"));
+            }
             let value = decode(value).map_err(|e| ApiError::invalid(&name, e))?;
             Ok((name, value))
         })
@@ -261,6 +265,126 @@ mod tests {
         assert!(err("after=3").starts_with("after: unknown parameter"));
         assert!(err("label.zone=a").starts_with("label: labels describe a node"));
         assert!(err("node=%FF").starts_with("node: not UTF-8"));
+    }
+
+    /// Hostile queries: each is a 400 whose message starts with the
+    /// parameter at fault (or `query` when the pair has no usable name).
+    #[test]
+    fn hostile_queries_are_refused_naming_the_parameter() {
+        let cases: Vec<(String, &str)> = vec![
+            // Duplicates, also when only the encoding differs.
+            ("wait=1s&wait=2s".into(), "wait: given more than once"),
+            ("node=a&no%64e=b".into(), "node: given more than once"),
+            (
+                "node=a&label.z=1&label.z=2".into(),
+                "label.z: given more than once",
+            ),
+            // Percent-encoding that is not UTF-8, in a value and in a name.
+            ("node=%C3%28".into(), "node: not UTF-8"),
+            ("%FF=1".into(), "query: not UTF-8"),
+            // Pairs without a name.
+            ("=5".into(), "query: a parameter without a name"),
+            ("%20=5".into(), "query: a parameter without a name"),
+            ("+=5".into(), "query: a parameter without a name"),
+            // Numbers past u64 and durations past every limit.
+            (
+                "after_version=18446744073709551616".into(),
+                "after_version: \"18446744073709551616\" is not a version",
+            ),
+            ("wait=18446744073709551616".into(), "wait: "),
+            ("wait=18446744073709551615".into(), "wait: "),
+            ("wait=99999999999999999999h".into(), "wait: "),
+            ("wait=1e9s".into(), "wait: \"1e9s\" is not a duration"),
+            ("wait=1e9".into(), "wait: "),
+            ("wait=-1s".into(), "wait: "),
+            ("wait=1.5s".into(), "wait: "),
+            ("wait=NaN".into(), "wait: "),
+            ("wait=inf".into(), "wait: "),
+            // Unicode digits are not digits here.
+            ("wait=%EF%BC%93%EF%BC%90s".into(), "wait: "),
+            ("after_version=%D9%A3".into(), "after_version: "),
+            // Empty values.
+            ("after_version=".into(), "after_version: "),
+            ("wait=".into(), "wait: "),
+            ("format=".into(), "format: "),
+            ("node".into(), "node: must not be empty"),
+            ("node=a&label.=x".into(), "label.: must not be empty"),
+            // NUL and other control characters.
+            ("node=a%00".into(), "node: must not contain control"),
+            ("node=a&label.a%00=x".into(), "label.a\0: must not contain"),
+            ("%00=1".into(), "\0: unknown parameter"),
+            // Sizes.
+            (
+                format!("node=a&label.k={}", "v".repeat(257)),
+                "label.k: is 257 bytes long",
+            ),
+            (format!("node=a&label.{}=v", "k".repeat(257)), "label.kkk"),
+            (
+                format!(
+                    "node=a&{}",
+                    (0..=MAX_LABELS)
+                        .map(|i| format!("label.k{i}=v"))
+                        .collect::<Vec<_>>()
+                        .join("&")
+                ),
+                "label: more than 64 labels",
+            ),
+        ];
+        for (query, expected) in &cases {
+            let e = poll_params(Some(query)).unwrap_err();
+            assert_eq!(e.status, http::StatusCode::BAD_REQUEST, "{query}");
+            assert!(
+                e.message.starts_with(expected),
+                "{query:?}: {:?} does not start with {expected:?}",
+                e.message
+            );
+        }
+        // What is fine stays fine: the most labels, percent-encoded
+        // Unicode, `+` for spaces, NUL in a label's value (as the watch
+        // accepts it), empty pairs, malformed escapes taken literally.
+        let most = format!(
+            "node=a&{}",
+            (0..MAX_LABELS)
+                .map(|i| format!("label.k{i}=v"))
+                .collect::<Vec<_>>()
+                .join("&")
+        );
+        assert_eq!(poll_params(Some(&most)).unwrap().labels.len(), MAX_LABELS);
+        let p = poll_params(Some(
+            "&&node=%E2%9C%93+x&label.z%C3%B6ne=a%00b&&wait=0&after_version=%2B5",
+        ))
+        .unwrap();
+        assert_eq!(p.node.as_deref(), Some("✓ x"));
+        assert_eq!(p.labels["zöne"], "a\0b");
+        assert_eq!((p.wait, p.after_version), (Duration::ZERO, 5));
+        assert_eq!(
+            poll_params(Some("node=%zz%")).unwrap().node.as_deref(),
+            Some("%zz%")
+        );
+    }
+
+    #[test]
+    fn hostile_if_none_match_is_refused_naming_the_header() {
+        for value in [
+            &b"\"\xff\""[..],
+            b"*",
+            b"\"\"",
+            b"W/",
+            b"\"abc\"",
+            b"sha256:",
+        ] {
+            let mut headers = HeaderMap::new();
+            headers.insert(
+                http::header::IF_NONE_MATCH,
+                http::HeaderValue::from_bytes(value).unwrap(),
+            );
+            let e = if_none_match(&headers).unwrap_err();
+            assert!(e.message.starts_with("If-None-Match: "), "{}", e.message);
+        }
+        // Only separators: as if absent.
+        let mut headers = HeaderMap::new();
+        headers.insert(http::header::IF_NONE_MATCH, " , ,".parse().unwrap());
+        assert_eq!(if_none_match(&headers).unwrap(), None);
     }
 
     #[test]
