@@ -55,9 +55,19 @@ fn report(body: &[u8]) -> Result<Report, ApiError> {
     }
     let mut de = serde_json::Deserializer::from_slice(body);
     let parsed: AckBody = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let path = e.path().to_string();
-        let field = if path == "." { "body".to_owned() } else { path };
-        ApiError::invalid(&field, e.into_inner())
+        // The fields down to where it broke; serde's `?` (a key not read
+        // yet, say) names nothing, so it and what follows are left out.
+        let field = e
+            .path()
+            .iter()
+            .map_while(|segment| match segment {
+                serde_path_to_error::Segment::Map { key } => Some(key.as_str()),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+            .join(".");
+        let field = if field.is_empty() { "body" } else { &field };
+        ApiError::invalid(field, e.into_inner())
     })?;
     // One JSON value and nothing after it: `{...} garbage` or two objects
     // would otherwise be read as the first one alone.
@@ -299,7 +309,10 @@ mod tests {
                 "body: trailing",
             ),
             // Duplicate fields.
-            (r#"{"node":"a","node":"b"}"#.into(), "node: duplicate field"),
+            (
+                r#"{"node":"a","node":"b"}"#.into(),
+                "body: duplicate field `node`",
+            ),
             // NUL, other control characters, invalid UTF-8 escapes.
             (r#"{"node":"a\u0000b"}"#.into(), ""),
             (
