@@ -60,6 +60,7 @@ pub(crate) fn run(root: &Path, o: &Options) -> Result<()> {
     );
     Apt::default().ensure_tool("etcd", "etcd-server")?;
     build_release(root)?;
+    let load = loadavg();
     let runs = measure(&target_dir(root).join("release"), o, Duration::from_secs(2))?;
     let report = serde_json::json!({"polls": o.polls, "rounds": o.rounds, "runs": runs});
     if o.json {
@@ -72,7 +73,7 @@ pub(crate) fn run(root: &Path, o: &Options) -> Result<()> {
         bail!("{failed} clients never got the new version: these numbers are not valid");
     }
     if !o.no_write {
-        write_section(root, START, END, &render(o, &runs)?)?;
+        write_section(root, START, END, &render(o, &runs, &load)?)?;
         eprintln!("==> wrote {DOC}");
     }
     Ok(())
@@ -156,6 +157,15 @@ fn loadgen(bin_dir: &Path, peer: &str, polls: usize, settle: Duration) -> Comman
     cmd
 }
 
+/// The 1-, 5- and 15-minute load averages (`/proc/loadavg`), to say how
+/// busy the machine was.
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|t| t.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|| "unknown".into())
+}
+
 fn num(r: &Value, field: &str) -> f64 {
     r.get(field).and_then(Value::as_f64).unwrap_or(f64::NAN)
 }
@@ -174,7 +184,7 @@ fn median(runs: &[Value], peer: &str, field: &str) -> f64 {
 /// The runs and the medians as a plain table.
 pub(crate) fn table(runs: &[Value]) -> String {
     let mut out = format!(
-        "{:<6} {:<5} {:>9} {:>20} {:>7} {:>9} {:>26} {:>9} {:>9}\n",
+        "{:<6} {:<5} {:>9} {:>20} {:>7} {:>9} {:>26} {:>7} {:>9} {:>9}\n",
         "round",
         "peer",
         "KiB/poll",
@@ -182,13 +192,14 @@ pub(crate) fn table(runs: &[Value]) -> String {
         "open s",
         "write ms",
         "notified p50/p99/max ms",
+        "CPU ms",
         "answered",
         "failures"
     );
     for r in runs {
         let _ = writeln!(
             out,
-            "{:<6} {:<5} {:>9.1} {:>20} {:>7.2} {:>9.1} {:>26} {:>9} {:>9}",
+            "{:<6} {:<5} {:>9.1} {:>20} {:>7.2} {:>9.1} {:>26} {:>7.0} {:>9} {:>9}",
             num(r, "round"),
             r["peer"].as_str().unwrap_or("?"),
             num(r, "rss_per_poll_kib"),
@@ -205,6 +216,7 @@ pub(crate) fn table(runs: &[Value]) -> String {
                 num(r, "notified_p99_ms"),
                 num(r, "notified_max_ms")
             ),
+            num(r, "server_cpu_seconds_fanout") * 1e3,
             num(r, "answered"),
             num(r, "failures"),
         );
@@ -223,7 +235,7 @@ pub(crate) fn table(runs: &[Value]) -> String {
 }
 
 /// The Markdown section of docs/benchmarks.md.
-fn render(o: &Options, runs: &[Value]) -> Result<String> {
+fn render(o: &Options, runs: &[Value], load: &str) -> Result<String> {
     let mut r = String::new();
     writeln!(
         r,
@@ -232,8 +244,9 @@ fn render(o: &Options, runs: &[Value]) -> Result<String> {
     writeln!(
         r,
         "Machine: {} CPUs ({}), {}, kernel {}; {}; {}. The server under test and the load \
-         generator share these CPUs on loopback. Each run starts a fresh server; {} rounds, \
-         alternating which peer goes first.\n",
+         generator share these CPUs on loopback; load average {load} (1, 5, 15 min) when the \
+         benchmark started. Each run starts a fresh server; {} rounds, alternating which peer \
+         goes first.\n",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         cpu_model(),
         mem_total(),
@@ -246,13 +259,13 @@ fn render(o: &Options, runs: &[Value]) -> Result<String> {
     )?;
     writeln!(
         r,
-        "| round | peer | server RSS per held request, KiB | server RSS before → held, KiB | write call ms | write → all notified p50 / p99 / max ms | answered | failures | answer bytes |"
+        "| round | peer | server RSS per held request, KiB | server RSS before → held, KiB | write call ms | write → all notified p50 / p99 / max ms | server CPU ms, write → all notified | answered | failures | answer bytes |"
     )?;
-    writeln!(r, "|---:|---|---:|---:|---:|---:|---:|---:|---:|")?;
+    writeln!(r, "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")?;
     for run in runs {
         writeln!(
             r,
-            "| {} | {} | {:.1} | {} → {} | {:.1} | {:.1} / {:.1} / {:.1} | {} | {} | {} |",
+            "| {} | {} | {:.1} | {} → {} | {:.1} | {:.1} / {:.1} / {:.1} | {:.0} | {} | {} | {} |",
             num(run, "round"),
             run["peer"].as_str().unwrap_or("?"),
             num(run, "rss_per_poll_kib"),
@@ -262,6 +275,7 @@ fn render(o: &Options, runs: &[Value]) -> Result<String> {
             num(run, "notified_p50_ms"),
             num(run, "notified_p99_ms"),
             num(run, "notified_max_ms"),
+            num(run, "server_cpu_seconds_fanout") * 1e3,
             num(run, "answered"),
             num(run, "failures"),
             num(run, "answer_bytes"),
@@ -319,6 +333,10 @@ mod tests {
         assert_eq!(runs[0]["peer"], "vane");
         assert_eq!(runs[3]["peer"], "vane");
         assert!(table(&runs).contains("median etcd"));
-        assert!(render(&o, &runs).unwrap().contains("| 2 | etcd |"));
+        assert!(
+            render(&o, &runs, "0.1 0.2 0.3")
+                .unwrap()
+                .contains("| 2 | etcd |")
+        );
     }
 }
