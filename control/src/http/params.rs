@@ -14,6 +14,8 @@ use crate::watch::{MAX_LABELS, MAX_NODE_FIELD_LEN};
 pub const DEFAULT_WAIT: Duration = Duration::from_secs(30);
 /// The longest `wait` accepted.
 pub const MAX_WAIT: Duration = Duration::from_secs(60);
+/// The parameters of a poll, but labels.
+const PARAMETERS: &[&str] = &["node", "after_version", "wait", "format"];
 /// The prefix of label parameters: `label.zone=a`.
 const LABEL_PREFIX: &str = "label.";
 
@@ -49,9 +51,30 @@ pub(crate) fn poll_params(query: Option<&str>) -> Result<PollParams, ApiError> {
     let mut params = PollParams::default();
     let mut seen = std::collections::HashSet::new();
     for (name, value) in pairs(query.unwrap_or(""))? {
-        if !seen.insert(name.clone()) {
-            return Err(ApiError::invalid(&name, "given more than once"));
+        // Errors name our parameters only: an unknown name or a label's key
+        // is the client's text (it may hold `: `), so it goes in the reason,
+        // quoted, under `query` or `label`.
+        let label = name.strip_prefix(LABEL_PREFIX);
+        if label.is_none() && !PARAMETERS.contains(&name.as_str()) {
+            return Err(ApiError::invalid(
+                "query",
+                format!(
+                    "unknown parameter {name:?} (expected node, after_version, wait, format, label.<key>)"
+                ),
+            ));
         }
+        let in_label =
+            |key: &str, why: &str| ApiError::invalid("label", format!("key {key:?}: {why}"));
+        if !seen.insert(name.clone()) {
+            return Err(match label {
+                Some(key) => in_label(key, "given more than once"),
+                None => ApiError::invalid(&name, "given more than once"),
+            });
+        }
+        let value = value.map_err(|why| match label {
+            Some(key) => in_label(key, why),
+            None => ApiError::invalid(&name, why),
+        })?;
         match name.as_str() {
             "node" => {
                 check_text("node", &value)?;
@@ -78,14 +101,15 @@ pub(crate) fn poll_params(query: Option<&str>) -> Result<PollParams, ApiError> {
                     }
                 };
             }
-            _ => match name.strip_prefix(LABEL_PREFIX) {
+            _ => match label {
                 Some(key) => {
-                    check_text(&name, key)?;
+                    check_text("label", key)
+                        .map_err(|e| in_label(key, e.message.trim_start_matches("label: ")))?;
                     if value.len() > MAX_NODE_FIELD_LEN {
-                        return Err(ApiError::invalid(
-                            &name,
-                            format!(
-                                "is {} bytes long, over the limit of {MAX_NODE_FIELD_LEN}",
+                        return Err(in_label(
+                            key,
+                            &format!(
+                                "its value is {} bytes long, over the limit of {MAX_NODE_FIELD_LEN}",
                                 value.len()
                             ),
                         ));
@@ -143,8 +167,10 @@ fn wait(value: &str) -> Result<Duration, ApiError> {
     Ok(wait)
 }
 
-/// The decoded `name=value` pairs of a query (`+` is a space).
-fn pairs(query: &str) -> Result<Vec<(String, String)>, ApiError> {
+/// The decoded `name=value` pairs of a query (`+` is a space); a value
+/// that does not decode is left for the caller to name.
+#[allow(clippy::type_complexity)]
+fn pairs(query: &str) -> Result<Vec<(String, Result<String, &'static str>)>, ApiError> {
     query
         .split('&')
         .filter(|p| !p.is_empty())
@@ -155,8 +181,7 @@ fn pairs(query: &str) -> Result<Vec<(String, String)>, ApiError> {
             if name.trim().is_empty() {
                 return Err(ApiError::invalid("query", "a parameter without a name"));
             }
-            let value = decode(value).map_err(|e| ApiError::invalid(&name, e))?;
-            Ok((name, value))
+            Ok((name, decode(value)))
         })
         .collect()
 }
@@ -262,7 +287,7 @@ mod tests {
         assert!(err(&format!("node={}", "n".repeat(257))).starts_with("node: is 257 bytes"));
         assert!(err("node=a%0Ab").starts_with("node: must not contain control"));
         assert!(err("node=a&node=b").starts_with("node: given more than once"));
-        assert!(err("after=3").starts_with("after: unknown parameter"));
+        assert!(err("after=3").starts_with("query: unknown parameter \"after\""));
         assert!(err("label.zone=a").starts_with("label: labels describe a node"));
         assert!(err("node=%FF").starts_with("node: not UTF-8"));
     }
@@ -277,7 +302,7 @@ mod tests {
             ("node=a&no%64e=b".into(), "node: given more than once"),
             (
                 "node=a&label.z=1&label.z=2".into(),
-                "label.z: given more than once",
+                "label: key \"z\": given more than once",
             ),
             // Percent-encoding that is not UTF-8, in a value and in a name.
             ("node=%C3%28".into(), "node: not UTF-8"),
@@ -307,17 +332,36 @@ mod tests {
             ("wait=".into(), "wait: "),
             ("format=".into(), "format: "),
             ("node".into(), "node: must not be empty"),
-            ("node=a&label.=x".into(), "label.: must not be empty"),
+            (
+                "node=a&label.=x".into(),
+                "label: key \"\": must not be empty",
+            ),
             // NUL and other control characters.
             ("node=a%00".into(), "node: must not contain control"),
-            ("node=a&label.a%00=x".into(), "label.a\0: must not contain"),
-            ("%00=1".into(), "\0: unknown parameter"),
+            (
+                "node=a&label.a%00=x".into(),
+                "label: key \"a\\0\": must not contain",
+            ),
+            ("%00=1".into(), "query: unknown parameter \"\\0\""),
+            // Names that hold `: ` name nothing themselves.
+            (
+                "labno.zoneCeu:+west=1".into(),
+                "query: unknown parameter \"labno.zoneCeu: west\"",
+            ),
+            (
+                "node=a&label.a:+b=%FF".into(),
+                "label: key \"a: b\": not UTF-8",
+            ),
+            ("x:+y=%FF".into(), "query: unknown parameter \"x: y\""),
             // Sizes.
             (
                 format!("node=a&label.k={}", "v".repeat(257)),
-                "label.k: is 257 bytes long",
+                "label: key \"k\": its value is 257 bytes long",
             ),
-            (format!("node=a&label.{}=v", "k".repeat(257)), "label.kkk"),
+            (
+                format!("node=a&label.{}=v", "k".repeat(257)),
+                "label: key \"kkk",
+            ),
             (
                 format!(
                     "node=a&{}",
