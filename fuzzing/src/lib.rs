@@ -24,12 +24,14 @@ pub mod seeds;
 
 mod cache;
 mod delta;
+mod http;
 mod snapshot;
 mod stream;
 mod wire;
 
 pub use cache::disk_cache;
 pub use delta::delta_apply;
+pub use http::http_request;
 pub use snapshot::{snapshot_file, snapshot_proto};
 pub use stream::{replay as watch_stream_replay, step as watch_stream_step, watch_stream};
 pub use wire::{admin_request, watch_request, watch_response};
@@ -77,6 +79,10 @@ pub const TARGETS: &[Target] = &[
     Target {
         name: "disk_cache",
         run: disk_cache,
+    },
+    Target {
+        name: "http_request",
+        run: http_request,
     },
 ];
 

@@ -423,5 +423,82 @@ pub fn all() -> Vec<Seed> {
         ),
         seed("disk_cache", "forged-hash", cache(9, rich, example_hash)),
     ]);
+    seeds.extend(http_seeds(&example.content_hash().to_hex()));
     seeds
+}
+
+/// `http_request`: polls (0: a query; 1: `If-None-Match`; 3: both) and
+/// ACKs (2: a body), fine and hostile.
+fn http_seeds(hash: &str) -> Vec<Seed> {
+    let prefixed = |which: u8, text: &str| {
+        let mut out = vec![which];
+        out.extend_from_slice(text.as_bytes());
+        out
+    };
+    let labels = (0..70)
+        .map(|i| format!("label.k{i}=v"))
+        .collect::<Vec<_>>()
+        .join("&");
+    let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+    vec![
+        seed(
+            "http_request",
+            "poll",
+            prefixed(
+                0,
+                "node=web-1&after_version=7&wait=30s&format=yaml&label.zone=eu+west",
+            ),
+        ),
+        seed(
+            "http_request",
+            "poll-hostile",
+            prefixed(
+                0,
+                "wait=1e9s&after_version=18446744073709551616&node=%00&=x&no%64e=a",
+            ),
+        ),
+        seed(
+            "http_request",
+            "poll-labels",
+            prefixed(0, &format!("node=a&{labels}")),
+        ),
+        seed(
+            "http_request",
+            "if-none-match",
+            prefixed(1, &format!("W/\"{hash}\", \"sha256:{hash}\"")),
+        ),
+        seed(
+            "http_request",
+            "poll-and-tag",
+            prefixed(3, &format!("node=a&wait=0\n\"{hash}\"")),
+        ),
+        seed(
+            "http_request",
+            "ack",
+            prefixed(
+                2,
+                &format!(r#"{{"node":"web-1","version":7,"hash":"{hash}","error":null}}"#),
+            ),
+        ),
+        seed(
+            "http_request",
+            "nack",
+            prefixed(
+                2,
+                &format!(
+                    r#"{{"node":"web-1","version":7,"hash":"sha256:{hash}","error":{{"message":"nginx -t: bad"}}}}"#
+                ),
+            ),
+        ),
+        seed(
+            "http_request",
+            "ack-hostile",
+            prefixed(
+                2,
+                &format!(
+                    r#"{{"node":"a\u0000","version":1e400,"hash":{deep},"extra":true}} trailing"#
+                ),
+            ),
+        ),
+    ]
 }

@@ -121,6 +121,11 @@ fn disk_cache() {
     replay("disk_cache");
 }
 
+#[test]
+fn http_request() {
+    replay("http_request");
+}
+
 /// Every target has a test above, a binary in fuzz/, and the fuzz crate
 /// lists it; every corpus and regressions directory belongs to a target.
 #[test]

@@ -1,6 +1,7 @@
 //! Vane's control-plane load generator: thousands of simulated agents on
-//! real gRPC watch streams, and concurrent pushers, against a running
-//! `vane-control`, with the figures `cargo xtask bench` reports.
+//! real gRPC watch streams, concurrent pushers, and thousands of held HTTP
+//! long polls (against `vane-control`, or etcd watches as the peer) on a
+//! running server, with the figures `cargo xtask bench` reports.
 //!
 //! It is a crate of its own because it must run as an optimised binary
 //! beside a release server (`cargo xtask` itself is a debug build), and it
@@ -21,12 +22,18 @@
 //! - [`push`]: the durable-push throughput scenario and its report.
 //! - [`storm`]: the reconnect-storm scenario: a fleet that reconnects with
 //!   the agent's own pacing, and the time to re-sync after each outage.
+//! - [`longpoll`]: N held HTTP long polls (vane) or etcd gateway watches
+//!   on one server, one write: memory per held request and the time until
+//!   every client has the new version. [`http1`] is its raw HTTP/1.1
+//!   client.
 //! - [`sys`]: RLIMIT_NOFILE, and a process's RSS and CPU time from `/proc`.
 //! - [`stats`]: percentiles of latency samples.
 
 mod check;
 pub mod fanout;
 pub mod fleet;
+pub mod http1;
+pub mod longpoll;
 pub mod push;
 pub mod snapshots;
 pub mod stats;

@@ -11,6 +11,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use vane_loadgen::fanout::{self, FanoutConfig};
 use vane_loadgen::fleet::Verify;
+use vane_loadgen::longpoll::{self, LongpollConfig, Peer};
 use vane_loadgen::push::{self, PushConfig};
 use vane_loadgen::storm::{self, StormConfig};
 use vane_loadgen::sys;
@@ -96,6 +97,45 @@ enum Scenario {
         /// Longest wait for every agent to re-sync after an outage.
         #[arg(long, default_value = "60s", value_parser = humantime_secs)]
         resync_timeout: Duration,
+    },
+    /// N held HTTP long polls on one server (vane-control's HTTP API, or
+    /// etcd watches through its JSON gateway), then one write: server RSS
+    /// per held poll, and the time until every client has the new version.
+    Longpoll {
+        /// Whose polls: vane or etcd.
+        #[arg(long)]
+        peer: Peer,
+        /// The server's address (vane-control's main port, etcd's client
+        /// port).
+        #[arg(long)]
+        server: std::net::SocketAddr,
+        /// vane-control's admin address (its held-poll gauge).
+        #[arg(long)]
+        admin: Option<std::net::SocketAddr>,
+        /// The server's process id, for its RSS and CPU time.
+        #[arg(long)]
+        server_pid: Option<u32>,
+        /// The group polled, or the etcd key watched.
+        #[arg(long, default_value = "bench")]
+        group: String,
+        /// Held polls (N), each on its own connection.
+        #[arg(long, default_value_t = 2000)]
+        polls: usize,
+        /// Routes in the snapshots pushed (vane).
+        #[arg(long, default_value_t = 10)]
+        routes: usize,
+        /// Bytes of the value put (etcd).
+        #[arg(long, default_value_t = 4096)]
+        value_bytes: usize,
+        /// Pause before each memory reading.
+        #[arg(long, default_value = "2s", value_parser = humantime_secs)]
+        settle: Duration,
+        /// Longest wait for all to be held, and for all to be answered.
+        #[arg(long, default_value = "40s", value_parser = humantime_secs)]
+        timeout: Duration,
+        /// Connections opened at once.
+        #[arg(long, default_value_t = 256)]
+        connect_parallelism: usize,
     },
     /// Durable pushes per second with 1, 8 and 64 concurrent pushers.
     Push {
@@ -195,6 +235,36 @@ async fn run(args: Args) -> Result<()> {
                 connect_parallelism,
                 sync_timeout,
                 resync_timeout,
+            })
+            .await?;
+            serde_json::to_string(&report)?
+        }
+        Scenario::Longpoll {
+            peer,
+            server,
+            admin,
+            server_pid,
+            group,
+            polls,
+            routes,
+            value_bytes,
+            settle,
+            timeout,
+            connect_parallelism,
+        } => {
+            sys::raise_nofile(polls as u64 + 256)?;
+            let report = longpoll::run(&LongpollConfig {
+                peer,
+                server,
+                admin,
+                server_pid,
+                group,
+                polls,
+                routes,
+                value_bytes,
+                settle,
+                timeout,
+                connect_parallelism,
             })
             .await?;
             serde_json::to_string(&report)?

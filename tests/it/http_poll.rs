@@ -2,7 +2,8 @@
 //! real server: 200 with an ETag the body hashes to, holds that end on a
 //! push or after `wait`, `If-None-Match`, ACK and NACK in `vanectl status`,
 //! refusals (401, 403, 400, 404, 429), HTTP/1.1 and h2 on the gRPC port; and
-//! 2,000 held polls on one server within a memory budget.
+//! 2,000 polls held at once on one server, all answered by one push (their
+//! memory is measured by `cargo xtask bench longpoll`, not here).
 
 #![allow(clippy::unwrap_used)]
 
@@ -500,14 +501,15 @@ fn wait_held(admin: SocketAddr, n: usize) {
     }
 }
 
-/// Held polls in the memory test.
+/// Polls held at once in the concurrency test.
 const HELD_POLLS: usize = 2_000;
-/// The budget per held poll: resident memory the server grows by, per
-/// poll held over HTTP/1.1 (its connection included). docs/benchmarks.md.
-const BUDGET_KIB_PER_POLL: u64 = 64;
 
+/// 2,000 polls, each on its own HTTP/1.1 connection with its own node, are
+/// all held at once; one push answers every one of them 200 with the new
+/// version, and each node is listed. A count, not a measurement: the memory
+/// and the fan-out time are `cargo xtask bench longpoll`'s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_thousand_held_polls_stay_within_the_memory_budget() {
+async fn two_thousand_held_polls_are_all_answered_by_one_push() {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
     let admin = free_addr();
@@ -515,15 +517,6 @@ async fn two_thousand_held_polls_stay_within_the_memory_budget() {
     let server = ControlServer::start_with(&["--admin-listen", admin_flag.as_str()]);
     let (v1, _) = push(&server, "edge", &example_path());
     let addr: SocketAddr = server.addr();
-    // One poll first, so the body and the code paths are warm.
-    let warm = tokio::task::spawn_blocking({
-        let u = url(&server, "/v1/groups/edge/snapshot?after_version=0");
-        move || curl(&u, &[])
-    })
-    .await
-    .unwrap();
-    assert_eq!(warm.status, 200);
-    let before = server.rss_kib();
 
     let mut polls = Vec::with_capacity(HELD_POLLS);
     for i in 0..HELD_POLLS {
@@ -531,18 +524,27 @@ async fn two_thousand_held_polls_stay_within_the_memory_budget() {
             "GET /v1/groups/edge/snapshot?node=n{i}&after_version={v1}&wait=60s HTTP/1.1\r\nHost: {addr}\r\n\r\n"
         );
         polls.push(tokio::spawn(async move {
-            let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-            stream.write_all(request.as_bytes()).await.unwrap();
+            let mut stream = tokio::net::TcpStream::connect(addr)
+                .await
+                .map_err(|e| format!("poll {i}: connect: {e}"))?;
+            stream
+                .write_all(request.as_bytes())
+                .await
+                .map_err(|e| format!("poll {i}: send: {e}"))?;
             let mut answer = Vec::new();
             let mut buf = [0u8; 4096];
             // Reads until the head and the body announced are in.
             loop {
-                let n = stream.read(&mut buf).await.unwrap();
-                assert!(
-                    n > 0,
-                    "connection closed: {}",
-                    String::from_utf8_lossy(&answer)
-                );
+                let n = stream
+                    .read(&mut buf)
+                    .await
+                    .map_err(|e| format!("poll {i}: read: {e}"))?;
+                if n == 0 {
+                    return Err(format!(
+                        "poll {i}: connection closed after {:?}",
+                        String::from_utf8_lossy(&answer)
+                    ));
+                }
                 answer.extend_from_slice(&buf[..n]);
                 let text = String::from_utf8_lossy(&answer);
                 if let Some((head, body)) = text.split_once("\r\n\r\n") {
@@ -551,27 +553,23 @@ async fn two_thousand_held_polls_stay_within_the_memory_budget() {
                         .find_map(|l| {
                             l.to_ascii_lowercase()
                                 .strip_prefix("content-length:")
-                                .map(|v| v.trim().parse().unwrap())
+                                .and_then(|v| v.trim().parse().ok())
                         })
                         .unwrap_or(0);
                     if body.len() >= length {
-                        return text.into_owned();
+                        return Ok::<_, String>(head.to_owned());
                     }
                 }
             }
         }));
     }
+    // Every one is held (none answered early, none refused).
     tokio::task::spawn_blocking(move || wait_held(admin, HELD_POLLS))
         .await
         .unwrap();
-    let during = server.rss_kib();
-    let per_poll = during.saturating_sub(before) / HELD_POLLS as u64;
-    println!(
-        "{HELD_POLLS} held polls: server RSS {before} KiB -> {during} KiB, {per_poll} KiB per held poll (budget {BUDGET_KIB_PER_POLL})"
-    );
     assert!(
-        per_poll <= BUDGET_KIB_PER_POLL,
-        "{per_poll} KiB per held poll, over the budget of {BUDGET_KIB_PER_POLL}"
+        polls.iter().all(|p| !p.is_finished()),
+        "a poll was answered before the push"
     );
 
     // One push answers every one of them with the new version.
@@ -605,18 +603,29 @@ async fn two_thousand_held_polls_stay_within_the_memory_budget() {
     .await
     .unwrap();
     let mut fresh = 0;
+    let mut failures = Vec::new();
     for poll in polls {
-        let answer = tokio::time::timeout(Duration::from_secs(30), poll)
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-        assert!(
-            answer.contains(&format!("vane-version: {v2}\r\n")),
-            "{answer}"
-        );
-        fresh += 1;
+        let head = match tokio::time::timeout(Duration::from_secs(30), poll).await {
+            Ok(joined) => joined.unwrap(),
+            Err(_) => Err("no answer within 30 s of the push".to_owned()),
+        };
+        match head {
+            Ok(head)
+                if head.starts_with("HTTP/1.1 200")
+                    && head.lines().any(|l| l == format!("vane-version: {v2}")) =>
+            {
+                fresh += 1;
+            }
+            Ok(head) => failures.push(format!("not a 200 with version {v2}: {head}")),
+            Err(e) => failures.push(e),
+        }
     }
+    assert!(
+        failures.is_empty(),
+        "{} of {HELD_POLLS} polls failed; the first: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(3)]
+    );
     assert_eq!(fresh, HELD_POLLS);
     let listed = server.ctl(&["status", "edge", "-o", "json"]).ok().json();
     assert_eq!(listed.as_array().unwrap().len(), HELD_POLLS);

@@ -10,12 +10,13 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail, ensure};
-use vane_testkit::net::{free_port, http_request};
+use vane_testkit::net::free_port;
 
+use crate::etcd::Etcd;
 use crate::harness::{
     AGENT_LISTENING, CONTROL_LISTENING, PROXY_LISTENING, Server, http_get, wait_until,
 };
@@ -25,90 +26,6 @@ use crate::traffic::{Backend, Traffic, snapshot};
 
 /// The group the demo works on.
 const GROUP: &str = "edge";
-
-/// One etcd member, killed on drop.
-struct Etcd {
-    name: String,
-    client_port: u16,
-    peer_port: u16,
-    data: PathBuf,
-    log: PathBuf,
-    child: Option<Child>,
-}
-
-impl Etcd {
-    fn client_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
-    }
-
-    fn peer_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.peer_port)
-    }
-
-    fn client_addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.client_port))
-    }
-
-    fn spawn(&mut self, initial_cluster: &str) -> Result<()> {
-        let log = std::fs::File::create(&self.log)
-            .with_context(|| format!("cannot create {}", self.log.display()))?;
-        let child = Command::new("etcd")
-            .args(["--name", &self.name])
-            .arg("--data-dir")
-            .arg(&self.data)
-            .args(["--listen-client-urls", &self.client_url()])
-            .args(["--advertise-client-urls", &self.client_url()])
-            .args(["--listen-peer-urls", &self.peer_url()])
-            .args(["--initial-advertise-peer-urls", &self.peer_url()])
-            .args(["--initial-cluster", initial_cluster])
-            .args(["--initial-cluster-state", "new"])
-            .args(["--logger", "zap", "--log-level", "warn"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .context("cannot start etcd")?;
-        self.child = Some(child);
-        Ok(())
-    }
-
-    fn healthy(&self) -> bool {
-        http_get(self.client_addr(), "/health").is_ok_and(|body| body.contains("\"true\""))
-    }
-
-    /// Whether this member is the leader (asked through etcd's JSON gateway).
-    fn is_leader(&self) -> bool {
-        let Ok(body) = http_post(self.client_addr(), "/v3/maintenance/status", "{}") else {
-            return false;
-        };
-        let Ok(json) = serde_json::from_str::<serde_json::Value>(&body) else {
-            return false;
-        };
-        let me = json["header"]["member_id"].as_str().unwrap_or_default();
-        !me.is_empty() && json["leader"].as_str() == Some(me)
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// `POST path` with a JSON body on loopback; the body of a 200 answer.
-fn http_post(addr: SocketAddr, path: &str, body: &str) -> Result<String> {
-    let (code, answer) = http_request(addr, "POST", path, body)
-        .with_context(|| format!("POST http://{addr}{path}"))?;
-    ensure!(code == 200, "POST http://{addr}{path}: status {code}");
-    Ok(answer)
-}
 
 /// Everything the tour needs.
 struct Cluster {
@@ -252,14 +169,7 @@ pub(crate) fn run(root: &Path) -> Result<()> {
     );
     let mut etcd = Vec::new();
     for i in 0..3 {
-        etcd.push(Etcd {
-            name: format!("etcd-{i}"),
-            client_port: free_port(),
-            peer_port: free_port(),
-            data: w.join(format!("etcd-{i}.data")),
-            log: w.join(format!("etcd-{i}.log")),
-            child: None,
-        });
+        etcd.push(Etcd::new(format!("etcd-{i}"), &w));
     }
     let initial = etcd
         .iter()
@@ -362,7 +272,7 @@ pub(crate) fn run(root: &Path) -> Result<()> {
 
 fn leader_name(etcd: &[Etcd]) -> String {
     etcd.iter()
-        .find(|e| e.child.is_some() && e.is_leader())
+        .find(|e| e.running() && e.is_leader())
         .map_or_else(|| "electing".to_owned(), |e| e.name.clone())
 }
 
@@ -521,7 +431,7 @@ fn tour(d: &mut Cluster) -> Result<()> {
     let leader = d
         .etcd
         .iter()
-        .position(|e| e.child.is_some() && e.is_leader())
+        .position(|e| e.running() && e.is_leader())
         .context("no etcd leader")?;
     println!("$ kill -9 <pid of {}>", d.etcd[leader].name);
     d.etcd[leader].kill();

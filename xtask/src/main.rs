@@ -15,6 +15,8 @@
 //!   docs/benchmarks.md.
 //! - `cargo xtask bench fanout` / `bench push`: the control plane under
 //!   N simulated agents, and durable pushes per second.
+//! - `cargo xtask bench longpoll`: N held HTTP long polls on one
+//!   vane-control against N etcd watches: memory per held poll, fan-out time.
 //! - `cargo xtask certs --out DIR`: demo certificates and policy for mTLS.
 //! - `cargo xtask fuzz [--seconds N] [--target NAME]`: runs the cargo-fuzz
 //!   targets in fuzz/ (installing cargo-fuzz when missing).
@@ -26,6 +28,7 @@ mod bench;
 mod certs;
 mod cluster_demo;
 mod demo;
+mod etcd;
 mod fuzz;
 mod harness;
 mod narrate;

@@ -48,12 +48,41 @@ struct Report {
 
 /// Parses and checks a body, naming the field at fault.
 fn report(body: &[u8]) -> Result<Report, ApiError> {
+    // serde would also read a struct from an array (`["web-1", 7, ...]`),
+    // whose errors could name no field: the body is an object or nothing.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ApiError::invalid("body", "must be a JSON object"));
+    }
     let mut de = serde_json::Deserializer::from_slice(body);
     let parsed: AckBody = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let path = e.path().to_string();
-        let field = if path == "." { "body".to_owned() } else { path };
-        ApiError::invalid(&field, e.into_inner())
+        // The fields down to where it broke. Only names of this body count:
+        // an unknown key is the client's text (it may hold `: `), and
+        // serde's `?` (a key not read yet) names nothing, so the path ends
+        // before either, and the reason says which key it was.
+        let mut field = String::new();
+        for segment in e.path().iter() {
+            let serde_path_to_error::Segment::Map { key } = segment else {
+                break;
+            };
+            let known = match field.as_str() {
+                "" => ["node", "version", "hash", "error"].contains(&key.as_str()),
+                "error" => key == "message",
+                _ => false,
+            };
+            if !known {
+                break;
+            }
+            if !field.is_empty() {
+                field.push('.');
+            }
+            field.push_str(key);
+        }
+        let field = if field.is_empty() { "body" } else { &field };
+        ApiError::invalid(field, e.into_inner())
     })?;
+    // One JSON value and nothing after it: `{...} garbage` or two objects
+    // would otherwise be read as the first one alone.
+    de.end().map_err(|e| ApiError::invalid("body", e))?;
     let node = parsed
         .node
         .ok_or_else(|| ApiError::invalid("node", "required"))?;
@@ -208,5 +237,168 @@ mod tests {
         );
         assert!(err("not json").starts_with("body: "));
         assert!(err(r#"{"node":"","version":1}"#).starts_with("node: must not be empty"));
+    }
+
+    /// Hostile bodies: each is refused (400, by the caller) with a message
+    /// that starts with the field at fault, or `body` when the fault is the
+    /// document itself; none panics.
+    #[test]
+    fn hostile_bodies_are_refused_naming_the_field() {
+        let h = "a".repeat(64);
+        let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+        let cases: Vec<(String, &str)> = vec![
+            // Extra fields, at the top and inside `error`.
+            (
+                format!(r#"{{"node":"n","version":1,"hash":"{h}","x":1}}"#),
+                "body: unknown field `x`",
+            ),
+            // An unknown key that looks like `field: reason` itself.
+            (
+                r#"{"node":"n","nginx -t: bad":1}"#.into(),
+                "body: unknown field `nginx -t: bad`",
+            ),
+            (
+                format!(
+                    r#"{{"node":"n","version":1,"hash":"{h}","error":{{"message":"m","code":3}}}}"#
+                ),
+                "error: unknown field `code`",
+            ),
+            (
+                format!(r#"{{"node":"n","version":1,"hash":"{h}","error":{{"version":3}}}}"#),
+                "error: unknown field `version`",
+            ),
+            // Wrong types.
+            (r#"{"node":5}"#.into(), "node: invalid type"),
+            (
+                r#"{"node":"n","version":"1"}"#.into(),
+                "version: invalid type",
+            ),
+            (
+                r#"{"node":"n","version":1.0}"#.into(),
+                "version: invalid type",
+            ),
+            (
+                r#"{"node":"n","version":-1}"#.into(),
+                "version: invalid value",
+            ),
+            (
+                r#"{"node":"n","version":true}"#.into(),
+                "version: invalid type",
+            ),
+            (
+                r#"{"node":"n","version":1,"hash":[]}"#.into(),
+                "hash: invalid type",
+            ),
+            (
+                format!(r#"{{"node":"n","version":1,"hash":"{h}","error":"bad"}}"#),
+                "error: invalid type",
+            ),
+            (
+                format!(r#"{{"node":"n","version":1,"hash":"{h}","error":{{"message":7}}}}"#),
+                "error.message: invalid type",
+            ),
+            ("[]".into(), "body: must be a JSON object"),
+            (
+                format!(r#"["n", 1, "{h}", null]"#),
+                "body: must be a JSON object",
+            ),
+            ("null".into(), "body: must be a JSON object"),
+            ("\"x\"".into(), "body: must be a JSON object"),
+            // Overflowing numbers.
+            (
+                r#"{"node":"n","version":18446744073709551616}"#.into(),
+                "version: ",
+            ),
+            (r#"{"node":"n","version":1e400}"#.into(), "version: "),
+            // Deep nesting, inside a field and as the whole body.
+            (
+                format!(r#"{{"node":"n","version":1,"hash":"{h}","error":{{"message":{deep}}}}}"#),
+                "error.message: ",
+            ),
+            (deep.clone(), "body: must be a JSON object"),
+            (format!("{{{deep}"), "body: "),
+            // Not one JSON document.
+            (String::new(), "body: must be a JSON object"),
+            ("{".into(), "body: EOF"),
+            (
+                format!(r#"{{"node":"n","version":1,"hash":"{h}"}} trailing"#),
+                "body: trailing",
+            ),
+            (
+                format!(r#"{{"node":"n","version":1,"hash":"{h}"}}{{}}"#),
+                "body: trailing",
+            ),
+            // Duplicate fields.
+            (
+                r#"{"node":"a","node":"b"}"#.into(),
+                "body: duplicate field `node`",
+            ),
+            // NUL, other control characters, invalid UTF-8 escapes.
+            (r#"{"node":"a\u0000b"}"#.into(), ""),
+            (
+                format!(r#"{{"node":"a\u0000","version":1,"hash":"{h}"}}"#),
+                "node: must not contain control",
+            ),
+            (r#"{"node":"\ud800"}"#.into(), "node: "),
+            // Values that parse but are wrong.
+            (
+                format!(
+                    r#"{{"node":"{}","version":1,"hash":"{h}"}}"#,
+                    "n".repeat(257)
+                ),
+                "node: is 257 bytes",
+            ),
+            (
+                format!(r#"{{"node":"n","version":1,"hash":"{}"}}"#, "A".repeat(64)),
+                "hash: must be 64 lowercase hex",
+            ),
+            (
+                r#"{"node":"n","version":1,"hash":"sha256:"}"#.into(),
+                "hash: must be",
+            ),
+            (
+                format!(r#"{{"node":"n","version":1,"hash":"{h}","error":{{}}}}"#),
+                "error.message: required",
+            ),
+        ];
+        for (body, expected) in &cases {
+            let e = report(body.as_bytes()).unwrap_err();
+            assert_eq!(e.status, StatusCode::BAD_REQUEST);
+            let shown: String = body.chars().take(80).collect();
+            assert!(
+                e.message.contains(expected)
+                    && e.message
+                        .split_once(": ")
+                        .is_some_and(|(f, _)| !f.is_empty()),
+                "{shown:?}: {:?} does not name the field ({expected:?})",
+                e.message
+            );
+            if !expected.is_empty() {
+                assert!(
+                    e.message.starts_with(expected),
+                    "{shown:?}: {:?}",
+                    e.message
+                );
+            }
+        }
+        // Invalid UTF-8 bytes in a string, and a NUL byte outside one.
+        for body in [&b"{\"node\":\"\xff\"}"[..], b"{\"node\":\"n\"}\0"] {
+            let e = report(body).unwrap_err();
+            assert!(
+                e.message.starts_with("node: ") || e.message.starts_with("body: "),
+                "{:?}",
+                e.message
+            );
+        }
+        // A long NACK message is accepted, cut on a character boundary.
+        let long = "é".repeat(5_000);
+        let r = report(
+            format!(r#"{{"node":"n","version":1,"hash":"{h}","error":{{"message":"{long}"}}}}"#)
+                .as_bytes(),
+        )
+        .unwrap();
+        let nack = r.nack.unwrap();
+        assert!(nack.len() <= crate::watch::MAX_NACK_REASON_LEN + '…'.len_utf8());
+        assert!(nack.ends_with('…'));
     }
 }

@@ -132,6 +132,16 @@ pub(crate) fn measure(bin_dir: &Path, o: &Options, settle: Duration) -> Result<V
 
 /// Runs the load generator (progress on our stderr) and parses its report.
 pub(crate) fn run_loadgen(cmd: &mut Command, server: &ControlServer) -> Result<Value> {
+    run_loadgen_beside(cmd, "the server", &|| server.log_tail())
+}
+
+/// [`run_loadgen`] against any server (`what`), whose log ends as
+/// `log_tail` says.
+pub(crate) fn run_loadgen_beside(
+    cmd: &mut Command,
+    what: &str,
+    log_tail: &dyn Fn() -> String,
+) -> Result<Value> {
     eprintln!("==> {}", display(cmd));
     let out = cmd
         .stdin(Stdio::null())
@@ -140,9 +150,9 @@ pub(crate) fn run_loadgen(cmd: &mut Command, server: &ControlServer) -> Result<V
         .context("cannot start vane-loadgen")?;
     if !out.status.success() {
         bail!(
-            "vane-loadgen failed ({}); the server's log ends with:\n{}",
+            "vane-loadgen failed ({}); the log of {what} ends with:\n{}",
             out.status,
-            server.log_tail()
+            log_tail()
         );
     }
     let text = String::from_utf8_lossy(&out.stdout);
@@ -261,6 +271,11 @@ impl ControlServer {
     /// The gRPC address.
     pub(crate) fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The admin endpoint's address (`/metrics`).
+    pub(crate) fn admin(&self) -> SocketAddr {
+        self.admin
     }
 
     /// SIGKILL, and reap it.

@@ -8,8 +8,12 @@
 //! - `cargo xtask bench storm`: N simulated agents that reconnect like
 //!   `vane-agent`; the time to re-sync them after a SIGKILL and restart,
 //!   and after a SIGSTOP black hole.
+//! - `cargo xtask bench longpoll`: N held HTTP long polls on vane-control
+//!   against N etcd watches (its JSON gateway): server memory per held
+//!   request, and the time until one write reached every client.
 
 mod fanout;
+mod longpoll;
 pub(crate) mod proxy;
 mod push;
 mod storm;
@@ -40,6 +44,11 @@ pub(crate) enum Bench {
     /// data), then SIGSTOPped for a while; time until 50/90/99/100% of the
     /// agents re-synced after it answers again.
     Storm(storm::Options),
+    /// N held HTTP long polls on a release vane-control and N watches on one
+    /// etcd through its JSON gateway (installs etcd-server when missing),
+    /// alternating: server RSS per held request, write -> every client
+    /// notified p50/p99/max. Writes docs/benchmarks.md.
+    Longpoll(longpoll::Options),
 }
 
 /// Runs the chosen benchmark.
@@ -51,6 +60,7 @@ pub(crate) fn run(root: &Path, bench: Bench) -> Result<()> {
         Bench::Fanout(options) => fanout::run(root, &options),
         Bench::Push(options) => push::run(root, &options),
         Bench::Storm(options) => storm::run(root, &options),
+        Bench::Longpoll(options) => longpoll::run(root, &options),
     }
 }
 

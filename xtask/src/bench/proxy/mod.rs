@@ -21,7 +21,7 @@
 mod load;
 mod nginx;
 mod perf;
-mod report;
+pub(crate) mod report;
 mod vane;
 
 use std::net::SocketAddr;

@@ -302,15 +302,22 @@ pub(crate) fn shorten(s: &str) -> String {
 /// Puts the report between our markers in docs/benchmarks.md, keeping
 /// whatever other sections the file has.
 pub(crate) fn write_doc(root: &Path, report: &str) -> Result<()> {
+    write_section(root, START, END, report)
+}
+
+/// Puts `report` between the markers `start` and `end` in
+/// docs/benchmarks.md (at its end when they are not there yet), keeping
+/// whatever other sections the file has.
+pub(crate) fn write_section(root: &Path, start: &str, end: &str, report: &str) -> Result<()> {
     let path = root.join(DOC);
-    let section = format!("{START}\n{report}{END}\n");
+    let section = format!("{start}\n{report}{end}\n");
     let text = match std::fs::read_to_string(&path) {
-        Ok(old) => match (old.find(START), old.find(END)) {
+        Ok(old) => match (old.find(start), old.find(end)) {
             (Some(a), Some(b)) if a < b => {
                 format!(
                     "{}{section}{}",
                     &old[..a],
-                    old[b + END.len()..].trim_start_matches('\n')
+                    old[b + end.len()..].trim_start_matches('\n')
                 )
             }
             _ => format!("{}\n{section}", old.trim_end()),
