@@ -9,33 +9,23 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use sha2::Digest as _;
+use vane_testkit::curl::{Answer, curl};
 use vane_testkit::fixtures::{example_path, example_with_value, write_json};
 use vane_testkit::net::{admin_metric, free_addr};
+use vane_testkit::policy::{start_with_policy, token_file};
 use vane_testkit::{ControlServer, agent_status, wait_for_status};
 
-/// An HTTP answer as curl saw it.
-#[derive(Debug)]
-struct Answer {
-    status: u16,
-    /// Lowercase names.
-    headers: Vec<(String, String)>,
-    body: String,
-    took: Duration,
+/// What the long-poll tests read off an answer.
+trait PollAnswer {
+    fn version(&self) -> u64;
+    fn etag_hash(&self) -> String;
+    fn error(&self) -> (String, String);
 }
 
-impl Answer {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    }
-
+impl PollAnswer for Answer {
     fn version(&self) -> u64 {
         self.header("vane-version")
             .unwrap_or_else(|| panic!("no Vane-Version: {self:?}"))
@@ -51,43 +41,11 @@ impl Answer {
     }
 
     fn error(&self) -> (String, String) {
-        let v: serde_json::Value = serde_json::from_str(&self.body)
-            .unwrap_or_else(|e| panic!("error body is not JSON ({e}): {self:?}"));
+        let v = self.json();
         (
             v["code"].as_str().unwrap().to_owned(),
             v["message"].as_str().unwrap().to_owned(),
         )
-    }
-}
-
-/// `curl -si <args> URL`: its answer (headers and body).
-fn curl(url: &str, args: &[&str]) -> Answer {
-    let started = Instant::now();
-    let out = Command::new("curl")
-        .args(["-s", "-i", "--max-time", "90"])
-        .args(args)
-        .arg(url)
-        .output()
-        .expect("run curl");
-    let took = started.elapsed();
-    assert!(out.status.success(), "curl {args:?} {url}: {out:?}");
-    let text = String::from_utf8(out.stdout).unwrap();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("no status line: {text}"));
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    Answer {
-        status,
-        headers,
-        body: body.to_owned(),
-        took,
     }
 }
 
@@ -343,44 +301,22 @@ const TOKENS: &[(&str, &str)] = &[
 /// A server with a policy (agent-edge may follow edge, agent-core core)
 /// and a token file; the policy's path, to rewrite.
 fn server_with_policy(extra: &[&str]) -> (ControlServer, PathBuf) {
-    let dir = tempfile::tempdir().unwrap().keep();
-    let tokens: String = TOKENS
-        .iter()
-        .map(|(id, token)| {
-            format!(
-                "  - identity: {id}\n    sha256: {}\n",
-                hex::encode(sha2::Sha256::digest(token.as_bytes()))
-            )
-        })
-        .collect();
-    let tokens_path = dir.join("tokens.yaml");
-    std::fs::write(&tokens_path, format!("tokens:\n{tokens}")).unwrap();
-    let policy_path = dir.join("policy.yaml");
-    std::fs::write(&policy_path, POLICY).unwrap();
-    let mut args = vec![
-        "--policy",
-        policy_path.to_str().unwrap(),
-        "--tokens",
-        tokens_path.to_str().unwrap(),
-        "--push-rate",
-        "0",
-    ];
+    let mut args = vec!["--push-rate", "0"];
     args.extend_from_slice(extra);
-    (ControlServer::start_with(&args), policy_path)
+    start_with_policy(TOKENS, POLICY, &args)
 }
 
 const POLICY: &str = "bindings:\n  - {identity: ci-edge, role: operator, groups: [edge]}\n  - {identity: agent-edge, role: agent, groups: [edge]}\n  - {identity: agent-core, role: agent, groups: [core]}\n";
 
 fn bearer(identity: &str) -> String {
     let token = TOKENS.iter().find(|(id, _)| *id == identity).unwrap().1;
-    format!("Authorization: Bearer {token}")
+    vane_testkit::policy::bearer(token)
 }
 
 /// [`server_with_policy`] with version 1 of edge pushed by the operator.
 fn seeded_server_with_policy(extra: &[&str]) -> (ControlServer, PathBuf) {
     let (server, policy) = server_with_policy(extra);
-    let token_file = policy.with_file_name("operator.token");
-    std::fs::write(&token_file, OPERATOR_TOKEN).unwrap();
+    let token_file = token_file(&policy, "operator.token", OPERATOR_TOKEN);
     server
         .ctl(&[
             "--token-file",
