@@ -9,7 +9,6 @@
 
 use std::time::{Duration, Instant};
 
-use sha2::Digest as _;
 use vane_proto as pb;
 use vane_testkit::{ControlServer, Next, WatchClient};
 
@@ -37,29 +36,7 @@ fn server_with_tokens(extra: &[&str]) -> ControlServer {
 
 /// [`server_with_tokens`], and the path of its policy file (to rewrite).
 fn server_with_policy_file(extra: &[&str]) -> (ControlServer, std::path::PathBuf) {
-    let dir = tempfile::tempdir().unwrap().keep();
-    let tokens: String = TOKENS
-        .iter()
-        .map(|(id, token)| {
-            format!(
-                "  - identity: {id}\n    sha256: {}\n",
-                hex::encode(sha2::Sha256::digest(token.as_bytes()))
-            )
-        })
-        .collect();
-    let tokens_path = dir.join("tokens.yaml");
-    std::fs::write(&tokens_path, format!("tokens:\n{tokens}")).unwrap();
-    let policy_path = dir.join("policy.yaml");
-    std::fs::write(&policy_path, POLICY).unwrap();
-    let mut args = vec![
-        "--policy",
-        policy_path.to_str().unwrap(),
-        "--tokens",
-        tokens_path.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    // The paths outlive the call: start_with copies the strings.
-    (ControlServer::start_with(&args), policy_path)
+    vane_testkit::policy::start_with_policy(TOKENS, POLICY, extra)
 }
 
 fn token(identity: &str) -> &'static str {
