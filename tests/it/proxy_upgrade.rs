@@ -3,7 +3,9 @@
 //! routes (and outlives both the route timeout and the idle timeout while
 //! it is busy); another protocol is tunnelled the same way and closed once
 //! idle for the idle timeout; an upgrade the backend declines with a 200 is
-//! an ordinary request on a connection that stays HTTP.
+//! an ordinary request on a connection that stays HTTP (and `Upgrade`
+//! without `Connection: upgrade` is stripped like any hop-by-hop header); a
+//! removed listener ends its busy tunnels at the drain timeout.
 
 #![allow(clippy::unwrap_used)]
 
@@ -16,7 +18,7 @@ use vane_testkit::ControlServer;
 use vane_testkit::net::free_addr;
 use vane_testkit::proxy::spec::{cluster, http_listener, prefix, table};
 use vane_testkit::proxy::{
-    AdminPusher, Backend, ProxyProcess, UpgradeBackend, UpgradeClient, push,
+    AdminPusher, Backend, HttpClient, ProxyProcess, UpgradeBackend, UpgradeClient, push,
 };
 
 const GROUP: &str = "edge";
@@ -244,12 +246,73 @@ async fn a_declined_upgrade_is_an_ordinary_request() {
     let (status, body) = client.get("/up/next").await.unwrap();
     assert_eq!((status, body.as_slice()), (200, b"plain".as_slice()));
     assert_eq!(plain.hits(), 2);
+    // Not an upgrade (no `Connection: upgrade`): `Upgrade` is a hop-by-hop
+    // header like the others, and the backend sees none of them.
+    let reply = HttpClient::http1()
+        .get(
+            web,
+            "/up/plain",
+            &[
+                ("upgrade", "websocket"),
+                ("connection", "x-private"),
+                ("x-private", "1"),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 200);
+    for h in ["x-seen-upgrade", "x-seen-connection", "x-seen-private"] {
+        assert_eq!(reply.header(h), "", "{h}");
+    }
     assert_eq!(
         proxy.metric(
             "vane_proxy_upgrades_total",
             &["protocol=\"websocket\"", "result=\"declined\""]
         ),
         1.0
+    );
+    assert_eq!(
+        proxy.metric("vane_proxy_tunnels_active", &["listener=\"web\""]),
+        0.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_listener_ends_its_tunnels_at_the_drain_timeout() {
+    let server = ControlServer::start();
+    let echo = UpgradeBackend::start("echo").await;
+    let web = free_addr();
+    let v0 = push(&server, GROUP, &spec(web, echo.addr, &[echo.addr], 0));
+    let proxy = start_proxy(&server, "drain");
+    proxy.wait_version(v0);
+    let mut client = UpgradeClient::open(web, "/up/raw", "echo/1").await.unwrap();
+    assert_eq!(client.status, 101, "{:?}", client.headers);
+
+    // The listener moves to another address: the old one drains.
+    let mut moved = spec(web, echo.addr, &[echo.addr], 2);
+    moved.listeners = vec![http_listener("web2", free_addr(), "main")];
+    let v1 = push(&server, GROUP, &moved);
+    tokio::task::block_in_place(|| proxy.wait_version(v1));
+    let removed = Instant::now();
+    // The busy tunnel keeps working while the listener drains, and is
+    // closed at the drain timeout (2 s), not before and not much later.
+    let mut k = 0u32;
+    let ended = loop {
+        let bytes = format!("drain {k}\n");
+        k += 1;
+        if client.write(bytes.as_bytes()).await.is_err() {
+            break removed.elapsed();
+        }
+        match tokio::time::timeout(Duration::from_secs(5), client.read(bytes.len())).await {
+            Ok(Ok(got)) => assert_eq!(got, bytes.as_bytes()),
+            Ok(Err(_)) => break removed.elapsed(),
+            Err(_) => panic!("the tunnel hung instead of closing"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        ended >= Duration::from_millis(1500) && ended < Duration::from_secs(5),
+        "closed {ended:?} after the listener was removed"
     );
     assert_eq!(
         proxy.metric("vane_proxy_tunnels_active", &["listener=\"web\""]),
