@@ -4,6 +4,11 @@
 //! HTTP/2 sends GOAWAY and finishes its open streams; on the hard signal
 //! (the drain timeout passed) the connection is dropped.
 //!
+//! An HTTP/1.1 upgrade the upstream accepted (`101`, see
+//! [`super::upgrade`]) turns the connection into a tunnel once hyper lets go
+//! of it; the tunnel runs here, in the connection's task, so the listener's
+//! drain waits for it and its hard stop ends it (see [`super::tunnel`]).
+//!
 //! # Limits against hostile clients
 //! - Header read timeout (`--header-read-timeout`): a new connection must
 //!   deliver its first HTTP/1 request head, or the whole HTTP/2 preface,
