@@ -31,7 +31,8 @@
 //!   `accept` runs the accept loops and hands connections to the serving
 //!   code.
 //! - `http`: downstream connections (`server`), forwarding and retries
-//!   (`forward`), local errors (`local`), bodies (`body`), the connection's
+//!   (`forward`), HTTP/1.1 upgrades (`upgrade`) and the tunnels they become
+//!   (`tunnel`), local errors (`local`), bodies (`body`), the connection's
 //!   request bookkeeping (`conn`), header rules (`headers`).
 //! - `tcp`: the L4 proxy.
 //! - `conn`: a running listener as its connections see it, and the signals

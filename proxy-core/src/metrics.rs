@@ -59,6 +59,13 @@ pub(crate) struct ListenerLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct UpgradeLabels {
+    listener: String,
+    protocol: String,
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct ClosedLabels {
     listener: String,
     reason: String,
@@ -107,6 +114,37 @@ pub(crate) struct ListenerStats {
     pub(crate) connections_refused: Counter,
     /// Connections closed by the proxy, by reason.
     pub(crate) closed: ClosedStats,
+    /// HTTP/1.1 upgrades asked for, by protocol and result.
+    pub(crate) upgrades: UpgradeStats,
+    /// Upgraded connections (tunnels) open now.
+    pub(crate) tunnels_active: Gauge,
+}
+
+/// Upgrade requests of one listener (labels `protocol`: `websocket` or
+/// `other`, so a client cannot grow the label set; `result`).
+#[derive(Debug, Clone)]
+pub(crate) struct UpgradeStats {
+    /// `websocket`, `switched`: the upstream answered 101; a tunnel opened.
+    pub(crate) websocket_switched: Counter,
+    /// `websocket`, `declined`: the upstream answered something else (or
+    /// failed), which was proxied as a normal response.
+    pub(crate) websocket_declined: Counter,
+    /// Any other protocol, switched.
+    pub(crate) other_switched: Counter,
+    /// Any other protocol, declined.
+    pub(crate) other_declined: Counter,
+}
+
+impl UpgradeStats {
+    /// The counter of an upgrade to a WebSocket or not, switched or not.
+    pub(crate) fn counter(&self, websocket: bool, switched: bool) -> &Counter {
+        match (websocket, switched) {
+            (true, true) => &self.websocket_switched,
+            (true, false) => &self.websocket_declined,
+            (false, true) => &self.other_switched,
+            (false, false) => &self.other_declined,
+        }
+    }
 }
 
 /// Connections a listener closed itself, by reason (the label `reason`).
@@ -123,6 +161,9 @@ pub(crate) struct ClosedStats {
     /// `malformed`: a request that does not parse (answered 400 over
     /// HTTP/1).
     pub(crate) malformed: Counter,
+    /// `tunnel_idle`: an upgraded connection (a WebSocket, say) carried no
+    /// byte either way for the idle timeout.
+    pub(crate) tunnel_idle: Counter,
 }
 
 #[derive(Debug, Default)]
@@ -149,6 +190,8 @@ pub(crate) struct Metrics {
     connections_total: Family<ListenerLabels, Counter>,
     connections_refused: Family<ListenerLabels, Counter>,
     connections_closed: Family<ClosedLabels, Counter>,
+    upgrades: Family<UpgradeLabels, Counter>,
+    tunnels_active: Family<ListenerLabels, Gauge>,
     /// Admin-endpoint connections closed at once: over the admin cap.
     pub(crate) admin_refused: Counter,
     /// Admin-endpoint connections closed for not completing a request in
@@ -181,6 +224,8 @@ impl Metrics {
             connections_total: Family::default(),
             connections_refused: Family::default(),
             connections_closed: Family::default(),
+            upgrades: Family::default(),
+            tunnels_active: Family::default(),
             admin_refused: Counter::default(),
             admin_timeouts: Counter::default(),
             config_version: Gauge::default(),
@@ -251,8 +296,19 @@ impl Metrics {
         registry.register(
             "vane_proxy_connections_closed",
             "Downstream connections the proxy closed itself, by listener and reason \
-             (header_timeout, idle, header_too_large, malformed)",
+             (header_timeout, idle, header_too_large, malformed, tunnel_idle)",
             self.connections_closed.clone(),
+        );
+        registry.register(
+            "vane_proxy_upgrades",
+            "HTTP/1.1 Upgrade requests by listener, protocol (websocket, other) and result \
+             (switched: the upstream answered 101 and a tunnel opened; declined: it did not)",
+            self.upgrades.clone(),
+        );
+        registry.register(
+            "vane_proxy_tunnels_active",
+            "Upgraded connections (WebSockets and other protocols) open, by listener",
+            self.tunnels_active.clone(),
         );
         registry.register(
             "vane_proxy_admin_connections_refused",
@@ -381,8 +437,24 @@ impl Metrics {
                 idle: self.closed(name, "idle"),
                 header_too_large: self.closed(name, "header_too_large"),
                 malformed: self.closed(name, "malformed"),
+                tunnel_idle: self.closed(name, "tunnel_idle"),
             },
+            upgrades: UpgradeStats {
+                websocket_switched: self.upgrade(name, "websocket", "switched"),
+                websocket_declined: self.upgrade(name, "websocket", "declined"),
+                other_switched: self.upgrade(name, "other", "switched"),
+                other_declined: self.upgrade(name, "other", "declined"),
+            },
+            tunnels_active: self.tunnels_active.get_or_create_owned(&k),
         }
+    }
+
+    fn upgrade(&self, listener: &str, protocol: &str, result: &str) -> Counter {
+        self.upgrades.get_or_create_owned(&UpgradeLabels {
+            listener: listener.to_owned(),
+            protocol: protocol.to_owned(),
+            result: result.to_owned(),
+        })
     }
 
     fn closed(&self, listener: &str, reason: &str) -> Counter {

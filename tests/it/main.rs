@@ -24,6 +24,7 @@ mod proxy_churn;
 mod proxy_failover;
 mod proxy_resilience;
 mod proxy_routing;
+mod proxy_upgrade;
 mod push;
 mod push_wait;
 mod reconnect_recovery;

@@ -3,7 +3,8 @@
 //! the in-flight guard of its endpoint, so `least_request` counts a request
 //! until its response body is done, not just until its headers arrive, and
 //! the lease of its upstream connection, which goes back to the pool when
-//! the body has been read to its end.
+//! the body has been read to its end (an upgrade's connection, never
+//! pooled, has none).
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -21,7 +22,7 @@ enum Kind {
     Upstream {
         body: Incoming,
         _in_flight: Option<InFlight>,
-        lease: Lease,
+        lease: Option<Lease>,
     },
     Local(Option<Bytes>),
 }
@@ -45,8 +46,28 @@ impl ProxyBody {
             kind: Kind::Upstream {
                 body,
                 _in_flight: in_flight,
-                lease,
+                lease: Some(lease),
             },
+            _request: None,
+        }
+    }
+
+    /// The upstream's body, from a connection that is not pooled.
+    pub(crate) fn unpooled(body: Incoming, in_flight: Option<InFlight>) -> Self {
+        Self {
+            kind: Kind::Upstream {
+                body,
+                _in_flight: in_flight,
+                lease: None,
+            },
+            _request: None,
+        }
+    }
+
+    /// No body (a `101 Switching Protocols`).
+    pub(crate) fn empty() -> Self {
+        Self {
+            kind: Kind::Local(None),
             _request: None,
         }
     }
@@ -76,10 +97,12 @@ impl Body for ProxyBody {
         match &mut self.get_mut().kind {
             Kind::Upstream { body, lease, .. } => {
                 let frame = Pin::new(&mut *body).poll_frame(cx);
-                match &frame {
-                    Poll::Ready(None) => lease.release(),
-                    Poll::Ready(Some(Ok(_))) if body.is_end_stream() => lease.release(),
-                    _ => {}
+                if let Some(lease) = lease {
+                    match &frame {
+                        Poll::Ready(None) => lease.release(),
+                        Poll::Ready(Some(Ok(_))) if body.is_end_stream() => lease.release(),
+                        _ => {}
+                    }
                 }
                 frame
             }

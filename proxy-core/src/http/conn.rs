@@ -3,13 +3,15 @@
 //! started and in flight, and when the request head being received began),
 //! which the connection's timer reads for the idle and header-read
 //! timeouts. A [`RequestGuard`] counts one request from its head to the end
-//! of its response body.
+//! of its response body. An upgrade the upstream accepted leaves its
+//! [`Tunnel`] here for the connection to run once hyper lets go of it.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use http::header::HeaderValue;
 
+use super::tunnel::Tunnel;
 use crate::clock;
 use crate::conn::ListenerRt;
 
@@ -22,6 +24,22 @@ pub(crate) struct ConnCtx {
     pub(crate) peer_ip: HeaderValue,
     /// Requests on this connection, for its idle timeout.
     pub(crate) activity: Activity,
+    /// The tunnel an accepted upgrade left (at most one: hyper serves no
+    /// request after it). A std mutex: set once, taken once, never held
+    /// across an await.
+    pub(crate) tunnel: Mutex<Option<Tunnel>>,
+}
+
+impl ConnCtx {
+    /// Leaves `tunnel` for the connection to run after its 101.
+    pub(crate) fn leave_tunnel(&self, tunnel: Tunnel) {
+        *self.tunnel.lock().unwrap_or_else(|p| p.into_inner()) = Some(tunnel);
+    }
+
+    /// The tunnel an upgrade left, if any.
+    pub(crate) fn take_tunnel(&self) -> Option<Tunnel> {
+        self.tunnel.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
 }
 
 /// Requests started on one connection and requests in flight on it, and

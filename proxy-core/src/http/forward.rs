@@ -1,6 +1,7 @@
 //! One request, from routing to the upstream response: route match, rate
 //! limit, endpoint pick, the upstream call with retries and the route's
-//! deadline, and the bookkeeping (outlier detection, metrics).
+//! deadline, and the bookkeeping (outlier detection, metrics). HTTP/1.1
+//! upgrades branch off to [`super::upgrade`] once routed.
 //!
 //! Retry rules (each retry also needs the cluster's retry budget, see
 //! [`crate::cluster::budget`]):
@@ -27,6 +28,7 @@ use super::body::ProxyBody;
 use super::conn::{ConnCtx, RequestGuard};
 use super::headers::{append_forwarded_for, ensure_host, strip_hop_by_hop};
 use super::local::LocalError;
+use super::upgrade;
 use crate::clock;
 use crate::cluster::lb::below;
 use crate::cluster::outlier::InFlight;
@@ -89,7 +91,7 @@ fn retryable_status(s: StatusCode) -> bool {
 async fn forward(
     ctx: &ConnCtx,
     route: &RouteRt,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     start: Instant,
 ) -> Response<ProxyBody> {
     let now_ns = clock::nanos_at(start);
@@ -104,11 +106,17 @@ async fn forward(
         .response();
     }
     let cluster: &ClusterRt = &route.cluster;
+    // Before the hop-by-hop headers go: `Upgrade` is one of them.
+    let upgrade = upgrade::asked(&mut req);
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     append_forwarded_for(&mut parts.headers, &ctx.peer_ip);
     ensure_host(&mut parts.headers, parts.uri.authority());
     parts.version = Version::HTTP_11;
+    if let Some(asked) = upgrade {
+        let deadline = tokio::time::Instant::from_std(start + route.timeout);
+        return upgrade::forward(ctx, route, parts, body, asked, deadline).await;
+    }
     let path = parts
         .uri
         .path_and_query()

@@ -1,6 +1,8 @@
 //! Header rewriting at the proxy boundary: hop-by-hop headers belong to one
 //! connection and are removed in both directions (RFC 9110 §7.6.1), and the
-//! client's address is appended to `x-forwarded-for`.
+//! client's address is appended to `x-forwarded-for`. An upgrade request
+//! and its `101` get `Upgrade` and `Connection: upgrade` back afterwards
+//! (`super::upgrade`); nothing else does.
 
 use http::header::{
     CONNECTION, HOST, HeaderMap, HeaderName, HeaderValue, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,

@@ -1,5 +1,6 @@
 //! The HTTP data plane: serving downstream connections (HTTP/1.1 and h2c on
-//! one port) and forwarding each request to its route's cluster.
+//! one port) and forwarding each request to its route's cluster, HTTP/1.1
+//! upgrades (WebSockets) included.
 
 pub(crate) mod body;
 pub(crate) mod conn;
@@ -7,3 +8,5 @@ pub(crate) mod forward;
 pub(crate) mod headers;
 pub(crate) mod local;
 pub(crate) mod server;
+pub(crate) mod tunnel;
+pub(crate) mod upgrade;

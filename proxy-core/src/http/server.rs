@@ -4,6 +4,11 @@
 //! HTTP/2 sends GOAWAY and finishes its open streams; on the hard signal
 //! (the drain timeout passed) the connection is dropped.
 //!
+//! An HTTP/1.1 upgrade the upstream accepted (`101`, see
+//! [`super::upgrade`]) turns the connection into a tunnel once hyper lets go
+//! of it; the tunnel runs here, in the connection's task, so the listener's
+//! drain waits for it and its hard stop ends it (see [`super::tunnel`]).
+//!
 //! # Limits against hostile clients
 //! - Header read timeout (`--header-read-timeout`): a new connection must
 //!   deliver its first HTTP/1 request head, or the whole HTTP/2 preface,
@@ -33,7 +38,7 @@ use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -47,6 +52,7 @@ use tokio::time::MissedTickBehavior;
 
 use super::conn::{Activity, ConnCtx};
 use super::forward::handle;
+use super::tunnel;
 use crate::clock;
 use crate::conn::{ConnSignals, ListenerRt};
 
@@ -108,6 +114,7 @@ pub(crate) async fn serve(
         listener,
         peer_ip,
         activity: Activity::default(),
+        tunnel: Mutex::new(None),
     });
     // The header-read clock starts at the accept.
     ctx.activity.head_started();
@@ -140,7 +147,7 @@ pub(crate) async fn serve(
     } else {
         &shared.http
     };
-    let conn = http.serve_connection(io, service);
+    let conn = http.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
     let mut closing = drained;
     let mut seen = 0;
@@ -191,6 +198,22 @@ pub(crate) async fn serve(
             }
         }
         tracing::debug!(%peer, error = %e, "downstream connection ended with an error");
+        return;
+    }
+    // An upgrade the upstream accepted: hyper has let go of the
+    // connection, which now carries the tunnel in this same task, so the
+    // listener's drain still waits for it and its hard stop ends it.
+    if let Some(t) = watch.take_tunnel()
+        && !signals.hard.is_cancelled()
+    {
+        let ended = tunnel::run(
+            t,
+            settings.idle_timeout,
+            &signals.hard,
+            &watch.listener.stats,
+        )
+        .await;
+        tracing::debug!(%peer, ?ended, "tunnel ended");
     }
 }
 

@@ -197,11 +197,12 @@ async fn answer(b: &Behaviour, id: &str, req: Request<Incoming>) -> Response<Ful
             .unwrap_or("")
             .to_owned()
     };
-    let (xff, host, conn, custom) = (
+    let (xff, host, conn, custom, upgrade) = (
         seen("x-forwarded-for"),
         seen("host"),
         seen("connection"),
         seen("x-private"),
+        seen("upgrade"),
     );
     let path = req.uri().path().to_owned();
     // Read the body so keep-alive works for requests that have one.
@@ -230,6 +231,7 @@ async fn answer(b: &Behaviour, id: &str, req: Request<Incoming>) -> Response<Ful
         ("x-seen-host", host),
         ("x-seen-connection", conn),
         ("x-seen-private", custom),
+        ("x-seen-upgrade", upgrade),
         ("x-seen-path", path),
     ] {
         if let Ok(v) = v.parse() {

@@ -12,6 +12,8 @@
 //! - [`Backend`], [`TcpBackend`] (`backend.rs`): what the proxy sends
 //!   traffic to, scripted by the test (status, delay, holding requests,
 //!   counting those in flight).
+//! - [`UpgradeBackend`], [`UpgradeClient`] (`ws.rs`): both ends of an
+//!   HTTP/1.1 upgrade (WebSocket or another protocol), over raw sockets.
 //! - [`HttpClient`], [`OneConnection`], [`Load`] (`client.rs`): what sends
 //!   traffic to the proxy.
 //! - [`spec`]: snapshot builders; [`push`], [`AdminPusher`] (`push.rs`):
@@ -26,8 +28,10 @@ mod client;
 mod process;
 mod push;
 pub mod spec;
+mod ws;
 
 pub use backend::{Backend, TcpBackend};
 pub use client::{HttpClient, Load, LoadReport, OneConnection, Reply};
 pub use process::{ProxyProcess, WAIT};
 pub use push::{AdminPusher, push};
+pub use ws::{UpgradeBackend, UpgradeClient, accept_key};
