@@ -251,8 +251,9 @@ pub struct OutlierDetection {
     pub base_ejection: Duration,
     /// Longest ejection.
     pub max_ejection: Duration,
-    /// Most endpoints of the cluster ejected at once, in percent (at least one
-    /// endpoint always stays in).
+    /// Most endpoints of the cluster ejected at once, in percent, rounded
+    /// down. At 100 every endpoint may be ejected; the data plane then
+    /// balances over all of them (panic mode).
     pub max_ejection_percent: u32,
 }
 

@@ -2,23 +2,20 @@
 //! limit, endpoint pick, the upstream call with retries and the route's
 //! deadline, and the bookkeeping (outlier detection, metrics).
 //!
-//! Retry rules (each retry also needs the cluster's retry budget, see
-//! [`crate::cluster::budget`]):
-//! - only requests whose body is empty are retried: the body is streamed,
-//!   never buffered, so there is nothing to send again otherwise;
-//! - a connect failure (nothing was sent) is retried for any method, on
-//!   another endpoint when there is one;
-//! - a 502, 503 or 504 answer is retried for idempotent methods, after a
-//!   short jittered pause;
-//! - nothing is retried past the route's deadline, which covers every
-//!   attempt: when it passes, the client gets 504.
+//! Retry rules are in [`super::retry`]: an attempt that reached no upstream
+//! is retried on another endpoint for any method, body included (the
+//! request comes back whole); a 502, 503 or 504 answer is retried within the
+//! route's `retries` for idempotent requests without a body (the body is
+//! streamed, never buffered), after a short jittered pause. Each retry needs
+//! the cluster's retry budget, and nothing is retried past the route's
+//! deadline, which covers every attempt: when it passes, the client gets 504.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::header::HOST;
 use http::uri::PathAndQuery;
-use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http::{Request, Response, Uri, Version};
 use http_body::Body as _;
 use http_body_util::{Either, Empty};
 use hyper::body::Incoming;
@@ -27,13 +24,14 @@ use super::body::ProxyBody;
 use super::conn::{ConnCtx, RequestGuard};
 use super::headers::{append_forwarded_for, ensure_host, strip_hop_by_hop};
 use super::local::LocalError;
+use super::retry::{Outcome, RetryPlan, is_idempotent, retryable_status};
 use crate::clock;
 use crate::cluster::lb::below;
 use crate::cluster::outlier::InFlight;
 use crate::cluster::{ClusterRt, UpstreamErrorKind};
 use crate::ratelimit::retry_after_secs;
 use crate::route::RouteRt;
-use crate::upstream::{self, Failure};
+use crate::upstream::{self, Failure, UpstreamBody};
 
 /// Longest pause before retrying a 5xx answer (before jitter: 5 ms, 10 ms,
 /// 20 ms... up to this).
@@ -75,17 +73,6 @@ async fn route_and_forward(ctx: &ConnCtx, req: Request<Incoming>) -> Response<Pr
     resp
 }
 
-fn is_idempotent(m: &Method) -> bool {
-    matches!(
-        *m,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
-    )
-}
-
-fn retryable_status(s: StatusCode) -> bool {
-    matches!(s.as_u16(), 502..=504)
-}
-
 async fn forward(
     ctx: &ConnCtx,
     route: &RouteRt,
@@ -115,53 +102,70 @@ async fn forward(
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
     let replayable = body.is_end_stream();
-    let idempotent = is_idempotent(&parts.method);
-    let max_attempts = if replayable { 1 + route.retries } else { 1 };
+    let mut plan = RetryPlan::new(
+        route.retries,
+        replayable,
+        is_idempotent(&parts.method),
+        cluster.endpoints.len(),
+    );
     let deadline = tokio::time::Instant::from_std(start + route.timeout);
     cluster.state.budget.deposit(now_ns / 1_000_000_000);
 
-    // The request head, kept while another attempt may need it.
+    // The request head, kept while another attempt may need to send it again.
     let mut parts = Some(parts);
     let mut body = (!replayable).then_some(body);
-    let mut avoid = None;
-    let mut attempt = 0;
+    // A request that reached no upstream, back for the next endpoint.
+    let mut unsent: Option<Request<UpstreamBody>> = None;
+    // Whether `Host` names the endpoint (the client sent none).
+    let mut host_is_endpoint = false;
+    // Endpoints this request tried.
+    let mut tried = Vec::new();
     loop {
-        attempt += 1;
-        let now_ms = if attempt == 1 {
+        let now_ms = if tried.is_empty() {
             clock::millis_at(start)
         } else {
             clock::now_millis()
         };
-        let Some(i) = cluster.pick(now_ms, avoid) else {
+        let Some(i) = cluster.pick(now_ms, &tried) else {
             return LocalError::NoHealthyEndpoint.response();
         };
+        tried.push(i);
         let endpoint = &cluster.endpoints[i];
-        let head = if attempt < max_attempts {
-            parts.clone()
-        } else {
-            parts.take()
-        };
-        let Some(mut head) = head else {
-            // Unreachable: the head is only taken on the last attempt.
-            return LocalError::UpstreamFailed.response();
-        };
-        // Origin form on the upstream connection.
-        head.uri = Uri::from(path.clone());
-        if !head.headers.contains_key(HOST) {
-            head.headers.insert(HOST, endpoint.host.clone());
-        }
-        let up_body = match body.take() {
-            Some(b) => Either::Left(b),
-            None => Either::Right(Empty::new()),
+        let request = match unsent.take() {
+            Some(mut r) => {
+                if host_is_endpoint {
+                    r.headers_mut().insert(HOST, endpoint.host.clone());
+                }
+                r
+            }
+            None => {
+                let head = if plan.may_resend() {
+                    parts.clone()
+                } else {
+                    parts.take()
+                };
+                let Some(mut head) = head else {
+                    // Unreachable: the head is only taken when no attempt
+                    // may send it again.
+                    return LocalError::UpstreamFailed.response();
+                };
+                // Origin form on the upstream connection.
+                head.uri = Uri::from(path.clone());
+                if !head.headers.contains_key(HOST) {
+                    head.headers.insert(HOST, endpoint.host.clone());
+                    host_is_endpoint = true;
+                }
+                let up_body = match body.take() {
+                    Some(b) => Either::Left(b),
+                    None => Either::Right(Empty::new()),
+                };
+                Request::from_parts(head, up_body)
+            }
         };
         let in_flight = cluster
             .tracks_in_flight()
             .then(|| InFlight::new(&endpoint.state));
-        let call = upstream::send(
-            endpoint.address,
-            cluster.connect_timeout,
-            Request::from_parts(head, up_body),
-        );
+        let call = upstream::send(endpoint.address, cluster.connect_timeout, request);
         let outcome = tokio::time::timeout_at(deadline, call).await;
         let now_ms = clock::now_millis();
         match outcome {
@@ -172,17 +176,21 @@ async fn forward(
             }
             Ok(Err(e)) => {
                 cluster.record(i, false, now_ms);
-                let kind = match e {
-                    Failure::Connect(_) => UpstreamErrorKind::Connect,
-                    Failure::Protocol(_) => UpstreamErrorKind::Protocol,
+                tracing::debug!(cluster = %cluster.name, endpoint = %endpoint.address, error = %e, "upstream request failed");
+                let (kind, outcome, back) = match e {
+                    Failure::NotSent { request, .. } => {
+                        (UpstreamErrorKind::Connect, Outcome::NotSent, Some(request))
+                    }
+                    Failure::Protocol(_) => {
+                        (UpstreamErrorKind::Protocol, Outcome::FailedAfterSend, None)
+                    }
                 };
                 cluster.upstream_error(kind).inc();
-                tracing::debug!(cluster = %cluster.name, endpoint = %endpoint.address, error = %e, "upstream request failed");
-                if kind == UpstreamErrorKind::Connect
-                    && attempt < max_attempts
+                if plan.retry(outcome)
                     && may_retry(cluster, now_ms)
+                    && let Some(request) = back
                 {
-                    avoid = Some(i);
+                    unsent = Some(*request);
                     continue;
                 }
                 return LocalError::UpstreamFailed.response();
@@ -190,17 +198,13 @@ async fn forward(
             Ok(Ok((resp, lease))) => {
                 let status = resp.status();
                 cluster.record(i, !status.is_server_error(), now_ms);
-                if retryable_status(status)
-                    && idempotent
-                    && attempt < max_attempts
-                    && may_retry(cluster, now_ms)
-                {
+                if plan.retry(Outcome::Answered(status)) && may_retry(cluster, now_ms) {
                     drop(resp);
+                    let attempt = tried.len() as u32;
                     let cap = Duration::from_millis(5 << attempt.min(8)).min(MAX_RETRY_PAUSE);
                     let pause = Duration::from_micros(below(cap.as_micros() as u64 + 1));
                     tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + pause))
                         .await;
-                    avoid = Some(i);
                     continue;
                 }
                 let (mut head, body) = resp.into_parts();

@@ -6,4 +6,5 @@ pub(crate) mod conn;
 pub(crate) mod forward;
 pub(crate) mod headers;
 pub(crate) mod local;
+pub(crate) mod retry;
 pub(crate) mod server;
