@@ -116,7 +116,9 @@ pub struct Route {
     pub cluster: String,
     /// Whole-request timeout, including retries.
     pub timeout: Duration,
-    /// Retries on connect failure and on 502/503/504 for idempotent methods.
+    /// Retries after a 502/503/504 answer, for idempotent methods without a
+    /// body (the data plane retries a request that reached no upstream
+    /// whatever this says).
     pub retries: u32,
     /// Name of the rate limit applied, if any.
     pub rate_limit: Option<String>,
