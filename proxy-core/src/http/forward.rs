@@ -118,10 +118,13 @@ async fn forward(
     let mut unsent: Option<Request<UpstreamBody>> = None;
     // Whether `Host` names the endpoint (the client sent none).
     let mut host_is_endpoint = false;
-    // Endpoints this request tried.
+    // Endpoints this request tried and failed on (allocated on a retry
+    // only), and the attempt's number.
     let mut tried = Vec::new();
+    let mut attempt = 0u32;
     loop {
-        let now_ms = if tried.is_empty() {
+        attempt += 1;
+        let now_ms = if attempt == 1 {
             clock::millis_at(start)
         } else {
             clock::now_millis()
@@ -129,7 +132,6 @@ async fn forward(
         let Some(i) = cluster.pick(now_ms, &tried) else {
             return LocalError::NoHealthyEndpoint.response();
         };
-        tried.push(i);
         let endpoint = &cluster.endpoints[i];
         let request = match unsent.take() {
             Some(mut r) => {
@@ -191,6 +193,7 @@ async fn forward(
                     && let Some(request) = back
                 {
                     unsent = Some(*request);
+                    tried.push(i);
                     continue;
                 }
                 return LocalError::UpstreamFailed.response();
@@ -200,11 +203,11 @@ async fn forward(
                 cluster.record(i, !status.is_server_error(), now_ms);
                 if plan.retry(Outcome::Answered(status)) && may_retry(cluster, now_ms) {
                     drop(resp);
-                    let attempt = tried.len() as u32;
                     let cap = Duration::from_millis(5 << attempt.min(8)).min(MAX_RETRY_PAUSE);
                     let pause = Duration::from_micros(below(cap.as_micros() as u64 + 1));
                     tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + pause))
                         .await;
+                    tried.push(i);
                     continue;
                 }
                 let (mut head, body) = resp.into_parts();
