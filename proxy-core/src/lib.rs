@@ -30,8 +30,8 @@
 //!   drain on removal, socket hand-over between listeners; `socket` binds,
 //!   `accept` runs the accept loops and hands connections to the serving
 //!   code.
-//! - `http`: downstream connections (`server`), forwarding and retries
-//!   (`forward`), local errors (`local`), bodies (`body`), the connection's
+//! - `http`: downstream connections (`server`), forwarding (`forward`),
+//!   which failed attempts are retried (`retry`), local errors (`local`), bodies (`body`), the connection's
 //!   request bookkeeping (`conn`), header rules (`headers`).
 //! - `tcp`: the L4 proxy.
 //! - `conn`: a running listener as its connections see it, and the signals
