@@ -31,8 +31,9 @@
 //!   `accept` runs the accept loops and hands connections to the serving
 //!   code.
 //! - `http`: downstream connections (`server`), forwarding (`forward`),
-//!   which failed attempts are retried (`retry`), local errors (`local`), bodies (`body`), the connection's
-//!   request bookkeeping (`conn`), header rules (`headers`).
+//!   which failed attempts are retried (`retry`), local errors (`local`),
+//!   bodies (`body`), the connection's request bookkeeping (`conn`), header
+//!   rules (`headers`).
 //! - `tcp`: the L4 proxy.
 //! - `conn`: a running listener as its connections see it, and the signals
 //!   it sends them: the bottom of the serving code.
