@@ -116,7 +116,9 @@ pub struct Route {
     pub cluster: String,
     /// Whole-request timeout, including retries.
     pub timeout: Duration,
-    /// Retries on connect failure and on 502/503/504 for idempotent methods.
+    /// Retries after a 502/503/504 answer, for idempotent methods without a
+    /// body (the data plane retries a request that reached no upstream
+    /// whatever this says).
     pub retries: u32,
     /// Name of the rate limit applied, if any.
     pub rate_limit: Option<String>,
@@ -251,8 +253,9 @@ pub struct OutlierDetection {
     pub base_ejection: Duration,
     /// Longest ejection.
     pub max_ejection: Duration,
-    /// Most endpoints of the cluster ejected at once, in percent (at least one
-    /// endpoint always stays in).
+    /// Most endpoints of the cluster ejected at once, in percent, rounded
+    /// down. At 100 every endpoint may be ejected; the data plane then
+    /// balances over all of them (panic mode).
     pub max_ejection_percent: u32,
 }
 

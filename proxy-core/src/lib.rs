@@ -30,10 +30,11 @@
 //!   drain on removal, socket hand-over between listeners; `socket` binds,
 //!   `accept` runs the accept loops and hands connections to the serving
 //!   code.
-//! - `http`: downstream connections (`server`), forwarding and retries
-//!   (`forward`), HTTP/1.1 upgrades (`upgrade`) and the tunnels they become
-//!   (`tunnel`), local errors (`local`), bodies (`body`), the connection's
-//!   request bookkeeping (`conn`), header rules (`headers`).
+//! - `http`: downstream connections (`server`), forwarding (`forward`),
+//!   which failed attempts are retried (`retry`), HTTP/1.1 upgrades
+//!   (`upgrade`) and the tunnels they become (`tunnel`), local errors
+//!   (`local`), bodies (`body`), the connection's request bookkeeping
+//!   (`conn`), header rules (`headers`).
 //! - `tcp`: the L4 proxy.
 //! - `conn`: a running listener as its connections see it, and the signals
 //!   it sends them: the bottom of the serving code.

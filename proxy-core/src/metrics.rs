@@ -101,6 +101,8 @@ pub(crate) struct ClusterStats {
     pub(crate) budget_exhausted: Counter,
     pub(crate) ejections: Counter,
     pub(crate) ejected: Gauge,
+    /// Picks made in panic mode (every endpoint ejected).
+    pub(crate) panic: Counter,
 }
 
 /// Handles of one listener.
@@ -185,6 +187,7 @@ pub(crate) struct Metrics {
     budget_exhausted: Family<ClusterLabels, Counter>,
     ejections: Family<ClusterLabels, Counter>,
     ejected: Family<ClusterLabels, Gauge>,
+    panic: Family<ClusterLabels, Counter>,
     rate_limited: Family<RateLimitedLabels, Counter>,
     connections_active: Family<ListenerLabels, Gauge>,
     connections_total: Family<ListenerLabels, Counter>,
@@ -219,6 +222,7 @@ impl Metrics {
             budget_exhausted: Family::default(),
             ejections: Family::default(),
             ejected: Family::default(),
+            panic: Family::default(),
             rate_limited: Family::default(),
             connections_active: Family::default(),
             connections_total: Family::default(),
@@ -272,6 +276,12 @@ impl Metrics {
             "vane_proxy_outlier_ejected_endpoints",
             "Endpoints currently ejected",
             self.ejected.clone(),
+        );
+        registry.register(
+            "vane_proxy_cluster_panic",
+            "Endpoint picks made in panic mode: every endpoint of the cluster was ejected, \
+             so the pick balanced over all of them",
+            self.panic.clone(),
         );
         registry.register(
             "vane_proxy_rate_limited",
@@ -419,6 +429,7 @@ impl Metrics {
             budget_exhausted: self.budget_exhausted.get_or_create_owned(&ck),
             ejections: self.ejections.get_or_create_owned(&ck),
             ejected: self.ejected.get_or_create_owned(&ck),
+            panic: self.panic.get_or_create_owned(&ck),
         }
     }
 
@@ -496,6 +507,7 @@ impl Metrics {
             self.budget_exhausted.remove(k);
             self.ejections.remove(k);
             self.ejected.remove(k);
+            self.panic.remove(k);
         }
         for k in gone.upstream_errors.difference(&kept.upstream_errors) {
             self.upstream_errors.remove(k);

@@ -32,10 +32,11 @@ pub(crate) async fn serve(
             None => return,
         }
     };
-    let mut avoid = None;
+    // Endpoints this connection already tried.
+    let mut tried = Vec::new();
     for _ in 0..cluster.endpoints.len().min(MAX_CONNECT_ATTEMPTS) {
         let now_ms = clock::now_millis();
-        let Some(i) = cluster.pick(now_ms, avoid) else {
+        let Some(i) = cluster.pick(now_ms, &tried) else {
             tracing::debug!(%peer, cluster = %cluster.name, "no healthy endpoint; closing");
             listener.shared.health.record(true, clock::now_millis());
             return;
@@ -52,14 +53,14 @@ pub(crate) async fn serve(
                     tracing::debug!(%peer, endpoint = %endpoint.address, error = %e, "upstream connect failed");
                     cluster.record(i, false, clock::now_millis());
                     cluster.upstream_error(UpstreamErrorKind::Connect).inc();
-                    avoid = Some(i);
+                    tried.push(i);
                     continue;
                 }
                 Err(_) => {
                     tracing::debug!(%peer, endpoint = %endpoint.address, "upstream connect timed out");
                     cluster.record(i, false, clock::now_millis());
                     cluster.upstream_error(UpstreamErrorKind::Connect).inc();
-                    avoid = Some(i);
+                    tried.push(i);
                     continue;
                 }
             },

@@ -7,7 +7,8 @@
 //! request. A pooled connection the upstream closed meanwhile is skipped;
 //! a request that a connection refused before sending anything is sent on
 //! the next one (hyper hands the request back), so keep-alive races never
-//! reach the client. Idle connections are closed after 90 s.
+//! reach the client. A request that reached no upstream at all comes back
+//! to the caller ([`Failure::NotSent`]) to be sent elsewhere. Idle connections are closed after 90 s.
 //!
 //! Connections are keyed by address only, so they survive any snapshot
 //! change that keeps the endpoint (whatever cluster it moves to).
@@ -26,8 +27,9 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-/// Body of an upstream request: the client's body, or nothing (retried
-/// requests are exactly those with an empty body).
+/// Body of an upstream request: the client's body, or nothing (requests
+/// sent again after an upstream answered are exactly those with an empty
+/// body).
 pub(crate) type UpstreamBody = Either<Incoming, Empty<Bytes>>;
 
 type Sender = SendRequest<UpstreamBody>;
@@ -51,17 +53,26 @@ thread_local! {
 /// Why an upstream exchange failed.
 #[derive(Debug)]
 pub(crate) enum Failure {
-    /// No connection could be made (refused, unreachable, timed out):
-    /// nothing was sent.
-    Connect(String),
-    /// The connection failed after (possibly) sending the request.
+    /// Nothing reached the upstream: no connection could be made (refused,
+    /// unreachable, no answer within the connect timeout), or the new
+    /// connection failed before a byte of the request was written. The
+    /// request comes back untouched, body included, so another endpoint
+    /// can take it: a retry is safe for any method.
+    NotSent {
+        /// What went wrong.
+        reason: String,
+        /// The request, as it was handed to [`send`].
+        request: Box<Request<UpstreamBody>>,
+    },
+    /// The connection failed after the request was (possibly) written: the
+    /// upstream may have acted on it.
     Protocol(hyper::Error),
 }
 
 impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Failure::Connect(e) => write!(f, "connect: {e}"),
+            Failure::NotSent { reason, .. } => write!(f, "not sent: {reason}"),
             Failure::Protocol(e) => write!(f, "{e}"),
         }
     }
@@ -132,22 +143,23 @@ pub(crate) async fn sweeper(stop: CancellationToken) {
     }
 }
 
-async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Sender, Failure> {
+async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Sender, String> {
     let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
         Ok(Ok(s)) => s,
-        Ok(Err(e)) => return Err(Failure::Connect(e.to_string())),
+        Ok(Err(e)) => return Err(format!("connect: {e}")),
         Err(_) => {
-            return Err(Failure::Connect(format!(
-                "no connection within {} ms",
+            return Err(format!(
+                "connect: no connection within {} ms",
                 timeout.as_millis()
-            )));
+            ));
         }
     };
     let _ = stream.set_nodelay(true);
+    // An HTTP/1 handshake writes nothing: its failure sent nothing either.
     let (sender, conn) = Builder::new()
         .handshake(TokioIo::new(stream))
         .await
-        .map_err(Failure::Protocol)?;
+        .map_err(|e| format!("handshake: {e}"))?;
     // The connection's task runs on this worker, next to its requests.
     tokio::spawn(async move {
         if let Err(e) = conn.await {
@@ -180,11 +192,31 @@ pub(crate) async fn send(
             },
         }
     }
-    let mut sender = connect(addr, connect_timeout).await?;
-    sender.ready().await.map_err(Failure::Protocol)?;
+    let not_sent = |reason: String, request| Failure::NotSent {
+        reason,
+        request: Box::new(request),
+    };
+    let mut sender = match connect(addr, connect_timeout).await {
+        Ok(s) => s,
+        Err(reason) => return Err(not_sent(reason, req)),
+    };
+    if let Err(e) = sender.ready().await {
+        return Err(not_sent(format!("connection closed before use: {e}"), req));
+    }
     match sender.try_send_request(req).await {
         Ok(resp) => Ok((resp, lease(sender, addr))),
-        Err(e) => Err(Failure::Protocol(e.into_error())),
+        Err(mut e) => match e.take_message() {
+            // hyper hands the request back when the connection failed
+            // before it began writing it (refused or reset at once).
+            Some(r) => Err(not_sent(
+                format!(
+                    "connection failed before the request was written: {}",
+                    e.into_error()
+                ),
+                r,
+            )),
+            None => Err(Failure::Protocol(e.into_error())),
+        },
     }
 }
 
@@ -192,5 +224,66 @@ fn lease(sender: Sender, addr: SocketAddr) -> Lease {
     Lease {
         sender: Some(sender),
         addr,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    fn post(addr: SocketAddr) -> Request<UpstreamBody> {
+        Request::builder()
+            .method("POST")
+            .uri("/x")
+            .header("host", addr.to_string())
+            .header("content-length", "0")
+            .body(Either::Right(Empty::new()))
+            .unwrap()
+    }
+
+    /// A port nothing listens on (bound, then closed).
+    async fn dead_addr() -> SocketAddr {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        l.local_addr().unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_refused_connect_sent_nothing_and_hands_the_request_back() {
+        let addr = dead_addr().await;
+        match send(addr, Duration::from_secs(1), post(addr)).await {
+            Err(Failure::NotSent { reason, request }) => {
+                assert!(reason.starts_with("connect:"), "{reason}");
+                assert_eq!(request.method(), "POST");
+                assert_eq!(request.uri(), "/x");
+            }
+            other => panic!("expected NotSent, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_dies_after_reading_the_request_is_not_unsent() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut seen = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = s.read(&mut buf).await.unwrap();
+                assert!(n > 0, "closed before the request arrived");
+                seen.extend_from_slice(&buf[..n]);
+            }
+            // The request arrived; the upstream dies without answering.
+            s.shutdown().await.unwrap();
+            seen
+        });
+        match send(addr, Duration::from_secs(1), post(addr)).await {
+            Err(Failure::Protocol(_)) => {}
+            other => panic!("expected Protocol, got {other:?}"),
+        }
+        let seen = server.await.unwrap();
+        assert!(seen.starts_with(b"POST /x HTTP/1.1"), "{seen:?}");
     }
 }

@@ -23,6 +23,7 @@ mod proxy_balancing;
 mod proxy_churn;
 mod proxy_failover;
 mod proxy_resilience;
+mod proxy_retries;
 mod proxy_routing;
 mod proxy_upgrade;
 mod push;

@@ -2,8 +2,8 @@
 //! (round_robin exactly, random and least_request within generous
 //! statistical bounds), least_request steering away from a slow endpoint,
 //! passive outlier detection (ejection on 5xx and on connect failures, the
-//! ejection cap, recovery after the interval), and 503 when every endpoint
-//! left in a cluster is ejected.
+//! ejection cap, recovery after the interval), and panic mode when every
+//! endpoint left in a cluster is ejected.
 
 #![allow(clippy::unwrap_used)]
 
@@ -191,7 +191,7 @@ async fn five_hundreds_eject_within_the_cap_and_endpoints_return() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn connect_failures_eject_and_a_cluster_of_ejected_endpoints_answers_503() {
+async fn connect_failures_eject_and_a_cluster_of_ejected_endpoints_panics() {
     let server = ControlServer::start();
     let alive = Backend::start("alive").await;
     let dead = free_addr(); // nothing listens here
@@ -233,18 +233,26 @@ async fn connect_failures_eject_and_a_cluster_of_ejected_endpoints_answers_503()
     );
 
     // A new snapshot keeps the endpoint's state (same cluster, same
-    // address): with only the ejected endpoint left, the cluster has no
-    // healthy endpoint and says so.
+    // address): with only the ejected endpoint left, the cluster balances
+    // over its ejected endpoints (panic mode) rather than refusing; this
+    // one still refuses connections, so the client reads 502.
     spec.clusters[0].endpoints.remove(0);
     let v2 = push(&server, GROUP, &spec);
     proxy.wait_version(v2);
     let r = http.get(web, "/", &[]).await.unwrap();
     assert!(ejected_at.elapsed() < Duration::from_secs(3), "too slow");
-    assert_eq!(r.status, 503, "{r:?}");
-    assert_eq!(r.header("x-vane-error"), "no_healthy_endpoint");
+    assert_eq!(r.status, 502, "{r:?}");
+    assert_eq!(r.header("x-vane-error"), "upstream_failed");
+    // The request and its retry (the route's `retries: 1`; no other
+    // endpoint to go to) were each a pick in panic mode.
+    assert_eq!(
+        proxy.metric("vane_proxy_cluster_panic_total", &["cluster=\"c\""]),
+        2.0
+    );
 
-    // Once the ejection ends the endpoint is tried again: it still refuses,
-    // so the client reads 502.
+    // Once the ejection ends the endpoint is tried again, in rotation: it
+    // still refuses, so the client reads 502. That refusal ejects it again
+    // (at 100% the only endpoint may go), so only the retry is a panic pick.
     tokio::time::sleep(
         Duration::from_secs(4).saturating_sub(ejected_at.elapsed()) + Duration::from_millis(200),
     )
@@ -252,4 +260,9 @@ async fn connect_failures_eject_and_a_cluster_of_ejected_endpoints_answers_503()
     let r = http.get(web, "/", &[]).await.unwrap();
     assert_eq!(r.status, 502, "{r:?}");
     assert_eq!(r.header("x-vane-error"), "upstream_failed");
+    assert_eq!(
+        proxy.metric("vane_proxy_cluster_panic_total", &["cluster=\"c\""]),
+        3.0,
+        "back in rotation: the first pick was no panic"
+    );
 }

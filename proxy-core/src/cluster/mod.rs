@@ -140,14 +140,35 @@ impl ClusterRt {
         matches!(self.policy, Policy::LeastRequest)
     }
 
-    /// Picks an endpoint available at `now_ms`, avoiding `avoid` (the one
-    /// that just failed) when another is available. `None`: every endpoint
-    /// is ejected.
-    pub(crate) fn pick(&self, now_ms: u64, avoid: Option<usize>) -> Option<usize> {
-        let ok = |i: usize| Some(i) != avoid && self.endpoints[i].state.available(now_ms);
+    /// Picks an endpoint available at `now_ms`, avoiding those in `avoid`
+    /// (the ones this request already tried) while another is available.
+    ///
+    /// Panic mode: when outlier detection has ejected every endpoint, the
+    /// pick ignores ejections and balances over all of them (counted in
+    /// `vane_proxy_cluster_panic_total`). Ejection exists to move traffic
+    /// to healthier endpoints; with none left, refusing every request
+    /// would turn a partial outage into a total one (Envoy does the same
+    /// below its panic threshold). `None` only for a cluster without
+    /// endpoints.
+    pub(crate) fn pick(&self, now_ms: u64, avoid: &[usize]) -> Option<usize> {
+        if let Some(i) = self.choose(avoid, &|i| self.endpoints[i].state.available(now_ms)) {
+            return Some(i);
+        }
+        if self.endpoints.is_empty() {
+            return None;
+        }
+        self.stats.panic.inc();
+        tracing::debug!(cluster = %self.name, "every endpoint is ejected: balancing over all of them (panic mode)");
+        self.choose(avoid, &|_| true)
+    }
+
+    /// Picks among the endpoints for which `usable` holds, avoiding
+    /// `avoid` while another is usable.
+    fn choose<F: Fn(usize) -> bool>(&self, avoid: &[usize], usable: &F) -> Option<usize> {
+        let ok = |i: usize| !avoid.contains(&i) && usable(i);
         let n = self.endpoints.len();
         if n == 1 {
-            return self.endpoints[0].state.available(now_ms).then_some(0);
+            return usable(0).then_some(0);
         }
         let found = match &self.policy {
             Policy::RoundRobin { schedule } => {
@@ -172,10 +193,14 @@ impl ClusterRt {
                 }
             }),
         };
-        found
-            .or_else(|| self.scan(&ok))
-            // Only the avoided endpoint is left: better it than nothing.
-            .or_else(|| avoid.filter(|i| self.endpoints[*i].state.available(now_ms)))
+        found.or_else(|| self.scan(&ok)).or_else(|| match avoid {
+            // Every usable endpoint was tried: start another round, avoiding
+            // only the last one.
+            [_, .., last] => self.choose(std::slice::from_ref(last), usable),
+            // Only the endpoint just tried is left: better it than nothing.
+            [last] => Some(*last).filter(|i| *i < n && usable(*i)),
+            [] => None,
+        })
     }
 
     fn draw(&self, ok: &impl Fn(usize) -> bool) -> Option<usize> {
@@ -264,7 +289,8 @@ const DRAWS_PER_PICK: usize = 4;
 /// What went wrong talking to an endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum UpstreamErrorKind {
-    /// The TCP connect failed or timed out: nothing was sent, a retry is safe.
+    /// No connection could be made (refused, timed out), or it failed
+    /// before the request was written: nothing was sent, a retry is safe.
     Connect,
     /// No response headers before the route's deadline.
     Timeout,
@@ -311,7 +337,7 @@ mod tests {
     fn distribution(c: &ClusterRt, picks: usize) -> Vec<usize> {
         let mut counts = vec![0; c.endpoints.len()];
         for _ in 0..picks {
-            counts[c.pick(0, None).unwrap()] += 1;
+            counts[c.pick(0, &[]).unwrap()] += 1;
         }
         counts
     }
@@ -353,7 +379,7 @@ mod tests {
         assert_eq!(c.stats.ejections.get(), 2);
         let mut counts = [0; 4];
         for _ in 0..100 {
-            let i = c.pick(now, None).unwrap();
+            let i = c.pick(now, &[]).unwrap();
             assert!(c.endpoints[i].state.available(now));
             counts[i] += 1;
         }
@@ -379,10 +405,13 @@ mod tests {
             Arc::ptr_eq(&c.state, &d.state),
             "the pool and budget are kept"
         );
-        // The ejected endpoint is still ejected; it is the only one left.
+        // The ejected endpoint is still ejected; it is the only one left,
+        // so it is picked in panic mode until it returns.
         assert_eq!(d.ejected_count(5_000), 1);
-        assert_eq!(d.pick(5_000, None), None);
-        assert_eq!(d.pick(5_100, None), Some(0));
+        assert_eq!(d.pick(5_000, &[]), Some(0));
+        assert_eq!(d.stats.panic.get(), 1);
+        assert_eq!(d.pick(5_100, &[]), Some(0));
+        assert_eq!(d.stats.panic.get(), 1, "back in rotation: no panic");
     }
 
     #[tokio::test]
@@ -395,8 +424,53 @@ mod tests {
         ] {
             let c = ClusterRt::build(&cluster(lb, &[1, 1]), None, &m);
             for _ in 0..100 {
-                assert_eq!(c.pick(0, Some(0)), Some(1), "{lb:?}");
+                assert_eq!(c.pick(0, &[0]), Some(1), "{lb:?}");
             }
+            let c = ClusterRt::build(&cluster(lb, &[1, 1, 1]), None, &m);
+            for _ in 0..100 {
+                // Every endpoint tried so far is avoided, not just the last.
+                assert_eq!(c.pick(0, &[0, 2]), Some(1), "{lb:?}");
+                // All tried: another round, avoiding only the last one.
+                let again = c.pick(0, &[0, 2, 1]);
+                assert!(matches!(again, Some(0 | 2)), "{lb:?}: {again:?}");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn panic_mode_balances_over_every_ejected_endpoint() {
+        for lb in [
+            LbPolicy::RoundRobin,
+            LbPolicy::Random,
+            LbPolicy::LeastRequest,
+        ] {
+            // Metrics are shared by cluster name: one registry per policy.
+            let m = Metrics::new();
+            let mut spec = cluster(lb, &[1, 1, 1, 1]);
+            spec.outlier.max_ejection_percent = 100;
+            let c = ClusterRt::build(&spec, None, &m);
+            let now = 10_000;
+            for i in 0..4 {
+                c.record(i, false, now);
+                c.record(i, false, now);
+            }
+            // At 100% every endpoint may go out.
+            assert_eq!(c.ejected_count(now), 4, "{lb:?}");
+            let mut counts = [0; 4];
+            for _ in 0..4000 {
+                counts[c.pick(now, &[]).unwrap()] += 1;
+            }
+            // Spread over all of them, each pick counted.
+            assert!(counts.iter().all(|n| *n > 800), "{lb:?}: {counts:?}");
+            assert_eq!(c.stats.panic.get(), 4000, "{lb:?}");
+            // A retry in panic mode still avoids the endpoint that failed.
+            assert_eq!(c.pick(now, &[0, 1, 2]), Some(3), "{lb:?}");
+            // Once the ejections end, picks are ordinary again.
+            let later = now + 100;
+            assert_eq!(c.ejected_count(later), 0, "{lb:?}");
+            let before = c.stats.panic.get();
+            c.pick(later, &[]).unwrap();
+            assert_eq!(c.stats.panic.get(), before, "{lb:?}");
         }
     }
 }

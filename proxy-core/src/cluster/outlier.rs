@@ -5,9 +5,11 @@
 //! timeouts or 5xx responses in a row, for `base * 2^(n-1)` capped at `max`
 //! (n counts its ejections; it resets once the endpoint has stayed in for
 //! `max`). At most `max_ejection_percent` of a cluster's endpoints are out at
-//! once, and never all of them. An ejected endpoint returns by itself when
-//! its interval ends: availability is a comparison with the clock, so there
-//! is no timer to run and nothing to forget.
+//! once; at 100 every one may be, and the cluster then balances over all
+//! of them in panic mode (see [`super::ClusterRt::pick`]). An ejected
+//! endpoint returns by itself when its interval ends: availability is a
+//! comparison with the clock, so there is no timer to run and nothing to
+//! forget.
 //!
 //! The state lives in an `Arc` keyed by (cluster, endpoint address) and is
 //! carried into every new snapshot that keeps the endpoint.
@@ -124,10 +126,10 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// How many endpoints of `total` may be ejected at once.
+/// How many endpoints of `total` may be ejected at once (rounded down).
+/// All of them at 100%: panic mode keeps such a cluster serving.
 pub(crate) fn max_ejected(total: usize, percent: u32) -> usize {
-    let by_percent = total.saturating_mul(percent.min(100) as usize) / 100;
-    by_percent.min(total.saturating_sub(1))
+    total.saturating_mul(percent.min(100) as usize) / 100
 }
 
 #[cfg(test)]
@@ -171,10 +173,12 @@ mod tests {
     }
 
     #[test]
-    fn never_all_endpoints() {
-        assert_eq!(max_ejected(1, 100), 0);
+    fn the_cap_rounds_down_and_reaches_all_at_100() {
+        assert_eq!(max_ejected(1, 100), 1);
+        assert_eq!(max_ejected(1, 50), 0);
         assert_eq!(max_ejected(2, 50), 1);
-        assert_eq!(max_ejected(2, 100), 1);
+        assert_eq!(max_ejected(2, 100), 2);
+        assert_eq!(max_ejected(3, 99), 2);
         assert_eq!(max_ejected(3, 50), 1);
         assert_eq!(max_ejected(10, 50), 5);
         assert_eq!(max_ejected(10, 0), 0);

@@ -3,23 +3,20 @@
 //! deadline, and the bookkeeping (outlier detection, metrics). HTTP/1.1
 //! upgrades branch off to [`super::upgrade`] once routed.
 //!
-//! Retry rules (each retry also needs the cluster's retry budget, see
-//! [`crate::cluster::budget`]):
-//! - only requests whose body is empty are retried: the body is streamed,
-//!   never buffered, so there is nothing to send again otherwise;
-//! - a connect failure (nothing was sent) is retried for any method, on
-//!   another endpoint when there is one;
-//! - a 502, 503 or 504 answer is retried for idempotent methods, after a
-//!   short jittered pause;
-//! - nothing is retried past the route's deadline, which covers every
-//!   attempt: when it passes, the client gets 504.
+//! Retry rules are in [`super::retry`]: an attempt that reached no upstream
+//! is retried on another endpoint for any method, body included (the
+//! request comes back whole); a 502, 503 or 504 answer is retried within the
+//! route's `retries` for idempotent requests without a body (the body is
+//! streamed, never buffered), after a short jittered pause. Each retry needs
+//! the cluster's retry budget, and nothing is retried past the route's
+//! deadline, which covers every attempt: when it passes, the client gets 504.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::header::HOST;
 use http::uri::PathAndQuery;
-use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http::{Request, Response, Uri, Version};
 use http_body::Body as _;
 use http_body_util::{Either, Empty};
 use hyper::body::Incoming;
@@ -28,6 +25,7 @@ use super::body::ProxyBody;
 use super::conn::{ConnCtx, RequestGuard};
 use super::headers::{append_forwarded_for, ensure_host, strip_hop_by_hop};
 use super::local::LocalError;
+use super::retry::{Outcome, RetryPlan, is_idempotent, retryable_status};
 use super::upgrade;
 use crate::clock;
 use crate::cluster::lb::below;
@@ -35,7 +33,7 @@ use crate::cluster::outlier::InFlight;
 use crate::cluster::{ClusterRt, UpstreamErrorKind};
 use crate::ratelimit::retry_after_secs;
 use crate::route::RouteRt;
-use crate::upstream::{self, Failure};
+use crate::upstream::{self, Failure, UpstreamBody};
 
 /// Longest pause before retrying a 5xx answer (before jitter: 5 ms, 10 ms,
 /// 20 ms... up to this).
@@ -77,17 +75,6 @@ async fn route_and_forward(ctx: &ConnCtx, req: Request<Incoming>) -> Response<Pr
     resp
 }
 
-fn is_idempotent(m: &Method) -> bool {
-    matches!(
-        *m,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
-    )
-}
-
-fn retryable_status(s: StatusCode) -> bool {
-    matches!(s.as_u16(), 502..=504)
-}
-
 async fn forward(
     ctx: &ConnCtx,
     route: &RouteRt,
@@ -123,16 +110,26 @@ async fn forward(
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
     let replayable = body.is_end_stream();
-    let idempotent = is_idempotent(&parts.method);
-    let max_attempts = if replayable { 1 + route.retries } else { 1 };
+    let mut plan = RetryPlan::new(
+        route.retries,
+        replayable,
+        is_idempotent(&parts.method),
+        cluster.endpoints.len(),
+    );
     let deadline = tokio::time::Instant::from_std(start + route.timeout);
     cluster.state.budget.deposit(now_ns / 1_000_000_000);
 
-    // The request head, kept while another attempt may need it.
+    // The request head, kept while another attempt may need to send it again.
     let mut parts = Some(parts);
     let mut body = (!replayable).then_some(body);
-    let mut avoid = None;
-    let mut attempt = 0;
+    // A request that reached no upstream, back for the next endpoint.
+    let mut unsent: Option<Request<UpstreamBody>> = None;
+    // Whether `Host` names the endpoint (the client sent none).
+    let mut host_is_endpoint = false;
+    // Endpoints this request tried and failed on (allocated on a retry
+    // only), and the attempt's number.
+    let mut tried = Vec::new();
+    let mut attempt = 0u32;
     loop {
         attempt += 1;
         let now_ms = if attempt == 1 {
@@ -140,36 +137,45 @@ async fn forward(
         } else {
             clock::now_millis()
         };
-        let Some(i) = cluster.pick(now_ms, avoid) else {
+        let Some(i) = cluster.pick(now_ms, &tried) else {
             return LocalError::NoHealthyEndpoint.response();
         };
         let endpoint = &cluster.endpoints[i];
-        let head = if attempt < max_attempts {
-            parts.clone()
-        } else {
-            parts.take()
-        };
-        let Some(mut head) = head else {
-            // Unreachable: the head is only taken on the last attempt.
-            return LocalError::UpstreamFailed.response();
-        };
-        // Origin form on the upstream connection.
-        head.uri = Uri::from(path.clone());
-        if !head.headers.contains_key(HOST) {
-            head.headers.insert(HOST, endpoint.host.clone());
-        }
-        let up_body = match body.take() {
-            Some(b) => Either::Left(b),
-            None => Either::Right(Empty::new()),
+        let request = match unsent.take() {
+            Some(mut r) => {
+                if host_is_endpoint {
+                    r.headers_mut().insert(HOST, endpoint.host.clone());
+                }
+                r
+            }
+            None => {
+                let head = if plan.may_resend() {
+                    parts.clone()
+                } else {
+                    parts.take()
+                };
+                let Some(mut head) = head else {
+                    // Unreachable: the head is only taken when no attempt
+                    // may send it again.
+                    return LocalError::UpstreamFailed.response();
+                };
+                // Origin form on the upstream connection.
+                head.uri = Uri::from(path.clone());
+                if !head.headers.contains_key(HOST) {
+                    head.headers.insert(HOST, endpoint.host.clone());
+                    host_is_endpoint = true;
+                }
+                let up_body = match body.take() {
+                    Some(b) => Either::Left(b),
+                    None => Either::Right(Empty::new()),
+                };
+                Request::from_parts(head, up_body)
+            }
         };
         let in_flight = cluster
             .tracks_in_flight()
             .then(|| InFlight::new(&endpoint.state));
-        let call = upstream::send(
-            endpoint.address,
-            cluster.connect_timeout,
-            Request::from_parts(head, up_body),
-        );
+        let call = upstream::send(endpoint.address, cluster.connect_timeout, request);
         let outcome = tokio::time::timeout_at(deadline, call).await;
         let now_ms = clock::now_millis();
         match outcome {
@@ -180,17 +186,22 @@ async fn forward(
             }
             Ok(Err(e)) => {
                 cluster.record(i, false, now_ms);
-                let kind = match e {
-                    Failure::Connect(_) => UpstreamErrorKind::Connect,
-                    Failure::Protocol(_) => UpstreamErrorKind::Protocol,
+                tracing::debug!(cluster = %cluster.name, endpoint = %endpoint.address, error = %e, "upstream request failed");
+                let (kind, outcome, back) = match e {
+                    Failure::NotSent { request, .. } => {
+                        (UpstreamErrorKind::Connect, Outcome::NotSent, Some(request))
+                    }
+                    Failure::Protocol(_) => {
+                        (UpstreamErrorKind::Protocol, Outcome::FailedAfterSend, None)
+                    }
                 };
                 cluster.upstream_error(kind).inc();
-                tracing::debug!(cluster = %cluster.name, endpoint = %endpoint.address, error = %e, "upstream request failed");
-                if kind == UpstreamErrorKind::Connect
-                    && attempt < max_attempts
+                if plan.retry(outcome)
                     && may_retry(cluster, now_ms)
+                    && let Some(request) = back
                 {
-                    avoid = Some(i);
+                    unsent = Some(*request);
+                    tried.push(i);
                     continue;
                 }
                 return LocalError::UpstreamFailed.response();
@@ -198,17 +209,13 @@ async fn forward(
             Ok(Ok((resp, lease))) => {
                 let status = resp.status();
                 cluster.record(i, !status.is_server_error(), now_ms);
-                if retryable_status(status)
-                    && idempotent
-                    && attempt < max_attempts
-                    && may_retry(cluster, now_ms)
-                {
+                if plan.retry(Outcome::Answered(status)) && may_retry(cluster, now_ms) {
                     drop(resp);
                     let cap = Duration::from_millis(5 << attempt.min(8)).min(MAX_RETRY_PAUSE);
                     let pause = Duration::from_micros(below(cap.as_micros() as u64 + 1));
                     tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + pause))
                         .await;
-                    avoid = Some(i);
+                    tried.push(i);
                     continue;
                 }
                 let (mut head, body) = resp.into_parts();

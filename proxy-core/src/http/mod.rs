@@ -7,6 +7,7 @@ pub(crate) mod conn;
 pub(crate) mod forward;
 pub(crate) mod headers;
 pub(crate) mod local;
+pub(crate) mod retry;
 pub(crate) mod server;
 pub(crate) mod tunnel;
 pub(crate) mod upgrade;

@@ -107,9 +107,9 @@ pub(crate) async fn forward(
         1
     };
     let mut body = Some(body);
-    let mut avoid = None;
+    let mut avoid: Vec<usize> = Vec::new();
     for attempt in 1..=attempts {
-        let Some(i) = cluster.pick(clock::now_millis(), avoid) else {
+        let Some(i) = cluster.pick(clock::now_millis(), &avoid) else {
             declined();
             return LocalError::NoHealthyEndpoint.response();
         };
@@ -146,13 +146,13 @@ pub(crate) async fn forward(
             Ok(Err(e)) => {
                 cluster.record(i, false, now_ms);
                 let kind = match e {
-                    Failure::Connect(_) => UpstreamErrorKind::Connect,
+                    Failure::NotSent { .. } => UpstreamErrorKind::Connect,
                     Failure::Protocol(_) => UpstreamErrorKind::Protocol,
                 };
                 cluster.upstream_error(kind).inc();
                 tracing::debug!(cluster = %cluster.name, endpoint = %endpoint.address, error = %e, "upstream upgrade request failed");
                 if kind == UpstreamErrorKind::Connect && attempt < attempts {
-                    avoid = Some(i);
+                    avoid.push(i);
                     continue;
                 }
                 declined();
@@ -201,12 +201,17 @@ async fn exchange(
 ) -> Result<Response<Incoming>, Failure> {
     let stream = match tokio::time::timeout(connect_timeout, TcpStream::connect(addr)).await {
         Ok(Ok(s)) => s,
-        Ok(Err(e)) => return Err(Failure::Connect(e.to_string())),
+        Ok(Err(e)) => {
+            return Err(Failure::NotSent {
+                reason: e.to_string(),
+                request: Box::new(req),
+            });
+        }
         Err(_) => {
-            return Err(Failure::Connect(format!(
-                "no connection within {} ms",
-                connect_timeout.as_millis()
-            )));
+            return Err(Failure::NotSent {
+                reason: format!("no connection within {} ms", connect_timeout.as_millis()),
+                request: Box::new(req),
+            });
         }
     };
     let _ = stream.set_nodelay(true);

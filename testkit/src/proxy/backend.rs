@@ -206,7 +206,10 @@ async fn answer(b: &Behaviour, id: &str, req: Request<Incoming>) -> Response<Ful
     );
     let path = req.uri().path().to_owned();
     // Read the body so keep-alive works for requests that have one.
-    let _ = req.into_body().collect().await;
+    let body_bytes = match req.into_body().collect().await {
+        Ok(b) => b.to_bytes().len().to_string(),
+        Err(e) => format!("error {e}"),
+    };
     // The sender lives as long as `b`, so this waits for a release only.
     let _ = b.held.subscribe().wait_for(|held| !*held).await;
     let delay = b.delay_ms.load(Ordering::Relaxed);
@@ -233,6 +236,7 @@ async fn answer(b: &Behaviour, id: &str, req: Request<Incoming>) -> Response<Ful
         ("x-seen-private", custom),
         ("x-seen-upgrade", upgrade),
         ("x-seen-path", path),
+        ("x-seen-body-bytes", body_bytes),
     ] {
         if let Ok(v) = v.parse() {
             h.insert(k, v);

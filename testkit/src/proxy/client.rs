@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::HeaderMap;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Empty, Full};
 use hyper::Request;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -40,7 +40,7 @@ impl Reply {
 /// A keep-alive HTTP client (HTTP/1.1, or h2c with prior knowledge).
 #[derive(Clone)]
 pub struct HttpClient {
-    client: Client<HttpConnector, Empty<Bytes>>,
+    client: Client<HttpConnector, Full<Bytes>>,
 }
 
 impl Default for HttpClient {
@@ -84,13 +84,27 @@ impl HttpClient {
         path: &str,
         headers: &[(&str, &str)],
     ) -> Result<Reply, String> {
+        self.request_with_body(method, addr, path, headers, Bytes::new())
+            .await
+    }
+
+    /// Any method with `body` (sent with its `content-length`; none when
+    /// empty).
+    pub async fn request_with_body(
+        &self,
+        method: &str,
+        addr: SocketAddr,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Bytes>,
+    ) -> Result<Reply, String> {
         let mut b = Request::builder()
             .method(method)
             .uri(format!("http://{addr}{path}"));
         for (k, v) in headers {
             b = b.header(*k, *v);
         }
-        let req = b.body(Empty::new()).map_err(|e| e.to_string())?;
+        let req = b.body(Full::new(body.into())).map_err(|e| e.to_string())?;
         let fut = async {
             let resp = self
                 .client
