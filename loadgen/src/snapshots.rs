@@ -36,7 +36,7 @@ pub fn snapshot(routes: usize, generation: u64, edited: usize) -> pb::Snapshot {
             cluster: format!("svc-{}", i % CLUSTERS),
             timeout_ms: Some(if i < edited { 7000 } else { 1000 + generation }),
             retries: Some(1),
-            rate_limit: String::new(),
+            ..pb::Route::default()
         })
         .collect();
     pb::Snapshot {
@@ -45,16 +45,14 @@ pub fn snapshot(routes: usize, generation: u64, edited: usize) -> pb::Snapshot {
             address: "0.0.0.0:8080".into(),
             protocol: "http".into(),
             route_table: "main".into(),
-            cluster: String::new(),
+            ..pb::Listener::default()
         }],
         route_tables: vec![pb::RouteTable {
             name: "main".into(),
             routes,
         }],
         clusters,
-        rate_limits: Vec::new(),
-        values: Default::default(),
-        flags: Default::default(),
+        ..pb::Snapshot::default()
     }
 }
 

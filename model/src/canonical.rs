@@ -19,7 +19,9 @@ use sha2::{Digest, Sha256};
 
 use crate::snapshot::*;
 use crate::spec::*;
-use crate::validate::{DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_TIMEOUT_MS, default_burst};
+use crate::validate::{
+    DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_IDLE_TIMEOUT_MS, DEFAULT_TIMEOUT_MS, default_burst,
+};
 
 /// SHA-256 of a snapshot's canonical encoding, shown as 64 lowercase hex digits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -87,6 +89,12 @@ impl Snapshot {
                         max_ejection_ms: Some(millis(c.outlier.max_ejection)),
                         max_ejection_percent: Some(c.outlier.max_ejection_percent),
                     }),
+                    protocol: Some(c.protocol.as_str().to_owned()),
+                    tls: c.tls.as_ref().map(|t| UpstreamTlsSpec {
+                        sni: t.sni.clone(),
+                        ca: t.ca.clone(),
+                        client_cert: t.client_cert.clone(),
+                    }),
                 })
                 .collect(),
             rate_limits: self
@@ -104,6 +112,7 @@ impl Snapshot {
                 .iter()
                 .map(|(k, f)| (k.clone(), flag_spec(f)))
                 .collect(),
+            secrets: self.secrets.iter().map(secret_spec).collect(),
         }
     }
 
@@ -118,6 +127,7 @@ impl Snapshot {
             for (i, r) in t.routes.iter_mut().enumerate() {
                 elide(&mut r.name, &format!("{}.{i}", t.name));
                 elide(&mut r.timeout_ms, &DEFAULT_TIMEOUT_MS);
+                elide(&mut r.idle_timeout_ms, &DEFAULT_IDLE_TIMEOUT_MS);
                 elide(&mut r.retries, &0);
                 elide(
                     &mut r.matcher,
@@ -142,6 +152,10 @@ impl Snapshot {
                 elide(&mut e.weight, &1);
             }
             elide(&mut c.outlier_detection, &default_outlier);
+            elide(
+                &mut c.protocol,
+                &UpstreamProtocol::Http1.as_str().to_owned(),
+            );
         }
         for r in &mut spec.rate_limits {
             if let Some(rps) = r.requests_per_second {
@@ -203,6 +217,25 @@ fn flag_spec(f: &crate::flags::Flag) -> FlagSpec {
     }
 }
 
+fn secret_spec(s: &Secret) -> SecretSpec {
+    let mut spec = SecretSpec {
+        name: s.name.clone(),
+        ..SecretSpec::default()
+    };
+    let split = |p: &PemSource| match p {
+        PemSource::Inline(pem) => (Some(pem.clone()), None),
+        PemSource::File(path) => (None, Some(path.display().to_string())),
+    };
+    match &s.kind {
+        SecretKind::Certificate { chain, key } => {
+            (spec.certificate_chain, spec.certificate_chain_file) = split(chain);
+            (spec.private_key, spec.private_key_file) = split(key);
+        }
+        SecretKind::TrustedCa(ca) => (spec.trusted_ca, spec.trusted_ca_file) = split(ca),
+    }
+    spec
+}
+
 fn listener_spec(l: &Listener) -> ListenerSpec {
     let (route_table, cluster) = match &l.target {
         ListenerTarget::RouteTable(t) => (Some(t.clone()), None),
@@ -214,6 +247,20 @@ fn listener_spec(l: &Listener) -> ListenerSpec {
         protocol: Some(l.protocol().as_str().to_owned()),
         route_table,
         cluster,
+        certificates: l
+            .tls
+            .iter()
+            .flat_map(|t| &t.certificates)
+            .map(|c| ListenerCertificateSpec {
+                secret: c.secret.clone(),
+                server_names: c
+                    .server_names
+                    .iter()
+                    .map(ServerName::to_file_form)
+                    .collect(),
+            })
+            .collect(),
+        client_ca: l.tls.as_ref().and_then(|t| t.client_ca.clone()),
     }
 }
 
@@ -249,7 +296,8 @@ fn route_spec(r: &Route) -> RouteSpec {
                 .collect(),
         }),
         cluster: r.cluster.clone(),
-        timeout_ms: Some(millis(r.timeout)),
+        timeout_ms: Some(r.timeout.map_or(0, millis)),
+        idle_timeout_ms: Some(millis(r.idle_timeout)),
         retries: Some(r.retries),
         rate_limit: r.rate_limit.clone(),
     }

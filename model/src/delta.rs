@@ -10,7 +10,7 @@
 //! catches anything else: a base that was not canonical, a bug here.
 //!
 //! # Granularity
-//! Listeners, rate limits and values are replaced whole, by name. Route
+//! Listeners, rate limits, secrets, values and flags are replaced whole, by name. Route
 //! tables and clusters can be large (thousands of routes or endpoints), so a
 //! changed one is sent as a patch: splices of its ordered list, found by
 //! trimming the common prefix and suffix and then, when the lengths are
@@ -88,6 +88,14 @@ pub fn diff(base: &pb::Snapshot, target: &pb::Snapshot) -> pb::SnapshotDelta {
     );
     (delta.removed_values, delta.values) = diff_map(&base.values, &target.values);
     (delta.removed_flags, delta.flags) = diff_map(&base.flags, &target.flags);
+    diff_named(
+        &base.secrets,
+        &target.secrets,
+        &mut delta.removed_secrets,
+        &mut delta.secrets,
+        |_, _| None::<()>,
+        &mut Vec::new(),
+    );
     delta
 }
 
@@ -139,6 +147,7 @@ pub fn apply(base: pb::Snapshot, delta: pb::SnapshotDelta) -> Result<pb::Snapsho
         rate_limits,
         mut values,
         mut flags,
+        secrets,
     } = base;
     // Destructured so a new field of the delta breaks the build here.
     let pb::SnapshotDelta {
@@ -156,6 +165,8 @@ pub fn apply(base: pb::Snapshot, delta: pb::SnapshotDelta) -> Result<pb::Snapsho
         removed_values,
         flags: flag_upserts,
         removed_flags,
+        secrets: secret_upserts,
+        removed_secrets,
     } = delta;
 
     let listeners = apply_named(
@@ -198,6 +209,13 @@ pub fn apply(base: pb::Snapshot, delta: pb::SnapshotDelta) -> Result<pb::Snapsho
         flag_upserts,
         ("removed_flags", "flag"),
     )?;
+    let secrets = apply_named(
+        "secret",
+        secrets,
+        (removed_secrets, "removed_secrets"),
+        (Vec::<NoPatch>::new(), ""),
+        secret_upserts,
+    )?;
     Ok(pb::Snapshot {
         listeners,
         route_tables,
@@ -205,6 +223,7 @@ pub fn apply(base: pb::Snapshot, delta: pb::SnapshotDelta) -> Result<pb::Snapsho
         rate_limits,
         values,
         flags,
+        secrets,
     })
 }
 
@@ -266,6 +285,7 @@ named!(
     pb::RouteTable,
     pb::Cluster,
     pb::RateLimit,
+    pb::Secret,
     pb::RouteTablePatch,
     pb::ClusterPatch
 );
@@ -369,11 +389,15 @@ fn cluster_patch(old: &pb::Cluster, new: &pb::Cluster) -> Option<pb::ClusterPatc
         connect_timeout_ms,
         endpoints,
         outlier_detection,
+        protocol,
+        tls,
     } = new;
     let rest_equal = old.name == *name
         && old.lb == *lb
         && old.connect_timeout_ms == *connect_timeout_ms
-        && old.outlier_detection == *outlier_detection;
+        && old.outlier_detection == *outlier_detection
+        && old.protocol == *protocol
+        && old.tls == *tls;
     if !rest_equal {
         return None;
     }

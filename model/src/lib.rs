@@ -10,6 +10,9 @@
 //!   path (`route_tables[0].routes[2].cluster: unknown cluster "paymnets"`).
 //! - [`flags`]: feature flags in flagd's model: their checks, their
 //!   evaluation and the flagd configuration document.
+//! - [`secrets`]: TLS in the domain (certificates and CA bundles, TLS
+//!   listeners by SNI name, TLS and HTTP/2 to upstreams); their checks in
+//!   [`tls_check`], private keys out of sight in [`redact`].
 //! - [`file`]: reading YAML or JSON snapshot files.
 //! - [`proto`]: the protobuf edge (`TryFrom<pb::Snapshot>`, encoding).
 //! - [`canonical`]: the canonical encoding, its SHA-256 hash, canonical YAML
@@ -29,8 +32,11 @@ pub mod flags;
 pub mod limits;
 pub mod names;
 pub mod proto;
+pub mod redact;
+pub mod secrets;
 pub mod snapshot;
 pub mod spec;
+pub mod tls_check;
 pub mod validate;
 
 pub use canonical::{ContentHash, unified_diff};

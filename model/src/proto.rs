@@ -75,6 +75,7 @@ impl TryFrom<pb::Snapshot> for SnapshotSpec {
             rate_limits,
             values,
             flags,
+            secrets,
         } = msg;
         let mut errors = Vec::new();
         let mut json_values = std::collections::BTreeMap::new();
@@ -140,7 +141,42 @@ impl TryFrom<pb::Snapshot> for SnapshotSpec {
                 .collect(),
             values: json_values,
             flags: flag_specs,
+            secrets: secrets.into_iter().map(secret_from_proto).collect(),
         })
+    }
+}
+
+fn secret_from_proto(s: pb::Secret) -> SecretSpec {
+    let pb::Secret {
+        name,
+        certificate_chain,
+        private_key,
+        certificate_chain_file,
+        private_key_file,
+        trusted_ca,
+        trusted_ca_file,
+    } = s;
+    SecretSpec {
+        name,
+        certificate_chain: opt(certificate_chain),
+        private_key: opt(private_key),
+        certificate_chain_file: opt(certificate_chain_file),
+        private_key_file: opt(private_key_file),
+        trusted_ca: opt(trusted_ca),
+        trusted_ca_file: opt(trusted_ca_file),
+    }
+}
+
+/// The wire form of a secret as written.
+pub fn secret_to_proto(s: &SecretSpec) -> pb::Secret {
+    pb::Secret {
+        name: s.name.clone(),
+        certificate_chain: s.certificate_chain.clone().unwrap_or_default(),
+        private_key: s.private_key.clone().unwrap_or_default(),
+        certificate_chain_file: s.certificate_chain_file.clone().unwrap_or_default(),
+        private_key_file: s.private_key_file.clone().unwrap_or_default(),
+        trusted_ca: s.trusted_ca.clone().unwrap_or_default(),
+        trusted_ca_file: s.trusted_ca_file.clone().unwrap_or_default(),
     }
 }
 
@@ -151,6 +187,8 @@ fn listener_from_proto(l: pb::Listener) -> ListenerSpec {
         protocol,
         route_table,
         cluster,
+        certificates,
+        client_ca,
     } = l;
     ListenerSpec {
         name,
@@ -158,6 +196,20 @@ fn listener_from_proto(l: pb::Listener) -> ListenerSpec {
         protocol: opt(protocol),
         route_table: opt(route_table),
         cluster: opt(cluster),
+        certificates: certificates
+            .into_iter()
+            .map(|c| {
+                let pb::ListenerCertificate {
+                    secret,
+                    server_names,
+                } = c;
+                ListenerCertificateSpec {
+                    secret,
+                    server_names,
+                }
+            })
+            .collect(),
+        client_ca: opt(client_ca),
     }
 }
 
@@ -169,6 +221,7 @@ fn route_from_proto(r: pb::Route) -> RouteSpec {
         timeout_ms,
         retries,
         rate_limit,
+        idle_timeout_ms,
     } = r;
     RouteSpec {
         name: opt(name),
@@ -206,6 +259,7 @@ fn route_from_proto(r: pb::Route) -> RouteSpec {
         }),
         cluster,
         timeout_ms,
+        idle_timeout_ms,
         retries,
         rate_limit: opt(rate_limit),
     }
@@ -218,6 +272,8 @@ fn cluster_from_proto(c: pb::Cluster) -> ClusterSpec {
         connect_timeout_ms,
         endpoints,
         outlier_detection,
+        protocol,
+        tls,
     } = c;
     ClusterSpec {
         name,
@@ -244,6 +300,19 @@ fn cluster_from_proto(c: pb::Cluster) -> ClusterSpec {
                 max_ejection_percent,
             }
         }),
+        protocol: opt(protocol),
+        tls: tls.map(|t| {
+            let pb::UpstreamTls {
+                sni,
+                ca,
+                client_cert,
+            } = t;
+            UpstreamTlsSpec {
+                sni: opt(sni),
+                ca: opt(ca),
+                client_cert: opt(client_cert),
+            }
+        }),
     }
 }
 
@@ -259,6 +328,15 @@ pub fn spec_to_proto(spec: &SnapshotSpec) -> pb::Snapshot {
                 protocol: l.protocol.clone().unwrap_or_default(),
                 route_table: l.route_table.clone().unwrap_or_default(),
                 cluster: l.cluster.clone().unwrap_or_default(),
+                certificates: l
+                    .certificates
+                    .iter()
+                    .map(|c| pb::ListenerCertificate {
+                        secret: c.secret.clone(),
+                        server_names: c.server_names.clone(),
+                    })
+                    .collect(),
+                client_ca: l.client_ca.clone().unwrap_or_default(),
             })
             .collect(),
         route_tables: spec
@@ -289,6 +367,7 @@ pub fn spec_to_proto(spec: &SnapshotSpec) -> pb::Snapshot {
                         }),
                         cluster: r.cluster.clone(),
                         timeout_ms: r.timeout_ms,
+                        idle_timeout_ms: r.idle_timeout_ms,
                         retries: r.retries,
                         rate_limit: r.rate_limit.clone().unwrap_or_default(),
                     })
@@ -315,6 +394,12 @@ pub fn spec_to_proto(spec: &SnapshotSpec) -> pb::Snapshot {
                     base_ejection_ms: o.base_ejection_ms,
                     max_ejection_ms: o.max_ejection_ms,
                     max_ejection_percent: o.max_ejection_percent,
+                }),
+                protocol: c.protocol.clone().unwrap_or_default(),
+                tls: c.tls.as_ref().map(|t| pb::UpstreamTls {
+                    sni: t.sni.clone().unwrap_or_default(),
+                    ca: t.ca.clone().unwrap_or_default(),
+                    client_cert: t.client_cert.clone().unwrap_or_default(),
                 }),
             })
             .collect(),
@@ -344,6 +429,7 @@ pub fn spec_to_proto(spec: &SnapshotSpec) -> pb::Snapshot {
                 (k.clone(), text)
             })
             .collect(),
+        secrets: spec.secrets.iter().map(secret_to_proto).collect(),
     }
 }
 

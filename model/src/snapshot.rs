@@ -5,6 +5,11 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+pub use crate::secrets::{
+    ListenerTls, PemSource, Secret, SecretKind, ServerName, SniCertificate, UpstreamProtocol,
+    UpstreamTls,
+};
+
 /// One whole configuration of a group: applied together or not at all.
 ///
 /// Named collections are sorted by name; routes and endpoints keep the order
@@ -23,6 +28,8 @@ pub struct Snapshot {
     pub values: BTreeMap<String, serde_json::Value>,
     /// Feature flags by key (see [`crate::flags`]).
     pub flags: BTreeMap<String, crate::flags::Flag>,
+    /// Certificates, keys and CA bundles, by name (see [`Secret`]).
+    pub secrets: Vec<Secret>,
 }
 
 impl Snapshot {
@@ -45,6 +52,17 @@ impl Snapshot {
     pub fn rate_limit(&self, name: &str) -> Option<&RateLimit> {
         self.rate_limits.iter().find(|r| r.name == name)
     }
+
+    /// The secret called `name`.
+    pub fn secret(&self, name: &str) -> Option<&Secret> {
+        self.secrets.iter().find(|s| s.name == name)
+    }
+
+    /// Whether any secret holds a private key inline (what the control
+    /// server never sends over plaintext to a non-loopback peer).
+    pub fn has_private_keys(&self) -> bool {
+        self.secrets.iter().any(Secret::has_inline_key)
+    }
 }
 
 /// A socket the data plane listens on.
@@ -56,14 +74,18 @@ pub struct Listener {
     pub address: SocketAddr,
     /// What is spoken on it, and where it sends traffic.
     pub target: ListenerTarget,
+    /// TLS termination (`https` and `tls` listeners).
+    pub tls: Option<ListenerTls>,
 }
 
 impl Listener {
     /// The listener's protocol.
     pub fn protocol(&self) -> Protocol {
-        match self.target {
-            ListenerTarget::RouteTable(_) => Protocol::Http,
-            ListenerTarget::Cluster(_) => Protocol::Tcp,
+        match (&self.target, self.tls.is_some()) {
+            (ListenerTarget::RouteTable(_), false) => Protocol::Http,
+            (ListenerTarget::RouteTable(_), true) => Protocol::Https,
+            (ListenerTarget::Cluster(_), false) => Protocol::Tcp,
+            (ListenerTarget::Cluster(_), true) => Protocol::Tls,
         }
     }
 }
@@ -73,8 +95,12 @@ impl Listener {
 pub enum Protocol {
     /// HTTP/1.1 and h2c, routed by a route table.
     Http,
+    /// HTTP/1.1 and h2 (ALPN) over TLS, routed by a route table.
+    Https,
     /// Raw TCP, copied to a cluster.
     Tcp,
+    /// TLS terminated, then the plaintext bytes copied to a cluster.
+    Tls,
 }
 
 impl Protocol {
@@ -82,8 +108,15 @@ impl Protocol {
     pub fn as_str(self) -> &'static str {
         match self {
             Protocol::Http => "http",
+            Protocol::Https => "https",
             Protocol::Tcp => "tcp",
+            Protocol::Tls => "tls",
         }
+    }
+
+    /// Whether the listener terminates TLS.
+    pub fn is_tls(self) -> bool {
+        matches!(self, Protocol::Https | Protocol::Tls)
     }
 }
 
@@ -114,8 +147,12 @@ pub struct Route {
     pub matcher: RouteMatch,
     /// The cluster receiving the requests.
     pub cluster: String,
-    /// Whole-request timeout, including retries.
-    pub timeout: Duration,
+    /// Whole-request timeout, from the request to the last byte of the
+    /// response, retries included; `None` is no limit. An upgraded
+    /// connection (WebSocket) is bound by `idle_timeout` only.
+    pub timeout: Option<Duration>,
+    /// Longest pause between bytes of a response body or a tunnel.
+    pub idle_timeout: Duration,
     /// Retries after a 502/503/504 answer, for idempotent methods without a
     /// body (the data plane retries a request that reached no upstream
     /// whatever this says).
@@ -242,6 +279,10 @@ pub struct Cluster {
     pub endpoints: Vec<Endpoint>,
     /// Passive outlier detection.
     pub outlier: OutlierDetection,
+    /// The HTTP version spoken to the endpoints.
+    pub protocol: UpstreamProtocol,
+    /// TLS to the endpoints, if any.
+    pub tls: Option<UpstreamTls>,
 }
 
 /// When the data plane ejects an endpoint on its own observations.

@@ -30,6 +30,38 @@ pub struct SnapshotSpec {
     /// encoding when empty, so snapshots without flags hash as before.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub flags: BTreeMap<String, FlagSpec>,
+    /// See [`crate::Secret`]. Left out of the encoding when empty, so
+    /// snapshots without secrets hash as before.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<SecretSpec>,
+}
+
+/// A secret as written: a certificate chain and its private key (each
+/// inline PEM or a file on the agent's host), or a CA bundle.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretSpec {
+    /// Required.
+    pub name: String,
+    /// PEM certificates, leaf first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate_chain: Option<String>,
+    /// PEM private key; shown redacted (`redacted:sha256:<hex>`) unless an
+    /// admin asks for secrets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_key: Option<String>,
+    /// Absolute path of a PEM chain on the agent's host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate_chain_file: Option<String>,
+    /// Absolute path of a PEM key on the agent's host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_key_file: Option<String>,
+    /// PEM CA certificates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trusted_ca: Option<String>,
+    /// Absolute path of PEM CA certificates on the agent's host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trusted_ca_file: Option<String>,
 }
 
 /// A feature flag as written: a flagd flag definition, field names and all
@@ -66,15 +98,34 @@ pub struct ListenerSpec {
     pub name: String,
     /// Required, `ip:port`.
     pub address: String,
-    /// `http` (default) or `tcp`.
+    /// `http` (default), `https`, `tcp` or `tls`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub protocol: Option<String>,
-    /// Required for `http`.
+    /// Required for `http` and `https`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub route_table: Option<String>,
-    /// Required for `tcp`.
+    /// Required for `tcp` and `tls`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<String>,
+    /// Required for `https` and `tls`: certificates by SNI name, the first
+    /// being the default.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub certificates: Vec<ListenerCertificateSpec>,
+    /// Optional for `https` and `tls`: a `trusted_ca` secret that must have
+    /// signed the client's certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ca: Option<String>,
+}
+
+/// One certificate of a TLS listener as written.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerCertificateSpec {
+    /// Required: a secret with a certificate and key.
+    pub secret: String,
+    /// DNS names or `*.suffix` wildcards; may be empty for the default.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub server_names: Vec<String>,
 }
 
 /// A route table as written.
@@ -100,9 +151,12 @@ pub struct RouteSpec {
     pub matcher: Option<RouteMatchSpec>,
     /// Required.
     pub cluster: String,
-    /// Default 15000.
+    /// Default 15000; 0 is none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
+    /// Default 300000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout_ms: Option<u64>,
     /// Default 0.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retries: Option<u32>,
@@ -167,6 +221,27 @@ pub struct ClusterSpec {
     /// Passive outlier detection settings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outlier_detection: Option<OutlierDetectionSpec>,
+    /// `http1` (default), `http2` or `auto` (ALPN, needs `tls`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
+    /// TLS to the endpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<UpstreamTlsSpec>,
+}
+
+/// TLS to a cluster's endpoints as written.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTlsSpec {
+    /// SNI and the name checked in the certificate; default the endpoint's IP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sni: Option<String>,
+    /// A `trusted_ca` secret; default the Mozilla root set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<String>,
+    /// A certificate secret presented to the upstream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert: Option<String>,
 }
 
 /// Outlier detection as written.

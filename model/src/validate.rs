@@ -17,8 +17,13 @@ use crate::spec::*;
 pub const DEFAULT_MAX_SNAPSHOT_BYTES: usize = 4 * 1024 * 1024;
 /// Default route timeout.
 pub const DEFAULT_TIMEOUT_MS: u64 = 15_000;
-/// Longest accepted route timeout: 10 minutes.
+/// Longest accepted route timeout: 10 minutes (0 is no timeout).
 pub const MAX_TIMEOUT_MS: u64 = 600_000;
+/// Default idle timeout of a response body or tunnel: 5 minutes (Envoy's
+/// stream idle timeout).
+pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 300_000;
+/// Longest accepted idle timeout: 1 hour.
+pub const MAX_IDLE_TIMEOUT_MS: u64 = 3_600_000;
 /// Default cluster connect timeout.
 pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 1_000;
 /// Longest accepted connect timeout: 1 minute.
@@ -98,6 +103,7 @@ impl Validator {
             rate_limits,
             values,
             flags,
+            secrets,
         } = spec;
 
         self.unique("listeners", listeners.iter().map(|l| l.name.as_str()));
@@ -105,10 +111,12 @@ impl Validator {
         self.unique("clusters", clusters.iter().map(|c| c.name.as_str()));
         self.unique("rate_limits", rate_limits.iter().map(|r| r.name.as_str()));
 
+        let (secrets, secret_index) = crate::tls_check::secrets(secrets, &mut self.errors);
         let refs = Refs {
             clusters: clusters.iter().map(|c| c.name.clone()).collect(),
             tables: route_tables.iter().map(|t| t.name.clone()).collect(),
             limits: rate_limits.iter().map(|r| r.name.clone()).collect(),
+            secrets: secret_index,
         };
 
         let mut out = Snapshot {
@@ -118,6 +126,7 @@ impl Validator {
             rate_limits: Vec::new(),
             values: BTreeMap::new(),
             flags: BTreeMap::new(),
+            secrets,
         };
         let mut bound: HashMap<SocketAddr, usize> = HashMap::new();
         for (i, l) in listeners.iter().enumerate() {
@@ -139,7 +148,7 @@ impl Validator {
             }
         }
         for (i, c) in clusters.into_iter().enumerate() {
-            if let Some(cluster) = self.cluster(i, c) {
+            if let Some(cluster) = self.cluster(i, c, &refs) {
                 out.clusters.push(cluster);
             }
         }
@@ -185,19 +194,30 @@ impl Validator {
                 None
             }
         };
-        let target = match l.protocol.as_deref().unwrap_or("http") {
-            "http" => {
+        let protocol = l.protocol.as_deref().unwrap_or("http");
+        let tls = crate::tls_check::listener_tls(
+            &path,
+            matches!(protocol, "https" | "tls"),
+            &l.certificates,
+            l.client_ca.as_deref(),
+            &refs.secrets,
+            &mut self.errors,
+        );
+        let target = match protocol {
+            "http" | "https" => {
                 if let Some(c) = &l.cluster {
                     self.err(
                         format!("{path}.cluster"),
-                        format!("an http listener routes by route_table, not cluster (got {c:?})"),
+                        format!(
+                            "an {protocol} listener routes by route_table, not cluster (got {c:?})"
+                        ),
                     );
                 }
                 match &l.route_table {
                     None => {
                         self.err(
                             format!("{path}.route_table"),
-                            "required for an http listener",
+                            format!("required for an {protocol} listener"),
                         );
                         None
                     }
@@ -211,18 +231,21 @@ impl Validator {
                     Some(t) => Some(ListenerTarget::RouteTable(t.clone())),
                 }
             }
-            "tcp" => {
+            "tcp" | "tls" => {
                 if let Some(t) = &l.route_table {
                     self.err(
                         format!("{path}.route_table"),
                         format!(
-                            "a tcp listener forwards to a cluster, not a route table (got {t:?})"
+                            "a {protocol} listener forwards to a cluster, not a route table (got {t:?})"
                         ),
                     );
                 }
                 match &l.cluster {
                     None => {
-                        self.err(format!("{path}.cluster"), "required for a tcp listener");
+                        self.err(
+                            format!("{path}.cluster"),
+                            format!("required for a {protocol} listener"),
+                        );
                         None
                     }
                     Some(c) if !refs.clusters.contains(c) => {
@@ -235,7 +258,9 @@ impl Validator {
             other => {
                 self.err(
                     format!("{path}.protocol"),
-                    format!("unknown protocol {other:?} (expected \"http\" or \"tcp\")"),
+                    format!(
+                        "unknown protocol {other:?} (expected \"http\", \"https\", \"tcp\" or \"tls\")"
+                    ),
                 );
                 None
             }
@@ -244,6 +269,7 @@ impl Validator {
             name: l.name.clone(),
             address: address?,
             target: target?,
+            tls,
         })
     }
 
@@ -297,10 +323,17 @@ impl Validator {
             );
         }
         let timeout_ms = r.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS);
-        if !(1..=MAX_TIMEOUT_MS).contains(&timeout_ms) {
+        if timeout_ms > MAX_TIMEOUT_MS {
             self.err(
                 format!("{path}.timeout_ms"),
-                format!("{timeout_ms} is out of range (1 to {MAX_TIMEOUT_MS} ms)"),
+                format!("{timeout_ms} is out of range (0 for none, or up to {MAX_TIMEOUT_MS} ms)"),
+            );
+        }
+        let idle_ms = r.idle_timeout_ms.unwrap_or(DEFAULT_IDLE_TIMEOUT_MS);
+        if !(1..=MAX_IDLE_TIMEOUT_MS).contains(&idle_ms) {
+            self.err(
+                format!("{path}.idle_timeout_ms"),
+                format!("{idle_ms} is out of range (1 to {MAX_IDLE_TIMEOUT_MS} ms)"),
             );
         }
         let retries = r.retries.unwrap_or(0);
@@ -325,7 +358,8 @@ impl Validator {
             name,
             matcher: matcher?,
             cluster: r.cluster,
-            timeout: Duration::from_millis(timeout_ms),
+            timeout: (timeout_ms > 0).then(|| Duration::from_millis(timeout_ms)),
+            idle_timeout: Duration::from_millis(idle_ms),
             retries,
             rate_limit: r.rate_limit,
         })
@@ -441,7 +475,7 @@ impl Validator {
         Some(HeaderMatch { name, kind })
     }
 
-    fn cluster(&mut self, i: usize, c: ClusterSpec) -> Option<Cluster> {
+    fn cluster(&mut self, i: usize, c: ClusterSpec, refs: &Refs) -> Option<Cluster> {
         let path = format!("clusters[{i}]");
         let before = self.errors.len();
         self.name(&path, &c.name);
@@ -499,12 +533,21 @@ impl Validator {
             }
         }
         let outlier = self.outlier(&format!("{path}.outlier_detection"), c.outlier_detection);
+        let (protocol, tls) = crate::tls_check::upstream(
+            &path,
+            c.protocol.as_deref(),
+            c.tls.as_ref(),
+            &refs.secrets,
+            &mut self.errors,
+        );
         (self.errors.len() == before).then_some(Cluster {
             name: c.name,
             lb,
             connect_timeout: Duration::from_millis(connect_timeout_ms),
             endpoints,
             outlier,
+            protocol,
+            tls,
         })
     }
 
@@ -597,6 +640,7 @@ struct Refs {
     clusters: HashSet<String>,
     tables: HashSet<String>,
     limits: HashSet<String>,
+    secrets: crate::tls_check::SecretIndex,
 }
 
 fn one_line(s: &str) -> String {

@@ -71,8 +71,8 @@ fn errors_name_the_field_and_the_reason() {
             "listeners[0].address: port 70000 out of range (1-65535)",
         ),
         (
-            replace("timeout_ms: 2000", "timeout_ms: 0"),
-            "route_tables[0].routes[0].timeout_ms: 0 is out of range",
+            replace("timeout_ms: 2000", "timeout_ms: 700000"),
+            "route_tables[0].routes[0].timeout_ms: 700000 is out of range (0 for none",
         ),
         (
             replace("path_prefix: /api", "path_regex: \"/api(\""),

@@ -100,6 +100,7 @@ impl Activation {
         if let Some(stale) = slot.pending.take() {
             self.discard(stale);
         }
+        unsupported(candidate)?;
         self.listeners.prepare(candidate)?;
         slot.pending = Some(self.compile(candidate));
         Ok(())
@@ -235,6 +236,29 @@ impl Activation {
             "configuration active"
         );
     }
+}
+
+/// Refuses what this data plane does not serve yet: TLS listeners and
+/// upstreams other than plaintext HTTP/1.1.
+fn unsupported(candidate: &Current) -> Result<(), String> {
+    for l in &candidate.snapshot.listeners {
+        if l.tls.is_some() {
+            return Err(format!(
+                "listener {:?}: protocol {} is not served by this data plane",
+                l.name,
+                l.protocol().as_str()
+            ));
+        }
+    }
+    for c in &candidate.snapshot.clusters {
+        if c.tls.is_some() || c.protocol != vane_model::UpstreamProtocol::Http1 {
+            return Err(format!(
+                "cluster {:?}: TLS and HTTP/2 upstreams are not served by this data plane",
+                c.name
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -63,7 +63,9 @@ impl RouteRt {
             host: route.matcher.host.clone(),
             headers,
             cluster,
-            timeout: route.timeout,
+            timeout: route
+                .timeout
+                .unwrap_or(std::time::Duration::from_secs(24 * 3600)),
             retries: route.retries,
             limit,
             stats,

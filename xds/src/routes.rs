@@ -111,7 +111,12 @@ fn route(
     }
     let action = RouteAction {
         cluster_specifier: Some(ClusterSpecifier::Cluster(vane.cluster.clone())),
-        timeout: Some(duration(vane.timeout)),
+        // Envoy's route timeout also covers the whole response; 0 is none.
+        timeout: Some(duration(vane.timeout.unwrap_or_default())),
+        // Envoy's stream idle timeout is 5 minutes, Vane's default.
+        idle_timeout: (vane.idle_timeout
+            != std::time::Duration::from_millis(vane_model::validate::DEFAULT_IDLE_TIMEOUT_MS))
+        .then(|| duration(vane.idle_timeout)),
         retry_policy: (vane.retries > 0).then(|| retry_policy(vane.retries)),
         ..Default::default()
     };

@@ -331,6 +331,8 @@ mod tests {
                 max_ejection: Duration::from_secs(1),
                 max_ejection_percent: 50,
             },
+            protocol: vane_model::UpstreamProtocol::Http1,
+            tls: None,
         }
     }
 

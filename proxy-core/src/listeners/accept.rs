@@ -117,8 +117,12 @@ impl AcceptLoop {
             connections.spawn(async move {
                 let stats = rt.stats.connections_active.clone();
                 match rt.protocol {
-                    Protocol::Http => crate::http::server::serve(stream, peer, rt, signals).await,
-                    Protocol::Tcp => crate::tcp::serve(stream, peer, rt, signals).await,
+                    Protocol::Http | Protocol::Https => {
+                        crate::http::server::serve(stream, peer, rt, signals).await
+                    }
+                    Protocol::Tcp | Protocol::Tls => {
+                        crate::tcp::serve(stream, peer, rt, signals).await
+                    }
                 }
                 stats.dec();
                 drop(permit);

@@ -406,6 +406,7 @@ mod tests {
                         name: (*n).to_owned(),
                         address: *a,
                         target: ListenerTarget::Cluster("c".into()),
+                        tls: None,
                     })
                     .collect(),
                 ..Snapshot::default()

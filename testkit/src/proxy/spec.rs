@@ -16,7 +16,7 @@ pub fn http_listener(name: &str, addr: SocketAddr, table: &str) -> ListenerSpec 
         address: addr.to_string(),
         protocol: Some("http".into()),
         route_table: Some(table.into()),
-        cluster: None,
+        ..ListenerSpec::default()
     }
 }
 
@@ -26,8 +26,8 @@ pub fn tcp_listener(name: &str, addr: SocketAddr, cluster: &str) -> ListenerSpec
         name: name.into(),
         address: addr.to_string(),
         protocol: Some("tcp".into()),
-        route_table: None,
         cluster: Some(cluster.into()),
+        ..ListenerSpec::default()
     }
 }
 
@@ -65,7 +65,7 @@ pub fn cluster(name: &str, lb: &str, endpoints: &[(SocketAddr, u32)]) -> Cluster
                 weight: Some(*w),
             })
             .collect(),
-        outlier_detection: None,
+        ..ClusterSpec::default()
     }
 }
 

@@ -17,7 +17,7 @@ use crate::process::{cargo, display};
 pub(crate) const RULES: &[(&str, &[&str])] = &[
     // The wire contract and the leaves everyone shares.
     ("vane-proto", &[]),
-    ("vane-model", &["vane-proto", "vane-jsonlogic"]),
+    ("vane-model", &["vane-proto", "vane-jsonlogic", "vane-tls"]),
     ("vane-tls", &[]),
     ("vane-backoff", &[]),
     ("vane-admin-http", &[]),
