@@ -238,6 +238,44 @@ fn redacted_keys_resolve_from_the_head_and_diffs_show_the_fingerprint() {
 }
 
 #[test]
+fn a_redacted_snapshot_validates_for_showing_and_hashes_as_sent() {
+    let (ca, pair) = site(&["example.test", "*.example.test"], Validity::days(90));
+    let full = validate(parse(&file(
+        &pair.cert_pem,
+        &pair.key_pem,
+        &ca.cert_pem(),
+        WEB_TLS,
+    )))
+    .unwrap();
+    let mut sent = full.clone();
+    assert_eq!(vane_model::redact::redact_snapshot(&mut sent), 1);
+    assert_eq!(vane_model::redact::redact_snapshot(&mut sent), 0);
+    let yaml = sent.to_yaml();
+    assert!(!yaml.contains("PRIVATE KEY"), "{yaml}");
+    assert!(
+        yaml.contains(&format!(
+            "private_key: {}",
+            vane_model::redact::redacted(&pair.key_pem)
+        )),
+        "{yaml}"
+    );
+    assert_ne!(sent.content_hash(), full.content_hash());
+    // What a client receives (the wire form) validates for showing, and
+    // hashes to what the server computed of what it sent.
+    let received = vane_model::redact::validate_redacted(
+        SnapshotSpec::try_from(sent.to_proto()).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(received, sent);
+    assert_eq!(received.content_hash(), sent.content_hash());
+    // The other rules still apply: a dangling reference is refused.
+    let mut broken = sent.canonical_spec();
+    broken.listeners[0].route_table = Some("nope".into());
+    let e = vane_model::redact::validate_redacted(broken).unwrap_err();
+    assert!(e.to_string().contains("listeners[0].route_table"), "{e}");
+}
+
+#[test]
 fn secrets_travel_in_deltas() {
     let (ca, a) = site(&["example.test", "*.example.test"], Validity::days(90));
     let (_, b) = site(&["example.test", "*.example.test"], Validity::days(90));
