@@ -152,6 +152,9 @@ pub struct ConnInfo {
     pub remote: SocketAddr,
     /// The verified client certificate's identity, if it presented one.
     pub identity: Option<Arc<str>>,
+    /// Whether the connection is TLS (else plaintext, or unknown: a
+    /// connection served outside our accept loop counts as plaintext).
+    pub tls: bool,
 }
 
 /// Connection limits of the accept loop.
@@ -406,6 +409,7 @@ pub fn incoming(
                         info: ConnInfo {
                             remote,
                             identity: None,
+                            tls: false,
                         },
                         _permit: permit,
                         _identity: None,
@@ -476,7 +480,11 @@ pub fn incoming(
                 let conn = Conn {
                     io: Io::Tls(Box::new(tls)),
                     ahead: Some(first[0]),
-                    info: ConnInfo { remote, identity },
+                    info: ConnInfo {
+                        remote,
+                        identity,
+                        tls: true,
+                    },
                     _permit: permit,
                     _identity: guard,
                 };

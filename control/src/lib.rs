@@ -16,6 +16,8 @@
 //! - [`http`]: the HTTP long-poll API on the main port, beside gRPC.
 //! - [`admin`]: the `Admin` service `vanectl` talks to.
 //! - [`auth`], [`audit`]: who is calling and what they may do; the audit log.
+//! - [`secrets`]: private keys on the way out: redacted unless an admin
+//!   asks, never in plaintext to a peer off loopback.
 //! - [`accept`]: the server's own accept loop (TLS handshake, connection caps).
 //! - [`metrics`], [`collectors`]: Prometheus metrics and the admin HTTP endpoint;
 //!   [`health`]: readiness (`/readyz`, `grpc.health.v1.Health`).
@@ -55,6 +57,7 @@ pub mod reach;
 pub mod replication;
 pub mod retention;
 pub mod rollout;
+pub mod secrets;
 pub mod server;
 pub mod targets;
 mod text;

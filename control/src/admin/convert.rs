@@ -63,9 +63,54 @@ pub fn prepare(snapshot: pb::Snapshot, max: usize) -> Result<(Bytes, String), St
     Ok((Bytes::from(encoded), hash.to_hex()))
 }
 
-pub(crate) fn canonical_yaml(record: &VersionRecord) -> Result<String, Status> {
+/// The canonical YAML of a stored version, its private keys replaced by
+/// their placeholders when `redact`.
+/// [`prepare`] for a push or a rollout's candidate, at `now`: the
+/// certificates' dates are checked too. An expired (or not yet valid)
+/// certificate refuses the push like any invalid field; one that expires
+/// within 30 days is accepted with a warning, returned with the bytes and
+/// the hash.
+pub(crate) fn prepare_push(
+    snapshot: pb::Snapshot,
+    max: usize,
+    now: std::time::SystemTime,
+) -> Result<(Bytes, String, Vec<String>), Status> {
+    let snapshot = Snapshot::try_from(snapshot)
+        .map_err(|e| Status::invalid_argument(capped(e.to_string())))?;
+    let warnings = dates(&snapshot, now).map_err(Status::invalid_argument)?;
+    let (encoded, hash) = snapshot.encode_and_hash();
+    vane_model::check_size(encoded.len(), max)
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+    Ok((Bytes::from(encoded), hash.to_hex(), warnings))
+}
+
+/// The dates of `snapshot`'s certificates at `now`: the warnings, or the
+/// errors in one line (each naming its field).
+pub(crate) fn dates(snapshot: &Snapshot, now: std::time::SystemTime) -> Result<Vec<String>, String> {
+    let report = vane_model::tls_check::check_dates(&snapshot.secrets, now);
+    match vane_model::ValidationError::from_errors(report.errors) {
+        Some(errors) => Err(capped(errors.to_string())),
+        None => Ok(report.warnings.iter().map(ToString::to_string).collect()),
+    }
+}
+
+/// Whether a pushed snapshot holds a redacted placeholder (a `get -o yaml`
+/// pushed back) to resolve from the group's head.
+pub(crate) fn has_placeholders(snapshot: &pb::Snapshot) -> bool {
+    snapshot
+        .secrets
+        .iter()
+        .any(|s| vane_model::redact::is_redacted(&s.private_key))
+}
+
+pub(crate) fn canonical_yaml(record: &VersionRecord, redact: bool) -> Result<String, Status> {
     Snapshot::decode(&record.snapshot)
-        .map(|s| s.to_yaml())
+        .map(|mut s| {
+            if redact {
+                vane_model::redact::redact_snapshot(&mut s);
+            }
+            s.to_yaml()
+        })
         .map_err(|e| {
             Status::internal(format!(
                 "stored version {} of group {:?} does not decode: {e}",
@@ -152,6 +197,7 @@ pub(crate) fn push_response(outcome: &PushOutcome) -> pb::PushResponse {
         unchanged: outcome.is_unchanged(),
         dry_run: false,
         created_at_unix_ms: r.created_at_unix_ms,
+        warnings: Vec::new(),
     }
 }
 

@@ -37,11 +37,16 @@ impl pb::admin_server::Admin for AdminService {
         let outcome = self.push_as(&caller, request).await;
         match outcome {
             Ok(PushDone::DryRun(response)) => Ok(Response::new(response)),
-            Ok(PushDone::Committed(outcome)) => {
+            Ok(PushDone::Committed(outcome, warnings)) => {
                 let outcome = Ok(outcome);
                 self.audited(&caller, "push", &group, &message, &outcome)
                     .await;
-                outcome.map(|o| Response::new(push_response(&o)))
+                outcome.map(|o| {
+                    Response::new(pb::PushResponse {
+                        warnings,
+                        ..push_response(&o)
+                    })
+                })
             }
             Err(status) => {
                 if !dry_run {
@@ -57,23 +62,55 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: Request<pb::GetRequest>,
     ) -> Result<Response<pb::GetResponse>, Status> {
-        self.allow(&request, Action::Read, &request.get_ref().group)?;
-        let request = request.into_inner();
-        check_group(&request.group)?;
-        if request.version == Some(0) {
+        let caller = self.allow(&request, Action::Read, &request.get_ref().group)?;
+        let show_secrets = request.get_ref().show_secrets;
+        if show_secrets {
+            self.allow_secrets(&caller, &request.get_ref().group)?;
+        }
+        check_group(&request.get_ref().group)?;
+        if request.get_ref().version == Some(0) {
             return Err(Status::invalid_argument("version: must be at least 1"));
         }
-        let record = self.record(&request.group, request.version).await?;
+        let record = self
+            .record(&request.get_ref().group, request.get_ref().version)
+            .await?;
         let snapshot = pb::Snapshot::decode(record.snapshot.as_ref()).map_err(|e| {
             Status::internal(format!(
                 "stored version {} of group {:?} does not decode: {e}",
                 record.version, record.group
             ))
         })?;
+        let has_keys = snapshot
+            .secrets
+            .iter()
+            .any(|s| !s.private_key.is_empty());
+        let (snapshot, redacted_hash) = match (has_keys, show_secrets) {
+            (false, _) => (snapshot, None),
+            (true, true) => {
+                self.check_key_transport(&request, &record.group, record.version)?;
+                (snapshot, None)
+            }
+            (true, false) => {
+                let (group, version) = (record.group.clone(), record.version);
+                tokio::task::spawn_blocking(move || {
+                    vane_model::Snapshot::try_from(snapshot)
+                        .map(crate::secrets::redacted)
+                        .map_err(|e| {
+                            Status::internal(format!(
+                                "stored version {version} of group {group:?} does not validate: {e}"
+                            ))
+                        })
+                })
+                .await
+                .map_err(|e| Status::internal(format!("redaction task failed: {e}")))??
+            }
+        };
         Ok(Response::new(pb::GetResponse {
-            group: request.group,
+            group: request.into_inner().group,
             info: Some(version_info(&record.meta())),
             snapshot: Some(snapshot),
+            redacted: redacted_hash.is_some(),
+            redacted_hash: redacted_hash.unwrap_or_default(),
         }))
     }
 
@@ -115,7 +152,16 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: Request<pb::DiffRequest>,
     ) -> Result<Response<pb::DiffResponse>, Status> {
-        self.allow(&request, Action::Read, &request.get_ref().group)?;
+        let caller = self.allow(&request, Action::Read, &request.get_ref().group)?;
+        let show_secrets = request.get_ref().show_secrets;
+        if show_secrets {
+            self.allow_secrets(&caller, &request.get_ref().group)?;
+        }
+        let transport = self.check_key_transport(
+            &request,
+            &request.get_ref().group,
+            request.get_ref().to_version,
+        );
         let request = request.into_inner();
         check_group(&request.group)?;
         check_version_field("from_version", request.from_version)?;
@@ -130,9 +176,18 @@ impl pb::admin_server::Admin for AdminService {
             format!("{group}@{}", from.version),
             format!("{group}@{}", to.version),
         );
+        if show_secrets
+            && let Err(status) = transport
+            && (crate::secrets::encoded_has_keys(&from.snapshot)
+                || crate::secrets::encoded_has_keys(&to.snapshot))
+        {
+            return Err(status);
+        }
         let unified_diff = tokio::task::spawn_blocking(move || {
-            let old = canonical_yaml(&from)?;
-            let new = canonical_yaml(&to)?;
+            // Without show_secrets a key is its fingerprint: a diff still
+            // shows that it changed.
+            let old = canonical_yaml(&from, !show_secrets)?;
+            let new = canonical_yaml(&to, !show_secrets)?;
             Ok::<_, Status>(vane_model::unified_diff(&old, &new, &labels.0, &labels.1))
         })
         .await
@@ -158,9 +213,18 @@ impl pb::admin_server::Admin for AdminService {
         let request = request.into_inner();
         let (group, message) = (request.group.clone(), request.message.clone());
         let outcome = self.rollback_as(&caller, request).await;
+        let (outcome, warnings) = match outcome {
+            Ok((outcome, warnings)) => (Ok(outcome), warnings),
+            Err(status) => (Err(status), Vec::new()),
+        };
         self.audited(&caller, "rollback", &group, &message, &outcome)
             .await;
-        outcome.map(|o| Response::new(push_response(&o)))
+        outcome.map(|o| {
+            Response::new(pb::PushResponse {
+                warnings,
+                ..push_response(&o)
+            })
+        })
     }
 
     async fn audit(

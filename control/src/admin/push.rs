@@ -7,12 +7,13 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use tonic::Status;
-use vane_model::Snapshot;
+use vane_model::{Snapshot, SnapshotSpec};
 use vane_proto as pb;
 use vane_store::{NewVersion, PushOutcome, StoreError, VersionRecord};
 
 use crate::admin::convert::{
-    capped, check_group, check_message, check_version_field, conflict, prepare, store_status,
+    capped, check_group, check_message, check_version_field, conflict, dates, has_placeholders,
+    prepare_push, store_status,
 };
 use crate::admin::service::AdminService;
 use crate::auth::Caller;
@@ -130,6 +131,47 @@ impl AdminService {
         }
     }
 
+    /// `snapshot` with every redacted placeholder (`redacted:sha256:…`, what
+    /// `get` shows for a key) replaced by the key of the group's head it
+    /// stands for, so a `get -o yaml` edited and pushed back keeps its keys.
+    /// A placeholder of a key the head does not hold is `InvalidArgument`
+    /// naming its field.
+    pub(crate) async fn resolved(
+        &self,
+        group: &str,
+        snapshot: pb::Snapshot,
+    ) -> Result<pb::Snapshot, Status> {
+        if !has_placeholders(&snapshot) {
+            return Ok(snapshot);
+        }
+        let head = match self.store.get(group, None).await.map_err(store_status)? {
+            Some(head) => Some(self.verified(head).await?),
+            None => None,
+        };
+        tokio::task::spawn_blocking(move || {
+            use prost::Message as _;
+            let invalid = |e: String| Status::invalid_argument(capped(e));
+            let mut spec =
+                SnapshotSpec::try_from(snapshot).map_err(|e| invalid(e.to_string()))?;
+            let known = match head {
+                Some(head) => {
+                    let decoded = pb::Snapshot::decode(head.snapshot.as_ref())
+                        .map_err(|e| Status::internal(format!("the head does not decode: {e}")))?;
+                    vec![SnapshotSpec::try_from(decoded).map_err(|e| {
+                        Status::internal(format!("the head does not convert: {e}"))
+                    })?]
+                }
+                None => Vec::new(),
+            };
+            let known: Vec<&SnapshotSpec> = known.iter().collect();
+            vane_model::redact::resolve_redacted(&mut spec, &known)
+                .map_err(|e| invalid(e.to_string()))?;
+            Ok(vane_model::proto::spec_to_proto(&spec))
+        })
+        .await
+        .map_err(|e| Status::internal(format!("resolution task failed: {e}")))?
+    }
+
     pub(crate) async fn dry_run(
         &self,
         group: String,
@@ -151,6 +193,7 @@ impl AdminService {
                 unchanged: true,
                 dry_run: true,
                 created_at_unix_ms: head.created_at_unix_ms,
+                warnings: Vec::new(),
             },
             _ => pb::PushResponse {
                 group,
@@ -159,6 +202,7 @@ impl AdminService {
                 unchanged: false,
                 dry_run: true,
                 created_at_unix_ms: 0,
+                warnings: Vec::new(),
             },
         };
         Ok(response)
@@ -178,12 +222,15 @@ impl AdminService {
         let snapshot = request
             .snapshot
             .ok_or_else(|| Status::invalid_argument("snapshot: required"))?;
+        let snapshot = self.resolved(&request.group, snapshot).await?;
         let max = self.max_snapshot_bytes;
+        let now = std::time::SystemTime::now();
         // Validation compiles regexes and walks the whole snapshot: keep it
         // off the async workers.
-        let (encoded, hash) = tokio::task::spawn_blocking(move || prepare(snapshot, max))
-            .await
-            .map_err(|e| Status::internal(format!("validation task failed: {e}")))??;
+        let (encoded, hash, warnings) =
+            tokio::task::spawn_blocking(move || prepare_push(snapshot, max, now))
+                .await
+                .map_err(|e| Status::internal(format!("validation task failed: {e}")))??;
         // A running rollout refuses plain pushes (the store checks again in
         // the write itself); `supersede` ends it instead.
         let rollout = if request.supersede {
@@ -200,7 +247,10 @@ impl AdminService {
             let response = self
                 .dry_run(request.group, hash, request.expected_version)
                 .await?;
-            return Ok(PushDone::DryRun(response));
+            return Ok(PushDone::DryRun(pb::PushResponse {
+                warnings,
+                ..response
+            }));
         }
         let superseding = rollout.is_some();
         let group = request.group.clone();
@@ -223,15 +273,18 @@ impl AdminService {
             self.rollouts.reread(&group).await;
             tracing::info!(group, "push superseded the running rollout");
         }
-        Ok(PushDone::Committed(outcome))
+        Ok(PushDone::Committed(outcome, warnings))
     }
 
-    /// A rollback by `caller`, after authorization.
+    /// A rollback by `caller`, after authorization, and its warnings. A
+    /// version whose certificate has expired (or is not valid yet) is
+    /// restored only with `force` (its date errors become warnings): agents
+    /// would serve a certificate clients refuse.
     pub(crate) async fn rollback_as(
         &self,
         caller: &Caller,
         request: pb::RollbackRequest,
-    ) -> Result<PushOutcome, Status> {
+    ) -> Result<(PushOutcome, Vec<String>), Status> {
         check_group(&request.group)?;
         check_version_field("to_version", request.to_version)?;
         check_message(&request.message)?;
@@ -249,11 +302,21 @@ impl AdminService {
         let max = self.max_snapshot_bytes;
         let bytes = target.snapshot.clone();
         let (group, version) = (request.group.clone(), request.to_version);
-        let (snapshot, hash) = tokio::task::spawn_blocking(move || {
+        let (force, now) = (request.force, std::time::SystemTime::now());
+        let (snapshot, hash, warnings) = tokio::task::spawn_blocking(move || {
             let snapshot = Snapshot::decode(&bytes).map_err(|e| e.to_string())?;
+            let warnings = match dates(&snapshot, now) {
+                Ok(warnings) => warnings,
+                Err(e) if force => vec![format!("restored anyway (--force): {e}")],
+                Err(e) => {
+                    return Err(format!(
+                        "{e}; push a renewed certificate instead, or roll back with --force to restore it anyway"
+                    ));
+                }
+            };
             let (encoded, hash) = snapshot.encode_and_hash();
             vane_model::check_size(encoded.len(), max).map_err(|e| e.to_string())?;
-            Ok::<_, String>((Bytes::from(encoded), hash.to_hex()))
+            Ok::<_, String>((Bytes::from(encoded), hash.to_hex(), warnings))
         })
         .await
         .map_err(|e| Status::internal(format!("validation task failed: {e}")))?
@@ -280,7 +343,7 @@ impl AdminService {
                 expected_version: request.expected_version,
             })
             .await?;
-        Ok(outcome)
+        Ok((outcome, warnings))
     }
 }
 
@@ -299,10 +362,16 @@ impl AdminService {
         let snapshot = request
             .snapshot
             .ok_or_else(|| Status::invalid_argument("snapshot: required"))?;
+        let snapshot = self.resolved(&request.group, snapshot).await?;
         let max = self.max_snapshot_bytes;
-        let (encoded, hash) = tokio::task::spawn_blocking(move || prepare(snapshot, max))
-            .await
-            .map_err(|e| Status::internal(format!("validation task failed: {e}")))??;
+        let now = std::time::SystemTime::now();
+        let (encoded, hash, warnings) =
+            tokio::task::spawn_blocking(move || prepare_push(snapshot, max, now))
+                .await
+                .map_err(|e| Status::internal(format!("validation task failed: {e}")))??;
+        for warning in &warnings {
+            tracing::warn!(group = %request.group, "rollout candidate: {warning}");
+        }
         let group = request.group.clone();
         self.rollouts
             .start(Start {
@@ -341,5 +410,6 @@ impl AdminService {
 /// What a push did: a dry run's report, or a stored (or unchanged) version.
 pub(crate) enum PushDone {
     DryRun(pb::PushResponse),
-    Committed(PushOutcome),
+    /// With the push's warnings.
+    Committed(PushOutcome, Vec<String>),
 }

@@ -109,6 +109,49 @@ impl AdminService {
         Ok(caller)
     }
 
+    /// Whether `caller` may see the private keys of `group` in clear (role
+    /// `admin`, `show_secrets` asked); a refusal names the role and is
+    /// audited like any refused read.
+    pub(crate) fn allow_secrets(&self, caller: &Caller, group: &str) -> Result<(), Status> {
+        let Err(status) = self.auth.authorize(caller, Action::ReadSecrets, group) else {
+            return Ok(());
+        };
+        let status = match status.code() {
+            tonic::Code::PermissionDenied => Status::permission_denied(format!(
+                "{}: show_secrets (--show-secrets) needs role admin on the group; without it private keys are shown as redacted:sha256:<fingerprint>",
+                status.message()
+            )),
+            _ => status,
+        };
+        if let Some(audit) = &self.audit {
+            audit.refused(caller, "read", group, "show_secrets", &status);
+        }
+        Err(status)
+    }
+
+    /// Refuses to send keys in clear over `request`'s connection when it is
+    /// plaintext to a peer off loopback (`crate::secrets`).
+    pub(crate) fn check_key_transport<T>(
+        &self,
+        request: &Request<T>,
+        group: &str,
+        version: u64,
+    ) -> Result<(), Status> {
+        let tcp_only = request.remote_addr().map(|remote| ConnInfo {
+            remote,
+            identity: None,
+            tls: false,
+        });
+        let conn = request.extensions().get::<ConnInfo>().or(tcp_only.as_ref());
+        match crate::secrets::refusal_for(conn) {
+            None => Ok(()),
+            Some(why) => {
+                tracing::warn!(group, version, peer = ?conn.map(|c| c.remote), "private keys not sent: {why}");
+                Err(crate::secrets::refused(group, version, &why))
+            }
+        }
+    }
+
     /// Records the outcome of a push or rollback in the audit log: the
     /// version it created (waiting until that entry is durable) or why it
     /// was refused.

@@ -150,6 +150,7 @@ impl Auth {
         let tcp_only = request.remote_addr().map(|remote| ConnInfo {
             remote,
             identity: None,
+            tls: false,
         });
         self.caller(
             request.extensions().get::<ConnInfo>().or(tcp_only.as_ref()),
@@ -273,6 +274,7 @@ fn capitalized(action: Action) -> &'static str {
         Action::Watch => "Watching",
         Action::Read => "Reading",
         Action::Write => "Pushing to",
+        Action::ReadSecrets => "Reading the private keys of",
     }
 }
 
@@ -304,6 +306,7 @@ mod tests {
         ConnInfo {
             remote: SocketAddr::from(([127, 0, 0, 1], 5)),
             identity: identity.map(Arc::from),
+            tls: false,
         }
     }
 

@@ -34,6 +34,9 @@ pub enum Action {
     Read,
     /// Push, Rollback.
     Write,
+    /// See private keys in clear (`show_secrets` on Get and Diff): role
+    /// `admin` only.
+    ReadSecrets,
 }
 
 impl Action {
@@ -43,6 +46,7 @@ impl Action {
             Self::Watch => "watch",
             Self::Read => "read",
             Self::Write => "push to",
+            Self::ReadSecrets => "read the private keys of",
         }
     }
 }

@@ -188,6 +188,7 @@ impl Credentials {
         let tcp_only = request.remote_addr().map(|remote| ConnInfo {
             remote,
             identity: None,
+            tls: false,
         });
         Self {
             conn: request.extensions().get::<ConnInfo>().cloned().or(tcp_only),

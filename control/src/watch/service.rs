@@ -371,6 +371,7 @@ impl tonic::codegen::Service<http::Request<tonic::body::Body>> for WatchServer {
                 .map(|remote| ConnInfo {
                     remote,
                     identity: None,
+                    tls: false,
                 });
             let credentials = Credentials {
                 conn: parts.extensions.get::<ConnInfo>().cloned().or(tcp_only),
