@@ -61,6 +61,9 @@ pub struct Published {
     http: crate::http::render::Bodies,
     /// The version's flags (`crate::openfeature`), decoded once.
     flags: OnceCell<crate::openfeature::flagset::Decoded>,
+    /// Whether it holds a private key in clear (`crate::secrets`), found
+    /// once by the first channel that asks.
+    keys: std::sync::OnceLock<bool>,
 }
 
 /// An older version a delta to the head can start from.
@@ -112,7 +115,16 @@ impl Published {
             xds: OnceCell::new(),
             http: crate::http::render::Bodies::default(),
             flags: OnceCell::new(),
+            keys: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Whether the version holds a private key in clear: what no channel
+    /// sends in plaintext to a peer off loopback.
+    pub fn has_private_keys(&self) -> bool {
+        *self
+            .keys
+            .get_or_init(|| crate::secrets::encoded_has_keys(&self.snapshot))
     }
 
     /// The version's HTTP bodies (JSON, YAML, values), rendered on first use.

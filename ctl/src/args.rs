@@ -198,6 +198,11 @@ pub enum Command {
         /// listeners gRPC's proxyless clients ask for by name).
         #[arg(long, value_enum, value_name = "CLIENT", requires = "view")]
         client: Option<XdsClient>,
+        /// Show private keys in clear (needs role admin on the group, and
+        /// TLS unless the server is on loopback). Without it each key is
+        /// `redacted:sha256:<fingerprint>`, which `push` accepts back.
+        #[arg(long)]
+        show_secrets: bool,
     },
     /// List a group's versions, newest first.
     History {
@@ -217,6 +222,10 @@ pub enum Command {
         /// The new version.
         #[arg(value_parser = clap::value_parser!(u64).range(1..))]
         b: u64,
+        /// Show private keys in clear (needs role admin on the group).
+        /// Without it a changed key shows as its fingerprint changing.
+        #[arg(long)]
+        show_secrets: bool,
     },
     /// Store a new version with the content of an older one.
     ///
@@ -233,6 +242,10 @@ pub enum Command {
         /// Why (kept in the history).
         #[arg(short, long)]
         message: Option<String>,
+        /// Restore the version even if one of its certificates has expired
+        /// or is not valid yet (refused without it).
+        #[arg(long)]
+        force: bool,
     },
     /// Show every agent of a group (or of every group) and what it runs.
     Status {

@@ -157,6 +157,7 @@ pub fn all() -> Vec<Seed> {
                 &pb::GetRequest {
                     group: GROUP.into(),
                     version: Some(3),
+                    show_secrets: false,
                 },
             ),
         ),
@@ -180,6 +181,7 @@ pub fn all() -> Vec<Seed> {
                     group: GROUP.into(),
                     from_version: 1,
                     to_version: 2,
+                    show_secrets: false,
                 },
             ),
         ),
@@ -193,6 +195,7 @@ pub fn all() -> Vec<Seed> {
                     to_version: 1,
                     expected_version: Some(2),
                     message: "back".into(),
+                    force: false,
                 },
             ),
         ),

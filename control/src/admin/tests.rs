@@ -75,6 +75,7 @@ async fn push_get_history_diff_rollback() {
         .get(Request::new(pb::GetRequest {
             group: "edge".into(),
             version: Some(1),
+            ..Default::default()
         }))
         .await
         .unwrap()
@@ -98,6 +99,7 @@ async fn push_get_history_diff_rollback() {
             group: "edge".into(),
             from_version: 1,
             to_version: 2,
+            ..Default::default()
         }))
         .await
         .unwrap()
@@ -121,6 +123,7 @@ async fn push_get_history_diff_rollback() {
             to_version: 1,
             expected_version: Some(2),
             message: String::new(),
+            ..Default::default()
         }))
         .await
         .unwrap()
@@ -138,6 +141,7 @@ async fn push_get_history_diff_rollback() {
             to_version: 1,
             expected_version: None,
             message: String::new(),
+            ..Default::default()
         }))
         .await
         .unwrap()
@@ -193,6 +197,7 @@ async fn refusals_name_the_field() {
         .get(Request::new(pb::GetRequest {
             group: "edge".into(),
             version: Some(9),
+            ..Default::default()
         }))
         .await
         .unwrap_err();
@@ -213,6 +218,7 @@ async fn refusals_name_the_field() {
             to_version: 7,
             expected_version: None,
             message: String::new(),
+            ..Default::default()
         }))
         .await
         .unwrap_err();
@@ -350,6 +356,7 @@ async fn a_corrupt_version_is_data_loss_degrades_its_group_and_a_rollback_heals_
             .get(Request::new(pb::GetRequest {
                 group: "edge".into(),
                 version,
+                ..Default::default()
             }))
             .await
             .unwrap_err();

@@ -77,6 +77,13 @@ impl ApiError {
             Code::InvalidArgument => {
                 Self::new(StatusCode::BAD_REQUEST, "invalid_argument", message)
             }
+            // 412: the request is fine, the connection is not (private
+            // keys over plaintext, `crate::secrets`).
+            Code::FailedPrecondition => Self::new(
+                StatusCode::PRECONDITION_FAILED,
+                "failed_precondition",
+                message,
+            ),
             Code::NotFound => Self::not_found(message),
             Code::ResourceExhausted => Self::exhausted(message, RETRY_AFTER_SECS),
             Code::Unavailable => Self::unavailable(message),

@@ -218,6 +218,7 @@ pub(crate) async fn poll(api: &HttpApi, call: Call, view: View) -> Result<Respon
             Some(key)
         }
     };
+    let keys_refused = crate::secrets::refusal_for(call.credentials.conn.as_ref());
     let access = parts.auth.subscribe_changes().map(|changes| {
         let access = Access {
             auth: parts.auth.clone(),
@@ -242,6 +243,18 @@ pub(crate) async fn poll(api: &HttpApi, call: Call, view: View) -> Result<Respon
     .await;
     match held {
         Held::Fresh(version) => {
+            // `/values` carries no key; `/snapshot` carries them all.
+            if view == View::Snapshot
+                && let Some(why) = &keys_refused
+                && version.has_private_keys()
+            {
+                tracing::warn!(group = %version.group, version = version.version, "private keys not sent: {why}");
+                return Err(ApiError::from_status(&crate::secrets::refused(
+                    &version.group,
+                    version.version,
+                    why,
+                )));
+            }
             let body = version
                 .http_bodies()
                 .get(&version.snapshot, view, params.format)

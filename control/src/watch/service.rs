@@ -247,6 +247,7 @@ impl DiscoveryService {
             metrics,
         );
         stream.span = span;
+        stream.keys_refused = crate::secrets::refusal_for(credentials.conn.as_ref());
         stream.cohorts = cohorts;
         stream.accept_notices = first.accept_store_notices;
         stream.record_health(first.health.as_ref());

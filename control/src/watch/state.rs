@@ -79,6 +79,9 @@ pub(crate) struct WatchState {
     /// The data-plane health the agent's requests last carried, as
     /// recorded (`None`: it reports none).
     pub(crate) health: Option<pb::Health>,
+    /// Why this connection may not carry private keys (plaintext, peer off
+    /// loopback: `crate::secrets`); `None` when it may.
+    pub(crate) keys_refused: Option<String>,
 }
 
 /// What a request after the first asks of the stream.
@@ -122,6 +125,9 @@ impl WatchState {
             span: tracing::Span::none(),
             access: None,
             health: None,
+            // Until told otherwise: streams built outside `open` (replays,
+            // unit tests) have no network peer.
+            keys_refused: None,
         }
     }
 
@@ -171,6 +177,12 @@ impl WatchState {
                         // A version carries the store's reachability too,
                         // so a notice goes only when no version does.
                         if let Some(published) = self.pending.take() {
+                            if let Some(why) = &self.keys_refused
+                                && published.has_private_keys()
+                            {
+                                tracing::warn!(parent: &self.span, version = published.version, "private keys not sent: {why}");
+                                break Some(crate::secrets::refused(&published.group, published.version, why));
+                            }
                             let delta = self.delta_for(&published).await;
                             permit.send(Box::new(self.response(&published, delta)));
                         } else {

@@ -124,6 +124,7 @@ async fn dispatch(
                 Some(wait) => wait::push_and_wait(admin, cli, url, request, *wait, live).await,
                 None => {
                     let resp = admin.push(request).await.map_err(refused)?.into_inner();
+                    warn(&resp.warnings);
                     Ok(output::push(&PushView::new(&resp, None), fmt))
                 }
             }
@@ -133,10 +134,12 @@ async fn dispatch(
             version,
             view,
             client,
+            show_secrets,
         } => {
             let request = pb::GetRequest {
                 group: group.clone(),
                 version: *version,
+                show_secrets: *show_secrets,
             };
             let resp = admin.get(request).await.map_err(refused)?.into_inner();
             let (info, snapshot) = checked_snapshot(group, resp)?;
@@ -169,11 +172,17 @@ async fn dispatch(
             }
             Ok(output::history(&entries, resp.pruned_versions, fmt))
         }
-        Command::Diff { group, a, b } => {
+        Command::Diff {
+            group,
+            a,
+            b,
+            show_secrets,
+        } => {
             let request = pb::DiffRequest {
                 group: group.clone(),
                 from_version: *a,
                 to_version: *b,
+                show_secrets: *show_secrets,
             };
             let resp = admin.diff(request).await.map_err(refused)?.into_inner();
             let view = DiffView {
@@ -189,14 +198,17 @@ async fn dispatch(
             to,
             expect_version,
             message,
+            force,
         } => {
             let request = pb::RollbackRequest {
                 group: group.clone(),
                 to_version: *to,
                 expected_version: *expect_version,
                 message: message.clone().unwrap_or_default(),
+                force: *force,
             };
             let resp = admin.rollback(request).await.map_err(refused)?.into_inner();
+            warn(&resp.warnings);
             Ok(output::push(&PushView::new(&resp, Some(*to)), fmt))
         }
         Command::Status { group } => {
@@ -256,13 +268,21 @@ fn checked_snapshot(
     resp: pb::GetResponse,
 ) -> Result<(pb::VersionInfo, Snapshot), CliError> {
     let info = resp.info.unwrap_or_default();
+    let redacted = resp.redacted.then_some(resp.redacted_hash);
     let Some(snapshot) = resp.snapshot else {
         return Err(CliError::refused(format!(
             "the server sent version {} of {group} without its snapshot",
             info.version
         )));
     };
-    let snapshot = Snapshot::try_from(snapshot).map_err(|e| {
+    // Redacted content (keys replaced by placeholders) validates by the same
+    // rules but for the keys, and hashes to the hash of what was sent.
+    let validated = match &redacted {
+        None => Snapshot::try_from(snapshot),
+        Some(_) => vane_model::SnapshotSpec::try_from(snapshot)
+            .and_then(vane_model::redact::validate_redacted),
+    };
+    let snapshot = validated.map_err(|e| {
         CliError::refused(format!(
             "the server sent an invalid snapshot for {group} version {}: {e}",
             info.version
@@ -271,13 +291,22 @@ fn checked_snapshot(
     // The hash is recomputed here too (the server checks it before it
     // answers): content that does not match it is never printed as valid.
     let hash = snapshot.content_hash().to_hex();
-    if hash != info.hash {
+    let expected = redacted.as_deref().unwrap_or(&info.hash);
+    if hash != expected {
         return Err(CliError::refused(format!(
-            "version {} of group {group:?} is corrupt: the server sent content that hashes to {hash}, not the recorded {}",
-            info.version, info.hash
+            "version {} of group {group:?} is corrupt: the server sent content that hashes to {hash}, not the recorded {expected}",
+            info.version
         )));
     }
     Ok((info, snapshot))
+}
+
+/// Prints the server's warnings about what it accepted (a certificate about
+/// to expire) on stderr: stdout stays the result a script parses.
+fn warn(warnings: &[String]) {
+    for w in warnings {
+        eprintln!("warning: {w}");
+    }
 }
 
 /// `get --as xds`: the resources the control server serves for this

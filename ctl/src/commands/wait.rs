@@ -150,6 +150,7 @@ pub(crate) async fn push_and_wait(
     let timeout = cli.call_timeout();
     let group = request.group.clone();
     let resp = follow::bounded(timeout, url, admin.push(request)).await?;
+    super::warn(&resp.warnings);
     let push = PushView::new(&resp, None);
     let version = resp.version;
     if fmt == OutputFormat::Table {

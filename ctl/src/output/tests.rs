@@ -34,6 +34,7 @@ fn push_response(unchanged: bool, dry_run: bool) -> pb::PushResponse {
         unchanged,
         dry_run,
         created_at_unix_ms: T,
+        warnings: Vec::new(),
     }
 }
 
