@@ -6,6 +6,11 @@
 //! snapshot's bytes). Nothing in it is trusted: loading hands the bytes to the
 //! same apply path as a live update, which recomputes the hash over the
 //! content and validates it.
+//!
+//! It may hold private keys (a snapshot's inline `private_key`s): the file is
+//! written with mode 0600 and its directory is kept at 0700 (created so, or
+//! tightened, with a log line, when it was open to others), so only the
+//! agent's user reads it.
 
 use std::fs::{self, File};
 use std::io::Write;
@@ -132,7 +137,10 @@ impl DiskCache {
             path: self.path.clone(),
             source,
         };
-        fs::create_dir_all(&self.dir).map_err(io)?;
+        private_dir(&self.dir).map_err(|source| CacheError::Io {
+            path: self.dir.clone(),
+            source,
+        })?;
         let record = pb::StoredVersion {
             info: Some(pb::VersionInfo {
                 version: snapshot.version,
@@ -142,7 +150,32 @@ impl DiskCache {
             }),
             snapshot: snapshot.body.clone(),
         };
-        write_atomic(&self.path, &record.encode_to_vec()).map_err(io)
+        write_atomic_private(&self.path, &record.encode_to_vec()).map_err(io)
+    }
+}
+
+/// Creates `dir` (and its missing parents) with mode 0700, or tightens an
+/// existing one that others may read or enter to 0700, saying so in the log.
+pub fn private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+    match fs::metadata(dir) {
+        Ok(meta) => {
+            let mode = meta.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
+                tracing::warn!(
+                    dir = %dir.display(),
+                    was = format!("{mode:o}"),
+                    "cache directory was open to other users (it may hold private keys); set its mode to 700"
+                );
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir),
+        Err(e) => Err(e),
     }
 }
 
@@ -167,6 +200,18 @@ pub fn decode(bytes: &[u8]) -> Result<CachedSnapshot, String> {
 /// the new one: temp file in the same directory, fsync, rename, fsync the
 /// directory (without the last step the rename itself may not survive a crash).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    write_atomic_mode(path, bytes, 0o666)
+}
+
+/// [`write_atomic`] for a file only its owner may read (mode 0600, from its
+/// creation on: no moment where others could open it).
+pub fn write_atomic_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    write_atomic_mode(path, bytes, 0o600)
+}
+
+/// [`write_atomic`] creating the file with `mode` (less the umask).
+fn write_atomic_mode(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt as _;
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
@@ -181,7 +226,11 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         rand::random::<u32>()
     ));
     let result = (|| {
-        let mut f = File::create(&tmp)?;
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
         drop(f);
@@ -210,6 +259,36 @@ mod tests {
         std::fs::create_dir(&cache.path).unwrap();
         let e = cache.load().unwrap_err();
         assert!(e.to_string().contains("is not a regular file"), "{e}");
+    }
+
+    #[test]
+    fn the_file_is_0600_and_its_directory_0700() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let root = tempfile::tempdir().unwrap();
+        let snap = CachedSnapshot {
+            version: 1,
+            hash: "ab".repeat(32),
+            body: Bytes::from_static(b"\x0a\x00"),
+        };
+        // Created by the cache.
+        let dir = root.path().join("a/b");
+        let cache = DiskCache::new(&dir, "edge");
+        cache.store(&snap).unwrap();
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(cache.path()), 0o600);
+        // An existing directory open to others is tightened; a file left
+        // readable by an older release is replaced by a 0600 one.
+        let open = root.path().join("open");
+        fs::create_dir(&open).unwrap();
+        fs::set_permissions(&open, fs::Permissions::from_mode(0o755)).unwrap();
+        let cache = DiskCache::new(&open, "edge");
+        fs::write(cache.path(), b"old").unwrap();
+        fs::set_permissions(cache.path(), fs::Permissions::from_mode(0o644)).unwrap();
+        cache.store(&snap).unwrap();
+        assert_eq!(mode(&open), 0o700);
+        assert_eq!(mode(cache.path()), 0o600);
+        assert_eq!(cache.load().unwrap(), snap);
     }
 
     #[test]

@@ -46,14 +46,25 @@ pub enum SecretKind {
     TrustedCa(PemSource),
 }
 
-/// Where PEM text comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where PEM text comes from. Its `Debug` never shows inline PEM (it may
+/// be a private key): a `{:?}` of a snapshot in a log line or a panic
+/// message leaks nothing.
+#[derive(Clone, PartialEq, Eq)]
 pub enum PemSource {
     /// In the snapshot; checked at validation.
     Inline(String),
     /// An absolute path on the data plane's host, read when the snapshot is
     /// applied (a file that is missing or bad fails the apply: a NACK).
     File(PathBuf),
+}
+
+impl std::fmt::Debug for PemSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PemSource::Inline(pem) => write!(f, "Inline(<{} bytes of PEM>)", pem.len()),
+            PemSource::File(path) => f.debug_tuple("File").field(path).finish(),
+        }
+    }
 }
 
 impl PemSource {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use vane_agent::Current;
-use vane_agent::cache::write_atomic;
+use vane_agent::cache::{write_atomic, write_atomic_private};
 
 /// Most bytes of a check (or health) command's stderr kept as the NACK
 /// (or degraded) reason.
@@ -21,14 +21,23 @@ pub(crate) enum OutputFormat {
 }
 
 /// Renders a configuration: the canonical snapshot with `group`, `version`,
-/// `hash` and `source` added at the top.
+/// `hash` and `source` added at the top. Private keys are never written:
+/// each is its placeholder (`redacted:sha256:<fingerprint>`); a program that
+/// needs a key reads it from the agent host (`private_key_file`).
 pub(crate) fn render(c: &Current, group: &str, format: OutputFormat) -> Result<Vec<u8>, String> {
     let mut doc = serde_json::Map::new();
     doc.insert("group".into(), group.into());
     doc.insert("version".into(), c.version.into());
     doc.insert("hash".into(), c.hash.clone().into());
     doc.insert("source".into(), c.source.as_str().into());
-    if let serde_json::Value::Object(body) = c.snapshot.to_json() {
+    let body = if c.snapshot.has_private_keys() {
+        let mut shown = vane_model::Snapshot::clone(&c.snapshot);
+        vane_model::redact::redact_snapshot(&mut shown);
+        shown.to_json()
+    } else {
+        c.snapshot.to_json()
+    };
+    if let serde_json::Value::Object(body) = body {
         doc.extend(body);
     }
     let doc = serde_json::Value::Object(doc);
@@ -87,7 +96,7 @@ impl Outputs {
             return Ok(());
         };
         let bytes = render(c, &self.group, self.format)?;
-        write_atomic(path, &bytes).map_err(|e| format!("cannot write {}: {e}", path.display()))
+        write(path, &bytes, c).map_err(|e| format!("cannot write {}: {e}", path.display()))
     }
 
     /// The validator: runs `--check-cmd` on the candidate.
@@ -107,11 +116,21 @@ impl Outputs {
             candidate.version
         ));
         let bytes = render(candidate, &self.group, self.format)?;
-        write_atomic(&path, &bytes)
+        write(&path, &bytes, candidate)
             .map_err(|e| format!("cannot write the candidate {}: {e}", path.display()))?;
         let result = run_check(cmd, &path, self.check_timeout);
         let _ = std::fs::remove_file(&path);
         result
+    }
+}
+
+/// Writes a rendered configuration: only its owner may read it when the
+/// snapshot has secrets (certificates, CA bundles, key fingerprints).
+fn write(path: &Path, bytes: &[u8], c: &Current) -> std::io::Result<()> {
+    if c.snapshot.secrets.is_empty() {
+        write_atomic(path, bytes)
+    } else {
+        write_atomic_private(path, bytes)
     }
 }
 
