@@ -32,6 +32,7 @@ mod reconnect_recovery;
 mod retention;
 mod rollout_cohorts;
 mod rollouts;
+mod secrets;
 mod security_tls;
 mod shutdown;
 mod sidecar;
