@@ -262,16 +262,15 @@ fn a_redacted_snapshot_validates_for_showing_and_hashes_as_sent() {
     assert_ne!(sent.content_hash(), full.content_hash());
     // What a client receives (the wire form) validates for showing, and
     // hashes to what the server computed of what it sent.
-    let received = vane_model::redact::validate_redacted(
-        SnapshotSpec::try_from(sent.to_proto()).unwrap(),
-    )
-    .unwrap();
+    let received =
+        vane_model::validate::validate_redacted(SnapshotSpec::try_from(sent.to_proto()).unwrap())
+            .unwrap();
     assert_eq!(received, sent);
     assert_eq!(received.content_hash(), sent.content_hash());
     // The other rules still apply: a dangling reference is refused.
     let mut broken = sent.canonical_spec();
     broken.listeners[0].route_table = Some("nope".into());
-    let e = vane_model::redact::validate_redacted(broken).unwrap_err();
+    let e = vane_model::validate::validate_redacted(broken).unwrap_err();
     assert!(e.to_string().contains("listeners[0].route_table"), "{e}");
 }
 

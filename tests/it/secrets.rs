@@ -15,9 +15,9 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 
 use vane_pki::{Ca, LeafParams, Validity};
+use vane_testkit::fixtures::write_text;
 use vane_testkit::policy::{start_with_policy, token_file};
 use vane_testkit::sidecar::Sidecar;
-use vane_testkit::fixtures::write_text;
 use vane_testkit::{ControlServer, Output};
 
 const TOKENS: &[(&str, &str)] = &[
@@ -58,7 +58,12 @@ impl Setup {
     }
 
     fn token(&self, identity: &str) -> &Path {
-        &self.tokens.iter().find(|(id, _)| *id == identity).unwrap().1
+        &self
+            .tokens
+            .iter()
+            .find(|(id, _)| *id == identity)
+            .unwrap()
+            .1
     }
 
     /// `vanectl --token-file <identity's> args`.
@@ -168,14 +173,19 @@ fn keys_are_shown_to_an_admin_who_asks_and_as_fingerprints_to_everyone_else() {
         .ctl_as("admin", &["get", "edge", "--show-secrets", "-o", "json"])
         .ok();
     assert_eq!(
-        out.json()["secrets"][0]["private_key"].as_str().unwrap().trim(),
+        out.json()["secrets"][0]["private_key"]
+            .as_str()
+            .unwrap()
+            .trim(),
         a.key_pem.trim(),
         "{out}"
     );
     // A placeholder of a key the group never held is refused at its field,
     // in a dry run too.
     let stranger = site(Validity::days(90));
-    let foreign = shown.stdout.replace(&placeholder(&a), &placeholder(&stranger));
+    let foreign = shown
+        .stdout
+        .replace(&placeholder(&a), &placeholder(&stranger));
     let file = write_text(&s.dir, "foreign.yaml", &foreign);
     for dry in [&[][..], &["--dry-run"]] {
         let mut args = vec!["push", "edge", "-f", file.to_str().unwrap()];
@@ -208,7 +218,10 @@ fn keys_are_shown_to_an_admin_who_asks_and_as_fingerprints_to_everyone_else() {
     assert!(out.stdout.contains(KEY_MARK), "{out}");
     // History carries no content at all.
     let out = s.ctl_as("reader", &["history", "edge", "-o", "json"]).ok();
-    assert!(!out.stdout.contains(KEY_MARK) && !out.stdout.contains("redacted:"), "{out}");
+    assert!(
+        !out.stdout.contains(KEY_MARK) && !out.stdout.contains("redacted:"),
+        "{out}"
+    );
     // Nor does the server's log.
     assert!(!s.server.logs().contains(KEY_MARK));
 }
@@ -221,15 +234,16 @@ fn certificate_dates_are_checked_at_push() {
     assert_eq!(out.code, 1, "{out}");
     let line = out.one_error_line();
     assert!(
-        line.contains("secrets[\"site\"].certificate_chain: certificate 1") && line.contains("expired on"),
+        line.contains("secrets[\"site\"].certificate_chain: certificate 1")
+            && line.contains("expired on"),
         "{out}"
     );
-    let out = s.push(
-        "early.yaml",
-        &snapshot(&site(Validity::not_yet_valid()), 1),
-    );
+    let out = s.push("early.yaml", &snapshot(&site(Validity::not_yet_valid()), 1));
     assert_eq!(out.code, 1, "{out}");
-    assert!(out.one_error_line().contains("is not valid before"), "{out}");
+    assert!(
+        out.one_error_line().contains("is not valid before"),
+        "{out}"
+    );
     // Expiring within 30 days: stored, with a warning on stderr.
     let out = s.push("soon.yaml", &snapshot(&site(Validity::days(10)), 1));
     assert_eq!(out.code, 0, "{out}");
@@ -241,7 +255,9 @@ fn certificate_dates_are_checked_at_push() {
         "{out}"
     );
     // Far from expiry: no warning.
-    let out = s.push("fine.yaml", &snapshot(&site(Validity::days(90)), 2)).ok();
+    let out = s
+        .push("fine.yaml", &snapshot(&site(Validity::days(90)), 2))
+        .ok();
     assert!(out.stderr.trim().is_empty(), "{out}");
 }
 
@@ -284,7 +300,9 @@ fn the_agent_keeps_keys_to_its_user() {
     // plane is away), so only the agent's user may read it.
     let cached = std::fs::read(&cache).unwrap();
     assert!(
-        cached.windows(KEY_MARK.len()).any(|w| w == KEY_MARK.as_bytes()),
+        cached
+            .windows(KEY_MARK.len())
+            .any(|w| w == KEY_MARK.as_bytes()),
         "the cache holds the key"
     );
     assert_eq!(mode(&cache), 0o600);

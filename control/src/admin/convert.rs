@@ -86,7 +86,10 @@ pub(crate) fn prepare_push(
 
 /// The dates of `snapshot`'s certificates at `now`: the warnings, or the
 /// errors in one line (each naming its field).
-pub(crate) fn dates(snapshot: &Snapshot, now: std::time::SystemTime) -> Result<Vec<String>, String> {
+pub(crate) fn dates(
+    snapshot: &Snapshot,
+    now: std::time::SystemTime,
+) -> Result<Vec<String>, String> {
     let report = vane_model::tls_check::check_dates(&snapshot.secrets, now);
     match vane_model::ValidationError::from_errors(report.errors) {
         Some(errors) => Err(capped(errors.to_string())),

@@ -80,10 +80,7 @@ impl pb::admin_server::Admin for AdminService {
                 record.version, record.group
             ))
         })?;
-        let has_keys = snapshot
-            .secrets
-            .iter()
-            .any(|s| !s.private_key.is_empty());
+        let has_keys = snapshot.secrets.iter().any(|s| !s.private_key.is_empty());
         let (snapshot, redacted_hash) = match (has_keys, show_secrets) {
             (false, _) => (snapshot, None),
             (true, true) => {

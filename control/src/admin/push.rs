@@ -151,15 +151,16 @@ impl AdminService {
         tokio::task::spawn_blocking(move || {
             use prost::Message as _;
             let invalid = |e: String| Status::invalid_argument(capped(e));
-            let mut spec =
-                SnapshotSpec::try_from(snapshot).map_err(|e| invalid(e.to_string()))?;
+            let mut spec = SnapshotSpec::try_from(snapshot).map_err(|e| invalid(e.to_string()))?;
             let known = match head {
                 Some(head) => {
                     let decoded = pb::Snapshot::decode(head.snapshot.as_ref())
                         .map_err(|e| Status::internal(format!("the head does not decode: {e}")))?;
-                    vec![SnapshotSpec::try_from(decoded).map_err(|e| {
-                        Status::internal(format!("the head does not convert: {e}"))
-                    })?]
+                    vec![
+                        SnapshotSpec::try_from(decoded).map_err(|e| {
+                            Status::internal(format!("the head does not convert: {e}"))
+                        })?,
+                    ]
                 }
                 None => Vec::new(),
             };

@@ -280,7 +280,7 @@ fn checked_snapshot(
     let validated = match &redacted {
         None => Snapshot::try_from(snapshot),
         Some(_) => vane_model::SnapshotSpec::try_from(snapshot)
-            .and_then(vane_model::redact::validate_redacted),
+            .and_then(vane_model::validate::validate_redacted),
     };
     let snapshot = validated.map_err(|e| {
         CliError::refused(format!(
