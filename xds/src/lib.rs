@@ -66,6 +66,8 @@ pub fn translate(snapshot: &vane_model::Snapshot) -> Result<Resources, Translate
         endpoints: by_name(clusters::load_assignments(snapshot)),
         secrets: by_name(secrets),
         secrets_with_keys,
+        uses_secrets: snapshot.listeners.iter().any(|l| l.tls.is_some())
+            || snapshot.clusters.iter().any(|c| c.tls.is_some()),
     })
 }
 

@@ -138,6 +138,9 @@ pub struct Resources {
     /// The names of the secrets carrying a private key inline (not a file
     /// on the client's host): never sent in plaintext to another host.
     pub secrets_with_keys: BTreeSet<String>,
+    /// Whether a listener or a cluster names a secret (Envoy will ask for
+    /// them over SDS).
+    pub uses_secrets: bool,
 }
 
 impl Resources {
