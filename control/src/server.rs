@@ -567,7 +567,11 @@ impl Server {
             .http2_max_pending_accept_reset_streams(Some(100))
             .timeout(config.request_timeout)
             .add_routes(http_api.routes())
-            .add_service(crate::xds::XdsService::beside(&discovery).into_server())
+            .add_service(
+                crate::xds::XdsService::beside(&discovery)
+                    .over_tls(security.tls.is_some())
+                    .into_server(),
+            )
             .add_service(crate::openfeature::FlagSyncService::beside(&discovery).into_server())
             .add_service(discovery.into_server())
             .add_service(admin.into_server())

@@ -41,5 +41,6 @@ mod store_faults;
 mod watch;
 mod xds_ads;
 mod xds_envoy;
+mod xds_envoy_tls;
 mod xds_grpc;
 mod xds_view;

@@ -1,13 +1,16 @@
 //! Clusters and their endpoints: a `Cluster` fetching its endpoints over
 //! ADS (EDS), with the connect timeout, outlier detection and a
 //! load-balancing policy list (Vane's policy, then round robin for clients
-//! that do not know it), and a `ClusterLoadAssignment` with one locality.
+//! that do not know it), TLS to the endpoints (a transport socket naming
+//! the secrets over SDS) and the HTTP version spoken to them, and a
+//! `ClusterLoadAssignment` with one locality.
 
 use envoy_types::pb::envoy::config::cluster::v3::{
     Cluster, LoadBalancingPolicy, OutlierDetection,
     cluster::{ClusterDiscoveryType, DiscoveryType, EdsClusterConfig},
     load_balancing_policy::Policy,
 };
+use envoy_types::pb::envoy::config::core::v3::Http2ProtocolOptions;
 use envoy_types::pb::envoy::config::core::v3::{Locality, TypedExtensionConfig};
 use envoy_types::pb::envoy::config::endpoint::v3::{
     ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint::HostIdentifier,
@@ -15,9 +18,23 @@ use envoy_types::pb::envoy::config::endpoint::v3::{
 use envoy_types::pb::envoy::extensions::load_balancing_policies::{
     least_request::v3::LeastRequest, random::v3::Random, round_robin::v3::RoundRobin,
 };
-use vane_model::{LbPolicy, Snapshot};
+use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
+    HttpProtocolOptions,
+    http_protocol_options::{
+        AutoHttpConfig, ExplicitHttpConfig, UpstreamProtocolOptions,
+        explicit_http_config::ProtocolConfig,
+    },
+};
+use envoy_types::pb::google::protobuf::Any;
+use vane_model::{LbPolicy, Snapshot, UpstreamProtocol};
 
 use crate::parts::{ads, duration, pack, socket_address, u32_value};
+use crate::tls;
+
+/// The key of a cluster's `typed_extension_protocol_options` entry saying
+/// which HTTP version its endpoints speak.
+pub(crate) const HTTP_PROTOCOL_OPTIONS: &str =
+    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
 
 /// vane-proxy's least request picks the better of two random endpoints.
 const LEAST_REQUEST_CHOICES: u32 = 2;
@@ -54,11 +71,41 @@ pub(crate) fn clusters(snapshot: &Snapshot) -> Vec<(String, Cluster)> {
                     enforcing_success_rate: Some(u32_value(0)),
                     ..Default::default()
                 }),
+                transport_socket: c.tls.as_ref().map(|t| tls::upstream(t, c.protocol)),
+                // One entry at most: the hash stays stable (see `resource`).
+                typed_extension_protocol_options: protocol_options(c.protocol)
+                    .map(|o| (HTTP_PROTOCOL_OPTIONS.to_owned(), o))
+                    .into_iter()
+                    .collect(),
                 ..Default::default()
             };
             (c.name.clone(), cluster)
         })
         .collect()
+}
+
+/// The HTTP version of the endpoints: nothing for HTTP/1.1 (Envoy's
+/// default), HTTP/2 explicitly (prior knowledge, or ALPN `h2` over TLS),
+/// or by ALPN (`auto`, which validation allows only with TLS).
+fn protocol_options(protocol: UpstreamProtocol) -> Option<Any> {
+    let options = match protocol {
+        UpstreamProtocol::Http1 => return None,
+        UpstreamProtocol::Http2 => {
+            UpstreamProtocolOptions::ExplicitHttpConfig(ExplicitHttpConfig {
+                protocol_config: Some(ProtocolConfig::Http2ProtocolOptions(
+                    Http2ProtocolOptions::default(),
+                )),
+            })
+        }
+        UpstreamProtocol::Auto => UpstreamProtocolOptions::AutoConfig(AutoHttpConfig {
+            http2_protocol_options: Some(Http2ProtocolOptions::default()),
+            ..Default::default()
+        }),
+    };
+    Some(pack(&HttpProtocolOptions {
+        upstream_protocol_options: Some(options),
+        ..Default::default()
+    }))
 }
 
 fn lb_policy(lb: LbPolicy) -> Policy {

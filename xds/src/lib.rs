@@ -1,7 +1,8 @@
 //! Vane snapshots as Envoy xDS resources: [`translate`] turns a validated
 //! [`vane_model::Snapshot`] into the listeners, route configurations,
 //! clusters and cluster load assignments stock Envoy and gRPC's proxyless
-//! clients read ([`Resources`]), each with its content hash (a delta
+//! clients read, and the secrets their TLS uses ([`Resources`]), each with
+//! its content hash (a delta
 //! stream's resource version). The control server sends them; `vanectl get
 //! --as xds` prints them, in Envoy's JSON ([`json`]).
 //!
@@ -13,6 +14,7 @@
 //!   timeouts, rate limits);
 //! - `ratelimit.rs` — Vane's token buckets as Envoy's local rate limit;
 //! - `clusters.rs` — clusters and their load assignments;
+//! - `tls.rs` — secrets (SDS) and the TLS transport sockets naming them;
 //! - `parts.rs` — packing and hashing, the ADS config source, small pieces;
 //! - `json.rs` — resources as Envoy's JSON, through the descriptor set
 //!   committed as `xds/descriptors.bin` (`cargo xtask xds-descriptors`).
@@ -25,9 +27,10 @@ mod listeners;
 mod parts;
 mod ratelimit;
 mod routes;
+mod tls;
 mod types;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use prost::{Message, Name};
@@ -45,12 +48,26 @@ pub use types::{Client, Resource, ResourceType, Resources, TranslateError};
 /// snapshot that passed `vane_model::validate` always translates.
 pub fn translate(snapshot: &vane_model::Snapshot) -> Result<Resources, TranslateError> {
     let l = listeners::listeners(snapshot);
+    let mut secrets_with_keys = BTreeSet::new();
+    let secrets = tls::secrets(snapshot)
+        .into_iter()
+        .map(|(name, secret, keyed)| {
+            if keyed {
+                secrets_with_keys.insert(name.clone());
+            }
+            (name, secret)
+        })
+        .collect();
     Ok(Resources {
         listeners: by_name(l.sockets),
         api_listeners: by_name(l.apis),
         routes: by_name(routes::route_configurations(snapshot)?),
         clusters: by_name(clusters::clusters(snapshot)),
         endpoints: by_name(clusters::load_assignments(snapshot)),
+        secrets: by_name(secrets),
+        secrets_with_keys,
+        uses_secrets: snapshot.listeners.iter().any(|l| l.tls.is_some())
+            || snapshot.clusters.iter().any(|c| c.tls.is_some()),
     })
 }
 
@@ -66,3 +83,5 @@ fn by_name<M: Message + Name>(items: Vec<(String, M)>) -> BTreeMap<String, Arc<R
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_tls;

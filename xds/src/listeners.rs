@@ -2,12 +2,18 @@
 //! manager fetching the route table over ADS, or a TCP proxy to the
 //! cluster), and for every HTTP listener an API listener of the same name,
 //! which is what a gRPC proxyless client asks for (`xds:///web` → LDS
-//! `web`).
+//! `web`). A TLS listener (`https`, `tls`) gets one filter chain per
+//! certificate, chosen by SNI (`filter_chain_match.server_names`, read by
+//! the TLS inspector), with the first certificate's chain also as the
+//! default chain for any other name or none; each chain terminates TLS
+//! with its certificate fetched over SDS.
 
 use envoy_types::pb::envoy::config::listener::v3::{
-    ApiListener, Filter, FilterChain, Listener, filter,
+    ApiListener, Filter, FilterChain, FilterChainMatch, Listener, ListenerFilter, filter,
+    listener_filter,
 };
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
+use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, HttpFilter, Rds,
     http_connection_manager::{CodecType, RouteSpecifier, StripPortMode},
@@ -16,10 +22,14 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{
     TcpProxy, tcp_proxy::ClusterSpecifier,
 };
-use vane_model::{ListenerTarget, Snapshot};
+use vane_model::{Listener as VaneListener, ListenerTarget, ListenerTls, Snapshot};
 
 use crate::parts::{HCM_FILTER, ROUTER_FILTER, TCP_PROXY_FILTER, ads, pack, socket_address};
 use crate::ratelimit;
+use crate::tls;
+
+/// The listener filter reading the SNI name of a TLS client hello.
+const TLS_INSPECTOR_FILTER: &str = "envoy.filters.listener.tls_inspector";
 
 /// Socket listeners and API listeners, each as (name, message).
 pub(crate) struct Listeners {
@@ -63,18 +73,67 @@ pub(crate) fn listeners(snapshot: &Snapshot) -> Listeners {
                 }
             }
         };
-        let listener = Listener {
-            name: l.name.clone(),
-            address: Some(socket_address(l.address)),
-            filter_chains: vec![FilterChain {
-                filters: vec![network_filter],
+        let listener = match &l.tls {
+            None => Listener {
+                name: l.name.clone(),
+                address: Some(socket_address(l.address)),
+                filter_chains: vec![FilterChain {
+                    filters: vec![network_filter],
+                    ..Default::default()
+                }],
                 ..Default::default()
-            }],
-            ..Default::default()
+            },
+            Some(t) => tls_listener(l, t, &network_filter),
         };
         out.sockets.push((l.name.clone(), listener));
     }
     out
+}
+
+/// A TLS listener: per certificate with server names, a filter chain
+/// matching them; the first certificate's chain again as the default (for
+/// clients sending no name or an unlisted one). A later certificate with no
+/// names is never chosen (as in vane-proxy) and gets no chain.
+fn tls_listener(l: &VaneListener, t: &ListenerTls, network_filter: &Filter) -> Listener {
+    let http = matches!(l.target, ListenerTarget::RouteTable(_));
+    let chain = |index: usize, secret: &str, server_names: Vec<String>| FilterChain {
+        name: format!("{}.{index}.{secret}", l.name),
+        filter_chain_match: (!server_names.is_empty()).then(|| FilterChainMatch {
+            server_names,
+            ..Default::default()
+        }),
+        filters: vec![network_filter.clone()],
+        transport_socket: Some(tls::downstream(t, secret, http)),
+        ..Default::default()
+    };
+    let filter_chains = t
+        .certificates
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| !c.server_names.is_empty())
+        .map(|(i, c)| {
+            let names = c.server_names.iter().map(|n| n.to_file_form()).collect();
+            chain(i, &c.secret, names)
+        })
+        .collect();
+    let default_filter_chain = t.certificates.first().map(|c| FilterChain {
+        name: format!("{}.default.{}", l.name, c.secret),
+        ..chain(0, &c.secret, Vec::new())
+    });
+    Listener {
+        name: l.name.clone(),
+        address: Some(socket_address(l.address)),
+        listener_filters: vec![ListenerFilter {
+            name: TLS_INSPECTOR_FILTER.to_owned(),
+            config_type: Some(listener_filter::ConfigType::TypedConfig(pack(
+                &TlsInspector::default(),
+            ))),
+            ..Default::default()
+        }],
+        filter_chains,
+        default_filter_chain,
+        ..Default::default()
+    }
 }
 
 /// The API listener a gRPC client gets for `name`: the same route table,

@@ -1,14 +1,17 @@
 //! The shapes of the translation: resource types and their URLs, client
 //! kinds, one translated resource, a snapshot's resources, errors.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use envoy_types::pb::google::protobuf::Any;
 
-/// The four xDS resource types Vane serves.
+/// The five xDS resource types Vane serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ResourceType {
+    /// `envoy.extensions.transport_sockets.tls.v3.Secret` (SDS): first, so
+    /// that a secret is sent before what uses it when both are due.
+    Secret,
     /// `envoy.config.cluster.v3.Cluster` (CDS).
     Cluster,
     /// `envoy.config.endpoint.v3.ClusterLoadAssignment` (EDS).
@@ -23,7 +26,13 @@ impl ResourceType {
     /// Every type, in the order a new version is sent (make before break:
     /// clusters and their endpoints before the listeners and routes that
     /// refer to them).
-    pub const ALL: [Self; 4] = [Self::Cluster, Self::Endpoint, Self::Listener, Self::Route];
+    pub const ALL: [Self; 5] = [
+        Self::Secret,
+        Self::Cluster,
+        Self::Endpoint,
+        Self::Listener,
+        Self::Route,
+    ];
 
     /// The type URL.
     pub fn type_url(self) -> &'static str {
@@ -32,6 +41,7 @@ impl ResourceType {
             Self::Endpoint => "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment",
             Self::Listener => "type.googleapis.com/envoy.config.listener.v3.Listener",
             Self::Route => "type.googleapis.com/envoy.config.route.v3.RouteConfiguration",
+            Self::Secret => "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret",
         }
     }
 
@@ -40,18 +50,19 @@ impl ResourceType {
         Self::ALL.into_iter().find(|t| t.type_url() == url)
     }
 
-    /// `CDS`, `EDS`, `LDS` or `RDS`.
+    /// `CDS`, `EDS`, `LDS`, `RDS` or `SDS`.
     pub fn short(self) -> &'static str {
         match self {
             Self::Cluster => "CDS",
             Self::Endpoint => "EDS",
             Self::Listener => "LDS",
             Self::Route => "RDS",
+            Self::Secret => "SDS",
         }
     }
 
     /// Whether a subscription with no names means "everything" (LDS and
-    /// CDS; RDS and EDS are always asked for by name).
+    /// CDS; RDS, EDS and SDS are always asked for by name).
     pub fn wildcard_by_default(self) -> bool {
         matches!(self, Self::Cluster | Self::Listener)
     }
@@ -122,6 +133,14 @@ pub struct Resources {
     pub clusters: BTreeMap<String, Arc<Resource>>,
     /// Cluster load assignments, by cluster name.
     pub endpoints: BTreeMap<String, Arc<Resource>>,
+    /// SDS secrets, by name (one per snapshot secret).
+    pub secrets: BTreeMap<String, Arc<Resource>>,
+    /// The names of the secrets carrying a private key inline (not a file
+    /// on the client's host): never sent in plaintext to another host.
+    pub secrets_with_keys: BTreeSet<String>,
+    /// Whether a listener or a cluster names a secret (Envoy will ask for
+    /// them over SDS).
+    pub uses_secrets: bool,
 }
 
 impl Resources {
@@ -133,7 +152,24 @@ impl Resources {
             ResourceType::Endpoint => &self.endpoints,
             ResourceType::Listener => &self.listeners,
             ResourceType::Route => &self.routes,
+            ResourceType::Secret => &self.secrets,
         }
+    }
+
+    /// These resources without the secrets carrying inline private keys,
+    /// for a client that must not get them (plaintext from another host);
+    /// `None` when there are none. What uses them waits for them in Envoy
+    /// (a listener or cluster naming a missing secret does not serve).
+    #[must_use]
+    pub fn without_inline_keys(&self) -> Option<Self> {
+        if self.secrets_with_keys.is_empty() {
+            return None;
+        }
+        let mut out = self.clone();
+        out.secrets
+            .retain(|name, _| !self.secrets_with_keys.contains(name));
+        out.secrets_with_keys.clear();
+        Some(out)
     }
 
     /// The resource of `ty` asked for by `name`; for listeners, the API

@@ -31,6 +31,10 @@ const FILES: &[&str] = &[
     "envoy/extensions/load_balancing_policies/round_robin/v3/round_robin.proto",
     "envoy/extensions/load_balancing_policies/least_request/v3/least_request.proto",
     "envoy/extensions/load_balancing_policies/random/v3/random.proto",
+    "envoy/extensions/filters/listener/tls_inspector/v3/tls_inspector.proto",
+    "envoy/extensions/transport_sockets/tls/v3/tls.proto",
+    "envoy/extensions/transport_sockets/tls/v3/secret.proto",
+    "envoy/extensions/upstreams/http/v3/http_protocol_options.proto",
 ];
 
 /// Where the set is committed, relative to the workspace root.

@@ -35,6 +35,8 @@ mod tracker;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_sds;
 
 pub use node::{GROUP_METADATA_KEY, NodeError};
 pub use service::XdsService;

@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::accept::ConnInfo;
 use crate::agents::AgentRegistry;
 use crate::audit::AuditLog;
 use crate::auth::{Action, Auth, Caller};
@@ -32,7 +33,7 @@ use crate::watch::admission::{Access, Credentials, StreamsPerIdentity, first_req
 use crate::xds::delta::Delta;
 use crate::xds::node::node_info;
 use crate::xds::sotw::Sotw;
-use crate::xds::stream::{Protocol, XdsStream};
+use crate::xds::stream::{Protocol, XdsStream, may_send_private_keys};
 use crate::xds::tracker::Tracker;
 
 /// The largest request accepted (a delta stream's first request lists
@@ -61,6 +62,8 @@ struct Inner {
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
+    /// The server's connections are TLS (private keys may go to any host).
+    over_tls: bool,
 }
 
 impl XdsService {
@@ -80,8 +83,20 @@ impl XdsService {
                 metrics: parts.metrics,
                 shutdown: parts.shutdown,
                 tasks: parts.tasks,
+                over_tls: false,
             }),
         }
+    }
+
+    /// Says whether the server's connections are TLS. Until told, they are
+    /// taken as plaintext: secrets with inline private keys go to loopback
+    /// clients only.
+    #[must_use]
+    pub fn over_tls(mut self, tls: bool) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.over_tls = tls;
+        }
+        self
     }
 
     /// The gRPC service to add to a tonic server.
@@ -106,6 +121,12 @@ impl XdsService {
     ) -> Result<Responses<P::Response>, Status> {
         let inner = &self.inner;
         let credentials = Credentials::of_request(&request);
+        let remote = request
+            .extensions()
+            .get::<ConnInfo>()
+            .map(|c| c.remote)
+            .or_else(|| request.remote_addr());
+        let keys_allowed = may_send_private_keys(remote, inner.over_tls);
         let caller = credentials
             .caller(&inner.auth)
             .map_err(|(anonymous, status)| {
@@ -189,6 +210,7 @@ impl XdsService {
             node,
             target: None,
             untranslatable: 0,
+            keys_allowed,
             access,
             span,
         };

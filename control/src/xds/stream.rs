@@ -5,6 +5,7 @@
 //! channel of one: while the client reads slowly the protocol keeps only
 //! what is due, so a newer version replaces an unsent older one.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use futures::StreamExt as _;
@@ -54,6 +55,13 @@ pub(crate) fn too_many(what: &str, max: usize) -> Status {
     ))
 }
 
+/// Whether secrets carrying private keys may be sent to the client at
+/// `remote`: over TLS, or to this host (plaintext on loopback never
+/// leaves it). An unknown address is not this host.
+pub(crate) fn may_send_private_keys(remote: Option<SocketAddr>, tls: bool) -> bool {
+    tls || remote.is_some_and(|a| a.ip().to_canonical().is_loopback())
+}
+
 /// A discovery protocol: what requests mean and which response is due.
 pub(crate) trait Protocol: Default + Send + 'static {
     type Request: Send + 'static;
@@ -82,6 +90,9 @@ pub(crate) struct XdsStream<P: Protocol> {
     pub(crate) target: Option<Target>,
     /// The last version that could not be translated (not tried again).
     pub(crate) untranslatable: u64,
+    /// Secrets with inline private keys may be sent (see
+    /// [`may_send_private_keys`]); else they are left out.
+    pub(crate) keys_allowed: bool,
     pub(crate) access: Option<Box<Access>>,
     pub(crate) span: tracing::Span,
 }
@@ -100,7 +111,18 @@ impl<P: Protocol> XdsStream<P> {
             return;
         }
         match next.xds().await {
-            Ok(resources) => {
+            Ok(mut resources) => {
+                if !self.keys_allowed
+                    && let Some(safe) = resources.without_inline_keys()
+                {
+                    tracing::warn!(
+                        parent: &self.span,
+                        version = next.version,
+                        secrets = ?resources.secrets_with_keys,
+                        "secrets with inline private keys not sent: the connection is plaintext from another host (serve TLS, or give the keys as files on the client's host)"
+                    );
+                    resources = Arc::new(safe);
+                }
                 self.tracker.retarget(
                     next.version,
                     &next.hash,

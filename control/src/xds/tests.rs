@@ -300,10 +300,10 @@ fn sotw_by_name_listeners_are_api_listeners_and_missing_names_get_an_empty_answe
     assert_eq!(rds.version_info, "1");
     // A type Vane does not serve is answered, empty.
     let mut other = sotw(ResourceType::Route, &[], "", None);
-    other.type_url = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret".into();
+    other.type_url = "type.googleapis.com/envoy.service.runtime.v3.Runtime".into();
     p.on_request(other, &mut f.tracker).unwrap();
-    let secret = p.next_response(&v1, &mut f.tracker).unwrap();
-    assert!(secret.resources.is_empty());
+    let runtime = p.next_response(&v1, &mut f.tracker).unwrap();
+    assert!(runtime.resources.is_empty());
     let mut empty = sotw(ResourceType::Route, &[], "", None);
     empty.type_url.clear();
     assert!(p.on_request(empty, &mut f.tracker).is_err());
@@ -490,6 +490,7 @@ async fn the_stream_follows_the_head_latest_wins() {
         cohorts: cohorts.subscribe("edge"),
         target: None,
         untranslatable: 0,
+        keys_allowed: true,
         access: None,
         span: tracing::Span::none(),
     };

@@ -102,6 +102,8 @@ pub(crate) struct Present {
     pub(crate) routes: bool,
     pub(crate) clusters: bool,
     pub(crate) endpoints: bool,
+    /// A listener or cluster names a secret.
+    pub(crate) secrets: bool,
 }
 
 impl Present {
@@ -110,6 +112,7 @@ impl Present {
             routes: !resources.routes.is_empty(),
             clusters: !resources.clusters.is_empty(),
             endpoints: !resources.endpoints.is_empty(),
+            secrets: resources.uses_secrets,
         }
     }
 }
@@ -357,6 +360,13 @@ impl Tracker {
                 ResourceType::Route => present.routes && has(ResourceType::Listener),
                 ResourceType::Endpoint => {
                     present.endpoints && (has(ResourceType::Cluster) || self.envoy)
+                }
+                // Envoy asks for the secrets its TLS listeners and clusters
+                // name once it has them.
+                ResourceType::Secret => {
+                    present.secrets
+                        && (has(ResourceType::Listener) || has(ResourceType::Cluster))
+                        && self.envoy
                 }
             }
             || (ty == ResourceType::Cluster && present.clusters && has(ResourceType::Route))
