@@ -269,7 +269,7 @@ pub(crate) enum UpgradeIo {
     /// Plaintext.
     Plain(TokioIo<TcpStream>),
     /// TLS.
-    Tls(TokioIo<tokio_rustls::client::TlsStream<TcpStream>>),
+    Tls(Box<TokioIo<tokio_rustls::client::TlsStream<TcpStream>>>),
 }
 
 /// Connects to `addr` for an upgrade, within `timeout`. A cluster spoken to
@@ -295,7 +295,7 @@ pub(crate) async fn connect_for_upgrade(
             .connect(tls.server_name(addr.ip()), stream)
             .await
         {
-            Ok(s) => Ok(UpgradeIo::Tls(TokioIo::new(s))),
+            Ok(s) => Ok(UpgradeIo::Tls(Box::new(TokioIo::new(s)))),
             Err(e) => {
                 transport.stats.tls_failures.inc();
                 tracing::warn!(%addr, error = %e, "TLS handshake with an upstream failed");

@@ -212,7 +212,7 @@ async fn exchange(
 ) -> Result<Response<Incoming>, Failure> {
     match upstream::connect_for_upgrade(addr, transport, connect_timeout).await {
         Ok(UpgradeIo::Plain(io)) => upgrade_on(io, addr, req).await,
-        Ok(UpgradeIo::Tls(io)) => upgrade_on(io, addr, req).await,
+        Ok(UpgradeIo::Tls(io)) => upgrade_on(*io, addr, req).await,
         Err(reason) => Err(Failure::NotSent {
             reason,
             request: Box::new(req),
