@@ -232,3 +232,126 @@ fn hash_of<T: Hash>(t: &T) -> u64 {
     t.hash(&mut h);
     h.finish().max(1)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use vane_model::{LbPolicy, OutlierDetection, Secret, UpstreamTls};
+
+    use super::*;
+
+    fn cluster(protocol: UpstreamProtocol, tls: Option<UpstreamTls>) -> Cluster {
+        Cluster {
+            name: "api".into(),
+            lb: LbPolicy::RoundRobin,
+            connect_timeout: Duration::from_millis(100),
+            endpoints: Vec::new(),
+            outlier: OutlierDetection {
+                consecutive_failures: 5,
+                base_ejection: Duration::from_secs(1),
+                max_ejection: Duration::from_secs(10),
+                max_ejection_percent: 50,
+            },
+            protocol,
+            tls,
+        }
+    }
+
+    fn with_ca(pem: PemSource) -> Snapshot {
+        Snapshot {
+            secrets: vec![Secret {
+                name: "ca".into(),
+                kind: SecretKind::TrustedCa(pem),
+            }],
+            ..Snapshot::default()
+        }
+    }
+
+    fn tls(sni: Option<&str>, ca: Option<&str>) -> Option<UpstreamTls> {
+        Some(UpstreamTls {
+            sni: sni.map(str::to_owned),
+            ca: ca.map(str::to_owned),
+            client_cert: None,
+        })
+    }
+
+    fn build(c: &Cluster, s: &Snapshot) -> Result<Transport, String> {
+        Transport::build(c, s, TransportStats::default())
+    }
+
+    #[test]
+    fn plaintext_http1_keeps_the_shared_key_and_others_get_their_own() {
+        let s = Snapshot::default();
+        let h1 = build(&cluster(UpstreamProtocol::Http1, None), &s).unwrap();
+        assert_eq!(h1.key, 0);
+        assert!(h1.tls.is_none());
+        let h2 = build(&cluster(UpstreamProtocol::Http2, None), &s).unwrap();
+        assert_ne!(h2.key, 0);
+    }
+
+    #[test]
+    fn the_webpki_roots_serve_when_no_ca_is_named_and_the_key_follows_the_setting() {
+        let s = Snapshot::default();
+        let a = build(
+            &cluster(UpstreamProtocol::Auto, tls(Some("a.example"), None)),
+            &s,
+        )
+        .unwrap();
+        let again = build(
+            &cluster(UpstreamProtocol::Auto, tls(Some("a.example"), None)),
+            &s,
+        )
+        .unwrap();
+        let b = build(
+            &cluster(UpstreamProtocol::Auto, tls(Some("b.example"), None)),
+            &s,
+        )
+        .unwrap();
+        let h2 = build(
+            &cluster(UpstreamProtocol::Http2, tls(Some("a.example"), None)),
+            &s,
+        )
+        .unwrap();
+        assert_eq!(a.key, again.key, "the same setting keeps its connections");
+        assert_ne!(a.key, b.key);
+        assert_ne!(a.key, h2.key);
+        let config = &a.tls.as_ref().unwrap().config;
+        assert_eq!(
+            config.alpn_protocols,
+            vec![ALPN_H2.to_vec(), ALPN_HTTP1.to_vec()]
+        );
+        let upgrade = &a.tls.as_ref().unwrap().config_http1;
+        assert_eq!(upgrade.alpn_protocols, vec![ALPN_HTTP1.to_vec()]);
+        // No SNI configured: the endpoint's IP is the name checked.
+        let by_ip = build(&cluster(UpstreamProtocol::Http1, tls(None, None)), &s).unwrap();
+        let name = by_ip.tls.unwrap().server_name("10.1.2.3".parse().unwrap());
+        assert!(matches!(name, ServerName::IpAddress(_)), "{name:?}");
+    }
+
+    #[test]
+    fn a_ca_file_that_cannot_be_read_names_the_cluster_the_field_and_the_path() {
+        let s = with_ca(PemSource::File("/nonexistent/vane/ca.pem".into()));
+        let e = build(&cluster(UpstreamProtocol::Http1, tls(None, Some("ca"))), &s).unwrap_err();
+        assert!(
+            e.starts_with("clusters[api].tls.ca: secret \"ca\": reading /nonexistent/vane/ca.pem:"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_bundle_without_certificates_is_refused() {
+        let s = with_ca(PemSource::Inline("not a certificate".into()));
+        let e = build(&cluster(UpstreamProtocol::Http1, tls(None, Some("ca"))), &s).unwrap_err();
+        assert_eq!(
+            e,
+            "clusters[api].tls.ca: secret \"ca\": no certificate in the bundle"
+        );
+        let e = build(
+            &cluster(UpstreamProtocol::Http1, tls(None, Some("missing"))),
+            &s,
+        )
+        .unwrap_err();
+        assert!(e.contains("\"missing\" is not a trusted_ca secret"), "{e}");
+    }
+}

@@ -16,10 +16,12 @@ use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 
-/// A backend with slow answers, on a free loopback port:
-/// - `/stall`: the head and one chunk (`first\n`), then nothing;
-/// - `/drip/<n>/<ms>`: `n` chunks (`tick\n`), one every `ms` milliseconds,
-///   then the end.
+/// A backend with slow answers, on a free loopback port (whatever the
+/// path's prefix):
+/// - `.../drip/<n>/<ms>`: `n` chunks (`tick\n`), one every `ms`
+///   milliseconds, then the end;
+/// - anything else: the head and one chunk (`first\n`), then nothing
+///   until the reader goes away.
 pub struct SlowBackend {
     /// Where it listens.
     pub addr: SocketAddr,
@@ -72,8 +74,9 @@ impl Drop for SlowBackend {
 fn answer(path: &str) -> Response<Chunks> {
     let (tx, rx) = mpsc::channel(4);
     let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    match parts.as_slice() {
-        ["drip", n, ms] => {
+    let drip = parts.iter().position(|p| *p == "drip");
+    match drip.and_then(|i| parts.get(i + 1..i + 3)) {
+        Some([n, ms]) => {
             let n: u32 = n.parse().unwrap_or(1);
             let every = Duration::from_millis(ms.parse().unwrap_or(100));
             tokio::spawn(async move {
