@@ -15,7 +15,8 @@ use std::time::Duration;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
-use vane_model::{ClusterSpec, RouteSpec, SecretSpec, SnapshotSpec, UpstreamTlsSpec};
+use vane_model::SnapshotSpec;
+use vane_model::spec::{ClusterSpec, RouteSpec, SecretSpec, UpstreamTlsSpec};
 use vane_pki::{Ca, LeafParams, Pair};
 use vane_testkit::net::free_addr;
 use vane_testkit::proxy::spec::{cluster, http_listener, prefix, table};
@@ -109,9 +110,12 @@ async fn grpc_unary_and_streaming_calls_reach_an_h2c_cluster_with_their_trailers
     assert_eq!(&raw.body[..], &[0, 0, 0, 0, 2, 8, 1], "{raw:?}");
 
     // tonic's client (h2c with prior knowledge) to the proxy's listener.
-    let mut client = HealthClient::connect(format!("http://{web}"))
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{web}"))
+        .unwrap()
+        .connect()
         .await
         .unwrap();
+    let mut client = HealthClient::new(channel);
     let overall = client
         .check(HealthCheckRequest {
             service: String::new(),

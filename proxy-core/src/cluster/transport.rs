@@ -101,8 +101,7 @@ impl Transport {
         snapshot: &Snapshot,
         stats: TransportStats,
     ) -> Result<Self, String> {
-        let fail =
-            |field: &str, why: String| format!("clusters[{:?}].{field}: {why}", cluster.name);
+        let fail = |field: &str, why: String| format!("clusters[{}].{field}: {why}", cluster.name);
         let Some(tls) = &cluster.tls else {
             let key = match cluster.protocol {
                 UpstreamProtocol::Http1 => 0,
