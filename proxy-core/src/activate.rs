@@ -102,7 +102,7 @@ impl Activation {
         }
         unsupported(candidate)?;
         self.listeners.prepare(candidate)?;
-        slot.pending = Some(self.compile(candidate));
+        slot.pending = Some(self.compile(candidate)?);
         Ok(())
     }
 
@@ -131,7 +131,7 @@ impl Activation {
                     "a candidate reached the sink without being validated; validating it now"
                 );
                 self.listeners.prepare(next)?;
-                self.compile(next).compiled
+                self.compile(next)?.compiled
             }
         };
         self.switch(compiled);
@@ -190,12 +190,22 @@ impl Activation {
         }
     }
 
-    fn compile(&self, candidate: &Current) -> Pending {
+    /// Compiles `candidate` aside. On failure (a cluster's TLS secret file
+    /// missing or bad) what was prepared for it is released: the sockets
+    /// its listeners bound and the metric label sets only it used.
+    fn compile(&self, candidate: &Current) -> Result<Pending, String> {
         let running = self.shared.compiled.load_full();
-        Pending {
-            version: candidate.version,
-            hash: candidate.hash.clone(),
-            compiled: compile(Arc::new(candidate.clone()), &running, &self.shared.metrics),
+        match compile(Arc::new(candidate.clone()), &running, &self.shared.metrics) {
+            Ok(compiled) => Ok(Pending {
+                version: candidate.version,
+                hash: candidate.hash.clone(),
+                compiled,
+            }),
+            Err(e) => {
+                self.listeners.unstash(candidate.version);
+                self.shared.metrics.discard_build();
+                Err(e)
+            }
         }
     }
 
@@ -238,8 +248,7 @@ impl Activation {
     }
 }
 
-/// Refuses what this data plane does not serve yet: TLS listeners and
-/// upstreams other than plaintext HTTP/1.1.
+/// Refuses what this data plane does not serve yet: TLS listeners.
 fn unsupported(candidate: &Current) -> Result<(), String> {
     for l in &candidate.snapshot.listeners {
         if l.tls.is_some() {
@@ -247,14 +256,6 @@ fn unsupported(candidate: &Current) -> Result<(), String> {
                 "listener {:?}: protocol {} is not served by this data plane",
                 l.name,
                 l.protocol().as_str()
-            ));
-        }
-    }
-    for c in &candidate.snapshot.clusters {
-        if c.tls.is_some() || c.protocol != vane_model::UpstreamProtocol::Http1 {
-            return Err(format!(
-                "cluster {:?}: TLS and HTTP/2 upstreams are not served by this data plane",
-                c.name
             ));
         }
     }

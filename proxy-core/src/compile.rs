@@ -11,6 +11,7 @@ use vane_agent::Current;
 use vane_model::ListenerTarget;
 
 use crate::cluster::ClusterRt;
+use crate::cluster::transport::Transport;
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimiter;
 use crate::route::{RouteRt, RouteTableRt};
@@ -55,10 +56,16 @@ impl Compiled {
 
 /// Compiles `current`, keeping the runtime state of `previous`.
 ///
-/// Cannot fail: the snapshot passed validation, so every reference resolves.
-/// (A reference that somehow does not is skipped with an error log rather
-/// than taking the data plane down.)
-pub(crate) fn compile(current: Arc<Current>, previous: &Compiled, metrics: &Metrics) -> Compiled {
+/// Fails only on what validation cannot see: a cluster's TLS secret that
+/// is a file on this host, missing or bad (the error names the cluster and
+/// the field). The snapshot passed validation, so every reference
+/// resolves. (A reference that somehow does not is skipped with an error
+/// log rather than taking the data plane down.)
+pub(crate) fn compile(
+    current: Arc<Current>,
+    previous: &Compiled,
+    metrics: &Metrics,
+) -> Result<Compiled, String> {
     let snapshot = current.snapshot.clone();
     let limits: HashMap<String, Arc<RateLimiter>> = snapshot
         .rate_limits
@@ -80,9 +87,11 @@ pub(crate) fn compile(current: Arc<Current>, previous: &Compiled, metrics: &Metr
         .iter()
         .map(|c| {
             let prev = previous.clusters.get(&c.name).map(|p| &**p);
-            (c.name.clone(), Arc::new(ClusterRt::build(c, prev, metrics)))
+            let transport = Transport::build(c, &snapshot, metrics.transport_stats(&c.name))?;
+            let built = ClusterRt::build(c, transport, prev, metrics);
+            Ok((c.name.clone(), Arc::new(built)))
         })
-        .collect();
+        .collect::<Result<_, String>>()?;
     let mut listeners = HashMap::new();
     for l in &snapshot.listeners {
         let routes = match &l.target {
@@ -124,11 +133,11 @@ pub(crate) fn compile(current: Arc<Current>, previous: &Compiled, metrics: &Metr
         };
         listeners.insert(l.name.clone(), routes);
     }
-    Compiled {
+    Ok(Compiled {
         ready: !current.hash.is_empty(),
         current,
         listeners,
         clusters,
         limits,
-    }
+    })
 }

@@ -33,8 +33,8 @@
 //! - `http`: downstream connections (`server`), forwarding (`forward`),
 //!   which failed attempts are retried (`retry`), HTTP/1.1 upgrades
 //!   (`upgrade`) and the tunnels they become (`tunnel`), local errors
-//!   (`local`), bodies (`body`), the connection's request bookkeeping
-//!   (`conn`), header rules (`headers`).
+//!   (`local`), bodies and their timeouts (`body`), the connection's
+//!   request bookkeeping (`conn`), header rules (`headers`).
 //! - `tcp`: the L4 proxy.
 //! - `conn`: a running listener as its connections see it, and the signals
 //!   it sends them: the bottom of the serving code.
@@ -44,9 +44,11 @@
 //!   state across snapshots.
 //! - `route`: compiled route matching (host, path, headers; first wins).
 //! - `cluster`: endpoints and their state, load balancing (`lb`), outlier
-//!   detection (`outlier`), retry budget (`budget`).
+//!   detection (`outlier`), retry budget (`budget`), how endpoints are
+//!   reached (`transport`: protocol, rustls settings, pool key).
 //! - `ratelimit`: lock-free token buckets (GCRA).
-//! - `upstream`: upstream HTTP/1.1 connections, pooled per worker thread.
+//! - `upstream`: upstream connections (HTTP/1.1 and HTTP/2, plaintext or
+//!   TLS), pooled per worker thread.
 //! - `metrics`, `histogram`: Prometheus families resolved at compile time.
 //! - `workers`: thread per core: one single-threaded runtime per worker;
 //!   connections and their upstream pools stay on the worker that accepted.

@@ -15,6 +15,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+use crate::cluster::transport::TransportStats;
 use crate::histogram::LatencyHistogram;
 
 /// Status classes counted per route.
@@ -97,6 +98,10 @@ pub(crate) struct ClusterStats {
     pub(crate) connect_errors: Counter,
     pub(crate) timeouts: Counter,
     pub(crate) protocol_errors: Counter,
+    /// Response bodies cut by the route's timeout after the head was sent.
+    pub(crate) response_timeouts: Counter,
+    /// Response bodies cut by the route's idle timeout.
+    pub(crate) response_idle: Counter,
     pub(crate) retries: Counter,
     pub(crate) budget_exhausted: Counter,
     pub(crate) ejections: Counter,
@@ -188,6 +193,9 @@ pub(crate) struct Metrics {
     ejections: Family<ClusterLabels, Counter>,
     ejected: Family<ClusterLabels, Gauge>,
     panic: Family<ClusterLabels, Counter>,
+    tls_failures: Family<ClusterLabels, Counter>,
+    h2_opened: Family<ClusterLabels, Counter>,
+    h2_active: Family<ClusterLabels, Gauge>,
     rate_limited: Family<RateLimitedLabels, Counter>,
     connections_active: Family<ListenerLabels, Gauge>,
     connections_total: Family<ListenerLabels, Counter>,
@@ -223,6 +231,9 @@ impl Metrics {
             ejections: Family::default(),
             ejected: Family::default(),
             panic: Family::default(),
+            tls_failures: Family::default(),
+            h2_opened: Family::default(),
+            h2_active: Family::default(),
             rate_limited: Family::default(),
             connections_active: Family::default(),
             connections_total: Family::default(),
@@ -254,7 +265,9 @@ impl Metrics {
         );
         registry.register(
             "vane_proxy_upstream_errors",
-            "Upstream failures by cluster and kind (connect, timeout, protocol)",
+            "Upstream failures by cluster and kind (connect, timeout: no response head \
+             within the route's timeout, protocol, response_timeout: a response body cut by \
+             the route's timeout, response_idle: cut by its idle timeout)",
             self.upstream_errors.clone(),
         );
         registry.register(
@@ -282,6 +295,22 @@ impl Metrics {
             "Endpoint picks made in panic mode: every endpoint of the cluster was ejected, \
              so the pick balanced over all of them",
             self.panic.clone(),
+        );
+        registry.register(
+            "vane_proxy_upstream_tls_handshake_failures",
+            "TLS handshakes with a cluster's endpoints that failed (certificate not trusted, \
+             name mismatch, protocol error)",
+            self.tls_failures.clone(),
+        );
+        registry.register(
+            "vane_proxy_upstream_h2_connections",
+            "HTTP/2 connections opened to a cluster's endpoints",
+            self.h2_opened.clone(),
+        );
+        registry.register(
+            "vane_proxy_upstream_h2_connections_active",
+            "HTTP/2 connections to a cluster's endpoints open now",
+            self.h2_active.clone(),
         );
         registry.register(
             "vane_proxy_rate_limited",
@@ -425,11 +454,26 @@ impl Metrics {
             connect_errors: err("connect"),
             timeouts: err("timeout"),
             protocol_errors: err("protocol"),
+            response_timeouts: err("response_timeout"),
+            response_idle: err("response_idle"),
             retries: self.retries.get_or_create_owned(&ck),
             budget_exhausted: self.budget_exhausted.get_or_create_owned(&ck),
             ejections: self.ejections.get_or_create_owned(&ck),
             ejected: self.ejected.get_or_create_owned(&ck),
             panic: self.panic.get_or_create_owned(&ck),
+        }
+    }
+
+    /// Connection metric handles of `cluster`.
+    pub(crate) fn transport_stats(&self, cluster: &str) -> TransportStats {
+        let ck = ClusterLabels {
+            cluster: cluster.to_owned(),
+        };
+        self.note(|b| &mut b.clusters, &ck);
+        TransportStats {
+            tls_failures: self.tls_failures.get_or_create_owned(&ck),
+            h2_opened: self.h2_opened.get_or_create_owned(&ck),
+            h2_active: self.h2_active.get_or_create_owned(&ck),
         }
     }
 
@@ -508,6 +552,9 @@ impl Metrics {
             self.ejections.remove(k);
             self.ejected.remove(k);
             self.panic.remove(k);
+            self.tls_failures.remove(k);
+            self.h2_opened.remove(k);
+            self.h2_active.remove(k);
         }
         for k in gone.upstream_errors.difference(&kept.upstream_errors) {
             self.upstream_errors.remove(k);

@@ -59,7 +59,8 @@ pub struct ProxyConfig {
     pub workers: usize,
     /// A downstream connection with no request started and none in flight
     /// for this long is closed gracefully (checked every half of the
-    /// shorter of this and `header_read_timeout`). Default 60 s.
+    /// shorter of this and `header_read_timeout`). Default 60 s. Upgraded
+    /// connections (tunnels) follow their route's idle timeout instead.
     pub idle_timeout: Duration,
     /// A new connection must deliver its first HTTP/1 request head (or the
     /// HTTP/2 preface), and every later HTTP/1 request head must be

@@ -25,8 +25,11 @@ pub(crate) struct RouteRt {
     headers: Box<[(HeaderName, HeaderMatchKind)]>,
     /// Where matching requests go.
     pub(crate) cluster: Arc<ClusterRt>,
-    /// Whole-request deadline, retries included.
-    pub(crate) timeout: Duration,
+    /// Whole-request deadline, from the request to the last byte of the
+    /// response, retries included; `None`: no limit.
+    pub(crate) timeout: Option<Duration>,
+    /// Longest pause between bytes of a response body, or of a tunnel.
+    pub(crate) idle_timeout: Duration,
     /// Most retries of one request.
     pub(crate) retries: u32,
     /// The route's token bucket.
@@ -63,9 +66,8 @@ impl RouteRt {
             host: route.matcher.host.clone(),
             headers,
             cluster,
-            timeout: route
-                .timeout
-                .unwrap_or(std::time::Duration::from_secs(24 * 3600)),
+            timeout: route.timeout,
+            idle_timeout: route.idle_timeout,
             retries: route.retries,
             limit,
             stats,

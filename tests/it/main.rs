@@ -26,6 +26,7 @@ mod proxy_resilience;
 mod proxy_retries;
 mod proxy_routing;
 mod proxy_upgrade;
+mod proxy_upstream;
 mod push;
 mod push_wait;
 mod reconnect_recovery;

@@ -1,8 +1,9 @@
 //! HTTP/1.1 Upgrade through vane-proxy: a WebSocket echo keeps its one
 //! connection and every message across ten pushes that change other
-//! routes (and outlives both the route timeout and the idle timeout while
-//! it is busy); another protocol is tunnelled the same way and closed once
-//! idle for the idle timeout; an upgrade the backend declines with a 200 is
+//! routes (and outlives the route timeout and both idle timeouts, the
+//! listener's and the route's, while it is busy); another protocol is
+//! tunnelled the same way and closed once idle for the route's idle
+//! timeout; an upgrade the backend declines with a 200 is
 //! an ordinary request on a connection that stays HTTP (and `Upgrade`
 //! without `Connection: upgrade` is stripped like any hop-by-hop header); a
 //! removed listener ends its busy tunnels at the drain timeout.
@@ -25,6 +26,8 @@ const GROUP: &str = "edge";
 /// Short, so the tests show that neither cuts a busy tunnel.
 const IDLE_TIMEOUT: &str = "1s";
 const ROUTE_TIMEOUT_MS: u64 = 300;
+/// The route's idle timeout: what closes a quiet tunnel.
+const ROUTE_IDLE_TIMEOUT_MS: u64 = 1000;
 
 fn start_proxy(server: &ControlServer, node: &str) -> ProxyProcess {
     let dir = server.scratch();
@@ -51,6 +54,7 @@ fn spec(web: SocketAddr, upgrades: SocketAddr, others: &[SocketAddr], i: usize) 
     }
     let mut up = prefix("up", "/up", "upgrades");
     up.timeout_ms = Some(ROUTE_TIMEOUT_MS);
+    up.idle_timeout_ms = Some(ROUTE_IDLE_TIMEOUT_MS);
     routes.push(up);
     routes.push(prefix(&format!("rest-{}", i % 2), "/", "other"));
     let other: Vec<(SocketAddr, u32)> = others
@@ -193,8 +197,8 @@ async fn another_protocol_is_tunnelled_and_closed_when_idle() {
         ),
         1.0
     );
-    // Then silence: the proxy closes the tunnel after the idle timeout
-    // (checked every quarter of it).
+    // Then silence: the proxy closes the tunnel after the route's idle
+    // timeout (checked every quarter of it).
     let quiet = Instant::now();
     let rest = tokio::time::timeout(Duration::from_secs(10), client.read_to_close())
         .await

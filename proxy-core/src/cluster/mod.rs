@@ -6,6 +6,7 @@
 pub(crate) mod budget;
 pub(crate) mod lb;
 pub(crate) mod outlier;
+pub(crate) mod transport;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -19,6 +20,7 @@ use vane_model::{Cluster, LbPolicy, OutlierDetection};
 use crate::metrics::{ClusterStats, Metrics};
 use budget::RetryBudget;
 use outlier::EndpointState;
+use transport::Transport;
 
 /// One endpoint as the data plane runs it.
 #[derive(Debug)]
@@ -67,8 +69,10 @@ pub(crate) struct ClusterRt {
     policy: Policy,
     /// Ejection policy.
     pub(crate) outlier: OutlierDetection,
-    /// TCP connect timeout of one attempt.
+    /// TCP connect timeout of one attempt (the TLS handshake included).
     pub(crate) connect_timeout: Duration,
+    /// Plaintext or TLS, HTTP/1.1 or HTTP/2.
+    pub(crate) transport: Transport,
     /// State kept across snapshots.
     pub(crate) state: Arc<ClusterState>,
     /// Metric handles.
@@ -86,11 +90,13 @@ impl std::fmt::Debug for ClusterRt {
 }
 
 impl ClusterRt {
-    /// Builds `cluster`, carrying over the state of `previous` (the cluster
-    /// of the same name in the running build): the pool, the cursor and the
-    /// budget, and each endpoint's state by address.
+    /// Builds `cluster` reached through `transport`, carrying over the
+    /// state of `previous` (the cluster of the same name in the running
+    /// build): the cursor and the budget, and each endpoint's state by
+    /// address.
     pub(crate) fn build(
         cluster: &Cluster,
+        transport: Transport,
         previous: Option<&ClusterRt>,
         metrics: &Metrics,
     ) -> Self {
@@ -128,6 +134,7 @@ impl ClusterRt {
             policy,
             outlier: cluster.outlier,
             connect_timeout: cluster.connect_timeout,
+            transport,
             state,
             stats: metrics.cluster_stats(&cluster.name),
         }
@@ -279,6 +286,8 @@ impl ClusterRt {
             UpstreamErrorKind::Connect => &self.stats.connect_errors,
             UpstreamErrorKind::Timeout => &self.stats.timeouts,
             UpstreamErrorKind::Protocol => &self.stats.protocol_errors,
+            UpstreamErrorKind::ResponseTimeout => &self.stats.response_timeouts,
+            UpstreamErrorKind::ResponseIdle => &self.stats.response_idle,
         }
     }
 }
@@ -297,6 +306,12 @@ pub(crate) enum UpstreamErrorKind {
     /// The connection failed after the request was (maybe) sent: a reset,
     /// a malformed response. Not retried.
     Protocol,
+    /// The response body was cut by the route's timeout (after its head
+    /// was sent on).
+    ResponseTimeout,
+    /// The response body was cut after a pause longer than the route's
+    /// idle timeout.
+    ResponseIdle,
 }
 
 fn host(addr: SocketAddr) -> HeaderValue {
@@ -347,10 +362,15 @@ mod tests {
     #[tokio::test]
     async fn policies_follow_weights() {
         let m = Metrics::new();
-        let rr = ClusterRt::build(&cluster(LbPolicy::RoundRobin, &[1, 3]), None, &m);
+        let rr = ClusterRt::build(
+            &cluster(LbPolicy::RoundRobin, &[1, 3]),
+            Transport::plain_http1(),
+            None,
+            &m,
+        );
         assert_eq!(distribution(&rr, 400), vec![100, 300]);
         for lb in [LbPolicy::Random, LbPolicy::LeastRequest] {
-            let c = ClusterRt::build(&cluster(lb, &[1, 3]), None, &m);
+            let c = ClusterRt::build(&cluster(lb, &[1, 3]), Transport::plain_http1(), None, &m);
             let d = distribution(&c, 20_000);
             let share = d[1] as f64 / 20_000.0;
             assert!((0.70..0.80).contains(&share), "{lb:?}: {d:?}");
@@ -360,7 +380,12 @@ mod tests {
     #[tokio::test]
     async fn least_request_prefers_the_idle_endpoint() {
         let m = Metrics::new();
-        let c = ClusterRt::build(&cluster(LbPolicy::LeastRequest, &[1, 1]), None, &m);
+        let c = ClusterRt::build(
+            &cluster(LbPolicy::LeastRequest, &[1, 1]),
+            Transport::plain_http1(),
+            None,
+            &m,
+        );
         c.endpoints[0].state.active.store(10, Ordering::Relaxed);
         let d = distribution(&c, 10_000);
         // The two candidates are distinct: the idle endpoint always wins.
@@ -370,7 +395,12 @@ mod tests {
     #[tokio::test]
     async fn ejection_respects_caps_and_expires() {
         let m = Metrics::new();
-        let c = ClusterRt::build(&cluster(LbPolicy::RoundRobin, &[1, 1, 1, 1]), None, &m);
+        let c = ClusterRt::build(
+            &cluster(LbPolicy::RoundRobin, &[1, 1, 1, 1]),
+            Transport::plain_http1(),
+            None,
+            &m,
+        );
         let now = 10_000;
         for i in 0..4 {
             c.record(i, false, now);
@@ -395,14 +425,14 @@ mod tests {
     async fn state_survives_a_rebuild_by_address() {
         let m = Metrics::new();
         let spec = cluster(LbPolicy::RoundRobin, &[1, 1]);
-        let c = ClusterRt::build(&spec, None, &m);
+        let c = ClusterRt::build(&spec, Transport::plain_http1(), None, &m);
         c.record(1, false, 5_000);
         c.record(1, false, 5_000);
         assert_eq!(c.ejected_count(5_000), 1);
         let mut changed = spec.clone();
         changed.endpoints[0].weight = 7;
         changed.endpoints.remove(0);
-        let d = ClusterRt::build(&changed, Some(&c), &m);
+        let d = ClusterRt::build(&changed, Transport::plain_http1(), Some(&c), &m);
         assert!(
             Arc::ptr_eq(&c.state, &d.state),
             "the pool and budget are kept"
@@ -424,11 +454,11 @@ mod tests {
             LbPolicy::Random,
             LbPolicy::LeastRequest,
         ] {
-            let c = ClusterRt::build(&cluster(lb, &[1, 1]), None, &m);
+            let c = ClusterRt::build(&cluster(lb, &[1, 1]), Transport::plain_http1(), None, &m);
             for _ in 0..100 {
                 assert_eq!(c.pick(0, &[0]), Some(1), "{lb:?}");
             }
-            let c = ClusterRt::build(&cluster(lb, &[1, 1, 1]), None, &m);
+            let c = ClusterRt::build(&cluster(lb, &[1, 1, 1]), Transport::plain_http1(), None, &m);
             for _ in 0..100 {
                 // Every endpoint tried so far is avoided, not just the last.
                 assert_eq!(c.pick(0, &[0, 2]), Some(1), "{lb:?}");
@@ -450,7 +480,7 @@ mod tests {
             let m = Metrics::new();
             let mut spec = cluster(lb, &[1, 1, 1, 1]);
             spec.outlier.max_ejection_percent = 100;
-            let c = ClusterRt::build(&spec, None, &m);
+            let c = ClusterRt::build(&spec, Transport::plain_http1(), None, &m);
             let now = 10_000;
             for i in 0..4 {
                 c.record(i, false, now);

@@ -5,17 +5,82 @@
 //! the lease of its upstream connection, which goes back to the pool when
 //! the body has been read to its end (an upgrade's connection, never
 //! pooled, has none).
+//!
+//! The upstream variant also enforces the route's timeouts on the body
+//! (Envoy's semantics): the whole response must be done by the route's
+//! deadline, and no pause between body frames may last the route's idle
+//! timeout. A body cut by either ends with an error, which hyper turns into
+//! a reset stream (HTTP/2) or a closed connection (HTTP/1.1): the client
+//! sees a broken response, never a short one that looks complete. Cuts are
+//! counted in `vane_proxy_upstream_errors{kind="response_timeout"|"response_idle"}`.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+use tokio::time::{Instant, Sleep};
 
 use super::conn::RequestGuard;
 use crate::cluster::outlier::InFlight;
+use crate::cluster::{ClusterRt, UpstreamErrorKind};
 use crate::upstream::Lease;
+
+/// Why a downstream response body ended early.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum BodyError {
+    /// The upstream's body failed.
+    #[error("upstream response body: {0}")]
+    Upstream(#[from] hyper::Error),
+    /// The route's timeout passed before the body's end.
+    #[error("response not complete within the route's timeout")]
+    Timeout,
+    /// No frame for the route's idle timeout.
+    #[error("no response bytes for the route's idle timeout ({0:?})")]
+    Idle(Duration),
+}
+
+/// The route's limits on a response body.
+#[derive(Debug)]
+pub(crate) struct BodyLimits {
+    /// The whole response's deadline (`None`: no limit).
+    pub(crate) deadline: Option<Instant>,
+    /// Longest pause between frames.
+    pub(crate) idle: Duration,
+    /// The cluster, whose counters count the cuts.
+    pub(crate) cluster: Arc<ClusterRt>,
+}
+
+/// The running timers of a [`BodyLimits`].
+#[derive(Debug)]
+struct Timers {
+    deadline: Option<Pin<Box<Sleep>>>,
+    idle: Pin<Box<Sleep>>,
+    idle_for: Duration,
+    cluster: Arc<ClusterRt>,
+}
+
+impl Timers {
+    fn new(limits: BodyLimits) -> Box<Self> {
+        Box::new(Self {
+            deadline: limits
+                .deadline
+                .map(|d| Box::pin(tokio::time::sleep_until(d))),
+            idle: Box::pin(tokio::time::sleep(limits.idle)),
+            idle_for: limits.idle,
+            cluster: limits.cluster,
+        })
+    }
+
+    fn cut(&self, kind: UpstreamErrorKind, e: BodyError) -> BodyError {
+        self.cluster.upstream_error(kind).inc();
+        tracing::debug!(cluster = %self.cluster.name, error = %e, "response body cut");
+        e
+    }
+}
 
 #[derive(Debug)]
 enum Kind {
@@ -23,6 +88,9 @@ enum Kind {
         body: Incoming,
         _in_flight: Option<InFlight>,
         lease: Option<Lease>,
+        timers: Option<Box<Timers>>,
+        /// Set once the body failed or was cut: nothing follows.
+        done: bool,
     },
     Local(Option<Bytes>),
 }
@@ -36,9 +104,15 @@ pub(crate) struct ProxyBody {
 }
 
 impl ProxyBody {
-    /// The upstream's body, streamed.
-    pub(crate) fn upstream(body: Incoming, in_flight: Option<InFlight>, mut lease: Lease) -> Self {
-        if body.is_end_stream() {
+    /// The upstream's body, streamed within `limits`.
+    pub(crate) fn upstream(
+        body: Incoming,
+        in_flight: Option<InFlight>,
+        mut lease: Lease,
+        limits: BodyLimits,
+    ) -> Self {
+        let end = body.is_end_stream();
+        if end {
             // Nothing to read (HEAD, 204, empty): the connection is free now.
             lease.release();
         }
@@ -47,18 +121,27 @@ impl ProxyBody {
                 body,
                 _in_flight: in_flight,
                 lease: Some(lease),
+                timers: (!end).then(|| Timers::new(limits)),
+                done: false,
             },
             _request: None,
         }
     }
 
     /// The upstream's body, from a connection that is not pooled.
-    pub(crate) fn unpooled(body: Incoming, in_flight: Option<InFlight>) -> Self {
+    pub(crate) fn unpooled(
+        body: Incoming,
+        in_flight: Option<InFlight>,
+        limits: BodyLimits,
+    ) -> Self {
+        let end = body.is_end_stream();
         Self {
             kind: Kind::Upstream {
                 body,
                 _in_flight: in_flight,
                 lease: None,
+                timers: (!end).then(|| Timers::new(limits)),
+                done: false,
             },
             _request: None,
         }
@@ -88,23 +171,65 @@ impl ProxyBody {
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match &mut self.get_mut().kind {
-            Kind::Upstream { body, lease, .. } => {
+            Kind::Upstream {
+                body,
+                lease,
+                timers,
+                done,
+                ..
+            } => {
+                if *done {
+                    return Poll::Ready(None);
+                }
+                // The deadline first: a body that streams without pause
+                // must still end by it.
+                if let Some(t) = timers
+                    && let Some(d) = &mut t.deadline
+                    && d.as_mut().poll(cx).is_ready()
+                {
+                    *done = true;
+                    let e = t.cut(UpstreamErrorKind::ResponseTimeout, BodyError::Timeout);
+                    return Poll::Ready(Some(Err(e)));
+                }
                 let frame = Pin::new(&mut *body).poll_frame(cx);
-                if let Some(lease) = lease {
-                    match &frame {
-                        Poll::Ready(None) => lease.release(),
-                        Poll::Ready(Some(Ok(_))) if body.is_end_stream() => lease.release(),
-                        _ => {}
+                match &frame {
+                    Poll::Ready(None) => {
+                        if let Some(lease) = lease {
+                            lease.release();
+                        }
+                        *timers = None;
+                    }
+                    Poll::Ready(Some(Ok(_))) => {
+                        if body.is_end_stream() {
+                            if let Some(lease) = lease {
+                                lease.release();
+                            }
+                            *timers = None;
+                        } else if let Some(t) = timers {
+                            let next = Instant::now() + t.idle_for;
+                            t.idle.as_mut().reset(next);
+                        }
+                    }
+                    Poll::Ready(Some(Err(_))) => *done = true,
+                    Poll::Pending => {
+                        if let Some(t) = timers
+                            && t.idle.as_mut().poll(cx).is_ready()
+                        {
+                            *done = true;
+                            let e =
+                                t.cut(UpstreamErrorKind::ResponseIdle, BodyError::Idle(t.idle_for));
+                            return Poll::Ready(Some(Err(e)));
+                        }
                     }
                 }
-                frame
+                frame.map(|f| f.map(|r| r.map_err(BodyError::from)))
             }
             Kind::Local(text) => Poll::Ready(text.take().map(|t| Ok(Frame::data(t)))),
         }
@@ -112,7 +237,7 @@ impl Body for ProxyBody {
 
     fn is_end_stream(&self) -> bool {
         match &self.kind {
-            Kind::Upstream { body, .. } => body.is_end_stream(),
+            Kind::Upstream { body, done, .. } => *done || body.is_end_stream(),
             Kind::Local(text) => text.is_none(),
         }
     }

@@ -9,19 +9,25 @@
 //! route's `retries` for idempotent requests without a body (the body is
 //! streamed, never buffered), after a short jittered pause. Each retry needs
 //! the cluster's retry budget, and nothing is retried past the route's
-//! deadline, which covers every attempt: when it passes, the client gets 504.
+//! deadline, which covers every attempt: when it passes before the
+//! response head, the client gets 504; after it, the response body is cut
+//! ([`super::body`]). A route without a timeout has no deadline; its
+//! responses are bounded by the idle timeout between body bytes only.
+//!
+//! `TE: trailers` is kept (it is the one `TE` value HTTP/2 allows, and
+//! gRPC needs it end to end); every other hop-by-hop header goes.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http::header::HOST;
+use http::header::{HOST, HeaderValue, TE};
 use http::uri::PathAndQuery;
 use http::{Request, Response, Uri, Version};
 use http_body::Body as _;
 use http_body_util::{Either, Empty};
 use hyper::body::Incoming;
 
-use super::body::ProxyBody;
+use super::body::{BodyLimits, ProxyBody};
 use super::conn::{ConnCtx, RequestGuard};
 use super::headers::{append_forwarded_for, ensure_host, strip_hop_by_hop};
 use super::local::LocalError;
@@ -96,12 +102,20 @@ async fn forward(
     // Before the hop-by-hop headers go: `Upgrade` is one of them.
     let upgrade = upgrade::asked(&mut req);
     let (mut parts, body) = req.into_parts();
+    let te_trailers = asks_trailers(&parts.headers);
     strip_hop_by_hop(&mut parts.headers);
+    if te_trailers {
+        parts
+            .headers
+            .insert(TE, HeaderValue::from_static("trailers"));
+    }
     append_forwarded_for(&mut parts.headers, &ctx.peer_ip);
     ensure_host(&mut parts.headers, parts.uri.authority());
     parts.version = Version::HTTP_11;
+    let deadline = route
+        .timeout
+        .map(|t| tokio::time::Instant::from_std(start + t));
     if let Some(asked) = upgrade {
-        let deadline = tokio::time::Instant::from_std(start + route.timeout);
         return upgrade::forward(ctx, route, parts, body, asked, deadline).await;
     }
     let path = parts
@@ -116,7 +130,6 @@ async fn forward(
         is_idempotent(&parts.method),
         cluster.endpoints.len(),
     );
-    let deadline = tokio::time::Instant::from_std(start + route.timeout);
     cluster.state.budget.deposit(now_ns / 1_000_000_000);
 
     // The request head, kept while another attempt may need to send it again.
@@ -175,8 +188,16 @@ async fn forward(
         let in_flight = cluster
             .tracks_in_flight()
             .then(|| InFlight::new(&endpoint.state));
-        let call = upstream::send(endpoint.address, cluster.connect_timeout, request);
-        let outcome = tokio::time::timeout_at(deadline, call).await;
+        let call = upstream::send(
+            endpoint.address,
+            &cluster.transport,
+            cluster.connect_timeout,
+            request,
+        );
+        let outcome = match deadline {
+            Some(d) => tokio::time::timeout_at(d, call).await,
+            None => Ok(call.await),
+        };
         let now_ms = clock::now_millis();
         match outcome {
             Err(_) => {
@@ -213,8 +234,8 @@ async fn forward(
                     drop(resp);
                     let cap = Duration::from_millis(5 << attempt.min(8)).min(MAX_RETRY_PAUSE);
                     let pause = Duration::from_micros(below(cap.as_micros() as u64 + 1));
-                    tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + pause))
-                        .await;
+                    let wake = tokio::time::Instant::now() + pause;
+                    tokio::time::sleep_until(deadline.map_or(wake, |d| d.min(wake))).await;
                     tried.push(i);
                     continue;
                 }
@@ -222,10 +243,32 @@ async fn forward(
                 strip_hop_by_hop(&mut head.headers);
                 // We speak HTTP/1.1 (or 2) downstream whatever the upstream spoke.
                 head.version = Version::HTTP_11;
-                return Response::from_parts(head, ProxyBody::upstream(body, in_flight, lease));
+                let limits = BodyLimits {
+                    deadline,
+                    idle: route.idle_timeout,
+                    cluster: route.cluster.clone(),
+                };
+                return Response::from_parts(
+                    head,
+                    ProxyBody::upstream(body, in_flight, lease, limits),
+                );
             }
         }
     }
+}
+
+/// Whether the client's `TE` headers name `trailers`.
+fn asks_trailers(headers: &http::HeaderMap) -> bool {
+    headers
+        .get_all(TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| {
+            t.split(';')
+                .next()
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        })
 }
 
 /// Takes a retry from the cluster's budget, counting the outcome.
@@ -236,5 +279,20 @@ fn may_retry(cluster: &ClusterRt, now_ms: u64) -> bool {
     } else {
         cluster.stats.budget_exhausted.inc();
         false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn te_trailers_is_found_among_other_codings() {
+        let mut h = http::HeaderMap::new();
+        assert!(!asks_trailers(&h));
+        h.insert(TE, HeaderValue::from_static("gzip;q=0.5, Trailers"));
+        assert!(asks_trailers(&h));
+        h.insert(TE, HeaderValue::from_static("gzip"));
+        assert!(!asks_trailers(&h));
     }
 }

@@ -206,13 +206,7 @@ pub(crate) async fn serve(
     if let Some(t) = watch.take_tunnel()
         && !signals.hard.is_cancelled()
     {
-        let ended = tunnel::run(
-            t,
-            settings.idle_timeout,
-            &signals.hard,
-            &watch.listener.stats,
-        )
-        .await;
+        let ended = tunnel::run(t, &signals.hard, &watch.listener.stats).await;
         tracing::debug!(%peer, ?ended, "tunnel ended");
     }
 }

@@ -9,9 +9,11 @@
 //! - a listener that drains (removed, or the process shutting down) waits
 //!   for it like for any connection, and closes it at the hard stop, when
 //!   the drain timeout has passed;
-//! - the listener's idle timeout (`--idle-timeout`) applies: a tunnel that
+//! - the route's idle timeout (`idle_timeout_ms`) applies: a tunnel that
 //!   carried no byte in either direction for that long is closed
-//!   (`vane_proxy_connections_closed{reason="tunnel_idle"}`);
+//!   (`vane_proxy_connections_closed{reason="tunnel_idle"}`); the
+//!   listener's `--idle-timeout` is the idle timeout of HTTP connections
+//!   between requests, and no longer once a connection is a tunnel;
 //! - the route's timeout does not apply (it bounds the wait for the
 //!   response head, which the 101 was).
 
@@ -43,6 +45,9 @@ pub(crate) struct Tunnel {
     /// Counts the tunnel as a request in flight on its endpoint (for
     /// `least_request`) for as long as it is open.
     pub(crate) in_flight: Option<InFlight>,
+    /// The route's idle timeout: the tunnel closes after this long without
+    /// a byte either way.
+    pub(crate) idle: Duration,
 }
 
 /// How a tunnel ended.
@@ -59,17 +64,13 @@ pub(crate) enum Ended {
 }
 
 /// Carries bytes between both ends of `tunnel` until one closes, it is idle
-/// for `idle`, or `hard` is cancelled.
-pub(crate) async fn run(
-    tunnel: Tunnel,
-    idle: Duration,
-    hard: &CancellationToken,
-    stats: &ListenerStats,
-) -> Ended {
+/// for its route's idle timeout, or `hard` is cancelled.
+pub(crate) async fn run(tunnel: Tunnel, hard: &CancellationToken, stats: &ListenerStats) -> Ended {
     let Tunnel {
         downstream,
         upstream,
         in_flight: _in_flight,
+        idle,
     } = tunnel;
     let handed = tokio::select! {
         r = async { tokio::try_join!(downstream, upstream) } => r,

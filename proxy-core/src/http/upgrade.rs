@@ -10,10 +10,11 @@
 //! [`MAX_CONNECT_ATTEMPTS`] in all, as for TCP listeners: nothing was
 //! sent); nothing else is retried, since the upstream may have acted on
 //! the handshake. The route's deadline covers the wait for the answer head
-//! only, never the tunnel.
+//! only, never the tunnel, which the route's idle timeout bounds instead.
+//! A TLS cluster's upgrades go over TLS (ALPN `http/1.1` only); a
+//! plaintext HTTP/2 cluster cannot take one (502).
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use http::header::{CONNECTION, HOST, HeaderMap, HeaderValue, UPGRADE};
 use http::request::Parts;
@@ -24,10 +25,8 @@ use http_body_util::{Either, Empty};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::Builder;
 use hyper::upgrade::OnUpgrade;
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 
-use super::body::ProxyBody;
+use super::body::{BodyLimits, ProxyBody};
 use super::conn::ConnCtx;
 use super::headers::strip_hop_by_hop;
 use super::local::LocalError;
@@ -35,8 +34,9 @@ use super::tunnel::Tunnel;
 use crate::clock;
 use crate::cluster::UpstreamErrorKind;
 use crate::cluster::outlier::InFlight;
+use crate::cluster::transport::Transport;
 use crate::route::RouteRt;
-use crate::upstream::{Failure, UpstreamBody};
+use crate::upstream::{self, Failure, UpgradeIo, UpstreamBody};
 
 /// Most endpoints tried for one upgrade when connecting fails.
 const MAX_CONNECT_ATTEMPTS: usize = 3;
@@ -90,7 +90,7 @@ pub(crate) async fn forward(
     parts: Parts,
     body: Incoming,
     asked: Asked,
-    deadline: tokio::time::Instant,
+    deadline: Option<tokio::time::Instant>,
 ) -> Response<ProxyBody> {
     let cluster = &route.cluster;
     let stats = &ctx.listener.stats.upgrades;
@@ -131,10 +131,14 @@ pub(crate) async fn forward(
             .then(|| InFlight::new(&endpoint.state));
         let call = exchange(
             endpoint.address,
+            &cluster.transport,
             cluster.connect_timeout,
             Request::from_parts(head, up_body),
         );
-        let outcome = tokio::time::timeout_at(deadline, call).await;
+        let outcome = match deadline {
+            Some(d) => tokio::time::timeout_at(d, call).await,
+            None => Ok(call.await),
+        };
         let now_ms = clock::now_millis();
         let mut resp = match outcome {
             Err(_) => {
@@ -177,6 +181,7 @@ pub(crate) async fn forward(
                 downstream: asked.downstream,
                 upstream,
                 in_flight,
+                idle: route.idle_timeout,
             });
             return Response::from_parts(head, ProxyBody::empty());
         }
@@ -186,7 +191,12 @@ pub(crate) async fn forward(
         let (mut head, body) = resp.into_parts();
         strip_hop_by_hop(&mut head.headers);
         head.version = Version::HTTP_11;
-        return Response::from_parts(head, ProxyBody::unpooled(body, in_flight));
+        let limits = BodyLimits {
+            deadline,
+            idle: route.idle_timeout,
+            cluster: route.cluster.clone(),
+        };
+        return Response::from_parts(head, ProxyBody::unpooled(body, in_flight, limits));
     }
     // Every attempt failed to connect (the loop returns otherwise).
     declined();
@@ -196,27 +206,31 @@ pub(crate) async fn forward(
 /// Sends `req` on a new connection to `addr` that can be upgraded.
 async fn exchange(
     addr: SocketAddr,
-    connect_timeout: Duration,
+    transport: &Transport,
+    connect_timeout: std::time::Duration,
     req: Request<UpstreamBody>,
 ) -> Result<Response<Incoming>, Failure> {
-    let stream = match tokio::time::timeout(connect_timeout, TcpStream::connect(addr)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            return Err(Failure::NotSent {
-                reason: e.to_string(),
-                request: Box::new(req),
-            });
-        }
-        Err(_) => {
-            return Err(Failure::NotSent {
-                reason: format!("no connection within {} ms", connect_timeout.as_millis()),
-                request: Box::new(req),
-            });
-        }
-    };
-    let _ = stream.set_nodelay(true);
+    match upstream::connect_for_upgrade(addr, transport, connect_timeout).await {
+        Ok(UpgradeIo::Plain(io)) => upgrade_on(io, addr, req).await,
+        Ok(UpgradeIo::Tls(io)) => upgrade_on(*io, addr, req).await,
+        Err(reason) => Err(Failure::NotSent {
+            reason,
+            request: Box::new(req),
+        }),
+    }
+}
+
+/// The HTTP/1.1 exchange of an upgrade over `io`.
+async fn upgrade_on<T>(
+    io: T,
+    addr: SocketAddr,
+    req: Request<UpstreamBody>,
+) -> Result<Response<Incoming>, Failure>
+where
+    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
     let (mut sender, conn) = Builder::new()
-        .handshake(TokioIo::new(stream))
+        .handshake(io)
         .await
         .map_err(Failure::Protocol)?;
     // `with_upgrades`: after a 101 the connection's task ends by handing

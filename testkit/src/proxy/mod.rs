@@ -16,6 +16,12 @@
 //!   HTTP/1.1 upgrade (WebSocket or another protocol), over raw sockets.
 //! - [`HttpClient`], [`OneConnection`], [`Load`] (`client.rs`): what sends
 //!   traffic to the proxy.
+//! - [`GrpcBackend`], [`raw_health_check`] (`grpc.rs`): a gRPC upstream
+//!   (the health service over h2c) and a raw gRPC call that shows trailers.
+//! - [`TlsBackend`] (`tls_backend.rs`): an HTTPS upstream with a private
+//!   CA's certificate, HTTP/1.1 and HTTP/2 by ALPN, optional client certs.
+//! - [`SlowBackend`], [`get_streamed`] (`stream.rs`): answers that stall or
+//!   drip, and a client that sees how a body ended.
 //! - [`spec`]: snapshot builders; [`push`], [`AdminPusher`] (`push.rs`):
 //!   pushing them.
 //!
@@ -25,13 +31,19 @@
 
 mod backend;
 mod client;
+mod grpc;
 mod process;
 mod push;
 pub mod spec;
+mod stream;
+mod tls_backend;
 mod ws;
 
 pub use backend::{Backend, TcpBackend};
 pub use client::{HttpClient, Load, LoadReport, OneConnection, Reply};
+pub use grpc::{GrpcBackend, RawGrpcReply, raw_health_check};
 pub use process::{ProxyProcess, WAIT};
 pub use push::{AdminPusher, push};
+pub use stream::{SlowBackend, StreamOutcome, get_streamed};
+pub use tls_backend::{TlsBackend, TlsBackendConfig};
 pub use ws::{UpgradeBackend, UpgradeClient, accept_key};

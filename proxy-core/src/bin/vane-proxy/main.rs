@@ -35,7 +35,8 @@ struct Args {
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     drain_timeout: Duration,
     /// Close downstream connections with no request started and none in
-    /// flight for this long (gracefully: HTTP/2 gets a GOAWAY).
+    /// flight for this long (gracefully: HTTP/2 gets a GOAWAY). Upgraded
+    /// connections (WebSockets) follow their route's `idle_timeout_ms`.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     idle_timeout: Duration,
     /// A new connection must send its first request head (or the HTTP/2
