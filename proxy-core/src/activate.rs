@@ -26,6 +26,7 @@
 //! agent confirming cached content as live: the same content, so only the
 //! provenance `/config_dump` reports changes ([`Activation::follow`]).
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use arc_swap::ArcSwap;
@@ -34,6 +35,7 @@ use vane_agent::Current;
 use crate::compile::{Compiled, compile};
 use crate::listeners::Listeners;
 use crate::shared::Shared;
+use crate::tls::TlsBuild;
 
 /// What the validator and the sink answer once the proxy is shutting down.
 const SHUTTING_DOWN: &str = "vane-proxy is shutting down";
@@ -101,8 +103,11 @@ impl Activation {
             self.discard(stale);
         }
         unsupported(candidate)?;
+        // TLS first: it reads files and may refuse the candidate, and
+        // nothing is bound for it yet.
+        let tls = crate::tls::build(&candidate.snapshot)?;
         self.listeners.prepare(candidate)?;
-        slot.pending = Some(self.compile(candidate));
+        slot.pending = Some(self.compile(candidate, tls));
         Ok(())
     }
 
@@ -130,8 +135,9 @@ impl Activation {
                     version = next.version,
                     "a candidate reached the sink without being validated; validating it now"
                 );
+                let tls = crate::tls::build(&next.snapshot)?;
                 self.listeners.prepare(next)?;
-                self.compile(next).compiled
+                self.compile(next, tls).compiled
             }
         };
         self.switch(compiled);
@@ -190,12 +196,17 @@ impl Activation {
         }
     }
 
-    fn compile(&self, candidate: &Current) -> Pending {
+    fn compile(&self, candidate: &Current, tls: HashMap<String, TlsBuild>) -> Pending {
         let running = self.shared.compiled.load_full();
         Pending {
             version: candidate.version,
             hash: candidate.hash.clone(),
-            compiled: compile(Arc::new(candidate.clone()), &running, &self.shared.metrics),
+            compiled: compile(
+                Arc::new(candidate.clone()),
+                &running,
+                &self.shared.metrics,
+                tls,
+            ),
         }
     }
 
@@ -216,6 +227,7 @@ impl Activation {
         let current = next.current.clone();
         let running = shared.compiled.load_full();
         self.listeners.freeze_removed(&current, &running);
+        next.publish_tls();
         shared.compiled.store(Arc::new(next));
         if current.version != running.current.version || current.hash != running.current.hash {
             // A version is judged on its own answers only.
@@ -238,18 +250,9 @@ impl Activation {
     }
 }
 
-/// Refuses what this data plane does not serve yet: TLS listeners and
-/// upstreams other than plaintext HTTP/1.1.
+/// Refuses what this data plane does not serve yet: upstreams other than
+/// plaintext HTTP/1.1.
 fn unsupported(candidate: &Current) -> Result<(), String> {
-    for l in &candidate.snapshot.listeners {
-        if l.tls.is_some() {
-            return Err(format!(
-                "listener {:?}: protocol {} is not served by this data plane",
-                l.name,
-                l.protocol().as_str()
-            ));
-        }
-    }
     for c in &candidate.snapshot.clusters {
         if c.tls.is_some() || c.protocol != vane_model::UpstreamProtocol::Http1 {
             return Err(format!(
