@@ -290,7 +290,9 @@ impl Listeners {
             key.address,
             key.protocol,
             shared.clone(),
-            shared.metrics.listener_stats(&key.name, key.protocol.is_tls()),
+            shared
+                .metrics
+                .listener_stats(&key.name, key.protocol.is_tls()),
         ));
         let id = table.next_id;
         table.next_id += 1;

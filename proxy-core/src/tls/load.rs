@@ -98,10 +98,7 @@ pub(super) fn trusted_ca(secret: &Secret) -> Result<Arc<RootCertStore>, String> 
         return Err("is not a CA bundle (trusted_ca)".to_owned());
     };
     let mut roots = RootCertStore::empty();
-    for (i, cert) in certificates("trusted_ca", source)?
-        .into_iter()
-        .enumerate()
-    {
+    for (i, cert) in certificates("trusted_ca", source)?.into_iter().enumerate() {
         roots.add(cert).map_err(|e| {
             format!(
                 "{}: certificate {} is not usable as a CA: {e}",

@@ -29,8 +29,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus_client::metrics::gauge::Gauge;
-use rustls::crypto::CryptoProvider;
 use rustls::ServerConfig;
+use rustls::crypto::CryptoProvider;
 use rustls::server::WebPkiClientVerifier;
 use rustls::server::danger::ClientCertVerifier;
 use tokio::net::TcpStream;
@@ -135,11 +135,9 @@ fn listener<'s>(
     };
     let resolver = SniResolver::new(
         default.key.clone(),
-        loaded.iter().flat_map(|(c, cert)| {
-            c.server_names
-                .iter()
-                .map(|n| (n.clone(), cert.key.clone()))
-        }),
+        loaded
+            .iter()
+            .flat_map(|(c, cert)| c.server_names.iter().map(|n| (n.clone(), cert.key.clone()))),
     );
     let verifier: Arc<dyn ClientCertVerifier> = match &tls.client_ca {
         None => WebPkiClientVerifier::no_client_auth(),

@@ -16,6 +16,9 @@
 //!   HTTP/1.1 upgrade (WebSocket or another protocol), over raw sockets.
 //! - [`HttpClient`], [`OneConnection`], [`Load`] (`client.rs`): what sends
 //!   traffic to the proxy.
+//! - [`TlsClient`], [`TlsConn`], [`TlsFiles`] (`tls.rs`): the client side
+//!   of TLS listeners (CA, SNI, client certificate; the serial and ALPN the
+//!   server chose; HTTP/1.1 kept alive over it), certificates on disk.
 //! - [`spec`]: snapshot builders; [`push`], [`AdminPusher`] (`push.rs`):
 //!   pushing them.
 //!
@@ -28,10 +31,12 @@ mod client;
 mod process;
 mod push;
 pub mod spec;
+mod tls;
 mod ws;
 
 pub use backend::{Backend, TcpBackend};
 pub use client::{HttpClient, Load, LoadReport, OneConnection, Reply};
 pub use process::{ProxyProcess, WAIT};
 pub use push::{AdminPusher, push};
+pub use tls::{TlsClient, TlsConn, TlsFiles, TlsHttp1, serial_of};
 pub use ws::{UpgradeBackend, UpgradeClient, accept_key};
