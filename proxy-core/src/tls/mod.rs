@@ -220,3 +220,103 @@ fn refused_client(e: &io::Error) -> bool {
         Some(rustls::Error::NoCertificatesPresented | rustls::Error::InvalidCertificate(_))
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    use vane_model::{Format, parse_file, validate};
+    use vane_pki::{Ca, LeafParams, Pair};
+
+    fn pair(ca: &Ca) -> Pair {
+        ca.issue(&LeafParams::server(["example.test"])).unwrap()
+    }
+
+    /// An https listener `web` and a tls listener `db`, both serving
+    /// secret `site` read from `cert` and `key`.
+    fn snapshot(cert: &Path, key: &Path) -> Snapshot {
+        let yaml = format!(
+            r#"
+secrets:
+  - {{ name: site, certificate_chain_file: "{}", private_key_file: "{}" }}
+listeners:
+  - name: web
+    address: "127.0.0.1:1"
+    protocol: https
+    route_table: main
+    certificates: [ {{ secret: site, server_names: [example.test] }} ]
+  - name: db
+    address: "127.0.0.1:2"
+    protocol: tls
+    cluster: app
+    certificates: [ {{ secret: site }} ]
+route_tables:
+  - {{ name: main, routes: [ {{ cluster: app }} ] }}
+clusters:
+  - {{ name: app, endpoints: [ {{ address: "127.0.0.1:9000" }} ] }}
+"#,
+            cert.display(),
+            key.display()
+        );
+        validate(parse_file(yaml.as_bytes(), Format::Yaml).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn listeners_get_their_alpn_and_expiry_from_files_read_at_build() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::new("test CA").unwrap();
+        let (cert, key) = (dir.path().join("site.pem"), dir.path().join("site.key"));
+        pair(&ca).write(&cert, &key, false).unwrap();
+        let built = build(&snapshot(&cert, &key)).unwrap();
+        assert_eq!(
+            built["web"].config.alpn_protocols,
+            vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+        );
+        assert!(built["db"].config.alpn_protocols.is_empty());
+        let (secret, not_after) = &built["web"].expiry[0];
+        assert_eq!(secret, "site");
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        assert!(*not_after > now, "{not_after} <= {now}");
+    }
+
+    #[test]
+    fn a_missing_file_or_a_foreign_key_names_listener_secret_and_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::new("test CA").unwrap();
+        let (cert, key) = (dir.path().join("site.pem"), dir.path().join("site.key"));
+        pair(&ca).write(&cert, &key, false).unwrap();
+        let missing = dir.path().join("missing.pem");
+        let err = build(&snapshot(&missing, &key)).unwrap_err();
+        let file = format!("certificate_chain_file {}: cannot read", missing.display());
+        // Every listener that serves it is named (in the snapshot's order).
+        assert_eq!(
+            err.split("; ").collect::<Vec<_>>(),
+            [
+                format!(
+                    r#"listener "db": secret "site": {file}: No such file or directory (os error 2)"#
+                ),
+                format!(
+                    r#"listener "web": secret "site": {file}: No such file or directory (os error 2)"#
+                ),
+            ],
+        );
+
+        let other = dir.path().join("other.key");
+        std::fs::write(&other, pair(&ca).key_pem).unwrap();
+        let err = build(&snapshot(&cert, &other)).unwrap_err();
+        assert!(
+            err.contains(&format!(
+                "private_key_file {}: does not belong to the certificate",
+                other.display()
+            )),
+            "{err}"
+        );
+        std::fs::write(&other, "not a key").unwrap();
+        let err = build(&snapshot(&cert, &other)).unwrap_err();
+        assert!(err.contains("no PEM private key"), "{err}");
+    }
+}
