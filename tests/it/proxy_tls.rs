@@ -6,12 +6,13 @@
 //! key that is not the certificate's is refused at push, a certificate
 //! file missing on the proxy's host is NACKed; client certificates are
 //! required when a client CA is set; a `tls` listener terminates TLS in
-//! front of a TCP backend.
+//! front of a TCP backend, and closes a client that never completes a
+//! handshake.
 
 #![allow(clippy::unwrap_used)]
 
 use std::net::SocketAddr;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use vane_model::SnapshotSpec;
@@ -401,7 +402,15 @@ async fn a_tls_listener_terminates_tls_in_front_of_a_tcp_backend() {
     let ca = Ca::new("proxy tls test CA").unwrap();
     let site = server_pair(&ca, &["db.example.test"]);
     let db = free_addr();
-    let proxy = start_proxy(&server);
+    let dir = server.scratch();
+    let proxy = ProxyProcess::start(
+        &[server.url()],
+        NODE,
+        GROUP,
+        &dir.join("cache"),
+        &dir.join("logs"),
+        &["--header-read-timeout", "500ms"],
+    );
     let spec = SnapshotSpec {
         secrets: vec![certificate_secret("db", &site.cert_pem, &site.key_pem)],
         listeners: vec![tls_listener(
@@ -425,4 +434,19 @@ async fn a_tls_listener_terminates_tls_in_front_of_a_tcp_backend() {
     let mut back = [0u8; 13];
     stream.read_exact(&mut back).await.unwrap();
     assert_eq!(&back, b"ping over tls");
+
+    // A client that connects and never starts a handshake is closed after
+    // the header-read timeout, and counted.
+    let mut silent = tokio::net::TcpStream::connect(db).await.unwrap();
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(Duration::from_secs(5), silent.read(&mut buf)).await;
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "a silent client was not closed: {read:?}"
+    );
+    let timeouts = proxy.metric(
+        "vane_proxy_tls_handshakes_total",
+        &[r#"listener="db""#, r#"result="timeout""#],
+    );
+    assert_eq!(timeouts, 1.0, "{}", proxy.metrics());
 }
