@@ -26,6 +26,7 @@
 //! agent confirming cached content as live: the same content, so only the
 //! provenance `/config_dump` reports changes ([`Activation::follow`]).
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use arc_swap::ArcSwap;
@@ -34,6 +35,7 @@ use vane_agent::Current;
 use crate::compile::{Compiled, compile};
 use crate::listeners::Listeners;
 use crate::shared::Shared;
+use crate::tls::TlsBuild;
 
 /// What the validator and the sink answer once the proxy is shutting down.
 const SHUTTING_DOWN: &str = "vane-proxy is shutting down";
@@ -100,9 +102,11 @@ impl Activation {
         if let Some(stale) = slot.pending.take() {
             self.discard(stale);
         }
-        unsupported(candidate)?;
+        // TLS first: it reads files and may refuse the candidate, and
+        // nothing is bound for it yet.
+        let tls = crate::tls::build(&candidate.snapshot)?;
         self.listeners.prepare(candidate)?;
-        slot.pending = Some(self.compile(candidate)?);
+        slot.pending = Some(self.compile(candidate, tls)?);
         Ok(())
     }
 
@@ -130,8 +134,9 @@ impl Activation {
                     version = next.version,
                     "a candidate reached the sink without being validated; validating it now"
                 );
+                let tls = crate::tls::build(&next.snapshot)?;
                 self.listeners.prepare(next)?;
-                self.compile(next)?.compiled
+                self.compile(next, tls)?.compiled
             }
         };
         self.switch(compiled);
@@ -190,12 +195,22 @@ impl Activation {
         }
     }
 
-    /// Compiles `candidate` aside. On failure (a cluster's TLS secret file
-    /// missing or bad) what was prepared for it is released: the sockets
-    /// its listeners bound and the metric label sets only it used.
-    fn compile(&self, candidate: &Current) -> Result<Pending, String> {
+    /// Compiles `candidate` aside with its listeners' TLS `tls`. On failure
+    /// (a cluster's TLS secret file missing or bad) what was prepared for it
+    /// is released: the sockets its listeners bound and the metric label
+    /// sets only it used.
+    fn compile(
+        &self,
+        candidate: &Current,
+        tls: HashMap<String, TlsBuild>,
+    ) -> Result<Pending, String> {
         let running = self.shared.compiled.load_full();
-        match compile(Arc::new(candidate.clone()), &running, &self.shared.metrics) {
+        match compile(
+            Arc::new(candidate.clone()),
+            &running,
+            &self.shared.metrics,
+            tls,
+        ) {
             Ok(compiled) => Ok(Pending {
                 version: candidate.version,
                 hash: candidate.hash.clone(),
@@ -226,6 +241,7 @@ impl Activation {
         let current = next.current.clone();
         let running = shared.compiled.load_full();
         self.listeners.freeze_removed(&current, &running);
+        next.publish_tls();
         shared.compiled.store(Arc::new(next));
         if current.version != running.current.version || current.hash != running.current.hash {
             // A version is judged on its own answers only.
@@ -246,20 +262,6 @@ impl Activation {
             "configuration active"
         );
     }
-}
-
-/// Refuses what this data plane does not serve yet: TLS listeners.
-fn unsupported(candidate: &Current) -> Result<(), String> {
-    for l in &candidate.snapshot.listeners {
-        if l.tls.is_some() {
-            return Err(format!(
-                "listener {:?}: protocol {} is not served by this data plane",
-                l.name,
-                l.protocol().as_str()
-            ));
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -2,7 +2,9 @@
 //! [`Compiled`] value behind one `ArcSwap`, built aside from the running one
 //! and swapped in whole. Runtime state that must outlive a snapshot (pools,
 //! cursors, ejections, budgets, token buckets) is carried over from the
-//! running build when the cluster or limit is unchanged.
+//! running build when the cluster or limit is unchanged. TLS listeners'
+//! server configurations are built before (`crate::tls::build`, which can
+//! fail: it reads files) and handed in.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -15,6 +17,7 @@ use crate::cluster::transport::Transport;
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimiter;
 use crate::route::{RouteRt, RouteTableRt};
+use crate::tls::{ServerTls, TlsBuild};
 
 /// What a listener of the running build sends traffic to.
 #[derive(Debug, Clone)]
@@ -39,6 +42,10 @@ pub(crate) struct Compiled {
     pub(crate) clusters: HashMap<String, Arc<ClusterRt>>,
     /// By rate-limit name.
     pub(crate) limits: HashMap<String, Arc<RateLimiter>>,
+    /// TLS of `https` and `tls` listeners, by listener name: what each
+    /// accepted connection's handshake loads, so a new certificate reaches
+    /// the next handshake.
+    pub(crate) tls: HashMap<String, Arc<ServerTls>>,
 }
 
 impl Compiled {
@@ -50,11 +57,21 @@ impl Compiled {
             listeners: HashMap::new(),
             clusters: HashMap::new(),
             limits: HashMap::new(),
+            tls: HashMap::new(),
+        }
+    }
+
+    /// Shows the expiry dates of the certificates this build serves: called
+    /// when it starts running.
+    pub(crate) fn publish_tls(&self) {
+        for t in self.tls.values() {
+            t.publish();
         }
     }
 }
 
-/// Compiles `current`, keeping the runtime state of `previous`.
+/// Compiles `current` with its listeners' TLS `tls`, keeping the runtime
+/// state of `previous`.
 ///
 /// Fails only on what validation cannot see: a cluster's TLS secret that
 /// is a file on this host, missing or bad (the error names the cluster and
@@ -65,6 +82,7 @@ pub(crate) fn compile(
     current: Arc<Current>,
     previous: &Compiled,
     metrics: &Metrics,
+    tls: HashMap<String, TlsBuild>,
 ) -> Result<Compiled, String> {
     let snapshot = current.snapshot.clone();
     let limits: HashMap<String, Arc<RateLimiter>> = snapshot
@@ -133,11 +151,19 @@ pub(crate) fn compile(
         };
         listeners.insert(l.name.clone(), routes);
     }
+    let tls = tls
+        .into_iter()
+        .map(|(name, build)| {
+            let server = ServerTls::new(build, |secret| metrics.certificate_expiry(&name, secret));
+            (name, Arc::new(server))
+        })
+        .collect();
     Ok(Compiled {
         ready: !current.hash.is_empty(),
         current,
         listeners,
         clusters,
         limits,
+        tls,
     })
 }

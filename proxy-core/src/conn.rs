@@ -1,5 +1,5 @@
 //! A running listener as its connections see it ([`ListenerRt`]: name,
-//! address, protocol, metrics, the routes it serves) and the signals it
+//! address, protocol, metrics, the routes and TLS it serves) and the signals it
 //! sends them ([`ConnSignals`]). This is the bottom of the serving code:
 //! HTTP and TCP connections are handed these, and the listener manager
 //! above creates them; nothing here knows about sockets or snapshots.
@@ -16,6 +16,7 @@ use crate::compile::{Compiled, ListenerRoutes};
 use crate::metrics::ListenerStats;
 use crate::route::RouteTableRt;
 use crate::shared::Shared;
+use crate::tls::ServerTls;
 
 /// A running listener, as its connections see it.
 #[derive(Debug)]
@@ -31,9 +32,10 @@ pub(crate) struct ListenerRt {
     /// Connection metrics.
     pub(crate) stats: ListenerStats,
     /// Set when the listener is removed: its connections then keep the
-    /// routes it had (`frozen`) instead of following new snapshots.
+    /// routes and TLS it had (`frozen`) instead of following new snapshots.
     draining: AtomicBool,
     frozen: OnceLock<ListenerRoutes>,
+    frozen_tls: OnceLock<Arc<ServerTls>>,
 }
 
 impl ListenerRt {
@@ -53,6 +55,7 @@ impl ListenerRt {
             stats,
             draining: AtomicBool::new(false),
             frozen: OnceLock::new(),
+            frozen_tls: OnceLock::new(),
         }
     }
 
@@ -81,11 +84,27 @@ impl ListenerRt {
         }
     }
 
-    /// Stops following snapshots: keeps `routes` for the connections that
-    /// drain.
-    pub(crate) fn freeze(&self, routes: Option<ListenerRoutes>) {
-        if let Some(r) = routes {
-            let _ = self.frozen.set(r);
+    /// The TLS a new connection's handshake runs with: the running
+    /// build's, so a pushed certificate reaches the next handshake.
+    pub(crate) fn server_tls(&self, compiled: &Compiled) -> Option<Arc<ServerTls>> {
+        if self.draining.load(Ordering::Acquire) {
+            self.frozen_tls.get().cloned()
+        } else {
+            compiled.tls.get(&self.name).cloned()
+        }
+    }
+
+    /// Stops following snapshots: keeps `routes` and `tls` of `compiled`
+    /// (the running build, if the listener is still in it) for the
+    /// connections that drain.
+    pub(crate) fn freeze(&self, compiled: Option<&Compiled>) {
+        if let Some(c) = compiled {
+            if let Some(r) = c.listeners.get(&self.name) {
+                let _ = self.frozen.set(r.clone());
+            }
+            if let Some(t) = c.tls.get(&self.name) {
+                let _ = self.frozen_tls.set(t.clone());
+            }
         }
         self.draining.store(true, Ordering::Release);
     }

@@ -42,6 +42,9 @@
 //!   compiled configuration, metrics, settings, workers).
 //! - `compile`: snapshot -> `Compiled` (one `ArcSwap`), carrying runtime
 //!   state across snapshots.
+//! - `tls`: TLS termination: each `https`/`tls` listener's server
+//!   configuration (secrets read at validation, certificate by SNI name,
+//!   client certificates), the handshake of each accepted connection.
 //! - `route`: compiled route matching (host, path, headers; first wins).
 //! - `cluster`: endpoints and their state, load balancing (`lb`), outlier
 //!   detection (`outlier`), retry budget (`budget`), how endpoints are
@@ -99,6 +102,7 @@ mod ratelimit;
 mod route;
 mod shared;
 mod tcp;
+mod tls;
 mod upstream;
 mod workers;
 

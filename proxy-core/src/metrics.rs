@@ -67,6 +67,18 @@ pub(crate) struct UpgradeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct HandshakeLabels {
+    listener: String,
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct CertificateLabels {
+    listener: String,
+    secret: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct ClosedLabels {
     listener: String,
     reason: String,
@@ -125,6 +137,23 @@ pub(crate) struct ListenerStats {
     pub(crate) upgrades: UpgradeStats,
     /// Upgraded connections (tunnels) open now.
     pub(crate) tunnels_active: Gauge,
+    /// TLS handshakes, for `https` and `tls` listeners.
+    pub(crate) tls: TlsStats,
+}
+
+/// TLS handshakes of one listener, by result (the label `result`).
+#[derive(Debug, Clone)]
+pub(crate) struct TlsStats {
+    /// `ok`: the handshake completed.
+    pub(crate) ok: Counter,
+    /// `client_cert_refused`: the listener requires client certificates
+    /// and the client sent none, or one its CA did not sign.
+    pub(crate) client_cert_refused: Counter,
+    /// `timeout`: not complete within the header-read timeout.
+    pub(crate) timeout: Counter,
+    /// `error`: any other failure (not TLS, no common version or cipher,
+    /// the client gave up).
+    pub(crate) error: Counter,
 }
 
 /// Upgrade requests of one listener (labels `protocol`: `websocket` or
@@ -180,6 +209,7 @@ struct Keys {
     clusters: HashSet<ClusterLabels>,
     upstream_errors: HashSet<UpstreamErrorLabels>,
     rate_limited: HashSet<RateLimitedLabels>,
+    certificates: HashSet<CertificateLabels>,
 }
 
 /// Every metric family of the data plane.
@@ -203,6 +233,8 @@ pub(crate) struct Metrics {
     connections_closed: Family<ClosedLabels, Counter>,
     upgrades: Family<UpgradeLabels, Counter>,
     tunnels_active: Family<ListenerLabels, Gauge>,
+    tls_handshakes: Family<HandshakeLabels, Counter>,
+    certificate_expiry: Family<CertificateLabels, Gauge>,
     /// Admin-endpoint connections closed at once: over the admin cap.
     pub(crate) admin_refused: Counter,
     /// Admin-endpoint connections closed for not completing a request in
@@ -241,6 +273,8 @@ impl Metrics {
             connections_closed: Family::default(),
             upgrades: Family::default(),
             tunnels_active: Family::default(),
+            tls_handshakes: Family::default(),
+            certificate_expiry: Family::default(),
             admin_refused: Counter::default(),
             admin_timeouts: Counter::default(),
             config_version: Gauge::default(),
@@ -348,6 +382,18 @@ impl Metrics {
             "vane_proxy_tunnels_active",
             "Upgraded connections (WebSockets and other protocols) open, by listener",
             self.tunnels_active.clone(),
+        );
+        registry.register(
+            "vane_proxy_tls_handshakes",
+            "TLS handshakes on https and tls listeners, by listener and result \
+             (ok, client_cert_refused, timeout, error)",
+            self.tls_handshakes.clone(),
+        );
+        registry.register(
+            "vane_proxy_certificate_expiry_timestamp_seconds",
+            "When each certificate a TLS listener serves expires (its leaf's notAfter, \
+             seconds since the Unix epoch), by listener and secret",
+            self.certificate_expiry.clone(),
         );
         registry.register(
             "vane_proxy_admin_connections_refused",
@@ -478,8 +524,10 @@ impl Metrics {
     }
 
     /// Handles of listener `name` (kept for the process's life: listeners
-    /// are few, and a draining listener still counts its connections).
-    pub(crate) fn listener_stats(&self, name: &str) -> ListenerStats {
+    /// are few, and a draining listener still counts its connections);
+    /// `tls`: it terminates TLS (else its handshake counters are detached,
+    /// so plaintext listeners show no handshake series).
+    pub(crate) fn listener_stats(&self, name: &str, tls: bool) -> ListenerStats {
         let k = ListenerLabels {
             listener: name.to_owned(),
         };
@@ -501,7 +549,33 @@ impl Metrics {
                 other_declined: self.upgrade(name, "other", "declined"),
             },
             tunnels_active: self.tunnels_active.get_or_create_owned(&k),
+            tls: TlsStats {
+                ok: self.handshake(name, "ok", tls),
+                client_cert_refused: self.handshake(name, "client_cert_refused", tls),
+                timeout: self.handshake(name, "timeout", tls),
+                error: self.handshake(name, "error", tls),
+            },
         }
+    }
+
+    fn handshake(&self, listener: &str, result: &str, tls: bool) -> Counter {
+        if !tls {
+            return Counter::default();
+        }
+        self.tls_handshakes.get_or_create_owned(&HandshakeLabels {
+            listener: listener.to_owned(),
+            result: result.to_owned(),
+        })
+    }
+
+    /// The expiry gauge of the certificate of `secret` on `listener`.
+    pub(crate) fn certificate_expiry(&self, listener: &str, secret: &str) -> Gauge {
+        let k = CertificateLabels {
+            listener: listener.to_owned(),
+            secret: secret.to_owned(),
+        };
+        self.note(|b| &mut b.certificates, &k);
+        self.certificate_expiry.get_or_create_owned(&k)
     }
 
     fn upgrade(&self, listener: &str, protocol: &str, result: &str) -> Counter {
@@ -561,6 +635,9 @@ impl Metrics {
         }
         for k in gone.rate_limited.difference(&kept.rate_limited) {
             self.rate_limited.remove(k);
+        }
+        for k in gone.certificates.difference(&kept.certificates) {
+            self.certificate_expiry.remove(k);
         }
     }
 }

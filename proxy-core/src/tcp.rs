@@ -7,7 +7,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::io::copy_bidirectional;
+use tokio::io::{AsyncRead, AsyncWrite, copy_bidirectional};
 use tokio::net::TcpStream;
 
 use crate::clock;
@@ -18,9 +18,10 @@ use crate::conn::{ConnSignals, ListenerRt};
 /// Most endpoints tried for one connection.
 const MAX_CONNECT_ATTEMPTS: usize = 3;
 
-/// Proxies `inbound` to an endpoint of the listener's cluster.
-pub(crate) async fn serve(
-    mut inbound: TcpStream,
+/// Proxies `inbound` (a TCP connection, or the plaintext side of a
+/// terminated TLS one) to an endpoint of the listener's cluster.
+pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+    mut inbound: S,
     peer: SocketAddr,
     listener: Arc<ListenerRt>,
     signals: ConnSignals,

@@ -25,6 +25,7 @@ mod proxy_failover;
 mod proxy_resilience;
 mod proxy_retries;
 mod proxy_routing;
+mod proxy_tls;
 mod proxy_upgrade;
 mod proxy_upstream;
 mod push;

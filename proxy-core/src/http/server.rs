@@ -1,5 +1,6 @@
-//! Serving one downstream HTTP connection: HTTP/1.1 or h2c (prior
-//! knowledge), detected on the first bytes, with graceful draining: on the
+//! Serving one downstream HTTP connection: HTTP/1.1 or HTTP/2 (h2c with
+//! prior knowledge, or h2 negotiated by ALPN on a TLS listener, whose
+//! plaintext side this is handed), detected on the first bytes, with graceful draining: on the
 //! listener's drain signal HTTP/1 finishes the request in flight and closes,
 //! HTTP/2 sends GOAWAY and finishes its open streams; on the hard signal
 //! (the drain timeout passed) the connection is dropped.
@@ -47,7 +48,6 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 use tokio::time::MissedTickBehavior;
 
 use super::conn::{Activity, ConnCtx};
@@ -100,13 +100,16 @@ pub(crate) fn builder() -> auto::Builder<TokioExecutor> {
     b
 }
 
-/// Serves `stream` until the client closes it or the listener drains it.
-pub(crate) async fn serve(
-    stream: TcpStream,
+/// Serves `stream` (a TCP connection, or the plaintext side of a TLS one)
+/// until the client closes it or the listener drains it.
+pub(crate) async fn serve<S>(
+    stream: S,
     peer: SocketAddr,
     listener: Arc<ListenerRt>,
     signals: ConnSignals,
-) {
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let peer_ip = HeaderValue::from_str(&peer.ip().to_string())
         .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
     let shared = listener.shared.clone();
@@ -249,14 +252,14 @@ impl Detected {
 /// The client's socket, watched on the way in: marks when the first byte of
 /// a request head arrives, for the header-read timeout (see the module
 /// doc). Writes go straight through.
-struct Watched {
-    stream: TcpStream,
+struct Watched<S> {
+    stream: S,
     ctx: Arc<ConnCtx>,
     detected: Detected,
 }
 
-impl Watched {
-    fn new(stream: TcpStream, ctx: Arc<ConnCtx>) -> Self {
+impl<S> Watched<S> {
+    fn new(stream: S, ctx: Arc<ConnCtx>) -> Self {
         Self {
             stream,
             ctx,
@@ -282,7 +285,7 @@ impl Watched {
     }
 }
 
-impl AsyncRead for Watched {
+impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -298,7 +301,7 @@ impl AsyncRead for Watched {
     }
 }
 
-impl AsyncWrite for Watched {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,

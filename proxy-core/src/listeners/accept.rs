@@ -1,14 +1,16 @@
 //! The accept loops: one per worker per listener, each on its own socket of
 //! the listener's `SO_REUSEPORT` group. A loop applies the connection cap
 //! (refusing over it), then hands the connection to the HTTP or TCP
-//! serving code on the worker that accepted it.
+//! serving code on the worker that accepted it, after a TLS handshake on
+//! `https` and `tls` listeners.
 
 use std::io;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use vane_model::Protocol;
@@ -116,14 +118,7 @@ impl AcceptLoop {
             let signals = signals.clone();
             connections.spawn(async move {
                 let stats = rt.stats.connections_active.clone();
-                match rt.protocol {
-                    Protocol::Http | Protocol::Https => {
-                        crate::http::server::serve(stream, peer, rt, signals).await
-                    }
-                    Protocol::Tcp | Protocol::Tls => {
-                        crate::tcp::serve(stream, peer, rt, signals).await
-                    }
-                }
+                serve(stream, peer, rt, signals).await;
                 stats.dec();
                 drop(permit);
             });
@@ -131,6 +126,37 @@ impl AcceptLoop {
         drop(listener);
         // The last loop to stop releases the manager's copy of the socket.
         group.loop_ended();
+    }
+}
+
+/// Serves one accepted connection as its listener's protocol says.
+async fn serve(stream: TcpStream, peer: SocketAddr, rt: Arc<ListenerRt>, signals: ConnSignals) {
+    let protocol = rt.protocol;
+    if !protocol.is_tls() {
+        match protocol {
+            Protocol::Tcp => crate::tcp::serve(stream, peer, rt, signals).await,
+            _ => crate::http::server::serve(stream, peer, rt, signals).await,
+        }
+        return;
+    }
+    // The TLS of the running build, loaded per connection: a rotated
+    // certificate reaches the next handshake, open connections keep theirs.
+    let tls = rt.server_tls(&rt.shared.compiled.load());
+    let Some(stream) = crate::tls::handshake(
+        stream,
+        peer,
+        tls.map(|t| t.config.clone()),
+        rt.shared.config.header_read_timeout,
+        &rt.stats.tls,
+        &signals.hard,
+    )
+    .await
+    else {
+        return;
+    };
+    match protocol {
+        Protocol::Tls => crate::tcp::serve(stream, peer, rt, signals).await,
+        _ => crate::http::server::serve(stream, peer, rt, signals).await,
     }
 }
 

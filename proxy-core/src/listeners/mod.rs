@@ -200,7 +200,7 @@ impl Listeners {
                 .iter()
                 .any(|l| ListenerKey::of(l) == *key)
             {
-                r.rt.freeze(running.listeners.get(&key.name).cloned());
+                r.rt.freeze(Some(running));
             }
         }
     }
@@ -290,7 +290,9 @@ impl Listeners {
             key.address,
             key.protocol,
             shared.clone(),
-            shared.metrics.listener_stats(&key.name),
+            shared
+                .metrics
+                .listener_stats(&key.name, key.protocol.is_tls()),
         ));
         let id = table.next_id;
         table.next_id += 1;
@@ -355,7 +357,7 @@ impl Listeners {
                 if let Some(r) = table.running.remove(&key) {
                     // Requests still arriving on open connections keep
                     // their routes while they drain.
-                    r.rt.freeze(compiled.listeners.get(&key.name).cloned());
+                    r.rt.freeze(Some(&compiled));
                     self.stop(&mut table, r, drain);
                 }
             }

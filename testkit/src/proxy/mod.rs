@@ -22,6 +22,9 @@
 //!   CA's certificate, HTTP/1.1 and HTTP/2 by ALPN, optional client certs.
 //! - [`SlowBackend`], [`get_streamed`] (`stream.rs`): answers that stall or
 //!   drip, and a client that sees how a body ended.
+//! - [`TlsClient`], [`TlsConn`], [`TlsFiles`] (`tls.rs`): the client side
+//!   of TLS listeners (CA, SNI, client certificate; the serial and ALPN the
+//!   server chose; HTTP/1.1 kept alive over it), certificates on disk.
 //! - [`spec`]: snapshot builders; [`push`], [`AdminPusher`] (`push.rs`):
 //!   pushing them.
 //!
@@ -37,6 +40,7 @@ mod push;
 pub mod spec;
 mod stream;
 mod tls_backend;
+mod tls;
 mod ws;
 
 pub use backend::{Backend, TcpBackend};
@@ -46,4 +50,5 @@ pub use process::{ProxyProcess, WAIT};
 pub use push::{AdminPusher, push};
 pub use stream::{SlowBackend, StreamOutcome, get_streamed};
 pub use tls_backend::{TlsBackend, TlsBackendConfig};
+pub use tls::{TlsClient, TlsConn, TlsFiles, TlsHttp1, serial_of};
 pub use ws::{UpgradeBackend, UpgradeClient, accept_key};

@@ -1,12 +1,13 @@
 //! Snapshot builders for the proxy tests: listeners, route tables, routes,
-//! clusters, outlier detection and rate limits in the file's shape
+//! clusters, outlier detection, rate limits, secrets and TLS listeners in
+//! the file's shape
 //! ([`vane_model::SnapshotSpec`]), with the defaults the tests share.
 
 use std::net::SocketAddr;
 
 use vane_model::spec::{
-    ClusterSpec, EndpointSpec, ListenerSpec, OutlierDetectionSpec, RateLimitSpec, RouteMatchSpec,
-    RouteSpec, RouteTableSpec,
+    ClusterSpec, EndpointSpec, ListenerCertificateSpec, ListenerSpec, OutlierDetectionSpec,
+    RateLimitSpec, RouteMatchSpec, RouteSpec, RouteTableSpec, SecretSpec,
 };
 
 /// An HTTP listener.
@@ -28,6 +29,64 @@ pub fn tcp_listener(name: &str, addr: SocketAddr, cluster: &str) -> ListenerSpec
         protocol: Some("tcp".into()),
         cluster: Some(cluster.into()),
         ..ListenerSpec::default()
+    }
+}
+
+/// An HTTPS listener serving `certificates`: (secret, server names), the
+/// first being the default.
+pub fn https_listener(
+    name: &str,
+    addr: SocketAddr,
+    table: &str,
+    certificates: &[(&str, &[&str])],
+) -> ListenerSpec {
+    ListenerSpec {
+        protocol: Some("https".into()),
+        certificates: listener_certificates(certificates),
+        ..http_listener(name, addr, table)
+    }
+}
+
+/// A TLS listener (TLS terminated, then TCP to `cluster`).
+pub fn tls_listener(
+    name: &str,
+    addr: SocketAddr,
+    cluster: &str,
+    certificates: &[(&str, &[&str])],
+) -> ListenerSpec {
+    ListenerSpec {
+        protocol: Some("tls".into()),
+        certificates: listener_certificates(certificates),
+        ..tcp_listener(name, addr, cluster)
+    }
+}
+
+fn listener_certificates(certificates: &[(&str, &[&str])]) -> Vec<ListenerCertificateSpec> {
+    certificates
+        .iter()
+        .map(|(secret, names)| ListenerCertificateSpec {
+            secret: (*secret).into(),
+            server_names: names.iter().map(|n| (*n).into()).collect(),
+        })
+        .collect()
+}
+
+/// A certificate secret with inline PEM.
+pub fn certificate_secret(name: &str, cert_pem: &str, key_pem: &str) -> SecretSpec {
+    SecretSpec {
+        name: name.into(),
+        certificate_chain: Some(cert_pem.into()),
+        private_key: Some(key_pem.into()),
+        ..SecretSpec::default()
+    }
+}
+
+/// A CA bundle secret with inline PEM.
+pub fn ca_secret(name: &str, ca_pem: &str) -> SecretSpec {
+    SecretSpec {
+        name: name.into(),
+        trusted_ca: Some(ca_pem.into()),
+        ..SecretSpec::default()
     }
 }
 
