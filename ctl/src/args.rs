@@ -264,6 +264,19 @@ pub enum Command {
     /// Show who the server takes you for and what you may do.
     #[command(name = "whoami")]
     WhoAmI,
+    /// Print a shell completion script for vanectl (no server is asked).
+    ///
+    /// bash: `source <(vanectl completion bash)`, or save it as
+    /// /etc/bash_completion.d/vanectl; zsh: save it as `_vanectl` in a
+    /// directory of $fpath; fish: save it as
+    /// ~/.config/fish/completions/vanectl.fish; PowerShell: add
+    /// `vanectl completion powershell | Out-String | Invoke-Expression` to
+    /// your profile.
+    Completion {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// Progressive rollouts: a candidate version goes to a growing cohort
     /// of agents, advances on their ACKs and health, and rolls itself back.
     Rollout {

@@ -31,6 +31,7 @@ mod demo;
 mod etcd;
 mod fuzz;
 mod harness;
+mod man;
 mod narrate;
 mod openfeature_deps;
 mod pinned;
@@ -100,6 +101,13 @@ enum Task {
     /// Run each cargo-fuzz target in fuzz/ for a while (nightly, or stable
     /// with RUSTC_BOOTSTRAP=1); a crash fails the run and names its input.
     Fuzz(fuzz::FuzzArgs),
+    /// Write vanectl's man pages (vanectl.1 and one per subcommand) into
+    /// DIR (default: target/man); read one with `man -l DIR/vanectl.1`.
+    Man {
+        /// Directory to write to (created if missing).
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
     /// Regenerate xds/descriptors.bin (the descriptor set vane-xds renders
     /// Envoy's JSON with) from the .proto files the envoy-types crate ships.
     XdsDescriptors,
@@ -127,6 +135,7 @@ fn main() -> ExitCode {
         Task::Bench { which } => bench::run(&root, which),
         Task::Certs { out, force } => certs::run(&out, force),
         Task::Fuzz(args) => fuzz::run(&root, args),
+        Task::Man { out } => man::run(&root, out),
         Task::XdsDescriptors => xds_descriptors::run(&root),
     };
     match result {

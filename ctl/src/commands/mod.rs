@@ -34,6 +34,9 @@ use crate::output::{
 /// what a following command (`rollout status -w`, `push --wait`) prints as
 /// it goes.
 pub(crate) async fn execute(cli: &Cli, live: &mut dyn FnMut(&str)) -> Result<String, CliError> {
+    if let Command::Completion { shell } = &cli.command {
+        return completion(*shell);
+    }
     // Certificates and token are checked before connecting, like the file
     // to push: the user's to fix (exit 2) whether or not the server is up.
     let credentials = Credentials::load(cli)?;
@@ -80,6 +83,15 @@ pub(crate) async fn execute(cli: &Cli, live: &mut dyn FnMut(&str)) -> Result<Str
         Ok(result) => result,
         Err(_) => Err(no_answer()),
     }
+}
+
+/// The completion script of `shell` for vanectl's command line.
+fn completion(shell: clap_complete::Shell) -> Result<String, CliError> {
+    let mut command = <Cli as clap::CommandFactory>::command();
+    let mut out = Vec::new();
+    clap_complete::generate(shell, &mut command, "vanectl", &mut out);
+    String::from_utf8(out)
+        .map_err(|e| CliError::usage(format!("the {shell} completion script is not UTF-8: {e}")))
 }
 
 /// Whether the command polls the server until something happens.
@@ -250,6 +262,8 @@ async fn dispatch(
             let entries: Vec<AuditView> = resp.entries.into_iter().map(AuditView::from).collect();
             Ok(output::audit(group.as_deref(), &entries, fmt))
         }
+        // Answered before connecting (see `execute`).
+        Command::Completion { shell } => completion(*shell),
         Command::WhoAmI => {
             let resp = admin
                 .who_am_i(pb::WhoAmIRequest {})

@@ -73,7 +73,7 @@ pub(crate) const RULES: &[(&str, &[&str])] = &[
         &["vane-agent", "vane-control", "vane-model", "vane-proto"],
     ),
     ("vane-loadgen", &["vane-agent", "vane-model", "vane-proto"]),
-    ("xtask", &["vane-pki", "vane-testkit"]),
+    ("xtask", &["vane-pki", "vane-testkit", "vanectl"]),
 ];
 
 /// The crates whose binaries or library reach production.
