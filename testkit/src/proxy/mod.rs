@@ -39,8 +39,8 @@ mod process;
 mod push;
 pub mod spec;
 mod stream;
-mod tls_backend;
 mod tls;
+mod tls_backend;
 mod ws;
 
 pub use backend::{Backend, TcpBackend};
@@ -49,6 +49,6 @@ pub use grpc::{GrpcBackend, RawGrpcReply, raw_health_check};
 pub use process::{ProxyProcess, WAIT};
 pub use push::{AdminPusher, push};
 pub use stream::{SlowBackend, StreamOutcome, get_streamed};
-pub use tls_backend::{TlsBackend, TlsBackendConfig};
 pub use tls::{TlsClient, TlsConn, TlsFiles, TlsHttp1, serial_of};
+pub use tls_backend::{TlsBackend, TlsBackendConfig};
 pub use ws::{UpgradeBackend, UpgradeClient, accept_key};

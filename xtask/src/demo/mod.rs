@@ -16,6 +16,8 @@
 //! - [`longpoll`]: `examples/longpoll.sh` following the group over HTTP.
 //! - [`openfeature`]: the Python OpenFeature SDK following the flags of the
 //!   group `shop`, and OFREP with curl.
+//! - [`tls`]: the proxy serving HTTPS with a pushed certificate, and its
+//!   rotation under an open connection.
 //! - This file: building, starting the control server, running the steps,
 //!   stopping everything.
 //!
@@ -30,6 +32,7 @@ mod rollout;
 mod session;
 mod setup;
 mod steps;
+mod tls;
 
 use std::path::Path;
 
@@ -148,6 +151,7 @@ pub(crate) fn run(root: &Path, security: Security) -> Result<()> {
         envoy: None,
         openfeature,
         flagd: None,
+        tls: None,
     };
     for (i, step) in steps(security).iter().enumerate() {
         section(i + 1, step.title, step.explain);

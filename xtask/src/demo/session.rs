@@ -50,6 +50,8 @@ pub(crate) struct Demo {
     pub(crate) openfeature: OpenFeatureTools,
     /// The Python OpenFeature SDK following the group `shop`.
     pub(crate) flagd: Option<FlagdRun>,
+    /// The proxy's https listener and the web CA of its certificates.
+    pub(crate) tls: Option<super::tls::TlsRun>,
 }
 
 impl Demo {

@@ -12,6 +12,7 @@ use super::envoy::{EnvoyRun, MESH, NODE};
 use super::openfeature::{FlagdRun, SHOP, show_ofrep};
 use super::session::{Demo, GROUP};
 use super::setup::Security;
+use super::tls::{TlsRun, show_redacted};
 use crate::narrate::millis;
 
 /// One step of the tour: a title, a plain explanation, and what it runs.
@@ -406,6 +407,37 @@ pub(crate) fn steps(security: Security) -> Vec<Step> {
                 d.restart_server()?;
                 d.push_web(12)?;
                 d.wait_proxy_version(12)?;
+                d.show_traffic(0)
+            },
+        },
+        Step {
+            title: "HTTPS with a certificate from the control plane",
+            explain: "web-tls-1.yaml adds an https listener to the proxy's snapshot and a \
+                      secret: a certificate for web.demo.test (from a web CA of the demo's \
+                      own, valid 90 days) with its private key. The control server checked at \
+                      push that the key belongs to the certificate, that the listener's name \
+                      is one of the certificate's, and its dates; the proxy serves it. \
+                      vanectl shows the key only as a fingerprint.",
+            action: |d| {
+                let run = TlsRun::new()?;
+                run.push(d, 1, 90, 13)?;
+                run.show_curl(d)?;
+                show_redacted(d)?;
+                d.tls = Some(run);
+                d.show_traffic(0)
+            },
+        },
+        Step {
+            title: "rotate the certificate under an open connection",
+            explain: "A curl asks twice, four seconds apart, on one kept-alive connection. \
+                      Between its two requests web-tls-2.yaml pushes a new certificate (valid \
+                      a year). The open connection keeps its session and answers; the next \
+                      handshake gets the new certificate (see its expire date).",
+            action: |d| {
+                let run = d.tls.take().context("the https step did not run")?;
+                let result = run.rotate(d, 14);
+                d.tls = Some(run);
+                result?;
                 d.show_traffic(0)
             },
         },
