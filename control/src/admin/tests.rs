@@ -426,3 +426,139 @@ async fn pushing_the_content_of_a_corrupt_head_again_is_refused() {
     assert_eq!(svc.hub.head("edge").unwrap().version, 2);
     store.close().await.unwrap();
 }
+
+/// A snapshot whose certificate (and key) is `pair`'s.
+fn with_key(pair: &vane_pki::Pair) -> vane_model::Snapshot {
+    let indent = |pem: &str| -> String { pem.lines().map(|l| format!("      {l}\n")).collect() };
+    let text = format!(
+        "secrets:\n  - name: site\n    certificate_chain: |\n{}    private_key: |\n{}values:\n  n: 1\n",
+        indent(&pair.cert_pem),
+        indent(&pair.key_pem)
+    );
+    let spec = vane_model::parse_file(text.as_bytes(), vane_model::Format::Yaml).unwrap();
+    vane_model::validate(spec).unwrap()
+}
+
+fn get_request(
+    show_secrets: bool,
+    conn: Option<crate::accept::ConnInfo>,
+) -> Request<pb::GetRequest> {
+    let mut request = Request::new(pb::GetRequest {
+        group: "edge".into(),
+        version: Some(1),
+        show_secrets,
+    });
+    if let Some(conn) = conn {
+        request.extensions_mut().insert(conn);
+    }
+    request
+}
+
+#[tokio::test]
+async fn keys_are_redacted_sent_in_clear_only_where_safe_and_expired_rollbacks_need_force() {
+    let dir = tempfile::tempdir().unwrap();
+    let (svc, store) = service(dir.path()).await;
+    let ca = vane_pki::Ca::new("test CA").unwrap();
+    let pair = ca
+        .issue(
+            &vane_pki::LeafParams::server(["example.test"]).validity(vane_pki::Validity::expired()),
+        )
+        .unwrap();
+    // An expired certificate cannot be pushed today: stored as if pushed
+    // while it was valid.
+    let stored = with_key(&pair);
+    let e = svc
+        .push(Request::new(pb::PushRequest {
+            group: "edge".into(),
+            snapshot: Some(stored.to_proto()),
+            ..Default::default()
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert!(
+        e.message().contains("secrets[\"site\"].certificate_chain"),
+        "{e:?}"
+    );
+    let (bytes, hash) = stored.encode_and_hash();
+    store
+        .push(vane_store::NewVersion {
+            group: "edge".into(),
+            snapshot: bytes.into(),
+            hash: hash.to_hex(),
+            message: String::new(),
+            author: String::new(),
+            rollback_of: None,
+            expected_version: None,
+            candidate: None,
+            rollout: None,
+        })
+        .await
+        .unwrap();
+
+    // Redacted by default, hashing as sent.
+    let got = svc
+        .get(get_request(false, None))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(got.redacted);
+    let key = &got.snapshot.as_ref().unwrap().secrets[0].private_key;
+    assert_eq!(*key, vane_model::redact::redacted(&pair.key_pem));
+    let shown = vane_model::validate::validate_redacted(
+        vane_model::SnapshotSpec::try_from(got.snapshot.unwrap()).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(shown.content_hash().to_hex(), got.redacted_hash);
+    assert_eq!(got.info.unwrap().hash, hash.to_hex());
+
+    // In clear: to loopback or over TLS; never in plaintext elsewhere, nor
+    // to a peer nobody knows.
+    let conn = |ip: [u8; 4], tls| crate::accept::ConnInfo {
+        remote: std::net::SocketAddr::from((ip, 40_000)),
+        identity: None,
+        tls,
+    };
+    for allowed in [conn([127, 0, 0, 1], false), conn([10, 0, 0, 1], true)] {
+        let got = svc
+            .get(get_request(true, Some(allowed)))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(!got.redacted);
+        assert!(
+            got.snapshot.unwrap().secrets[0]
+                .private_key
+                .contains("PRIVATE KEY")
+        );
+    }
+    for refused in [Some(conn([10, 0, 0, 1], false)), None] {
+        let e = svc.get(get_request(true, refused)).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+        assert!(e.message().contains("--tls-cert/--tls-key"), "{e:?}");
+    }
+
+    // Rolling back to the expired version: refused, then forced.
+    svc.push(push("edge", true)).await.unwrap();
+    let rollback = |force| {
+        Request::new(pb::RollbackRequest {
+            group: "edge".into(),
+            to_version: 1,
+            force,
+            ..Default::default()
+        })
+    };
+    let e = svc.rollback(rollback(false)).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+    assert!(
+        e.message().contains("expired on") && e.message().contains("--force"),
+        "{e:?}"
+    );
+    let done = svc.rollback(rollback(true)).await.unwrap().into_inner();
+    assert_eq!(done.version, 3);
+    assert!(
+        done.warnings.len() == 1 && done.warnings[0].starts_with("restored anyway (--force): "),
+        "{:?}",
+        done.warnings
+    );
+}
