@@ -1,6 +1,7 @@
 //! vane-proxy's default retries and panic mode end to end: a request that
 //! reached no upstream (a dead endpoint) is sent to another endpoint for
-//! every method, body included, on a route without `retries`; a request an
+//! every method, body included, on a route without `retries` (also under
+//! wrk, GET and POST); a request an
 //! upstream received before dying is not retried (the line between safe and
 //! unsafe); and a cluster whose endpoints are all ejected keeps serving over
 //! all of them (panic mode), counted in `vane_proxy_cluster_panic_total`.
@@ -124,6 +125,66 @@ async fn a_dead_endpoint_fails_no_request_on_a_route_without_retries() {
         ),
         0.0
     );
+
+    // Under wrk, as a user would try it: GETs, then POSTs with a body,
+    // eight connections for two seconds each; not one answer other than 200
+    // and no socket error.
+    for (what, script) in [
+        ("GET", None),
+        (
+            "POST",
+            Some(
+                "wrk.method = \"POST\"\nwrk.body = string.rep(\"order \", 200)\nwrk.headers[\"Content-Type\"] = \"text/plain\"\n",
+            ),
+        ),
+    ] {
+        let (requests, report) = wrk(web, script).await;
+        assert!(requests >= 100, "{what}: too few requests:\n{report}");
+        assert!(
+            !report.contains("Non-2xx") && !report.contains("Socket errors"),
+            "{what}: requests failed:\n{report}"
+        );
+    }
+    let after = proxy.metric("vane_proxy_upstream_retries_total", &["cluster=\"c\""]);
+    assert!(
+        after > retries,
+        "wrk's requests met the dead endpoint too: {after}"
+    );
+}
+
+/// Runs wrk against `web` for two seconds (with the Lua `script`, if any);
+/// returns the number of requests and wrk's report.
+async fn wrk(web: SocketAddr, script: Option<&str>) -> (u64, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = tokio::process::Command::new("wrk");
+    cmd.args(["-t1", "-c8", "-d2s", "--timeout", "5s"]);
+    if let Some(script) = script {
+        let path = dir.path().join("post.lua");
+        std::fs::write(&path, script).unwrap();
+        cmd.arg("-s").arg(path);
+    }
+    cmd.arg(format!("http://{web}/orders"));
+    let out = cmd
+        .output()
+        .await
+        .expect("wrk (installed by cargo xtask test) runs");
+    let report = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "wrk failed: {report}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // "  1234 requests in 2.00s, 1.2MB read"
+    let requests = report
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .split_once(" requests in ")
+                .map(|(n, _)| n.to_owned())
+        })
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no request count in:\n{report}"));
+    (requests, report)
 }
 
 /// An upstream that reads each request head and body, then closes the

@@ -14,7 +14,8 @@ use crate::process::{cargo, display, on_path, run as run_cmd, seconds};
 
 /// Programs the end-to-end tests run, with the Debian package that provides
 /// each: `(binary, package)`. Debian's etcd-server installs `/usr/bin/etcd`.
-const TOOLS: &[(&str, &str)] = &[("etcd", "etcd-server")];
+/// wrk loads the proxy in the retry test as in the benchmarks.
+const TOOLS: &[(&str, &str)] = &[("etcd", "etcd-server"), ("wrk", "wrk")];
 
 /// Debian packages that give a `protoc` able to build the etcd client: the
 /// compiler, and the well-known `.proto` files (`google/protobuf/*.proto`)
