@@ -199,7 +199,11 @@ async fn serves_tls(delta: bool) {
     let v1 = spec(https, grpc, &site1, &app, upstream);
     assert_eq!(push(&server, GROUP, &v1), 1);
 
-    let node = if delta { "envoy-tls-delta" } else { "envoy-tls-sotw" };
+    let node = if delta {
+        "envoy-tls-delta"
+    } else {
+        "envoy-tls-sotw"
+    };
     let mut options = EnvoyOptions::new(node, GROUP, server.addr());
     if delta {
         options = options.delta();
