@@ -2,7 +2,9 @@
 //! grpc-js-xds (Node), installed by `cargo xtask test`, call
 //! `xds:///web` with a bootstrap naming Vane; their calls reach backend A,
 //! and after a push backend B; each is listed in `vanectl status` as a
-//! `grpc` client, SYNCED. First, the tools themselves without Vane (Envoy
+//! `grpc` client, SYNCED; TLS clusters beside their plaintext ones do not
+//! touch them, and one they are routed to is refused (NACKED), never used
+//! in plaintext. First, the tools themselves without Vane (Envoy
 //! with a static config, the clients straight to a backend), so a broken
 //! install fails apart from a broken server.
 
@@ -123,4 +125,85 @@ async fn the_xds_tools_run_without_vane() {
         let client = GrpcClient::start(lang, &target, &unused);
         client.wait_answered_by("echo", 3, 0, XDS_WAIT);
     }
+}
+
+/// Beside `web` (to the plaintext cluster `echo`), a listener `secure`
+/// routed to `echo-tls`, a cluster with TLS (SNI, a CA secret over SDS)
+/// and `protocol: http2`, on the same backend.
+fn tls_cluster_spec(backend: SocketAddr) -> SnapshotSpec {
+    let ca = vane_pki::Ca::new("gRPC TLS cluster CA").unwrap();
+    let mut spec = spec(backend);
+    spec.secrets = vec![vane_model::spec::SecretSpec {
+        name: "upstream-ca".into(),
+        trusted_ca: Some(ca.cert_pem()),
+        ..Default::default()
+    }];
+    spec.listeners
+        .push(http_listener("secure", free_addr(), "secure"));
+    spec.route_tables
+        .push(table("secure", vec![prefix("all", "/", "echo-tls")]));
+    let mut tls = cluster("echo-tls", "round_robin", &[(backend, 1)]);
+    tls.protocol = Some("http2".into());
+    tls.tls = Some(vane_model::spec::UpstreamTlsSpec {
+        sni: Some("echo.internal".into()),
+        ca: Some("upstream-ca".into()),
+        client_cert: None,
+    });
+    spec.clusters.push(tls);
+    spec
+}
+
+#[test]
+fn grpcio_uses_plain_clusters_beside_tls_ones_and_refuses_those() {
+    beside_a_tls_cluster(Lang::Python, "grpcio-tls");
+}
+
+#[test]
+fn grpc_js_xds_uses_plain_clusters_beside_tls_ones_and_refuses_those() {
+    beside_a_tls_cluster(Lang::Node, "grpc-js-tls");
+}
+
+/// gRPC clients ask only for the clusters their routes name, so TLS
+/// clusters elsewhere in the snapshot do not touch them; a TLS cluster
+/// they are routed to is refused (they take a TLS context only with
+/// their own certificate providers, gRFC A29), so the call fails rather
+/// than going out in plaintext, and the NACK is recorded with its reason.
+fn beside_a_tls_cluster(lang: Lang, node: &str) {
+    let server = ControlServer::start();
+    let a = GrpcBackend::start("a");
+    assert_eq!(push(&server, GROUP, &tls_cluster_spec(a.addr)), 1);
+    let bootstrap = grpc_bootstrap(
+        &server.scratch(),
+        "bootstrap.json",
+        server.addr(),
+        node,
+        GROUP,
+    );
+    let plain = GrpcClient::start(lang, "xds:///web", &bootstrap);
+    plain.wait_answered_by("a", 5, 0, XDS_WAIT);
+    wait_for_status(&server.url(), GROUP, node, "SYNCED at 1", |e| {
+        e["state"] == "SYNCED" && e["acked_version"] == 1
+    });
+    drop(plain);
+
+    let secure_node = format!("{node}-secure");
+    let bootstrap = grpc_bootstrap(
+        &server.scratch(),
+        "bootstrap-secure.json",
+        server.addr(),
+        &secure_node,
+        GROUP,
+    );
+    let secure = GrpcClient::start(lang, "xds:///secure", &bootstrap);
+    let entry = wait_for_status(&server.url(), GROUP, &secure_node, "NACKED", |e| {
+        e["state"] == "NACKED"
+    });
+    let reason = entry["nack_reason"].as_str().unwrap();
+    println!("{node}: a TLS cluster is refused: {reason}");
+    assert!(reason.starts_with("CDS "), "{reason}");
+    assert!(
+        secure.calls_since(0).iter().all(|c| !c.starts_with("ok")),
+        "no call may reach the TLS cluster's endpoint: {:?}",
+        secure.calls_since(0)
+    );
 }

@@ -48,6 +48,8 @@ type Responses<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 #[derive(Debug, Clone)]
 pub struct XdsService {
     inner: Arc<Inner>,
+    /// The server's connections are TLS (private keys may go to any host).
+    over_tls: bool,
 }
 
 #[derive(Debug)]
@@ -62,8 +64,6 @@ struct Inner {
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
-    /// The server's connections are TLS (private keys may go to any host).
-    over_tls: bool,
 }
 
 impl XdsService {
@@ -83,8 +83,8 @@ impl XdsService {
                 metrics: parts.metrics,
                 shutdown: parts.shutdown,
                 tasks: parts.tasks,
-                over_tls: false,
             }),
+            over_tls: false,
         }
     }
 
@@ -93,9 +93,7 @@ impl XdsService {
     /// clients only.
     #[must_use]
     pub fn over_tls(mut self, tls: bool) -> Self {
-        if let Some(inner) = Arc::get_mut(&mut self.inner) {
-            inner.over_tls = tls;
-        }
+        self.over_tls = tls;
         self
     }
 
@@ -126,7 +124,7 @@ impl XdsService {
             .get::<ConnInfo>()
             .map(|c| c.remote)
             .or_else(|| request.remote_addr());
-        let keys_allowed = may_send_private_keys(remote, inner.over_tls);
+        let keys_allowed = may_send_private_keys(remote, self.over_tls);
         let caller = credentials
             .caller(&inner.auth)
             .map_err(|(anonymous, status)| {
