@@ -10,9 +10,10 @@ use anyhow::Context as _;
 
 use super::envoy::{EnvoyRun, MESH, NODE};
 use super::openfeature::{FlagdRun, SHOP, show_ofrep};
+use super::session::WEB;
 use super::session::{Demo, GROUP};
 use super::setup::Security;
-use super::tls::{TlsRun, show_redacted};
+use super::tls::{TlsRun, finish_two_requests, show_redacted};
 use crate::narrate::millis;
 
 /// One step of the tour: a title, a plain explanation, and what it runs.
@@ -420,9 +421,10 @@ pub(crate) fn steps(security: Security) -> Vec<Step> {
                       vanectl shows the key only as a fingerprint.",
             action: |d| {
                 let run = TlsRun::new()?;
-                run.push(d, 1, 90, 13)?;
-                run.show_curl(d)?;
-                show_redacted(d)?;
+                push_tls(d, &run, 1, 90)?;
+                d.wait_proxy_version(13)?;
+                run.show_curl(&d.work)?;
+                show_redacted(d.vanectl_cmd(), WEB)?;
                 d.tls = Some(run);
                 d.show_traffic(0)
             },
@@ -435,9 +437,18 @@ pub(crate) fn steps(security: Security) -> Vec<Step> {
                       handshake gets the new certificate (see its expire date).",
             action: |d| {
                 let run = d.tls.take().context("the https step did not run")?;
-                let result = run.rotate(d, 14);
+                let curl = run.start_two_requests(&d.work)?;
+                std::thread::sleep(Duration::from_secs(1));
+                let pushed = Instant::now();
+                push_tls(d, &run, 2, 365)?;
+                d.wait_proxy_version(14)?;
+                println!(
+                    "(the proxy runs version 14, {} after the push)",
+                    millis(pushed.elapsed())
+                );
+                finish_two_requests(curl)?;
+                run.show_curl(&d.work)?;
                 d.tls = Some(run);
-                result?;
                 d.show_traffic(0)
             },
         },
@@ -578,4 +589,25 @@ pub(crate) fn steps(security: Security) -> Vec<Step> {
         },
     ]);
     steps
+}
+
+/// Writes and pushes `web-tls-N.yaml`: the web group with its https
+/// listener and a certificate valid for `days`.
+fn push_tls(d: &mut Demo, run: &TlsRun, n: u32, days: u32) -> Result<()> {
+    let (listen, backend) = d.web.as_ref().context("no backend is running")?;
+    let file = run.write_snapshot(&d.work, (*listen, backend.addr), n, days)?;
+    d.vanectl(
+        &[
+            "push",
+            WEB,
+            "-f",
+            &file,
+            "-m",
+            &format!(
+                "https on {}, a certificate for {days} days",
+                super::tls::SITE
+            ),
+        ],
+        0,
+    )
 }

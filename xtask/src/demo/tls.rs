@@ -4,14 +4,12 @@
 //! reaches new handshakes while a connection opened before keeps going.
 
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 
 use anyhow::{Context as _, Result, ensure};
 use vane_pki::{Ca, LeafParams, Pair, Validity};
 
-use super::session::{Demo, WEB};
-use crate::narrate::millis;
 use crate::traffic::snapshot;
 
 /// The name the demo's certificates are for.
@@ -38,28 +36,22 @@ impl TlsRun {
             .context("cannot issue the site certificate")
     }
 
-    /// Writes the web CA, then `web-tls-N.yaml`: the proxy's snapshot with
-    /// an https listener serving a certificate valid for `days`; pushes it
-    /// as version `version` and waits until the proxy runs it.
-    pub(crate) fn push(&self, d: &mut Demo, n: u32, days: u32, version: u64) -> Result<()> {
-        std::fs::write(d.work.join("web-ca.pem"), self.ca.cert_pem())?;
-        let (listen, backend) = d.web.as_ref().context("no backend is running")?;
+    /// Writes the web CA, then `web-tls-N.yaml` in `work`: the proxy's
+    /// snapshot (its http `listen`er to `backend`) with an https listener
+    /// serving a certificate valid for `days`; returns the file's name.
+    pub(crate) fn write_snapshot(
+        &self,
+        work: &Path,
+        (listen, backend): (SocketAddr, SocketAddr),
+        n: u32,
+        days: u32,
+    ) -> Result<String> {
+        std::fs::write(work.join("web-ca.pem"), self.ca.cert_pem())?;
         let file = format!("web-tls-{n}.yaml");
         let site = self.issue(days)?;
-        let text = with_tls(&snapshot(*listen, backend.addr, 100 + n), self.https, &site)?;
-        std::fs::write(d.work.join(&file), text)?;
-        d.vanectl(
-            &[
-                "push",
-                WEB,
-                "-f",
-                &file,
-                "-m",
-                &format!("https on {SITE}, a certificate for {days} days"),
-            ],
-            0,
-        )?;
-        d.wait_proxy_version(version)
+        let text = with_tls(&snapshot(listen, backend, 100 + n), self.https, &site)?;
+        std::fs::write(work.join(&file), text)?;
+        Ok(file)
     }
 
     /// curl's options reaching the listener as `https://web.demo.test:PORT`.
@@ -77,14 +69,14 @@ impl TlsRun {
     }
 
     /// Runs curl once (verbosely) and shows the handshake's lines and the body.
-    pub(crate) fn show_curl(&self, d: &Demo) -> Result<()> {
+    pub(crate) fn show_curl(&self, work: &Path) -> Result<()> {
         println!(
             "$ curl -v {} {}   (handshake lines only)",
             self.curl_args().join(" "),
             self.url()
         );
         let out = Command::new("curl")
-            .current_dir(&d.work)
+            .current_dir(work)
             .args(["-sS", "-v", "--max-time", "10"])
             .args(self.curl_args())
             .arg(self.url())
@@ -96,59 +88,57 @@ impl TlsRun {
         Ok(())
     }
 
-    /// Starts a curl that asks twice on one connection, four seconds apart,
-    /// pushes a new certificate in between, and shows that the connection
-    /// kept serving and a new handshake sees the new certificate.
-    pub(crate) fn rotate(&self, d: &mut Demo, version: u64) -> Result<()> {
+    /// Starts a curl that asks twice on one connection, four seconds apart
+    /// (the caller pushes a new certificate in between).
+    pub(crate) fn start_two_requests(&self, work: &Path) -> Result<Child> {
         println!(
             "$ curl -v --rate 1/4s {} {url} {url} &   (two requests on one kept-alive connection)",
             self.curl_args().join(" "),
             url = self.url()
         );
-        let curl = Command::new("curl")
-            .current_dir(&d.work)
+        Command::new("curl")
+            .current_dir(work)
             .args(["-sS", "-v", "--max-time", "20", "--rate", "1/4s"])
             .args(self.curl_args())
             .args([self.url(), self.url()])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .context("cannot run curl")?;
-        std::thread::sleep(Duration::from_millis(1000));
-        let pushed = Instant::now();
-        self.push(d, 2, 365, version)?;
-        println!(
-            "(the proxy runs version {version}, {} after the push)",
-            millis(pushed.elapsed())
-        );
-        let out = curl.wait_with_output().context("curl did not finish")?;
-        let log = String::from_utf8_lossy(&out.stderr);
-        let reused = log
-            .lines()
-            .filter(|l| l.contains("Re-using existing connection"))
-            .count();
-        let bodies = String::from_utf8_lossy(&out.stdout);
-        println!(
-            "(the background curl: {} answers, its second request went over the same connection: {})",
-            bodies.lines().count(),
-            if reused > 0 { "yes" } else { "no" }
-        );
-        ensure!(out.status.success(), "the background curl failed: {log}");
-        ensure!(
-            reused > 0,
-            "the second request did not reuse the connection:\n{log}"
-        );
-        self.show_curl(d)
+            .context("cannot run curl")
     }
+}
+
+/// Waits for the curl of [`TlsRun::start_two_requests`]; fails unless both
+/// requests were answered over the one connection.
+pub(crate) fn finish_two_requests(curl: Child) -> Result<()> {
+    let out = curl.wait_with_output().context("curl did not finish")?;
+    let log = String::from_utf8_lossy(&out.stderr);
+    let reused = log
+        .lines()
+        .filter(|l| l.contains("Re-using existing connection"))
+        .count();
+    let bodies = String::from_utf8_lossy(&out.stdout);
+    println!(
+        "(the background curl: {} answers; its second request went over the same connection: {})",
+        bodies.lines().count(),
+        if reused > 0 { "yes" } else { "no" }
+    );
+    ensure!(out.status.success(), "the background curl failed: {log}");
+    ensure!(
+        reused > 0,
+        "the second request did not reuse the connection:\n{log}"
+    );
+    Ok(())
 }
 
 /// Shows what `vanectl get` prints of the secret: the certificate, and the
 /// key only as its fingerprint (an admin may ask for it with
 /// `--show-secrets`).
-pub(crate) fn show_redacted(d: &Demo) -> Result<()> {
-    let mut cmd = d.vanectl_cmd();
-    cmd.args(["get", WEB]);
-    println!("$ vanectl get {WEB} | grep -A1 -E 'name: site|private_key'");
+pub(crate) fn show_redacted(mut vanectl: Command, group: &str) -> Result<()> {
+    vanectl.args(["get", group]);
+    println!("$ vanectl get {group} | grep -A1 -E 'name: site|private_key'");
+    let cmd = vanectl;
+    let mut cmd = cmd;
     let out = cmd.output().context("cannot run vanectl")?;
     ensure!(out.status.success(), "vanectl get failed: {}", out.status);
     let text = String::from_utf8_lossy(&out.stdout);
