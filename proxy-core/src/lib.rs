@@ -1,5 +1,6 @@
-//! `vane-proxy-core`: Vane's data plane, an L7 (HTTP/1.1, h2c) and L4 (TCP)
-//! proxy that follows a Vane control server through the embedded
+//! `vane-proxy-core`: Vane's data plane, an L7 (HTTP/1.1, h2c; over TLS,
+//! HTTP/1.1 and h2) and L4 (TCP, and TCP behind TLS termination) proxy
+//! that follows a Vane control server through the embedded
 //! [`vane_agent`] and never waits on it: requests read a configuration
 //! compiled ahead of time, so a slow, dead or misbehaving control plane
 //! cannot fail or delay a single request.

@@ -185,9 +185,13 @@ pub(crate) async fn handshake(
         stats.error.inc();
         return None;
     };
-    let accept = TlsAcceptor::from(config).accept(stream);
+    // The socket is closed only after the result is counted (a failed
+    // handshake hands it back; a timed-out one is dropped at the end), so
+    // a client that sees the close also sees the count.
+    let accept = TlsAcceptor::from(config).accept(stream).into_fallible();
+    tokio::pin!(accept);
     let result = tokio::select! {
-        r = tokio::time::timeout(timeout, accept) => r,
+        r = tokio::time::timeout(timeout, &mut accept) => r,
         () = hard.cancelled() => return None,
     };
     match result {
@@ -195,13 +199,14 @@ pub(crate) async fn handshake(
             stats.ok.inc();
             Some(s)
         }
-        Ok(Err(e)) => {
+        Ok(Err((e, socket))) => {
             if refused_client(&e) {
                 stats.client_cert_refused.inc();
             } else {
                 stats.error.inc();
             }
             tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            drop(socket);
             None
         }
         Err(_) => {

@@ -97,9 +97,21 @@ impl Wrk {
         close: bool,
         proxy: Option<Pid>,
     ) -> Result<Measure> {
+        self.run_url(&format!("http://{addr}/"), secs, close, proxy)
+    }
+
+    /// Runs wrk against `url` (`http://` or `https://`), charging `proxy`'s
+    /// CPU time (if given) to the requests.
+    pub(crate) fn run_url(
+        &self,
+        url: &str,
+        secs: u64,
+        close: bool,
+        proxy: Option<Pid>,
+    ) -> Result<Measure> {
         let before = proxy.map(cpu_ticks);
         let mut cmd = self.command(secs, close);
-        cmd.arg(format!("http://{addr}/"));
+        cmd.arg(url);
         let out = cmd.output().context("cannot run wrk")?;
         let stdout = String::from_utf8_lossy(&out.stdout);
         ensure!(

@@ -3,8 +3,9 @@
 //! drift (thermal, noisy neighbours) hits both alike.
 //!
 //! Scenarios: HTTP/1.1 keep-alive; a new connection per request
-//! (`Connection: close`); TCP (nginx's stream module vs a vane tcp
-//! listener); and latency while the configuration changes every 100 ms
+//! (`Connection: close`); HTTPS keep-alive (TLS terminated by each proxy
+//! with the same certificate, plaintext to the upstream); TCP (nginx's
+//! stream module vs a vane tcp listener); and latency while the configuration changes every 100 ms
 //! (vane: a snapshot push; nginx: a reload, for reference). The upstream is
 //! an nginx answering `200 ok` from memory, the fastest upstream available
 //! from Debian packages. Results go to stdout and to `docs/benchmarks.md`
@@ -33,10 +34,10 @@ use nix::sys::signal::{Signal, kill};
 use vane_testkit::net::free_addr;
 
 use self::load::{LUA, Measure, Wrk, while_every_100ms};
-use self::nginx::{proxy_conf, start_nginx, stream_module, upstream_conf};
+use self::nginx::{Https, proxy_conf, start_nginx, stream_module, upstream_conf};
 use self::perf::profile_vane;
 use self::report::{Churn, DOC, Record, Settings, render, write_doc};
-use self::vane::Vane;
+use self::vane::{Site, Vane};
 use crate::apt::Apt;
 use crate::harness::{Proc, wait_accepting};
 use crate::process::{cargo, display, ensure_built, run as run_cmd, target_dir};
@@ -104,13 +105,28 @@ pub(crate) fn run(root: &Path, o: &Options) -> Result<()> {
     let upstream = free_addr();
     let _upstream = start_nginx("upstream", d, &upstream_conf(d, upstream), &mut rec)?;
     wait_accepting(upstream, "the upstream")?;
-    let (nginx_http, nginx_tcp) = (free_addr(), free_addr());
-    let conf = proxy_conf(&load_stream, workers, d, upstream, nginx_http, nginx_tcp);
+    let site = Site::write(d)?;
+    let (nginx_http, nginx_https, nginx_tcp) = (free_addr(), free_addr(), free_addr());
+    let https = Https {
+        addr: nginx_https,
+        cert: &site.cert,
+        key: &site.key,
+    };
+    let conf = proxy_conf(
+        &load_stream,
+        workers,
+        d,
+        upstream,
+        nginx_http,
+        &https,
+        nginx_tcp,
+    );
     let nginx = start_nginx("nginx", d, &conf, &mut rec)?;
     wait_accepting(nginx_http, "nginx")?;
+    wait_accepting(nginx_https, "nginx (https)")?;
     wait_accepting(nginx_tcp, "nginx (stream)")?;
-    let vane = Vane::start(&bin, d, upstream, workers, &mut rec)?;
-    let (vane_http, vane_tcp) = (vane.config.http, vane.config.tcp);
+    let vane = Vane::start(&bin, d, upstream, &site, workers, &mut rec)?;
+    let (vane_http, vane_https, vane_tcp) = (vane.config.http, vane.config.https, vane.config.tcp);
 
     let script = d.join("report.lua");
     std::fs::write(&script, LUA)?;
@@ -132,6 +148,12 @@ pub(crate) fn run(root: &Path, o: &Options) -> Result<()> {
         wrk.line(o.duration, true)
     ));
     rec.commands.push(format!(
+        "{} https://127.0.0.1:PORT/   # HTTPS keep-alive; PORT = vane {} | nginx {}",
+        wrk.line(o.duration, false),
+        vane_https.port(),
+        nginx_https.port()
+    ));
+    rec.commands.push(format!(
         "{} http://127.0.0.1:PORT/   # TCP; PORT = vane {} | nginx {}",
         wrk.line(o.duration, false),
         vane_tcp.port(),
@@ -139,27 +161,44 @@ pub(crate) fn run(root: &Path, o: &Options) -> Result<()> {
     ));
 
     println!("==> warming up");
-    for addr in [vane_http, nginx_http, vane_tcp, nginx_tcp] {
-        wrk.run(addr, 3, false, None)?;
+    let url = |scheme: &str, addr: SocketAddr| format!("{scheme}://{addr}/");
+    for (scheme, addr) in [
+        ("http", vane_http),
+        ("http", nginx_http),
+        ("https", vane_https),
+        ("https", nginx_https),
+        ("http", vane_tcp),
+        ("http", nginx_tcp),
+    ] {
+        wrk.run_url(&url(scheme, addr), 3, false, None)?;
     }
 
-    let scenarios: [(&str, SocketAddr, SocketAddr, bool); 3] = [
-        ("HTTP/1.1 keep-alive", vane_http, nginx_http, false),
+    let scenarios: [(&str, &str, SocketAddr, SocketAddr, bool); 4] = [
+        ("HTTP/1.1 keep-alive", "http", vane_http, nginx_http, false),
         (
             "HTTP/1.1, new connection per request",
+            "http",
             vane_http,
             nginx_http,
             true,
         ),
         (
+            "HTTPS keep-alive (TLS terminated, same certificate)",
+            "https",
+            vane_https,
+            nginx_https,
+            false,
+        ),
+        (
             "TCP (HTTP/1.1 keep-alive through an L4 proxy)",
+            "http",
             vane_tcp,
             nginx_tcp,
             false,
         ),
     ];
     let mut rows = Vec::new();
-    for (name, vane_addr, nginx_addr, close) in scenarios {
+    for (name, scheme, vane_addr, nginx_addr, close) in scenarios {
         let (mut v, mut n) = (Vec::new(), Vec::new());
         for round in 0..o.rounds {
             let vane_first = round % 2 == 0;
@@ -169,7 +208,7 @@ pub(crate) fn run(root: &Path, o: &Options) -> Result<()> {
                 } else {
                     ("nginx", nginx_addr, nginx.pid())
                 };
-                let m = wrk.run(addr, o.duration, close, Some(pid))?;
+                let m = wrk.run_url(&url(scheme, addr), o.duration, close, Some(pid))?;
                 println!(
                     "    {name} [{label}] round {}: {:.0} req/s, p50/p99/p999 {} ms, {:.1} CPU µs/req, errors {}",
                     round + 1,

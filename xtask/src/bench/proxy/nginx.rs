@@ -1,6 +1,7 @@
 //! nginx's side of the benchmark: the upstream both proxies forward to (an
 //! nginx answering `200 ok` from memory), nginx as the proxy under test
-//! (HTTP, and TCP through its stream module), and starting either.
+//! (HTTP, HTTPS with the certificate vane serves, and TCP through its
+//! stream module), and starting either.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -39,18 +40,41 @@ pub(crate) fn upstream_conf(dir: &Path, upstream: SocketAddr) -> String {
         + "\n"
 }
 
+/// Where nginx serves HTTPS, and the certificate it serves (vane's).
+pub(crate) struct Https<'a> {
+    pub(crate) addr: SocketAddr,
+    pub(crate) cert: &'a Path,
+    pub(crate) key: &'a Path,
+}
+
+/// The proxying `location` (and the server block's end) both of nginx's
+/// HTTP servers end with.
+const LOCATION: [&str; 10] = [
+    "    location / {",
+    "      proxy_pass http://up;",
+    "      proxy_http_version 1.1;",
+    "      proxy_set_header Connection \"\";",
+    "      proxy_set_header Host $http_host;",
+    "      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;",
+    "      proxy_connect_timeout 1s;",
+    "      proxy_read_timeout 15s;",
+    "    }",
+    "  }",
+];
+
 /// nginx as the proxy under test, configured like vane's snapshot: HTTP on
-/// `http`, TCP on `tcp`, both to `upstream`. `load_stream` is what
-/// [`stream_module`] returned.
+/// `http`, HTTPS as `https` says, TCP on `tcp`, all to `upstream`.
+/// `load_stream` is what [`stream_module`] returned.
 pub(crate) fn proxy_conf(
     load_stream: &str,
     workers: usize,
     dir: &Path,
     upstream: SocketAddr,
     http: SocketAddr,
+    https: &Https<'_>,
     tcp: SocketAddr,
 ) -> String {
-    [
+    let mut lines: Vec<String> = [
         load_stream.to_owned(),
         "daemon off;".to_owned(),
         "master_process on;".to_owned(),
@@ -70,16 +94,18 @@ pub(crate) fn proxy_conf(
         "  }".to_owned(),
         "  server {".to_owned(),
         format!("    listen {http} reuseport backlog=4096;"),
-        "    location / {".to_owned(),
-        "      proxy_pass http://up;".to_owned(),
-        "      proxy_http_version 1.1;".to_owned(),
-        "      proxy_set_header Connection \"\";".to_owned(),
-        "      proxy_set_header Host $http_host;".to_owned(),
-        "      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;".to_owned(),
-        "      proxy_connect_timeout 1s;".to_owned(),
-        "      proxy_read_timeout 15s;".to_owned(),
-        "    }".to_owned(),
-        "  }".to_owned(),
+    ]
+    .into();
+    lines.extend(LOCATION.map(str::to_owned));
+    lines.extend([
+        "  server {".to_owned(),
+        format!("    listen {} ssl reuseport backlog=4096;", https.addr),
+        format!("    ssl_certificate {};", https.cert.display()),
+        format!("    ssl_certificate_key {};", https.key.display()),
+        "    ssl_protocols TLSv1.2 TLSv1.3;".to_owned(),
+    ]);
+    lines.extend(LOCATION.map(str::to_owned));
+    lines.extend([
         "}".to_owned(),
         "stream {".to_owned(),
         format!("  upstream up_tcp {{ server {upstream}; }}"),
@@ -89,9 +115,8 @@ pub(crate) fn proxy_conf(
         "    proxy_connect_timeout 1s;".to_owned(),
         "  }".to_owned(),
         "}".to_owned(),
-    ]
-    .join("\n")
-        + "\n"
+    ]);
+    lines.join("\n") + "\n"
 }
 
 /// Makes sure nginx's stream module can be loaded; returns the
@@ -184,7 +209,15 @@ mod tests {
         let tcp = SocketAddr::from(([127, 0, 0, 1], 20003));
         let dir = Path::new("/tmp/vane-bench-x");
         assert!(upstream_conf(dir, up).contains("listen 127.0.0.1:20001 reuseport"));
-        let conf = proxy_conf("", 3, dir, up, http, tcp);
+        let https = Https {
+            addr: SocketAddr::from(([127, 0, 0, 1], 20004)),
+            cert: Path::new("/tmp/site.pem"),
+            key: Path::new("/tmp/site.key"),
+        };
+        let conf = proxy_conf("", 3, dir, up, http, &https, tcp);
+        assert!(conf.contains("listen 127.0.0.1:20004 ssl reuseport"));
+        assert!(conf.contains("ssl_certificate /tmp/site.pem;"));
+        assert_eq!(conf.matches("proxy_pass http://up;").count(), 2);
         assert!(conf.contains("worker_processes 3;"));
         assert!(conf.contains("listen 127.0.0.1:20002 reuseport"));
         assert!(conf.contains("upstream up_tcp { server 127.0.0.1:20001; }"));

@@ -1,6 +1,7 @@
 //! vane's side of the benchmark: a release vane-control, the snapshot that
-//! configures vane-proxy like nginx (HTTP and TCP to the same upstream) and
-//! its variants for the churn runs, pushed with vanectl, and vane-proxy.
+//! configures vane-proxy like nginx (HTTP, HTTPS and TCP to the same
+//! upstream) and its variants for the churn runs, pushed with vanectl, and
+//! vane-proxy; the certificate both proxies serve over HTTPS ([`Site`]).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -18,6 +19,28 @@ use crate::process::display;
 /// The group the benchmark's proxy follows.
 pub(crate) const GROUP: &str = "bench";
 
+/// The name the HTTPS listeners' certificate is for.
+pub(crate) const SITE_NAME: &str = "bench.test";
+
+/// The certificate (and key) both proxies serve over HTTPS, on disk: vane
+/// reads it as a file secret, nginx as `ssl_certificate`.
+pub(crate) struct Site {
+    pub(crate) cert: PathBuf,
+    pub(crate) key: PathBuf,
+}
+
+impl Site {
+    /// A fresh CA's certificate for [`SITE_NAME`] and 127.0.0.1, written to
+    /// `dir` (ECDSA P-256, what vane-pki issues).
+    pub(crate) fn write(dir: &Path) -> Result<Self> {
+        let ca = vane_pki::Ca::new("vane bench CA")?;
+        let pair = ca.issue(&vane_pki::LeafParams::server([SITE_NAME, "127.0.0.1"]))?;
+        let (cert, key) = (dir.join("site.pem"), dir.join("site.key"));
+        pair.write(&cert, &key, true)?;
+        Ok(Self { cert, key })
+    }
+}
+
 /// What configures vane-proxy: the snapshot's variants, and pushing them.
 pub(crate) struct Config {
     vanectl: PathBuf,
@@ -27,6 +50,10 @@ pub(crate) struct Config {
     pub(crate) http: SocketAddr,
     /// The proxy's TCP listener.
     pub(crate) tcp: SocketAddr,
+    /// The proxy's HTTPS listener.
+    pub(crate) https: SocketAddr,
+    cert: PathBuf,
+    key: PathBuf,
     upstream: SocketAddr,
 }
 
@@ -36,15 +63,25 @@ impl Config {
     /// the cluster (its runtime state is carried over; pooled upstream
     /// connections are kept by endpoint address).
     pub(crate) fn snapshot(&self, variant: u32) -> String {
-        let (http, tcp, upstream) = (self.http, self.tcp, self.upstream);
+        let (http, https, tcp, upstream) = (self.http, self.https, self.tcp, self.upstream);
         let extra_route = if variant % 2 == 1 {
             "      - { match: { path_prefix: /elsewhere }, cluster: up }\n"
         } else {
             ""
         };
         [
+            "secrets:".to_owned(),
+            format!(
+                "  - {{ name: site, certificate_chain_file: \"{}\", private_key_file: \"{}\" }}",
+                self.cert.display(),
+                self.key.display()
+            ),
             "listeners:".to_owned(),
             format!("  - {{ name: http, address: \"{http}\", protocol: http, route_table: main }}"),
+            format!(
+                "  - {{ name: https, address: \"{https}\", protocol: https, route_table: main, \
+                 certificates: [ {{ secret: site, server_names: [{SITE_NAME}] }} ] }}"
+            ),
             format!("  - {{ name: tcp, address: \"{tcp}\", protocol: tcp, cluster: up }}"),
             "route_tables:".to_owned(),
             "  - name: main".to_owned(),
@@ -98,12 +135,13 @@ pub(crate) struct Vane {
 
 impl Vane {
     /// Starts vane-control (from `bin`, data under `dir`), pushes the
-    /// measured snapshot, starts vane-proxy with `workers` threads and
-    /// waits until both its listeners accept.
+    /// measured snapshot (HTTPS serving `site`), starts vane-proxy with
+    /// `workers` threads and waits until its listeners accept.
     pub(crate) fn start(
         bin: &Path,
         dir: &Path,
         upstream: SocketAddr,
+        site: &Site,
         workers: usize,
         rec: &mut Record,
     ) -> Result<Self> {
@@ -123,6 +161,9 @@ impl Vane {
             dir: dir.to_path_buf(),
             http: free_addr(),
             tcp: free_addr(),
+            https: free_addr(),
+            cert: site.cert.clone(),
+            key: site.key.clone(),
             upstream,
         };
         config.push(0)?;
@@ -155,6 +196,7 @@ impl Vane {
         let admin: SocketAddr = admin.parse().context("vane-proxy's admin address")?;
         wait_accepting(config.http, "vane-proxy")?;
         wait_accepting(config.tcp, "vane-proxy (tcp)")?;
+        wait_accepting(config.https, "vane-proxy (https)")?;
         Ok(Self {
             _control: control,
             proxy,
@@ -183,6 +225,9 @@ mod tests {
             dir: PathBuf::from("/tmp"),
             http: SocketAddr::from(([127, 0, 0, 1], 20001)),
             tcp: SocketAddr::from(([127, 0, 0, 1], 20002)),
+            https: SocketAddr::from(([127, 0, 0, 1], 20004)),
+            cert: PathBuf::from("/tmp/site.pem"),
+            key: PathBuf::from("/tmp/site.key"),
             upstream: SocketAddr::from(([127, 0, 0, 1], 20003)),
         };
         let (v0, v1) = (config.snapshot(0), config.snapshot(1));
@@ -190,6 +235,8 @@ mod tests {
         assert!(!v0.contains("/elsewhere") && v1.contains("/elsewhere"));
         assert!(v0.contains("weight: 1 }") && v1.contains("weight: 2 }"));
         assert!(v1.contains("bench.variant: 1"));
+        assert!(v0.contains("certificate_chain_file: \"/tmp/site.pem\""));
+        assert!(v0.contains("address: \"127.0.0.1:20004\", protocol: https"));
     }
 
     /// vane's side of the benchmark on the debug binaries that `cargo xtask
@@ -207,7 +254,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let upstream = crate::traffic::Backend::start().unwrap();
         let mut rec = Record::default();
-        let vane = Vane::start(&bin, dir.path(), upstream.addr, 1, &mut rec).unwrap();
+        let site = Site::write(dir.path()).unwrap();
+        let vane = Vane::start(&bin, dir.path(), upstream.addr, &site, 1, &mut rec).unwrap();
         // Its listeners accept as the swap happens; /config_dump may answer
         // a moment before it shows the version on a loaded machine.
         crate::harness::wait_until("vane-proxy to run version 1", || {
