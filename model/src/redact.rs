@@ -158,6 +158,13 @@ mod tests {
     }
 
     #[test]
+    fn debug_shows_a_key_as_its_fingerprint() {
+        let shown = format!("{:?}", spec("-----BEGIN PRIVATE KEY-----\nc2VjcmV0\n"));
+        assert!(!shown.contains("c2VjcmV0"), "{shown}");
+        assert!(shown.contains(REDACTED_PREFIX), "{shown}");
+    }
+
+    #[test]
     fn an_unknown_placeholder_names_its_field() {
         let mut pushed = spec(&format!("{REDACTED_PREFIX}{}", "ab".repeat(32)));
         let e = resolve_redacted(&mut pushed, &[&spec("other")]).unwrap_err();

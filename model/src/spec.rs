@@ -37,8 +37,9 @@ pub struct SnapshotSpec {
 }
 
 /// A secret as written: a certificate chain and its private key (each
-/// inline PEM or a file on the agent's host), or a CA bundle.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// inline PEM or a file on the agent's host), or a CA bundle. Its `Debug`
+/// shows a private key only as its fingerprint.
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SecretSpec {
     /// Required.
@@ -62,6 +63,23 @@ pub struct SecretSpec {
     /// Absolute path of PEM CA certificates on the agent's host.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trusted_ca_file: Option<String>,
+}
+
+impl std::fmt::Debug for SecretSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretSpec")
+            .field("name", &self.name)
+            .field("certificate_chain", &self.certificate_chain)
+            .field(
+                "private_key",
+                &self.private_key.as_deref().map(crate::redact::redacted),
+            )
+            .field("certificate_chain_file", &self.certificate_chain_file)
+            .field("private_key_file", &self.private_key_file)
+            .field("trusted_ca", &self.trusted_ca)
+            .field("trusted_ca_file", &self.trusted_ca_file)
+            .finish()
+    }
 }
 
 /// A feature flag as written: a flagd flag definition, field names and all
