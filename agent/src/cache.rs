@@ -155,18 +155,34 @@ impl DiskCache {
 }
 
 /// Creates `dir` (and its missing parents) with mode 0700, or tightens an
-/// existing one that others may read or enter to 0700, saying so in the log.
+/// existing one of this user's that others may read or enter to 0700,
+/// saying so in the log. A shared directory (sticky, like `/tmp`, or
+/// another user's) is left as it is, with a warning: the cache file's own
+/// mode 0600 still keeps other users out.
 pub fn private_dir(dir: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+    use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _, PermissionsExt as _};
     match fs::metadata(dir) {
         Ok(meta) => {
-            let mode = meta.permissions().mode() & 0o777;
-            if mode & 0o077 != 0 {
-                fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
+            let mode = meta.permissions().mode() & 0o7777;
+            if mode & 0o077 == 0 {
+                return Ok(());
+            }
+            // The owner of /proc/self is this process's effective user.
+            let ours = fs::metadata("/proc/self").is_ok_and(|me| me.uid() == meta.uid());
+            let shared = mode & 0o1000 != 0 || !ours;
+            let tightened =
+                !shared && fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).is_ok();
+            if tightened {
                 tracing::warn!(
                     dir = %dir.display(),
                     was = format!("{mode:o}"),
                     "cache directory was open to other users (it may hold private keys); set its mode to 700"
+                );
+            } else {
+                tracing::warn!(
+                    dir = %dir.display(),
+                    mode = format!("{mode:o}"),
+                    "cache directory is shared with other users and was left as it is; the cache file is mode 600, but give the agent a --cache-dir of its own"
                 );
             }
             Ok(())
@@ -289,6 +305,16 @@ mod tests {
         assert_eq!(mode(&open), 0o700);
         assert_eq!(mode(cache.path()), 0o600);
         assert_eq!(cache.load().unwrap(), snap);
+        // A shared directory like /tmp (sticky, open to all) is left as it
+        // is; the file is still 0600.
+        let shared = root.path().join("shared");
+        fs::create_dir(&shared).unwrap();
+        fs::set_permissions(&shared, fs::Permissions::from_mode(0o1777)).unwrap();
+        let cache = DiskCache::new(&shared, "edge");
+        cache.store(&snap).unwrap();
+        let full = fs::metadata(&shared).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(full, 0o1777);
+        assert_eq!(mode(cache.path()), 0o600);
     }
 
     #[test]

@@ -38,6 +38,18 @@ pub(crate) fn refusal_for(conn: Option<&ConnInfo>) -> Option<String> {
     plaintext_refusal(conn.map(|c| c.remote), conn.is_some_and(|c| c.tls))
 }
 
+/// Why `caller` gets no private keys whatever the transport: a caller let
+/// in by `anonymous_watch` has proven nothing, so keys are not for it.
+pub(crate) fn anonymous_refusal(
+    auth: &crate::auth::Auth,
+    caller: &crate::auth::Caller,
+) -> Option<String> {
+    auth.is_anonymous_grant(caller).then(|| {
+        "the caller is anonymous (let in by the policy's anonymous_watch): private keys go only to an identity; present a client certificate or a bearer token"
+            .to_owned()
+    })
+}
+
 /// The status a channel ends with (or a call gets) when `snapshot` of
 /// `group` holds private keys it may not send: `FAILED_PRECONDITION`.
 pub(crate) fn refused(group: &str, version: u64, why: &str) -> Status {

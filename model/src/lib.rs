@@ -29,6 +29,7 @@ pub mod delta;
 pub mod error;
 pub mod file;
 pub mod flags;
+pub mod keyprint;
 pub mod limits;
 pub mod names;
 pub mod proto;

@@ -7,34 +7,11 @@
 //! bytes (of its PEM text when that does not parse). It identifies the key,
 //! so a diff shows that a key changed, and reveals nothing of it.
 
-use sha2::{Digest, Sha256};
-
 use crate::error::FieldError;
+pub use crate::keyprint::{REDACTED_PREFIX, is_redacted, key_fingerprint, redacted};
 use crate::secrets::{PemSource, SecretKind};
 use crate::snapshot::Snapshot;
 use crate::spec::SnapshotSpec;
-
-/// What every redacted key starts with.
-pub const REDACTED_PREFIX: &str = "redacted:sha256:";
-
-/// The fingerprint of a PEM private key: 64 hex digits.
-pub fn key_fingerprint(pem: &str) -> String {
-    let digest = match vane_tls::pem::private_key(pem.as_bytes()) {
-        Ok(der) => Sha256::digest(der.secret_der()),
-        Err(_) => Sha256::digest(pem.trim().as_bytes()),
-    };
-    hex::encode(digest)
-}
-
-/// The placeholder shown for `pem`.
-pub fn redacted(pem: &str) -> String {
-    format!("{REDACTED_PREFIX}{}", key_fingerprint(pem))
-}
-
-/// Whether `text` is a placeholder rather than a key.
-pub fn is_redacted(text: &str) -> bool {
-    text.trim().starts_with(REDACTED_PREFIX)
-}
 
 /// Replaces every inline private key of `spec` by its placeholder; returns
 /// how many were replaced.

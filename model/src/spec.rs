@@ -72,7 +72,7 @@ impl std::fmt::Debug for SecretSpec {
             .field("certificate_chain", &self.certificate_chain)
             .field(
                 "private_key",
-                &self.private_key.as_deref().map(crate::redact::redacted),
+                &self.private_key.as_deref().map(crate::keyprint::redacted),
             )
             .field("certificate_chain_file", &self.certificate_chain_file)
             .field("private_key_file", &self.private_key_file)

@@ -97,17 +97,33 @@ fn source(
         (Some(pem), None) => Some(Ok(PemSource::Inline(pem))),
         (None, Some(file)) => {
             let p = PathBuf::from(&file);
-            if file.is_empty() || !p.is_absolute() {
+            if file.is_empty() || !p.is_absolute() || file.contains('\n') {
                 err(
                     errors,
                     format!("{path}.{file_field}"),
-                    format!("{file:?} is not an absolute path"),
+                    not_a_path(&file, inline_field),
                 );
                 Some(Err(()))
             } else {
                 Some(Ok(PemSource::File(p)))
             }
         }
+    }
+}
+
+/// Why `file` is refused as a path, without echoing what may be a key
+/// pasted into the wrong field (errors reach the audit log).
+fn not_a_path(file: &str, inline_field: &str) -> String {
+    let looks_like_pem = file.contains("-----BEGIN") || file.contains('\n');
+    if looks_like_pem {
+        format!(
+            "is not an absolute path ({} bytes that look like PEM; the PEM itself goes in {inline_field})",
+            file.len()
+        )
+    } else if file.chars().count() > 256 {
+        format!("is not an absolute path ({} bytes)", file.len())
+    } else {
+        format!("{file:?} is not an absolute path")
     }
 }
 

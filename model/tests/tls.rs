@@ -175,6 +175,29 @@ clusters:
 }
 
 #[test]
+fn a_key_pasted_into_a_file_field_is_not_echoed() {
+    let (_, pair) = site(&["example.test"], Validity::days(90));
+    let spec = SnapshotSpec {
+        secrets: vec![vane_model::spec::SecretSpec {
+            name: "k".into(),
+            certificate_chain: Some(pair.cert_pem.clone()),
+            private_key_file: Some(pair.key_pem.clone()),
+            ..Default::default()
+        }],
+        ..SnapshotSpec::default()
+    };
+    let e = validate(spec).unwrap_err().to_string();
+    assert!(!e.contains("PRIVATE KEY"), "{e}");
+    let body = pair.key_pem.lines().nth(1).unwrap();
+    assert!(!e.contains(body), "{e}");
+    assert!(
+        e.contains("secrets[0].private_key_file: is not an absolute path (")
+            && e.contains("the PEM itself goes in private_key"),
+        "{e}"
+    );
+}
+
+#[test]
 fn dates_are_checked_at_push_only() {
     let (ca, expired) = site(&["example.test"], Validity::expired());
     let listener = WEB_TLS.replace(", \"*.example.test\"", "");

@@ -91,8 +91,19 @@ async fn config_dump(State(p): State<ProxyHandle>) -> impl IntoResponse {
         "source": running.source.as_str(),
         "applied_at_unix_ms": applied_at,
         "listeners": listeners,
-        "snapshot": running.snapshot.to_json(),
+        "snapshot": shown_snapshot(&running.snapshot),
     }))
+}
+
+/// The running snapshot as JSON, private keys as their fingerprints: the
+/// admin port has no authentication, so it never shows a key.
+fn shown_snapshot(snapshot: &vane_model::Snapshot) -> serde_json::Value {
+    if !snapshot.has_private_keys() {
+        return snapshot.to_json();
+    }
+    let mut shown = snapshot.clone();
+    vane_model::redact::redact_snapshot(&mut shown);
+    shown.to_json()
 }
 
 async fn metrics(State(p): State<ProxyHandle>) -> impl IntoResponse {

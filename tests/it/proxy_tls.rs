@@ -159,6 +159,11 @@ async fn https_with_a_pushed_certificate_serves_curl_over_http1_and_h2() {
         (300.0..400.0).contains(&in_days),
         "expires in {in_days} days"
     );
+    // The unauthenticated admin port shows the key only as its fingerprint.
+    let dump = proxy.config_dump().to_string();
+    assert!(!dump.contains("PRIVATE KEY"), "{dump}");
+    assert!(dump.contains("redacted:sha256:"), "{dump}");
+    assert!(dump.contains("BEGIN CERTIFICATE"), "{dump}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -71,7 +71,11 @@ pub(crate) fn clusters(snapshot: &Snapshot) -> Vec<(String, Cluster)> {
                     enforcing_success_rate: Some(u32_value(0)),
                     ..Default::default()
                 }),
-                transport_socket: c.tls.as_ref().map(|t| tls::upstream(t, c.protocol)),
+                transport_socket: c.tls.as_ref().map(|t| {
+                    let ips: Vec<std::net::IpAddr> =
+                        c.endpoints.iter().map(|e| e.address.ip()).collect();
+                    tls::upstream(t, c.protocol, &ips)
+                }),
                 // One entry at most: the hash stays stable (see `resource`).
                 typed_extension_protocol_options: protocol_options(c.protocol)
                     .map(|o| (HTTP_PROTOCOL_OPTIONS.to_owned(), o))

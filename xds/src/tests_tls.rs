@@ -357,7 +357,18 @@ fn a_tls_cluster_checks_the_server_by_its_ca_or_the_system_roots() {
         panic!("no validation context");
     };
     assert!(v.system_root_certs.is_some());
-    assert!(v.match_typed_subject_alt_names.is_empty());
+    // No SNI: the certificate must name the endpoint's IP address, as
+    // vane-proxy checks it (a chain alone would take any trusted CA's).
+    let names = &v.match_typed_subject_alt_names;
+    assert_eq!(names.len(), 1, "{names:?}");
+    assert_eq!(
+        names[0].san_type,
+        envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::subject_alt_name_matcher::SanType::IpAddress as i32
+    );
+    assert!(matches!(
+        names[0].matcher.as_ref().and_then(|m| m.match_pattern.clone()),
+        Some(MatchPattern::Exact(n)) if n == "127.0.0.1"
+    ));
 }
 
 #[test]

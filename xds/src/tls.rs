@@ -109,22 +109,35 @@ pub(crate) fn downstream(tls: &ListenerTls, certificate: &str, http: bool) -> Tr
 /// The transport socket of a TLS cluster: SNI as configured; the server's
 /// certificate checked against the `ca` secret (SDS), or against the
 /// system's trust store when the cluster names no CA, and its DNS names
-/// against the SNI name when there is one; the `client_cert` secret
+/// against the SNI name when there is one, else its IP addresses against
+/// the endpoints' (as vane-proxy checks them): never a chain alone, which
+/// any certificate of a trusted CA would pass; the `client_cert` secret
 /// presented (SDS); ALPN `h2` for `http2`, Envoy's default `h2,http/1.1`
 /// for `auto`, none for `http1`.
-pub(crate) fn upstream(tls: &UpstreamTls, protocol: UpstreamProtocol) -> TransportSocket {
-    let names: Vec<SubjectAltNameMatcher> = tls
-        .sni
-        .iter()
-        .map(|sni| SubjectAltNameMatcher {
-            san_type: SanType::Dns as i32,
-            matcher: Some(StringMatcher {
-                match_pattern: Some(MatchPattern::Exact(sni.clone())),
-                ..Default::default()
-            }),
+pub(crate) fn upstream(
+    tls: &UpstreamTls,
+    protocol: UpstreamProtocol,
+    endpoint_ips: &[std::net::IpAddr],
+) -> TransportSocket {
+    let exact = |san_type: SanType, value: String| SubjectAltNameMatcher {
+        san_type: san_type as i32,
+        matcher: Some(StringMatcher {
+            match_pattern: Some(MatchPattern::Exact(value)),
             ..Default::default()
-        })
-        .collect();
+        }),
+        ..Default::default()
+    };
+    let names: Vec<SubjectAltNameMatcher> = match &tls.sni {
+        Some(sni) => vec![exact(SanType::Dns, sni.clone())],
+        None => {
+            let mut ips: Vec<String> = endpoint_ips.iter().map(|ip| ip.to_string()).collect();
+            ips.sort();
+            ips.dedup();
+            ips.into_iter()
+                .map(|ip| exact(SanType::IpAddress, ip))
+                .collect()
+        }
+    };
     let validation = match &tls.ca {
         Some(ca) => {
             ValidationContextType::CombinedValidationContext(CombinedCertificateValidationContext {

@@ -184,6 +184,13 @@ impl Auth {
             .ok_or_else(unknown)
     }
 
+    /// Whether `caller` is let in without any credential by the policy's
+    /// `anonymous_watch` (never the case with authorization off, when every
+    /// caller is anonymous and trusted).
+    pub fn is_anonymous_grant(&self, caller: &Caller) -> bool {
+        self.policy.is_some() && caller.identity.is_empty()
+    }
+
     /// Whether `caller` may do `action` in `group`: `Unauthenticated` for an
     /// anonymous caller when a policy is in force, `PermissionDenied` when
     /// the policy does not allow it.

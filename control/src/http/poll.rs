@@ -218,7 +218,8 @@ pub(crate) async fn poll(api: &HttpApi, call: Call, view: View) -> Result<Respon
             Some(key)
         }
     };
-    let keys_refused = crate::secrets::refusal_for(call.credentials.conn.as_ref());
+    let keys_refused = crate::secrets::refusal_for(call.credentials.conn.as_ref())
+        .or_else(|| crate::secrets::anonymous_refusal(&parts.auth, &caller));
     let access = parts.auth.subscribe_changes().map(|changes| {
         let access = Access {
             auth: parts.auth.clone(),

@@ -247,7 +247,8 @@ impl DiscoveryService {
             metrics,
         );
         stream.span = span;
-        stream.keys_refused = crate::secrets::refusal_for(credentials.conn.as_ref());
+        stream.keys_refused = crate::secrets::refusal_for(credentials.conn.as_ref())
+            .or_else(|| crate::secrets::anonymous_refusal(&self.auth, &caller));
         stream.cohorts = cohorts;
         stream.accept_notices = first.accept_store_notices;
         stream.record_health(first.health.as_ref());

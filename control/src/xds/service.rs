@@ -124,13 +124,15 @@ impl XdsService {
             .get::<ConnInfo>()
             .map(|c| c.remote)
             .or_else(|| request.remote_addr());
-        let keys_allowed = may_send_private_keys(remote, self.over_tls);
         let caller = credentials
             .caller(&inner.auth)
             .map_err(|(anonymous, status)| {
                 self.refused(&anonymous, "", &status);
                 status
             })?;
+        // An anonymous caller (anonymous_watch) is never sent keys either.
+        let keys_allowed =
+            may_send_private_keys(remote, self.over_tls) && !inner.auth.is_anonymous_grant(&caller);
         let mut inbound = request.into_inner();
         let first = first_request(&inner.shutdown, &mut inbound).await?;
         let node = node_info(P::node(&first)).map_err(|e| {

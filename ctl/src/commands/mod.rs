@@ -305,7 +305,19 @@ fn checked_snapshot(
     // The hash is recomputed here too (the server checks it before it
     // answers): content that does not match it is never printed as valid.
     let hash = snapshot.content_hash().to_hex();
-    let expected = redacted.as_deref().unwrap_or(&info.hash);
+    // The redacted hash stands in only for content that holds a
+    // placeholder: content without one must match the recorded hash.
+    let placeholders = snapshot.secrets.iter().any(|s| match &s.kind {
+        vane_model::SecretKind::Certificate {
+            key: vane_model::PemSource::Inline(k),
+            ..
+        } => vane_model::redact::is_redacted(k),
+        _ => false,
+    });
+    let expected = redacted
+        .as_deref()
+        .filter(|_| placeholders)
+        .unwrap_or(&info.hash);
     if hash != expected {
         return Err(CliError::refused(format!(
             "version {} of group {group:?} is corrupt: the server sent content that hashes to {hash}, not the recorded {expected}",

@@ -11,8 +11,9 @@
 //! the cluster's retry budget, and nothing is retried past the route's
 //! deadline, which covers every attempt: when it passes before the
 //! response head, the client gets 504; after it, the response body is cut
-//! ([`super::body`]). A route without a timeout has no deadline; its
-//! responses are bounded by the idle timeout between body bytes only.
+//! ([`super::body`]). A route without a timeout has no deadline; the wait
+//! for each attempt's response head and the pauses between body bytes are
+//! bounded by its idle timeout.
 //!
 //! `TE: trailers` is kept (it is the one `TE` value HTTP/2 allows, and
 //! gRPC needs it end to end); every other hop-by-hop header goes.
@@ -194,10 +195,10 @@ async fn forward(
             cluster.connect_timeout,
             request,
         );
-        let outcome = match deadline {
-            Some(d) => tokio::time::timeout_at(d, call).await,
-            None => Ok(call.await),
-        };
+        // Without a route timeout, the wait for the head is still bounded:
+        // by the idle timeout, as a stream's pauses are.
+        let head_by = deadline.unwrap_or_else(|| tokio::time::Instant::now() + route.idle_timeout);
+        let outcome = tokio::time::timeout_at(head_by, call).await;
         let now_ms = clock::now_millis();
         match outcome {
             Err(_) => {

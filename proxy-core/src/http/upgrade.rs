@@ -135,10 +135,10 @@ pub(crate) async fn forward(
             cluster.connect_timeout,
             Request::from_parts(head, up_body),
         );
-        let outcome = match deadline {
-            Some(d) => tokio::time::timeout_at(d, call).await,
-            None => Ok(call.await),
-        };
+        // Without a route timeout, the wait for the head is still bounded:
+        // by the idle timeout, as a stream's pauses are.
+        let head_by = deadline.unwrap_or_else(|| tokio::time::Instant::now() + route.idle_timeout);
+        let outcome = tokio::time::timeout_at(head_by, call).await;
         let now_ms = clock::now_millis();
         let mut resp = match outcome {
             Err(_) => {
