@@ -92,13 +92,13 @@ impl TlsRun {
     /// (the caller pushes a new certificate in between).
     pub(crate) fn start_two_requests(&self, work: &Path) -> Result<Child> {
         println!(
-            "$ curl -v --rate 1/4s {} {url} {url} &   (two requests on one kept-alive connection)",
+            "$ curl -v --rate 15/m {} {url} {url} &   (two requests on one kept-alive connection)",
             self.curl_args().join(" "),
             url = self.url()
         );
         Command::new("curl")
             .current_dir(work)
-            .args(["-sS", "-v", "--max-time", "20", "--rate", "1/4s"])
+            .args(["-sS", "-v", "--max-time", "20", "--rate", "15/m"])
             .args(self.curl_args())
             .args([self.url(), self.url()])
             .stdout(Stdio::piped())
