@@ -279,9 +279,11 @@ async fn a_removed_tcp_listener_keeps_its_sessions_until_the_drain_timeout() {
     let mut hello = [0u8; 5];
     session.read_exact(&mut hello).await.unwrap();
     assert_eq!(&hello, b"echo\n");
+    // Timed from before the push: the listener is removed after it, so the
+    // drain (1 s) cannot end sooner, however late the wait below returns.
+    let pushing = std::time::Instant::now();
     let v2 = push(&server, GROUP, &tcp_only(vec![]));
     proxy.wait_version(v2);
-    let removed = std::time::Instant::now();
     // No new sessions; the open one keeps working while it drains.
     assert!(tokio::net::TcpStream::connect(db).await.is_err());
     session.write_all(b"still here").await.unwrap();
@@ -295,9 +297,9 @@ async fn a_removed_tcp_listener_keeps_its_sessions_until_the_drain_timeout() {
         .expect("closed at the drain timeout")
         .unwrap_or(0);
     assert_eq!(n, 0);
-    let took = removed.elapsed();
+    let took = pushing.elapsed();
     assert!(
-        took >= Duration::from_millis(700) && took < Duration::from_secs(4),
+        took >= Duration::from_secs(1) && took < Duration::from_secs(5),
         "closed after {took:?}"
     );
 }
