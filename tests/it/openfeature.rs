@@ -305,28 +305,37 @@ fn flagd_providers_follow_pushes_and_keep_their_flags_through_a_killed_server() 
     assert_eq!(flagd_nodes(&server, 3), 2);
 }
 
-/// How many `flagd` clients `vanectl status` lists; each must be
-/// connected, UNACKED at `version` (the head).
+/// How many `flagd` clients `vanectl status` lists once each is connected
+/// and UNACKED at `version` (the head). Polled: a provider that has just
+/// opened a new sync stream is listed NOT_SENT for the moment before the
+/// server sends it the head.
 fn flagd_nodes(server: &ControlServer, version: u64) -> usize {
-    let status = server.ctl(&["status", GROUP, "-o", "json"]).ok().json();
-    let flagd: Vec<&Value> = status
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|a| a["client"] == "flagd")
-        .collect();
-    for a in &flagd {
-        assert_eq!(
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = server.ctl(&["status", GROUP, "-o", "json"]).ok().json();
+        let flagd: Vec<Value> = status
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a["client"] == "flagd")
+            .cloned()
+            .collect();
+        let unacked = |a: &Value| {
             (
                 a["state"].as_str(),
                 a["connected"].as_bool(),
-                a["target_version"].as_u64()
-            ),
-            (Some("UNACKED"), Some(true), Some(version)),
-            "{a}"
+                a["target_version"].as_u64(),
+            ) == (Some("UNACKED"), Some(true), Some(version))
+        };
+        if flagd.iter().all(unacked) {
+            return flagd.len();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "flagd clients not all UNACKED at {version}: {flagd:?}"
         );
+        std::thread::sleep(Duration::from_millis(100));
     }
-    flagd.len()
 }
 
 #[test]
