@@ -28,13 +28,6 @@ pub fn redact_spec(spec: &mut SnapshotSpec) -> usize {
     n
 }
 
-/// Whether `spec` holds a private key in clear.
-pub fn has_clear_keys(spec: &SnapshotSpec) -> bool {
-    spec.secrets
-        .iter()
-        .any(|s| s.private_key.as_deref().is_some_and(|k| !is_redacted(k)))
-}
-
 /// Puts back every placeholder of `spec` whose key is in `known` (the
 /// keys of the versions the caller may draw on, typically the head's); a
 /// placeholder of any other key is an error naming its field.
@@ -124,7 +117,12 @@ mod tests {
         let head = spec("not really a key");
         let mut shown = head.clone();
         assert_eq!(redact_spec(&mut shown), 1);
-        assert!(!has_clear_keys(&shown));
+        assert!(
+            !shown
+                .secrets
+                .iter()
+                .any(|s| s.private_key.as_deref().is_some_and(|k| !is_redacted(k)))
+        );
         let placeholder = shown.secrets[0].private_key.clone().unwrap();
         assert!(placeholder.starts_with(REDACTED_PREFIX), "{placeholder}");
         assert!(!placeholder.contains("really"));

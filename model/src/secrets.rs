@@ -25,11 +25,6 @@ impl Secret {
             }
         )
     }
-
-    /// Whether it holds a certificate and key (else a CA bundle).
-    pub fn is_certificate(&self) -> bool {
-        matches!(self.kind, SecretKind::Certificate { .. })
-    }
 }
 
 /// What a secret holds.
