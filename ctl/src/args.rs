@@ -28,14 +28,56 @@ pub const DEFAULT_WAIT: &str = "2m";
 /// `rollout status -w --timeout`).
 ///
 /// The bearer token may also be given as VANE_TOKEN (the token itself).
+///
+/// Contexts: a config file ($VANE_CONFIG, default
+/// ~/.config/vane/config.yaml) names contexts (server URLs, CA, client
+/// certificate and key, token file) and a current one; `--context NAME`
+/// (or VANE_CONTEXT) picks another. A flag or its environment variable
+/// wins over the context, the context over the built-in default. See
+/// `vanectl config --help`.
 #[derive(Debug, Parser)]
 #[command(name = "vanectl", version)]
 pub struct Cli {
     /// URL of the control server's API: https://host:port (TLS) or
     /// http://host:port (plaintext; without a scheme: https:// when --ca or
-    /// --cert is given, else http://).
-    #[arg(long, env = "VANE_SERVER", default_value = DEFAULT_SERVER, global = true, help_heading = "Global options")]
-    pub server: String,
+    /// --cert is given, else http://). Several URLs, comma-separated
+    /// (replicas): each call goes to the first that answers, failing over
+    /// to the next when one is unreachable. Default: the context's, else
+    /// http://127.0.0.1:7070.
+    #[arg(
+        long,
+        env = "VANE_SERVER",
+        value_name = "URL[,URL...]",
+        global = true,
+        help_heading = "Global options"
+    )]
+    pub server: Option<String>,
+
+    /// Use this context of the config file instead of its current_context.
+    #[arg(
+        long,
+        env = "VANE_CONTEXT",
+        value_name = "NAME",
+        global = true,
+        help_heading = "Global options"
+    )]
+    pub context: Option<String>,
+
+    /// The config file with the contexts (default:
+    /// ~/.config/vane/config.yaml; a missing default file means no contexts).
+    #[arg(
+        long = "config",
+        env = "VANE_CONFIG",
+        value_name = "FILE",
+        global = true,
+        help_heading = "Global options"
+    )]
+    pub config: Option<PathBuf>,
+
+    /// Where the config file is when neither --config nor VANE_CONFIG is
+    /// given: `main` fills it in from $HOME (tests leave it empty).
+    #[arg(skip)]
+    pub default_config: Option<PathBuf>,
 
     /// PEM file of the CA that signs the server's certificate (default for
     /// https://: the public web PKI roots).
@@ -212,16 +254,34 @@ pub enum Command {
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
         limit: Option<u32>,
     },
-    /// Show the unified diff of the canonical YAML of two versions.
+    /// Show the unified diff of the canonical YAML of two versions, or of a
+    /// local file against the head (or --version N).
+    ///
+    /// `vanectl diff G A B` compares two stored versions. `vanectl diff G -f
+    /// FILE` compares the file's canonical form (what `get` would show once
+    /// it is pushed) with the head's: exit 0 when they are equal, 1 when
+    /// they differ (as `kubectl diff`), 2 for a usage error or a file that
+    /// cannot be read or is invalid, 3 when the server is unreachable. A
+    /// group with no version yet compares as empty.
     Diff {
         /// The group.
         group: String,
         /// The old version.
-        #[arg(value_parser = clap::value_parser!(u64).range(1..))]
-        a: u64,
+        #[arg(value_parser = clap::value_parser!(u64).range(1..),
+              required_unless_present = "file", conflicts_with = "file")]
+        a: Option<u64>,
         /// The new version.
-        #[arg(value_parser = clap::value_parser!(u64).range(1..))]
-        b: u64,
+        #[arg(value_parser = clap::value_parser!(u64).range(1..),
+              required_unless_present = "file", conflicts_with = "file")]
+        b: Option<u64>,
+        /// Compare this snapshot file, YAML or JSON ("-" reads standard
+        /// input; `get -o json|yaml` output is accepted), with the head.
+        #[arg(short, long, value_name = "FILE")]
+        file: Option<PathBuf>,
+        /// With -f: compare with this version instead of the head.
+        #[arg(long, value_name = "N", requires = "file",
+              value_parser = clap::value_parser!(u64).range(1..))]
+        version: Option<u64>,
         /// Show private keys in clear (needs role admin on the group).
         /// Without it a changed key shows as its fingerprint changing.
         #[arg(long)]
@@ -277,6 +337,28 @@ pub enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+    /// Show or change vanectl's config file: its contexts and the current one
+    /// (no server is asked).
+    ///
+    /// The file ($VANE_CONFIG, default ~/.config/vane/config.yaml) is YAML:
+    ///
+    ///   current_context: prod
+    ///   contexts:
+    ///     prod:
+    ///       server: https://vane-a:7070,https://vane-b:7070   # or a list
+    ///       ca: /etc/vane/ca.pem
+    ///       cert: ~/.config/vane/op.pem
+    ///       key: ~/.config/vane/op.key
+    ///       token_file: ~/.config/vane/token
+    ///     dev:
+    ///       server: http://127.0.0.1:7070
+    ///
+    /// Relative paths are relative to the file's directory.
+    Config {
+        /// What to do.
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
     /// Progressive rollouts: a candidate version goes to a growing cohort
     /// of agents, advances on their ACKs and health, and rolls itself back.
     Rollout {
@@ -284,6 +366,21 @@ pub enum Command {
         #[command(subcommand)]
         command: RolloutCommand,
     },
+}
+
+/// `vanectl config …`.
+#[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
+pub enum ConfigCommand {
+    /// List the contexts, the current one marked with `*` (-o json|yaml: a
+    /// list of {name, current, servers, ca, cert, key, token_file}).
+    GetContexts,
+    /// Make NAME the current context (rewrites the file atomically, mode 0600).
+    UseContext {
+        /// The context.
+        name: String,
+    },
+    /// Print the config file as it is.
+    View,
 }
 
 /// `vanectl rollout …`.
@@ -502,7 +599,7 @@ mod tests {
     fn global_flags_go_before_or_after_the_command() {
         let cli = parse(&["-o", "yaml", "--server", "http://h:1", "status"]).unwrap();
         assert_eq!(cli.output, OutputFormat::Yaml);
-        assert_eq!(cli.server, "http://h:1");
+        assert_eq!(cli.server.as_deref(), Some("http://h:1"));
         assert!(matches!(cli.command, Command::Status { group: None }));
     }
 

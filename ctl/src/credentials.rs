@@ -4,14 +4,14 @@
 //! is a usage error (exit 2). The checks themselves are `vane-tls`'s, the
 //! same the agent makes.
 
-use std::path::Path;
 use std::time::Duration;
 
 use tonic::transport::ClientTlsConfig;
 use vane_tls::pem::{check_ca, check_identity};
 use vane_tls::{BearerInterceptor, BearerToken, ClientIdentity, ClientTls, TlsPart};
 
-use crate::args::{Cli, Secret};
+use crate::args::Secret;
+use crate::config::{Settings, Sourced};
 use crate::error::CliError;
 
 /// What vanectl presents to the server, checked.
@@ -24,56 +24,64 @@ pub(crate) struct Credentials {
 }
 
 impl Credentials {
-    /// Reads and checks the files and the token the command line names.
-    pub(crate) fn load(cli: &Cli) -> Result<Self, CliError> {
-        let read = |flag: &str, path: &Path| {
-            std::fs::read(path).map_err(|e| {
-                CliError::usage(format!("{flag} {}: cannot read: {e}", path.display()))
+    /// Reads and checks the files and the token the settings name (from
+    /// the command line or the context); errors name where each came from.
+    pub(crate) fn load(settings: &Settings) -> Result<Self, CliError> {
+        let read = |s: &Sourced| {
+            std::fs::read(&s.path).map_err(|e| {
+                CliError::usage(format!("{} {}: cannot read: {e}", s.from, s.path.display()))
             })
         };
-        let ca_pem = match &cli.ca {
+        let ca_pem = match &settings.ca {
             None => None,
-            Some(path) => {
-                let pem = read("--ca", path)?;
+            Some(ca) => {
+                let pem = read(ca)?;
                 check_ca(&pem)
-                    .map_err(|e| CliError::usage(format!("--ca {}: {e}", path.display())))?;
+                    .map_err(|e| CliError::usage(format!("{} {}: {e}", ca.from, ca.path.display())))?;
                 Some(pem)
             }
         };
-        let identity = match (&cli.cert, &cli.key) {
+        let identity = match (&settings.cert, &settings.key) {
             (None, None) => None,
             (Some(cert), Some(key)) => {
-                let (cert_pem, key_pem) = (read("--cert", cert)?, read("--key", key)?);
+                let (cert_pem, key_pem) = (read(cert)?, read(key)?);
                 check_identity(&cert_pem, &key_pem).map_err(|(part, why)| {
                     CliError::usage(match part {
                         TlsPart::Key => format!(
-                            "--key {} (for --cert {}): {why}",
-                            key.display(),
-                            cert.display()
+                            "{} {} (for {} {}): {why}",
+                            key.from,
+                            key.path.display(),
+                            cert.from,
+                            cert.path.display()
                         ),
                         TlsPart::Cert | TlsPart::Ca => {
-                            format!("--cert {}: {why}", cert.display())
+                            format!("{} {}: {why}", cert.from, cert.path.display())
                         }
                     })
                 })?;
                 Some(ClientIdentity { cert_pem, key_pem })
             }
-            // clap enforces the pair (`requires`), environment included.
+            // clap enforces the pair (`requires`), environment included;
+            // the config file is checked when it is read.
             (Some(_), None) => return Err(CliError::usage("--cert: needs --key (or VANE_KEY)")),
             (None, Some(_)) => return Err(CliError::usage("--key: needs --cert (or VANE_CERT)")),
         };
-        let token = match (&cli.token_file, &cli.token) {
-            (Some(_), Some(_)) => {
+        let token = match (&settings.token_file, &settings.token) {
+            (Some(file), Some(_)) if file.from == "--token-file" => {
                 return Err(CliError::usage(
                     "--token-file (or VANE_TOKEN_FILE) and VANE_TOKEN are both set: give one",
                 ));
             }
-            (Some(path), None) => {
-                let text = std::fs::read_to_string(path).map_err(|e| {
-                    CliError::usage(format!("--token-file {}: cannot read: {e}", path.display()))
+            (Some(file), _) => {
+                let text = std::fs::read_to_string(&file.path).map_err(|e| {
+                    CliError::usage(format!(
+                        "{} {}: cannot read: {e}",
+                        file.from,
+                        file.path.display()
+                    ))
                 })?;
                 Some(BearerToken::new(&text).map_err(|e| {
-                    CliError::usage(format!("--token-file {}: {e}", path.display()))
+                    CliError::usage(format!("{} {}: {e}", file.from, file.path.display()))
                 })?)
             }
             (None, Some(Secret(token))) => Some(
@@ -110,6 +118,8 @@ mod tests {
     use crate::error::Failure;
     use clap::Parser as _;
 
+    use crate::args::Cli;
+
     fn cli(args: &[&str]) -> Cli {
         Cli::try_parse_from(
             std::iter::once("vanectl")
@@ -117,6 +127,11 @@ mod tests {
                 .chain(["status"]),
         )
         .unwrap()
+    }
+
+    /// The settings of `cli` without a config file.
+    fn load(c: &Cli) -> Result<Credentials, CliError> {
+        Credentials::load(&Settings::resolve(c, None)?)
     }
 
     /// ca.pem, operator.pem/.key of that CA, and a key of another pair.
@@ -140,7 +155,7 @@ mod tests {
     }
 
     fn usage(c: &Cli) -> String {
-        let e = Credentials::load(c).err().unwrap();
+        let e = load(c).err().unwrap();
         assert_eq!(e.kind, Failure::Usage, "{e}");
         e.message
     }
@@ -148,10 +163,10 @@ mod tests {
     #[test]
     fn good_files_load() {
         let (_dir, [ca, cert, key, _]) = files();
-        let c = Credentials::load(&cli(&["--ca", &ca, "--cert", &cert, "--key", &key])).unwrap();
+        let c = load(&cli(&["--ca", &ca, "--cert", &cert, "--key", &key])).unwrap();
         assert!(c.wants_tls());
         assert!(c.token.is_none());
-        let none = Credentials::load(&cli(&[])).unwrap();
+        let none = load(&cli(&[])).unwrap();
         assert!(!none.wants_tls());
     }
 
@@ -196,12 +211,12 @@ mod tests {
         let file = dir.path().join("token");
         std::fs::write(&file, "s3cret\n").unwrap();
         let file = file.display().to_string();
-        let c = Credentials::load(&cli(&["--token-file", &file])).unwrap();
+        let c = load(&cli(&["--token-file", &file])).unwrap();
         assert_eq!(c.token.unwrap().header().to_str().unwrap(), "Bearer s3cret");
 
         let mut from_env = cli(&[]);
         from_env.token = Some(Secret("t0ken".into()));
-        let c = Credentials::load(&from_env).unwrap();
+        let c = load(&from_env).unwrap();
         assert_eq!(c.token.unwrap().header().to_str().unwrap(), "Bearer t0ken");
         assert!(!format!("{from_env:?}").contains("t0ken"));
 

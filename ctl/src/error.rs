@@ -60,6 +60,12 @@ impl CliError {
         Self::new(Failure::Usage, message)
     }
 
+    /// Not an error to report but a result with exit 1 (`diff -f` found a
+    /// difference, as `kubectl diff`): `output` is printed, nothing on stderr.
+    pub fn differs(output: impl Into<String>) -> Self {
+        Self::new(Failure::Refused, "").with_output(output)
+    }
+
     /// The server could not be reached.
     pub fn unreachable(message: impl Into<String>) -> Self {
         Self::new(Failure::Unreachable, message)

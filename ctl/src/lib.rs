@@ -7,7 +7,13 @@
 //! - `args`: the command line (clap).
 //! - `commands`: one function per subcommand, request in, text out; the
 //!   rollout commands and `push --wait` follow the server by polling.
-//! - `client`: connecting to the server (URL, TLS, timeouts, message sizes).
+//! - `client`: connecting to the server (URLs and failover, TLS, timeouts,
+//!   message sizes).
+//! - `config`: the config file's contexts, and how flags, environment and
+//!   context combine.
+//! - `snapshot_file`: reading the file to push (and `get` output pushed back).
+//! - `compare`: canonical forms, summary and warnings of `diff -f` and
+//!   `push --dry-run`.
 //! - `credentials`: `--ca`/`--cert`/`--key` and the bearer token, checked
 //!   before connecting; recognising TLS failures.
 //! - `output`: tables, YAML and JSON (the JSON field names are a contract).
@@ -17,9 +23,12 @@
 mod args;
 mod client;
 mod commands;
+mod compare;
+mod config;
 mod credentials;
 mod error;
 mod output;
+mod snapshot_file;
 
 use std::io::Write as _;
 use std::process::ExitCode;
@@ -27,7 +36,7 @@ use std::process::ExitCode;
 use clap::Parser as _;
 
 pub use args::{
-    Cli, Command, ControlArgs, DEFAULT_SERVER, DEFAULT_TIMEOUT, DEFAULT_WAIT, GetAs, OutputFormat,
+    Cli, Command, ConfigCommand, ControlArgs, DEFAULT_SERVER, DEFAULT_TIMEOUT, DEFAULT_WAIT, GetAs, OutputFormat,
     RolloutCommand, Secret, StartArgs, Steps, XdsClient,
 };
 pub use error::{CliError, Failure};
@@ -40,6 +49,10 @@ pub fn main() -> ExitCode {
     // Not a flag (see `Cli::token`). A non-Unicode value is kept, lossily,
     // so that the token check refuses it by name rather than ignoring it.
     cli.token = std::env::var_os("VANE_TOKEN").map(|t| Secret(t.to_string_lossy().into_owned()));
+    // The config file's default place, when --config and VANE_CONFIG are not given.
+    cli.default_config = std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .map(|h| std::path::PathBuf::from(h).join(config::DEFAULT_CONFIG));
     // What a following command (`rollout status -w`, `push --wait`) prints
     // as it goes; errors writing it show again when the result is written.
     let mut live = |line: &str| {
@@ -85,6 +98,9 @@ fn write_stdout(text: &str) -> Result<(), CliError> {
 }
 
 fn fail(e: &CliError) -> ExitCode {
-    eprintln!("error: {e}");
+    // `diff -f` finding a difference exits 1 with nothing to say on stderr.
+    if !e.message.is_empty() {
+        eprintln!("error: {e}");
+    }
     ExitCode::from(e.kind.exit_code())
 }

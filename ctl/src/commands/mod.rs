@@ -5,27 +5,32 @@
 //! - `rollout`: `rollout start|status|pause|resume|promote|abort`, and
 //!   following a rollout (`-w`).
 //! - `wait`: `push --wait`, and the pure decision it polls with.
+//! - `compare`: `diff -f` and `push --dry-run`'s diff against the head.
 //! - `follow`: what both followers share (calls bounded one by one, riding
 //!   out a server restart, the poll interval).
 
+mod compare;
 mod follow;
 mod rollout;
 #[cfg(test)]
 mod tests_fake;
 mod wait;
 
-use std::io::{IsTerminal as _, Read as _};
+use std::io::IsTerminal as _;
 use std::path::Path;
 use std::time::SystemTime;
 
 use vane_model::Snapshot;
-use vane_model::file::ReadError;
 use vane_proto as pb;
 
-use crate::args::{Cli, Command, GetAs, OutputFormat, RolloutCommand, StartArgs, XdsClient};
+use crate::args::{
+    Cli, Command, ConfigCommand, GetAs, OutputFormat, RolloutCommand, StartArgs, XdsClient,
+};
 use crate::client::{self, Admin};
+use crate::config::{self, Settings};
 use crate::credentials::Credentials;
 use crate::error::CliError;
+use compare::LocalFile;
 use crate::output::{
     self, AgentView, AuditView, DiffView, PushView, RolloutView, VersionView, WhoAmIView, XdsView,
 };
@@ -34,28 +39,64 @@ use crate::output::{
 /// what a following command (`rollout status -w`, `push --wait`) prints as
 /// it goes.
 pub(crate) async fn execute(cli: &Cli, live: &mut dyn FnMut(&str)) -> Result<String, CliError> {
-    if let Command::Completion { shell } = &cli.command {
-        return completion(*shell);
+    // Answered without a server.
+    match &cli.command {
+        Command::Completion { shell } => return completion(*shell),
+        Command::Config { command } => return config_command(cli, command),
+        _ => {}
     }
+    // Flags and environment, then the context, then the defaults.
+    let settings = Settings::resolve(cli, config::load(cli)?.as_ref())?;
     // Certificates and token are checked before connecting, like the file
     // to push: the user's to fix (exit 2) whether or not the server is up.
-    let credentials = Credentials::load(cli)?;
-    let url = client::server_url(&cli.server, credentials.wants_tls())?;
+    let credentials = Credentials::load(&settings)?;
+    let urls = client::server_urls(
+        &settings.servers,
+        &settings.servers_from,
+        credentials.wants_tls(),
+    )?;
     // The file is read before connecting: a bad file is the user's to fix
     // whether or not the server is up, and gets exit code 2 either way.
-    let pushed = match &cli.command {
-        Command::Push { file, .. }
+    let file = match &cli.command {
+        Command::Push { file, group, .. }
         | Command::Rollout {
-            command: RolloutCommand::Start(StartArgs { file, .. }),
-        } => Some(read_snapshot(file)?),
+            command: RolloutCommand::Start(StartArgs { file, group, .. }),
+        }
+        | Command::Diff {
+            file: Some(file),
+            group,
+            ..
+        } => Some(read_local(file, group)?),
         _ => None,
     };
+    // `diff -f` compares a valid snapshot only: one the server would refuse
+    // is the user's to fix (exit 2), said before connecting.
+    if let (
+        Command::Diff { show_secrets, .. },
+        Some(f),
+    ) = (&cli.command, &file)
+    {
+        crate::compare::canonical(f.spec.clone(), *show_secrets)
+            .map_err(|e| CliError::usage(format!("{}: {e}", f.label)))?;
+    }
     let timeout = cli.call_timeout();
     let writes = match &cli.command {
         Command::Push { .. } | Command::Rollback { .. } => true,
         Command::Rollout { command } => !matches!(command, RolloutCommand::Status { .. }),
         _ => false,
     };
+    // Each server is given `timeout` to connect; the first that does gets
+    // the call (see `client::connect_any`).
+    let client::Connected {
+        mut admin,
+        url,
+        started,
+    } = client::connect_any(&urls, timeout, &credentials).await?;
+    if follows(&cli.command) {
+        // A follower bounds each of its calls itself (`follow::bounded`):
+        // following lasts longer than one call may.
+        return dispatch(&mut admin, cli, &url, file, live).await;
+    }
     let no_answer = || {
         CliError::unreachable(format!(
             "no answer from the control server at {url} within {} (see --timeout){}",
@@ -67,21 +108,24 @@ pub(crate) async fn execute(cli: &Cli, live: &mut dyn FnMut(&str)) -> Result<Str
             }
         ))
     };
-    if follows(&cli.command) {
-        // A follower bounds each of its calls itself (`follow::bounded`):
-        // following lasts longer than one call may.
-        let mut admin = tokio::time::timeout(timeout, client::connect(&url, timeout, &credentials))
-            .await
-            .map_err(|_| no_answer())??;
-        return dispatch(&mut admin, cli, &url, pushed, live).await;
-    }
-    let call = async {
-        let mut admin = client::connect(&url, timeout, &credentials).await?;
-        dispatch(&mut admin, cli, &url, pushed, live).await
-    };
-    match tokio::time::timeout(timeout, call).await {
+    // The call's time counts from when connecting to its server began.
+    match tokio::time::timeout_at(
+        started + timeout,
+        dispatch(&mut admin, cli, &url, file, live),
+    )
+    .await
+    {
         Ok(result) => result,
         Err(_) => Err(no_answer()),
+    }
+}
+
+/// `vanectl config …`: the config file only, no server.
+fn config_command(cli: &Cli, command: &ConfigCommand) -> Result<String, CliError> {
+    match command {
+        ConfigCommand::View => config::view(cli),
+        ConfigCommand::GetContexts => config::get_contexts(cli, cli.output),
+        ConfigCommand::UseContext { name } => config::use_context(cli, name),
     }
 }
 
@@ -109,10 +153,13 @@ async fn dispatch(
     admin: &mut Admin,
     cli: &Cli,
     url: &str,
-    pushed: Option<pb::Snapshot>,
+    file: Option<LocalFile>,
     live: &mut dyn FnMut(&str),
 ) -> Result<String, CliError> {
     let fmt = cli.output;
+    let pushed = file
+        .as_ref()
+        .map(|f| vane_model::proto::spec_to_proto(&f.spec));
     let refused = |status: tonic::Status| CliError::from_status(&status, url);
     match &cli.command {
         Command::Push {
@@ -132,9 +179,14 @@ async fn dispatch(
                 dry_run: *dry_run,
                 message: message.clone().unwrap_or_default(),
             };
-            match wait {
-                Some(wait) => wait::push_and_wait(admin, cli, url, request, *wait, live).await,
-                None => {
+            match (wait, file) {
+                (Some(wait), _) => {
+                    wait::push_and_wait(admin, cli, url, request, *wait, live).await
+                }
+                (None, Some(file)) if *dry_run => {
+                    compare::push_dry_run(admin, url, request, file, fmt).await
+                }
+                (None, _) => {
                     let resp = admin.push(request).await.map_err(refused)?.into_inner();
                     warn(&resp.warnings);
                     Ok(output::push(&PushView::new(&resp, None), fmt))
@@ -186,10 +238,27 @@ async fn dispatch(
         }
         Command::Diff {
             group,
+            version,
+            show_secrets,
+            ..
+        } if file.is_some() => {
+            let Some(file) = file else {
+                return Err(CliError::usage("diff: -f: no file was read"));
+            };
+            compare::diff_file(admin, url, group, *version, file, *show_secrets, fmt).await
+        }
+        Command::Diff {
+            group,
             a,
             b,
             show_secrets,
+            ..
         } => {
+            let (Some(a), Some(b)) = (a, b) else {
+                return Err(CliError::usage(
+                    "diff: give two versions (diff G A B) or a file (diff G -f FILE)",
+                ));
+            };
             let request = pb::DiffRequest {
                 group: group.clone(),
                 from_version: *a,
@@ -252,7 +321,9 @@ async fn dispatch(
                 SystemTime::now(),
             ))
         }
-        Command::Rollout { command } => rollout::run(admin, cli, url, command, pushed, live).await,
+        Command::Rollout { command } => {
+            rollout::run(admin, cli, url, command, pushed, live).await
+        }
         Command::Audit { group, limit } => {
             let request = pb::AuditRequest {
                 group: group.clone().unwrap_or_default(),
@@ -264,6 +335,7 @@ async fn dispatch(
         }
         // Answered before connecting (see `execute`).
         Command::Completion { shell } => completion(*shell),
+        Command::Config { command } => config_command(cli, command),
         Command::WhoAmI => {
             let resp = admin
                 .who_am_i(pb::WhoAmIRequest {})
@@ -355,24 +427,18 @@ fn get_xds(
     Ok(output::xds(&view, fmt))
 }
 
-/// Reads and parses the file to push (`-` is standard input). Full validation
-/// is the server's: it is the single authority on what a valid snapshot is.
-fn read_snapshot(path: &Path) -> Result<pb::Snapshot, CliError> {
-    let spec = if path == Path::new("-") {
-        let mut bytes = Vec::new();
-        std::io::stdin()
-            .read_to_end(&mut bytes)
-            .map_err(|e| CliError::usage(format!("cannot read standard input: {e}")))?;
-        let format = vane_model::Format::detect(None, &bytes);
-        vane_model::parse_file(&bytes, format)
-            .map_err(|e| CliError::usage(format!("<stdin>: {e}")))?
-    } else {
-        vane_model::file::read_file(path).map_err(|e| match e {
-            ReadError::Io(..) => CliError::usage(e.to_string()),
-            ReadError::File(e) => CliError::usage(format!("{}: {e}", path.display())),
-        })?
-    };
-    Ok(vane_model::proto::spec_to_proto(&spec))
+/// Reads and parses the file to push or compare (`-` is standard input;
+/// `get -o json|yaml` output of `group` is accepted). Full validation is the
+/// server's: it is the single authority on what a valid snapshot is.
+fn read_local(path: &Path, group: &str) -> Result<LocalFile, CliError> {
+    Ok(LocalFile {
+        label: if path == Path::new("-") {
+            "<stdin>".to_owned()
+        } else {
+            path.display().to_string()
+        },
+        spec: crate::snapshot_file::read(path, group)?,
+    })
 }
 
 /// Colour the diff only for a person at a terminal who has not asked for none
@@ -392,19 +458,19 @@ mod tests {
     fn unreadable_files_are_usage_errors() {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("missing.yaml");
-        let e = read_snapshot(&missing).unwrap_err();
+        let e = read_local(&missing, "edge").unwrap_err();
         assert_eq!(e.kind, Failure::Usage);
         assert!(e.message.starts_with("cannot read "), "{}", e.message);
 
         let empty = dir.path().join("empty.yaml");
         std::fs::write(&empty, "# nothing\n\n").unwrap();
-        let e = read_snapshot(&empty).unwrap_err();
+        let e = read_local(&empty, "edge").unwrap_err();
         assert_eq!(e.kind, Failure::Usage);
         assert_eq!(e.message, format!("{}: the file is empty", empty.display()));
 
         let unknown = dir.path().join("unknown.yaml");
         std::fs::write(&unknown, "listeners:\n  - { name: web, adress: x }\n").unwrap();
-        let e = read_snapshot(&unknown).unwrap_err();
+        let e = read_local(&unknown, "edge").unwrap_err();
         assert_eq!(e.kind, Failure::Usage);
         assert!(e.message.contains("listeners[0]"), "{}", e.message);
         assert!(e.message.contains("adress"), "{}", e.message);
@@ -420,8 +486,9 @@ mod tests {
             "listeners:\n  - { name: web, address: \"127.0.0.1:1\", protocol: tcp, cluster: nope }\n",
         )
         .unwrap();
-        let snapshot = read_snapshot(&file).unwrap();
-        assert_eq!(snapshot.listeners.len(), 1);
+        let local = read_local(&file, "edge").unwrap();
+        assert_eq!(local.spec.listeners.len(), 1);
+        assert_eq!(local.label, file.display().to_string());
     }
 
     /// vanectl against a fake Admin server behind rustls (tonic's server

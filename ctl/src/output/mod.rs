@@ -11,13 +11,16 @@
 //! - `rollout`: the rollout view and its renderers.
 //! - `xds`: `get --as xds`, the xDS resources of a version.
 //! - `format`: tables, encodings, hashes, sizes and times.
+//! - `compare`: `diff -f` and the diff and summary of `push --dry-run`.
 
+mod compare;
 mod format;
 mod render;
 mod rollout;
 mod views;
 mod xds;
 
+pub(crate) use compare::{FileDiffView, FileSide, dry_run, file_diff};
 pub(crate) use format::{encode, one_line, rfc3339_seconds, table, unix_ms};
 pub(crate) use render::{audit, diff, get, history, pruned_note, push, status, whoami};
 pub(crate) use rollout::{RolloutView, rollout, rollout_started};

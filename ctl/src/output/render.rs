@@ -167,8 +167,14 @@ pub(crate) fn diff(view: &DiffView, format: OutputFormat, color: bool) -> String
             short(&view.to.hash)
         );
     }
-    let mut out = String::with_capacity(view.diff.len() + 64);
-    for line in view.diff.split_inclusive('\n') {
+    paint(&view.diff, color)
+}
+
+/// A unified diff, its added lines green, removed ones red and hunk headers
+/// cyan when `color`; ends with a newline.
+pub(crate) fn paint(diff: &str, color: bool) -> String {
+    let mut out = String::with_capacity(diff.len() + 64);
+    for line in diff.split_inclusive('\n') {
         let paint = match line.as_bytes().first() {
             _ if !color => None,
             Some(b'+') if !line.starts_with("+++") => Some("32"),

@@ -23,6 +23,17 @@ pub(crate) struct PushView {
     /// For a rollback: the version whose content was restored.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) rollback_of: Option<u64>,
+    /// Dry run: the unified diff of the head's canonical YAML and the
+    /// pushed content's (empty when equal).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) diff: Option<String>,
+    /// Dry run: listeners, routes and clusters added, removed, changed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) summary: Option<crate::compare::Summary>,
+    /// Dry run: what to read before pushing (every listener or route
+    /// removed), and the server's warnings; also on stderr.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) warnings: Option<Vec<String>>,
 }
 
 impl PushView {
@@ -35,6 +46,9 @@ impl PushView {
             dry_run: resp.dry_run,
             created_at: rfc3339(resp.created_at_unix_ms),
             rollback_of,
+            diff: None,
+            summary: None,
+            warnings: None,
         }
     }
 }
