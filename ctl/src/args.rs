@@ -278,7 +278,8 @@ pub enum Command {
         /// input; `get -o json|yaml` output is accepted), with the head.
         #[arg(short, long, value_name = "FILE")]
         file: Option<PathBuf>,
-        /// With -f: compare with this version instead of the head.
+        /// With -f: compare with this version instead of the head (without
+        /// -f: a usage error).
         #[arg(long, value_name = "N", requires = "file",
               value_parser = clap::value_parser!(u64).range(1..))]
         version: Option<u64>,
@@ -693,6 +694,66 @@ mod tests {
         assert!(e.to_string().contains("--as"), "{e}");
         let e = parse(&["get", "edge", "--as", "yaml"]).unwrap_err();
         assert_eq!(e.exit_code(), 2);
+    }
+
+    #[test]
+    fn diff_takes_two_versions_or_a_file() {
+        let diff = |args: &[&str]| match parse(args).map(|c| c.command) {
+            Ok(Command::Diff {
+                a,
+                b,
+                file,
+                version,
+                ..
+            }) => Ok((a, b, file, version)),
+            Ok(other) => panic!("parsed as {other:?}"),
+            Err(e) => Err(e.exit_code()),
+        };
+        assert_eq!(
+            diff(&["diff", "edge", "1", "2"]),
+            Ok((Some(1), Some(2), None, None))
+        );
+        assert_eq!(
+            diff(&["diff", "edge", "-f", "-"]),
+            Ok((None, None, Some(PathBuf::from("-")), None))
+        );
+        assert_eq!(
+            diff(&["diff", "edge", "-f", "v2.yaml", "--version", "3"]),
+            Ok((None, None, Some(PathBuf::from("v2.yaml")), Some(3)))
+        );
+        for bad in [
+            &["diff", "edge"][..],
+            &["diff", "edge", "1"],
+            &["diff", "edge", "1", "2", "-f", "x"],
+            &["diff", "edge", "-f", "x", "--version", "0"],
+        ] {
+            assert_eq!(diff(bad), Err(2), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn contexts_and_config() {
+        let cli = parse(&["--context", "prod", "--config", "c.yaml", "status"]).unwrap();
+        assert_eq!(cli.context.as_deref(), Some("prod"));
+        assert_eq!(cli.config, Some(PathBuf::from("c.yaml")));
+        assert_eq!(cli.server, None);
+        for (args, want) in [
+            (&["config", "view"][..], ConfigCommand::View),
+            (
+                &["config", "get-contexts", "-o", "json"],
+                ConfigCommand::GetContexts,
+            ),
+            (
+                &["config", "use-context", "dev"],
+                ConfigCommand::UseContext { name: "dev".into() },
+            ),
+        ] {
+            match parse(args).unwrap().command {
+                Command::Config { command } => assert_eq!(command, want),
+                other => panic!("parsed as {other:?}"),
+            }
+        }
+        assert!(parse(&["config", "use-context"]).is_err());
     }
 
     #[test]

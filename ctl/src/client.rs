@@ -52,7 +52,11 @@ pub(crate) fn server_url(server: &str, tls: bool) -> Result<String, CliError> {
 
 /// Every URL of `servers` (from `--server` or a context, named by `from`)
 /// with its scheme, checked as [`server_url`] does.
-pub(crate) fn server_urls(servers: &[String], from: &str, tls: bool) -> Result<Vec<String>, CliError> {
+pub(crate) fn server_urls(
+    servers: &[String],
+    from: &str,
+    tls: bool,
+) -> Result<Vec<String>, CliError> {
     if servers.is_empty() {
         return Err(CliError::usage(format!("{from}: no server URL given")));
     }
@@ -180,7 +184,8 @@ mod tests {
         let e = server_urls(&["http://a b".into()], "server (context prod)", false).unwrap_err();
         assert_eq!(e.kind, Failure::Usage);
         assert!(
-            e.message.starts_with("server (context prod) \"http://a b\": not a valid URL"),
+            e.message
+                .starts_with("server (context prod) \"http://a b\": not a valid URL"),
             "{}",
             e.message
         );
@@ -228,11 +233,17 @@ mod tests {
         };
         assert_eq!(e.kind, Failure::Unreachable);
         assert!(
-            e.message.starts_with("none of the 2 control servers answered: cannot reach the control server at "),
+            e.message.starts_with(
+                "none of the 2 control servers answered: cannot reach the control server at "
+            ),
             "{}",
             e.message
         );
-        assert!(e.message.contains(&dead) && e.message.contains(&other), "{}", e.message);
+        assert!(
+            e.message.contains(&dead) && e.message.contains(&other),
+            "{}",
+            e.message
+        );
         accept.abort();
     }
 

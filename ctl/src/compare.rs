@@ -46,16 +46,25 @@ impl Summary {
     /// `old` → `new`, both canonical.
     pub(crate) fn of(old: &SnapshotSpec, new: &SnapshotSpec) -> Self {
         Self {
-            listeners: counts(&by_name(&old.listeners, |l| l.name.clone()), &by_name(&new.listeners, |l| l.name.clone())),
+            listeners: counts(
+                &by_name(&old.listeners, |l| l.name.clone()),
+                &by_name(&new.listeners, |l| l.name.clone()),
+            ),
             routes: counts(&routes(old), &routes(new)),
-            clusters: counts(&by_name(&old.clusters, |c| c.name.clone()), &by_name(&new.clusters, |c| c.name.clone())),
+            clusters: counts(
+                &by_name(&old.clusters, |c| c.name.clone()),
+                &by_name(&new.clusters, |c| c.name.clone()),
+            ),
         }
     }
 
     /// `listeners: 1 added, 0 removed, 1 changed; routes: …; clusters: …`.
     pub(crate) fn line(&self) -> String {
         let part = |what: &str, c: Counts| {
-            format!("{what}: {} added, {} removed, {} changed", c.added, c.removed, c.changed)
+            format!(
+                "{what}: {} added, {} removed, {} changed",
+                c.added, c.removed, c.changed
+            )
         };
         format!(
             "{}; {}; {}",
@@ -86,7 +95,10 @@ pub(crate) fn warnings(old: &SnapshotSpec, new: &SnapshotSpec) -> Vec<String> {
 }
 
 /// Each item's JSON by `name`; equal JSON is an unchanged item.
-fn by_name<T: Serialize>(items: &[T], name: impl Fn(&T) -> String) -> BTreeMap<String, serde_json::Value> {
+fn by_name<T: Serialize>(
+    items: &[T],
+    name: impl Fn(&T) -> String,
+) -> BTreeMap<String, serde_json::Value> {
     items
         .iter()
         .map(|i| (name(i), serde_json::to_value(i).unwrap_or_default()))
@@ -108,7 +120,10 @@ fn routes(spec: &SnapshotSpec) -> BTreeMap<String, serde_json::Value> {
         .collect()
 }
 
-fn counts(old: &BTreeMap<String, serde_json::Value>, new: &BTreeMap<String, serde_json::Value>) -> Counts {
+fn counts(
+    old: &BTreeMap<String, serde_json::Value>,
+    new: &BTreeMap<String, serde_json::Value>,
+) -> Counts {
     let mut c = Counts::default();
     for (name, value) in new {
         match old.get(name) {
@@ -161,9 +176,30 @@ clusters:
 ",
         );
         let s = Summary::of(&old, &new);
-        assert_eq!(s.listeners, Counts { added: 1, removed: 1, changed: 1 });
-        assert_eq!(s.routes, Counts { added: 0, removed: 0, changed: 1 });
-        assert_eq!(s.clusters, Counts { added: 0, removed: 1, changed: 0 });
+        assert_eq!(
+            s.listeners,
+            Counts {
+                added: 1,
+                removed: 1,
+                changed: 1
+            }
+        );
+        assert_eq!(
+            s.routes,
+            Counts {
+                added: 0,
+                removed: 0,
+                changed: 1
+            }
+        );
+        assert_eq!(
+            s.clusters,
+            Counts {
+                added: 0,
+                removed: 1,
+                changed: 0
+            }
+        );
         assert_eq!(
             s.line(),
             "listeners: 1 added, 1 removed, 1 changed; routes: 0 added, 0 removed, 1 changed; \
@@ -199,7 +235,8 @@ clusters:
         let old = spec(OLD);
         let a = canonical(old.clone(), false).unwrap();
         assert_eq!(a.to_yaml(), canonical(old, true).unwrap().to_yaml());
-        let bad = spec("clusters: [{name: api, lb: sideways, endpoints: [{address: '10.0.0.1:80'}]}]");
+        let bad =
+            spec("clusters: [{name: api, lb: sideways, endpoints: [{address: '10.0.0.1:80'}]}]");
         assert!(canonical(bad, false).is_err());
     }
 }

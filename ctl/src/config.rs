@@ -58,7 +58,10 @@ fn one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error>
         fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
             split_servers(v).map_err(E::custom)
         }
-        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Self::Value, A::Error> {
             let mut out = Vec::new();
             while let Some(s) = seq.next_element::<String>()? {
                 out.extend(split_servers(&s).map_err(serde::de::Error::custom)?);
@@ -138,7 +141,10 @@ impl ConfigFile {
                 return Err(bad("contexts", "a context has an empty name"));
             }
             if c.server.is_empty() {
-                return Err(bad(&field("server"), "missing: give the server's URL (or several)"));
+                return Err(bad(
+                    &field("server"),
+                    "missing: give the server's URL (or several)",
+                ));
             }
             match (&c.cert, &c.key) {
                 (Some(_), None) => return Err(bad(&field("cert"), "needs key as well")),
@@ -172,13 +178,16 @@ impl ConfigFile {
 
     /// The context called `name`, or a usage error naming the known ones.
     pub(crate) fn context(&self, name: &str, asked_by: &str) -> Result<&Context, CliError> {
-        self.contexts.iter().find(|c| c.name == name).ok_or_else(|| {
-            CliError::usage(format!(
-                "{asked_by} {name:?}: no such context in {}; {}",
-                self.path.display(),
-                known(&self.contexts)
-            ))
-        })
+        self.contexts
+            .iter()
+            .find(|c| c.name == name)
+            .ok_or_else(|| {
+                CliError::usage(format!(
+                    "{asked_by} {name:?}: no such context in {}; {}",
+                    self.path.display(),
+                    known(&self.contexts)
+                ))
+            })
     }
 }
 
@@ -364,17 +373,20 @@ pub(crate) fn use_context(cli: &Cli, name: &str) -> Result<String, CliError> {
         Ok(f) if f.current_context.as_deref() == Some(name) => updated,
         _ => {
             let de = serde_norway::Deserializer::from_str(&text);
-            let mut raw: RawFile = serde_path_to_error::deserialize(de).map_err(|e| {
-                CliError::usage(format!("config file {}: {e}", path.display()))
-            })?;
+            let mut raw: RawFile = serde_path_to_error::deserialize(de)
+                .map_err(|e| CliError::usage(format!("config file {}: {e}", path.display())))?;
             raw.current_context = Some(name.to_owned());
             serde_norway::to_string(&raw).map_err(|e| {
-                CliError::usage(format!("config file {}: cannot encode: {e}", path.display()))
+                CliError::usage(format!(
+                    "config file {}: cannot encode: {e}",
+                    path.display()
+                ))
             })?
         }
     };
-    write_atomically(&path, updated.as_bytes())
-        .map_err(|e| CliError::usage(format!("config file {}: cannot write: {e}", path.display())))?;
+    write_atomically(&path, updated.as_bytes()).map_err(|e| {
+        CliError::usage(format!("config file {}: cannot write: {e}", path.display()))
+    })?;
     Ok(format!("switched to context {name:?}\n"))
 }
 
@@ -452,7 +464,10 @@ pub(crate) fn get_contexts(
     if contexts.is_empty() {
         return Ok(format!("no contexts in {}\n", path.display()));
     }
-    let show = |p: &Option<PathBuf>| p.as_ref().map_or("-".to_owned(), |p| p.display().to_string());
+    let show = |p: &Option<PathBuf>| {
+        p.as_ref()
+            .map_or("-".to_owned(), |p| p.display().to_string())
+    };
     let rows = contexts
         .iter()
         .map(|c| {
@@ -493,7 +508,11 @@ contexts:
 ";
 
     fn parse(text: &str) -> Result<ConfigFile, CliError> {
-        ConfigFile::parse(text, Path::new("/etc/vane/config.yaml"), Some(Path::new("/home/op")))
+        ConfigFile::parse(
+            text,
+            Path::new("/etc/vane/config.yaml"),
+            Some(Path::new("/home/op")),
+        )
     }
 
     fn cli(args: &[&str]) -> Cli {
@@ -537,7 +556,10 @@ contexts:
             e.message
         };
         let e = usage("contexts:\n  dev:\n    server: http://h:1\n    sever: x\n");
-        assert!(e.contains("contexts.dev") && e.contains("unknown field `sever`"), "{e}");
+        assert!(
+            e.contains("contexts.dev") && e.contains("unknown field `sever`"),
+            "{e}"
+        );
         let e = usage("current_context: prod\ncontexts:\n  dev:\n    server: http://h:1\n");
         assert!(
             e.contains("current_context: no context \"prod\" in the file; known: dev"),
@@ -546,7 +568,10 @@ contexts:
         let e = usage("contexts:\n  dev:\n    ca: x\n");
         assert!(e.contains("contexts.dev.server: missing"), "{e}");
         let e = usage("contexts:\n  dev:\n    server: 'http://a,,http://b'\n");
-        assert!(e.contains("contexts.dev.server") && e.contains("empty URL"), "{e}");
+        assert!(
+            e.contains("contexts.dev.server") && e.contains("empty URL"),
+            "{e}"
+        );
         let e = usage("contexts:\n  dev:\n    server: http://a\n    cert: c.pem\n");
         assert!(e.contains("contexts.dev.cert: needs key"), "{e}");
         let e = usage("contexts: [1, 2]\n");
@@ -584,7 +609,14 @@ contexts:
         assert_eq!(s.token_file.unwrap().from, "token_file (context prod)");
         // Flags win, one by one.
         let s = Settings::resolve(
-            &cli(&["--context", "prod", "--server", "http://x:1,http://y:2", "--ca", "mine.pem"]),
+            &cli(&[
+                "--context",
+                "prod",
+                "--server",
+                "http://x:1,http://y:2",
+                "--ca",
+                "mine.pem",
+            ]),
             Some(&file),
         )
         .unwrap();
@@ -615,14 +647,21 @@ contexts:
         assert_eq!(e.kind, Failure::Usage);
         assert!(e.message.contains("no config file"), "{}", e.message);
         let e = Settings::resolve(&cli(&["--server", "a,,b"]), None).unwrap_err();
-        assert!(e.message.starts_with("--server \"a,,b\": an empty URL"), "{}", e.message);
+        assert!(
+            e.message.starts_with("--server \"a,,b\": an empty URL"),
+            "{}",
+            e.message
+        );
     }
 
     #[test]
     fn use_context_edits_one_line_and_keeps_the_rest() {
         let edited = with_current_context(FILE, "prod");
         assert!(edited.starts_with("# my contexts\ncurrent_context: \"prod\"\ncontexts:"));
-        assert_eq!(parse(&edited).unwrap().current_context.as_deref(), Some("prod"));
+        assert_eq!(
+            parse(&edited).unwrap().current_context.as_deref(),
+            Some("prod")
+        );
         let added = with_current_context("contexts: {}\n", "dev");
         assert_eq!(added, "current_context: \"dev\"\ncontexts: {}\n");
     }
@@ -636,7 +675,10 @@ contexts:
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
         let mut c = cli(&[]);
         c.config = Some(path.clone());
-        assert_eq!(use_context(&c, "prod").unwrap(), "switched to context \"prod\"\n");
+        assert_eq!(
+            use_context(&c, "prod").unwrap(),
+            "switched to context \"prod\"\n"
+        );
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);

@@ -36,8 +36,9 @@ impl Credentials {
             None => None,
             Some(ca) => {
                 let pem = read(ca)?;
-                check_ca(&pem)
-                    .map_err(|e| CliError::usage(format!("{} {}: {e}", ca.from, ca.path.display())))?;
+                check_ca(&pem).map_err(|e| {
+                    CliError::usage(format!("{} {}: {e}", ca.from, ca.path.display()))
+                })?;
                 Some(pem)
             }
         };

@@ -36,8 +36,8 @@ use std::process::ExitCode;
 use clap::Parser as _;
 
 pub use args::{
-    Cli, Command, ConfigCommand, ControlArgs, DEFAULT_SERVER, DEFAULT_TIMEOUT, DEFAULT_WAIT, GetAs, OutputFormat,
-    RolloutCommand, Secret, StartArgs, Steps, XdsClient,
+    Cli, Command, ConfigCommand, ControlArgs, DEFAULT_SERVER, DEFAULT_TIMEOUT, DEFAULT_WAIT, GetAs,
+    OutputFormat, RolloutCommand, Secret, StartArgs, Steps, XdsClient,
 };
 pub use error::{CliError, Failure};
 

@@ -69,7 +69,9 @@ pub(crate) enum ParseError {
     #[error(transparent)]
     File(#[from] FileError),
     /// The `group` of a `get` output is another group's.
-    #[error("group: the file is {found:?}'s (as `vanectl get` wrote it), not {wanted:?}'s: push it to {found:?}, or remove the field")]
+    #[error(
+        "group: the file is {found:?}'s (as `vanectl get` wrote it), not {wanted:?}'s: push it to {found:?}, or remove the field"
+    )]
     OtherGroup {
         /// The group the file names.
         found: String,
@@ -114,7 +116,10 @@ pub(crate) fn parse(bytes: &[u8], format: Format, group: &str) -> Result<Snapsho
 /// The file as a JSON object when it is one that holds `get`'s metadata
 /// (`group` or one of [`GET_METADATA`]) at the top; `None` otherwise, and
 /// for anything that does not parse (the model's reader then says why).
-fn as_get_output(bytes: &[u8], format: Format) -> Option<serde_json::Map<String, serde_json::Value>> {
+fn as_get_output(
+    bytes: &[u8],
+    format: Format,
+) -> Option<serde_json::Map<String, serde_json::Value>> {
     let value: serde_json::Value = match format {
         Format::Json => serde_json::from_slice(bytes).ok()?,
         Format::Yaml => serde_norway::from_slice(bytes).ok()?,
@@ -122,7 +127,8 @@ fn as_get_output(bytes: &[u8], format: Format) -> Option<serde_json::Map<String,
     let serde_json::Value::Object(object) = value else {
         return None;
     };
-    let is_get = object.contains_key("group") || GET_METADATA.iter().any(|f| object.contains_key(*f));
+    let is_get =
+        object.contains_key("group") || GET_METADATA.iter().any(|f| object.contains_key(*f));
     is_get.then_some(object)
 }
 
@@ -154,7 +160,10 @@ mod tests {
         assert_eq!(parse(yaml.as_bytes(), Format::Yaml, "edge").unwrap(), plain);
         // Metadata without a group is set aside too.
         let no_group = json.replace("\"group\": \"edge\",", "");
-        assert_eq!(parse(no_group.as_bytes(), Format::Json, "edge").unwrap(), plain);
+        assert_eq!(
+            parse(no_group.as_bytes(), Format::Json, "edge").unwrap(),
+            plain
+        );
     }
 
     #[test]
@@ -166,7 +175,9 @@ mod tests {
         );
         let bad = get_json("edge").replace("\"group\": \"edge\"", "\"group\": 7");
         assert_eq!(
-            parse(bad.as_bytes(), Format::Json, "edge").unwrap_err().to_string(),
+            parse(bad.as_bytes(), Format::Json, "edge")
+                .unwrap_err()
+                .to_string(),
             "group: must be a group name (a string)"
         );
     }
@@ -180,7 +191,7 @@ mod tests {
         let e = parse(nested.as_bytes(), Format::Json, "edge").unwrap_err();
         let e = e.to_string();
         assert!(
-            e.starts_with("clusters[0].endpoints[0]: unknown field `adress`"),
+            e.starts_with("clusters[0].endpoints[0].adress: unknown field `adress`"),
             "{e}"
         );
         // A file without metadata is the model's to read, as before.

@@ -13,6 +13,7 @@ use crate::output::{self, FileDiffView, FileSide, PushView, VersionView};
 use super::{checked_snapshot, use_color, warn};
 
 /// A local snapshot file, read and checked before connecting.
+#[derive(Debug)]
 pub(super) struct LocalFile {
     /// The path as given, `<stdin>` for `-`.
     pub(super) label: String,

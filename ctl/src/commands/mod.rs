@@ -30,10 +30,10 @@ use crate::client::{self, Admin};
 use crate::config::{self, Settings};
 use crate::credentials::Credentials;
 use crate::error::CliError;
-use compare::LocalFile;
 use crate::output::{
     self, AgentView, AuditView, DiffView, PushView, RolloutView, VersionView, WhoAmIView, XdsView,
 };
+use compare::LocalFile;
 
 /// Runs the command and returns what to print on stdout; `live` receives
 /// what a following command (`rollout status -w`, `push --wait`) prints as
@@ -69,13 +69,19 @@ pub(crate) async fn execute(cli: &Cli, live: &mut dyn FnMut(&str)) -> Result<Str
         } => Some(read_local(file, group)?),
         _ => None,
     };
+    if let Command::Diff {
+        version: Some(_),
+        file: None,
+        ..
+    } = &cli.command
+    {
+        return Err(CliError::usage(
+            "diff: --version goes with -f FILE (diff G -f FILE --version N); two stored versions are diff G A B",
+        ));
+    }
     // `diff -f` compares a valid snapshot only: one the server would refuse
     // is the user's to fix (exit 2), said before connecting.
-    if let (
-        Command::Diff { show_secrets, .. },
-        Some(f),
-    ) = (&cli.command, &file)
-    {
+    if let (Command::Diff { show_secrets, .. }, Some(f)) = (&cli.command, &file) {
         crate::compare::canonical(f.spec.clone(), *show_secrets)
             .map_err(|e| CliError::usage(format!("{}: {e}", f.label)))?;
     }
@@ -180,9 +186,7 @@ async fn dispatch(
                 message: message.clone().unwrap_or_default(),
             };
             match (wait, file) {
-                (Some(wait), _) => {
-                    wait::push_and_wait(admin, cli, url, request, *wait, live).await
-                }
+                (Some(wait), _) => wait::push_and_wait(admin, cli, url, request, *wait, live).await,
                 (None, Some(file)) if *dry_run => {
                     compare::push_dry_run(admin, url, request, file, fmt).await
                 }
@@ -321,9 +325,7 @@ async fn dispatch(
                 SystemTime::now(),
             ))
         }
-        Command::Rollout { command } => {
-            rollout::run(admin, cli, url, command, pushed, live).await
-        }
+        Command::Rollout { command } => rollout::run(admin, cli, url, command, pushed, live).await,
         Command::Audit { group, limit } => {
             let request = pb::AuditRequest {
                 group: group.clone().unwrap_or_default(),

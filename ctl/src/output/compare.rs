@@ -113,7 +113,10 @@ mod tests {
             )
         );
         let out = file_diff(&view(diff), OutputFormat::Table, true);
-        assert!(out.contains("\x1b[31m-a\x1b[0m\n\x1b[32m+b\x1b[0m\n"), "{out:?}");
+        assert!(
+            out.contains("\x1b[31m-a\x1b[0m\n\x1b[32m+b\x1b[0m\n"),
+            "{out:?}"
+        );
         let out = file_diff(&view(""), OutputFormat::Table, false);
         assert_eq!(
             out,
