@@ -22,10 +22,11 @@ pub const DEFAULT_WAIT: &str = "2m";
 /// Exit codes: 0 success; 1 the server refused (validation, compare-and-set
 /// conflict, unknown group or version, not authenticated, not allowed), or
 /// what was waited for failed (an agent NACKed with `push --wait`, a rollout
-/// ended ROLLED_BACK or SUPERSEDED with `rollout status -w`); 2 usage error
-/// or unreadable file; 3 server unreachable (including a failed TLS
-/// handshake); 4 still not done when the time to wait passed (`push --wait`,
-/// `rollout status -w --timeout`).
+/// ended ROLLED_BACK or SUPERSEDED with `rollout status -w`), or `diff -f`
+/// found a difference; 2 usage error or unreadable file; 3 server
+/// unreachable (including a failed TLS handshake; with several URLs: none
+/// answered); 4 still not done when the time to wait passed (`push
+/// --wait`, `rollout status -w --timeout`).
 ///
 /// The bearer token may also be given as VANE_TOKEN (the token itself).
 ///

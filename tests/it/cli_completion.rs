@@ -16,7 +16,14 @@ fn each_shell_gets_its_script_without_a_server() {
         let out = run_vanectl(&["completion", shell], &env);
         assert_eq!(out.code, 0, "{out:?}");
         assert!(out.stdout.contains(marker), "{shell}: no {marker:?}");
-        for sub in ["push", "rollback", "rollout", "completion", "config", "diff"] {
+        for sub in [
+            "push",
+            "rollback",
+            "rollout",
+            "completion",
+            "config",
+            "diff",
+        ] {
             assert!(out.stdout.contains(sub), "{shell}: no {sub}");
         }
     }
