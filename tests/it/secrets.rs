@@ -164,6 +164,21 @@ fn keys_are_shown_to_an_admin_who_asks_and_as_fingerprints_to_everyone_else() {
     let back = s.push("back.yaml", &shown.stdout).ok();
     assert_eq!(back.json()["unchanged"], true, "{back}");
     assert_eq!(back.json()["version"], 1, "{back}");
+    // So do its json and yaml forms (metadata set aside, keys put back), and
+    // `diff -f` finds them equal to the head, as it does the file with the key in clear.
+    for format in ["json", "yaml"] {
+        let shown = s.ctl_as("operator", &["get", "edge", "-o", format]).ok();
+        let back = s.push(&format!("back.{format}"), &shown.stdout).ok();
+        assert_eq!(back.json()["unchanged"], true, "{format}: {back}");
+        let file = write_text(&s.dir, &format!("diff.{format}"), &shown.stdout);
+        s.ctl_as("reader", &["diff", "edge", "-f", file.to_str().unwrap()])
+            .ok();
+    }
+    let clear = write_text(&s.dir, "clear.yaml", &snapshot(&a, 1));
+    let out = s
+        .ctl_as("reader", &["diff", "edge", "-f", clear.to_str().unwrap()])
+        .ok();
+    assert!(!out.stdout.contains(KEY_MARK), "{out}");
     // Edited (another value), it makes a version that keeps the key.
     let edited = shown.stdout.replace("\n  n: 1\n", "\n  n: 2\n");
     assert_ne!(edited, shown.stdout);
