@@ -106,7 +106,12 @@ impl EtcdStore {
                 .await
                 .map_err(|f| sh.push_error(f, true))?;
             if committed.succeeded() {
-                tracing::info!(group, last_version = head.version, versions, "group deleted");
+                tracing::info!(
+                    group,
+                    last_version = head.version,
+                    versions,
+                    "group deleted"
+                );
                 return Ok(Deleted::Deleted {
                     last_version: head.version,
                     versions,

@@ -88,9 +88,9 @@
 
 mod agents;
 mod config;
-mod delete;
 mod connect;
 mod credentials;
+mod delete;
 mod failure;
 mod feed;
 mod layout;

@@ -12,8 +12,8 @@ use etcd_client::{ConnectOptions, GetOptions, SortOrder, SortTarget, Txn, TxnOp}
 use tokio::time::Instant;
 use vane_store::agents::AgentDirectory;
 use vane_store::{
-    AUDIT_RETENTION, AuditRecord, DeleteGroup, Deleted, HeadFeed, NewVersion, Pinned, PruneReport, PushOutcome,
-    Retention, RolloutPut, RolloutRecord, Store, StoreError, StoreHealth, VersionMeta,
+    AUDIT_RETENTION, AuditRecord, DeleteGroup, Deleted, HeadFeed, NewVersion, Pinned, PruneReport,
+    PushOutcome, Retention, RolloutPut, RolloutRecord, Store, StoreError, StoreHealth, VersionMeta,
     VersionRecord, decode_audit, encode_audit,
 };
 

@@ -45,9 +45,9 @@ pub mod redb;
 pub mod suite;
 
 pub use contract::{
-    AUDIT_RETENTION, AuditRecord, CandidateOf, DeleteGroup, Deleted, FeedEvent, HeadFeed, NewVersion, Pinned,
-    PruneReport, PushOutcome, Retention, RolloutPut, RolloutRecord, Store, StoreHealth,
-    VersionMeta, VersionRecord, decode_audit, encode_audit, now_unix_ms,
+    AUDIT_RETENTION, AuditRecord, CandidateOf, DeleteGroup, Deleted, FeedEvent, HeadFeed,
+    NewVersion, Pinned, PruneReport, PushOutcome, Retention, RolloutPut, RolloutRecord, Store,
+    StoreHealth, VersionMeta, VersionRecord, decode_audit, encode_audit, now_unix_ms,
 };
 pub use error::StoreError;
 pub use redb::RedbStore;

@@ -531,7 +531,10 @@ pub async fn delete<F: Fn() -> OpenFuture>(open: F) {
     }
     created(store.as_ref(), new_version("core", b"a")).await;
     assert_eq!(
-        store.delete_group(delete("nope", None, None)).await.unwrap(),
+        store
+            .delete_group(delete("nope", None, None))
+            .await
+            .unwrap(),
         Deleted::Absent
     );
     let err = store
@@ -539,11 +542,21 @@ pub async fn delete<F: Fn() -> OpenFuture>(open: F) {
         .await
         .unwrap_err();
     assert!(
-        matches!(err, StoreError::Conflict { expected: 1, actual: 2, .. }),
+        matches!(
+            err,
+            StoreError::Conflict {
+                expected: 1,
+                actual: 2,
+                ..
+            }
+        ),
         "{err:?}"
     );
     assert_eq!(
-        store.delete_group(delete("edge", Some(2), None)).await.unwrap(),
+        store
+            .delete_group(delete("edge", Some(2), None))
+            .await
+            .unwrap(),
         Deleted::Deleted {
             last_version: 2,
             versions: 2
@@ -554,7 +567,13 @@ pub async fn delete<F: Fn() -> OpenFuture>(open: F) {
     assert!(store.history("edge", 0).await.unwrap().is_empty());
     assert_eq!(store.groups().await.unwrap(), vec!["core".to_owned()]);
     assert_eq!(
-        store.heads().await.unwrap().iter().map(|h| h.group.as_str()).collect::<Vec<_>>(),
+        store
+            .heads()
+            .await
+            .unwrap()
+            .iter()
+            .map(|h| h.group.as_str())
+            .collect::<Vec<_>>(),
         vec!["core"]
     );
     assert_eq!(store.pruned("edge").await.unwrap(), 0);
@@ -563,7 +582,10 @@ pub async fn delete<F: Fn() -> OpenFuture>(open: F) {
         vec![("edge".to_owned(), 2)]
     );
     assert_eq!(
-        store.delete_group(delete("edge", None, None)).await.unwrap(),
+        store
+            .delete_group(delete("edge", None, None))
+            .await
+            .unwrap(),
         Deleted::Absent,
         "deleting twice"
     );
@@ -582,7 +604,13 @@ pub async fn delete<F: Fn() -> OpenFuture>(open: F) {
     );
     assert!(store.tombstones().await.unwrap().is_empty());
     assert_eq!(
-        store.history("edge", 0).await.unwrap().iter().map(|v| v.version).collect::<Vec<_>>(),
+        store
+            .history("edge", 0)
+            .await
+            .unwrap()
+            .iter()
+            .map(|v| v.version)
+            .collect::<Vec<_>>(),
         vec![3]
     );
 
@@ -594,7 +622,10 @@ pub async fn delete<F: Fn() -> OpenFuture>(open: F) {
         expected_revision: 0,
     };
     let record = store.put_rollout("edge", running).await.unwrap();
-    let err = store.delete_group(delete("edge", None, None)).await.unwrap_err();
+    let err = store
+        .delete_group(delete("edge", None, None))
+        .await
+        .unwrap_err();
     assert!(matches!(err, StoreError::RolloutActive { .. }), "{err:?}");
     let ended = RolloutPut {
         id: "r1".into(),
@@ -603,7 +634,10 @@ pub async fn delete<F: Fn() -> OpenFuture>(open: F) {
         expected_revision: record.revision,
     };
     assert_eq!(
-        store.delete_group(delete("edge", None, Some(ended))).await.unwrap(),
+        store
+            .delete_group(delete("edge", None, Some(ended)))
+            .await
+            .unwrap(),
         Deleted::Deleted {
             last_version: 3,
             versions: 1
@@ -612,9 +646,6 @@ pub async fn delete<F: Fn() -> OpenFuture>(open: F) {
     let kept = store.rollout("edge").await.unwrap().unwrap();
     assert!(!kept.active);
     assert_eq!(kept.body, Bytes::from_static(b"ended"));
-    assert_eq!(
-        created(store.as_ref(), new_version("edge", b"z")).await,
-        4
-    );
+    assert_eq!(created(store.as_ref(), new_version("edge", b"z")).await, 4);
     store.close().await.unwrap();
 }

@@ -84,7 +84,13 @@ impl AdminService {
     /// Every group this server knows of: with a head (here or in the
     /// store), a corrupt head, or agents.
     pub(crate) async fn known_groups(&self) -> Result<Vec<String>, Status> {
-        let mut known: BTreeSet<String> = self.store.groups().await.map_err(store_status)?.into_iter().collect();
+        let mut known: BTreeSet<String> = self
+            .store
+            .groups()
+            .await
+            .map_err(store_status)?
+            .into_iter()
+            .collect();
         known.extend(self.hub.heads().iter().map(|h| h.group.clone()));
         known.extend(self.hub.corrupt().heads().into_iter().map(|c| c.group));
         known.extend(self.agents.list(None).into_iter().map(|a| a.group));
@@ -129,7 +135,13 @@ impl AdminService {
         for group in groups {
             let (version, hash, at) = match self.hub.head(&group) {
                 Some(h) => (h.version, h.hash.clone(), h.created_at_unix_ms),
-                None => match self.store.history(&group, 1).await.map_err(store_status)?.first() {
+                None => match self
+                    .store
+                    .history(&group, 1)
+                    .await
+                    .map_err(store_status)?
+                    .first()
+                {
                     Some(v) => (v.version, v.hash.clone(), v.created_at_unix_ms),
                     // Deleted between the two reads.
                     None => continue,
@@ -272,7 +284,14 @@ impl AdminService {
         check_group(&group)?;
         let mut heads = self.hub.subscribe(&group);
         let first = heads.borrow_and_update().clone();
-        if first.is_none() && self.store.history(&group, 1).await.map_err(store_status)?.is_empty() {
+        if first.is_none()
+            && self
+                .store
+                .history(&group, 1)
+                .await
+                .map_err(store_status)?
+                .is_empty()
+        {
             let known = self.known_groups().await?;
             return Err(self.unknown_group(caller, &group, &known));
         }

@@ -211,7 +211,7 @@ async fn refusals_name_the_field() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::NotFound);
-    assert_eq!(err.message(), r#"group "nope" not found"#);
+    assert_eq!(err.message(), r#"unknown group "nope": not found"#);
     let err = svc
         .rollback(Request::new(pb::RollbackRequest {
             group: "edge".into(),

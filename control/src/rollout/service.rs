@@ -302,7 +302,10 @@ impl Rollouts {
             "ended by vanectl delete --force: the group was deleted",
             identity,
         );
-        Ok(Some((rollout.id.clone(), driver::put(&rollout, known.revision))))
+        Ok(Some((
+            rollout.id.clone(),
+            driver::put(&rollout, known.revision),
+        )))
     }
 
     /// After a push: re-read the group's record (a superseding push ended

@@ -120,11 +120,7 @@ pub(super) async fn list(
         .await
         .map_err(refused)?
         .into_inner();
-    Ok(render_groups(
-        &resp.groups,
-        fmt,
-        unix_ms(SystemTime::now()),
-    ))
+    Ok(render_groups(&resp.groups, fmt, unix_ms(SystemTime::now())))
 }
 
 /// What `delete` prints as JSON.
@@ -178,12 +174,19 @@ pub(super) async fn delete(
             view.connected_agents,
             if view.connected_agents == 1 { "" } else { "s" },
             if view.connected_agents == 1 { "s" } else { "" },
-            if view.connected_agents == 1 { "it" } else { "they" },
+            if view.connected_agents == 1 {
+                "it"
+            } else {
+                "they"
+            },
             if view.connected_agents == 1 { "s" } else { "" },
         ));
     }
     if !view.ended_rollout.is_empty() {
-        out.push_str(&format!("rollout {} ended (SUPERSEDED)\n", view.ended_rollout));
+        out.push_str(&format!(
+            "rollout {} ended (SUPERSEDED)\n",
+            view.ended_rollout
+        ));
     }
     Ok(out)
 }
@@ -205,7 +208,11 @@ pub(super) fn watch_line(group: &str, info: &pb::VersionInfo, fmt: OutputFormat)
             view.version,
             view.hash.get(..12).unwrap_or(&view.hash),
             view.created_at.as_deref().unwrap_or("-"),
-            if view.author.is_empty() { "-" } else { &view.author },
+            if view.author.is_empty() {
+                "-"
+            } else {
+                &view.author
+            },
             one_line(&view.message)
         ),
         _ => {
@@ -390,7 +397,12 @@ mod tests {
         let e = parse_states("nacked,broken").unwrap_err();
         assert_eq!(e.kind, Failure::Usage);
         assert!(e.message.contains("\"broken\""), "{}", e.message);
-        assert!(e.message.contains("synced, stale, nacked, not_sent, unacked"), "{}", e.message);
+        assert!(
+            e.message
+                .contains("synced, stale, nacked, not_sent, unacked"),
+            "{}",
+            e.message
+        );
         assert_eq!(parse_states(" , ").unwrap_err().kind, Failure::Usage);
     }
 
@@ -450,6 +462,9 @@ mod tests {
         let json = watch_line("edge", &info, OutputFormat::Json);
         assert_eq!(json.lines().count(), 1);
         let v: serde_json::Value = serde_json::from_str(&json).unwrap();
-        assert_eq!((v["group"].as_str(), v["version"].as_u64()), (Some("edge"), Some(4)));
+        assert_eq!(
+            (v["group"].as_str(), v["version"].as_u64()),
+            (Some("edge"), Some(4))
+        );
     }
 }

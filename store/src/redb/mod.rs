@@ -44,8 +44,8 @@ use redb::ReadableTable;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::contract::{
-    AuditRecord, DeleteGroup, Deleted, NewVersion, Pinned, PruneReport, PushOutcome, Retention, RolloutPut,
-    RolloutRecord, Store, StoreHealth, VersionMeta, VersionRecord, decode_audit,
+    AuditRecord, DeleteGroup, Deleted, NewVersion, Pinned, PruneReport, PushOutcome, Retention,
+    RolloutPut, RolloutRecord, Store, StoreHealth, VersionMeta, VersionRecord, decode_audit,
 };
 use crate::error::StoreError;
 use handle::Handle;

@@ -32,13 +32,13 @@ use vane_backoff::{ExponentialBackoff, Jitter};
 use super::handle::Handle;
 use super::prune;
 use super::records::{
-    AUDIT, HEADS, META, PROBE_KEY, PRUNED, TOMBSTONES, VERSIONS, encode_record, head_without_version, read_info,
-    read_record, storage,
+    AUDIT, HEADS, META, PROBE_KEY, PRUNED, TOMBSTONES, VERSIONS, encode_record,
+    head_without_version, read_info, read_record, storage,
 };
 use super::rollouts::{self, ROLLOUTS};
 use crate::contract::{
-    AUDIT_RETENTION, AuditRecord, DeleteGroup, Deleted, NewVersion, PruneReport, PushOutcome, Retention, RolloutPut,
-    RolloutRecord, VersionRecord, encode_audit, now_unix_ms,
+    AUDIT_RETENTION, AuditRecord, DeleteGroup, Deleted, NewVersion, PruneReport, PushOutcome,
+    Retention, RolloutPut, RolloutRecord, VersionRecord, encode_audit, now_unix_ms,
 };
 use crate::error::StoreError;
 
@@ -438,7 +438,10 @@ fn apply_one(
     // A deleted group's numbers stay taken: its first version after the
     // delete follows the tombstone's.
     let last = match head {
-        0 => tombstones.get(group).map_err(storage)?.map_or(0, |v| v.value()),
+        0 => tombstones
+            .get(group)
+            .map_err(storage)?
+            .map_or(0, |v| v.value()),
         head => head,
     };
     if let Some(expected) = new.expected_version
