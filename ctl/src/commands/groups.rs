@@ -40,7 +40,7 @@ struct GroupView {
 }
 
 fn group_view(g: &pb::GroupSummary, now_ms: i64) -> GroupView {
-    let c = g.agents.clone().unwrap_or_default();
+    let c = g.agents.unwrap_or_default();
     let agents = [
         (pb::AgentState::Synced, c.synced),
         (pb::AgentState::Stale, c.stale),
