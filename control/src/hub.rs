@@ -351,6 +351,25 @@ impl Hub {
         self.publish(published)
     }
 
+    /// Forgets a deleted group's head **without waking anyone**: streams of
+    /// the group keep the version they sent (and agents keep running it), a
+    /// stream opened later is sent nothing until the group is pushed again,
+    /// and that version (numbered after the deleted ones) goes to every
+    /// stream as any newer head does. Returns whether the group had a head.
+    pub fn forget(&self, group: &str) -> bool {
+        let forgot = self.with_channel(group, |channel| {
+            let mut had = false;
+            channel.sender.send_if_modified(|head| {
+                had = head.take().is_some();
+                // No notification: a deletion is nothing to send.
+                false
+            });
+            had
+        });
+        self.corrupt.forget(group);
+        forgot
+    }
+
     /// A receiver of the group's head, marked as seen: `changed()` fires on
     /// the next version. Creates the group's channel if needed, so an agent
     /// may watch a group before its first push.

@@ -212,6 +212,12 @@ impl CorruptHeads {
         }
     }
 
+    /// The group was deleted: its corrupt head (deleted with every other
+    /// version) no longer degrades it.
+    pub fn forget(&self, group: &str) {
+        self.lock().heads.remove(group);
+    }
+
     /// The group's corrupt head, if it has one.
     pub fn head(&self, group: &str) -> Option<Corrupt> {
         self.lock().heads.get(group).cloned()

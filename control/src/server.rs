@@ -513,7 +513,8 @@ impl Server {
         )
         .with_replica(replica.clone())
         .with_security(auth, Some(audit), push_limit)
-        .with_rollouts(Arc::clone(&rollouts));
+        .with_rollouts(Arc::clone(&rollouts))
+        .with_shutdown(stop.clone());
         // Only the tasks and services keep it from here: it holds the audit
         // log, whose writer ends (and shutdown with it) once every holder
         // is gone.

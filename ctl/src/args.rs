@@ -309,10 +309,57 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
-    /// Show every agent of a group (or of every group) and what it runs.
+    /// Show every agent of a group (or of every group you may read) and
+    /// what it runs.
+    ///
+    /// An unknown group exits 1 naming the nearest existing one. With
+    /// `--fail-on`, exits 1 (after printing) when a selected agent is in one
+    /// of the listed states: a gate for CI.
     Status {
         /// Only this group.
         group: Option<String>,
+        /// Only agents whose labels match: `k=v`, `k!=v`, `k in (a,b)`,
+        /// `k notin (a,b)`, `k`, `!k`, comma-separated (as rollouts).
+        #[arg(short = 'l', long = "selector", value_name = "SELECTOR")]
+        selector: Option<String>,
+        /// Exit 1 when any selected agent is in one of these states
+        /// (comma-separated, any case): synced, stale, nacked, not_sent,
+        /// unacked.
+        #[arg(long, value_name = "STATES")]
+        fail_on: Option<String>,
+    },
+    /// List every group you may read: head version, hash, age of the head,
+    /// and its agents by state.
+    Groups,
+    /// Delete a group: its versions go, its number sequence stays (pushed
+    /// again, it continues after its last version).
+    ///
+    /// Refused while agents of the group are connected, or a rollout runs,
+    /// unless --force: connected agents then keep the version they run and
+    /// get nothing new; the rollout ends SUPERSEDED. Needs role operator;
+    /// audited.
+    Delete {
+        /// The group.
+        group: String,
+        /// Delete even while agents are connected or a rollout runs.
+        #[arg(long)]
+        force: bool,
+        /// Why (kept in the audit log).
+        #[arg(short, long)]
+        message: Option<String>,
+    },
+    /// Print each new version of a group as it is published, until
+    /// interrupted (Ctrl-C exits 0).
+    ///
+    /// Starts by printing the current head, then follows: one line per
+    /// version (VERSION, HASH, TIME, AUTHOR, MESSAGE), or one JSON object per
+    /// line with -o json. A lost connection is retried with backoff; the
+    /// versions published meanwhile are printed from the history (or named
+    /// as missed when retention removed them). The watcher is an observer:
+    /// it never shows in `status`.
+    Watch {
+        /// The group.
+        group: String,
     },
     /// List the audit log, newest first: every push and rollback, and every
     /// refused attempt, with who, when and why.
@@ -602,7 +649,7 @@ mod tests {
         let cli = parse(&["-o", "yaml", "--server", "http://h:1", "status"]).unwrap();
         assert_eq!(cli.output, OutputFormat::Yaml);
         assert_eq!(cli.server.as_deref(), Some("http://h:1"));
-        assert!(matches!(cli.command, Command::Status { group: None }));
+        assert!(matches!(cli.command, Command::Status { group: None, .. }));
     }
 
     #[test]

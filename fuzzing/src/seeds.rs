@@ -206,6 +206,7 @@ pub fn all() -> Vec<Seed> {
                 &[5],
                 &pb::StatusRequest {
                     group: GROUP.into(),
+                    ..pb::StatusRequest::default()
                 },
             ),
         ),

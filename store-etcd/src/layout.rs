@@ -41,6 +41,11 @@ pub(crate) struct HeadValue {
     pub(crate) hash: String,
     #[prost(string, tag = "3")]
     pub(crate) push_id: String,
+    /// Set when the group was deleted: the key stays as its tombstone,
+    /// `version` its last version, so the group's next push continues the
+    /// sequence (see `delete.rs`).
+    #[prost(bool, tag = "4")]
+    pub(crate) deleted: bool,
 }
 
 /// Where a body is: `blobs/<sha256>/<chunk>`.

@@ -5,7 +5,8 @@
 //! # Layout (under the configured prefix, `/vane` by default)
 //! - `schema` -> [`SCHEMA_VERSION`], so a future layout change is detected.
 //! - `heads/<group>` -> [`HeadValue`]: the head version, its hash and the
-//!   id of the push that created it.
+//!   id of the push that created it; for a deleted group, its tombstone
+//!   (marked deleted, keeping the last version: see `delete.rs`).
 //! - `versions/<group>/<version, 20 digits>` -> [`StoredVersion`]: the
 //!   version's metadata and a reference to its body. Zero-padded so a range
 //!   read returns versions in order; small, so `history` never reads bodies.
@@ -89,6 +90,7 @@ mod agents;
 mod config;
 mod connect;
 mod credentials;
+mod delete;
 mod failure;
 mod feed;
 mod layout;

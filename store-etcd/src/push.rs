@@ -140,7 +140,13 @@ impl EtcdStore {
             }
             unanswered = still_open;
 
-            let head_version = head.as_ref().map_or(0, |(h, _)| h.version);
+            // A deleted group's head is its tombstone: absent to the
+            // compare-and-set, but its number stays taken.
+            let head_version = head
+                .as_ref()
+                .filter(|(h, _)| !h.deleted)
+                .map_or(0, |(h, _)| h.version);
+            let last_version = head.as_ref().map_or(0, |(h, _)| h.version);
             if let Some(expected) = new.expected_version
                 && expected != head_version
             {
@@ -156,6 +162,7 @@ impl EtcdStore {
             check_push(group, new.rollout.as_ref(), rollout.as_ref())?;
             let rollout_revision = rollout.as_ref().map_or(0, |r| r.revision);
             if let Some((h, _)) = &head
+                && !h.deleted
                 && h.hash == new.hash
             {
                 let current = sh
@@ -164,7 +171,7 @@ impl EtcdStore {
                     .ok_or_else(|| head_without_version(group, h.version))?;
                 return Ok(PushOutcome::Unchanged(current));
             }
-            let version = head_version.checked_add(1).ok_or_else(|| {
+            let version = last_version.checked_add(1).ok_or_else(|| {
                 StoreError::Corrupt(format!("group {group:?}: version space exhausted"))
             })?;
 
@@ -191,6 +198,7 @@ impl EtcdStore {
                 version,
                 hash: new.hash.clone(),
                 push_id: push_id.to_owned(),
+                deleted: false,
             };
             // The record must still be the one checked above: a plain push
             // never lands after a rollout started, nor a record write after

@@ -412,7 +412,10 @@ impl Shared {
             let head = HeadValue::decode(kv.value()).map_err(|e| {
                 StoreError::Corrupt(format!("group {group:?}: head does not decode: {e}"))
             })?;
-            heads.push((group, head.version));
+            // A deleted group's tombstone has no version to read.
+            if !head.deleted {
+                heads.push((group, head.version));
+            }
         }
         let mut records = Vec::with_capacity(heads.len());
         for batch in heads.chunks(MAX_TXN_OPS) {

@@ -12,8 +12,8 @@ use etcd_client::{ConnectOptions, GetOptions, SortOrder, SortTarget, Txn, TxnOp}
 use tokio::time::Instant;
 use vane_store::agents::AgentDirectory;
 use vane_store::{
-    AUDIT_RETENTION, AuditRecord, HeadFeed, NewVersion, Pinned, PruneReport, PushOutcome,
-    Retention, RolloutPut, RolloutRecord, Store, StoreError, StoreHealth, VersionMeta,
+    AUDIT_RETENTION, AuditRecord, DeleteGroup, Deleted, HeadFeed, NewVersion, Pinned, PruneReport,
+    PushOutcome, Retention, RolloutPut, RolloutRecord, Store, StoreError, StoreHealth, VersionMeta,
     VersionRecord, decode_audit, encode_audit,
 };
 
@@ -224,9 +224,10 @@ impl Store for EtcdStore {
                     })
                     .await
                     .map_err(|f| sh.read_error(f))?;
-                match resp.kvs().first() {
-                    Some(kv) => decode_head(group, kv.value())?.version,
-                    None => return Ok(None),
+                match resp.kvs().first().map(|kv| decode_head(group, kv.value())) {
+                    Some(Ok(head)) if !head.deleted => head.version,
+                    Some(Err(e)) => return Err(e),
+                    _ => return Ok(None),
                 }
             }
         };
@@ -309,26 +310,52 @@ impl Store for EtcdStore {
         let sh = &self.shared;
         sh.check_open()?;
         let prefix = sh.keys.heads();
-        let resp = sh
-            .call(sh.deadline(), |mut kv| {
-                let prefix = prefix.clone();
-                let options = GetOptions::new().with_prefix().with_keys_only();
-                async move { kv.get(prefix, Some(options)).await }
-            })
-            .await
-            .map_err(|f| sh.read_error(f))?;
-        let mut groups: Vec<String> = resp
-            .kvs()
-            .iter()
-            .filter_map(|kv| {
-                std::str::from_utf8(kv.key())
-                    .ok()?
-                    .strip_prefix(&prefix)
-                    .map(str::to_owned)
-            })
-            .collect();
+        let resp = sh.read_prefix(&prefix).await?;
+        let mut groups = Vec::new();
+        for kv in resp.kvs() {
+            let Some(group) = std::str::from_utf8(kv.key())
+                .ok()
+                .and_then(|k| k.strip_prefix(&prefix))
+            else {
+                continue;
+            };
+            // A tombstone is not a group.
+            if !decode_head(group, kv.value())?.deleted {
+                groups.push(group.to_owned());
+            }
+        }
         groups.sort();
         Ok(groups)
+    }
+
+    async fn delete_group(&self, delete: DeleteGroup) -> Result<Deleted, StoreError> {
+        self.shared.check_open()?;
+        check_group(&delete.group)?;
+        let lock = self.shared.group_lock(&delete.group);
+        let _held = lock.lock().await;
+        self.delete_locked(delete).await
+    }
+
+    async fn tombstones(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        let sh = &self.shared;
+        sh.check_open()?;
+        let prefix = sh.keys.heads();
+        let resp = sh.read_prefix(&prefix).await?;
+        let mut out = Vec::new();
+        for kv in resp.kvs() {
+            let Some(group) = std::str::from_utf8(kv.key())
+                .ok()
+                .and_then(|k| k.strip_prefix(&prefix))
+            else {
+                continue;
+            };
+            let head = decode_head(group, kv.value())?;
+            if head.deleted {
+                out.push((group.to_owned(), head.version));
+            }
+        }
+        out.sort();
+        Ok(out)
     }
 
     async fn append_audit(&self, entries: Vec<AuditRecord>) -> Result<(), StoreError> {

@@ -57,6 +57,41 @@ async fn suite_against_etcd() {
     suite::closed(opener(store_config(&etcd, "/t/closed"))).await;
     suite::retention(opener(store_config(&etcd, "/t/retention"))).await;
     suite::rollouts(opener(store_config(&etcd, "/t/rollouts"))).await;
+    suite::delete(opener(store_config(&etcd, "/t/delete"))).await;
+}
+
+/// A tombstone written through one replica holds on another: its next push
+/// of the deleted group continues the sequence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_groups_numbers_hold_on_every_replica() {
+    let etcd = etcd().await;
+    let config = store_config(&etcd, "/t/delete-replicas");
+    let a = EtcdStore::connect(config.clone()).await.unwrap();
+    let b = EtcdStore::connect(config).await.unwrap();
+    a.push(suite::new_version("g", b"one")).await.unwrap();
+    a.push(suite::new_version("g", b"two")).await.unwrap();
+    let deleted = b
+        .delete_group(vane_store::DeleteGroup {
+            group: "g".into(),
+            expected_version: None,
+            rollout: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        deleted,
+        vane_store::Deleted::Deleted {
+            last_version: 2,
+            versions: 2
+        }
+    );
+    assert!(a.get("g", None).await.unwrap().is_none());
+    assert_eq!(a.tombstones().await.unwrap(), vec![("g".to_owned(), 2)]);
+    let again = a.push(suite::new_version("g", b"one")).await.unwrap();
+    assert_eq!(again.record().version, 3);
+    assert!(b.tombstones().await.unwrap().is_empty());
+    a.close().await.unwrap();
+    b.close().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

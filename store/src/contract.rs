@@ -113,6 +113,34 @@ pub struct RolloutPut {
     pub expected_revision: u64,
 }
 
+/// A group to delete (see [`Store::delete_group`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeleteGroup {
+    /// The group.
+    pub group: String,
+    /// Compare-and-set: refuse unless the head is this version.
+    pub expected_version: Option<u64>,
+    /// The group's rollout record to write in the same transaction (a
+    /// running rollout ended by the delete). `None`: the delete is refused
+    /// with [`StoreError::RolloutActive`] while the group has an active
+    /// rollout.
+    pub rollout: Option<RolloutPut>,
+}
+
+/// What a delete did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deleted {
+    /// The group is gone; its last version is kept as a tombstone.
+    Deleted {
+        /// The head at the time of the delete (what the tombstone keeps).
+        last_version: u64,
+        /// Versions removed (the head and those retention had kept).
+        versions: u64,
+    },
+    /// The group has no version (never pushed, or already deleted).
+    Absent,
+}
+
 /// Everything known about one stored version except its content.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VersionMeta {
@@ -308,6 +336,18 @@ pub trait Store: Send + Sync + 'static {
 
     /// How many versions of `group` retention has removed so far.
     async fn pruned(&self, group: &str) -> Result<u64, StoreError>;
+
+    /// Deletes a group: every stored version, its head and its retention
+    /// counter, in one write. A tombstone keeps the group's last version, so
+    /// a group pushed again later continues the sequence (the next version is
+    /// the tombstone's + 1: numbers are never reused, also across restarts).
+    /// The rollout record is kept (ended, when `delete.rollout` ends it), so
+    /// its revision keeps growing. Durable on return.
+    async fn delete_group(&self, delete: DeleteGroup) -> Result<Deleted, StoreError>;
+
+    /// The tombstones: every deleted group not pushed again since, with its
+    /// last version, sorted by group.
+    async fn tombstones(&self) -> Result<Vec<(String, u64)>, StoreError>;
 
     /// The group's current (or last) rollout record.
     async fn rollout(&self, group: &str) -> Result<Option<RolloutRecord>, StoreError>;

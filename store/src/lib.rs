@@ -16,6 +16,8 @@
 //! - Retention ([`Store::prune`]) removes old versions but never a head, and
 //!   never frees a number: a removed version reads as absent, the next push
 //!   is still head + 1.
+//! - Deleting a group ([`Store::delete_group`]) keeps a tombstone with its
+//!   last version: a group pushed again continues at that version + 1.
 //!
 //! - A backend that other processes write too (etcd: every replica) offers a
 //!   change feed ([`Store::feed`]) that reports every head any writer
@@ -43,9 +45,9 @@ pub mod redb;
 pub mod suite;
 
 pub use contract::{
-    AUDIT_RETENTION, AuditRecord, CandidateOf, FeedEvent, HeadFeed, NewVersion, Pinned,
-    PruneReport, PushOutcome, Retention, RolloutPut, RolloutRecord, Store, StoreHealth,
-    VersionMeta, VersionRecord, decode_audit, encode_audit, now_unix_ms,
+    AUDIT_RETENTION, AuditRecord, CandidateOf, DeleteGroup, Deleted, FeedEvent, HeadFeed,
+    NewVersion, Pinned, PruneReport, PushOutcome, Retention, RolloutPut, RolloutRecord, Store,
+    StoreHealth, VersionMeta, VersionRecord, decode_audit, encode_audit, now_unix_ms,
 };
 pub use error::StoreError;
 pub use redb::RedbStore;

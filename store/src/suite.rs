@@ -513,3 +513,139 @@ pub async fn rollouts<F: Fn() -> OpenFuture>(open: F) {
     assert_eq!(store.get("edge", None).await.unwrap().unwrap().version, 4);
     store.close().await.unwrap();
 }
+
+/// Deleting a group removes its versions and head but keeps a tombstone:
+/// a push after the delete continues the sequence, also after a reopen; a
+/// running rollout refuses the delete unless the delete ends it.
+pub async fn delete<F: Fn() -> OpenFuture>(open: F) {
+    use crate::contract::{DeleteGroup, Deleted};
+
+    let delete = |group: &str, expected: Option<u64>, rollout: Option<RolloutPut>| DeleteGroup {
+        group: group.to_owned(),
+        expected_version: expected,
+        rollout,
+    };
+    let store = open().await;
+    for content in [b"a", b"b"] {
+        created(store.as_ref(), new_version("edge", content)).await;
+    }
+    created(store.as_ref(), new_version("core", b"a")).await;
+    assert_eq!(
+        store
+            .delete_group(delete("nope", None, None))
+            .await
+            .unwrap(),
+        Deleted::Absent
+    );
+    let err = store
+        .delete_group(delete("edge", Some(1), None))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::Conflict {
+                expected: 1,
+                actual: 2,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(
+        store
+            .delete_group(delete("edge", Some(2), None))
+            .await
+            .unwrap(),
+        Deleted::Deleted {
+            last_version: 2,
+            versions: 2
+        }
+    );
+    assert!(store.get("edge", None).await.unwrap().is_none());
+    assert!(store.get("edge", Some(1)).await.unwrap().is_none());
+    assert!(store.history("edge", 0).await.unwrap().is_empty());
+    assert_eq!(store.groups().await.unwrap(), vec!["core".to_owned()]);
+    assert_eq!(
+        store
+            .heads()
+            .await
+            .unwrap()
+            .iter()
+            .map(|h| h.group.as_str())
+            .collect::<Vec<_>>(),
+        vec!["core"]
+    );
+    assert_eq!(store.pruned("edge").await.unwrap(), 0);
+    assert_eq!(
+        store.tombstones().await.unwrap(),
+        vec![("edge".to_owned(), 2)]
+    );
+    assert_eq!(
+        store
+            .delete_group(delete("edge", None, None))
+            .await
+            .unwrap(),
+        Deleted::Absent,
+        "deleting twice"
+    );
+    store.close().await.unwrap();
+
+    // The tombstone survives a reopen; a push (even one expecting an
+    // absent group) continues at 3 and clears it.
+    let store = open().await;
+    assert_eq!(
+        store.tombstones().await.unwrap(),
+        vec![("edge".to_owned(), 2)]
+    );
+    assert_eq!(
+        created(store.as_ref(), expecting(new_version("edge", b"a"), 0)).await,
+        3
+    );
+    assert!(store.tombstones().await.unwrap().is_empty());
+    assert_eq!(
+        store
+            .history("edge", 0)
+            .await
+            .unwrap()
+            .iter()
+            .map(|v| v.version)
+            .collect::<Vec<_>>(),
+        vec![3]
+    );
+
+    // A running rollout refuses a plain delete; one that ends it goes.
+    let running = RolloutPut {
+        id: "r1".into(),
+        active: true,
+        body: Bytes::from_static(b"running"),
+        expected_revision: 0,
+    };
+    let record = store.put_rollout("edge", running).await.unwrap();
+    let err = store
+        .delete_group(delete("edge", None, None))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::RolloutActive { .. }), "{err:?}");
+    let ended = RolloutPut {
+        id: "r1".into(),
+        active: false,
+        body: Bytes::from_static(b"ended"),
+        expected_revision: record.revision,
+    };
+    assert_eq!(
+        store
+            .delete_group(delete("edge", None, Some(ended)))
+            .await
+            .unwrap(),
+        Deleted::Deleted {
+            last_version: 3,
+            versions: 1
+        }
+    );
+    let kept = store.rollout("edge").await.unwrap().unwrap();
+    assert!(!kept.active);
+    assert_eq!(kept.body, Bytes::from_static(b"ended"));
+    assert_eq!(created(store.as_ref(), new_version("edge", b"z")).await, 4);
+    store.close().await.unwrap();
+}

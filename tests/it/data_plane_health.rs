@@ -36,6 +36,7 @@ async fn agent(url: &str, node: &str) -> Option<pb::AgentStatus> {
     let status = admin
         .status(pb::StatusRequest {
             group: GROUP.into(),
+            ..pb::StatusRequest::default()
         })
         .await
         .unwrap()

@@ -62,6 +62,7 @@ pub(crate) async fn status_of(
         .status(with_token(
             pb::StatusRequest {
                 group: group.into(),
+                ..pb::StatusRequest::default()
             },
             token,
         ))
@@ -314,6 +315,7 @@ async fn clients_that_never_read_keep_server_memory_bounded() {
         let agents = admin
             .status(pb::StatusRequest {
                 group: "edge".into(),
+                ..pb::StatusRequest::default()
             })
             .await
             .unwrap()

@@ -11,6 +11,7 @@ mod cluster_etcd_tls;
 mod cluster_failover;
 mod cluster_replicas;
 mod ctl_workflow;
+mod ctl_groups;
 mod data_plane_health;
 mod durability;
 mod hostile_cache;

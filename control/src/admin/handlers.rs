@@ -10,9 +10,10 @@ use tonic::{Request, Response, Status};
 use vane_proto as pb;
 
 use crate::admin::convert::{
-    DEFAULT_AUDIT_LIMIT, MAX_AUDIT_LIMIT, agent_status, canonical_yaml, check_group, check_message,
+    DEFAULT_AUDIT_LIMIT, MAX_AUDIT_LIMIT, canonical_yaml, check_group, check_message,
     check_version_field, limit_for_filter, push_response, store_status, version_info,
 };
+use crate::admin::groups::{VersionStream, parse_selector};
 use crate::admin::push::PushDone;
 use crate::admin::service::AdminService;
 use crate::auth::Action;
@@ -371,6 +372,51 @@ impl pb::admin_server::Admin for AdminService {
         }))
     }
 
+    async fn list_groups(
+        &self,
+        request: Request<pb::ListGroupsRequest>,
+    ) -> Result<Response<pb::ListGroupsResponse>, Status> {
+        let caller = self.auth.caller_of(&request)?;
+        self.list_groups_as(&caller).await.map(Response::new)
+    }
+
+    async fn delete_group(
+        &self,
+        request: Request<pb::DeleteGroupRequest>,
+    ) -> Result<Response<pb::DeleteGroupResponse>, Status> {
+        let caller = self.allow_write(
+            &request,
+            "delete",
+            &request.get_ref().group,
+            &request.get_ref().message,
+        )?;
+        let request = request.into_inner();
+        let (group, message) = (request.group.clone(), request.message.clone());
+        match self.delete_group_as(&caller, request).await {
+            Ok(deleted) => {
+                self.audit_delete(&caller, &message, &deleted).await;
+                Ok(Response::new(deleted))
+            }
+            Err(status) => {
+                if let Some(audit) = &self.audit {
+                    audit.refused(&caller, "delete", &group, &message, &status);
+                }
+                Err(status)
+            }
+        }
+    }
+
+    type WatchGroupStream = VersionStream;
+
+    async fn watch_group(
+        &self,
+        request: Request<pb::WatchGroupRequest>,
+    ) -> Result<Response<Self::WatchGroupStream>, Status> {
+        let caller = self.allow(&request, Action::Read, &request.get_ref().group)?;
+        let group = request.into_inner().group;
+        self.watch_group_as(&caller, group).await.map(Response::new)
+    }
+
     async fn status(
         &self,
         request: Request<pb::StatusRequest>,
@@ -398,36 +444,10 @@ impl pb::admin_server::Admin for AdminService {
             .into_iter()
             .map(|h| (h.group.clone(), h))
             .collect();
-        let head_version = |group: &str| heads.get(group).map_or(0, |h| h.version);
-        // With a clustered store, the other replicas' agents too; when the
-        // store cannot say, this replica's own, and the store shows degraded.
-        let others = match self.store.agent_directory() {
-            Some(directory) => match directory.others(filter).await {
-                Ok(others) => others,
-                Err(e) => {
-                    tracing::debug!(error = %e, "status without the other replicas' agents");
-                    Vec::new()
-                }
-            },
-            None => Vec::new(),
-        };
-        // During a rollout an agent's state is relative to its cohort's
-        // version, and its role says which cohort.
-        let agents = crate::replication::merge(self.agents.list(filter), &self.replica, others)
-            .iter()
-            .filter(|a| visible(&a.record.group))
-            .map(|a| {
-                let group = &a.record.group;
-                let head = heads.get(group).cloned();
-                let cohort = self.rollouts.cohorts.get(group);
-                let target = crate::targets::target(&head, &cohort, &a.record.node_id)
-                    .map_or(head_version(group), |t| t.version);
-                let mut status = agent_status(a, target);
-                status.target_version = target;
-                status.role = crate::targets::role(&head, &cohort, &a.record.node_id).to_owned();
-                status
-            })
-            .collect();
+        let selector = parse_selector(&request.selector)?;
+        let agents = self
+            .agent_statuses(filter, &visible, selector.as_ref())
+            .await;
         let mut groups: Vec<pb::GroupStatus> = heads
             .values()
             .filter(|h| filter.is_none_or(|g| g == h.group) && visible(&h.group))
@@ -475,10 +495,22 @@ impl pb::admin_server::Admin for AdminService {
                 rollouts.push(shown);
             }
         }
-        // A group agents watch before its first push still has a status.
+        // A group agents watch before its first push (or after it was
+        // deleted) still has a status; a name nobody uses is a typo.
         if let Some(group) = filter
             && groups.is_empty()
         {
+            let has_agents = !agents.is_empty() || !self.agents.list(Some(group)).is_empty();
+            let stored = !self
+                .store
+                .history(group, 1)
+                .await
+                .map_err(store_status)?
+                .is_empty();
+            if !has_agents && !stored && rollouts.is_empty() {
+                let known = self.known_groups().await?;
+                return Err(self.unknown_group(&caller, group, &known));
+            }
             groups.push(pb::GroupStatus {
                 group: group.to_owned(),
                 ..pb::GroupStatus::default()

@@ -14,8 +14,10 @@
 //! - `handlers`: the gRPC methods.
 //! - `push`: pushes and rollbacks (validate, store, publish).
 //! - `convert`: limits, field checks, statuses and messages.
+//! - `groups`: list, delete and watch groups; what `status` shares with them.
 
 pub(crate) mod convert;
+mod groups;
 mod handlers;
 mod push;
 mod service;

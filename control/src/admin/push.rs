@@ -127,7 +127,7 @@ impl AdminService {
                 "version {v} of group {group:?} not found (the head is version {})",
                 head.version
             )),
-            _ => Status::not_found(format!("group {group:?} not found")),
+            _ => Status::not_found(format!("unknown group {group:?}: not found")),
         }
     }
 

@@ -32,6 +32,8 @@ pub struct AdminService {
     pub(crate) audit: Option<Arc<AuditLog>>,
     pub(crate) push_limit: Arc<PushLimiter>,
     pub(crate) rollouts: Arc<Rollouts>,
+    /// Cancelled when the server stops: ends `WatchGroup` streams.
+    pub(crate) stop: tokio_util::sync::CancellationToken,
 }
 
 impl std::fmt::Debug for AdminService {
@@ -71,6 +73,7 @@ impl AdminService {
             auth: Auth::open(),
             audit: None,
             push_limit: Arc::new(PushLimiter::new(0.0, 1)),
+            stop: tokio_util::sync::CancellationToken::new(),
         }
     }
 
@@ -249,6 +252,14 @@ impl AdminService {
     #[must_use]
     pub fn with_rollouts(mut self, rollouts: Arc<Rollouts>) -> Self {
         self.rollouts = rollouts;
+        self
+    }
+
+    /// Ends the observers' streams (`WatchGroup`) when `stop` is cancelled
+    /// (default: a token nobody cancels).
+    #[must_use]
+    pub fn with_shutdown(mut self, stop: tokio_util::sync::CancellationToken) -> Self {
+        self.stop = stop;
         self
     }
 

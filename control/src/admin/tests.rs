@@ -211,7 +211,7 @@ async fn refusals_name_the_field() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::NotFound);
-    assert_eq!(err.message(), r#"group "nope" not found"#);
+    assert_eq!(err.message(), r#"unknown group "nope": not found"#);
     let err = svc
         .rollback(Request::new(pb::RollbackRequest {
             group: "edge".into(),
@@ -292,6 +292,7 @@ async fn status_reports_agents_and_heads() {
     let status = svc
         .status(Request::new(pb::StatusRequest {
             group: "edge".into(),
+            ..pb::StatusRequest::default()
         }))
         .await
         .unwrap()
@@ -302,15 +303,30 @@ async fn status_reports_agents_and_heads() {
     assert_eq!(a.state, pb::AgentState::Nacked as i32);
     assert_eq!(a.nack_reason, "bad");
 
-    let empty = svc
+    // A name nobody uses is a typo: refused, with the nearest group.
+    let unknown = svc
         .status(Request::new(pb::StatusRequest {
-            group: "other".into(),
+            group: "egde".into(),
+            ..pb::StatusRequest::default()
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), tonic::Code::NotFound);
+    assert_eq!(
+        unknown.message(),
+        "unknown group \"egde\"; did you mean edge?"
+    );
+    // The selector keeps the agents whose labels match.
+    let selected = svc
+        .status(Request::new(pb::StatusRequest {
+            group: "edge".into(),
+            selector: "env=prod".into(),
         }))
         .await
         .unwrap()
         .into_inner();
-    assert!(empty.agents.is_empty());
-    assert_eq!(empty.groups[0].head_version, 0);
+    assert!(selected.agents.is_empty());
+    assert_eq!(selected.groups.len(), 1);
     store.close().await.unwrap();
 }
 
@@ -373,6 +389,7 @@ async fn a_corrupt_version_is_data_loss_degrades_its_group_and_a_rollback_heals_
     let status = svc
         .status(Request::new(pb::StatusRequest {
             group: "edge".into(),
+            ..pb::StatusRequest::default()
         }))
         .await
         .unwrap()

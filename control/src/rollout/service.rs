@@ -285,6 +285,29 @@ impl Rollouts {
         Ok(Some(driver::put(&rollout, known.revision)))
     }
 
+    /// The record write that ends the group's running rollout because the
+    /// group is deleted (`vanectl delete --force`); `None` when none runs.
+    pub async fn ended_by_delete(
+        &self,
+        group: &str,
+        identity: &str,
+    ) -> Result<Option<(String, RolloutPut)>, Status> {
+        let Some(known) = self.running(group).await? else {
+            return Ok(None);
+        };
+        let mut rollout = known.rollout;
+        rollout.enter(
+            State::Superseded,
+            now_unix_ms(),
+            "ended by vanectl delete --force: the group was deleted",
+            identity,
+        );
+        Ok(Some((
+            rollout.id.clone(),
+            driver::put(&rollout, known.revision),
+        )))
+    }
+
     /// After a push: re-read the group's record (a superseding push ended
     /// its rollout) so the cohort is published at once.
     pub async fn reread(&self, group: &str) {

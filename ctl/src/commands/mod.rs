@@ -6,11 +6,13 @@
 //!   following a rollout (`-w`).
 //! - `wait`: `push --wait`, and the pure decision it polls with.
 //! - `compare`: `diff -f` and `push --dry-run`'s diff against the head.
+//! - `groups`: `groups`, `delete`, `watch`, and `status --fail-on`.
 //! - `follow`: what both followers share (calls bounded one by one, riding
 //!   out a server restart, the poll interval).
 
 mod compare;
 mod follow;
+mod groups;
 mod rollout;
 #[cfg(test)]
 mod tests_fake;
@@ -87,7 +89,7 @@ pub(crate) async fn execute(cli: &Cli, live: &mut dyn FnMut(&str)) -> Result<Str
     }
     let timeout = cli.call_timeout();
     let writes = match &cli.command {
-        Command::Push { .. } | Command::Rollback { .. } => true,
+        Command::Push { .. } | Command::Rollback { .. } | Command::Delete { .. } => true,
         Command::Rollout { command } => !matches!(command, RolloutCommand::Status { .. }),
         _ => false,
     };
@@ -149,6 +151,7 @@ fn follows(command: &Command) -> bool {
     matches!(
         command,
         Command::Push { wait: Some(_), .. }
+            | Command::Watch { .. }
             | Command::Rollout {
                 command: RolloutCommand::Status { watch: true, .. }
             }
@@ -296,9 +299,22 @@ async fn dispatch(
             warn(&resp.warnings);
             Ok(output::push(&PushView::new(&resp, Some(*to)), fmt))
         }
-        Command::Status { group } => {
+        Command::Groups => groups::list(admin, fmt, refused).await,
+        Command::Delete {
+            group,
+            force,
+            message,
+        } => groups::delete(admin, group, *force, message.as_deref(), fmt, refused).await,
+        Command::Watch { group } => groups::watch(admin, group, fmt, url, live).await,
+        Command::Status {
+            group,
+            selector,
+            fail_on,
+        } => {
+            let gate = fail_on.as_deref().map(groups::parse_states).transpose()?;
             let request = pb::StatusRequest {
                 group: group.clone().unwrap_or_default(),
+                selector: selector.clone().unwrap_or_default(),
             };
             let resp = admin.status(request).await.map_err(refused)?.into_inner();
             let degraded = resp.store.as_ref().is_some_and(|s| s.degraded);
@@ -316,14 +332,18 @@ async fn dispatch(
                 })
                 .collect();
             agents.sort_by(|a, b| (&a.group, &a.node_id).cmp(&(&b.group, &b.node_id)));
-            Ok(output::status(
+            let shown = output::status(
                 &agents,
                 &resp.groups,
                 &rollouts,
                 resp.store.as_ref(),
                 fmt,
                 SystemTime::now(),
-            ))
+            );
+            match gate.map(|states| groups::gate(&resp.agents, &states)) {
+                Some(Err(failed)) => Err(failed.with_output(shown)),
+                _ => Ok(shown),
+            }
         }
         Command::Rollout { command } => rollout::run(admin, cli, url, command, pushed, live).await,
         Command::Audit { group, limit } => {
@@ -557,6 +577,27 @@ mod tests {
                 &self,
                 _: Request<pb::ControlRolloutRequest>,
             ) -> Result<Response<pb::RolloutResponse>, Status> {
+                Err(Status::unimplemented(""))
+            }
+            async fn list_groups(
+                &self,
+                _: Request<pb::ListGroupsRequest>,
+            ) -> Result<Response<pb::ListGroupsResponse>, Status> {
+                Err(Status::unimplemented(""))
+            }
+            async fn delete_group(
+                &self,
+                _: Request<pb::DeleteGroupRequest>,
+            ) -> Result<Response<pb::DeleteGroupResponse>, Status> {
+                Err(Status::unimplemented(""))
+            }
+            type WatchGroupStream = std::pin::Pin<
+                Box<dyn tokio_stream::Stream<Item = Result<pb::WatchGroupResponse, Status>> + Send>,
+            >;
+            async fn watch_group(
+                &self,
+                _: Request<pb::WatchGroupRequest>,
+            ) -> Result<Response<Self::WatchGroupStream>, Status> {
                 Err(Status::unimplemented(""))
             }
             async fn status(

@@ -124,6 +124,27 @@ impl pb::admin_server::Admin for Fake {
         let rollout = next(&mut s.rollouts).unwrap_or_else(|| Err(Status::internal("no script")));
         rollout.map(|r| Response::new(pb::RolloutResponse { rollout: Some(r) }))
     }
+    async fn list_groups(
+        &self,
+        _: Request<pb::ListGroupsRequest>,
+    ) -> Result<Response<pb::ListGroupsResponse>, Status> {
+        Err(Status::unimplemented(""))
+    }
+    async fn delete_group(
+        &self,
+        _: Request<pb::DeleteGroupRequest>,
+    ) -> Result<Response<pb::DeleteGroupResponse>, Status> {
+        Err(Status::unimplemented(""))
+    }
+    type WatchGroupStream = std::pin::Pin<
+        Box<dyn tokio_stream::Stream<Item = Result<pb::WatchGroupResponse, Status>> + Send>,
+    >;
+    async fn watch_group(
+        &self,
+        _: Request<pb::WatchGroupRequest>,
+    ) -> Result<Response<Self::WatchGroupStream>, Status> {
+        Err(Status::unimplemented(""))
+    }
     async fn status(
         &self,
         _: Request<pb::StatusRequest>,

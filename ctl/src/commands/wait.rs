@@ -168,6 +168,7 @@ pub(crate) async fn push_and_wait(
         let remaining = deadline.saturating_duration_since(Instant::now());
         let request = pb::StatusRequest {
             group: group.clone(),
+            ..pb::StatusRequest::default()
         };
         match follow::bounded(timeout.min(remaining.max(POLL)), url, admin.status(request)).await {
             Ok(status) => {

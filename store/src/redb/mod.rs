@@ -8,6 +8,8 @@
 //!   (the version's metadata and the exact snapshot bytes agents receive).
 //! - table `pruned`: group -> how many of its versions retention removed.
 //! - table `audit`: sequence -> encoded `vane.v1.AuditEntry`.
+//! - table `tombstones`: group -> last version of a deleted group, until it
+//!   is pushed again (its next version follows this one).
 //! - table `meta`: `"schema"` -> [`SCHEMA_VERSION`], so a future layout change
 //!   is detected instead of misread.
 //!
@@ -42,13 +44,13 @@ use redb::ReadableTable;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::contract::{
-    AuditRecord, NewVersion, Pinned, PruneReport, PushOutcome, Retention, RolloutPut,
-    RolloutRecord, Store, StoreHealth, VersionMeta, VersionRecord, decode_audit,
+    AuditRecord, DeleteGroup, Deleted, NewVersion, Pinned, PruneReport, PushOutcome, Retention,
+    RolloutPut, RolloutRecord, Store, StoreHealth, VersionMeta, VersionRecord, decode_audit,
 };
 use crate::error::StoreError;
 use handle::Handle;
 use records::{
-    AUDIT, HEADS, PRUNED, VERSIONS, closed, decode_info, head_without_version, meta_of,
+    AUDIT, HEADS, PRUNED, TOMBSTONES, VERSIONS, closed, decode_info, head_without_version, meta_of,
     read_record, storage,
 };
 use writer::Request;
@@ -289,6 +291,27 @@ impl Store for RedbStore {
                 .get(group.as_str())
                 .map_err(storage)?
                 .map_or(0, |v| v.value()))
+        })
+        .await
+    }
+
+    async fn delete_group(&self, delete: DeleteGroup) -> Result<Deleted, StoreError> {
+        self.ask(|reply| Request::Delete { delete, reply }).await?
+    }
+
+    async fn tombstones(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        self.read(|txn| match txn.open_table(TOMBSTONES) {
+            Ok(table) => {
+                let mut out = Vec::new();
+                for entry in table.iter().map_err(storage)? {
+                    let (group, last) = entry.map_err(storage)?;
+                    out.push((group.value().to_owned(), last.value()));
+                }
+                Ok(out)
+            }
+            // A file written before deletes existed, opened read-only.
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(Vec::new()),
+            Err(e) => Err(storage(e)),
         })
         .await
     }

@@ -28,6 +28,9 @@ pub(super) const META: TableDefinition<&str, u64> = TableDefinition::new("meta")
 pub(super) const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
 /// group -> how many of its versions retention removed.
 pub(super) const PRUNED: TableDefinition<&str, u64> = TableDefinition::new("pruned");
+/// group -> the last version of a deleted group (its tombstone), until the
+/// group is pushed again.
+pub(super) const TOMBSTONES: TableDefinition<&str, u64> = TableDefinition::new("tombstones");
 pub(super) const SCHEMA_KEY: &str = "schema";
 pub(super) const PROBE_KEY: &str = "probe";
 

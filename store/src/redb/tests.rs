@@ -211,3 +211,9 @@ async fn a_damaged_file_is_one_clear_error_not_a_panic() {
     assert!(text.contains("vane-control check"), "{text}");
     assert!(!text.contains('\n'), "one line: {text}");
 }
+
+#[tokio::test]
+async fn suite_delete() {
+    let dir = tempfile::tempdir().unwrap();
+    suite::delete(opener(dir.path())).await;
+}

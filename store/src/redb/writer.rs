@@ -32,13 +32,13 @@ use vane_backoff::{ExponentialBackoff, Jitter};
 use super::handle::Handle;
 use super::prune;
 use super::records::{
-    AUDIT, HEADS, META, PROBE_KEY, VERSIONS, encode_record, head_without_version, read_info,
-    read_record, storage,
+    AUDIT, HEADS, META, PROBE_KEY, PRUNED, TOMBSTONES, VERSIONS, encode_record,
+    head_without_version, read_info, read_record, storage,
 };
 use super::rollouts::{self, ROLLOUTS};
 use crate::contract::{
-    AUDIT_RETENTION, AuditRecord, NewVersion, PruneReport, PushOutcome, Retention, RolloutPut,
-    RolloutRecord, VersionRecord, encode_audit, now_unix_ms,
+    AUDIT_RETENTION, AuditRecord, DeleteGroup, Deleted, NewVersion, PruneReport, PushOutcome,
+    Retention, RolloutPut, RolloutRecord, VersionRecord, encode_audit, now_unix_ms,
 };
 use crate::error::StoreError;
 
@@ -74,6 +74,10 @@ pub(super) enum Request {
         group: String,
         put: RolloutPut,
         reply: oneshot::Sender<Result<RolloutRecord, StoreError>>,
+    },
+    Delete {
+        delete: DeleteGroup,
+        reply: oneshot::Sender<Result<Deleted, StoreError>>,
     },
 }
 
@@ -188,6 +192,21 @@ pub(super) fn run(handle: &Arc<Handle>, mut rx: mpsc::Receiver<Request>) {
                     .map_err(|e| failure(handle.path(), e));
                 let (answer, outcome) = match result {
                     Ok(Ok(record)) => (Ok(record), Some(Ok(()))),
+                    Ok(Err(refused)) => (Err(refused), None),
+                    Err(e) => (Err(e.clone()), Some(Err(e))),
+                };
+                let _ = reply.send(answer);
+                outcome
+            }
+            Some(Request::Delete { delete, reply }) => {
+                let result = handle
+                    .with_db(|db| delete_group(db, &delete))
+                    .map_err(|e| failure(handle.path(), e));
+                let (answer, outcome) = match result {
+                    Ok(Ok(deleted)) => {
+                        let wrote = matches!(deleted, Deleted::Deleted { .. });
+                        (Ok(deleted), wrote.then_some(Ok(())))
+                    }
                     Ok(Err(refused)) => (Err(refused), None),
                     Err(e) => (Err(e.clone()), Some(Err(e))),
                 };
@@ -369,11 +388,15 @@ fn apply_batch(db: &Database, batch: &[NewVersion]) -> Result<BatchOutcome, Stor
         let mut heads = txn.open_table(HEADS).map_err(storage)?;
         let mut versions = txn.open_table(VERSIONS).map_err(storage)?;
         let mut rollouts = txn.open_table(ROLLOUTS).map_err(storage)?;
+        let mut tombstones = txn.open_table(TOMBSTONES).map_err(storage)?;
         for new in batch {
             outcomes.push(apply_one(
-                &mut heads,
-                &mut versions,
-                &mut rollouts,
+                &mut Tables {
+                    heads: &mut heads,
+                    versions: &mut versions,
+                    rollouts: &mut rollouts,
+                    tombstones: &mut tombstones,
+                },
                 new,
                 now,
             )?);
@@ -391,15 +414,36 @@ fn apply_batch(db: &Database, batch: &[NewVersion]) -> Result<BatchOutcome, Stor
     Ok((outcomes, created))
 }
 
+/// The tables a push writes.
+struct Tables<'a, 't> {
+    heads: &'a mut Table<'t, &'static str, u64>,
+    versions: &'a mut Table<'t, (&'static str, u64), &'static [u8]>,
+    rollouts: &'a mut Table<'t, &'static str, &'static [u8]>,
+    tombstones: &'a mut Table<'t, &'static str, u64>,
+}
+
 fn apply_one(
-    heads: &mut Table<'_, &'static str, u64>,
-    versions: &mut Table<'_, (&'static str, u64), &'static [u8]>,
-    rollouts: &mut Table<'_, &'static str, &'static [u8]>,
+    tables: &mut Tables<'_, '_>,
     new: &NewVersion,
     now: i64,
 ) -> Result<Result<PushOutcome, StoreError>, StoreError> {
+    let Tables {
+        heads,
+        versions,
+        rollouts,
+        tombstones,
+    } = tables;
     let group = new.group.as_str();
     let head = heads.get(group).map_err(storage)?.map_or(0, |v| v.value());
+    // A deleted group's numbers stay taken: its first version after the
+    // delete follows the tombstone's.
+    let last = match head {
+        0 => tombstones
+            .get(group)
+            .map_err(storage)?
+            .map_or(0, |v| v.value()),
+        head => head,
+    };
     if let Some(expected) = new.expected_version
         && expected != head
     {
@@ -416,14 +460,14 @@ fn apply_one(
         // Compare hashes on the metadata alone; copy the head's snapshot out
         // only when it is the answer.
         // A damaged record fails this push only; storage errors fail the batch.
-        let info = match read_info(versions, group, head) {
+        let info = match read_info(&**versions, group, head) {
             Ok(Some(info)) => info,
             Ok(None) => return Ok(Err(head_without_version(group, head))),
             Err(e @ StoreError::Corrupt(_)) => return Ok(Err(e)),
             Err(e) => return Err(e),
         };
         if info.hash == new.hash {
-            return match read_record(versions, group, head) {
+            return match read_record(&**versions, group, head) {
                 Ok(Some(current)) => Ok(Ok(PushOutcome::Unchanged(current))),
                 Ok(None) => Ok(Err(head_without_version(group, head))),
                 Err(e @ StoreError::Corrupt(_)) => Ok(Err(e)),
@@ -431,7 +475,7 @@ fn apply_one(
             };
         }
     }
-    let Some(version) = head.checked_add(1) else {
+    let Some(version) = last.checked_add(1) else {
         return Ok(Err(StoreError::Corrupt(format!(
             "group {group:?}: version space exhausted"
         ))));
@@ -440,7 +484,7 @@ fn apply_one(
     // went backwards, and reusing the number would break the contract.
     if versions.get((group, version)).map_err(storage)?.is_some() {
         return Ok(Err(StoreError::Corrupt(format!(
-            "group {group:?}: version {version} is stored but the head is {head}"
+            "group {group:?}: version {version} is stored but the head is {last}"
         ))));
     }
     let record = VersionRecord {
@@ -463,7 +507,73 @@ fn apply_one(
         .insert((group, version), encode_record(&record).as_slice())
         .map_err(storage)?;
     heads.insert(group, version).map_err(storage)?;
+    if last != head {
+        tombstones.remove(group).map_err(storage)?;
+    }
     Ok(Ok(PushOutcome::Created(record)))
+}
+
+/// Deletes a group in one transaction: its versions, head and retention
+/// counter go, its tombstone keeps the last version. The outer error is
+/// storage's; the inner a refusal that wrote nothing.
+fn delete_group(
+    db: &Database,
+    delete: &DeleteGroup,
+) -> Result<Result<Deleted, StoreError>, StoreError> {
+    let group = delete.group.as_str();
+    let mut txn = db.begin_write().map_err(storage)?;
+    txn.set_durability(Durability::Immediate).map_err(storage)?;
+    let outcome = {
+        let mut heads = txn.open_table(HEADS).map_err(storage)?;
+        let mut versions = txn.open_table(VERSIONS).map_err(storage)?;
+        let mut rollouts = txn.open_table(ROLLOUTS).map_err(storage)?;
+        let mut tombstones = txn.open_table(TOMBSTONES).map_err(storage)?;
+        let mut pruned = txn.open_table(PRUNED).map_err(storage)?;
+        let head = heads.get(group).map_err(storage)?.map_or(0, |v| v.value());
+        if let Some(expected) = delete.expected_version
+            && expected != head
+        {
+            Err(StoreError::Conflict {
+                group: group.to_owned(),
+                expected,
+                actual: head,
+            })
+        } else if head == 0 {
+            Ok(Deleted::Absent)
+        } else if let Err(refused) =
+            rollouts::check_push(&rollouts, group, delete.rollout.as_ref())?
+        {
+            Err(refused)
+        } else if let Some(Err(refused)) = delete
+            .rollout
+            .as_ref()
+            .map(|put| rollouts::put(&mut rollouts, group, put))
+            .transpose()?
+        {
+            Err(refused)
+        } else {
+            let mut removed = 0u64;
+            versions
+                .retain_in((group, 1u64)..=(group, u64::MAX), |_, _| {
+                    removed += 1;
+                    false
+                })
+                .map_err(storage)?;
+            heads.remove(group).map_err(storage)?;
+            pruned.remove(group).map_err(storage)?;
+            tombstones.insert(group, head).map_err(storage)?;
+            Ok(Deleted::Deleted {
+                last_version: head,
+                versions: removed,
+            })
+        }
+    };
+    if matches!(outcome, Ok(Deleted::Deleted { .. })) {
+        txn.commit().map_err(storage)?;
+    } else {
+        txn.abort().map_err(storage)?;
+    }
+    Ok(outcome)
 }
 
 /// Writes a rollout record on its own (compare-and-set). The outer error
