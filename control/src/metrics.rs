@@ -396,7 +396,8 @@ impl Collector for StateCollector {
     }
 }
 
-/// Renders `registry` in the OpenMetrics text format.
+/// Renders `registry` in the OpenMetrics text format (`/metrics` converts
+/// it for scrapers that ask for the Prometheus text format).
 pub fn render(registry: &Registry) -> Result<String, std::fmt::Error> {
     let mut out = String::new();
     prometheus_client::encoding::text::encode(&mut out, registry)?;
@@ -413,7 +414,9 @@ pub const ADMIN_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Why the server is not ready (`None`: ready), asked on every `/readyz`.
 pub type Readiness = Arc<dyn Fn() -> Option<String> + Send + Sync>;
 
-/// Serves `GET /metrics`, `GET /healthz` (liveness: the process answers)
+/// Serves `GET /metrics` (the Prometheus text format, or OpenMetrics when
+/// `Accept` asks for it, with the `process_*` and `vane_build_info`
+/// series), `GET /healthz` (liveness: the process answers)
 /// and `GET /readyz` (200, or 503 with the reason from `ready`) on
 /// `listener` until `stop`,
 /// with at most [`ADMIN_MAX_CONNECTIONS`] connections, each closed when it
@@ -425,10 +428,11 @@ pub async fn serve_admin(
     ready: Readiness,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
-    use axum::http::{StatusCode, header};
+    use axum::http::StatusCode;
     use axum::routing::get;
 
     let (refused, timed_out) = (Counter::default(), Counter::default());
+    vane_admin_http::process::register_process_and_build(&mut registry);
     registry.register(
         "vane_control_admin_connections_refused",
         "Admin-endpoint connections closed at once because the endpoint was at its connection cap",
@@ -450,25 +454,9 @@ pub async fn serve_admin(
     let app = axum::Router::new()
         .route(
             "/metrics",
-            get(move || {
+            get(move |headers: axum::http::HeaderMap| {
                 let registry = Arc::clone(&registry);
-                async move {
-                    match render(&registry) {
-                        Ok(body) => (
-                            StatusCode::OK,
-                            [(
-                                header::CONTENT_TYPE,
-                                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                            )],
-                            body,
-                        ),
-                        Err(e) => (
-                            StatusCode::INTERNAL_SERVER_ERROR,
-                            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-                            format!("encoding metrics failed: {e}\n"),
-                        ),
-                    }
-                }
+                async move { vane_admin_http::exposition::respond(&headers, render(&registry)) }
             }),
         )
         .route("/healthz", get(|| async { "ok\n" }))

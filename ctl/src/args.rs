@@ -29,7 +29,7 @@ pub const DEFAULT_WAIT: &str = "2m";
 ///
 /// The bearer token may also be given as VANE_TOKEN (the token itself).
 #[derive(Debug, Parser)]
-#[command(name = "vanectl", version)]
+#[command(name = "vanectl", version = vane_build_info::LONG_VERSION)]
 pub struct Cli {
     /// URL of the control server's API: https://host:port (TLS) or
     /// http://host:port (plaintext; without a scheme: https:// when --ca or
