@@ -264,6 +264,10 @@ pub enum Command {
     /// Show who the server takes you for and what you may do.
     #[command(name = "whoami")]
     WhoAmI,
+    /// Show this client's version and build commit, and the server's. When
+    /// the server does not answer, the client's is printed before the
+    /// error (exit 3).
+    Version,
     /// Print a shell completion script for vanectl (no server is asked).
     ///
     /// bash: `source <(vanectl completion bash)`, or save it as

@@ -14,9 +14,11 @@
 //! - `handlers`: the gRPC methods.
 //! - `push`: pushes and rollbacks (validate, store, publish).
 //! - `convert`: limits, field checks, statuses and messages.
+//! - `metered`: every call counted by method and code, and timed.
 
 pub(crate) mod convert;
 mod handlers;
+pub mod metered;
 mod push;
 mod service;
 

@@ -7,11 +7,13 @@
 //! - `wait`: `push --wait`, and the pure decision it polls with.
 //! - `follow`: what both followers share (calls bounded one by one, riding
 //!   out a server restart, the poll interval).
+//! - `version`: `version`, the client's build and the server's.
 
 mod follow;
 mod rollout;
 #[cfg(test)]
 mod tests_fake;
+mod version;
 mod wait;
 
 use std::io::{IsTerminal as _, Read as _};
@@ -79,10 +81,15 @@ pub(crate) async fn execute(cli: &Cli, live: &mut dyn FnMut(&str)) -> Result<Str
         let mut admin = client::connect(&url, timeout, &credentials).await?;
         dispatch(&mut admin, cli, &url, pushed, live).await
     };
-    match tokio::time::timeout(timeout, call).await {
+    let result = match tokio::time::timeout(timeout, call).await {
         Ok(result) => result,
         Err(_) => Err(no_answer()),
+    };
+    if matches!(cli.command, Command::Version) {
+        // The client's own build is known whatever the server does.
+        return result.map_err(|e| version::without_server(e, cli.output));
     }
+    result
 }
 
 /// The completion script of `shell` for vanectl's command line.
@@ -272,6 +279,7 @@ async fn dispatch(
                 .into_inner();
             Ok(output::whoami(&WhoAmIView::from(resp), fmt))
         }
+        Command::Version => version::run(admin, url, fmt).await,
     }
 }
 
@@ -525,6 +533,12 @@ mod tests {
                     authorization: "on".into(),
                     roles: Vec::new(),
                 }))
+            }
+            async fn server_version(
+                &self,
+                _: Request<pb::ServerVersionRequest>,
+            ) -> Result<Response<pb::ServerVersionResponse>, Status> {
+                Err(Status::unimplemented(""))
             }
         }
 
