@@ -70,12 +70,7 @@ impl MeteredStore {
         }
     }
 
-    fn observe<T>(
-        &self,
-        operation: &'static str,
-        start: Instant,
-        r: &Result<T, StoreError>,
-    ) {
+    fn observe<T>(&self, operation: &'static str, start: Instant, r: &Result<T, StoreError>) {
         let result = if r.is_ok() { "ok" } else { "error" };
         self.metrics
             .0
@@ -184,7 +179,8 @@ mod tests {
     #[tokio::test]
     async fn operations_are_timed_by_name_backend_and_result() {
         let dir = tempfile::tempdir().unwrap();
-        let inner: Arc<dyn Store> = Arc::new(vane_store::RedbStore::open(dir.path()).await.unwrap());
+        let inner: Arc<dyn Store> =
+            Arc::new(vane_store::RedbStore::open(dir.path()).await.unwrap());
         let metrics = StoreMetrics::default();
         let store = MeteredStore::new(inner, metrics.clone());
         assert!(store.get("edge", None).await.unwrap().is_none());
