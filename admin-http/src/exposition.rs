@@ -188,7 +188,8 @@ mod tests {
 
     #[test]
     fn exemplars_are_dropped_but_not_hashes_in_label_values() {
-        let om = "# HELP a A\n# TYPE a counter\na_total{x=\"v # {y}\"} 1 # {trace=\"t\"} 1.0\n# EOF\n";
+        let om =
+            "# HELP a A\n# TYPE a counter\na_total{x=\"v # {y}\"} 1 # {trace=\"t\"} 1.0\n# EOF\n";
         assert_eq!(
             to_prometheus_text(om),
             "# HELP a_total A\n# TYPE a_total counter\na_total{x=\"v # {y}\"} 1\n"

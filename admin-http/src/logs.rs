@@ -84,7 +84,10 @@ pub fn parse_level(s: &str) -> Result<LogLevel, String> {
 fn filter(level: LogLevel) -> EnvFilter {
     match std::env::var("RUST_LOG") {
         Ok(v) if !v.trim().is_empty() => EnvFilter::try_new(&v).unwrap_or_else(|e| {
-            eprintln!("RUST_LOG={v:?} does not parse ({e}); logging at {}", level.directive());
+            eprintln!(
+                "RUST_LOG={v:?} does not parse ({e}); logging at {}",
+                level.directive()
+            );
             EnvFilter::new(level.directive())
         }),
         _ => EnvFilter::new(level.directive()),
@@ -115,6 +118,9 @@ mod tests {
         assert_eq!(parse_level("DEBUG"), Ok(LogLevel::Debug));
         assert_eq!(parse_level("off"), Ok(LogLevel::Off));
         let e = parse_level("nonsense").unwrap_err();
-        assert!(e.contains("\"nonsense\"") && e.contains("trace, debug"), "{e}");
+        assert!(
+            e.contains("\"nonsense\"") && e.contains("trace, debug"),
+            "{e}"
+        );
     }
 }

@@ -42,8 +42,12 @@ impl Process {
         let boot = read("/proc/stat").and_then(|s| boot_time(&s));
         Self {
             cpu_seconds: stat.as_ref().and_then(|s| s.cpu_ticks).map(|t| t / USER_HZ),
-            resident_bytes: status.and_then(|s| status_kib(s, "VmRSS:")).map(|k| k * 1024),
-            virtual_bytes: status.and_then(|s| status_kib(s, "VmSize:")).map(|k| k * 1024),
+            resident_bytes: status
+                .and_then(|s| status_kib(s, "VmRSS:"))
+                .map(|k| k * 1024),
+            virtual_bytes: status
+                .and_then(|s| status_kib(s, "VmSize:"))
+                .map(|k| k * 1024),
             open_fds: std::fs::read_dir("/proc/self/fd")
                 .ok()
                 .map(|d| i64::try_from(d.count()).unwrap_or(i64::MAX)),
@@ -194,7 +198,10 @@ mod tests {
         );
         let limits = "Limit                     Soft Limit           Hard Limit           Units\nMax open files            1024                 524288               files\n";
         assert_eq!(max_open_files(limits), Some(1024));
-        assert_eq!(boot_time("cpu 1 2\nbtime 1700000000\n"), Some(1_700_000_000.0));
+        assert_eq!(
+            boot_time("cpu 1 2\nbtime 1700000000\n"),
+            Some(1_700_000_000.0)
+        );
     }
 
     #[cfg(target_os = "linux")]
@@ -208,7 +215,10 @@ mod tests {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_secs_f64();
-        assert!(start > now - 86_400.0 * 365.0 && start <= now + 1.0, "{start}");
+        assert!(
+            start > now - 86_400.0 * 365.0 && start <= now + 1.0,
+            "{start}"
+        );
         let mut r = Registry::default();
         register_process_and_build(&mut r);
         let mut text = String::new();
