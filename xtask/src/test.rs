@@ -1,7 +1,7 @@
 //! `cargo xtask test`: everything CI checks, in order, stopping at the first
-//! failure. Tools the tests need are installed first when missing (etcd and
-//! protoc and promtool with apt, the xDS clients by `xds_deps`, the OpenFeature clients by
-//! `openfeature_deps`).
+//! failure. Tools the tests need are installed first when missing (etcd,
+//! protoc and promtool with apt, the xDS clients by `xds_deps`, the
+//! OpenFeature clients by `openfeature_deps`).
 
 use std::path::Path;
 use std::process::Command;

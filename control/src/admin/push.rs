@@ -264,7 +264,7 @@ impl AdminService {
         let group = request.group.clone();
         let outcome = self
             .commit(
-                &caller,
+                caller,
                 NewVersion {
                     candidate: None,
                     rollout,
@@ -343,7 +343,7 @@ impl AdminService {
         };
         let outcome = self
             .commit(
-                &caller,
+                caller,
                 NewVersion {
                     candidate: None,
                     rollout: None,
