@@ -13,7 +13,15 @@
 //! within `timeout` of connecting or of its previous answer, and a write
 //! the client does not read for `timeout` ends the connection too. Reads
 //! never push it back: trickling bytes buys a slowloris client nothing.
+//!
+//! Beside the sockets, what the three binaries share around them:
+//! [`exposition`] (`/metrics` in the format the scraper asks for),
+//! [`process`] (the `process_*` and `vane_build_info` series) and [`logs`]
+//! (the logger and `--log-level`).
 
+pub mod exposition;
+pub mod logs;
+pub mod process;
 mod signal;
 
 pub use signal::Termination;

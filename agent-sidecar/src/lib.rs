@@ -73,6 +73,10 @@ pub struct AgentArgs {
     /// Log format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Least severe log level written: trace, debug, info, warn, error or
+    /// off. RUST_LOG, when set, wins (and may name modules).
+    #[arg(long, value_name = "LEVEL", default_value = "info", value_parser = vane_admin_http::logs::parse_level)]
+    pub log_level: vane_admin_http::logs::LogLevel,
 }
 
 /// Log format on stderr.
@@ -184,17 +188,14 @@ impl AgentArgs {
     }
 }
 
-/// Logs to stderr in `format`, filtered by `RUST_LOG` (default `info`).
-pub fn init_logs(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+/// Logs to stderr as `--log-format` and `--log-level` say (RUST_LOG wins
+/// when set), with colours only at a terminal: `vane_admin_http::logs`.
+pub fn init_logs(args: &AgentArgs) {
+    let format = match args.log_format {
+        LogFormat::Text => vane_admin_http::logs::LogFormat::Text,
+        LogFormat::Json => vane_admin_http::logs::LogFormat::Json,
+    };
+    vane_admin_http::logs::init(format, args.log_level);
 }
 
 /// Runs a binary's `main` future on `runtime` (or reports why the runtime

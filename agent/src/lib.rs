@@ -56,6 +56,7 @@ use bytes::Bytes;
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tracing::Instrument as _;
 use vane_model::Snapshot;
 
 pub use apply::{ApplyOutcome, Candidate, Rejection, Sink, Validator};
@@ -226,22 +227,23 @@ impl AgentBuilder {
                 .map(|d| DiskCache::new(d, &config.group)),
             config.max_snapshot_bytes,
         ));
+        // Every line the agent logs names the node and its group: a host
+        // (or a log pipeline) may carry several agents.
+        let span = tracing::info_span!("agent", node_id = %config.node_id, group = %config.group);
         // Loading the cache runs the embedder's hooks and may fsync: blocking
         // work, kept off the async workers where the runtime allows it.
-        if runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread {
-            tokio::task::block_in_place(|| startup(&applier, self.defaults));
-        } else {
-            startup(&applier, self.defaults);
-        }
+        span.in_scope(|| {
+            if runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread {
+                tokio::task::block_in_place(|| startup(&applier, self.defaults));
+            } else {
+                startup(&applier, self.defaults);
+            }
+        });
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let transport = link::Grpc::new(endpoints, &config);
-        let task = runtime.spawn(link::run(
-            config.clone(),
-            applier,
-            transport,
-            backoff,
-            shutdown_rx,
-        ));
+        let task = runtime.spawn(
+            link::run(config.clone(), applier, transport, backoff, shutdown_rx).instrument(span),
+        );
         Ok(AgentHandle {
             inner: Arc::new(Inner {
                 config,

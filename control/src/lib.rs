@@ -20,6 +20,7 @@
 //!   asks, never in plaintext to a peer off loopback.
 //! - [`accept`]: the server's own accept loop (TLS handshake, connection caps).
 //! - [`metrics`], [`collectors`]: Prometheus metrics and the admin HTTP endpoint;
+//!   [`metered_store`]: the store's operations timed;
 //!   [`health`]: readiness (`/readyz`, `grpc.health.v1.Health`).
 //! - [`retention`]: the background pass that keeps history bounded.
 //! - [`check`]: `vane-control check`, every stored version verified offline.
@@ -51,6 +52,7 @@ pub mod health;
 pub mod http;
 pub mod hub;
 pub mod integrity;
+pub mod metered_store;
 pub mod metrics;
 pub mod openfeature;
 pub mod reach;

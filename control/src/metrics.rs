@@ -35,6 +35,14 @@ use crate::hub::Hub;
 /// Labels of a per-group metric.
 type GroupLabels = Vec<(&'static str, String)>;
 
+/// Most distinct `group` label values the per-stream families take:
+/// agents name their group, and a caller allowed to watch many group names
+/// must not grow the series without bound. Past the cap, new groups'
+/// streams are counted under [`OTHER_GROUPS`].
+pub const MAX_GROUP_LABELS: usize = 1000;
+/// The `group` label of streams of groups beyond [`MAX_GROUP_LABELS`].
+pub const OTHER_GROUPS: &str = "_other";
+
 /// Upper bounds of the push-to-ACK buckets, in seconds: from a millisecond
 /// (a local agent on an idle server) to a minute (a fleet behind a slow link).
 const PUSH_TO_ACK_BUCKETS: [f64; 16] = [
@@ -69,6 +77,8 @@ pub struct Metrics {
     /// HTTP polls answered, per result (the status code).
     http_polls: Family<GroupLabels, Counter>,
     ofrep: Family<GroupLabels, Counter>,
+    /// The group label values taken so far (at most [`MAX_GROUP_LABELS`]).
+    groups: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl Default for Metrics {
@@ -85,6 +95,7 @@ impl Default for Metrics {
             http_held: Gauge::default(),
             http_polls: Family::default(),
             ofrep: Family::default(),
+            groups: std::sync::Mutex::default(),
         }
     }
 }
@@ -98,6 +109,8 @@ impl Metrics {
     /// The handles one stream of `group` counts with. Counts it as open
     /// until the returned value is dropped.
     pub fn stream(&self, group: &str) -> StreamMetrics {
+        let group = self.group_label(group);
+        let group = group.as_str();
         let g = group_labels(group);
         let streams = self.streams.get_or_create_owned(&g);
         streams.inc();
@@ -121,6 +134,19 @@ impl Metrics {
             delta_fallbacks: self.delta_fallbacks.get_or_create_owned(&g),
             streams,
         }
+    }
+
+    /// `group`, or [`OTHER_GROUPS`] once [`MAX_GROUP_LABELS`] others are taken.
+    fn group_label(&self, group: &str) -> String {
+        let mut groups = self.groups.lock().unwrap_or_else(|p| p.into_inner());
+        if groups.contains(group) {
+            return group.to_owned();
+        }
+        if groups.len() < MAX_GROUP_LABELS {
+            groups.insert(group.to_owned());
+            return group.to_owned();
+        }
+        OTHER_GROUPS.to_owned()
     }
 
     /// Counts one HTTP poll as held until the returned value is dropped.
@@ -396,7 +422,8 @@ impl Collector for StateCollector {
     }
 }
 
-/// Renders `registry` in the OpenMetrics text format.
+/// Renders `registry` in the OpenMetrics text format (`/metrics` converts
+/// it for scrapers that ask for the Prometheus text format).
 pub fn render(registry: &Registry) -> Result<String, std::fmt::Error> {
     let mut out = String::new();
     prometheus_client::encoding::text::encode(&mut out, registry)?;
@@ -413,7 +440,9 @@ pub const ADMIN_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Why the server is not ready (`None`: ready), asked on every `/readyz`.
 pub type Readiness = Arc<dyn Fn() -> Option<String> + Send + Sync>;
 
-/// Serves `GET /metrics`, `GET /healthz` (liveness: the process answers)
+/// Serves `GET /metrics` (the Prometheus text format, or OpenMetrics when
+/// `Accept` asks for it, with the `process_*` and `vane_build_info`
+/// series), `GET /healthz` (liveness: the process answers)
 /// and `GET /readyz` (200, or 503 with the reason from `ready`) on
 /// `listener` until `stop`,
 /// with at most [`ADMIN_MAX_CONNECTIONS`] connections, each closed when it
@@ -425,10 +454,11 @@ pub async fn serve_admin(
     ready: Readiness,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
-    use axum::http::{StatusCode, header};
+    use axum::http::StatusCode;
     use axum::routing::get;
 
     let (refused, timed_out) = (Counter::default(), Counter::default());
+    vane_admin_http::process::register_process_and_build(&mut registry);
     registry.register(
         "vane_control_admin_connections_refused",
         "Admin-endpoint connections closed at once because the endpoint was at its connection cap",
@@ -450,25 +480,9 @@ pub async fn serve_admin(
     let app = axum::Router::new()
         .route(
             "/metrics",
-            get(move || {
+            get(move |headers: axum::http::HeaderMap| {
                 let registry = Arc::clone(&registry);
-                async move {
-                    match render(&registry) {
-                        Ok(body) => (
-                            StatusCode::OK,
-                            [(
-                                header::CONTENT_TYPE,
-                                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                            )],
-                            body,
-                        ),
-                        Err(e) => (
-                            StatusCode::INTERNAL_SERVER_ERROR,
-                            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-                            format!("encoding metrics failed: {e}\n"),
-                        ),
-                    }
-                }
+                async move { vane_admin_http::exposition::respond(&headers, render(&registry)) }
             }),
         )
         .route("/healthz", get(|| async { "ok\n" }))
@@ -564,5 +578,35 @@ mod tests {
         drop(stream);
         let text = render(&registry).unwrap();
         assert!(text.contains(r#"vane_control_watch_streams{group="edge"} 0"#));
+    }
+
+    #[test]
+    fn group_labels_are_capped() {
+        let metrics = Metrics::new();
+        for i in 0..MAX_GROUP_LABELS + 5 {
+            drop(metrics.stream(&format!("g{i}")));
+        }
+        // A group seen before the cap keeps its label.
+        drop(metrics.stream("g0"));
+        let registry =
+            Arc::new(metrics).registry(Arc::new(Hub::new()), Arc::new(AgentRegistry::default()));
+        let text = render(&registry).unwrap();
+        assert!(
+            text.contains(r#"vane_control_watch_streams_opened_total "#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"vane_control_acks_total{group="_other"} 0"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"vane_control_acks_total{group="g0"} 0"#),
+            "{text}"
+        );
+        let groups = text
+            .lines()
+            .filter(|l| l.starts_with("vane_control_acks_total{"))
+            .count();
+        assert_eq!(groups, MAX_GROUP_LABELS + 1);
     }
 }

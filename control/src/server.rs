@@ -385,6 +385,12 @@ impl Server {
         let stop = CancellationToken::new();
         let tasks = TaskTracker::new();
 
+        let store_metrics = crate::metered_store::StoreMetrics::default();
+        let store: Arc<dyn Store> = Arc::new(crate::metered_store::MeteredStore::new(
+            store,
+            store_metrics.clone(),
+        ));
+        let call_metrics = crate::admin::metered::CallMetrics::default();
         let metrics = Arc::new(Metrics::new());
         let conn_counters = Arc::new(ConnCounters::default());
         let replica = config
@@ -477,6 +483,8 @@ impl Server {
         );
         if let Some((admin_listener, admin_addr)) = admin_endpoint {
             let mut registry = metrics.registry(Arc::clone(&hub), Arc::clone(&agents));
+            store_metrics.register(&mut registry);
+            call_metrics.register(&mut registry);
             registry.register(
                 "vane_control_pruned_versions",
                 "Versions retention removed since start (--retain-versions, --retain-age)",
@@ -575,7 +583,10 @@ impl Server {
             )
             .add_service(crate::openfeature::FlagSyncService::beside(&discovery).into_server())
             .add_service(discovery.into_server())
-            .add_service(admin.into_server())
+            .add_service(crate::admin::metered::Metered::new(
+                admin.into_server(),
+                call_metrics,
+            ))
             .add_service(health_service)
             .serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned());
         let health = store.health();

@@ -129,7 +129,8 @@ async fn metrics_show_convergence_states_and_bytes() {
             .await
             .unwrap();
         assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-        assert!(head.contains("openmetrics-text"), "{head}");
+        // The Prometheus text format unless OpenMetrics is asked for.
+        assert!(head.contains("text/plain; version=0.0.4"), "{head}");
         body = text;
         if expected.iter().all(|l| body.contains(l)) {
             break;

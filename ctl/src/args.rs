@@ -37,7 +37,7 @@ pub const DEFAULT_WAIT: &str = "2m";
 /// wins over the context, the context over the built-in default. See
 /// `vanectl config --help`.
 #[derive(Debug, Parser)]
-#[command(name = "vanectl", version)]
+#[command(name = "vanectl", version = vane_build_info::LONG_VERSION)]
 pub struct Cli {
     /// URL of the control server's API: https://host:port (TLS) or
     /// http://host:port (plaintext; without a scheme: https:// when --ca or
@@ -373,6 +373,10 @@ pub enum Command {
     /// Show who the server takes you for and what you may do.
     #[command(name = "whoami")]
     WhoAmI,
+    /// Show this client's version and build commit, and the server's. When
+    /// the server does not answer, the client's is printed before the
+    /// error (exit 3).
+    Version,
     /// Print a shell completion script for vanectl (no server is asked).
     ///
     /// bash: `source <(vanectl completion bash)`, or save it as

@@ -18,7 +18,7 @@ use vane_loadgen::sys;
 
 /// Load generator for Vane's control plane.
 #[derive(Debug, Parser)]
-#[command(name = "vane-loadgen")]
+#[command(name = "vane-loadgen", version = vane_build_info::LONG_VERSION)]
 struct Args {
     #[command(subcommand)]
     scenario: Scenario,

@@ -25,6 +25,10 @@ pub mod flagd {
 
 pub mod codec;
 
+/// The methods of `vane.v1.Admin` (`Push`, `Get`, …), from the proto at
+/// build time: a bounded set for metric labels.
+pub const ADMIN_METHODS: &[&str] = include!(concat!(env!("OUT_DIR"), "/admin_methods.rs"));
+
 /// The well-known types flagd's messages use (`sync_context` is a
 /// `google.protobuf.Struct`).
 pub use prost_types;

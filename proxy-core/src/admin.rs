@@ -19,7 +19,7 @@
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use serde_json::json;
@@ -106,13 +106,6 @@ fn shown_snapshot(snapshot: &vane_model::Snapshot) -> serde_json::Value {
     shown.to_json()
 }
 
-async fn metrics(State(p): State<ProxyHandle>) -> impl IntoResponse {
-    (
-        StatusCode::OK,
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        p.render_metrics(),
-    )
+async fn metrics(State(p): State<ProxyHandle>, headers: HeaderMap) -> impl IntoResponse {
+    vane_admin_http::exposition::respond(&headers, Ok(p.render_metrics()))
 }

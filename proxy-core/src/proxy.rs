@@ -179,6 +179,7 @@ impl Proxy {
             shared.health.error_ratio.clone(),
         );
         agent.register_metrics(&mut registry);
+        vane_admin_http::process::register_process_and_build(&mut registry);
         Ok(ProxyHandle {
             inner: Arc::new(Inner {
                 shared,

@@ -20,6 +20,7 @@ mod hostile_proxy;
 mod hostile_tokens;
 mod http_poll;
 mod integrity;
+mod metrics_promtool;
 mod openfeature;
 mod proxy_ack;
 mod proxy_balancing;

@@ -1,7 +1,7 @@
 //! `cargo xtask test`: everything CI checks, in order, stopping at the first
-//! failure. Tools the tests need are installed first when missing (etcd and
-//! protoc with apt, the xDS clients by `xds_deps`, the OpenFeature clients by
-//! `openfeature_deps`).
+//! failure. Tools the tests need are installed first when missing (etcd,
+//! protoc and promtool with apt, the xDS clients by `xds_deps`, the
+//! OpenFeature clients by `openfeature_deps`).
 
 use std::path::Path;
 use std::process::Command;
@@ -14,8 +14,13 @@ use crate::process::{cargo, display, on_path, run as run_cmd, seconds};
 
 /// Programs the end-to-end tests run, with the Debian package that provides
 /// each: `(binary, package)`. Debian's etcd-server installs `/usr/bin/etcd`.
-/// wrk loads the proxy in the retry test as in the benchmarks.
-const TOOLS: &[(&str, &str)] = &[("etcd", "etcd-server"), ("wrk", "wrk")];
+/// wrk loads the proxy in the retry test as in the benchmarks; promtool
+/// (Debian's `prometheus`) checks the three /metrics endpoints.
+const TOOLS: &[(&str, &str)] = &[
+    ("etcd", "etcd-server"),
+    ("wrk", "wrk"),
+    ("promtool", "prometheus"),
+];
 
 /// Debian packages that give a `protoc` able to build the etcd client: the
 /// compiler, and the well-known `.proto` files (`google/protobuf/*.proto`)

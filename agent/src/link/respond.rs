@@ -173,7 +173,9 @@ async fn on_blocking_thread(
     apply: impl FnOnce(&Applier) -> ApplyOutcome + Send + 'static,
 ) -> ApplyOutcome {
     let applier = applier.clone();
-    match tokio::task::spawn_blocking(move || apply(&applier)).await {
+    // The blocking thread logs inside the caller's span (node, group).
+    let span = tracing::Span::current();
+    match tokio::task::spawn_blocking(move || span.in_scope(|| apply(&applier))).await {
         Ok(outcome) => outcome,
         Err(e) => {
             ApplyOutcome::Rejected(Rejection::new(code::INTERNAL, format!("apply failed: {e}")))

@@ -532,4 +532,23 @@ impl pb::admin_server::Admin for AdminService {
             store: Some(store),
         }))
     }
+
+    async fn server_version(
+        &self,
+        request: Request<pb::ServerVersionRequest>,
+    ) -> Result<Response<pb::ServerVersionResponse>, Status> {
+        // Any authenticated caller, whatever its roles: the build is not
+        // a secret, but an anonymous prober learns nothing from it.
+        let caller = self.auth.caller_of(&request)?;
+        if self.auth.enforced() && caller.identity.is_empty() {
+            return Err(Status::unauthenticated(
+                "server version: no identity (send a client certificate or a bearer token)",
+            ));
+        }
+        Ok(Response::new(pb::ServerVersionResponse {
+            version: vane_build_info::VERSION.to_owned(),
+            commit: vane_build_info::COMMIT.to_owned(),
+            commit_date: vane_build_info::COMMIT_DATE.to_owned(),
+        }))
+    }
 }

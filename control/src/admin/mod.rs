@@ -15,10 +15,12 @@
 //! - `push`: pushes and rollbacks (validate, store, publish).
 //! - `convert`: limits, field checks, statuses and messages.
 //! - `groups`: list, delete and watch groups; what `status` shares with them.
+//! - `metered`: every call counted by method and code, and timed.
 
 pub(crate) mod convert;
 mod groups;
 mod handlers;
+pub mod metered;
 mod push;
 mod service;
 

@@ -25,8 +25,13 @@ use crate::rollout::spec::Spec;
 impl AdminService {
     /// Stores `new` and publishes the result. The write runs in its own task
     /// so that a client hanging up mid-push cannot leave a version stored but
-    /// never published to the agents.
-    pub(crate) async fn commit(&self, new: NewVersion) -> Result<PushOutcome, Status> {
+    /// never published to the agents. The log line names `caller`'s
+    /// identity and address.
+    pub(crate) async fn commit(
+        &self,
+        caller: &Caller,
+        new: NewVersion,
+    ) -> Result<PushOutcome, Status> {
         let store = Arc::clone(&self.store);
         let hub = Arc::clone(&self.hub);
         let task = self.tasks.spawn(async move {
@@ -61,6 +66,8 @@ impl AdminService {
             })?;
         let r = outcome.record();
         tracing::info!(
+            identity = %caller.identity,
+            peer = %caller.peer,
             group = %r.group,
             version = r.version,
             hash = %r.hash,
@@ -256,17 +263,20 @@ impl AdminService {
         let superseding = rollout.is_some();
         let group = request.group.clone();
         let outcome = self
-            .commit(NewVersion {
-                candidate: None,
-                rollout,
-                group: request.group,
-                snapshot: encoded,
-                hash,
-                message: request.message,
-                author: caller.identity.clone(),
-                rollback_of: None,
-                expected_version: request.expected_version,
-            })
+            .commit(
+                caller,
+                NewVersion {
+                    candidate: None,
+                    rollout,
+                    group: request.group,
+                    snapshot: encoded,
+                    hash,
+                    message: request.message,
+                    author: caller.identity.clone(),
+                    rollback_of: None,
+                    expected_version: request.expected_version,
+                },
+            )
             .await?;
         if superseding {
             // Its cohort ends at once on this server (the others follow
@@ -332,17 +342,20 @@ impl AdminService {
             request.message
         };
         let outcome = self
-            .commit(NewVersion {
-                candidate: None,
-                rollout: None,
-                group: request.group,
-                snapshot,
-                hash,
-                message,
-                author: caller.identity.clone(),
-                rollback_of: Some(request.to_version),
-                expected_version: request.expected_version,
-            })
+            .commit(
+                caller,
+                NewVersion {
+                    candidate: None,
+                    rollout: None,
+                    group: request.group,
+                    snapshot,
+                    hash,
+                    message,
+                    author: caller.identity.clone(),
+                    rollback_of: Some(request.to_version),
+                    expected_version: request.expected_version,
+                },
+            )
             .await?;
         Ok((outcome, warnings))
     }

@@ -1,7 +1,7 @@
 //! `vane-control`: the control server binary. Parses flags, sets up logging
 //! and signal handling, then runs [`vane_control::Server`].
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{CommandFactory as _, Parser, ValueEnum};
-use tracing_subscriber::EnvFilter;
 use vane_admin_http::Termination;
 use vane_control::{Config, Server};
 use vane_store_etcd::{EtcdAuth, EtcdConfig, EtcdCredentialError, EtcdTls};
@@ -27,7 +26,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// The Vane control server: stores versioned configuration snapshots per
 /// group and streams them to agents.
 #[derive(Debug, Parser)]
-#[command(name = "vane-control", version)]
+#[command(name = "vane-control", version = vane_build_info::LONG_VERSION)]
 struct Args {
     /// Address to listen on (port 0 picks a free port; the bound address is
     /// printed on stdout as `vane-control listening on ADDR`).
@@ -226,9 +225,13 @@ struct Args {
     /// How long a ping may go unanswered before the connection is closed.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration, help_heading = "Limits")]
     http2_keepalive_timeout: Duration,
-    /// Log format on stderr (level from RUST_LOG, default info).
+    /// Log format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// Least severe log level written: trace, debug, info, warn, error or
+    /// off. RUST_LOG, when set, wins (and may name modules).
+    #[arg(long, value_name = "LEVEL", default_value = "info", value_parser = vane_admin_http::logs::parse_level)]
+    log_level: vane_admin_http::logs::LogLevel,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -354,7 +357,13 @@ fn main() -> ExitCode {
             .error(clap::error::ErrorKind::ArgumentConflict, message)
             .exit();
     }
-    init_logging(args.log_format);
+    vane_admin_http::logs::init(
+        match args.log_format {
+            LogFormat::Text => vane_admin_http::logs::LogFormat::Text,
+            LogFormat::Json => vane_admin_http::logs::LogFormat::Json,
+        },
+        args.log_level,
+    );
     // A bug (or a library's `unreachable!`) is one log line naming where,
     // not a backtrace in the middle of the logs; the task it hit fails and
     // says so.
@@ -394,19 +403,6 @@ fn main() -> ExitCode {
             eprintln!("vane-control: {e:#}");
             ExitCode::FAILURE
         }
-    }
-}
-
-fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        // Colours only for a person at a terminal, not for log files.
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
     }
 }
 

@@ -9,6 +9,7 @@
 //! - `groups`: `groups`, `delete`, `watch`, and `status --fail-on`.
 //! - `follow`: what both followers share (calls bounded one by one, riding
 //!   out a server restart, the poll interval).
+//! - `version`: `version`, the client's build and the server's.
 
 mod compare;
 mod follow;
@@ -16,6 +17,7 @@ mod groups;
 mod rollout;
 #[cfg(test)]
 mod tests_fake;
+mod version;
 mod wait;
 
 use std::io::IsTerminal as _;
@@ -99,7 +101,14 @@ pub(crate) async fn execute(cli: &Cli, live: &mut dyn FnMut(&str)) -> Result<Str
         mut admin,
         url,
         started,
-    } = client::connect_any(&urls, timeout, &credentials).await?;
+    } = match client::connect_any(&urls, timeout, &credentials).await {
+        Ok(connected) => connected,
+        // The client's own build is known whatever the server does.
+        Err(e) if matches!(cli.command, Command::Version) => {
+            return Err(version::without_server(e, cli.output));
+        }
+        Err(e) => return Err(e),
+    };
     if follows(&cli.command) {
         // A follower bounds each of its calls itself (`follow::bounded`):
         // following lasts longer than one call may.
@@ -117,7 +126,7 @@ pub(crate) async fn execute(cli: &Cli, live: &mut dyn FnMut(&str)) -> Result<Str
         ))
     };
     // The call's time counts from when connecting to its server began.
-    match tokio::time::timeout_at(
+    let result = match tokio::time::timeout_at(
         started + timeout,
         dispatch(&mut admin, cli, &url, file, live),
     )
@@ -125,7 +134,12 @@ pub(crate) async fn execute(cli: &Cli, live: &mut dyn FnMut(&str)) -> Result<Str
     {
         Ok(result) => result,
         Err(_) => Err(no_answer()),
+    };
+    if matches!(cli.command, Command::Version) {
+        // The client's own build is known whatever the server does.
+        return result.map_err(|e| version::without_server(e, cli.output));
     }
+    result
 }
 
 /// `vanectl config …`: the config file only, no server.
@@ -366,6 +380,7 @@ async fn dispatch(
                 .into_inner();
             Ok(output::whoami(&WhoAmIView::from(resp), fmt))
         }
+        Command::Version => version::run(admin, url, fmt).await,
     }
 }
 
@@ -635,6 +650,12 @@ mod tests {
                     authorization: "on".into(),
                     roles: Vec::new(),
                 }))
+            }
+            async fn server_version(
+                &self,
+                _: Request<pb::ServerVersionRequest>,
+            ) -> Result<Response<pb::ServerVersionResponse>, Status> {
+                Err(Status::unimplemented(""))
             }
         }
 

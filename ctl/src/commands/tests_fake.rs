@@ -165,6 +165,13 @@ impl pb::admin_server::Admin for Fake {
     ) -> Result<Response<pb::WhoAmIResponse>, Status> {
         unimplemented()
     }
+
+    async fn server_version(
+        &self,
+        _: Request<pb::ServerVersionRequest>,
+    ) -> Result<Response<pb::ServerVersionResponse>, Status> {
+        unimplemented()
+    }
 }
 
 async fn serve(fake: Fake) -> String {

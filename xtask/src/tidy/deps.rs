@@ -20,7 +20,8 @@ pub(crate) const RULES: &[(&str, &[&str])] = &[
     ("vane-model", &["vane-proto", "vane-jsonlogic", "vane-tls"]),
     ("vane-tls", &[]),
     ("vane-backoff", &[]),
-    ("vane-admin-http", &[]),
+    ("vane-admin-http", &["vane-build-info"]),
+    ("vane-build-info", &[]),
     ("vane-xds", &["vane-model"]),
     ("vane-jsonlogic", &[]),
     // Storage.
@@ -41,11 +42,18 @@ pub(crate) const RULES: &[(&str, &[&str])] = &[
             "vane-admin-http",
             "vane-backoff",
             "vane-xds",
+            "vane-build-info",
         ],
     ),
     (
         "vanectl",
-        &["vane-proto", "vane-model", "vane-tls", "vane-xds"],
+        &[
+            "vane-proto",
+            "vane-model",
+            "vane-tls",
+            "vane-xds",
+            "vane-build-info",
+        ],
     ),
     (
         "vane-agent",
@@ -53,7 +61,13 @@ pub(crate) const RULES: &[(&str, &[&str])] = &[
     ),
     (
         "vane-agent-sidecar",
-        &["vane-agent", "vane-model", "vane-tls", "vane-admin-http"],
+        &[
+            "vane-agent",
+            "vane-model",
+            "vane-tls",
+            "vane-admin-http",
+            "vane-build-info",
+        ],
     ),
     (
         "vane-proxy-core",
@@ -62,6 +76,7 @@ pub(crate) const RULES: &[(&str, &[&str])] = &[
             "vane-agent-sidecar",
             "vane-model",
             "vane-admin-http",
+            "vane-build-info",
         ],
     ),
     // Tests, tools and their helpers.
@@ -72,7 +87,10 @@ pub(crate) const RULES: &[(&str, &[&str])] = &[
         "vane-fuzzing",
         &["vane-agent", "vane-control", "vane-model", "vane-proto"],
     ),
-    ("vane-loadgen", &["vane-agent", "vane-model", "vane-proto"]),
+    (
+        "vane-loadgen",
+        &["vane-agent", "vane-model", "vane-proto", "vane-build-info"],
+    ),
     ("xtask", &["vane-pki", "vane-testkit", "vanectl"]),
 ];
 

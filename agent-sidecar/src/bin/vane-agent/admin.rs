@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use prometheus_client::metrics::counter::Counter;
@@ -45,6 +45,8 @@ pub(crate) async fn serve(
 ) {
     let mut registry = Registry::default();
     agent.register_metrics(&mut registry);
+    vane_admin_http::process::register_process_and_build(&mut registry);
+    crate::counters::register(&mut registry);
     let (refused, timed_out) = (Counter::default(), Counter::default());
     registry.register(
         "vane_agent_admin_connections_refused",
@@ -114,15 +116,11 @@ async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
     }
 }
 
-async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
+async fn metrics(State(s): State<AppState>, headers: HeaderMap) -> impl IntoResponse {
     // Refreshes the staleness and health gauges.
     let _ = s.agent.health();
-    (
-        StatusCode::OK,
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        vane_agent::status::render_metrics(&s.registry),
+    vane_admin_http::exposition::respond(
+        &headers,
+        Ok(vane_agent::status::render_metrics(&s.registry)),
     )
 }

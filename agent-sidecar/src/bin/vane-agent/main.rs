@@ -5,6 +5,7 @@
 //! command, and serves `/status`, `/healthz`, `/readyz` and `/metrics`.
 
 mod admin;
+mod counters;
 mod health;
 mod output;
 
@@ -23,7 +24,7 @@ use output::{OutputFormat, Outputs};
 #[derive(Debug, Parser)]
 #[command(
     name = "vane-agent",
-    version,
+    version = vane_build_info::LONG_VERSION,
     about = "Follow a Vane control server and materialise its configuration to a file"
 )]
 struct Args {
@@ -73,7 +74,7 @@ struct Args {
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    init_logs(args.agent.log_format);
+    init_logs(&args.agent);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use vane_agent::Current;
+
+use crate::counters::{Ended, ran};
 use vane_agent::cache::{write_atomic, write_atomic_private};
 
 /// Most bytes of a check (or health) command's stderr kept as the NACK
@@ -166,7 +168,10 @@ pub(crate) fn run_sh(
         .stderr(Stdio::piped())
         .process_group(0)
         .spawn()
-        .map_err(|e| format!("{what}: cannot run {cmd:?}: {e}"))?;
+        .map_err(|e| {
+            ran(what, Ended::Failed);
+            format!("{what}: cannot run {cmd:?}: {e}")
+        })?;
     let group = i32::try_from(child.id())
         .ok()
         .map(nix::unistd::Pid::from_raw);
@@ -190,10 +195,14 @@ pub(crate) fn run_sh(
                 }
                 let _ = child.kill();
                 let _ = child.wait();
+                ran(what, Ended::Timeout);
                 return Err(format!("{what} timed out after {timeout:?}"));
             }
             Ok(None) => std::thread::sleep(Duration::from_millis(5)),
-            Err(e) => return Err(format!("{what}: {e}")),
+            Err(e) => {
+                ran(what, Ended::Failed);
+                return Err(format!("{what}: {e}"));
+            }
         }
     };
     // Whatever stderr said until now; a leftover holder of the pipe cannot
@@ -203,8 +212,10 @@ pub(crate) fn run_sh(
         .max(Duration::from_millis(100));
     let stderr = rx.recv_timeout(wait).unwrap_or_default();
     if status.success() {
+        ran(what, Ended::Ok);
         return Ok(());
     }
+    ran(what, Ended::Failed);
     let mut text = String::from_utf8_lossy(&stderr).trim().to_string();
     if text.len() > MAX_REASON_BYTES {
         let mut cut = MAX_REASON_BYTES;
@@ -250,13 +261,21 @@ pub(crate) async fn run_on_change(
         }
         match tokio::time::timeout(Duration::from_secs(60), command.status()).await {
             Ok(Ok(s)) if s.success() => {
+                ran("on-change", Ended::Ok);
                 tracing::info!(version = current.version, "on-change command succeeded");
             }
             Ok(Ok(s)) => {
+                ran("on-change", Ended::Failed);
                 tracing::warn!(version = current.version, status = %s, "on-change command failed")
             }
-            Ok(Err(e)) => tracing::warn!(error = %e, "on-change command could not run"),
-            Err(_) => tracing::warn!("on-change command timed out after 60s"),
+            Ok(Err(e)) => {
+                ran("on-change", Ended::Failed);
+                tracing::warn!(error = %e, "on-change command could not run");
+            }
+            Err(_) => {
+                ran("on-change", Ended::Timeout);
+                tracing::warn!("on-change command timed out after 60s");
+            }
         }
     }
 }

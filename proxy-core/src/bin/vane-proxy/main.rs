@@ -21,7 +21,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Debug, Parser)]
 #[command(
     name = "vane-proxy",
-    version,
+    version = vane_build_info::LONG_VERSION,
     about = "Vane's L7/L4 data plane: serves the listeners, routes and clusters of a group's configuration"
 )]
 struct Args {
@@ -72,7 +72,7 @@ struct Args {
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    init_logs(args.agent.log_format);
+    init_logs(&args.agent);
     // The control side (agent, admin) is light: one thread, plus the
     // blocking thread the agent applies snapshots on (compiling them and
     // switching the data plane). Requests run on the data-plane workers the
