@@ -145,6 +145,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         builder = builder.sink(move |c: &vane_agent::Current| o.write(c));
     }
     let agent = builder.start()?;
+    // What startup loaded (cache or defaults) is not a change for --on-change.
+    let mut changes = agent.subscribe();
+    changes.borrow_and_update();
+    let handled = outputs.changes();
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let listener = match args.admin_listen {
@@ -167,8 +171,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let on_change_task = args.on_change.clone().map(|cmd| {
         tokio::spawn(output::run_on_change(
             cmd,
-            agent.subscribe(),
+            changes,
             outputs.clone(),
+            handled,
             args.output.clone(),
             stop_rx.clone(),
         ))

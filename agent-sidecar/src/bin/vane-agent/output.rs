@@ -395,16 +395,18 @@ pub(crate) fn run_sh(
 /// runs are coalesced into one more run). An apply that left every file as
 /// it was does not run it; with no file at all (no `--output`, no
 /// `--template`) every apply does, as before templates existed.
+///
+/// The caller marks the running configuration seen in `changes`, and reads
+/// `handled` from [`Outputs::changes`], right after the agent started: the
+/// configuration loaded at startup is not a change.
 pub(crate) async fn run_on_change(
     cmd: String,
     mut changes: watch::Receiver<Arc<Current>>,
     outputs: Arc<Outputs>,
+    mut handled: u64,
     output: Option<PathBuf>,
     mut stop: watch::Receiver<bool>,
 ) {
-    // The configuration loaded at startup is not a change.
-    changes.borrow_and_update();
-    let mut handled = outputs.changes();
     loop {
         tokio::select! {
             r = changes.changed() => if r.is_err() { return },
