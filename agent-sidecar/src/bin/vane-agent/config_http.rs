@@ -4,7 +4,10 @@
 //! localhost, with a conditional GET and a long poll.
 //!
 //! - `ETag: "<hash>"` (the configuration's content hash), `Vane-Version`,
-//!   `Vane-Source`. `If-None-Match` with the current hash: `304`.
+//!   `Vane-Source`. `If-None-Match` with the current hash: `304`. As in the
+//!   control server's HTTP API (docs/http-api.md): a weak tag, a list and a
+//!   `sha256:` prefix are accepted, and when `If-None-Match` is given it
+//!   decides (`after_version` is not looked at).
 //! - `?wait=DURATION` (`30s`, `500ms`, `1m`; a bare number is seconds; at
 //!   most [`MAX_WAIT`], longer is cut to it): with an `If-None-Match` that
 //!   matches, or `?after_version=N` when the running version is not above
@@ -101,13 +104,23 @@ pub(crate) fn parse_wait(s: &str) -> Result<Duration, String> {
 }
 
 /// Whether an `If-None-Match` value names `hash` (quoted or not, weak or
-/// not, in a list). `*` is not supported: a long poll on "anything" would
-/// never end early.
+/// not, `sha256:` or not, in a list). `*` is not supported: a long poll on
+/// "anything" would never end early.
 fn matches(if_none_match: &str, hash: &str) -> bool {
-    if_none_match
-        .split(',')
-        .map(str::trim)
-        .any(|tag| tag.strip_prefix("W/").unwrap_or(tag).trim_matches('"') == hash)
+    if_none_match.split(',').map(str::trim).any(|tag| {
+        let tag = tag.strip_prefix("W/").unwrap_or(tag).trim_matches('"');
+        tag.strip_prefix("sha256:").unwrap_or(tag) == hash
+    })
+}
+
+/// Whether the client has `c` already: its `If-None-Match` names `c`'s hash
+/// (when given, it decides), else `c` is not above its `after_version`.
+fn has_it(c: &Current, if_none_match: Option<&str>, after_version: Option<u64>) -> bool {
+    match (if_none_match, after_version) {
+        (Some(v), _) => matches(v, &c.hash),
+        (None, Some(n)) => c.version <= n,
+        (None, None) => false,
+    }
 }
 
 /// Whether `c` is a configuration from the control plane (live or cached).
@@ -134,11 +147,8 @@ pub(crate) async fn get_config(
     };
     // A change is wanted when there is nothing to serve yet, or when the
     // client has what runs.
-    let wants_change = |c: &Current| {
-        !serving(c)
-            || if_none_match.as_deref().is_some_and(|v| matches(v, &c.hash))
-            || q.after_version.is_some_and(|n| c.version <= n)
-    };
+    let wants_change =
+        |c: &Current| !serving(c) || has_it(c, if_none_match.as_deref(), q.after_version);
     let mut changes = s.agent.subscribe();
     let mut current = changes.borrow_and_update().clone();
     if let Some(wait) = q.wait.filter(|w| !w.is_zero())
@@ -190,9 +200,7 @@ fn answer(s: &ConfigState, c: &Current, q: &ConfigQuery, if_none_match: Option<&
             c.source.as_str().to_owned(),
         ),
     ];
-    let not_modified = if_none_match.is_some_and(|v| matches(v, &c.hash))
-        || q.after_version.is_some_and(|n| c.version <= n);
-    if not_modified {
+    if has_it(c, if_none_match, q.after_version) {
         return (StatusCode::NOT_MODIFIED, meta).into_response();
     }
     let format = q.format.unwrap_or(OutputFormat::Json);
@@ -264,6 +272,7 @@ mod tests {
         assert!(matches("\"x\", \"abc\"", "abc"));
         assert!(!matches("*", "abc"));
         assert!(matches("abc", "abc"));
+        assert!(matches("\"sha256:abc\"", "abc"));
         assert!(!matches("\"abd\"", "abc"));
     }
 }
