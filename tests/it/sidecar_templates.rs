@@ -92,7 +92,10 @@ fn templates_follow_pushes_with_modes_reload_once_per_change_and_nack_render_err
     );
     agent.wait_status("version 1", |s| s["version"] == 1);
     assert_eq!(read(&app), "mode=A\n");
-    assert_eq!(read(&listeners), "db 127.0.0.1:15432\nweb 127.0.0.1:18080\n");
+    assert_eq!(
+        read(&listeners),
+        "db 127.0.0.1:15432\nweb 127.0.0.1:18080\n"
+    );
     assert_eq!(mode(&app), 0o640, "--output-mode");
     assert_eq!(mode(&listeners), 0o600, "the template's own MODE");
     // The first live version is a change: the reload ran, after the files were written.
@@ -107,7 +110,9 @@ fn templates_follow_pushes_with_modes_reload_once_per_change_and_nack_render_err
     let mut v3 = fixtures::example_with_value("mode", serde_json::json!("b"));
     v3.values.insert("other".into(), serde_json::json!(1));
     let v3 = fixtures::write_json(&dir, "v3.json", &v3);
-    server.ctl(&["push", "edge", "-f", v3.to_str().unwrap()]).ok();
+    server
+        .ctl(&["push", "edge", "-f", v3.to_str().unwrap()])
+        .ok();
     agent.wait_status("version 3", |s| s["version"] == 3);
     thread::sleep(Duration::from_millis(1500));
     assert_eq!(
@@ -126,15 +131,24 @@ fn templates_follow_pushes_with_modes_reload_once_per_change_and_nack_render_err
     let entry = wait_for_status(&url, "edge", "tpl", "NACKED", |a| a["state"] == "NACKED");
     let reason = entry["nack_reason"].as_str().unwrap();
     assert!(
-        reason.contains(&format!("template {}:1: undefined value", app_tmpl.display())),
+        reason.contains(&format!(
+            "template {}:1: undefined value",
+            app_tmpl.display()
+        )),
         "{reason}"
     );
     assert!(reason.contains("`values.mode` is undefined"), "{reason}");
     assert_eq!(entry["acked_version"], 3);
     assert_eq!(read(&app), "mode=B\n", "old files kept");
-    assert_eq!(read(&listeners), "db 127.0.0.1:15432\nweb 127.0.0.1:18080\n");
+    assert_eq!(
+        read(&listeners),
+        "db 127.0.0.1:15432\nweb 127.0.0.1:18080\n"
+    );
     let s = agent.status();
-    assert_eq!((s["version"].as_u64(), s["last_nack_version"].as_u64()), (Some(3), Some(4)));
+    assert_eq!(
+        (s["version"].as_u64(), s["last_nack_version"].as_u64()),
+        (Some(3), Some(4))
+    );
     assert_eq!(read(&changes), "1 mode=A\n2 mode=B\n");
 }
 
@@ -157,7 +171,10 @@ fn run_to_exit(args: &[&str]) -> (Option<i32>, String) {
         thread::sleep(Duration::from_millis(20));
     }
     let out = child.wait_with_output().unwrap();
-    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
@@ -181,7 +198,8 @@ fn a_bad_template_or_mode_is_a_usage_error_naming_file_and_line() {
     let (code, stderr) = run_to_exit(&args);
     assert_eq!(code, Some(2), "{stderr}");
     assert!(
-        stderr.contains(&format!("--template {}:", bad.display())) && stderr.contains("syntax error"),
+        stderr.contains(&format!("--template {}:", bad.display()))
+            && stderr.contains("syntax error"),
         "{stderr}"
     );
     // The line is named (the unclosed block is reported at the end).
@@ -225,7 +243,11 @@ fn config_endpoint_serves_etag_304_long_polls_and_probes_agree() {
     // saying the same state as /status.
     let a = curl(&config, &[]);
     assert_eq!(a.status, 503, "{a:?}");
-    assert!(a.body.starts_with("no configuration from the control plane yet"), "{a:?}");
+    assert!(
+        a.body
+            .starts_with("no configuration from the control plane yet"),
+        "{a:?}"
+    );
     assert_eq!(http_get(agent.admin, "/readyz").unwrap().0, 503);
     let s = agent.status();
     let (code, health) = http_get(agent.admin, "/healthz").unwrap();
@@ -255,7 +277,10 @@ fn config_endpoint_serves_etag_304_long_polls_and_probes_agree() {
     assert_eq!(a.json()["values"]["mode"], "a");
     assert_eq!(mode(&out), 0o604, "--output-mode");
     let (code, health) = http_get(agent.admin, "/healthz").unwrap();
-    assert_eq!((code, health.as_str()), (200, "alive: healthy; version 1 (live)\n"));
+    assert_eq!(
+        (code, health.as_str()),
+        (200, "alive: healthy; version 1 (live)\n")
+    );
     assert_eq!(agent.status()["state"], "healthy");
 
     // Conditional GETs.
@@ -272,7 +297,11 @@ fn config_endpoint_serves_etag_304_long_polls_and_probes_agree() {
     // A long poll with nothing new ends with 304 when the wait passes.
     let a = curl(&format!("{config}?wait=1s"), &["-H", &inm]);
     assert_eq!(a.status, 304, "{a:?}");
-    assert!(a.took >= Duration::from_millis(950), "returned early: {:?}", a.took);
+    assert!(
+        a.took >= Duration::from_millis(950),
+        "returned early: {:?}",
+        a.took
+    );
     // Longer than the admin port's 10 s per-connection deadline: the long
     // poll holds it off for its wait.
     let a = curl(&format!("{config}?wait=12s"), &["-H", &inm]);

@@ -106,9 +106,12 @@ pub(crate) async fn serve(
     );
     // `ConnHold`: a `/config` long poll holds its connection's deadline off
     // for its wait.
-    if let Err(e) = axum::serve(listener, app.into_make_service_with_connect_info::<ConnHold>())
-        .with_graceful_shutdown(shutdown)
-        .await
+    if let Err(e) = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<ConnHold>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
     {
         tracing::error!(error = %e, "admin server failed");
     }
@@ -123,7 +126,10 @@ async fn healthz(State(s): State<AppState>) -> impl IntoResponse {
         .chain(s.tasks.iter().map(|(name, t)| (*name, !t.is_finished())))
         .find(|(_, running)| !running);
     if let Some((name, _)) = stopped {
-        return (StatusCode::SERVICE_UNAVAILABLE, format!("not alive: {name} stopped\n"));
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not alive: {name} stopped\n"),
+        );
     }
     let h = s.agent.health();
     let state = match &h.state {

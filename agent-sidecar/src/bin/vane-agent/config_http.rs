@@ -68,9 +68,10 @@ pub(crate) fn parse_query(query: Option<&str>) -> Result<ConfigQuery, String> {
         match key {
             "wait" => q.wait = Some(parse_wait(value).map_err(|e| format!("wait: {e}"))?),
             "after_version" => {
-                q.after_version = Some(value.parse().map_err(|_| {
-                    format!("after_version: {value:?} is not a version number")
-                })?);
+                q.after_version =
+                    Some(value.parse().map_err(|_| {
+                        format!("after_version: {value:?} is not a version number")
+                    })?);
             }
             "format" => {
                 q.format = Some(match value {

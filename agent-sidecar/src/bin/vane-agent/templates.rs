@@ -285,7 +285,11 @@ mod tests {
         assert!(parse_mode("0x644").is_err());
     }
 
-    fn load(files: &[(&str, &str)], args: &[&str], output: Option<&str>) -> Result<Templates, String> {
+    fn load(
+        files: &[(&str, &str)],
+        args: &[&str],
+        output: Option<&str>,
+    ) -> Result<Templates, String> {
         let dir = tempfile::tempdir().unwrap();
         for (name, text) in files {
             std::fs::write(dir.path().join(name), text).unwrap();
@@ -332,7 +336,10 @@ mod tests {
     #[test]
     fn an_undefined_name_is_an_error_naming_file_line_and_name() {
         let t = load(
-            &[("a.tmpl", "ok\n{{ values.mdoe }}\n"), ("b.tmpl", "{{ nope | tojson }}")],
+            &[
+                ("a.tmpl", "ok\n{{ values.mdoe }}\n"),
+                ("b.tmpl", "{{ nope | tojson }}"),
+            ],
             &["a.tmpl:x", "b.tmpl:y"],
             None,
         )
@@ -359,7 +366,12 @@ mod tests {
     fn destinations_are_checked() {
         let e = load(&[("a.tmpl", "")], &["a.tmpl"], None).unwrap_err();
         assert!(e.contains("no destination"), "{e}");
-        let e = load(&[("a.tmpl", ""), ("b.tmpl", "")], &["a.tmpl", "b.tmpl"], Some("o")).unwrap_err();
+        let e = load(
+            &[("a.tmpl", ""), ("b.tmpl", "")],
+            &["a.tmpl", "b.tmpl"],
+            Some("o"),
+        )
+        .unwrap_err();
         assert!(e.contains("written by another --template"), "{e}");
         let e = load(&[("a.tmpl", "")], &["a.tmpl:o"], Some("o")).unwrap_err();
         assert!(e.contains("is also --output"), "{e}");
