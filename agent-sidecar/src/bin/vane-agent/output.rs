@@ -460,6 +460,92 @@ mod tests {
         (dir, path)
     }
 
+    fn current(version: u64, mode: &str) -> Current {
+        let mut snapshot = vane_model::Snapshot::default();
+        snapshot
+            .values
+            .insert("mode".into(), serde_json::json!(mode));
+        Current {
+            version,
+            hash: format!("h{version}"),
+            source: vane_agent::Source::Live,
+            snapshot: Arc::new(snapshot),
+            applied_at: std::time::SystemTime::now(),
+        }
+    }
+
+    #[test]
+    fn every_file_is_rendered_first_written_with_its_mode_and_only_when_changed() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let p = |n: &str| dir.path().join(n);
+        std::fs::write(p("a.tmpl"), "mode={{ values.mode }}\n").unwrap();
+        std::fs::write(p("b.tmpl"), "{{ values.mode }}/{{ values.other }}\n").unwrap();
+        let args = [
+            crate::templates::parse_template_arg(&format!(
+                "{}:{}:0600",
+                p("a.tmpl").display(),
+                p("a.conf").display()
+            ))
+            .unwrap(),
+            crate::templates::parse_template_arg(&format!(
+                "{}:{}",
+                p("b.tmpl").display(),
+                p("b.conf").display()
+            ))
+            .unwrap(),
+        ];
+        let outputs = Outputs::new(OutputsConfig {
+            output: Some(p("out.json")),
+            format: OutputFormat::Json,
+            output_mode: Some(0o640),
+            templates: Templates::load(&args, Some(&p("out.json"))).unwrap(),
+            group: "edge".into(),
+            cache_dir: p("cache"),
+            check_cmd: None,
+            check_timeout: Duration::from_secs(1),
+        });
+        let mode = |n: &str| std::fs::metadata(p(n)).unwrap().permissions().mode() & 0o777;
+
+        // b.tmpl needs values.other: nothing at all is written.
+        let e = outputs.write(&current(1, "x")).unwrap_err();
+        assert!(e.contains("b.tmpl:1: undefined value"), "{e}");
+        assert!(!p("out.json").exists() && !p("a.conf").exists());
+        assert_eq!(outputs.changes(), 0);
+
+        let mut c = current(2, "x");
+        Arc::make_mut(&mut c.snapshot)
+            .values
+            .insert("other".into(), serde_json::json!(1));
+        outputs.write(&c).unwrap();
+        assert_eq!(std::fs::read_to_string(p("a.conf")).unwrap(), "mode=x\n");
+        assert_eq!(std::fs::read_to_string(p("b.conf")).unwrap(), "x/1\n");
+        assert_eq!(
+            (mode("a.conf"), mode("b.conf"), mode("out.json")),
+            (0o600, 0o640, 0o640)
+        );
+        assert_eq!(outputs.changes(), 1);
+
+        // The same content again: nothing rewritten, no change counted.
+        let before = std::fs::metadata(p("out.json"))
+            .unwrap()
+            .modified()
+            .unwrap();
+        outputs.write(&c).unwrap();
+        assert_eq!(outputs.changes(), 1);
+        assert_eq!(
+            std::fs::metadata(p("out.json"))
+                .unwrap()
+                .modified()
+                .unwrap(),
+            before
+        );
+        // A mode changed by hand is put back, and counts as a change.
+        std::fs::set_permissions(p("a.conf"), std::fs::Permissions::from_mode(0o644)).unwrap();
+        outputs.write(&c).unwrap();
+        assert_eq!((mode("a.conf"), outputs.changes()), (0o600, 2));
+    }
+
     #[test]
     fn exit_codes_and_trimmed_stderr() {
         let (_d, path) = candidate();
