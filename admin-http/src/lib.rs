@@ -18,6 +18,11 @@
 //! [`exposition`] (`/metrics` in the format the scraper asks for),
 //! [`process`] (the `process_*` and `vane_build_info` series) and [`logs`]
 //! (the logger and `--log-level`).
+//!
+//! The one exception is explicit: a handler that long-polls (the sidecar's
+//! `GET /config?wait=…`) takes the connection's [`ConnHold`] (axum
+//! `ConnectInfo`, see [`ConnHold`]) and holds the deadline off for a bounded
+//! time while it waits; the hold ends when the handler drops it.
 
 pub mod exposition;
 pub mod logs;
@@ -30,7 +35,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -114,6 +119,7 @@ impl axum::serve::Listener for GuardedListener {
                 deadline: Box::pin(tokio::time::sleep(self.timeout)),
                 timeout: self.timeout,
                 timed_out: Some(self.timed_out.clone()),
+                hold: ConnHold::default(),
                 _permit: permit,
             };
             return (io, peer);
@@ -133,7 +139,55 @@ pub struct Guarded {
     timeout: Duration,
     /// Taken when the deadline first passes, so it is counted once.
     timed_out: Option<Counter>,
+    /// A handler's hold on the deadline (a long poll), if any.
+    hold: ConnHold,
     _permit: OwnedSemaphorePermit,
+}
+
+/// A connection's deadline exception, for handlers that wait on purpose
+/// (a long poll): while a [`Held`] from [`ConnHold::hold_for`] lives, the
+/// connection is not closed for being quiet before its end. Serve with
+/// `app.into_make_service_with_connect_info::<ConnHold>()` and extract
+/// `ConnectInfo<ConnHold>`.
+#[derive(Debug, Clone, Default)]
+pub struct ConnHold(Arc<Mutex<Option<Instant>>>);
+
+impl ConnHold {
+    /// Holds the deadline off for `d` from now (the caller bounds `d`), until
+    /// the returned guard is dropped.
+    #[must_use = "the hold ends when the guard is dropped"]
+    pub fn hold_for(&self, d: Duration) -> Held {
+        *self.slot() = Some(Instant::now() + d);
+        Held(self.clone())
+    }
+
+    /// When the current hold ends, if one is held.
+    fn until(&self) -> Option<Instant> {
+        *self.slot()
+    }
+
+    fn slot(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
+        // A plain value replaced whole: a poisoned lock is still usable.
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The guard of [`ConnHold::hold_for`]: dropping it ends the hold.
+#[derive(Debug)]
+pub struct Held(ConnHold);
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        *self.0.slot() = None;
+    }
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, GuardedListener>>
+    for ConnHold
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, GuardedListener>) -> Self {
+        stream.io().hold.clone()
+    }
 }
 
 impl Guarded {
@@ -142,6 +196,16 @@ impl Guarded {
     fn expired(&mut self, cx: &mut Context<'_>) -> Option<io::Error> {
         if self.deadline.as_mut().poll(cx).is_pending() {
             return None;
+        }
+        // A handler holds the connection open on purpose: wait until its
+        // hold ends (polled again so the sleep's waker is registered).
+        if let Some(until) = self.hold.until()
+            && until > Instant::now()
+        {
+            self.deadline.as_mut().reset(until);
+            if self.deadline.as_mut().poll(cx).is_pending() {
+                return None;
+            }
         }
         if let Some(c) = self.timed_out.take() {
             c.inc();
@@ -277,6 +341,22 @@ mod tests {
         // Once expired, a write pushes the deadline back (an answer).
         io.answered();
         assert!(io.deadline.deadline() > Instant::now());
+    }
+
+    #[tokio::test]
+    async fn a_hold_defers_the_deadline_until_it_is_dropped() {
+        let (mut g, addr) = guarded(4, Duration::from_millis(200)).await;
+        let _client = TcpStream::connect(addr).await.unwrap();
+        let (mut io, _) = g.accept().await;
+        let held = io.hold.clone().hold_for(Duration::from_millis(800));
+        let started = Instant::now();
+        let mut buf = [0u8; 1];
+        let e = io.read(&mut buf).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        let took = started.elapsed();
+        assert!(took >= Duration::from_millis(750), "closed early: {took:?}");
+        drop(held);
+        assert_eq!(io.hold.until(), None);
     }
 
     #[tokio::test]

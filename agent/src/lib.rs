@@ -377,6 +377,17 @@ impl AgentHandle {
         self.inner.shared.metrics.register(registry);
     }
 
+    /// Whether the watch loop runs (false once it ended, panicked, or
+    /// [`Self::shutdown`] was called): what a liveness probe reports.
+    pub fn is_running(&self) -> bool {
+        self.inner
+            .task
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .is_some_and(|t| !t.is_finished())
+    }
+
     /// Stops the watch loop, waiting at most the configured shutdown timeout.
     pub async fn shutdown(&self) {
         self.inner.shutdown_tx.send_replace(true);

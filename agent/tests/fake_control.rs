@@ -226,7 +226,9 @@ async fn good_update_is_acked_after_apply_and_cached() {
     assert!(dir.path().join("edge.snapshot.pb").exists());
     assert_eq!(a.health().state, HealthState::Healthy);
     assert_eq!(a.status().source, "live");
+    assert!(a.is_running());
     a.shutdown().await;
+    assert!(!a.is_running(), "stopped after shutdown");
 }
 
 #[tokio::test]

@@ -43,6 +43,7 @@ mod security_tls;
 mod shutdown;
 mod sidecar;
 mod sidecar_readyz;
+mod sidecar_templates;
 mod store_faults;
 mod watch;
 mod xds_ads;

@@ -1,7 +1,11 @@
 //! The sidecar's admin endpoint: `GET /status` (JSON), `/healthz`,
-//! `/readyz`, `/metrics`.
+//! `/readyz`, `/metrics` and `/config` (see `config_http`).
 //!
-//! - `/healthz`: liveness, 200 while the process serves.
+//! - `/healthz`: liveness. 200 while the process serves and its tasks run
+//!   (the agent's watch loop, the on-change and health-command tasks), 503
+//!   naming the task that stopped. Its body states what `/status` states:
+//!   `alive: <state>[: <reason>]; version <N> (<source>)`, so a degraded
+//!   agent is alive but never says a bare "ok".
 //! - `/readyz`: 200 once the agent serves a configuration (live, or from its
 //!   cache), 503 while it serves the embedded defaults or nothing.
 //!
@@ -15,15 +19,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{FromRef, State};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
+use tokio::task::AbortHandle;
+use vane_admin_http::ConnHold;
 use vane_agent::{AgentHandle, HealthState, Source};
+
+use crate::config_http::{ConfigState, MAX_WAITERS, get_config};
 
 /// Most admin connections open at once: scrapes and health checks need a
 /// handful.
@@ -36,11 +44,22 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 struct AppState {
     agent: AgentHandle,
     registry: Arc<Registry>,
+    tasks: Arc<[(&'static str, AbortHandle)]>,
+    config: ConfigState,
 }
 
+impl FromRef<AppState> for ConfigState {
+    fn from_ref(s: &AppState) -> Self {
+        s.config.clone()
+    }
+}
+
+/// Serves the admin endpoint until `stop`; `tasks` are the sidecar's own
+/// tasks whose end `/healthz` reports.
 pub(crate) async fn serve(
     listener: TcpListener,
     agent: AgentHandle,
+    tasks: Vec<(&'static str, AbortHandle)>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut registry = Registry::default();
@@ -58,13 +77,22 @@ pub(crate) async fn serve(
         "Admin-endpoint connections closed because a request was not complete (or the connection idle) in time",
         timed_out.clone(),
     );
+    let config = ConfigState {
+        group: agent.config().group.clone(),
+        agent: agent.clone(),
+        waiters: Arc::new(Semaphore::new(MAX_WAITERS)),
+        stop: stop.clone(),
+    };
     let state = AppState {
         agent,
         registry: Arc::new(registry),
+        tasks: tasks.into(),
+        config,
     };
     let app = Router::new()
         .route("/status", get(status))
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
+        .route("/config", get(get_config))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(state);
@@ -78,9 +106,14 @@ pub(crate) async fn serve(
         refused,
         timed_out,
     );
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    // `ConnHold`: a `/config` long poll holds its connection's deadline off
+    // for its wait.
+    if let Err(e) = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<ConnHold>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
     {
         tracing::error!(error = %e, "admin server failed");
     }
@@ -88,6 +121,31 @@ pub(crate) async fn serve(
 
 async fn status(State(s): State<AppState>) -> impl IntoResponse {
     axum::Json(s.agent.status())
+}
+
+async fn healthz(State(s): State<AppState>) -> impl IntoResponse {
+    let stopped = std::iter::once(("the agent's watch loop", s.agent.is_running()))
+        .chain(s.tasks.iter().map(|(name, t)| (*name, !t.is_finished())))
+        .find(|(_, running)| !running);
+    if let Some((name, _)) = stopped {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not alive: {name} stopped\n"),
+        );
+    }
+    let h = s.agent.health();
+    let state = match &h.state {
+        HealthState::Healthy => "healthy".to_owned(),
+        HealthState::Degraded { reason } => format!("degraded: {reason}"),
+    };
+    (
+        StatusCode::OK,
+        format!(
+            "alive: {state}; version {} ({})\n",
+            h.version,
+            h.source.as_str()
+        ),
+    )
 }
 
 async fn readyz(State(s): State<AppState>) -> impl IntoResponse {

@@ -1,9 +1,12 @@
-//! The sidecar's files and commands: the output file (rewritten atomically on
-//! every apply), the candidate handed to `--check-cmd`, and `--on-change`.
+//! The sidecar's files and commands: the output file and the `--template`
+//! files (all rendered first, then each rewritten atomically on every
+//! apply), the candidate handed to `--check-cmd`, and `--on-change`.
 
-use std::io::Read;
+use std::io::{Read, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
@@ -11,6 +14,8 @@ use vane_agent::Current;
 
 use crate::counters::{Ended, ran};
 use vane_agent::cache::{write_atomic, write_atomic_private};
+
+use crate::templates::Templates;
 
 /// Most bytes of a check (or health) command's stderr kept as the NACK
 /// (or degraded) reason.
@@ -22,11 +27,12 @@ pub(crate) enum OutputFormat {
     Yaml,
 }
 
-/// Renders a configuration: the canonical snapshot with `group`, `version`,
-/// `hash` and `source` added at the top. Private keys are never written:
-/// each is its placeholder (`redacted:sha256:<fingerprint>`); a program that
-/// needs a key reads it from the agent host (`private_key_file`).
-pub(crate) fn render(c: &Current, group: &str, format: OutputFormat) -> Result<Vec<u8>, String> {
+/// The document a configuration is written as (and the templates' context):
+/// the canonical snapshot with `group`, `version`, `hash` and `source` added
+/// at the top. Private keys are never in it: each is its placeholder
+/// (`redacted:sha256:<fingerprint>`); a program that needs a key reads it
+/// from the agent host (`private_key_file`).
+pub(crate) fn document(c: &Current, group: &str) -> serde_json::Value {
     let mut doc = serde_json::Map::new();
     doc.insert("group".into(), group.into());
     doc.insert("version".into(), c.version.into());
@@ -42,73 +48,177 @@ pub(crate) fn render(c: &Current, group: &str, format: OutputFormat) -> Result<V
     if let serde_json::Value::Object(body) = body {
         doc.extend(body);
     }
-    let doc = serde_json::Value::Object(doc);
+    serde_json::Value::Object(doc)
+}
+
+/// [`document`] as pretty JSON (with a final newline) or YAML.
+pub(crate) fn encode(doc: &serde_json::Value, format: OutputFormat) -> Result<Vec<u8>, String> {
     match format {
-        OutputFormat::Json => serde_json::to_vec_pretty(&doc)
+        OutputFormat::Json => serde_json::to_vec_pretty(doc)
             .map(|mut v| {
                 v.push(b'\n');
                 v
             })
             .map_err(|e| e.to_string()),
-        OutputFormat::Yaml => serde_norway::to_string(&doc)
+        OutputFormat::Yaml => serde_norway::to_string(doc)
             .map(String::into_bytes)
             .map_err(|e| e.to_string()),
     }
 }
 
+/// Renders a configuration as `--output` is written without a template.
+pub(crate) fn render(c: &Current, group: &str, format: OutputFormat) -> Result<Vec<u8>, String> {
+    encode(&document(c, group), format)
+}
+
+/// One file of a version, rendered and not yet written.
+struct Rendered {
+    path: PathBuf,
+    bytes: Vec<u8>,
+    /// The exact mode to give it; `None`: the default (0666 less the
+    /// umask, 0600 when the snapshot has secrets).
+    mode: Option<u32>,
+}
+
+/// The sidecar's files: `--output` (its JSON/YAML, or the short-form
+/// template's rendering) and every `--template` destination.
 pub(crate) struct Outputs {
     output: Option<PathBuf>,
     format: OutputFormat,
+    output_mode: Option<u32>,
+    templates: Templates,
     group: String,
     scratch_dir: PathBuf,
     check_cmd: Option<String>,
     check_timeout: Duration,
+    /// Counts the applies that changed the content (or mode) of any file;
+    /// `--on-change` runs only when it moved.
+    changes: AtomicU64,
+}
+
+/// How the sidecar writes its files, from its flags.
+pub(crate) struct OutputsConfig {
+    pub(crate) output: Option<PathBuf>,
+    pub(crate) format: OutputFormat,
+    pub(crate) output_mode: Option<u32>,
+    pub(crate) templates: Templates,
+    pub(crate) group: String,
+    pub(crate) cache_dir: PathBuf,
+    pub(crate) check_cmd: Option<String>,
+    pub(crate) check_timeout: Duration,
 }
 
 impl Outputs {
-    pub(crate) fn new(
-        output: Option<PathBuf>,
-        format: OutputFormat,
-        group: String,
-        cache_dir: PathBuf,
-        check_cmd: Option<String>,
-        check_timeout: Duration,
-    ) -> Self {
+    pub(crate) fn new(c: OutputsConfig) -> Self {
         // Candidates go next to the output (same filesystem, same
         // permissions as what the checked program reads), else to the cache.
-        let scratch_dir = output
+        let scratch_dir = c
+            .output
             .as_ref()
             .and_then(|o| o.parent())
             .filter(|p| !p.as_os_str().is_empty())
             .map(Path::to_path_buf)
-            .unwrap_or(cache_dir);
+            .unwrap_or(c.cache_dir);
         Self {
-            output,
-            format,
-            group,
+            output: c.output,
+            format: c.format,
+            output_mode: c.output_mode,
+            templates: c.templates,
+            group: c.group,
             scratch_dir,
-            check_cmd,
-            check_timeout,
+            check_cmd: c.check_cmd,
+            check_timeout: c.check_timeout,
+            changes: AtomicU64::new(0),
         }
     }
 
-    /// The sink: rewrites the output file atomically.
-    pub(crate) fn write(&self, c: &Current) -> Result<(), String> {
-        let Some(path) = &self.output else {
-            return Ok(());
-        };
-        let bytes = render(c, &self.group, self.format)?;
-        write(path, &bytes, c).map_err(|e| format!("cannot write {}: {e}", path.display()))
+    /// Whether there is any file to write.
+    pub(crate) fn has_files(&self) -> bool {
+        self.output.is_some() || !self.templates.items().is_empty()
     }
 
-    /// The validator: runs `--check-cmd` on the candidate.
+    /// How many applies changed a file so far.
+    pub(crate) fn changes(&self) -> u64 {
+        self.changes.load(Ordering::SeqCst)
+    }
+
+    /// Every file of `c`, rendered in memory: `--output` first, then the
+    /// templates in flag order. Any failure (a template naming an undefined
+    /// value) fails the whole set, so nothing is written.
+    fn render_all(&self, c: &Current) -> Result<Vec<Rendered>, String> {
+        let doc = document(c, &self.group);
+        let mut files = Vec::with_capacity(self.templates.items().len() + 1);
+        if let Some(path) = &self.output
+            && self.templates.for_output(path).is_none()
+        {
+            files.push(Rendered {
+                path: path.clone(),
+                bytes: encode(&doc, self.format)?,
+                mode: self.output_mode,
+            });
+        }
+        for t in self.templates.items() {
+            files.push(Rendered {
+                path: t.dest.clone(),
+                bytes: self.templates.render(t, &doc)?,
+                mode: t.mode.or(self.output_mode),
+            });
+        }
+        Ok(files)
+    }
+
+    /// The sink: renders every file, then rewrites each that changed
+    /// atomically (a file whose content and mode are already right is left
+    /// alone). Each file is atomic; the set is not: should a write fail
+    /// (disk full), the files before it are new, the version is refused,
+    /// and the next apply rewrites them all.
+    pub(crate) fn write(&self, c: &Current) -> Result<(), String> {
+        let files = self.render_all(c)?;
+        let private = !c.snapshot.secrets.is_empty();
+        let mut changed = false;
+        for f in &files {
+            if is_current(&f.path, &f.bytes, f.mode, private) {
+                continue;
+            }
+            write_file(&f.path, &f.bytes, f.mode, private)
+                .map_err(|e| format!("cannot write {}: {e}", f.path.display()))?;
+            changed = true;
+        }
+        if changed {
+            self.changes.fetch_add(1, Ordering::SeqCst);
+        }
+        Ok(())
+    }
+
+    /// The validator: renders every file (a template error refuses the
+    /// candidate before any command runs), then runs `--check-cmd` on the
+    /// candidate of `--output` (its template's rendering when the short
+    /// form is used; the JSON/YAML document otherwise).
     pub(crate) fn check(&self, candidate: &Current) -> Result<(), String> {
+        let files = self.render_all(candidate)?;
         let Some(cmd) = &self.check_cmd else {
             return Ok(());
         };
-        let ext = match self.format {
+        let format_ext = match self.format {
             OutputFormat::Json => "json",
             OutputFormat::Yaml => "yaml",
+        };
+        let output = self
+            .output
+            .as_ref()
+            .and_then(|o| files.iter().find(|f| &f.path == o));
+        let (bytes, ext) = match output {
+            Some(f) => (
+                f.bytes.clone(),
+                f.path
+                    .extension()
+                    .map(|e| e.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| format_ext.to_owned()),
+            ),
+            None => (
+                render(candidate, &self.group, self.format)?,
+                format_ext.to_owned(),
+            ),
         };
         std::fs::create_dir_all(&self.scratch_dir)
             .map_err(|e| format!("cannot create {}: {e}", self.scratch_dir.display()))?;
@@ -117,13 +227,72 @@ impl Outputs {
             std::process::id(),
             candidate.version
         ));
-        let bytes = render(candidate, &self.group, self.format)?;
         write(&path, &bytes, candidate)
             .map_err(|e| format!("cannot write the candidate {}: {e}", path.display()))?;
         let result = run_check(cmd, &path, self.check_timeout);
         let _ = std::fs::remove_file(&path);
         result
     }
+}
+
+/// Whether `path` already holds `bytes` with the mode it would be written
+/// with (`mode` exactly; by default, owner-only when `private`).
+fn is_current(path: &Path, bytes: &[u8], mode: Option<u32>, private: bool) -> bool {
+    use std::os::unix::fs::PermissionsExt as _;
+    let Ok(meta) = std::fs::metadata(path) else {
+        return false;
+    };
+    let has = meta.permissions().mode() & 0o7777;
+    let mode_ok = match mode {
+        Some(m) => has == m,
+        None => !private || has & 0o077 == 0,
+    };
+    if !mode_ok {
+        return false;
+    }
+    meta.len() == bytes.len() as u64 && std::fs::read(path).is_ok_and(|old| old == bytes)
+}
+
+/// Writes one file atomically: with `mode` exactly (not less the umask:
+/// the operator asked for it), else as [`write`] does.
+fn write_file(path: &Path, bytes: &[u8], mode: Option<u32>, private: bool) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    let Some(mode) = mode else {
+        return if private {
+            write_atomic_private(path, bytes)
+        } else {
+            write_atomic(path, bytes)
+        };
+    };
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "file".into());
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let result = (|| {
+        let _ = std::fs::remove_file(&tmp);
+        // Created with at most `mode` (no moment where more may read it),
+        // then set to exactly `mode`.
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)?;
+        f.set_permissions(std::fs::Permissions::from_mode(mode))?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        drop(f);
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(&dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
 }
 
 /// Writes a rendered configuration: only its owner may read it when the
@@ -231,22 +400,41 @@ pub(crate) fn run_sh(
     Err(text)
 }
 
-/// Runs `--on-change` after every apply, one at a time (latest wins: changes
-/// arriving while it runs are coalesced into one more run).
+/// Runs `--on-change` after every apply that changed a file, once all of
+/// its files are written (the sink writes them before the new version is
+/// published), one run at a time (latest wins: versions arriving while it
+/// runs are coalesced into one more run). An apply that left every file as
+/// it was does not run it; with no file at all (no `--output`, no
+/// `--template`) every apply does, as before templates existed.
+///
+/// The caller marks the running configuration seen in `changes`, and reads
+/// `handled` from [`Outputs::changes`], right after the agent started: the
+/// configuration loaded at startup is not a change.
 pub(crate) async fn run_on_change(
     cmd: String,
-    mut changes: watch::Receiver<std::sync::Arc<Current>>,
+    mut changes: watch::Receiver<Arc<Current>>,
+    outputs: Arc<Outputs>,
+    mut handled: u64,
     output: Option<PathBuf>,
     mut stop: watch::Receiver<bool>,
 ) {
-    // The configuration loaded at startup is not a change.
-    changes.borrow_and_update();
     loop {
         tokio::select! {
             r = changes.changed() => if r.is_err() { return },
             _ = stop.changed() => return,
         }
         let current = changes.borrow_and_update().clone();
+        if outputs.has_files() {
+            let now = outputs.changes();
+            if now == handled {
+                tracing::info!(
+                    version = current.version,
+                    "every file is unchanged; not running the on-change command"
+                );
+                continue;
+            }
+            handled = now;
+        }
         let mut command = tokio::process::Command::new("sh");
         command
             .arg("-c")
@@ -289,6 +477,92 @@ mod tests {
         let path = dir.path().join("candidate.json");
         std::fs::write(&path, "{}").unwrap();
         (dir, path)
+    }
+
+    fn current(version: u64, mode: &str) -> Current {
+        let mut snapshot = vane_model::Snapshot::default();
+        snapshot
+            .values
+            .insert("mode".into(), serde_json::json!(mode));
+        Current {
+            version,
+            hash: format!("h{version}"),
+            source: vane_agent::Source::Live,
+            snapshot: Arc::new(snapshot),
+            applied_at: std::time::SystemTime::now(),
+        }
+    }
+
+    #[test]
+    fn every_file_is_rendered_first_written_with_its_mode_and_only_when_changed() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let p = |n: &str| dir.path().join(n);
+        std::fs::write(p("a.tmpl"), "mode={{ values.mode }}\n").unwrap();
+        std::fs::write(p("b.tmpl"), "{{ values.mode }}/{{ values.other }}\n").unwrap();
+        let args = [
+            crate::templates::parse_template_arg(&format!(
+                "{}:{}:0600",
+                p("a.tmpl").display(),
+                p("a.conf").display()
+            ))
+            .unwrap(),
+            crate::templates::parse_template_arg(&format!(
+                "{}:{}",
+                p("b.tmpl").display(),
+                p("b.conf").display()
+            ))
+            .unwrap(),
+        ];
+        let outputs = Outputs::new(OutputsConfig {
+            output: Some(p("out.json")),
+            format: OutputFormat::Json,
+            output_mode: Some(0o640),
+            templates: Templates::load(&args, Some(&p("out.json"))).unwrap(),
+            group: "edge".into(),
+            cache_dir: p("cache"),
+            check_cmd: None,
+            check_timeout: Duration::from_secs(1),
+        });
+        let mode = |n: &str| std::fs::metadata(p(n)).unwrap().permissions().mode() & 0o777;
+
+        // b.tmpl needs values.other: nothing at all is written.
+        let e = outputs.write(&current(1, "x")).unwrap_err();
+        assert!(e.contains("b.tmpl:1: undefined value"), "{e}");
+        assert!(!p("out.json").exists() && !p("a.conf").exists());
+        assert_eq!(outputs.changes(), 0);
+
+        let mut c = current(2, "x");
+        Arc::make_mut(&mut c.snapshot)
+            .values
+            .insert("other".into(), serde_json::json!(1));
+        outputs.write(&c).unwrap();
+        assert_eq!(std::fs::read_to_string(p("a.conf")).unwrap(), "mode=x\n");
+        assert_eq!(std::fs::read_to_string(p("b.conf")).unwrap(), "x/1\n");
+        assert_eq!(
+            (mode("a.conf"), mode("b.conf"), mode("out.json")),
+            (0o600, 0o640, 0o640)
+        );
+        assert_eq!(outputs.changes(), 1);
+
+        // The same content again: nothing rewritten, no change counted.
+        let before = std::fs::metadata(p("out.json"))
+            .unwrap()
+            .modified()
+            .unwrap();
+        outputs.write(&c).unwrap();
+        assert_eq!(outputs.changes(), 1);
+        assert_eq!(
+            std::fs::metadata(p("out.json"))
+                .unwrap()
+                .modified()
+                .unwrap(),
+            before
+        );
+        // A mode changed by hand is put back, and counts as a change.
+        std::fs::set_permissions(p("a.conf"), std::fs::Permissions::from_mode(0o644)).unwrap();
+        outputs.write(&c).unwrap();
+        assert_eq!((mode("a.conf"), outputs.changes()), (0o600, 2));
     }
 
     #[test]
