@@ -11,6 +11,7 @@ mod cluster_etcd_tls;
 mod cluster_failover;
 mod cluster_replicas;
 mod data_plane_health;
+mod deploy;
 mod durability;
 mod hostile_cache;
 mod hostile_grpc;
