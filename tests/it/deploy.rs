@@ -552,5 +552,10 @@ fn the_shipped_policy_is_accepted_by_vane_control() {
         "-f",
         fixtures::example_path().to_str().unwrap(),
     ]);
-    assert_ne!(push.code, 0, "{push:?}");
+    assert_eq!(push.code, 1, "{push:?}");
+    assert!(
+        push.stderr
+            .contains("needs a client certificate or a bearer token"),
+        "{push:?}"
+    );
 }
