@@ -25,6 +25,8 @@
 //! - [`openfeature_tools`]: where the real OpenFeature clients (the Python
 //!   and Node SDKs with their flagd providers) are installed, pinned, and
 //!   the client scripts that drive them (light, like `xds_tools`).
+//! - [`deploy_tools`]: where the Kubernetes schema validator that checks
+//!   `deploy/kubernetes/` is installed, pinned (light, like `xds_tools`).
 //! - [`xds`]: Envoy and gRPC's proxyless clients as child processes,
 //!   following a control server over xDS.
 //!
@@ -32,12 +34,13 @@
 //! test instead of hanging it; none of the assertions depend on how fast
 //! anything runs.
 //!
-//! `net`, `process`, `xds_tools`, `openfeature_tools` and `envoy_config` need nothing but the standard library and `nix`;
+//! `net`, `process`, `xds_tools`, `openfeature_tools`, `deploy_tools` and `envoy_config` need nothing but the standard library and `nix`;
 //! everything else is behind the default feature `full` (gRPC, HTTP, the
 //! model), which xtask leaves out so that `cargo xtask` starts quickly.
 
 #![allow(clippy::unwrap_used)] // Test support: a panic is how a test fails.
 
+pub mod deploy_tools;
 pub mod envoy_config;
 pub mod net;
 pub mod openfeature_tools;

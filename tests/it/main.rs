@@ -13,6 +13,7 @@ mod cluster_replicas;
 mod ctl_workflow;
 mod ctl_groups;
 mod data_plane_health;
+mod deploy;
 mod durability;
 mod hostile_cache;
 mod hostile_grpc;

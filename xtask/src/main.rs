@@ -28,6 +28,7 @@ mod bench;
 mod certs;
 mod cluster_demo;
 mod demo;
+mod deploy_deps;
 mod etcd;
 mod fuzz;
 mod harness;

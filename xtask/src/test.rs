@@ -1,7 +1,8 @@
 //! `cargo xtask test`: everything CI checks, in order, stopping at the first
 //! failure. Tools the tests need are installed first when missing (etcd,
 //! protoc and promtool with apt, the xDS clients by `xds_deps`, the
-//! OpenFeature clients by `openfeature_deps`).
+//! OpenFeature clients by `openfeature_deps`, the checkers of `deploy/` and
+//! cargo-deny by `deploy_deps`).
 
 use std::path::Path;
 use std::process::Command;
@@ -44,6 +45,8 @@ pub(crate) fn run(root: &Path) -> Result<()> {
     // The OpenFeature SDKs with their flagd providers, the same way.
     let openfeature = crate::openfeature_deps::ensure(root, &mut apt)?;
     tools_env.extend(crate::openfeature_deps::test_env(&openfeature));
+    // systemd-analyze and the Kubernetes schema validator for deploy/.
+    tools_env.extend(crate::deploy_deps::ensure(root, &mut apt)?);
 
     let mut steps: Vec<(&str, Step)> = Vec::new();
     let mut fmt = cargo();
@@ -54,6 +57,12 @@ pub(crate) fn run(root: &Path) -> Result<()> {
     steps.push((
         "tidy",
         Step::InProcess("cargo xtask tidy", crate::tidy::run),
+    ));
+    // Licenses, bans and sources of the dependency tree (deny.toml);
+    // cargo-deny is installed, pinned, on the first run.
+    steps.push((
+        "deny",
+        Step::InProcess("cargo-deny check licenses bans sources", supply_chain),
     ));
     let mut clippy = cargo();
     clippy.args([
@@ -109,6 +118,17 @@ pub(crate) fn run(root: &Path) -> Result<()> {
         println!("    {name:<8} {:>9}", seconds(*d));
     }
     println!("all checks passed in {}", seconds(start.elapsed()));
+    Ok(())
+}
+
+/// The supply-chain step: cargo-deny (installed when missing) over the
+/// workspace with `deny.toml`.
+fn supply_chain(root: &Path) -> Result<()> {
+    let deny = crate::deploy_deps::cargo_deny(root)?;
+    let mut check = crate::deploy_deps::deny_check(&deny);
+    check.current_dir(root);
+    println!("==> {}", display(&check));
+    run_cmd(&mut check)?;
     Ok(())
 }
 

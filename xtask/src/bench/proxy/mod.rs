@@ -86,16 +86,19 @@ pub(crate) fn run(root: &Path, o: &Options) -> Result<()> {
         .workers
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
 
+    // The release profile strips symbols; perf needs them, so a profiled
+    // run measures the same code built by `profiling` (release with symbols).
+    let profile = if o.profile { "profiling" } else { "release" };
     let mut build = cargo();
     build
         .current_dir(root)
-        .args(["build", "--release", "--bins"]);
+        .args(["build", "--profile", profile, "--bins"]);
     for package in PACKAGES {
         build.args(["-p", package]);
     }
     println!("==> {}", display(&build));
     run_cmd(&mut build)?;
-    let bin = target_dir(root).join("release");
+    let bin = target_dir(root).join(profile);
     ensure_built(&bin, BINARIES)?;
 
     let dir = tempfile::Builder::new().prefix("vane-bench-").tempdir()?;
