@@ -13,7 +13,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use vane_store::agents::AgentDirectory;
 use vane_store::{
-    AuditRecord, HeadFeed, NewVersion, Pinned, PruneReport, PushOutcome, Retention, RolloutPut,
+    AuditRecord, DeleteGroup, Deleted, HeadFeed, NewVersion, Pinned, PruneReport, PushOutcome, Retention, RolloutPut,
     RolloutRecord, Store, StoreError, StoreHealth, VersionMeta, VersionRecord,
 };
 
@@ -153,6 +153,14 @@ impl Store for MeteredStore {
         limit: usize,
     ) -> Result<Vec<AuditRecord>, StoreError> {
         timed!(self, "audit", self.inner.audit(group, limit))
+    }
+
+    async fn delete_group(&self, delete: DeleteGroup) -> Result<Deleted, StoreError> {
+        timed!(self, "delete_group", self.inner.delete_group(delete))
+    }
+
+    async fn tombstones(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        timed!(self, "tombstones", self.inner.tombstones())
     }
 
     async fn close(&self) -> Result<(), StoreError> {
