@@ -45,7 +45,7 @@ pub(crate) const RULES: &[(&str, &[&str])] = &[
     ),
     (
         "vanectl",
-        &["vane-proto", "vane-model", "vane-tls", "vane-xds"],
+        &["vane-proto", "vane-model", "vane-tls", "vane-xds", "vane-backoff"],
     ),
     (
         "vane-agent",
