@@ -45,7 +45,13 @@ pub(crate) const RULES: &[(&str, &[&str])] = &[
     ),
     (
         "vanectl",
-        &["vane-proto", "vane-model", "vane-tls", "vane-xds", "vane-backoff"],
+        &[
+            "vane-proto",
+            "vane-model",
+            "vane-tls",
+            "vane-xds",
+            "vane-backoff",
+        ],
     ),
     (
         "vane-agent",
