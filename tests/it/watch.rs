@@ -134,8 +134,10 @@ async fn reconnect_with_right_version_but_wrong_hash_gets_the_snapshot() {
 async fn an_agent_of_an_empty_group_waits_for_the_first_push() {
     let server = ControlServer::start();
     let url = server.url();
-    let out = server.ctl(&["status", "later", "-o", "json"]).ok();
-    assert_eq!(out.json(), json!([]), "nobody watches yet: {out}");
+    // Nobody watches yet and nothing was pushed: a name nobody uses.
+    let out = server.ctl(&["status", "later", "-o", "json"]);
+    assert_eq!(out.code, 1, "{out}");
+    assert!(out.one_error_line().contains("unknown group"), "{out}");
     let mut agent = WatchClient::connect(&url, "early", "later", None).await;
     // The server has the agent's first request, and nothing to send.
     wait_for_status(&url, "later", "early", "NOT_SENT", |a| {

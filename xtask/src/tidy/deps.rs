@@ -53,6 +53,7 @@ pub(crate) const RULES: &[(&str, &[&str])] = &[
             "vane-tls",
             "vane-xds",
             "vane-build-info",
+            "vane-backoff",
         ],
     ),
     (
