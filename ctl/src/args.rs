@@ -197,7 +197,10 @@ pub enum Command {
         /// Refuse unless the group's head is this version (0: the group must not exist yet).
         #[arg(long, value_name = "N")]
         expect_version: Option<u64>,
-        /// Validate and report what would happen; store nothing.
+        /// Validate and report what would happen; store nothing. Also prints
+        /// the diff of the head and the file, a summary (listeners, routes,
+        /// clusters added, removed, changed), and warns when the push
+        /// removes every listener or every route.
         #[arg(long)]
         dry_run: bool,
         /// Why this change is made (kept in the history).
@@ -390,8 +393,7 @@ pub enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
-    /// Show or change vanectl's config file: its contexts and the current one
-    /// (no server is asked).
+    /// Show or change the config file's contexts (no server is asked)
     ///
     /// The file ($VANE_CONFIG, default ~/.config/vane/config.yaml) is YAML:
     ///
@@ -406,7 +408,8 @@ pub enum Command {
     ///     dev:
     ///       server: http://127.0.0.1:7070
     ///
-    /// Relative paths are relative to the file's directory.
+    /// Relative paths are relative to the file's directory; `~/` is $HOME.
+    #[command(verbatim_doc_comment)]
     Config {
         /// What to do.
         #[command(subcommand)]
