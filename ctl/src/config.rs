@@ -119,12 +119,12 @@ impl ConfigFile {
         let raw: RawFile = if text.trim().is_empty() {
             RawFile::default()
         } else {
-            let de = serde_norway::Deserializer::from_str(text);
+            let de = yaml_serde::Deserializer::from_str(text);
             serde_path_to_error::deserialize(de).map_err(|e| {
                 let field = e.path().to_string();
                 let field = if field == "." { String::new() } else { field };
                 let message = e.inner().to_string();
-                // serde_norway names the field itself in most messages.
+                // yaml_serde names the field itself in most messages.
                 if !field.is_empty() && message.starts_with(&format!("{field}: ")) {
                     bad("", &message)
                 } else {
@@ -372,11 +372,11 @@ pub(crate) fn use_context(cli: &Cli, name: &str) -> Result<String, CliError> {
     let updated = match ConfigFile::parse(&updated, &path, home.as_deref()) {
         Ok(f) if f.current_context.as_deref() == Some(name) => updated,
         _ => {
-            let de = serde_norway::Deserializer::from_str(&text);
+            let de = yaml_serde::Deserializer::from_str(&text);
             let mut raw: RawFile = serde_path_to_error::deserialize(de)
                 .map_err(|e| CliError::usage(format!("config file {}: {e}", path.display())))?;
             raw.current_context = Some(name.to_owned());
-            serde_norway::to_string(&raw).map_err(|e| {
+            yaml_serde::to_string(&raw).map_err(|e| {
                 CliError::usage(format!(
                     "config file {}: cannot encode: {e}",
                     path.display()

@@ -122,7 +122,7 @@ fn as_get_output(
 ) -> Option<serde_json::Map<String, serde_json::Value>> {
     let value: serde_json::Value = match format {
         Format::Json => serde_json::from_slice(bytes).ok()?,
-        Format::Yaml => serde_norway::from_slice(bytes).ok()?,
+        Format::Yaml => yaml_serde::from_slice(bytes).ok()?,
     };
     let serde_json::Value::Object(object) = value else {
         return None;
@@ -156,7 +156,7 @@ mod tests {
         let json = get_json("edge");
         assert_eq!(parse(json.as_bytes(), Format::Json, "edge").unwrap(), plain);
         let value: serde_json::Value = serde_json::from_str(&json).unwrap();
-        let yaml = serde_norway::to_string(&value).unwrap();
+        let yaml = yaml_serde::to_string(&value).unwrap();
         assert_eq!(parse(yaml.as_bytes(), Format::Yaml, "edge").unwrap(), plain);
         // Metadata without a group is set aside too.
         let no_group = json.replace("\"group\": \"edge\",", "");

@@ -177,7 +177,7 @@ impl Snapshot {
 
     /// Canonical YAML: what `vanectl get` prints and `vanectl diff` compares.
     pub fn to_yaml(&self) -> String {
-        serde_norway::to_string(&self.to_spec()).unwrap_or_default()
+        yaml_serde::to_string(&self.to_spec()).unwrap_or_default()
     }
 
     /// The canonical form as a JSON value.

@@ -13,7 +13,7 @@ pub const MAX_FILE_BYTES: u64 = 64 * 1024 * 1024;
 /// Format of a snapshot file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
-    /// YAML (1.2, as read by serde_norway).
+    /// YAML (1.2, as read by yaml_serde).
     Yaml,
     /// JSON.
     Json,
@@ -58,11 +58,11 @@ pub fn parse_file(bytes: &[u8], format: Format) -> Result<SnapshotSpec, FileErro
             Ok(spec)
         }
         Format::Yaml => {
-            let de = serde_norway::Deserializer::from_slice(bytes);
+            let de = yaml_serde::Deserializer::from_slice(bytes);
             serde_path_to_error::deserialize(de).map_err(|e| {
                 let path = path_of(e.path());
                 let message = e.inner().to_string();
-                // serde_norway already names the path in most messages
+                // yaml_serde already names the path in most messages
                 // ("listeners[0]: unknown field ..."): do not say it twice.
                 match message.split_once(": ") {
                     Some((prefix, _))

@@ -7,7 +7,7 @@ pub const MAX_VALUE_KEY_LEN: usize = 256;
 ///
 /// Every rendering of a snapshot (`vanectl get`, the JSON form, the
 /// canonical JSON) puts a value two levels down (the snapshot, the `values`
-/// map), and the parsers that read them back (serde_json, serde_norway) stop
+/// map), and the parsers that read them back (serde_json, yaml_serde) stop
 /// at 128 levels, while a value on the wire is JSON text parsed on its own.
 /// Without a limit well below theirs, a value 126 deep was accepted from a
 /// YAML file, and one 127 deep from a push, but their renderings no longer

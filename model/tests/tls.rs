@@ -246,7 +246,7 @@ fn redacted_keys_resolve_from_the_head_and_diffs_show_the_fingerprint() {
     .canonical_spec();
     let mut shown = head.clone();
     redact_spec(&mut shown);
-    let yaml = serde_norway::to_string(&shown).unwrap();
+    let yaml = yaml_serde::to_string(&shown).unwrap();
     assert!(!yaml.contains("PRIVATE KEY"), "{yaml}");
     assert!(yaml.contains(REDACTED_PREFIX), "{yaml}");
     // What a placeholder cannot stand for is refused by validation itself.

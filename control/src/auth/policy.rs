@@ -172,8 +172,8 @@ impl Policy {
     /// Parses the policy file's text. Errors name the field
     /// (`bindings[2].groups[0]: ...`).
     pub fn parse(text: &str) -> Result<Self, String> {
-        // serde_norway's errors name the path (`bindings[0].role: ...`).
-        let file: PolicyFile = serde_norway::from_str(text).map_err(|e| e.to_string())?;
+        // yaml_serde's errors name the path (`bindings[0].role: ...`).
+        let file: PolicyFile = yaml_serde::from_str(text).map_err(|e| e.to_string())?;
         if file.bindings.len() > MAX_BINDINGS {
             return Err(format!(
                 "bindings: {} bindings, over the limit of {MAX_BINDINGS}",

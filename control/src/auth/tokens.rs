@@ -44,8 +44,8 @@ impl Tokens {
     /// Parses the token file's text; errors name the field
     /// (`tokens[1].sha256: ...`).
     pub fn parse(text: &str) -> Result<Self, String> {
-        // serde_norway's errors name the path (`bindings[0].role: ...`).
-        let file: TokensFile = serde_norway::from_str(text).map_err(|e| e.to_string())?;
+        // yaml_serde's errors name the path (`bindings[0].role: ...`).
+        let file: TokensFile = yaml_serde::from_str(text).map_err(|e| e.to_string())?;
         if file.tokens.len() > MAX_TOKENS {
             return Err(format!(
                 "tokens: {} tokens, over the limit of {MAX_TOKENS}",

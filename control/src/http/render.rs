@@ -84,7 +84,7 @@ pub(crate) fn render(encoded: &[u8], view: View, format: Format) -> Result<Bytes
         (View::Snapshot, Format::Yaml) => snapshot.to_yaml(),
         (View::Values, Format::Json) => json(&snapshot.values)?,
         (View::Values, Format::Yaml) => {
-            serde_norway::to_string(&snapshot.values).map_err(|e| e.to_string())?
+            yaml_serde::to_string(&snapshot.values).map_err(|e| e.to_string())?
         }
     };
     Ok(Bytes::from(text))

@@ -623,7 +623,7 @@ async fn get_as_xds_shows_the_translation_of_the_fetched_version() {
         ],
     )
     .await;
-    let v: serde_json::Value = serde_norway::from_str(&out.unwrap()).unwrap();
+    let v: serde_json::Value = yaml_serde::from_str(&out.unwrap()).unwrap();
     assert_eq!(v["client"], "grpc");
     let listeners = v["resources"]["listeners"].as_array().unwrap();
     assert_eq!(listeners.len(), 1);

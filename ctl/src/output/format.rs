@@ -15,9 +15,9 @@ pub(crate) const SHORT_HASH: usize = 12;
 /// JSON (pretty, with a final newline) or YAML of any view.
 pub(crate) fn encode<T: Serialize + ?Sized>(value: &T, format: OutputFormat) -> String {
     // Every view is made of strings, integers, booleans, options and
-    // string-keyed maps, which serde_json and serde_norway always encode.
+    // string-keyed maps, which serde_json and yaml_serde always encode.
     let text = match format {
-        OutputFormat::Yaml => serde_norway::to_string(value).expect("views always encode as YAML"),
+        OutputFormat::Yaml => yaml_serde::to_string(value).expect("views always encode as YAML"),
         OutputFormat::Json | OutputFormat::Table => {
             serde_json::to_string_pretty(value).expect("views always encode as JSON") + "\n"
         }

@@ -105,7 +105,7 @@ fn push_yaml_is_the_same_object() {
         &PushView::new(&push_response(false, true), None),
         OutputFormat::Yaml,
     );
-    let v: serde_json::Value = serde_norway::from_str(&out).unwrap();
+    let v: serde_json::Value = yaml_serde::from_str(&out).unwrap();
     assert_eq!(v["version"], 3);
     assert_eq!(v["dry_run"], true);
 }
@@ -541,7 +541,7 @@ fn audit_json_is_the_proto_entries() {
     assert_eq!(e["result"], "refused");
     assert_eq!(e["code"], "PermissionDenied");
     let y: serde_json::Value =
-        serde_norway::from_str(&audit(None, &entries, OutputFormat::Yaml)).unwrap();
+        yaml_serde::from_str(&audit(None, &entries, OutputFormat::Yaml)).unwrap();
     assert_eq!(y, v);
 }
 

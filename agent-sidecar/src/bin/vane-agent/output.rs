@@ -60,7 +60,7 @@ pub(crate) fn encode(doc: &serde_json::Value, format: OutputFormat) -> Result<Ve
                 v
             })
             .map_err(|e| e.to_string()),
-        OutputFormat::Yaml => serde_norway::to_string(doc)
+        OutputFormat::Yaml => yaml_serde::to_string(doc)
             .map(String::into_bytes)
             .map_err(|e| e.to_string()),
     }

@@ -216,7 +216,7 @@ fn tojson(value: &Value, indent: Option<usize>) -> Result<Value, Error> {
 /// `value | toyaml`: YAML text (a block, ending in a newline).
 fn toyaml(value: &Value) -> Result<Value, Error> {
     defined(value, "toyaml")?;
-    let text = serde_norway::to_string(value)
+    let text = yaml_serde::to_string(value)
         .map_err(|e| Error::new(ErrorKind::InvalidOperation, format!("toyaml: {e}")))?;
     Ok(Value::from_safe_string(text))
 }
