@@ -13,8 +13,9 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use vane_store::agents::AgentDirectory;
 use vane_store::{
-    AuditRecord, DeleteGroup, Deleted, HeadFeed, NewVersion, Pinned, PruneReport, PushOutcome, Retention, RolloutPut,
-    RolloutRecord, Store, StoreError, StoreHealth, VersionMeta, VersionRecord,
+    AuditRecord, DeleteGroup, Deleted, HeadFeed, NewVersion, Pinned, PruneReport, PushOutcome,
+    Retention, RolloutPut, RolloutRecord, Store, StoreError, StoreHealth, VersionMeta,
+    VersionRecord,
 };
 
 /// Labels: the operation (one per method of `Store`: a fixed set), the

@@ -6,8 +6,8 @@
 //! and `/metrics`.
 
 mod admin;
-mod counters;
 mod config_http;
+mod counters;
 mod health;
 mod output;
 mod templates;
