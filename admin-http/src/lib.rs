@@ -119,7 +119,7 @@ impl axum::serve::Listener for GuardedListener {
                 deadline: Box::pin(tokio::time::sleep(self.timeout)),
                 timeout: self.timeout,
                 timed_out: Some(self.timed_out.clone()),
-                hold: ConnHold::default(),
+                hold: ConnHold::for_peer(peer),
                 _permit: permit,
             };
             return (io, peer);
@@ -150,9 +150,18 @@ pub struct Guarded {
 /// `app.into_make_service_with_connect_info::<ConnHold>()` and extract
 /// `ConnectInfo<ConnHold>`.
 #[derive(Debug, Clone, Default)]
-pub struct ConnHold(Arc<Mutex<Option<Instant>>>);
+pub struct ConnHold(Arc<Mutex<Option<Instant>>>, Option<SocketAddr>);
 
 impl ConnHold {
+    fn for_peer(peer: SocketAddr) -> Self {
+        Self(Arc::default(), Some(peer))
+    }
+
+    /// The client's address (None only for a hold made outside a listener).
+    pub fn peer(&self) -> Option<SocketAddr> {
+        self.1
+    }
+
     /// Holds the deadline off for `d` from now (the caller bounds `d`), until
     /// the returned guard is dropped.
     #[must_use = "the hold ends when the guard is dropped"]
@@ -172,13 +181,20 @@ impl ConnHold {
     }
 }
 
-/// The guard of [`ConnHold::hold_for`]: dropping it ends the hold.
+/// How long the connection stays exempt once a hold ends: the handler has
+/// returned and its answer is still to be written, which must not fail on a
+/// deadline that passed while it waited (nothing polled the socket then).
+const RELEASE_GRACE: Duration = Duration::from_secs(5);
+
+/// The guard of [`ConnHold::hold_for`]: dropping it ends the hold, after
+/// [`RELEASE_GRACE`] for writing the answer (each write then pushes the
+/// deadline back as usual).
 #[derive(Debug)]
 pub struct Held(ConnHold);
 
 impl Drop for Held {
     fn drop(&mut self) {
-        *self.0.slot() = None;
+        *self.0.slot() = Some(Instant::now() + RELEASE_GRACE);
     }
 }
 
@@ -356,7 +372,9 @@ mod tests {
         let took = started.elapsed();
         assert!(took >= Duration::from_millis(750), "closed early: {took:?}");
         drop(held);
-        assert_eq!(io.hold.until(), None);
+        // The answer gets a short grace to be written, no more.
+        let until = io.hold.until().unwrap();
+        assert!(until > Instant::now() && until <= Instant::now() + RELEASE_GRACE);
     }
 
     #[tokio::test]

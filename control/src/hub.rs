@@ -246,6 +246,11 @@ struct Channel {
     sender: watch::Sender<Head>,
     /// Versions published (made head) since the server started.
     published: Arc<AtomicU64>,
+    /// The last version of the group when it was deleted (0: never): a
+    /// version at or below it is a deleted one and is never published again,
+    /// whatever order a racing push and the delete finish in. Read and
+    /// written only inside the sender's lock (`send_if_modified`).
+    deleted_through: Arc<AtomicU64>,
 }
 
 /// The per-group channels.
@@ -315,7 +320,8 @@ impl Hub {
         let sent = channel.sender.send_if_modified(|head| {
             let newer = head
                 .as_ref()
-                .is_none_or(|current| published.version > current.version);
+                .is_none_or(|current| published.version > current.version)
+                && published.version > channel.deleted_through.load(Ordering::Relaxed);
             if newer {
                 // Bases prepared against this very head are kept (with the
                 // delta `publish_prepared` built); otherwise they are made
@@ -356,11 +362,22 @@ impl Hub {
     /// stream opened later is sent nothing until the group is pushed again,
     /// and that version (numbered after the deleted ones) goes to every
     /// stream as any newer head does. Returns whether the group had a head.
-    pub fn forget(&self, group: &str) -> bool {
+    ///
+    /// `last_version` is the deleted group's last version: a head newer than
+    /// it (a push that recreated the group after the store's delete) stays,
+    /// and no version at or below it is published afterwards (a push stored
+    /// before the delete but published after it), so the hub ends up with
+    /// what the store holds in either order.
+    pub fn forget(&self, group: &str, last_version: u64) -> bool {
         let forgot = self.with_channel(group, |channel| {
             let mut had = false;
             channel.sender.send_if_modified(|head| {
-                had = head.take().is_some();
+                channel
+                    .deleted_through
+                    .fetch_max(last_version, Ordering::Relaxed);
+                if head.as_ref().is_some_and(|h| h.version <= last_version) {
+                    had = head.take().is_some();
+                }
                 // No notification: a deletion is nothing to send.
                 false
             });
@@ -385,8 +402,12 @@ impl Hub {
     pub fn sweep(&self) -> usize {
         let mut groups = self.groups.write().unwrap_or_else(PoisonError::into_inner);
         let before = groups.len();
+        // A deleted group's channel is kept: it remembers which versions
+        // were deleted (one per `vanectl delete`, an operator's action).
         groups.retain(|_, channel| {
-            channel.sender.borrow().is_some() || channel.sender.receiver_count() > 0
+            channel.sender.borrow().is_some()
+                || channel.sender.receiver_count() > 0
+                || channel.deleted_through.load(Ordering::Relaxed) > 0
         });
         before - groups.len()
     }
@@ -445,6 +466,7 @@ impl Hub {
         let channel = groups.entry(group.to_owned()).or_insert_with(|| Channel {
             sender: watch::Sender::new(None),
             published: Arc::new(AtomicU64::new(0)),
+            deleted_through: Arc::new(AtomicU64::new(0)),
         });
         f(channel)
     }
@@ -704,6 +726,33 @@ mod tests {
 #[cfg(test)]
 mod sweep_tests {
     use super::*;
+
+    fn version(group: &str, v: u64) -> Published {
+        Published::new(group.into(), v, format!("h{v}"), 0, Bytes::new())
+    }
+
+    #[test]
+    fn a_delete_and_a_racing_push_end_as_the_store_does() {
+        let hub = Hub::new();
+        let rx = hub.subscribe("edge");
+        assert!(hub.publish(version("edge", 3)));
+        // The delete's store write removed 1..=4 (a push stored 4 just
+        // before it), then the push publishes 4 after the forget: refused.
+        assert!(hub.forget("edge", 4));
+        assert!(!hub.publish(version("edge", 4)));
+        assert!(hub.head("edge").is_none());
+        // A deleted group's channel survives a sweep, so it keeps refusing.
+        drop(rx);
+        assert_eq!(hub.sweep(), 0);
+        assert!(!hub.publish(version("edge", 2)));
+        // The group pushed again continues the sequence and is served.
+        assert!(hub.publish(version("edge", 5)));
+        // A push that recreated the group (6, stored after the store's
+        // delete of 1..=5) and was published before a late forget stays.
+        assert!(hub.publish(version("edge", 6)));
+        assert!(!hub.forget("edge", 5));
+        assert_eq!(hub.head("edge").map(|h| h.version), Some(6));
+    }
 
     #[test]
     fn sweep_drops_only_empty_unwatched_groups() {

@@ -80,6 +80,13 @@ pub struct Cli {
     #[arg(skip)]
     pub default_config: Option<PathBuf>,
 
+    /// The ids of the global options whose value came from an environment
+    /// variable (`server`, `ca`, `cert`, `key`, `token_file`): `main` fills
+    /// it in, so that a context named with --context or VANE_CONTEXT
+    /// outranks the environment for the settings it sets.
+    #[arg(skip)]
+    pub from_env: Vec<String>,
+
     /// PEM file of the CA that signs the server's certificate (default for
     /// https://: the public web PKI roots).
     #[arg(
@@ -264,8 +271,9 @@ pub enum Command {
     /// `vanectl diff G A B` compares two stored versions. `vanectl diff G -f
     /// FILE` compares the file's canonical form (what `get` would show once
     /// it is pushed) with the head's: exit 0 when they are equal, 1 when
-    /// they differ (as `kubectl diff`), 2 for a usage error or a file that
-    /// cannot be read or is invalid, 3 when the server is unreachable. A
+    /// they differ (as `kubectl diff`), 2 for a usage error, a file that
+    /// cannot be read or is invalid, or a refusal by the server (an unknown
+    /// --version), 3 when the server is unreachable. A
     /// group with no version yet compares as empty.
     Diff {
         /// The group.

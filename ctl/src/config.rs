@@ -294,7 +294,36 @@ impl Settings {
                 from: flag.to_owned(),
             })
         };
-        let (servers, servers_from) = match (&cli.server, context) {
+        // A context named on purpose (--context, VANE_CONTEXT) outranks
+        // the environment for each setting it sets: `VANE_SERVER=prod
+        // vanectl --context staging` goes to staging, with staging's
+        // credentials. Flags still outrank it; the current_context of the
+        // file does not outrank the environment.
+        let named = cli.context.is_some();
+        let env = |id: &str| named && cli.from_env.iter().any(|e| e == id);
+        let server = cli
+            .server
+            .as_ref()
+            .filter(|_| !(env("server") && context.is_some()));
+        let ca = cli
+            .ca
+            .clone()
+            .filter(|_| !(env("ca") && context.is_some_and(|c| c.ca.is_some())));
+        let client_cert_from_env = (env("cert") || env("key"))
+            && context.is_some_and(|c| c.cert.is_some() || c.key.is_some());
+        let (cli_cert, cli_key) = if client_cert_from_env {
+            (None, None)
+        } else {
+            (cli.cert.clone(), cli.key.clone())
+        };
+        // VANE_TOKEN (the token itself) is environment too.
+        let context_token = context.is_some_and(|c| c.token_file.is_some());
+        let cli_token_file = cli
+            .token_file
+            .clone()
+            .filter(|_| !(env("token_file") && context_token));
+        let cli_token = cli.token.clone().filter(|_| !(named && context_token));
+        let (servers, servers_from) = match (server, context) {
             (Some(text), _) => (
                 split_servers(text).map_err(|e| CliError::usage(format!("--server {e}")))?,
                 "--server".to_owned(),
@@ -305,8 +334,8 @@ impl Settings {
         // The client certificate and its key go together: both from the
         // command line (clap makes the flags require each other) or both
         // from the context.
-        let (cert, key) = if cli.cert.is_some() || cli.key.is_some() {
-            (flag("--cert", &cli.cert), flag("--key", &cli.key))
+        let (cert, key) = if cli_cert.is_some() || cli_key.is_some() {
+            (flag("--cert", &cli_cert), flag("--key", &cli_key))
         } else {
             (
                 context.and_then(|c| from_context("cert", &c.cert)),
@@ -315,19 +344,19 @@ impl Settings {
         };
         // A token given on the command line or in the environment (either
         // way) replaces the context's token file.
-        let token_file = match (&cli.token_file, &cli.token) {
-            (Some(_), _) => flag("--token-file", &cli.token_file),
+        let token_file = match (&cli_token_file, &cli_token) {
+            (Some(_), _) => flag("--token-file", &cli_token_file),
             (None, Some(_)) => None,
             (None, None) => context.and_then(|c| from_context("token_file", &c.token_file)),
         };
         Ok(Self {
             servers,
             servers_from,
-            ca: flag("--ca", &cli.ca).or_else(|| context.and_then(|c| from_context("ca", &c.ca))),
+            ca: flag("--ca", &ca).or_else(|| context.and_then(|c| from_context("ca", &c.ca))),
             cert,
             key,
             token_file,
-            token: cli.token.clone(),
+            token: cli_token,
         })
     }
 }
@@ -624,11 +653,28 @@ contexts:
         assert_eq!(s.servers_from, "--server");
         assert_eq!(s.ca.unwrap().from, "--ca");
         assert_eq!(s.cert.unwrap().from, "cert (context prod)");
-        // VANE_TOKEN replaces the context's token file.
-        let mut with_token = cli(&["--context", "prod"]);
+        // VANE_TOKEN replaces the current context's token file, but not
+        // that of a context named on purpose.
+        let mut with_token = cli(&[]);
         with_token.token = Some(Secret("t".into()));
         let s = Settings::resolve(&with_token, Some(&file)).unwrap();
         assert_eq!(s.token_file, None);
+        let mut with_token = cli(&["--context", "prod"]);
+        with_token.token = Some(Secret("t".into()));
+        let s = Settings::resolve(&with_token, Some(&file)).unwrap();
+        assert_eq!(s.token.map(|t| t.0), None);
+        assert_eq!(s.token_file.unwrap().from, "token_file (context prod)");
+        // VANE_SERVER and VANE_CA (values from the environment) yield to a
+        // named context, and win over the file's current context.
+        let mut from_env = cli(&["--server", "http://env:1", "--ca", "env.pem"]);
+        from_env.from_env = vec!["server".into(), "ca".into()];
+        let s = Settings::resolve(&from_env, Some(&file)).unwrap();
+        assert_eq!(s.servers, ["http://env:1"]);
+        from_env.context = Some("prod".into());
+        let s = Settings::resolve(&from_env, Some(&file)).unwrap();
+        assert_eq!(s.servers.len(), 3);
+        assert_eq!(s.servers_from, "server (context prod)");
+        assert_eq!(s.ca.unwrap().from, "ca (context prod)");
         // No file, no flags: the built-in default.
         let s = Settings::resolve(&cli(&[]), None).unwrap();
         assert_eq!(s.servers, [DEFAULT_SERVER]);

@@ -33,8 +33,6 @@ mod snapshot_file;
 use std::io::Write as _;
 use std::process::ExitCode;
 
-use clap::Parser as _;
-
 pub use args::{
     Cli, Command, ConfigCommand, ControlArgs, DEFAULT_SERVER, DEFAULT_TIMEOUT, DEFAULT_WAIT, GetAs,
     OutputFormat, RolloutCommand, Secret, StartArgs, Steps, XdsClient,
@@ -45,7 +43,16 @@ pub use error::{CliError, Failure};
 /// one `error: …` line on stderr, and returns the exit code.
 pub fn main() -> ExitCode {
     // clap prints usage errors itself and exits with code 2.
-    let mut cli = Cli::parse();
+    let matches = <Cli as clap::CommandFactory>::command().get_matches();
+    let mut cli = match <Cli as clap::FromArgMatches>::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    cli.from_env = ["server", "ca", "cert", "key", "token_file"]
+        .into_iter()
+        .filter(|id| matches.value_source(id) == Some(clap::parser::ValueSource::EnvVariable))
+        .map(str::to_owned)
+        .collect();
     // Not a flag (see `Cli::token`). A non-Unicode value is kept, lossily,
     // so that the token check refuses it by name rather than ignoring it.
     cli.token = std::env::var_os("VANE_TOKEN").map(|t| Secret(t.to_string_lossy().into_owned()));

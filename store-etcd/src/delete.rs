@@ -26,6 +26,12 @@ impl EtcdStore {
         let versions_prefix = sh.keys.versions_of(group);
         // Versions counted by the round whose commit went out unanswered.
         let mut counted: Option<u64> = None;
+        // The head the first round saw: later rounds delete that version
+        // or nothing. A commit that went out unanswered may be followed by
+        // a push through another replica before the re-read, and the
+        // operator never saw that newer version: deleting it would be a
+        // surprise, so it is a conflict instead (as with --expect-version).
+        let mut expected_version = delete.expected_version;
         for _ in 0..MAX_CAS_ROUNDS {
             let ops = vec![
                 TxnOp::get(head_key.clone(), None),
@@ -59,7 +65,7 @@ impl EtcdStore {
                     _ => Deleted::Absent,
                 });
             }
-            if let Some(expected) = delete.expected_version
+            if let Some(expected) = expected_version
                 && expected != head.version
             {
                 return Err(StoreError::Conflict {
@@ -98,6 +104,7 @@ impl EtcdStore {
                 unmoved(&rollout_key, rollout.as_ref().map_or(0, |r| r.revision)),
             ];
             counted = Some(versions);
+            expected_version = Some(head.version);
             let committed = sh
                 .call(deadline, |mut kv| {
                     let txn = Txn::new().when(compares.clone()).and_then(writes.clone());
@@ -118,7 +125,8 @@ impl EtcdStore {
                 });
             }
             // A push through another replica (or a retried commit of ours)
-            // moved the head or the rollout record: look again.
+            // moved the head or the rollout record: look again (a moved
+            // head is then a conflict, see `expected_version`).
         }
         Err(StoreError::Io(format!(
             "group {group:?}: lost {MAX_CAS_ROUNDS} compare-and-set rounds in a row to \

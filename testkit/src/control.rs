@@ -299,7 +299,8 @@ pub fn vanectl(server: &str, args: &[&str]) -> Output {
 }
 
 /// Runs `vanectl <args>` with exactly the given extra environment (and
-/// `VANE_SERVER` removed unless given). The test process's own environment is
+/// `VANE_SERVER`, `VANE_CONTEXT` and the caller's config file left out
+/// unless given). The test process's own environment is
 /// never changed.
 pub fn run_vanectl(args: &[&str], env: &[(&str, &str)]) -> Output {
     run_vanectl_with_input(args, env, None)
@@ -316,7 +317,13 @@ fn run_vanectl_with_input(args: &[&str], env: &[(&str, &str)], input: Option<Vec
     let mut cmd = Command::new(bin_path("vanectl"));
     cmd.args(args)
         .env_remove("VANE_SERVER")
+        .env_remove("VANE_CONTEXT")
         .env("NO_COLOR", "1");
+    // The developer's own vanectl config file (its current context) must not
+    // change what a test runs, unless the test points at a file or a home.
+    if !env.iter().any(|(k, _)| *k == "VANE_CONFIG" || *k == "HOME") {
+        cmd.env("VANE_CONFIG", "/nonexistent/vane-tests/config.yaml");
+    }
     for (k, v) in env {
         cmd.env(k, v);
     }

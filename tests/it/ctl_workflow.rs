@@ -137,6 +137,10 @@ fn diff_of_a_file_against_the_head_or_a_version() {
     server
         .ctl(&["diff", "shop", "-f", v1, "--version", "1"])
         .ok();
+    // A version the server does not have is an error, not a difference.
+    let out = server.ctl(&["diff", "shop", "-f", v1, "--version", "99"]);
+    assert_eq!(out.code, 2, "{out}");
+    assert!(out.stderr.contains("99"), "{out}");
     let text = std::fs::read(v2).unwrap();
     let out = vanectl_stdin(
         &url,

@@ -169,6 +169,18 @@ impl AdminService {
         let group = request.group.as_str();
         check_group(group)?;
         check_message(&request.message)?;
+        // Without --force, agents the other replicas serve count too: when
+        // the store cannot list them, the delete is refused rather than
+        // risk deleting under agents this replica cannot see.
+        if !request.force
+            && let Some(directory) = self.store.agent_directory()
+            && let Err(e) = directory.others(Some(group)).await
+        {
+            return Err(Status::unavailable(format!(
+                "cannot tell which agents of group {group:?} the other replicas serve ({e}); \
+                 retry, or delete with --force"
+            )));
+        }
         let connected: Vec<pb::AgentStatus> = self
             .agent_statuses(Some(group), &|_| true, None)
             .await
@@ -225,7 +237,7 @@ impl AdminService {
             let known = self.known_groups().await?;
             return Err(self.unknown_group(caller, group, &known));
         };
-        self.hub.forget(group);
+        self.hub.forget(group, last_version);
         if !ended_id.is_empty() {
             self.rollouts.reread(group).await;
         }

@@ -57,7 +57,8 @@ fn stored_label(group: &str, info: Option<&pb::VersionInfo>) -> String {
 }
 
 /// `vanectl diff G -f FILE [--version N]`: exit 0 when equal, 1 (with the
-/// diff on stdout and nothing on stderr) when not.
+/// diff on stdout and nothing on stderr) when not, 2 when the server
+/// refuses (or on a usage error), 3 when it cannot be reached.
 pub(super) async fn diff_file(
     admin: &mut Admin,
     url: &str,
@@ -70,7 +71,18 @@ pub(super) async fn diff_file(
     // Checked in `execute` already (exit 2 before connecting).
     let local = compare::canonical(file.spec, show_secrets)
         .map_err(|e| CliError::usage(format!("{}: {e}", file.label)))?;
-    let head = stored(admin, url, group, version, show_secrets).await?;
+    // Exit 1 means "different" here, so a refusal (an unknown --version,
+    // not allowed, a stored version failing its hash) must not say it: it
+    // exits 2, as kubectl diff exits above 1 on errors.
+    let head = stored(admin, url, group, version, show_secrets)
+        .await
+        .map_err(|e| match e.kind {
+            crate::error::Failure::Refused => CliError {
+                kind: crate::error::Failure::Usage,
+                ..e
+            },
+            _ => e,
+        })?;
     if head.is_none() && fmt == OutputFormat::Table {
         eprintln!("note: group {group:?} has no version yet: comparing with an empty snapshot");
     }

@@ -89,6 +89,14 @@ pub(crate) async fn execute(cli: &Cli, live: &mut dyn FnMut(&str)) -> Result<Str
         crate::compare::canonical(f.spec.clone(), *show_secrets)
             .map_err(|e| CliError::usage(format!("{}: {e}", f.label)))?;
     }
+    // A bad --fail-on is a usage error whether or not the server is up.
+    if let Command::Status {
+        fail_on: Some(states),
+        ..
+    } = &cli.command
+    {
+        groups::parse_states(states)?;
+    }
     let timeout = cli.call_timeout();
     let writes = match &cli.command {
         Command::Push { .. } | Command::Rollback { .. } | Command::Delete { .. } => true,

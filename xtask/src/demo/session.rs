@@ -81,8 +81,8 @@ impl Demo {
 
     /// vanectl in the scratch directory with the environment the tour
     /// exported: the server, and under mTLS the CA and `operator`'s
-    /// certificate. Credentials from the caller's environment are dropped,
-    /// so they cannot change who the demo is.
+    /// certificate. Credentials and contexts from the caller's environment
+    /// are dropped, so they cannot change who the demo is.
     pub(crate) fn vanectl_cmd(&self) -> Command {
         let mut cmd = Command::new(&self.vanectl);
         cmd.current_dir(&self.work)
@@ -93,9 +93,13 @@ impl Demo {
             "VANE_KEY",
             "VANE_TOKEN_FILE",
             "VANE_TOKEN",
+            "VANE_CONTEXT",
         ] {
             cmd.env_remove(var);
         }
+        // No context of the caller's vanectl config file either: a file
+        // that does not exist is no config.
+        cmd.env("VANE_CONFIG", self.work.join("no-vanectl-config.yaml"));
         if self.security == Security::Mtls {
             cmd.env("VANE_CA", "ca.pem")
                 .env("VANE_CERT", "operator.pem")

@@ -177,10 +177,23 @@ pub(crate) fn steps(security: Security) -> Vec<Step> {
         Step {
             title: "a dry run",
             explain: "--dry-run validates on the server and says which version the push would \
-                      become, without storing anything.",
+                      become, the diff against the head and a one-line summary of listeners, \
+                      routes and clusters added, removed and changed (with a warning when a \
+                      push would remove every listener or route), without storing anything.",
             action: |d| {
                 d.vanectl(&["push", GROUP, "-f", "snapshot-v2.yaml", "--dry-run"], 0)?;
                 d.vanectl(&["history", GROUP, "--limit", "1"], 0)
+            },
+        },
+        Step {
+            title: "a local file against the head, as kubectl diff does",
+            explain: "`vanectl diff G -f FILE` compares the canonical forms of the file and the \
+                      head (or --version N): exit 0 when they are equal, 1 when they differ, \
+                      so scripts can gate on it. The head is version 3, version 1's content: \
+                      snapshot.yaml is equal to it, snapshot-v2.yaml is not.",
+            action: |d| {
+                d.vanectl(&["diff", GROUP, "-f", "snapshot.yaml"], 0)?;
+                d.vanectl(&["diff", GROUP, "-f", "snapshot-v2.yaml"], 1)
             },
         },
     ]);
@@ -256,6 +269,18 @@ pub(crate) fn steps(security: Security) -> Vec<Step> {
             explain: "The control server records every agent's ACK or NACK: the sidecar is \
                       SYNCED on the head, version 3.",
             action: |d| d.vanectl(&["status"], 0),
+        },
+        Step {
+            title: "every group, and a gate for CI",
+            explain: "`vanectl groups` lists every group the caller may read with its head and \
+                      its agents by state. `status --fail-on` exits 1 when a (selected) agent is \
+                      in one of the listed states, so a pipeline can stop on a NACK; here none \
+                      is. `vanectl version` names the client's build and the server's.",
+            action: |d| {
+                d.vanectl(&["groups"], 0)?;
+                d.vanectl(&["status", GROUP, "--fail-on", "nacked,stale"], 0)?;
+                d.vanectl(&["version"], 0)
+            },
         },
         Step {
             title: "a push reaches the agent",

@@ -135,6 +135,16 @@ pub(crate) async fn get_config(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Response {
+    // The whole configuration of the group is for the programs beside the
+    // sidecar, not for whoever reaches the admin port (which also serves
+    // probes and scrapes, so it may listen beyond loopback).
+    if !hold.peer().is_some_and(|p| p.ip().is_loopback()) {
+        return (
+            StatusCode::FORBIDDEN,
+            "GET /config answers clients on loopback only\n",
+        )
+            .into_response();
+    }
     let q = match parse_query(query.as_deref()) {
         Ok(q) => q,
         Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),

@@ -167,22 +167,44 @@ impl Outputs {
         Ok(files)
     }
 
-    /// The sink: renders every file, then rewrites each that changed
-    /// atomically (a file whose content and mode are already right is left
-    /// alone). Each file is atomic; the set is not: should a write fail
-    /// (disk full), the files before it are new, the version is refused,
-    /// and the next apply rewrites them all.
+    /// The sink: renders every file, then rewrites those that changed as
+    /// one set (a file whose content and mode are already right is left
+    /// alone): every new file is first written and fsynced beside its
+    /// destination, and only when all are staged are they renamed into
+    /// place. A failed write (disk full) therefore changes nothing: the
+    /// staged files are removed and the version is refused.
     pub(crate) fn write(&self, c: &Current) -> Result<(), String> {
         let files = self.render_all(c)?;
         let private = !c.snapshot.secrets.is_empty();
-        let mut changed = false;
+        let mut staged = Vec::new();
         for f in &files {
             if is_current(&f.path, &f.bytes, f.mode, private) {
                 continue;
             }
-            write_file(&f.path, &f.bytes, f.mode, private)
-                .map_err(|e| format!("cannot write {}: {e}", f.path.display()))?;
-            changed = true;
+            match stage(&f.path, &f.bytes, f.mode, private) {
+                Ok(s) => staged.push(s),
+                Err(e) => {
+                    for s in &staged {
+                        s.discard();
+                    }
+                    return Err(format!("cannot write {}: {e}", f.path.display()));
+                }
+            }
+        }
+        let changed = !staged.is_empty();
+        // Renames need no space: once every file is staged, the set goes
+        // in. Should one still fail, the rest are discarded, not renamed.
+        let mut failed = None;
+        for s in &staged {
+            if failed.is_some() {
+                s.discard();
+            } else if let Err(e) = s.commit() {
+                s.discard();
+                failed = Some(format!("cannot write {}: {e}", s.path.display()));
+            }
+        }
+        if let Some(e) = failed {
+            return Err(e);
         }
         if changed {
             self.changes.fetch_add(1, Ordering::SeqCst);
@@ -253,17 +275,31 @@ fn is_current(path: &Path, bytes: &[u8], mode: Option<u32>, private: bool) -> bo
     meta.len() == bytes.len() as u64 && std::fs::read(path).is_ok_and(|old| old == bytes)
 }
 
-/// Writes one file atomically: with `mode` exactly (not less the umask:
-/// the operator asked for it), else as [`write`] does.
-fn write_file(path: &Path, bytes: &[u8], mode: Option<u32>, private: bool) -> std::io::Result<()> {
+/// A new file written and fsynced beside its destination, to be renamed
+/// over it ([`Staged::commit`]) or removed ([`Staged::discard`]).
+struct Staged {
+    tmp: PathBuf,
+    path: PathBuf,
+    dir: PathBuf,
+}
+
+impl Staged {
+    fn commit(&self) -> std::io::Result<()> {
+        std::fs::rename(&self.tmp, &self.path)?;
+        std::fs::File::open(&self.dir)?.sync_all()
+    }
+
+    fn discard(&self) {
+        // Best effort: a leftover temp file is harmless but untidy.
+        let _ = std::fs::remove_file(&self.tmp);
+    }
+}
+
+/// Stages one file: with `mode` exactly (not less the umask: the operator
+/// asked for it), else 0600 when the snapshot has secrets and 0666 less
+/// the umask otherwise (as the agent's cache writes).
+fn stage(path: &Path, bytes: &[u8], mode: Option<u32>, private: bool) -> std::io::Result<Staged> {
     use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
-    let Some(mode) = mode else {
-        return if private {
-            write_atomic_private(path, bytes)
-        } else {
-            write_atomic(path, bytes)
-        };
-    };
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
@@ -273,26 +309,34 @@ fn write_file(path: &Path, bytes: &[u8], mode: Option<u32>, private: bool) -> st
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "file".into());
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let staged = Staged {
+        tmp,
+        path: path.to_path_buf(),
+        dir,
+    };
     let result = (|| {
-        let _ = std::fs::remove_file(&tmp);
-        // Created with at most `mode` (no moment where more may read it),
-        // then set to exactly `mode`.
+        let _ = std::fs::remove_file(&staged.tmp);
+        let create = mode.unwrap_or(if private { 0o600 } else { 0o666 });
+        // Created with at most `create` (no moment where more may read it),
+        // then set to exactly the mode asked for, if one was.
         let mut f = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
-            .mode(mode)
-            .open(&tmp)?;
-        f.set_permissions(std::fs::Permissions::from_mode(mode))?;
+            .mode(create)
+            .open(&staged.tmp)?;
+        if let Some(mode) = mode {
+            f.set_permissions(std::fs::Permissions::from_mode(mode))?;
+        }
         f.write_all(bytes)?;
-        f.sync_all()?;
-        drop(f);
-        std::fs::rename(&tmp, path)?;
-        std::fs::File::open(&dir)?.sync_all()
+        f.sync_all()
     })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+    match result {
+        Ok(()) => Ok(staged),
+        Err(e) => {
+            staged.discard();
+            Err(e)
+        }
     }
-    result
 }
 
 /// Writes a rendered configuration: only its owner may read it when the
