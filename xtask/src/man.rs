@@ -100,7 +100,9 @@ mod tests {
         assert!(push.starts_with(".ie"), "{}", &push[..80.min(push.len())]);
         let version = env!("CARGO_PKG_VERSION");
         assert!(
-            push.contains(&format!(".TH vanectl-push 1  \"vanectl-push {version}\"")),
+            push.contains(&format!(
+                ".TH vanectl-push 1  \"vanectl-push {version} (commit "
+            )),
             "{push}"
         );
         assert!(push.contains("dry\\-run"), "{push}");
