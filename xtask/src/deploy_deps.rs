@@ -96,9 +96,18 @@ fn reports_version(bin: &Path) -> bool {
 /// `cargo-deny check licenses bans sources` over the workspace, with the
 /// policy of `deny.toml`. Advisories are left out: they need the RustSec
 /// database fetched from the network, which a test run must not depend on.
+/// Each finding is one line, without the tree of crates that pull it in
+/// (a duplicate-version warning's tree runs to a hundred lines).
 pub(crate) fn deny_check(deny: &Path) -> Command {
     let mut cmd = Command::new(deny);
-    cmd.args(["--locked", "check", "licenses", "bans", "sources"]);
+    cmd.args([
+        "--locked",
+        "check",
+        "--hide-inclusion-graph",
+        "licenses",
+        "bans",
+        "sources",
+    ]);
     cmd
 }
 
@@ -112,7 +121,14 @@ mod tests {
         let args: Vec<_> = cmd.get_args().map(|a| a.to_string_lossy()).collect();
         assert_eq!(
             args,
-            ["--locked", "check", "licenses", "bans", "sources"],
+            [
+                "--locked",
+                "check",
+                "--hide-inclusion-graph",
+                "licenses",
+                "bans",
+                "sources"
+            ],
             "{args:?}"
         );
     }
