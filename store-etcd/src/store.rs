@@ -174,6 +174,27 @@ impl EtcdStore {
         tracing::debug!(pruned = keys.len(), "audit log pruned");
         Ok(())
     }
+
+    /// Every head key, decoded, with its group: live heads and the
+    /// tombstones of deleted groups (`groups` and `tombstones` tell them
+    /// apart).
+    async fn head_keys(&self) -> Result<Vec<(String, HeadValue)>, StoreError> {
+        let sh = &self.shared;
+        sh.check_open()?;
+        let prefix = sh.keys.heads();
+        let resp = sh.read_prefix(&prefix).await?;
+        let mut heads = Vec::new();
+        for kv in resp.kvs() {
+            let Some(group) = std::str::from_utf8(kv.key())
+                .ok()
+                .and_then(|k| k.strip_prefix(&prefix))
+            else {
+                continue;
+            };
+            heads.push((group.to_owned(), decode_head(group, kv.value())?));
+        }
+        Ok(heads)
+    }
 }
 
 #[async_trait]
@@ -307,23 +328,14 @@ impl Store for EtcdStore {
     }
 
     async fn groups(&self) -> Result<Vec<String>, StoreError> {
-        let sh = &self.shared;
-        sh.check_open()?;
-        let prefix = sh.keys.heads();
-        let resp = sh.read_prefix(&prefix).await?;
-        let mut groups = Vec::new();
-        for kv in resp.kvs() {
-            let Some(group) = std::str::from_utf8(kv.key())
-                .ok()
-                .and_then(|k| k.strip_prefix(&prefix))
-            else {
-                continue;
-            };
-            // A tombstone is not a group.
-            if !decode_head(group, kv.value())?.deleted {
-                groups.push(group.to_owned());
-            }
-        }
+        // A tombstone is not a group.
+        let mut groups: Vec<String> = self
+            .head_keys()
+            .await?
+            .into_iter()
+            .filter(|(_, head)| !head.deleted)
+            .map(|(group, _)| group)
+            .collect();
         groups.sort();
         Ok(groups)
     }
@@ -337,23 +349,13 @@ impl Store for EtcdStore {
     }
 
     async fn tombstones(&self) -> Result<Vec<(String, u64)>, StoreError> {
-        let sh = &self.shared;
-        sh.check_open()?;
-        let prefix = sh.keys.heads();
-        let resp = sh.read_prefix(&prefix).await?;
-        let mut out = Vec::new();
-        for kv in resp.kvs() {
-            let Some(group) = std::str::from_utf8(kv.key())
-                .ok()
-                .and_then(|k| k.strip_prefix(&prefix))
-            else {
-                continue;
-            };
-            let head = decode_head(group, kv.value())?;
-            if head.deleted {
-                out.push((group.to_owned(), head.version));
-            }
-        }
+        let mut out: Vec<(String, u64)> = self
+            .head_keys()
+            .await?
+            .into_iter()
+            .filter(|(_, head)| head.deleted)
+            .map(|(group, head)| (group, head.version))
+            .collect();
         out.sort();
         Ok(out)
     }

@@ -272,17 +272,10 @@ impl Rollouts {
         group: &str,
         identity: &str,
     ) -> Result<Option<RolloutPut>, Status> {
-        let Some(known) = self.running(group).await? else {
-            return Ok(None);
-        };
-        let mut rollout = known.rollout;
-        rollout.enter(
-            State::Superseded,
-            now_unix_ms(),
-            "superseded by a push with --supersede",
-            identity,
-        );
-        Ok(Some(driver::put(&rollout, known.revision)))
+        Ok(self
+            .end_running(group, identity, "superseded by a push with --supersede")
+            .await?
+            .map(|(_, put)| put))
     }
 
     /// The record write that ends the group's running rollout because the
@@ -292,16 +285,27 @@ impl Rollouts {
         group: &str,
         identity: &str,
     ) -> Result<Option<(String, RolloutPut)>, Status> {
+        self.end_running(
+            group,
+            identity,
+            "ended by vanectl delete --force: the group was deleted",
+        )
+        .await
+    }
+
+    /// The record write that ends the group's running rollout (SUPERSEDED,
+    /// for `reason`), with the rollout's id; `None` when none runs.
+    async fn end_running(
+        &self,
+        group: &str,
+        identity: &str,
+        reason: &str,
+    ) -> Result<Option<(String, RolloutPut)>, Status> {
         let Some(known) = self.running(group).await? else {
             return Ok(None);
         };
         let mut rollout = known.rollout;
-        rollout.enter(
-            State::Superseded,
-            now_unix_ms(),
-            "ended by vanectl delete --force: the group was deleted",
-            identity,
-        );
+        rollout.enter(State::Superseded, now_unix_ms(), reason, identity);
         Ok(Some((
             rollout.id.clone(),
             driver::put(&rollout, known.revision),
