@@ -22,6 +22,14 @@ use crate::process::{cargo, display, run as run_cmd, seconds, target_dir};
 /// versions of its own lock file).
 pub(crate) const CARGO_DENY_VERSION: &str = "0.20.2";
 
+/// Profile overrides for installing cargo-deny (cargo's configuration
+/// outranks the package's manifest).
+const QUICK_RELEASE: [(&str, &str); 3] = [
+    ("CARGO_PROFILE_RELEASE_LTO", "false"),
+    ("CARGO_PROFILE_RELEASE_CODEGEN_UNITS", "16"),
+    ("CARGO_PROFILE_RELEASE_OPT_LEVEL", "1"),
+];
+
 /// Makes sure `systemd-analyze` and the Kubernetes validator are there,
 /// installing what is missing; returns the tests' environment for them.
 pub(crate) fn ensure(root: &Path, apt: &mut Apt) -> Result<Vec<(&'static str, PathBuf)>> {
@@ -60,7 +68,12 @@ pub(crate) fn cargo_deny(root: &Path) -> Result<PathBuf> {
         .args(["install", "--locked", "--version", CARGO_DENY_VERSION])
         .arg("--root")
         .arg(&install_root)
-        .arg("cargo-deny");
+        .arg("cargo-deny")
+        // cargo-deny's own release profile asks for fat LTO and one codegen
+        // unit: about 220 s on two cores, for a check that then runs in
+        // under 4 s. A plain optimised build takes about half as long and
+        // checks the same.
+        .envs(QUICK_RELEASE);
     println!(
         "==> installing cargo-deny {CARGO_DENY_VERSION} for the supply-chain check: {}",
         display(&install)
