@@ -655,7 +655,8 @@ fn default_replica_name(addr: SocketAddr) -> String {
 }
 
 /// Publishes the heads the store's feed reports (pushes made through any
-/// replica) to the hub, until `stop`. The hub ignores versions it already
+/// replica) to the hub, and forgets the groups it reports deleted, until
+/// `stop`. The hub ignores versions it already
 /// has, so this replica's own pushes, published by the Admin API at once,
 /// are not sent twice; and it never goes back, so a re-read after
 /// compaction cannot make a stream serve an older version.
@@ -676,6 +677,20 @@ async fn follow_feed(mut feed: HeadFeed, hub: Arc<Hub>, stop: CancellationToken)
                 // Checked against their hashes first (integrity.rs).
                 let published = hub.publish_verified(records).await;
                 tracing::debug!(published, "new heads from the store");
+            }
+            Some(FeedEvent::Deleted(groups)) => {
+                // Deleted through another replica (or while the feed was
+                // not looking): forget the heads as the deleting replica
+                // did; streams keep what they sent.
+                for (group, last_version) in groups {
+                    if hub.forget(&group, last_version) {
+                        tracing::info!(
+                            group,
+                            last_version,
+                            "group deleted through another replica"
+                        );
+                    }
+                }
             }
             Some(FeedEvent::Resumed) => {
                 if let Some(since) = lost_since.take() {

@@ -1,7 +1,8 @@
-//! The change feed: every head any replica creates, in etcd's revision
-//! order, resumed after a broken watch and re-read after a compaction.
+//! The change feed: every head any replica creates and every group any
+//! replica deletes, in etcd's revision order, resumed after a broken watch
+//! and re-read after a compaction.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -26,6 +27,12 @@ pub(crate) enum FeedState {
         stream: Box<WatchStream>,
         next: i64,
         resumed: bool,
+    },
+    /// Report `event`, then go on with `then` (a batch that both created
+    /// heads and deleted groups, or a re-read that found deleted groups).
+    Emit {
+        event: Box<FeedEvent>,
+        then: Box<FeedState>,
     },
     /// Wait, then go on.
     Backoff {
@@ -58,14 +65,23 @@ pub(crate) async fn feed_step(
                 tokio::time::sleep_until(until).await;
                 *then
             }
+            FeedState::Emit { event, then } => return Some((*event, *then)),
             FeedState::Resync { attempt } => match shared.read_heads().await {
-                Ok((records, revision)) => {
+                Ok(read) => {
                     shared.link().feed = None;
-                    let next = FeedState::Watch {
-                        from: revision + 1,
+                    let mut next = FeedState::Watch {
+                        from: read.revision + 1,
                         attempt: 0,
                     };
-                    return Some((FeedEvent::Resynced(records), next));
+                    // A group deleted while the feed was not looking is
+                    // only a tombstone now: say so after the heads.
+                    if !read.tombstones.is_empty() {
+                        next = FeedState::Emit {
+                            event: Box::new(FeedEvent::Deleted(read.tombstones)),
+                            then: Box::new(next),
+                        };
+                    }
+                    return Some((FeedEvent::Resynced(read.records), next));
                 }
                 Err(error) => {
                     return Some(lost(
@@ -193,15 +209,20 @@ pub(crate) async fn feed_step(
                     // Newest version per group in this batch.
                     let mut latest: BTreeMap<String, (u64, StoredVersion)> = BTreeMap::new();
                     let mut last_revision = None;
+                    // Groups some of whose versions were removed: by a
+                    // delete of the group, or by retention (told apart by
+                    // the head key, below).
+                    let mut removed: BTreeSet<String> = BTreeSet::new();
                     for event in resp.events() {
                         let Some(kv) = event.kv() else { continue };
                         last_revision = Some(kv.mod_revision());
-                        if event.event_type() != EventType::Put {
-                            continue;
-                        }
                         let Some((group, version)) = shared.keys.parse_version(kv.key()) else {
                             continue;
                         };
+                        if event.event_type() != EventType::Put {
+                            removed.insert(group);
+                            continue;
+                        }
                         match decode_version(&group, version, kv.value()) {
                             Ok(stored) => {
                                 if latest.get(&group).is_none_or(|(v, _)| version > *v) {
@@ -236,17 +257,41 @@ pub(crate) async fn feed_step(
                             }
                         }
                     }
+                    let mut deleted = Vec::new();
+                    for group in removed {
+                        match shared.read_head(&group).await {
+                            Ok(Some(head)) if head.deleted => deleted.push((group, head.version)),
+                            Ok(_) => {}
+                            Err(error) => {
+                                // Read the batch again once etcd answers.
+                                return Some(lost(
+                                    shared,
+                                    error,
+                                    0,
+                                    FeedState::Watch {
+                                        from: next,
+                                        attempt: 1,
+                                    },
+                                ));
+                            }
+                        }
+                    }
                     let next = last_revision.map_or(next, |r| r + 1);
-                    let state = FeedState::Streaming {
+                    let mut state = FeedState::Streaming {
                         stream,
                         next,
                         resumed: false,
                     };
-                    if records.is_empty() {
-                        state
-                    } else {
+                    if !deleted.is_empty() {
+                        state = FeedState::Emit {
+                            event: Box::new(FeedEvent::Deleted(deleted)),
+                            then: Box::new(state),
+                        };
+                    }
+                    if !records.is_empty() {
                         return Some((FeedEvent::Heads(records), state));
                     }
+                    state
                 }
             }
         };

@@ -396,13 +396,15 @@ impl Shared {
         .map_err(|f| self.read_error(f))
     }
 
-    /// Every head with its body, and the revision they were read at.
-    pub(crate) async fn read_heads(&self) -> Result<(Vec<VersionRecord>, i64), StoreError> {
+    /// Every head with its body, the tombstones of deleted groups (group,
+    /// last version), and the revision they were read at.
+    pub(crate) async fn read_heads(&self) -> Result<HeadsRead, StoreError> {
         let deadline = self.deadline();
         let prefix = self.keys.heads();
         let resp = self.read_prefix(&prefix).await?;
         let revision = resp.header().map_or(0, |h| h.revision());
         let mut heads = Vec::new();
+        let mut tombstones = Vec::new();
         for kv in resp.kvs() {
             let group = std::str::from_utf8(kv.key())
                 .ok()
@@ -413,7 +415,9 @@ impl Shared {
                 StoreError::Corrupt(format!("group {group:?}: head does not decode: {e}"))
             })?;
             // A deleted group's tombstone has no version to read.
-            if !head.deleted {
+            if head.deleted {
+                tombstones.push((group, head.version));
+            } else {
                 heads.push((group, head.version));
             }
         }
@@ -444,6 +448,36 @@ impl Shared {
             }
         }
         records.sort_by(|a, b| a.group.cmp(&b.group));
-        Ok((records, revision))
+        Ok(HeadsRead {
+            records,
+            tombstones,
+            revision,
+        })
     }
+
+    /// The group's head key, decoded; `None` if it has none.
+    pub(crate) async fn read_head(&self, group: &str) -> Result<Option<HeadValue>, StoreError> {
+        let key = self.keys.head(group);
+        let resp = self
+            .call(self.deadline(), |mut kv| {
+                let key = key.clone();
+                async move { kv.get(key, None).await }
+            })
+            .await
+            .map_err(|f| self.read_error(f))?;
+        resp.kvs()
+            .first()
+            .map(|kv| decode_head(group, kv.value()))
+            .transpose()
+    }
+}
+
+/// What [`Shared::read_heads`] read.
+pub(crate) struct HeadsRead {
+    /// Every live head with its body, by group.
+    pub(crate) records: Vec<VersionRecord>,
+    /// Every deleted group with its last version.
+    pub(crate) tombstones: Vec<(String, u64)>,
+    /// The etcd revision they were read at.
+    pub(crate) revision: i64,
 }

@@ -324,7 +324,7 @@ impl Store for EtcdStore {
 
     async fn heads(&self) -> Result<Vec<VersionRecord>, StoreError> {
         self.shared.check_open()?;
-        Ok(self.shared.read_heads().await?.0)
+        Ok(self.shared.read_heads().await?.records)
     }
 
     async fn groups(&self) -> Result<Vec<String>, StoreError> {

@@ -413,6 +413,12 @@ pub enum FeedEvent {
     /// Every head, re-read: when the feed starts, and whenever it lost track
     /// of the changes in between (history compacted).
     Resynced(Vec<VersionRecord>),
+    /// Groups deleted (through any replica), each with its last version:
+    /// their heads are gone, and no version at or below that one may be
+    /// served again. Reported as the deletes happen and, after every
+    /// [`Self::Resynced`], for every deleted group (what a re-read cannot
+    /// tell apart from a group that never was).
+    Deleted(Vec<(String, u64)>),
     /// The feed follows the backend again after it was [`Self::Lost`]
     /// (resuming where it stopped: nothing was missed).
     Resumed,

@@ -1,8 +1,9 @@
 //! Replicas over one real etcd: a push on replica A reaches an agent on
 //! replica B, concurrent compare-and-set pushes through A and B have exactly
 //! one winner, `vanectl status` on any replica lists every agent (and forgets
-//! those of a replica that died once its lease expires), and the push
-//! latency of the etcd store next to the embedded one.
+//! those of a replica that died once its lease expires), a group deleted
+//! through A is forgotten by B at once, and the push latency of the etcd
+//! store next to the embedded one.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
@@ -42,6 +43,44 @@ fn start_sidecar(node: &str, control: &[String], dir: &Path) -> Sidecar {
 fn median(mut samples: Vec<Duration>) -> Duration {
     samples.sort();
     samples[samples.len() / 2]
+}
+
+/// A group deleted through replica A is forgotten by replica B at once,
+/// not at B's next restart: an agent that first connects to B afterwards is
+/// sent nothing (not the deleted version), and the group pushed again
+/// through A reaches it, numbered after the deleted versions.
+#[test]
+fn a_delete_on_one_replica_is_forgotten_by_the_others() {
+    let etcd = EtcdCluster::start(1);
+    let a = start_replica("replica-a", &etcd.endpoints(), &[]);
+    let b = start_replica("replica-b", &etcd.endpoints(), &[]);
+    let dir = a.scratch();
+    assert_eq!(push(&a.url(), &snapshot_file(&dir, "v1")), 1);
+    assert_eq!(push(&a.url(), &snapshot_file(&dir, "v2")), 2);
+    {
+        let early = start_sidecar("early", &[b.url()], &dir);
+        early.wait_status("version 2 from B", |s| s["version"] == 2);
+    }
+    let out = a
+        .ctl(&["delete", GROUP, "--force", "-m", "gone", "-o", "json"])
+        .ok();
+    assert_eq!(out.json()["last_version"], 2, "{out}");
+    // B's feed hears of it within milliseconds; give it ample time.
+    thread::sleep(Duration::from_secs(1));
+    let late = start_sidecar("late", &[b.url()], &dir);
+    late.wait_status("connected to B", |s| s["connected"] == true);
+    thread::sleep(Duration::from_secs(2));
+    let status = late.status();
+    assert_eq!(status["version"], 0, "B sent a deleted version: {status}");
+    assert!(
+        status["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("serving embedded defaults")),
+        "{status}"
+    );
+
+    assert_eq!(push(&a.url(), &snapshot_file(&dir, "v3")), 3);
+    late.wait_status("version 3 through B", |s| s["version"] == 3);
 }
 
 #[test]
