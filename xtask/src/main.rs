@@ -29,6 +29,7 @@ mod certs;
 mod cluster_demo;
 mod demo;
 mod deploy_deps;
+mod doctests;
 mod etcd;
 mod fuzz;
 mod harness;
