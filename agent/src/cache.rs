@@ -12,13 +12,14 @@
 //! tightened, with a log line, when it was open to others), so only the
 //! agent's user reads it.
 
-use std::fs::{self, File};
-use std::io::Write;
+use std::fs;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use prost::Message;
 use vane_proto as pb;
+
+pub use crate::atomic_file::{write_atomic, write_atomic_private};
 
 /// Largest cache file read back (a snapshot is at most a few MiB).
 const MAX_CACHE_BYTES: u64 = 256 * 1024 * 1024;
@@ -210,54 +211,6 @@ pub fn decode(bytes: &[u8]) -> Result<CachedSnapshot, String> {
         hash: info.hash,
         body: stored.snapshot,
     })
-}
-
-/// Writes `bytes` to `path` so that readers and crashes see the old content or
-/// the new one: temp file in the same directory, fsync, rename, fsync the
-/// directory (without the last step the rename itself may not survive a crash).
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    write_atomic_mode(path, bytes, 0o666)
-}
-
-/// [`write_atomic`] for a file only its owner may read (mode 0600, from its
-/// creation on: no moment where others could open it).
-pub fn write_atomic_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    write_atomic_mode(path, bytes, 0o600)
-}
-
-/// [`write_atomic`] creating the file with `mode` (less the umask).
-fn write_atomic_mode(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "file".into());
-    let tmp = dir.join(format!(
-        ".{name}.tmp-{}-{}",
-        std::process::id(),
-        rand::random::<u32>()
-    ));
-    let result = (|| {
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        drop(f);
-        fs::rename(&tmp, path)?;
-        File::open(&dir)?.sync_all()
-    })();
-    if result.is_err() {
-        // Best effort: a leftover temp file is harmless but untidy.
-        let _ = fs::remove_file(&tmp);
-    }
-    result
 }
 
 #[cfg(test)]

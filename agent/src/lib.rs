@@ -37,6 +37,7 @@
 //!   sidecar and the proxy.
 
 pub mod apply;
+pub mod atomic_file;
 pub mod backoff;
 pub mod breaker;
 pub mod cache;

@@ -2,7 +2,7 @@
 //! files (all rendered first, then each rewritten atomically on every
 //! apply), the candidate handed to `--check-cmd`, and `--on-change`.
 
-use std::io::{Read, Write as _};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use vane_agent::Current;
 
 use crate::counters::{Ended, ran};
-use vane_agent::cache::{write_atomic, write_atomic_private};
+use vane_agent::atomic_file::{self, Staged, write_atomic, write_atomic_private};
 
 use crate::templates::Templates;
 
@@ -200,7 +200,7 @@ impl Outputs {
                 s.discard();
             } else if let Err(e) = s.commit() {
                 s.discard();
-                failed = Some(format!("cannot write {}: {e}", s.path.display()));
+                failed = Some(format!("cannot write {}: {e}", s.path().display()));
             }
         }
         if let Some(e) = failed {
@@ -275,68 +275,12 @@ fn is_current(path: &Path, bytes: &[u8], mode: Option<u32>, private: bool) -> bo
     meta.len() == bytes.len() as u64 && std::fs::read(path).is_ok_and(|old| old == bytes)
 }
 
-/// A new file written and fsynced beside its destination, to be renamed
-/// over it ([`Staged::commit`]) or removed ([`Staged::discard`]).
-struct Staged {
-    tmp: PathBuf,
-    path: PathBuf,
-    dir: PathBuf,
-}
-
-impl Staged {
-    fn commit(&self) -> std::io::Result<()> {
-        std::fs::rename(&self.tmp, &self.path)?;
-        std::fs::File::open(&self.dir)?.sync_all()
-    }
-
-    fn discard(&self) {
-        // Best effort: a leftover temp file is harmless but untidy.
-        let _ = std::fs::remove_file(&self.tmp);
-    }
-}
-
 /// Stages one file: with `mode` exactly (not less the umask: the operator
 /// asked for it), else 0600 when the snapshot has secrets and 0666 less
 /// the umask otherwise (as the agent's cache writes).
 fn stage(path: &Path, bytes: &[u8], mode: Option<u32>, private: bool) -> std::io::Result<Staged> {
-    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "file".into());
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let staged = Staged {
-        tmp,
-        path: path.to_path_buf(),
-        dir,
-    };
-    let result = (|| {
-        let _ = std::fs::remove_file(&staged.tmp);
-        let create = mode.unwrap_or(if private { 0o600 } else { 0o666 });
-        // Created with at most `create` (no moment where more may read it),
-        // then set to exactly the mode asked for, if one was.
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(create)
-            .open(&staged.tmp)?;
-        if let Some(mode) = mode {
-            f.set_permissions(std::fs::Permissions::from_mode(mode))?;
-        }
-        f.write_all(bytes)?;
-        f.sync_all()
-    })();
-    match result {
-        Ok(()) => Ok(staged),
-        Err(e) => {
-            staged.discard();
-            Err(e)
-        }
-    }
+    let create = mode.unwrap_or(if private { 0o600 } else { 0o666 });
+    atomic_file::stage(path, bytes, create, mode)
 }
 
 /// Writes a rendered configuration: only its owner may read it when the
