@@ -18,18 +18,6 @@ use vane_testkit::proxy::{Backend, HttpClient, Load, ProxyProcess, WAIT, push};
 
 const GROUP: &str = "edge";
 
-fn start_proxy(server: &ControlServer, node: &str) -> ProxyProcess {
-    let dir = server.scratch();
-    ProxyProcess::start(
-        &[server.url()],
-        node,
-        GROUP,
-        &dir.join(format!("cache-{node}")),
-        &dir.join("logs"),
-        &[],
-    )
-}
-
 fn share(counts: &BTreeMap<String, usize>, id: &str) -> f64 {
     let total: usize = counts.values().sum();
     counts.get(id).copied().unwrap_or(0) as f64 / total as f64
@@ -70,7 +58,7 @@ async fn weights_shape_every_policy() {
         ..SnapshotSpec::default()
     };
     let v = push(&server, GROUP, &spec);
-    let proxy = start_proxy(&server, "lb");
+    let proxy = ProxyProcess::follow(&server, "lb", GROUP, &[]);
     proxy.wait_version(v);
     let http = HttpClient::http1();
 
@@ -138,7 +126,7 @@ async fn five_hundreds_eject_within_the_cap_and_endpoints_return() {
         ..SnapshotSpec::default()
     };
     let v = push(&server, GROUP, &spec);
-    let proxy = start_proxy(&server, "outlier");
+    let proxy = ProxyProcess::follow(&server, "outlier", GROUP, &[]);
     proxy.wait_version(v);
     let http = HttpClient::http1();
 
@@ -207,7 +195,7 @@ async fn connect_failures_eject_and_a_cluster_of_ejected_endpoints_panics() {
         ..SnapshotSpec::default()
     };
     let v = push(&server, GROUP, &spec);
-    let proxy = start_proxy(&server, "connect");
+    let proxy = ProxyProcess::follow(&server, "connect", GROUP, &[]);
     proxy.wait_version(v);
     let http = HttpClient::http1();
 

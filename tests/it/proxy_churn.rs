@@ -22,18 +22,6 @@ use vane_testkit::proxy::{
 
 const GROUP: &str = "edge";
 
-fn start_proxy(server: &ControlServer, node: &str, extra: &[&str]) -> ProxyProcess {
-    let dir = server.scratch();
-    ProxyProcess::start(
-        &[server.url()],
-        node,
-        GROUP,
-        &dir.join(format!("cache-{node}")),
-        &dir.join("logs"),
-        extra,
-    )
-}
-
 struct World {
     web: SocketAddr,
     extra: SocketAddr,
@@ -114,7 +102,7 @@ async fn churn(clients: usize, run_for: Duration) {
         tcp_backend: TcpBackend::start("tcp").await,
     };
     let v0 = push(&server, GROUP, &churned(&w, 0));
-    let proxy = start_proxy(&server, "churn", &["--drain-timeout", "2s"]);
+    let proxy = ProxyProcess::follow(&server, "churn", GROUP, &["--drain-timeout", "2s"]);
     proxy.wait_version(v0);
 
     let load = Load::start(clients, w.web, "/stable/x", &[], "stable-");
@@ -196,7 +184,7 @@ async fn removed_listeners_drain_and_renamed_ones_keep_their_socket() {
         ..SnapshotSpec::default()
     };
     let v1 = push(&server, GROUP, &spec(vec![http_listener("a", p, "main")]));
-    let proxy = start_proxy(&server, "drain", &["--drain-timeout", "5s"]);
+    let proxy = ProxyProcess::follow(&server, "drain", GROUP, &["--drain-timeout", "5s"]);
     proxy.wait_version(v1);
 
     // A slow request in flight on listener "a" while "a" is renamed "b" on
@@ -272,7 +260,7 @@ async fn a_removed_tcp_listener_keeps_its_sessions_until_the_drain_timeout() {
         GROUP,
         &tcp_only(vec![tcp_listener("db", db, "echo")]),
     );
-    let proxy = start_proxy(&server, "tcp-drain", &["--drain-timeout", "1s"]);
+    let proxy = ProxyProcess::follow(&server, "tcp-drain", GROUP, &["--drain-timeout", "1s"]);
     proxy.wait_version(v1);
 
     let mut session = tokio::net::TcpStream::connect(db).await.unwrap();

@@ -18,18 +18,6 @@ use vane_testkit::proxy::{Backend, HttpClient, ProxyProcess, push};
 
 const GROUP: &str = "edge";
 
-fn start_proxy(server: &ControlServer, node: &str) -> ProxyProcess {
-    let dir = server.scratch();
-    ProxyProcess::start(
-        &[server.url()],
-        node,
-        GROUP,
-        &dir.join(format!("cache-{node}")),
-        &dir.join("logs"),
-        &[],
-    )
-}
-
 fn with(mut r: RouteSpec, f: impl FnOnce(&mut RouteSpec)) -> RouteSpec {
     f(&mut r);
     r
@@ -65,7 +53,7 @@ async fn retries_and_the_retry_budget() {
         ..SnapshotSpec::default()
     };
     let v = push(&server, GROUP, &spec);
-    let proxy = start_proxy(&server, "retry");
+    let proxy = ProxyProcess::follow(&server, "retry", GROUP, &[]);
     proxy.wait_version(v);
     let http = HttpClient::http1();
 
@@ -151,7 +139,7 @@ async fn the_route_timeout_covers_every_attempt() {
         ..SnapshotSpec::default()
     };
     let v = push(&server, GROUP, &spec);
-    let proxy = start_proxy(&server, "timeout");
+    let proxy = ProxyProcess::follow(&server, "timeout", GROUP, &[]);
     proxy.wait_version(v);
     let http = HttpClient::http1();
     let started = Instant::now();
@@ -205,7 +193,7 @@ async fn rate_limits_answer_429_with_retry_after() {
         ..SnapshotSpec::default()
     };
     let v = push(&server, GROUP, &spec);
-    let proxy = start_proxy(&server, "limits");
+    let proxy = ProxyProcess::follow(&server, "limits", GROUP, &[]);
     proxy.wait_version(v);
     let http = HttpClient::http1();
 

@@ -22,18 +22,6 @@ use vane_testkit::proxy::{Backend, HttpClient, Load, ProxyProcess, WAIT, push};
 
 const GROUP: &str = "edge";
 
-fn start_proxy(server: &ControlServer, node: &str) -> ProxyProcess {
-    let dir = server.scratch();
-    ProxyProcess::start(
-        &[server.url()],
-        node,
-        GROUP,
-        &dir.join(format!("cache-{node}")),
-        &dir.join("logs"),
-        &[],
-    )
-}
-
 /// A route without `retries` to cluster `c` of `endpoints`, round robin.
 fn one_cluster(
     web: SocketAddr,
@@ -66,7 +54,7 @@ async fn a_dead_endpoint_fails_no_request_on_a_route_without_retries() {
         GROUP,
         &one_cluster(web, &[(dead, 1), (alive.addr, 1)], (3, 200, 50)),
     );
-    let proxy = start_proxy(&server, "dead");
+    let proxy = ProxyProcess::follow(&server, "dead", GROUP, &[]);
     proxy.wait_version(v);
     let http = HttpClient::http1();
 
@@ -239,7 +227,7 @@ async fn a_request_the_upstream_received_is_not_retried_without_route_retries() 
         GROUP,
         &one_cluster(web, &[(dying, 1), (alive.addr, 1)], (100, 1000, 50)),
     );
-    let proxy = start_proxy(&server, "unsafe");
+    let proxy = ProxyProcess::follow(&server, "unsafe", GROUP, &[]);
     proxy.wait_version(v);
     let http = HttpClient::http1();
 
@@ -296,7 +284,7 @@ async fn a_cluster_with_every_endpoint_ejected_balances_over_all_of_them() {
         GROUP,
         &one_cluster(web, &[(a.addr, 1), (b.addr, 1)], (2, 60_000, 100)),
     );
-    let proxy = start_proxy(&server, "panic");
+    let proxy = ProxyProcess::follow(&server, "panic", GROUP, &[]);
     proxy.wait_version(v);
     let http = HttpClient::http1();
     let panics = || proxy.metric("vane_proxy_cluster_panic_total", &["cluster=\"c\""]);

@@ -34,18 +34,6 @@ fn header(name: &str, exact: Option<&str>, regex: Option<&str>, present: bool) -
     }
 }
 
-fn start_proxy(server: &ControlServer, node: &str) -> ProxyProcess {
-    let dir = server.scratch();
-    ProxyProcess::start(
-        &[server.url()],
-        node,
-        GROUP,
-        &dir.join(format!("cache-{node}")),
-        &dir.join("logs"),
-        &[],
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routes_match_host_path_and_headers_first_match_wins() {
     let server = ControlServer::start();
@@ -139,7 +127,7 @@ async fn routes_match_host_path_and_headers_first_match_wins() {
         ..SnapshotSpec::default()
     };
     let v = push(&server, GROUP, &spec);
-    let proxy = start_proxy(&server, "p1");
+    let proxy = ProxyProcess::follow(&server, "p1", GROUP, &[]);
     proxy.wait_version(v);
     assert_eq!(proxy.readyz(), 200);
 
@@ -289,7 +277,7 @@ async fn route_changes_reach_open_connections_and_removed_routes_leave_metrics()
         ..SnapshotSpec::default()
     };
     let v1 = push(&server, GROUP, &spec);
-    let proxy = start_proxy(&server, "p2");
+    let proxy = ProxyProcess::follow(&server, "p2", GROUP, &[]);
     proxy.wait_version(v1);
 
     let mut conn = OneConnection::open(web).await.unwrap();

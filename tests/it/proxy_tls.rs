@@ -33,15 +33,7 @@ const GROUP: &str = "edge";
 const NODE: &str = "tls-1";
 
 fn start_proxy(server: &ControlServer) -> ProxyProcess {
-    let dir = server.scratch();
-    ProxyProcess::start(
-        &[server.url()],
-        NODE,
-        GROUP,
-        &dir.join("cache"),
-        &dir.join("logs"),
-        &[],
-    )
+    ProxyProcess::follow(server, NODE, GROUP, &[])
 }
 
 fn server_pair(ca: &Ca, names: &[&str]) -> Pair {
@@ -417,15 +409,7 @@ async fn a_tls_listener_terminates_tls_in_front_of_a_tcp_backend() {
     let ca = Ca::new("proxy tls test CA").unwrap();
     let site = server_pair(&ca, &["db.example.test"]);
     let db = free_addr();
-    let dir = server.scratch();
-    let proxy = ProxyProcess::start(
-        &[server.url()],
-        NODE,
-        GROUP,
-        &dir.join("cache"),
-        &dir.join("logs"),
-        &["--header-read-timeout", "500ms"],
-    );
+    let proxy = ProxyProcess::follow(&server, NODE, GROUP, &["--header-read-timeout", "500ms"]);
     let spec = SnapshotSpec {
         secrets: vec![certificate_secret("db", &site.cert_pem, &site.key_pem)],
         listeners: vec![tls_listener(

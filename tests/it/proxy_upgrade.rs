@@ -30,15 +30,8 @@ const ROUTE_TIMEOUT_MS: u64 = 300;
 const ROUTE_IDLE_TIMEOUT_MS: u64 = 1000;
 
 fn start_proxy(server: &ControlServer, node: &str) -> ProxyProcess {
-    let dir = server.scratch();
-    ProxyProcess::start(
-        &[server.url()],
-        node,
-        GROUP,
-        &dir.join(format!("cache-{node}")),
-        &dir.join("logs"),
-        &["--idle-timeout", IDLE_TIMEOUT, "--drain-timeout", "2s"],
-    )
+    let flags = ["--idle-timeout", IDLE_TIMEOUT, "--drain-timeout", "2s"];
+    ProxyProcess::follow(server, node, GROUP, &flags)
 }
 
 /// Snapshot `i`: the `up` route to `upgrades` never changes; routes ahead

@@ -28,18 +28,6 @@ use vane_testkit::{ControlServer, wait_for_status};
 
 const GROUP: &str = "edge";
 
-fn start_proxy(server: &ControlServer, node: &str) -> ProxyProcess {
-    let dir = server.scratch();
-    ProxyProcess::start(
-        &[server.url()],
-        node,
-        GROUP,
-        &dir.join(format!("cache-{node}")),
-        &dir.join("logs"),
-        &[],
-    )
-}
-
 /// Listener `web` with `routes`, and `clusters`.
 fn snapshot(web: SocketAddr, routes: Vec<RouteSpec>, clusters: Vec<ClusterSpec>) -> SnapshotSpec {
     SnapshotSpec {
@@ -98,7 +86,7 @@ async fn grpc_unary_and_streaming_calls_reach_an_h2c_cluster_with_their_trailers
             vec![one_endpoint("grpc", grpc.addr, "http2")],
         ),
     );
-    let proxy = start_proxy(&server, "grpc");
+    let proxy = ProxyProcess::follow(&server, "grpc", GROUP, &[]);
     proxy.wait_version(v);
 
     // The raw call: grpc-status arrives as a trailer, through the proxy.
@@ -198,7 +186,7 @@ async fn tls_upstreams_are_checked_against_a_private_ca_by_name_or_ip() {
         s
     };
     let v1 = push(&server, GROUP, &build("upstream-ca"));
-    let proxy = start_proxy(&server, "tls");
+    let proxy = ProxyProcess::follow(&server, "tls", GROUP, &[]);
     proxy.wait_version(v1);
     let http = HttpClient::http1();
     for _ in 0..3 {
@@ -285,7 +273,7 @@ async fn a_tls_upstream_that_requires_a_client_certificate_gets_the_clusters() {
         s
     };
     let v1 = push(&server, GROUP, &build(None));
-    let proxy = start_proxy(&server, "mtls");
+    let proxy = ProxyProcess::follow(&server, "mtls", GROUP, &[]);
     proxy.wait_version(v1);
     let http = HttpClient::http1();
     let r = http.get(web, "/", &[]).await.unwrap();
@@ -326,7 +314,7 @@ async fn auto_speaks_http2_to_an_h2_capable_tls_backend_and_http1_to_the_others(
     );
     s.secrets = vec![ca_secret("upstream-ca", &ca)];
     let v = push(&server, GROUP, &s);
-    let proxy = start_proxy(&server, "auto");
+    let proxy = ProxyProcess::follow(&server, "auto", GROUP, &[]);
     proxy.wait_version(v);
     let http = HttpClient::http1();
     for _ in 0..5 {
@@ -374,7 +362,7 @@ async fn the_route_timeout_covers_the_whole_response_and_idle_timeout_the_pauses
             vec![one_endpoint("slow", slow.addr, "http1")],
         ),
     );
-    let proxy = start_proxy(&server, "timeouts");
+    let proxy = ProxyProcess::follow(&server, "timeouts", GROUP, &[]);
     proxy.wait_version(v);
     let within = Duration::from_secs(10);
 
@@ -434,7 +422,7 @@ async fn a_dead_endpoint_fails_no_concurrent_post_on_a_route_without_retries() {
     let route = prefix("all", "/", "c");
     assert_eq!(route.retries, None);
     let v = push(&server, GROUP, &snapshot(web, vec![route], vec![c]));
-    let proxy = start_proxy(&server, "post-load");
+    let proxy = ProxyProcess::follow(&server, "post-load", GROUP, &[]);
     proxy.wait_version(v);
     let http = HttpClient::http1();
     let mut clients = Vec::new();

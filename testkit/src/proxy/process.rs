@@ -8,6 +8,7 @@ use std::process::{Child, Command, ExitStatus};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::control::ControlServer;
 use crate::net::http_get;
 use crate::process::{bin_path, spawn_announced, terminate_child};
 
@@ -67,6 +68,20 @@ impl ProxyProcess {
         };
         p.spawn();
         p
+    }
+
+    /// Starts a proxy of `group` on `server` alone, its cache and logs in
+    /// the server's scratch directory (`cache-NODE`, `logs`).
+    pub fn follow(server: &ControlServer, node: &str, group: &str, extra: &[&str]) -> Self {
+        let dir = server.scratch();
+        Self::start(
+            &[server.url()],
+            node,
+            group,
+            &dir.join(format!("cache-{node}")),
+            &dir.join("logs"),
+            extra,
+        )
     }
 
     fn log_path(&self, n: u32) -> PathBuf {
