@@ -25,7 +25,7 @@ export function confirmAction({ title, details, verb, danger }) {
     const error = h("p", { class: "error", id: id + "-error", role: "alert" });
     const form = h(
       "form",
-      { method: "dialog" },
+      { method: "dialog", novalidate: true },
       h("h2", { id: id + "-title" }, title),
       h("p", { id: id + "-details" }, details),
       h("label", { for: id + "-message" }, "Message (required)"),

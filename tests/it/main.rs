@@ -5,6 +5,7 @@
 mod bad_input;
 mod cas;
 mod cli_completion;
+mod console;
 mod cluster_cut_off;
 mod cluster_etcd_faults;
 mod cluster_etcd_tls;
