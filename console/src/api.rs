@@ -342,7 +342,12 @@ struct ActionBody {
 async fn json_body<T: serde::de::DeserializeOwned>(body: Body) -> Result<T> {
     let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES)
         .await
-        .map_err(|e| ApiError::invalid("body", format!("unreadable or over {MAX_BODY_BYTES} bytes: {e}")))?;
+        .map_err(|e| {
+            ApiError::invalid(
+                "body",
+                format!("unreadable or over {MAX_BODY_BYTES} bytes: {e}"),
+            )
+        })?;
     serde_json::from_slice(&bytes).map_err(|e| ApiError::invalid("body", e))
 }
 
@@ -437,7 +442,13 @@ mod tests {
         ] {
             assert!(is_loopback_host(host), "{host}");
         }
-        for host in ["", "evil.example:80", "10.0.0.1:80", "localhost.evil.example", "[::2]:1"] {
+        for host in [
+            "",
+            "evil.example:80",
+            "10.0.0.1:80",
+            "localhost.evil.example",
+            "[::2]:1",
+        ] {
             assert!(!is_loopback_host(host), "{host}");
         }
     }
@@ -486,13 +497,28 @@ mod tests {
             }
             b.body(()).unwrap().into_parts().0
         };
-        let e = Call::new(parts(&[("host", "localhost")]), true).err().unwrap();
-        assert!(e.message.starts_with("x-vane-console: header required"), "{}", e.message);
-        let e = Call::new(parts(&[(FORGERY_HEADER, "1"), ("host", "rebound.example:80")]), true)
+        let e = Call::new(parts(&[("host", "localhost")]), true)
             .err()
             .unwrap();
+        assert!(
+            e.message.starts_with("x-vane-console: header required"),
+            "{}",
+            e.message
+        );
+        let e = Call::new(
+            parts(&[(FORGERY_HEADER, "1"), ("host", "rebound.example:80")]),
+            true,
+        )
+        .err()
+        .unwrap();
         assert!(e.message.contains("not a loopback name"), "{}", e.message);
-        assert!(Call::new(parts(&[(FORGERY_HEADER, "1"), ("host", "vane.example")]), false).is_ok());
+        assert!(
+            Call::new(
+                parts(&[(FORGERY_HEADER, "1"), ("host", "vane.example")]),
+                false
+            )
+            .is_ok()
+        );
     }
 
     #[test]

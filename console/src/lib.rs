@@ -123,3 +123,6 @@ async fn not_found(request: axum::extract::Request) -> axum::response::Response 
     ))
     .into_response()
 }
+
+#[cfg(test)]
+mod tests;

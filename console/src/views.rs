@@ -618,7 +618,10 @@ mod tests {
         assert_eq!(json["agents"][1]["node_id"], "b");
         assert_eq!(json["agents"].as_array().unwrap().len(), 2);
         assert_eq!(json["agents"][0]["state"], "nacked");
-        assert_eq!(json["agents"][0]["nack_reason"], "listeners[0].port: in use");
+        assert_eq!(
+            json["agents"][0]["nack_reason"],
+            "listeners[0].port: in use"
+        );
         assert_eq!(json["labels"], json!({"zone": ["eu", "us"]}));
     }
 
@@ -671,7 +674,10 @@ mod tests {
             ..Default::default()
         };
         let ended = serde_json::to_value(RolloutView::from(ended)).unwrap();
-        assert_eq!((ended["state"].clone(), ended["active"].clone()), (json!("rolled_back"), json!(false)));
+        assert_eq!(
+            (ended["state"].clone(), ended["active"].clone()),
+            (json!("rolled_back"), json!(false))
+        );
     }
 
     #[test]
@@ -683,7 +689,10 @@ mod tests {
             unified_diff: "@@ -1 +1 @@\n-a\n+b\n".into(),
         }))
         .unwrap();
-        assert_eq!(view["lines"][1], json!({"kind": "del", "text": "-a", "old": 1, "new": null}));
+        assert_eq!(
+            view["lines"][1],
+            json!({"kind": "del", "text": "-a", "old": 1, "new": null})
+        );
         assert_eq!(view["lines"][2]["kind"], "add");
     }
 }
