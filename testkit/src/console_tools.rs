@@ -42,7 +42,11 @@ impl ConsoleTools {
     /// Playwright from [`ENV_PYTHONPATH`] (else under `target`) and Chromium
     /// from [`ENV_CHROMIUM`] (else `chromium` on `PATH`).
     pub fn locate(target: &Path) -> Self {
-        let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+        let var = |name: &str| {
+            std::env::var_os(name)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        };
         Self {
             pythonpath: var(ENV_PYTHONPATH).unwrap_or_else(|| python_dir(target)),
             chromium: var(ENV_CHROMIUM).or_else(|| on_path(CHROMIUM)),
@@ -52,7 +56,11 @@ impl ConsoleTools {
     /// What is missing, one line each (empty when everything is there).
     pub fn missing(&self) -> Vec<String> {
         let mut missing = Vec::new();
-        let playwright = self.pythonpath.join("playwright").join("sync_api").join("__init__.py");
+        let playwright = self
+            .pythonpath
+            .join("playwright")
+            .join("sync_api")
+            .join("__init__.py");
         if !playwright.is_file() {
             missing.push(format!(
                 "Playwright for Python {PLAYWRIGHT_VERSION} ({}; ${ENV_PYTHONPATH} overrides)",
@@ -144,7 +152,10 @@ mod tests {
         };
         let missing = tools.missing();
         assert_eq!(missing.len(), 2, "{missing:?}");
-        assert!(missing[0].starts_with("Playwright for Python 1.65.2"), "{missing:?}");
+        assert!(
+            missing[0].starts_with("Playwright for Python 1.65.2"),
+            "{missing:?}"
+        );
         assert!(missing[1].contains(ENV_CHROMIUM), "{missing:?}");
     }
 

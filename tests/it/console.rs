@@ -9,8 +9,8 @@
 //! refusals. Screenshots of every page go to `<target>/tmp/console/<test>/`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
 use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -85,16 +85,28 @@ impl Console {
     /// Pushes the example snapshot with `rate` requests per second to `group`.
     fn push(&self, group: &str, rate: u32, message: &str) {
         let text = std::fs::read_to_string(fixtures::example_path()).unwrap();
-        let text = text.replace("requests_per_second: 100", &format!("requests_per_second: {rate}"));
-        let file = fixtures::write_text(&self.server.scratch(), &format!("{group}-{rate}.yaml"), &text);
-        self.ctl("ops", &["push", group, "-f", file.to_str().unwrap(), "-m", message])
-            .ok();
+        let text = text.replace(
+            "requests_per_second: 100",
+            &format!("requests_per_second: {rate}"),
+        );
+        let file = fixtures::write_text(
+            &self.server.scratch(),
+            &format!("{group}-{rate}.yaml"),
+            &text,
+        );
+        self.ctl(
+            "ops",
+            &["push", group, "-f", file.to_str().unwrap(), "-m", message],
+        )
+        .ok();
     }
 }
 
 /// Where a test's screenshots go: `<target>/tmp/console/<name>/`.
 fn out_dir(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("console").join(name);
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("console")
+        .join(name);
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
@@ -125,7 +137,11 @@ fn result(name: &str, code: i32, stdout: &str, stderr: &str) -> Value {
     let line = stdout.lines().last().unwrap_or_default();
     let value: Value = serde_json::from_str(line)
         .unwrap_or_else(|e| panic!("scenario {name} printed no JSON ({e}): {stdout}"));
-    assert_eq!(value["page_errors"], json!([]), "scenario {name}: errors in the page");
+    assert_eq!(
+        value["page_errors"],
+        json!([]),
+        "scenario {name}: errors in the page"
+    );
     value
 }
 
@@ -138,7 +154,13 @@ struct Running {
 }
 
 impl Running {
-    fn spawn(console: &Console, out: &Path, name: &'static str, token: &str, extra: &[&str]) -> Self {
+    fn spawn(
+        console: &Console,
+        out: &Path,
+        name: &'static str,
+        token: &str,
+        extra: &[&str],
+    ) -> Self {
         let stderr = out.join(format!("{name}.stderr"));
         let mut child = driver(console, out, name, token, extra)
             .stdout(Stdio::piped())
@@ -163,14 +185,22 @@ impl Running {
             }
         }
         let stderr = std::fs::read_to_string(&self.stderr).unwrap_or_default();
-        panic!("scenario {} ended before its page was open:\n{stderr}", self.name);
+        panic!(
+            "scenario {} ended before its page was open:\n{stderr}",
+            self.name
+        );
     }
 
     fn finish(mut self) -> Value {
         let stdout: Vec<String> = self.lines.by_ref().map(Result::unwrap).collect();
         let status = self.child.wait().unwrap();
         let stderr = std::fs::read_to_string(&self.stderr).unwrap_or_default();
-        result(self.name, status.code().unwrap_or(-1), &stdout.join("\n"), &stderr)
+        result(
+            self.name,
+            status.code().unwrap_or(-1),
+            &stdout.join("\n"),
+            &stderr,
+        )
     }
 }
 
@@ -200,7 +230,10 @@ fn console_without_a_policy_needs_no_sign_in() {
     let seen = scenario(&console, &out, "open", "", &[]);
     assert_eq!(seen["login_shown"], false, "{seen}");
     assert!(
-        seen["identity"].as_str().unwrap().contains("authorization off"),
+        seen["identity"]
+            .as_str()
+            .unwrap()
+            .contains("authorization off"),
         "{seen}"
     );
     assert_eq!(strings(&seen["groups"]), ["edge"]);
@@ -224,29 +257,62 @@ fn console_reader_and_operator_with_tokens() {
         &["--group", "edge", "--other", "secret"],
     );
     assert_eq!(strings(&reader["groups"]), ["edge"], "{reader}");
-    assert!(reader["identity"].as_str().unwrap().starts_with("viewer (token)"), "{reader}");
+    assert!(
+        reader["identity"]
+            .as_str()
+            .unwrap()
+            .starts_with("viewer (token)"),
+        "{reader}"
+    );
     assert_eq!(reader["history_buttons"], 0, "{reader}");
     assert_eq!(reader["rollout_buttons"], 0, "{reader}");
     assert_eq!(reader["forced_rollback"], json!([403, "permission_denied"]));
     assert!(
-        reader["hidden_error"].as_str().unwrap().contains("permission_denied"),
+        reader["hidden_error"]
+            .as_str()
+            .unwrap()
+            .contains("permission_denied"),
         "{reader}"
     );
 
     // An operator sees a group pushed with vanectl while the page is open.
-    let mut page = Running::spawn(&console, &out, "groups", token("ops"), &["--other", "fresh"]);
+    let mut page = Running::spawn(
+        &console,
+        &out,
+        "groups",
+        token("ops"),
+        &["--other", "fresh"],
+    );
     page.ready();
     console.push("fresh", 100, "pushed while the page is open");
     let groups = page.finish();
-    assert_eq!(strings(&groups["groups"]), ["edge", "fresh", "secret"], "{groups}");
-    assert!(groups["fresh_row"].as_str().unwrap().contains("v1"), "{groups}");
-    assert_eq!(groups["narrow_fits"], true, "the groups page overflows a 390 px window");
+    assert_eq!(
+        strings(&groups["groups"]),
+        ["edge", "fresh", "secret"],
+        "{groups}"
+    );
+    assert!(
+        groups["fresh_row"].as_str().unwrap().contains("v1"),
+        "{groups}"
+    );
+    assert_eq!(
+        groups["narrow_fits"], true,
+        "the groups page overflows a 390 px window"
+    );
 
     // A diff between two versions, by its own URL, which a reload keeps.
     let diff = scenario(&console, &out, "diff", token("ops"), &["--group", "edge"]);
     assert_eq!(diff["hash"], "#/groups/edge/diff/1/2");
-    assert_eq!(strings(&diff["added"]), ["+  requests_per_second: 150.0"], "{diff}");
-    assert_eq!(strings(&diff["removed"]), ["-  requests_per_second: 100.0"], "{diff}");
+    assert_eq!(
+        strings(&diff["added"]),
+        ["+  requests_per_second: 150.0"],
+        "{diff}"
+    );
+    assert_eq!(
+        strings(&diff["removed"]),
+        ["-  requests_per_second: 100.0"],
+        "{diff}"
+    );
     assert_eq!(diff["after_reload"], diff["added"]);
 
     // A rollback from the page, with the keyboard: a new version whose
@@ -260,13 +326,28 @@ fn console_reader_and_operator_with_tokens() {
     );
     assert_eq!(rollback["focus_in_dialog"], "TEXTAREA", "{rollback}");
     assert_eq!(rollback["confirm_focused"], "confirm", "{rollback}");
-    assert_eq!(rollback["escape_returned_focus_to"], "rollback", "{rollback}");
-    assert!(rollback["empty_refused"].as_str().unwrap().contains("required"), "{rollback}");
-    assert!(
-        rollback["status"].as_str().unwrap().contains("v3 created with the content of v1"),
+    assert_eq!(
+        rollback["escape_returned_focus_to"], "rollback",
         "{rollback}"
     );
-    let history = console.ctl("ops", &["history", "edge", "-o", "json"]).ok().json();
+    assert!(
+        rollback["empty_refused"]
+            .as_str()
+            .unwrap()
+            .contains("required"),
+        "{rollback}"
+    );
+    assert!(
+        rollback["status"]
+            .as_str()
+            .unwrap()
+            .contains("v3 created with the content of v1"),
+        "{rollback}"
+    );
+    let history = console
+        .ctl("ops", &["history", "edge", "-o", "json"])
+        .ok()
+        .json();
     let head = &history[0];
     assert_eq!(head["version"], 3, "{history}");
     assert_eq!(head["author"], "ops", "{history}");
@@ -279,11 +360,13 @@ fn console_reader_and_operator_with_tokens() {
     let audit = scenario(&console, &out, "audit", token("ops"), &[]);
     let rows = strings(&audit["rows"]);
     assert!(
-        rows.iter().any(|r| r.contains("ops") && r.contains("rollback") && r.contains("created")),
+        rows.iter()
+            .any(|r| r.contains("ops") && r.contains("rollback") && r.contains("created")),
         "{rows:#?}"
     );
     assert!(
-        rows.iter().any(|r| r.contains("viewer") && r.contains("refused")),
+        rows.iter()
+            .any(|r| r.contains("viewer") && r.contains("refused")),
         "{rows:#?}"
     );
     assert!(audit["refused"].as_u64().unwrap() >= 1, "{audit}");
@@ -311,11 +394,8 @@ fn console_watches_a_rollout_advance_and_aborts_it() {
     let console = Console::start(true);
     console.push("edge", 100, "stable");
     let dir = console.server.scratch();
-    let token_file = vane_testkit::policy::token_file(
-        console.policy.as_ref().unwrap(),
-        "fleet",
-        token("fleet"),
-    );
+    let token_file =
+        vane_testkit::policy::token_file(console.policy.as_ref().unwrap(), "fleet", token("fleet"));
     let controls = [console.server.url()];
     let _fleet: Vec<Sidecar> = (0..4)
         .map(|i| {
@@ -325,7 +405,12 @@ fn console_watches_a_rollout_advance_and_aborts_it() {
                 "edge",
                 &controls,
                 &dir,
-                &["--label", &label, "--token-file", token_file.to_str().unwrap()],
+                &[
+                    "--label",
+                    &label,
+                    "--token-file",
+                    token_file.to_str().unwrap(),
+                ],
             )
         })
         .collect();
@@ -333,14 +418,24 @@ fn console_watches_a_rollout_advance_and_aborts_it() {
     let out = out_dir("rollout");
 
     let agents = scenario(&console, &out, "agents", token("ops"), &["--group", "edge"]);
-    assert_eq!(strings(&agents["all"]), ["n0", "n1", "n2", "n3"], "{agents}");
+    assert_eq!(
+        strings(&agents["all"]),
+        ["n0", "n1", "n2", "n3"],
+        "{agents}"
+    );
     assert_eq!(strings(&agents["zone_a"]), ["n0", "n2"], "{agents}");
     assert_eq!(agents["hash"], "#/groups/edge/agents?selector=zone%3Da");
     assert_eq!(strings(&agents["states"]), ["synced", "synced"]);
 
     let spec = fixtures::example_with_value("release", json!("candidate"));
     let candidate = fixtures::write_json(&dir, "candidate.json", &spec);
-    let mut page = Running::spawn(&console, &out, "rollout", token("ops"), &["--group", "edge"]);
+    let mut page = Running::spawn(
+        &console,
+        &out,
+        "rollout",
+        token("ops"),
+        &["--group", "edge"],
+    );
     page.ready();
     console
         .ctl(
@@ -361,29 +456,56 @@ fn console_watches_a_rollout_advance_and_aborts_it() {
         )
         .ok();
     let rollout = page.finish();
-    assert!(rollout["first"].as_str().unwrap().starts_with("1 of 2 (50%)"), "{rollout}");
-    assert!(rollout["advanced"].as_str().unwrap().starts_with("2 of 2 (100%)"), "{rollout}");
-    assert!(rollout["state"].as_str().unwrap().contains("rolled back"), "{rollout}");
-    assert_eq!(rollout["buttons_left"], 0, "an ended rollout offers no action");
+    assert!(
+        rollout["first"]
+            .as_str()
+            .unwrap()
+            .starts_with("1 of 2 (50%)"),
+        "{rollout}"
+    );
+    assert!(
+        rollout["advanced"]
+            .as_str()
+            .unwrap()
+            .starts_with("2 of 2 (100%)"),
+        "{rollout}"
+    );
+    assert!(
+        rollout["state"].as_str().unwrap().contains("rolled back"),
+        "{rollout}"
+    );
+    assert_eq!(
+        rollout["buttons_left"], 0,
+        "an ended rollout offers no action"
+    );
     let status = console
         .ctl("ops", &["rollout", "status", "edge", "-o", "json"])
         .ok()
         .json();
     assert_eq!(status["state"], "ROLLED_BACK", "{status}");
-    let audit = console.ctl("ops", &["audit", "edge", "-o", "json"]).ok().json();
-    let aborted = audit
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|e| {
-            e["identity"] == "ops"
-                && e["action"] == "rollout.abort"
-                && e["message"].as_str().unwrap().contains("abort from the console")
-        });
+    let audit = console
+        .ctl("ops", &["audit", "edge", "-o", "json"])
+        .ok()
+        .json();
+    let aborted = audit.as_array().unwrap().iter().any(|e| {
+        e["identity"] == "ops"
+            && e["action"] == "rollout.abort"
+            && e["message"]
+                .as_str()
+                .unwrap()
+                .contains("abort from the console")
+    });
     assert!(aborted, "no audited abort by ops: {audit}");
     screenshots(
         &out,
-        &["agents", "agents-filtered", "rollout-none", "rollout-first-step", "rollout-advanced", "rollout-aborted"],
+        &[
+            "agents",
+            "agents-filtered",
+            "rollout-none",
+            "rollout-first-step",
+            "rollout-advanced",
+            "rollout-aborted",
+        ],
     );
 }
 
@@ -391,14 +513,15 @@ fn console_watches_a_rollout_advance_and_aborts_it() {
 fn wait_synced(console: &Console, n: usize, version: u64) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let status = console.ctl("ops", &["status", "edge", "-o", "json"]).ok().json();
-        let synced = status
-            .as_array()
-            .map_or(0, |a| {
-                a.iter()
-                    .filter(|a| a["state"] == "SYNCED" && a["acked_version"] == version)
-                    .count()
-            });
+        let status = console
+            .ctl("ops", &["status", "edge", "-o", "json"])
+            .ok()
+            .json();
+        let synced = status.as_array().map_or(0, |a| {
+            a.iter()
+                .filter(|a| a["state"] == "SYNCED" && a["acked_version"] == version)
+                .count()
+        });
         if synced == n {
             return;
         }

@@ -5,12 +5,12 @@
 mod bad_input;
 mod cas;
 mod cli_completion;
-mod console;
 mod cluster_cut_off;
 mod cluster_etcd_faults;
 mod cluster_etcd_tls;
 mod cluster_failover;
 mod cluster_replicas;
+mod console;
 mod ctl_groups;
 mod ctl_workflow;
 mod data_plane_health;
