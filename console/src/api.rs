@@ -20,8 +20,8 @@ use tonic::metadata::MetadataMap;
 use vane_proto as pb;
 use vane_proto::admin_server::Admin;
 
-use crate::Console;
 use crate::errors::ApiError;
+use crate::state::Console;
 use crate::views::{
     AgentsView, AuditLogView, AuditView, DiffView, GroupRow, GroupsView, HistoryView, PushView,
     RolloutBrief, RolloutPage, RolloutView, SessionView,

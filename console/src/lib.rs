@@ -14,12 +14,11 @@
 //! # Layout
 //! - `assets`: the embedded page, scripts and style sheet, and the headers
 //!   every response carries.
+//! - `state`: [`Console`] and [`Gate`].
 //! - `api`: the JSON endpoints.
 //! - `views`: the JSON shapes, from the protobuf answers.
 //! - `diff`: a unified diff cut into typed, numbered lines.
 //! - `errors`: an Admin refusal as an HTTP status and a JSON body.
-
-use std::sync::Arc;
 
 use axum::Router;
 use axum::response::Redirect;
@@ -30,61 +29,16 @@ mod api;
 mod assets;
 mod diff;
 mod errors;
+mod state;
 mod views;
 
 pub use api::{FORGERY_HEADER, HISTORY_LIMIT, MAX_AUDIT_ENTRIES, MAX_BODY_BYTES};
+pub use state::{Console, Gate};
 
 /// Where the page is served.
 pub const PATH: &str = "/ui/";
 
-/// The one question the console asks the server directly: whether the
-/// caller of a request may act (roll back, steer a rollout) on a group, as
-/// the server's policy says. Only decides which buttons the page shows;
-/// never audited.
-pub trait Gate: Send + Sync + 'static {
-    /// Whether the caller of the request with head `parts` may roll back
-    /// `group` and pause, resume, promote or abort its rollout.
-    fn may_operate(&self, parts: &http::request::Parts, group: &str) -> bool;
-}
-
-/// The console over an Admin service.
-pub struct Console<A> {
-    admin: A,
-    gate: Arc<dyn Gate>,
-    /// Whether it listens on loopback only: then API requests must name a
-    /// loopback `Host` (DNS rebinding).
-    loopback: bool,
-}
-
-impl<A> std::fmt::Debug for Console<A> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Console")
-            .field("loopback", &self.loopback)
-            .finish_non_exhaustive()
-    }
-}
-
 impl<A: Admin> Console<A> {
-    /// The console calling `admin` for everything it shows and does, and
-    /// `gate` for which buttons to show.
-    pub fn new(admin: A, gate: impl Gate) -> Self {
-        Self {
-            admin,
-            gate: Arc::new(gate),
-            loopback: false,
-        }
-    }
-
-    /// Whether the console's listener is on a loopback address (default:
-    /// false). When it is, API requests whose `Host` is not a loopback
-    /// name are refused: a foreign page whose DNS name was rebound to
-    /// 127.0.0.1 cannot read or act through it.
-    #[must_use]
-    pub fn on_loopback(mut self, loopback: bool) -> Self {
-        self.loopback = loopback;
-        self
-    }
-
     /// The routes: the page, its assets, the API; `/` and `/ui` redirect to
     /// `/ui/`, any other path is a JSON 404.
     pub fn router(self) -> Router {
@@ -110,7 +64,7 @@ impl<A: Admin> Console<A> {
             .route("/ui/api/audit", get(api::audit::<A>))
             .fallback(not_found)
             .layer(axum::middleware::map_response(assets::secure))
-            .with_state(Arc::new(self))
+            .with_state(std::sync::Arc::new(self))
     }
 }
 

@@ -51,6 +51,7 @@ pub(crate) struct Endpoint {
     pub(crate) limits: ConnLimits,
     pub(crate) counters: Arc<ConnCounters>,
     pub(crate) request_timeout: std::time::Duration,
+    pub(crate) max_header_list_bytes: u32,
 }
 
 /// Serves the console over `admin` until `stop`.
@@ -79,7 +80,7 @@ pub(crate) async fn serve(
     let served = tonic::transport::Server::builder()
         .accept_http1(true)
         .timeout(endpoint.request_timeout)
-        .http2_max_header_list_size(Some(crate::server::MAX_HEADER_LIST_BYTES))
+        .http2_max_header_list_size(Some(endpoint.max_header_list_bytes))
         .add_routes(tonic::service::Routes::from(router))
         .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
         .await;

@@ -568,6 +568,7 @@ impl Server {
                 limits: config.conn_limits,
                 counters: Arc::clone(&conn_counters),
                 request_timeout: config.request_timeout,
+                max_header_list_bytes: MAX_HEADER_LIST_BYTES,
             };
             tasks.spawn(crate::console::serve(
                 endpoint,
