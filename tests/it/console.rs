@@ -529,3 +529,127 @@ fn wait_synced(console: &Console, n: usize, version: u64) {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// Over TLS, the console takes the caller from its client certificate,
+/// as the Admin API does: no token, the operator's buttons and actions,
+/// the reader's refusals, the author of a rollback.
+#[test]
+fn console_takes_the_identity_of_a_client_certificate() {
+    use vane_testkit::curl::curl;
+
+    let dir = tempfile::tempdir().unwrap();
+    vane_pki::DemoSet::generate()
+        .unwrap()
+        .write(dir.path(), false)
+        .unwrap();
+    let p = |f: &str| dir.path().join(f).to_str().unwrap().to_owned();
+    let console_addr = free_addr();
+    let listen = console_addr.to_string();
+    let server = ControlServer::start_with(&[
+        "--tls-cert",
+        &p("server.pem"),
+        "--tls-key",
+        &p("server.key"),
+        "--client-ca",
+        &p("ca.pem"),
+        "--policy",
+        &p("policy.yaml"),
+        "--console-listen",
+        &listen,
+    ]);
+    assert!(vane_testkit::net::wait_accepting(
+        console_addr,
+        Duration::from_secs(10)
+    ));
+    let ctl = |who: &str, args: &[&str]| {
+        let mut all = vec![
+            "--server".to_owned(),
+            format!("https://{}", server.addr()),
+            "--ca".to_owned(),
+            p("ca.pem"),
+            "--cert".to_owned(),
+            p(&format!("{who}.pem")),
+            "--key".to_owned(),
+            p(&format!("{who}.key")),
+        ];
+        all.extend(args.iter().map(|a| (*a).to_owned()));
+        let all: Vec<&str> = all.iter().map(String::as_str).collect();
+        vane_testkit::run_vanectl(&all, &[]).ok()
+    };
+    let example = fixtures::example_path();
+    ctl(
+        "operator",
+        &[
+            "push",
+            "edge",
+            "-f",
+            example.to_str().unwrap(),
+            "-m",
+            "first",
+        ],
+    );
+    let v2 = fixtures::write_json(
+        dir.path(),
+        "v2.json",
+        &fixtures::example_with_value("release", json!("2")),
+    );
+    ctl(
+        "operator",
+        &["push", "edge", "-f", v2.to_str().unwrap(), "-m", "second"],
+    );
+
+    let api = |path: &str| format!("https://{console_addr}/ui/api/{path}");
+    let ca = p("ca.pem");
+    let as_ = |who: &str| -> Vec<String> {
+        let mut args = vec![
+            "--cacert".to_owned(),
+            ca.clone(),
+            "-H".to_owned(),
+            "x-vane-console: 1".to_owned(),
+        ];
+        if !who.is_empty() {
+            args.extend([
+                "--cert".to_owned(),
+                p(&format!("{who}.pem")),
+                "--key".to_owned(),
+                p(&format!("{who}.key")),
+            ]);
+        }
+        args
+    };
+    let call = |who: &str, path: &str, extra: &[&str]| {
+        let mut args = as_(who);
+        args.extend(extra.iter().map(|a| (*a).to_owned()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        curl(&api(path), &args)
+    };
+
+    let session = call("operator", "session", &[]);
+    assert_eq!(session.status, 200, "{}", session.body);
+    assert_eq!(session.json()["identity"], "operator");
+    assert_eq!(session.json()["source"], "certificate");
+    let groups = call("operator", "groups", &[]).json();
+    assert_eq!(groups["groups"][0]["may_operate"], true, "{groups}");
+    let groups = call("reader", "groups", &[]).json();
+    assert_eq!(groups["groups"][0]["may_operate"], false, "{groups}");
+
+    let post = [
+        "-X",
+        "POST",
+        "-H",
+        "content-type: application/json",
+        "-d",
+        r#"{"to_version": 1, "message": "back to the first"}"#,
+    ];
+    let refused = call("reader", "groups/edge/rollback", &post);
+    assert_eq!(refused.status, 403, "{}", refused.body);
+    let anonymous = call("", "groups/edge/rollback", &post);
+    assert_eq!(anonymous.status, 401, "{}", anonymous.body);
+    let done = call("operator", "groups/edge/rollback", &post);
+    assert_eq!(done.status, 200, "{}", done.body);
+    assert_eq!(done.json()["version"], 3);
+    let history = ctl("operator", &["history", "edge", "-o", "json"]).json();
+    assert_eq!(history[0]["author"], "operator", "{history}");
+    assert_eq!(history[0]["message"], "back to the first");
+    assert_eq!(history[0]["rollback_of"], 1);
+}
