@@ -6,7 +6,9 @@
 //! open, opens a diff by its URL, rolls back from the page (the new version
 //! in `vanectl history` has the operator as author), filters agents by
 //! label, watches a rollout advance and aborts it; the audit log shows the
-//! refusals. Screenshots of every page go to `<target>/tmp/console/<test>/`.
+//! refusals. Over TLS the console takes the caller from its client
+//! certificate (checked with curl), and off loopback it needs TLS and a
+//! policy. Screenshots of every page go to `<target>/tmp/console/<test>/`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{BufRead as _, BufReader};
@@ -652,4 +654,22 @@ fn console_takes_the_identity_of_a_client_certificate() {
     assert_eq!(history[0]["author"], "operator", "{history}");
     assert_eq!(history[0]["message"], "back to the first");
     assert_eq!(history[0]["rollback_of"], 1);
+}
+
+/// A console reachable from the network gets the main port's rules: no
+/// plaintext and no open policy off loopback, unless `--insecure`.
+#[test]
+fn a_console_off_loopback_needs_tls_and_a_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(vane_testkit::process::bin_path("vane-control"));
+    cmd.args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .args(["--console-listen", "0.0.0.0:0"]);
+    let out = run_captured(cmd, None, Duration::from_secs(30)).unwrap();
+    assert_ne!(out.code, 0, "vane-control served: {}", out.stdout);
+    let stderr = out.stderr;
+    assert!(
+        stderr.contains("--console-listen 0.0.0.0:0: not a loopback address, and no --tls-cert"),
+        "{stderr}"
+    );
 }
