@@ -22,6 +22,8 @@
 //! - [`metrics`], [`collectors`]: Prometheus metrics and the admin HTTP endpoint;
 //!   [`metered_store`]: the store's operations timed;
 //!   [`health`]: readiness (`/readyz`, `grpc.health.v1.Health`).
+//! - [`console`]: the web console (`vane-console`) on `--console-listen`,
+//!   its API going through [`admin`].
 //! - [`retention`]: the background pass that keeps history bounded.
 //! - [`check`]: `vane-control check`, every stored version verified offline.
 //! - [`server`]: wiring, startup and bounded shutdown; the binary is a thin
@@ -48,6 +50,7 @@ pub mod audit;
 pub mod auth;
 pub mod check;
 pub mod collectors;
+pub mod console;
 pub mod health;
 pub mod http;
 pub mod hub;

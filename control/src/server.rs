@@ -71,6 +71,9 @@ pub struct Config {
     /// Address of the admin HTTP endpoint (`GET /metrics`, `GET /healthz`).
     /// Default none: not served.
     pub admin_listen: Option<SocketAddr>,
+    /// Address of the web console (`/ui/`, docs/console.md), served with
+    /// the main port's TLS, tokens and policy. Default none: not served.
+    pub console_listen: Option<SocketAddr>,
     /// TLS for the gRPC endpoint (server certificate and key, and the CA of
     /// client certificates). Default none: plaintext, loopback only unless
     /// `insecure`.
@@ -134,6 +137,7 @@ impl Default for Config {
             http2_keepalive_interval: Duration::from_secs(20),
             http2_keepalive_timeout: Duration::from_secs(10),
             admin_listen: None,
+            console_listen: None,
             tls: None,
             policy: None,
             tokens: None,
@@ -174,6 +178,23 @@ impl Security {
     /// Refuses plaintext or an open policy on a non-loopback address unless
     /// `insecure` (then warns).
     fn check_exposure(config: &Config) -> Result<(), ServerError> {
+        if let Some(console) = config.console_listen
+            && !console.ip().is_loopback()
+            && !config.insecure
+        {
+            // The console takes the main port's TLS and policy: the same
+            // rules, naming its own flag.
+            if config.tls.is_none() {
+                return Err(ServerError::Insecure(format!(
+                    "--console-listen {console}: not a loopback address, and no --tls-cert/--tls-key: bearer tokens and configurations would cross the network in plaintext. Give a certificate, or --insecure to serve plaintext anyway"
+                )));
+            }
+            if config.policy.is_none() {
+                return Err(ServerError::Insecure(format!(
+                    "--console-listen {console}: not a loopback address, and no --policy: anyone who can connect could roll back every group. Give a policy, or --insecure to allow everyone everything"
+                )));
+            }
+        }
         let loopback = config.listen.ip().is_loopback();
         if !loopback && !config.insecure {
             if config.tls.is_none() {
@@ -266,6 +287,7 @@ pub struct Server {
     local_addr: SocketAddr,
     /// The admin endpoint's socket and address, when configured.
     admin: Option<(TcpListener, SocketAddr)>,
+    console: Option<(TcpListener, SocketAddr)>,
     store: Arc<dyn Store>,
     hub: Arc<Hub>,
     agents: Arc<AgentRegistry>,
@@ -324,10 +346,19 @@ impl Server {
                 }
                 None => None,
             };
-            Ok::<_, ServerError>((heads, listener, local_addr, admin, security))
+            let console = match config.console_listen {
+                Some(addr) => {
+                    let bind_error = |source| ServerError::Bind { addr, source };
+                    let console = TcpListener::bind(addr).await.map_err(bind_error)?;
+                    let bound = console.local_addr().map_err(bind_error)?;
+                    Some((console, bound))
+                }
+                None => None,
+            };
+            Ok::<_, ServerError>((heads, listener, local_addr, (admin, console), security))
         }
         .await;
-        let (heads, listener, local_addr, admin, security) = match bound {
+        let (heads, listener, local_addr, (admin, console), security) = match bound {
             Ok(bound) => bound,
             Err(e) => {
                 if let Err(close) = store.close().await {
@@ -353,6 +384,7 @@ impl Server {
             listener,
             local_addr,
             admin,
+            console,
             store,
             security,
         })
@@ -361,6 +393,11 @@ impl Server {
     /// The admin endpoint's bound address, when `admin_listen` was set.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin.as_ref().map(|(_, addr)| *addr)
+    }
+
+    /// The console's bound address, when `console_listen` was set.
+    pub fn console_addr(&self) -> Option<SocketAddr> {
+        self.console.as_ref().map(|(_, addr)| *addr)
     }
 
     /// The bound address (the real port when `listen` had port 0).
@@ -377,6 +414,7 @@ impl Server {
             listener,
             local_addr,
             admin: admin_endpoint,
+            console: console_endpoint,
             store,
             hub,
             agents,
@@ -520,9 +558,25 @@ impl Server {
             config.max_snapshot_bytes,
         )
         .with_replica(replica.clone())
-        .with_security(auth, Some(audit), push_limit)
+        .with_security(auth.clone(), Some(audit), push_limit)
         .with_rollouts(Arc::clone(&rollouts))
         .with_shutdown(stop.clone());
+        if let Some((listener, _)) = console_endpoint {
+            let endpoint = crate::console::Endpoint {
+                listener,
+                tls: security.tls.clone(),
+                limits: config.conn_limits,
+                counters: Arc::clone(&conn_counters),
+                request_timeout: config.request_timeout,
+                max_header_list_bytes: MAX_HEADER_LIST_BYTES,
+            };
+            tasks.spawn(crate::console::serve(
+                endpoint,
+                admin.clone(),
+                auth,
+                stop.clone(),
+            ));
+        }
         // Only the tasks and services keep it from here: it holds the audit
         // log, whose writer ends (and shutdown with it) once every holder
         // is gone.

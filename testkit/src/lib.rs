@@ -34,12 +34,13 @@
 //! test instead of hanging it; none of the assertions depend on how fast
 //! anything runs.
 //!
-//! `net`, `process`, `xds_tools`, `openfeature_tools`, `deploy_tools` and `envoy_config` need nothing but the standard library and `nix`;
+//! `net`, `process`, `xds_tools`, `openfeature_tools`, `console_tools`, `deploy_tools` and `envoy_config` need nothing but the standard library and `nix`;
 //! everything else is behind the default feature `full` (gRPC, HTTP, the
 //! model), which xtask leaves out so that `cargo xtask` starts quickly.
 
 #![allow(clippy::unwrap_used)] // Test support: a panic is how a test fails.
 
+pub mod console_tools;
 pub mod deploy_tools;
 pub mod envoy_config;
 pub mod net;

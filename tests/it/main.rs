@@ -10,6 +10,7 @@ mod cluster_etcd_faults;
 mod cluster_etcd_tls;
 mod cluster_failover;
 mod cluster_replicas;
+mod console;
 mod ctl_groups;
 mod ctl_workflow;
 mod data_plane_health;

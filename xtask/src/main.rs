@@ -27,6 +27,7 @@ mod apt;
 mod bench;
 mod certs;
 mod cluster_demo;
+mod console_deps;
 mod demo;
 mod deploy_deps;
 mod doctests;

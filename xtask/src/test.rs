@@ -1,7 +1,8 @@
 //! `cargo xtask test`: everything CI checks, in order, stopping at the first
 //! failure. Tools the tests need are installed first when missing (etcd,
 //! protoc and promtool with apt, the xDS clients by `xds_deps`, the
-//! OpenFeature clients by `openfeature_deps`, the checkers of `deploy/` and
+//! OpenFeature clients by `openfeature_deps`, Chromium and Playwright by
+//! `console_deps`, the checkers of `deploy/` and
 //! cargo-deny by `deploy_deps`).
 
 use std::path::Path;
@@ -45,6 +46,9 @@ pub(crate) fn run(root: &Path) -> Result<()> {
     // The OpenFeature SDKs with their flagd providers, the same way.
     let openfeature = crate::openfeature_deps::ensure(root, &mut apt)?;
     tools_env.extend(crate::openfeature_deps::test_env(&openfeature));
+    // Chromium (apt) and Playwright (pip, pinned) for the console's tests.
+    let console = crate::console_deps::ensure(root, &mut apt)?;
+    tools_env.extend(crate::console_deps::test_env(&console));
     // systemd-analyze and the Kubernetes schema validator for deploy/.
     tools_env.extend(crate::deploy_deps::ensure(root, &mut apt)?);
 

@@ -140,6 +140,13 @@ struct Args {
     /// listening on ADDR`.
     #[arg(long)]
     admin_listen: Option<SocketAddr>,
+    /// Address of the web console (`/ui/`: groups, history, diffs, agents,
+    /// rollouts, the audit log; rollback and rollout actions for
+    /// operators), served with the TLS, client CA, tokens and policy of
+    /// --listen (docs/console.md); off unless set. The bound address is
+    /// printed on stdout as `vane-control console listening on ADDR`.
+    #[arg(long, value_name = "ADDR")]
+    console_listen: Option<SocketAddr>,
     /// The server's TLS certificate chain (PEM). With --tls-key, the gRPC
     /// endpoint serves TLS only.
     #[arg(
@@ -475,6 +482,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         shutdown_grace: args.shutdown_grace,
         agent_forget_after: args.forget_agents_after,
         admin_listen: args.admin_listen,
+        console_listen: args.console_listen,
         tls: match (args.tls_cert, args.tls_key) {
             (Some(cert), Some(key)) => Some(vane_control::accept::TlsFiles {
                 cert,
@@ -514,6 +522,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     writeln!(stdout, "vane-control listening on {}", server.local_addr())
         .and_then(|()| match server.admin_addr() {
             Some(addr) => writeln!(stdout, "{}", vane_control::metrics::admin_line(addr)),
+            None => Ok(()),
+        })
+        .and_then(|()| match server.console_addr() {
+            Some(addr) => writeln!(stdout, "{}", vane_control::console::console_line(addr)),
             None => Ok(()),
         })
         .and_then(|()| stdout.flush())

@@ -40,7 +40,7 @@ use anyhow::{Context as _, Result, ensure};
 
 use self::session::Demo;
 pub(crate) use self::setup::Security;
-use self::setup::{control_args, write_certs, write_files};
+use self::setup::{console_args, control_args, write_certs, write_files};
 use self::steps::steps;
 use crate::harness::{CONTROL_LISTENING, Server};
 use crate::narrate::{section, tail, wrap};
@@ -91,7 +91,12 @@ pub(crate) fn run(root: &Path, security: Security) -> Result<()> {
     }
 
     println!();
-    let (args, shown) = control_args("127.0.0.1:0", work.path(), &data, security);
+    let (mut args, shown) = control_args("127.0.0.1:0", work.path(), &data, security);
+    // The web console (docs/console.md) on a port of its own, kept across
+    // the tour's restart of the server.
+    let console = vane_testkit::net::free_addr();
+    args.extend(console_args(console));
+    let shown = format!("{shown} \\\n    --console-listen {console}");
     match security {
         Security::Mtls => println!(
             "==> starting vane-control with mTLS (TLS, client certificates, the policy) on a temporary data directory"
@@ -125,6 +130,14 @@ pub(crate) fn run(root: &Path, security: Security) -> Result<()> {
     }
     match security {
         Security::Mtls => println!(
+            "    the web console: {scheme}://{console}/ui/ (import operator.pem and operator.key into the browser as a client certificate; docs/console.md)"
+        ),
+        Security::Plaintext => println!(
+            "    the web console: {scheme}://{console}/ui/ (no sign-in: no policy on loopback; docs/console.md)"
+        ),
+    }
+    match security {
+        Security::Mtls => println!(
             "    in {} (the certificates, a copy of examples/snapshot.yaml and two variants of it)",
             work.path().display()
         ),
@@ -142,6 +155,7 @@ pub(crate) fn run(root: &Path, security: Security) -> Result<()> {
         security,
         server_url,
         server,
+        console,
         agent: None,
         proxy: None,
         web: None,

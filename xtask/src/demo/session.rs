@@ -35,6 +35,8 @@ pub(crate) struct Demo {
     pub(crate) security: Security,
     pub(crate) server_url: String,
     pub(crate) server: Server,
+    /// The web console's address (`--console-listen`).
+    pub(crate) console: SocketAddr,
     pub(crate) agent: Option<Server>,
     pub(crate) proxy: Option<Server>,
     /// The proxy's HTTP listener, and the backend behind it.
@@ -353,12 +355,13 @@ impl Demo {
     }
 
     pub(crate) fn restart_server(&mut self) -> Result<()> {
-        let (args, shown) = control_args(
+        let (mut args, shown) = control_args(
             &self.server.addr.to_string(),
             &self.work,
             &self.data,
             self.security,
         );
+        args.extend(super::setup::console_args(self.console));
         println!("$ {shown}");
         self.server = Server::start(
             "vane-control",

@@ -101,6 +101,11 @@ pub(crate) fn control_args(
     (args, shown)
 }
 
+/// The web console's flag for `addr` (docs/console.md).
+pub(crate) fn console_args(addr: std::net::SocketAddr) -> [OsString; 2] {
+    ["--console-listen".into(), addr.to_string().into()]
+}
+
 /// The files the tour pushes: the example, a changed copy, a broken copy;
 /// the flags example and its change.
 pub(crate) fn write_files(root: &Path, work: &Path) -> Result<()> {

@@ -24,6 +24,8 @@ pub(crate) const RULES: &[(&str, &[&str])] = &[
     ("vane-build-info", &[]),
     ("vane-xds", &["vane-model"]),
     ("vane-jsonlogic", &[]),
+    // The web console: the wire contract only; the server hands it its Admin service.
+    ("vane-console", &["vane-proto"]),
     // Storage.
     ("vane-store", &["vane-proto", "vane-backoff"]),
     (
@@ -43,6 +45,7 @@ pub(crate) const RULES: &[(&str, &[&str])] = &[
             "vane-backoff",
             "vane-xds",
             "vane-build-info",
+            "vane-console",
         ],
     ),
     (
