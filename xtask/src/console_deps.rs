@@ -13,7 +13,7 @@ use vane_testkit::console_tools::{
 };
 
 use crate::apt::Apt;
-use crate::pinned::{ensure_pip, pip_install, pip_stamp, stamped};
+use crate::pinned::ensure_pip_install;
 use crate::process::target_dir;
 
 /// Makes sure Chromium and Playwright are installed, installing what is
@@ -22,15 +22,13 @@ pub(crate) fn ensure(root: &Path, apt: &mut Apt) -> Result<ConsoleTools> {
     let target = target_dir(root);
     apt.ensure_tool(CHROMIUM, CHROMIUM)?;
     let dir = python_dir(&target);
-    if !stamped(&dir, &pip_stamp(PYTHON_PIP)) {
-        ensure_pip(apt, "Playwright")?;
-        pip_install(
-            &dir,
-            PYTHON_PIP,
-            &format!("Playwright {PLAYWRIGHT_VERSION}"),
-            "the console's browser tests",
-        )?;
-    }
+    ensure_pip_install(
+        apt,
+        &dir,
+        PYTHON_PIP,
+        &format!("Playwright {PLAYWRIGHT_VERSION}"),
+        "the console's browser tests",
+    )?;
     let tools = ConsoleTools::locate(&target);
     let missing = tools.missing();
     ensure!(
