@@ -134,8 +134,9 @@ impl AsyncWrite for UpIo {
 /// connection, which whoever holds this drives (no task of its own).
 pub(crate) struct H1 {
     sender: http1::SendRequest<UpstreamBody>,
-    /// `None` once the connection has ended.
-    conn: Option<http1::Connection<TokioIo<UpIo>, UpstreamBody>>,
+    /// `None` once the connection has ended. Boxed: it is large, and a
+    /// connection moves in and out of the pool with every request.
+    conn: Option<Box<http1::Connection<TokioIo<UpIo>, UpstreamBody>>>,
     addr: SocketAddr,
 }
 
@@ -156,7 +157,7 @@ impl H1 {
         let Some(conn) = self.conn.as_mut() else {
             return false;
         };
-        if let Poll::Ready(r) = Pin::new(conn).poll(cx) {
+        if let Poll::Ready(r) = Pin::new(conn.as_mut()).poll(cx) {
             if let Err(e) = r {
                 tracing::debug!(addr = %self.addr, error = %e, "upstream connection ended with an error");
             }
@@ -197,8 +198,7 @@ impl H1 {
     async fn exchange(
         &mut self,
         req: Request<UpstreamBody>,
-    ) -> Result<Response<Incoming>, hyper::client::conn::TrySendError<Request<UpstreamBody>>>
-    {
+    ) -> Result<Response<Incoming>, hyper::client::conn::TrySendError<Request<UpstreamBody>>> {
         let mut answer = pin!(self.sender.try_send_request(req));
         poll_fn(|cx| self.poll_with(answer.as_mut(), cx)).await
     }
@@ -495,7 +495,7 @@ async fn handshake_h1(io: UpIo, addr: SocketAddr) -> Result<Conn, String> {
         .map_err(|e| format!("handshake: {e}"))?;
     Ok(Conn::H1(H1 {
         sender,
-        conn: Some(conn),
+        conn: Some(Box::new(conn)),
         addr,
     }))
 }
@@ -815,7 +815,11 @@ mod tests {
         for i in 1..=5 {
             let (resp, lease) = send(addr, &t, timeout, get(addr)).await.unwrap();
             assert_eq!(resp.status(), 200);
-            assert_eq!(read_body(resp.into_body(), lease).await, b"ok", "request {i}");
+            assert_eq!(
+                read_body(resp.into_body(), lease).await,
+                b"ok",
+                "request {i}"
+            );
         }
         // Two requests per connection: the pool reused each connection
         // until the upstream closed it, and no request saw the close.
@@ -825,9 +829,12 @@ mod tests {
         let key = (addr, t.key);
         let open = |key| {
             IDLE.with(|p| {
-                p.borrow_mut()
-                    .get_mut(&key)
-                    .map_or(0, |v| v.iter_mut().map(|i| i.conn.still_open()).filter(|o| *o).count())
+                p.borrow_mut().get_mut(&key).map_or(0, |v| {
+                    v.iter_mut()
+                        .map(|i| i.conn.still_open())
+                        .filter(|o| *o)
+                        .count()
+                })
             })
         };
         assert_eq!(open(key), 1);
@@ -835,7 +842,10 @@ mod tests {
         assert_eq!(read_body(resp.into_body(), lease).await, b"ok");
         let deadline = Instant::now() + Duration::from_secs(5);
         while open(key) > 0 {
-            assert!(Instant::now() < deadline, "the closed connection still looks open");
+            assert!(
+                Instant::now() < deadline,
+                "the closed connection still looks open"
+            );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         assert_eq!(conns.load(Ordering::SeqCst), 3);

@@ -210,7 +210,11 @@ impl Body for ProxyBody {
                     && d.as_mut().poll(cx).is_ready()
                 {
                     *done = true;
-                    return Poll::Ready(Some(Err(cut_by(limits, UpstreamErrorKind::ResponseTimeout, BodyError::Timeout))));
+                    return Poll::Ready(Some(Err(cut_by(
+                        limits,
+                        UpstreamErrorKind::ResponseTimeout,
+                        BodyError::Timeout,
+                    ))));
                 }
                 let mut frame = Pin::new(&mut *body).poll_frame(cx);
                 // A pooled HTTP/1.1 connection has no task of its own: the
@@ -240,7 +244,11 @@ impl Body for ProxyBody {
                             // Not armed yet (the body never waited): the
                             // deadline is read from the clock.
                             *done = true;
-                            return Poll::Ready(Some(Err(cut_by(limits, UpstreamErrorKind::ResponseTimeout, BodyError::Timeout))));
+                            return Poll::Ready(Some(Err(cut_by(
+                                limits,
+                                UpstreamErrorKind::ResponseTimeout,
+                                BodyError::Timeout,
+                            ))));
                         }
                     }
                     Poll::Ready(Some(Err(_))) => *done = true,
@@ -258,12 +266,20 @@ impl Body for ProxyBody {
                                 && d.as_mut().poll(cx).is_ready()
                             {
                                 *done = true;
-                                return Poll::Ready(Some(Err(cut_by(limits, UpstreamErrorKind::ResponseTimeout, BodyError::Timeout))));
+                                return Poll::Ready(Some(Err(cut_by(
+                                    limits,
+                                    UpstreamErrorKind::ResponseTimeout,
+                                    BodyError::Timeout,
+                                ))));
                             }
                             if t.idle.as_mut().poll(cx).is_ready() {
                                 *done = true;
                                 let e = BodyError::Idle(t.idle_for);
-                                return Poll::Ready(Some(Err(cut_by(limits, UpstreamErrorKind::ResponseIdle, e))));
+                                return Poll::Ready(Some(Err(cut_by(
+                                    limits,
+                                    UpstreamErrorKind::ResponseIdle,
+                                    e,
+                                ))));
                             }
                         }
                     }
