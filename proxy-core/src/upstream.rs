@@ -8,10 +8,17 @@
 //! and a connection's task runs on the same thread as its requests.
 //!
 //! - HTTP/1.1: a request checks out a keep-alive connection, and its
-//!   response body returns it when it ends. A pooled connection the
-//!   upstream closed meanwhile is skipped; a request that a connection
-//!   refused before sending anything is sent on the next one (hyper hands
-//!   the request back), so keep-alive races never reach the client.
+//!   response body returns it when it ends. The connection has no task of
+//!   its own: the request that holds it drives it ([`H1::drive`]), while
+//!   it waits for the response head and then from the response body's
+//!   `poll_frame`, so the request, the response head and the body are
+//!   handled in one task with no wake-up between tasks, and a body that
+//!   arrived with its head goes downstream in the same write as the head.
+//!   A pooled connection the upstream closed meanwhile is found when it is
+//!   next driven and skipped (and the sweeper drops those closed while
+//!   idle); a request that a connection refused before sending anything is
+//!   sent on the next one (hyper hands the request back), so keep-alive
+//!   races never reach the client.
 //! - HTTP/2 (`http2`: prior knowledge in plaintext, ALPN `h2` over TLS;
 //!   `auto`: whatever ALPN picked): one multiplexed connection per endpoint
 //!   and worker, shared by every request; a closed one is replaced by the
@@ -26,7 +33,11 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::future::{Future, poll_fn};
+use std::io;
 use std::net::SocketAddr;
+use std::pin::{Pin, pin};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -37,8 +48,10 @@ use http_body_util::{Either, Empty};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
 use tokio_util::sync::CancellationToken;
 use vane_model::UpstreamProtocol;
 
@@ -49,8 +62,153 @@ use crate::cluster::transport::{ALPN_H2, Transport, TransportStats};
 /// body).
 pub(crate) type UpstreamBody = Either<Incoming, Empty<Bytes>>;
 
-type H1 = http1::SendRequest<UpstreamBody>;
 type H2 = http2::SendRequest<UpstreamBody>;
+
+/// The byte stream of an upstream HTTP/1.1 connection.
+pub(crate) enum UpIo {
+    /// Plaintext.
+    Plain(TcpStream),
+    /// TLS.
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for UpIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpIo::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            UpIo::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for UpIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            UpIo::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            UpIo::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            UpIo::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            UpIo::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            UpIo::Plain(s) => s.is_write_vectored(),
+            UpIo::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpIo::Plain(s) => Pin::new(s).poll_flush(cx),
+            UpIo::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpIo::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            UpIo::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// An upstream HTTP/1.1 connection: hyper's request handle and its
+/// connection, which whoever holds this drives (no task of its own).
+pub(crate) struct H1 {
+    sender: http1::SendRequest<UpstreamBody>,
+    /// `None` once the connection has ended. Boxed: it is large, and a
+    /// connection moves in and out of the pool with every request.
+    conn: Option<Box<http1::Connection<TokioIo<UpIo>, UpstreamBody>>>,
+    addr: SocketAddr,
+}
+
+impl std::fmt::Debug for H1 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("H1")
+            .field("addr", &self.addr)
+            .field("ended", &self.conn.is_none())
+            .finish()
+    }
+}
+
+impl H1 {
+    /// Lets the connection make progress (write the request, read the
+    /// response into its body); wakes `cx` when it can make more. Whether
+    /// it is still open.
+    pub(crate) fn drive(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(conn) = self.conn.as_mut() else {
+            return false;
+        };
+        if let Poll::Ready(r) = Pin::new(conn.as_mut()).poll(cx) {
+            if let Err(e) = r {
+                tracing::debug!(addr = %self.addr, error = %e, "upstream connection ended with an error");
+            }
+            self.conn = None;
+            return false;
+        }
+        true
+    }
+
+    fn is_closed(&self) -> bool {
+        self.conn.is_none() || self.sender.is_closed()
+    }
+
+    /// Polls `fut` and, while it waits, the connection.
+    fn poll_with<F: Future>(&mut self, fut: Pin<&mut F>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let mut fut = fut;
+        if let Poll::Ready(r) = fut.as_mut().poll(cx) {
+            return Poll::Ready(r);
+        }
+        self.drive(cx);
+        fut.poll(cx)
+    }
+
+    /// Waits until the connection can take a request (the previous
+    /// exchange wound down), or has closed.
+    async fn ready(&mut self) -> hyper::Result<()> {
+        poll_fn(|cx| {
+            if let Poll::Ready(r) = self.sender.poll_ready(cx) {
+                return Poll::Ready(r);
+            }
+            self.drive(cx);
+            self.sender.poll_ready(cx)
+        })
+        .await
+    }
+
+    /// Sends `req` and waits for the response head, driving the connection.
+    async fn exchange(
+        &mut self,
+        req: Request<UpstreamBody>,
+    ) -> Result<Response<Incoming>, hyper::client::conn::TrySendError<Request<UpstreamBody>>> {
+        let mut answer = pin!(self.sender.try_send_request(req));
+        poll_fn(|cx| self.poll_with(answer.as_mut(), cx)).await
+    }
+
+    /// Polls an idle connection once without a task to wake, so one the
+    /// upstream closed notices it; whether it is still open.
+    fn still_open(&mut self) -> bool {
+        self.drive(&mut Context::from_waker(Waker::noop())) && !self.sender.is_closed()
+    }
+}
 
 /// Endpoint address and transport pool key.
 type PoolKey = (SocketAddr, u64);
@@ -67,7 +225,7 @@ const H2_PING_EVERY: Duration = Duration::from_secs(30);
 const H2_PING_TIMEOUT: Duration = Duration::from_secs(10);
 
 struct Idle {
-    sender: H1,
+    conn: H1,
     since: Instant,
 }
 
@@ -114,22 +272,30 @@ impl std::fmt::Display for Failure {
 
 /// A connection lent to one exchange; an HTTP/1.1 one goes back to the
 /// worker's pool once the response body has been read to its end, and is
-/// closed if it is dropped before. (An HTTP/2 connection is shared, never
-/// lent: its lease holds nothing.)
+/// closed if it is dropped before. While lent, its holder drives it
+/// ([`Lease::drive`]): the response body arrives through it. (An HTTP/2
+/// connection is shared, never lent, and runs in its own task: its lease
+/// holds nothing.)
 #[derive(Debug)]
 pub(crate) struct Lease {
-    sender: Option<H1>,
+    conn: Option<H1>,
     key: PoolKey,
 }
 
 impl Lease {
     /// The response is complete: the connection can serve another request.
     pub(crate) fn release(&mut self) {
-        if let Some(sender) = self.sender.take()
-            && !sender.is_closed()
+        if let Some(conn) = self.conn.take()
+            && !conn.is_closed()
         {
-            put(self.key, sender);
+            put(self.key, conn);
         }
+    }
+
+    /// Drives the lent HTTP/1.1 connection (see [`H1::drive`]); whether
+    /// there was one still open to drive.
+    pub(crate) fn drive(&mut self, cx: &mut Context<'_>) -> bool {
+        self.conn.as_mut().is_some_and(|c| c.drive(cx))
     }
 }
 
@@ -139,21 +305,21 @@ fn take(key: PoolKey) -> Option<H1> {
         let idle = pool.get_mut(&key)?;
         // Most recently used first: fewer, warmer connections.
         while let Some(i) = idle.pop() {
-            if !i.sender.is_closed() && i.since.elapsed() < IDLE_TIMEOUT {
-                return Some(i.sender);
+            if !i.conn.is_closed() && i.since.elapsed() < IDLE_TIMEOUT {
+                return Some(i.conn);
             }
         }
         None
     })
 }
 
-fn put(key: PoolKey, sender: H1) {
+fn put(key: PoolKey, conn: H1) {
     IDLE.with(|pool| {
         let mut pool = pool.borrow_mut();
         let idle = pool.entry(key).or_default();
         if idle.len() < MAX_IDLE_PER_ENDPOINT {
             idle.push(Idle {
-                sender,
+                conn,
                 since: Instant::now(),
             });
         }
@@ -198,7 +364,8 @@ pub(crate) async fn sweeper(stop: CancellationToken) {
         IDLE.with(|pool| {
             let mut pool = pool.borrow_mut();
             for idle in pool.values_mut() {
-                idle.retain(|i| !i.sender.is_closed() && i.since.elapsed() < IDLE_TIMEOUT);
+                // Nothing drives an idle connection: look at each once.
+                idle.retain_mut(|i| i.since.elapsed() < IDLE_TIMEOUT && i.conn.still_open());
             }
             pool.retain(|_, idle| !idle.is_empty());
         });
@@ -239,8 +406,10 @@ async fn connect_now(addr: SocketAddr, transport: &Transport) -> Result<Conn, St
         .map_err(|e| format!("connect: {e}"))?;
     let _ = stream.set_nodelay(true);
     let Some(tls) = &transport.tls else {
-        let h2 = transport.protocol != UpstreamProtocol::Http1;
-        return handshake(TokioIo::new(stream), h2, addr, &transport.stats).await;
+        if transport.protocol == UpstreamProtocol::Http1 {
+            return handshake_h1(UpIo::Plain(stream), addr).await;
+        }
+        return handshake_h2(TokioIo::new(stream), addr, &transport.stats).await;
     };
     let stream = match TlsConnector::from(tls.config.clone())
         .connect(tls.server_name(addr.ip()), stream)
@@ -260,7 +429,11 @@ async fn connect_now(addr: SocketAddr, transport: &Transport) -> Result<Conn, St
         UpstreamProtocol::Http2 => true,
         UpstreamProtocol::Auto => stream.get_ref().1.alpn_protocol() == Some(ALPN_H2),
     };
-    handshake(TokioIo::new(stream), h2, addr, &transport.stats).await
+    if h2 {
+        handshake_h2(TokioIo::new(stream), addr, &transport.stats).await
+    } else {
+        handshake_h1(UpIo::Tls(Box::new(stream)), addr).await
+    }
 }
 
 /// A connection for an HTTP/1.1 upgrade, never pooled: plaintext or TLS
@@ -312,30 +485,27 @@ pub(crate) async fn connect_for_upgrade(
     }
 }
 
-/// The HTTP handshake over a connected stream; its connection's task runs
-/// on this worker, next to its requests.
-async fn handshake<T>(
-    io: T,
-    h2: bool,
-    addr: SocketAddr,
-    stats: &TransportStats,
-) -> Result<Conn, String>
+/// The HTTP/1.1 handshake over a connected stream (it writes nothing, so
+/// its failure sent nothing either); the connection is driven by the
+/// requests that use it.
+async fn handshake_h1(io: UpIo, addr: SocketAddr) -> Result<Conn, String> {
+    let (sender, conn) = http1::Builder::new()
+        .handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    Ok(Conn::H1(H1 {
+        sender,
+        conn: Some(Box::new(conn)),
+        addr,
+    }))
+}
+
+/// The HTTP/2 handshake over a connected stream; its connection's task
+/// runs on this worker, next to its requests.
+async fn handshake_h2<T>(io: T, addr: SocketAddr, stats: &TransportStats) -> Result<Conn, String>
 where
     T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    if !h2 {
-        // An HTTP/1 handshake writes nothing: its failure sent nothing either.
-        let (sender, conn) = http1::Builder::new()
-            .handshake(io)
-            .await
-            .map_err(|e| format!("handshake: {e}"))?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%addr, error = %e, "upstream connection ended with an error");
-            }
-        });
-        return Ok(Conn::H1(sender));
-    }
     // The preface and SETTINGS go out before any request.
     let (sender, conn) = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
@@ -372,14 +542,14 @@ pub(crate) async fn send(
     {
         return send_h2(sender, key, tls, req).await;
     }
-    while let Some(mut sender) = take(key) {
+    while let Some(mut conn) = take(key) {
         // The previous exchange may still be winding down on the
-        // connection's task; a closed connection fails here.
-        if sender.ready().await.is_err() {
+        // connection; a closed connection fails here.
+        if conn.ready().await.is_err() {
             continue;
         }
-        match sender.try_send_request(req).await {
-            Ok(resp) => return Ok((resp, lease(sender, key))),
+        match conn.exchange(req).await {
+            Ok(resp) => return Ok((resp, lease(conn, key))),
             Err(mut e) => match e.take_message() {
                 // Not sent: the upstream closed this idle connection just
                 // now. Try the next one.
@@ -392,19 +562,19 @@ pub(crate) async fn send(
         reason,
         request: Box::new(request),
     };
-    let mut sender = match connect(addr, transport, connect_timeout).await {
-        Ok(Conn::H1(s)) => s,
+    let mut conn = match connect(addr, transport, connect_timeout).await {
+        Ok(Conn::H1(c)) => c,
         Ok(Conn::H2(s)) => {
             share_h2(key, s.clone());
             return send_h2(s, key, tls, req).await;
         }
         Err(reason) => return Err(not_sent(reason, req)),
     };
-    if let Err(e) = sender.ready().await {
+    if let Err(e) = conn.ready().await {
         return Err(not_sent(format!("connection closed before use: {e}"), req));
     }
-    match sender.try_send_request(req).await {
-        Ok(resp) => Ok((resp, lease(sender, key))),
+    match conn.exchange(req).await {
+        Ok(resp) => Ok((resp, lease(conn, key))),
         Err(mut e) => match e.take_message() {
             // hyper hands the request back when the connection failed
             // before it began writing it (refused or reset at once).
@@ -428,7 +598,7 @@ async fn send_h2(
     req: Request<UpstreamBody>,
 ) -> Result<(Response<Incoming>, Lease), Failure> {
     match sender.try_send_request(to_h2(req, tls)).await {
-        Ok(resp) => Ok((resp, Lease { sender: None, key })),
+        Ok(resp) => Ok((resp, Lease { conn: None, key })),
         Err(mut e) => match e.take_message() {
             Some(r) => Err(Failure::NotSent {
                 reason: format!(
@@ -486,9 +656,9 @@ fn to_h1(mut req: Request<UpstreamBody>) -> Request<UpstreamBody> {
     req
 }
 
-fn lease(sender: H1, key: PoolKey) -> Lease {
+fn lease(conn: H1, key: PoolKey) -> Lease {
     Lease {
-        sender: Some(sender),
+        conn: Some(conn),
         key,
     }
 }
@@ -496,6 +666,8 @@ fn lease(sender: H1, key: PoolKey) -> Lease {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
@@ -567,6 +739,116 @@ mod tests {
         }
         let seen = server.await.unwrap();
         assert!(seen.starts_with(b"POST /x HTTP/1.1"), "{seen:?}");
+    }
+
+    /// An upstream that answers each connection's requests `ok`, closing
+    /// each connection after `per_conn` answers; counts its connections.
+    async fn upstream(per_conn: usize) -> (SocketAddr, Arc<AtomicUsize>) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let conns = Arc::new(AtomicUsize::new(0));
+        let seen = conns.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = l.accept().await.unwrap();
+                seen.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 1024];
+                    for _ in 0..per_conn {
+                        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                            let n = s.read(&mut chunk).await.unwrap();
+                            if n == 0 {
+                                return;
+                            }
+                            buf.extend_from_slice(&chunk[..n]);
+                        }
+                        let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+                        buf.drain(..end + 4);
+                        s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                            .await
+                            .unwrap();
+                    }
+                    // Closes the connection.
+                });
+            }
+        });
+        (addr, conns)
+    }
+
+    /// Reads `body` to its end, driving the lent connection as the
+    /// downstream body does, then gives the connection back.
+    async fn read_body(mut body: Incoming, mut lease: Lease) -> Vec<u8> {
+        use http_body::Body as _;
+        let mut out = Vec::new();
+        loop {
+            let frame = poll_fn(|cx| {
+                let f = Pin::new(&mut body).poll_frame(cx);
+                if f.is_pending() && lease.drive(cx) {
+                    return Pin::new(&mut body).poll_frame(cx);
+                }
+                f
+            })
+            .await;
+            match frame {
+                Some(f) => out.extend_from_slice(&f.unwrap().into_data().unwrap()),
+                None => break,
+            }
+        }
+        lease.release();
+        out
+    }
+
+    fn get(addr: SocketAddr) -> Request<UpstreamBody> {
+        Request::builder()
+            .uri("/")
+            .header("host", addr.to_string())
+            .body(Either::Right(Empty::new()))
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_pooled_connection_is_reused_and_one_the_upstream_closed_is_skipped() {
+        let (addr, conns) = upstream(2).await;
+        let t = Transport::plain_http1();
+        let timeout = Duration::from_secs(1);
+        for i in 1..=5 {
+            let (resp, lease) = send(addr, &t, timeout, get(addr)).await.unwrap();
+            assert_eq!(resp.status(), 200);
+            assert_eq!(
+                read_body(resp.into_body(), lease).await,
+                b"ok",
+                "request {i}"
+            );
+        }
+        // Two requests per connection: the pool reused each connection
+        // until the upstream closed it, and no request saw the close.
+        assert_eq!(conns.load(Ordering::SeqCst), 3);
+        // The last connection answered one request and is still open; the
+        // sweeper's look keeps it, and drops it once the upstream closed it.
+        let key = (addr, t.key);
+        let open = |key| {
+            IDLE.with(|p| {
+                p.borrow_mut().get_mut(&key).map_or(0, |v| {
+                    v.iter_mut()
+                        .map(|i| i.conn.still_open())
+                        .filter(|o| *o)
+                        .count()
+                })
+            })
+        };
+        assert_eq!(open(key), 1);
+        let (resp, lease) = send(addr, &t, timeout, get(addr)).await.unwrap();
+        assert_eq!(read_body(resp.into_body(), lease).await, b"ok");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while open(key) > 0 {
+            assert!(
+                Instant::now() < deadline,
+                "the closed connection still looks open"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(conns.load(Ordering::SeqCst), 3);
     }
 
     #[test]

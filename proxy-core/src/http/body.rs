@@ -54,32 +54,42 @@ pub(crate) struct BodyLimits {
     pub(crate) cluster: Arc<ClusterRt>,
 }
 
-/// The running timers of a [`BodyLimits`].
+/// The running timers of a [`BodyLimits`], armed the first time the body
+/// has to wait for the upstream (a body that arrived with its head never
+/// arms them).
 #[derive(Debug)]
 struct Timers {
     deadline: Option<Pin<Box<Sleep>>>,
     idle: Pin<Box<Sleep>>,
     idle_for: Duration,
-    cluster: Arc<ClusterRt>,
 }
 
 impl Timers {
-    fn new(limits: BodyLimits) -> Box<Self> {
+    fn new(limits: &BodyLimits) -> Box<Self> {
         Box::new(Self {
             deadline: limits
                 .deadline
                 .map(|d| Box::pin(tokio::time::sleep_until(d))),
             idle: Box::pin(tokio::time::sleep(limits.idle)),
             idle_for: limits.idle,
-            cluster: limits.cluster,
         })
     }
+}
 
-    fn cut(&self, kind: UpstreamErrorKind, e: BodyError) -> BodyError {
-        self.cluster.upstream_error(kind).inc();
-        tracing::debug!(cluster = %self.cluster.name, error = %e, "response body cut");
-        e
+/// Counts and logs a cut body (`limits` is there until the body ends,
+/// and a body is only cut before).
+fn cut_by(limits: &Option<BodyLimits>, kind: UpstreamErrorKind, e: BodyError) -> BodyError {
+    match limits {
+        Some(l) => cut(&l.cluster, kind, e),
+        None => e,
     }
+}
+
+/// Counts and logs a cut body.
+fn cut(cluster: &ClusterRt, kind: UpstreamErrorKind, e: BodyError) -> BodyError {
+    cluster.upstream_error(kind).inc();
+    tracing::debug!(cluster = %cluster.name, error = %e, "response body cut");
+    e
 }
 
 #[derive(Debug)]
@@ -88,6 +98,8 @@ enum Kind {
         body: Incoming,
         _in_flight: Option<InFlight>,
         lease: Option<Lease>,
+        /// The route's limits (`None` for a body complete with its head).
+        limits: Option<BodyLimits>,
         timers: Option<Box<Timers>>,
         /// Set once the body failed or was cut: nothing follows.
         done: bool,
@@ -121,7 +133,8 @@ impl ProxyBody {
                 body,
                 _in_flight: in_flight,
                 lease: Some(lease),
-                timers: (!end).then(|| Timers::new(limits)),
+                limits: (!end).then_some(limits),
+                timers: None,
                 done: false,
             },
             _request: None,
@@ -140,7 +153,8 @@ impl ProxyBody {
                 body,
                 _in_flight: in_flight,
                 lease: None,
-                timers: (!end).then(|| Timers::new(limits)),
+                limits: (!end).then_some(limits),
+                timers: None,
                 done: false,
             },
             _request: None,
@@ -181,6 +195,7 @@ impl Body for ProxyBody {
             Kind::Upstream {
                 body,
                 lease,
+                limits,
                 timers,
                 done,
                 ..
@@ -195,10 +210,18 @@ impl Body for ProxyBody {
                     && d.as_mut().poll(cx).is_ready()
                 {
                     *done = true;
-                    let e = t.cut(UpstreamErrorKind::ResponseTimeout, BodyError::Timeout);
-                    return Poll::Ready(Some(Err(e)));
+                    return Poll::Ready(Some(Err(cut_by(
+                        limits,
+                        UpstreamErrorKind::ResponseTimeout,
+                        BodyError::Timeout,
+                    ))));
                 }
-                let frame = Pin::new(&mut *body).poll_frame(cx);
+                let mut frame = Pin::new(&mut *body).poll_frame(cx);
+                // A pooled HTTP/1.1 connection has no task of its own: the
+                // body arrives as this drives it.
+                if frame.is_pending() && lease.as_mut().is_some_and(|l| l.drive(cx)) {
+                    frame = Pin::new(&mut *body).poll_frame(cx);
+                }
                 match &frame {
                     Poll::Ready(None) => {
                         if let Some(lease) = lease {
@@ -215,17 +238,49 @@ impl Body for ProxyBody {
                         } else if let Some(t) = timers {
                             let next = Instant::now() + t.idle_for;
                             t.idle.as_mut().reset(next);
+                        } else if let Some(l) = limits
+                            && l.deadline.is_some_and(|d| Instant::now() >= d)
+                        {
+                            // Not armed yet (the body never waited): the
+                            // deadline is read from the clock.
+                            *done = true;
+                            return Poll::Ready(Some(Err(cut_by(
+                                limits,
+                                UpstreamErrorKind::ResponseTimeout,
+                                BodyError::Timeout,
+                            ))));
                         }
                     }
                     Poll::Ready(Some(Err(_))) => *done = true,
                     Poll::Pending => {
-                        if let Some(t) = timers
-                            && t.idle.as_mut().poll(cx).is_ready()
-                        {
-                            *done = true;
-                            let e =
-                                t.cut(UpstreamErrorKind::ResponseIdle, BodyError::Idle(t.idle_for));
-                            return Poll::Ready(Some(Err(e)));
+                        // The first wait arms the timers (and registers
+                        // them by polling: the deadline's was not polled
+                        // above).
+                        let armed = timers.is_none();
+                        if armed && let Some(l) = limits {
+                            *timers = Some(Timers::new(l));
+                        }
+                        if let Some(t) = timers {
+                            if armed
+                                && let Some(d) = &mut t.deadline
+                                && d.as_mut().poll(cx).is_ready()
+                            {
+                                *done = true;
+                                return Poll::Ready(Some(Err(cut_by(
+                                    limits,
+                                    UpstreamErrorKind::ResponseTimeout,
+                                    BodyError::Timeout,
+                                ))));
+                            }
+                            if t.idle.as_mut().poll(cx).is_ready() {
+                                *done = true;
+                                let e = BodyError::Idle(t.idle_for);
+                                return Poll::Ready(Some(Err(cut_by(
+                                    limits,
+                                    UpstreamErrorKind::ResponseIdle,
+                                    e,
+                                ))));
+                            }
                         }
                     }
                 }

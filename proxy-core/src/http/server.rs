@@ -36,11 +36,13 @@
 //! operations per read.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use http::header::HeaderValue;
@@ -152,18 +154,47 @@ pub(crate) async fn serve<S>(
     };
     let conn = http.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
+    let graceful = signals.graceful.cancelled();
+    let hard = signals.hard.cancelled();
+    tokio::pin!(graceful, hard);
+    // The signals and the timer are polled only after they woke the task
+    // (see [`SideWake`]), not on every read and write of the connection.
+    let side = Arc::new(SideWake::default());
+    let side_waker = Waker::from(side.clone());
     let mut closing = drained;
     let mut seen = 0;
     let mut active_at = clock::now_millis();
     let result = loop {
-        tokio::select! {
-            r = conn.as_mut() => break r,
-            () = signals.graceful.cancelled(), if !closing => {
+        let event = std::future::poll_fn(|cx| {
+            if let Poll::Ready(r) = conn.as_mut().poll(cx) {
+                return Poll::Ready(Event::Done(r));
+            }
+            side.register(cx.waker());
+            if side.fired.swap(false, Ordering::AcqRel) {
+                let mut scx = Context::from_waker(&side_waker);
+                if hard.as_mut().poll(&mut scx).is_ready() {
+                    return Poll::Ready(Event::Hard);
+                }
+                if !closing && graceful.as_mut().poll(&mut scx).is_ready() {
+                    return Poll::Ready(Event::Graceful);
+                }
+                if tick.poll_tick(&mut scx).is_ready() {
+                    return Poll::Ready(Event::Tick);
+                }
+            }
+            Poll::Pending
+        })
+        .await;
+        // Whatever did not fire is polled again next time (to stay armed).
+        side.fired.store(true, Ordering::Release);
+        match event {
+            Event::Done(r) => break r,
+            Event::Graceful => {
                 closing = true;
                 conn.as_mut().graceful_shutdown();
             }
-            () = signals.hard.cancelled() => break Ok(()),
-            _ = tick.tick() => {
+            Event::Hard => break Ok(()),
+            Event::Tick => {
                 let now = clock::now_millis();
                 let activity = &watch.activity;
                 if activity.head_pending_for(now) >= head_ms {
@@ -211,6 +242,63 @@ pub(crate) async fn serve<S>(
     {
         let ended = tunnel::run(t, &signals.hard, &watch.listener.stats).await;
         tracing::debug!(%peer, ?ended, "tunnel ended");
+    }
+}
+
+/// What ended one wait of a connection's loop.
+enum Event<E> {
+    /// The connection is done.
+    Done(Result<(), E>),
+    /// The listener drains.
+    Graceful,
+    /// The drain timeout passed.
+    Hard,
+    /// The connection's timer ticked.
+    Tick,
+}
+
+/// The waker the connection's signals and timer are polled with: it notes
+/// that one of them fired and wakes the connection's task, so the loop
+/// polls them only then. Polling them on every wake-up (every read and
+/// write) would take each cancellation token's lock, which every
+/// connection of the listener, on every worker, shares.
+#[derive(Debug)]
+struct SideWake {
+    fired: AtomicBool,
+    /// The connection's task (only that task and the wakers of its own
+    /// signals touch it: uncontended).
+    task: Mutex<Option<Waker>>,
+}
+
+impl Default for SideWake {
+    fn default() -> Self {
+        Self {
+            // Poll everything once, to arm it.
+            fired: AtomicBool::new(true),
+            task: Mutex::new(None),
+        }
+    }
+}
+
+impl SideWake {
+    fn register(&self, waker: &Waker) {
+        let mut task = self.task.lock().unwrap_or_else(|p| p.into_inner());
+        if !task.as_ref().is_some_and(|t| t.will_wake(waker)) {
+            *task = Some(waker.clone());
+        }
+    }
+}
+
+impl Wake for SideWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.fired.store(true, Ordering::Release);
+        if let Some(t) = self.task.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            t.wake_by_ref();
+        }
     }
 }
 
