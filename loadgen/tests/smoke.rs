@@ -38,6 +38,7 @@ fn fanout_config(url: &str, agents: usize, connections: usize, verify: Verify) -
         connections,
         routes: 30,
         pushes: 2,
+        phases: fanout::Phases::default(),
         verify,
         accept_delta: true,
         settle: Duration::ZERO,
