@@ -11,6 +11,10 @@
 //! the trailers at the end of the body, whose end is also when the call is
 //! timed. A body dropped before its end (the client went away) counts as
 //! `Cancelled`.
+//!
+//! A push's [`Wake`] (in the response's extensions) is kept with the body
+//! and dropped with it, after its trailers went to the connection: the
+//! group's streams wake once the push is answered, not before.
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -26,6 +30,8 @@ use prometheus_client::registry::Registry;
 use tonic::body::Body;
 use tonic::codegen::Service;
 use tonic::server::NamedService;
+
+use crate::hub::Wake;
 
 /// Bucket bounds, in seconds: from a `WhoAmI` (well under a millisecond)
 /// to a large push on a loaded server.
@@ -162,14 +168,21 @@ where
         };
         let answer = self.inner.call(request);
         Box::pin(async move {
-            let Ok(response) = answer.await;
+            let Ok(mut response) = answer.await;
+            let wake = response.extensions_mut().remove::<Wake>();
             let mut call = call;
             if let Some(code) = status_in(response.headers()) {
                 // Trailers-only: the call ended with its headers.
                 call.finish(code);
                 return Ok(response);
             }
-            Ok(response.map(|body| Body::new(MeteredBody { body, call })))
+            Ok(response.map(|body| {
+                Body::new(MeteredBody {
+                    body,
+                    call,
+                    _wake: wake,
+                })
+            }))
         })
     }
 }
@@ -204,6 +217,8 @@ impl Drop for Call {
 struct MeteredBody {
     body: Body,
     call: Call,
+    /// Dropped with the body (hub.rs, `Wake`).
+    _wake: Option<Wake>,
 }
 
 impl http_body::Body for MeteredBody {
