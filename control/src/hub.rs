@@ -605,6 +605,50 @@ mod tests {
         )
     }
 
+    #[tokio::test]
+    async fn a_deferred_publish_is_the_head_at_once_and_wakes_on_drop() {
+        let hub = Hub::new();
+        assert!(hub.publish(published("g", 1)));
+        let mut rx = hub.subscribe("g");
+        let wake = hub
+            .publish_prepared_deferred(published("g", 2))
+            .await
+            .expect("newer: published");
+        // The head already, for every reader; nobody woken yet.
+        assert_eq!(hub.head("g").unwrap().version, 2);
+        assert!(!rx.has_changed().unwrap());
+        let copy = wake.clone();
+        drop(wake);
+        assert!(rx.has_changed().unwrap(), "the first drop wakes");
+        assert_eq!(rx.borrow_and_update().as_ref().unwrap().version, 2);
+        drop(copy);
+        assert!(!rx.has_changed().unwrap(), "once only");
+        // Not newer: nothing to wake, the head stays.
+        assert!(
+            hub.publish_prepared_deferred(published("g", 2))
+                .await
+                .is_none()
+        );
+        assert!(
+            hub.publish_prepared_deferred(published("g", 1))
+                .await
+                .is_none()
+        );
+        assert_eq!(hub.head("g").unwrap().version, 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wake_never_dropped_still_wakes_after_the_deadline() {
+        let hub = Hub::new();
+        let mut rx = hub.subscribe("g");
+        let wake = hub.publish_prepared_deferred(published("g", 1)).await;
+        let started = Instant::now();
+        rx.changed().await.unwrap();
+        assert!(started.elapsed() >= WAKE_DEFERRED_AT_MOST);
+        assert_eq!(rx.borrow().as_ref().unwrap().version, 1);
+        drop(wake);
+    }
+
     #[test]
     fn never_goes_backward() {
         let hub = Hub::new();
