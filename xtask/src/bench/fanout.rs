@@ -65,18 +65,6 @@ pub(crate) struct Options {
 
 /// Builds the release binaries, measures, prints.
 pub(crate) fn run(root: &Path, o: &Options) -> Result<()> {
-    if o.vs.is_some() {
-        crate::apt::Apt::default().ensure_tool("etcd", "etcd-server")?;
-        build_release(root)?;
-        let bin_dir = target_dir(root).join("release");
-        let report = super::fanout_etcd::measure(&bin_dir, o, Duration::from_secs(2))?;
-        if o.json {
-            println!("{report}");
-        } else {
-            print!("{}", super::fanout_etcd::table(&report)?);
-        }
-        return super::fanout_etcd::check(&report);
-    }
     build_release(root)?;
     let report = measure(&target_dir(root).join("release"), o, Duration::from_secs(2))?;
     if o.json {

@@ -29,9 +29,13 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, bail, ensure};
 use serde_json::{Value, json};
 
-use super::fanout::{ControlServer, Options, raise_nofile, run_loadgen, run_loadgen_beside};
+use super::fanout::{
+    ControlServer, Options, build_release, raise_nofile, run_loadgen, run_loadgen_beside,
+};
+use crate::apt::Apt;
 use crate::etcd::Etcd;
 use crate::harness::wait_until;
+use crate::process::target_dir;
 
 /// The group the agents watch, and the key the watchers watch.
 const KEY: &str = "bench";
@@ -48,6 +52,20 @@ struct Case {
     /// The report fields' prefix for that phase.
     prefix: &'static str,
     routes: usize,
+}
+
+/// Installs etcd when missing, builds the release binaries, measures,
+/// prints the table (or `--json`).
+pub(crate) fn run(root: &Path, o: &Options) -> Result<()> {
+    Apt::default().ensure_tool("etcd", "etcd-server")?;
+    build_release(root)?;
+    let report = measure(&target_dir(root).join("release"), o, Duration::from_secs(2))?;
+    if o.json {
+        println!("{report}");
+    } else {
+        print!("{}", table(&report)?);
+    }
+    check(&report)
 }
 
 /// Every run, in order, for the layouts and cases of `o`; binaries from

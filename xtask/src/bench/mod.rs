@@ -61,6 +61,7 @@ pub(crate) fn run(root: &Path, bench: Bench) -> Result<()> {
     crate::test::ensure_protoc(&mut crate::apt::Apt::default())?;
     match bench {
         Bench::Proxy(options) => proxy::run(root, &options),
+        Bench::Fanout(options) if options.vs.is_some() => fanout_etcd::run(root, &options),
         Bench::Fanout(options) => fanout::run(root, &options),
         Bench::Push(options) => push::run(root, &options),
         Bench::Storm(options) => storm::run(root, &options),
