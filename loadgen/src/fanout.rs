@@ -52,6 +52,9 @@ pub struct FanoutConfig {
     pub accept_delta: bool,
     /// Pause before memory is read, so the server settles.
     pub settle: Duration,
+    /// Pause after each push is ACKed by every agent, before the next (so
+    /// the server has read every ACK when the next push comes).
+    pub between_pushes: Duration,
     /// Longest wait for a push to be ACKed by every agent.
     pub ack_timeout: Duration,
     /// Connections opened at once.
@@ -396,6 +399,7 @@ async fn pushed(
     phase: &mut Phase,
 ) -> Result<u64> {
     let me = std::process::id();
+    tokio::time::sleep(config.between_pushes).await;
     let version = head + 1;
     let times = fleet.expect(version);
     let server_cpu = config.server_pid.map(sys::cpu_seconds).transpose()?;

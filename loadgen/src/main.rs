@@ -65,6 +65,10 @@ enum Scenario {
         /// Pause before reading the server's memory.
         #[arg(long, default_value = "2s", value_parser = humantime_secs)]
         settle: Duration,
+        /// Pause before each push (after the previous one was ACKed by
+        /// every agent), so the server has read every ACK.
+        #[arg(long, default_value = "0s", value_parser = humantime_secs)]
+        between_pushes: Duration,
         /// Longest wait for every agent to ACK one push.
         #[arg(long, default_value = "120s", value_parser = humantime_secs)]
         ack_timeout: Duration,
@@ -237,6 +241,7 @@ async fn run(args: Args) -> Result<()> {
             verify,
             no_delta,
             settle,
+            between_pushes,
             ack_timeout,
             connect_parallelism,
             verify_threads,
@@ -256,6 +261,7 @@ async fn run(args: Args) -> Result<()> {
                 verify,
                 accept_delta: !no_delta,
                 settle,
+                between_pushes,
                 ack_timeout,
                 connect_parallelism,
                 verify_threads,

@@ -42,6 +42,7 @@ fn fanout_config(url: &str, agents: usize, connections: usize, verify: Verify) -
         verify,
         accept_delta: true,
         settle: Duration::ZERO,
+        between_pushes: Duration::from_millis(1),
         ack_timeout: Duration::from_secs(30),
         connect_parallelism: 8,
         verify_threads: 1,
