@@ -6,6 +6,13 @@
 //! never makes the hub hold more than the head: `tokio::sync::watch` keeps
 //! only the latest value, and a stream that falls behind skips straight to it.
 //!
+//! A push answers before the streams wake ([`Hub::publish_prepared_deferred`]):
+//! the version becomes the head at once (any new stream, poll or read sees
+//! it), and the group's receivers are woken when the [`Wake`] it returns
+//! is dropped, which the Admin API does once the push's answer is handed
+//! to the connection. Waking ten thousand streams first put the push's own
+//! answer behind all of their work on the same runtime.
+//!
 //! For deltas the head also keeps the bytes of the few versions before it
 //! ([`DELTA_BASES`]) and, per base, the encoded delta to the head, built once
 //! on first use and shared by every stream (the cache is bounded by the
@@ -237,6 +244,63 @@ impl From<&VersionRecord> for Published {
     }
 }
 
+/// The longest a published version waits for its [`Wake`] to be dropped
+/// before the receivers are woken anyway (a pusher that never reads its
+/// answer cannot hold back the fan-out).
+pub const WAKE_DEFERRED_AT_MOST: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Wakes a group's receivers (streams, held polls) for a version already
+/// made the head, on the first drop of any clone, or after
+/// [`WAKE_DEFERRED_AT_MOST`], whichever comes first; once.
+#[derive(Clone)]
+pub struct Wake(Arc<WakeOnce>);
+
+struct WakeOnce {
+    sender: watch::Sender<Head>,
+    done: std::sync::atomic::AtomicBool,
+}
+
+impl WakeOnce {
+    fn wake(&self) {
+        if !self.done.swap(true, Ordering::AcqRel) {
+            self.sender.send_modify(|_| {});
+        }
+    }
+}
+
+impl Wake {
+    fn new(sender: watch::Sender<Head>) -> Self {
+        let once = Arc::new(WakeOnce {
+            sender,
+            done: std::sync::atomic::AtomicBool::new(false),
+        });
+        // The deadline: a bounded sleep, its own end. Outside a runtime
+        // (never in the server) the drop alone wakes.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let later = Arc::clone(&once);
+            runtime.spawn(async move {
+                tokio::time::sleep(WAKE_DEFERRED_AT_MOST).await;
+                later.wake();
+            });
+        }
+        Self(once)
+    }
+}
+
+impl Drop for Wake {
+    fn drop(&mut self) {
+        self.0.wake();
+    }
+}
+
+impl std::fmt::Debug for Wake {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Wake")
+            .field("done", &self.0.done.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
 /// What a group's channel holds: its head, `None` before the first version.
 pub type Head = Option<Arc<Published>>;
 
@@ -316,9 +380,42 @@ impl Hub {
         &self.corrupt
     }
 
-    fn publish_to(channel: &Channel, mut published: Published) -> bool {
-        let sent = channel.sender.send_if_modified(|head| {
-            let newer = head
+    /// Like [`Self::publish_prepared`], but the group's receivers are woken
+    /// only when the returned [`Wake`] is dropped (or after
+    /// [`WAKE_DEFERRED_AT_MOST`]); the version is the head at once. `None`
+    /// when it was not newer than the head (nothing to wake).
+    pub async fn publish_prepared_deferred(&self, mut published: Published) -> Option<Wake> {
+        if let Some(current) = self.head(&published.group)
+            && published.version > current.version
+        {
+            published.bases = bases_after(&current);
+            let _ = published.delta_from(current.version, &current.hash).await;
+        }
+        let (group, version) = (published.group.clone(), published.version);
+        let sender = self.with_channel(&group, |channel| {
+            Self::publish_quietly(channel, published).then(|| channel.sender.clone())
+        })?;
+        self.corrupt.superseded(&group, version);
+        Some(Wake::new(sender))
+    }
+
+    fn publish_to(channel: &Channel, published: Published) -> bool {
+        let sent = Self::publish_quietly(channel, published);
+        if sent {
+            // The head was set without a notification: this one wakes the
+            // receivers (and marks the value changed for them).
+            channel.sender.send_modify(|_| {});
+        }
+        sent
+    }
+
+    /// Makes `published` the head if it is newer, **without waking** the
+    /// receivers: a receiver that reads the head sees it, `changed()` fires
+    /// only at the next notification. Returns whether it became the head.
+    fn publish_quietly(channel: &Channel, mut published: Published) -> bool {
+        let mut newer = false;
+        channel.sender.send_if_modified(|head| {
+            newer = head
                 .as_ref()
                 .is_none_or(|current| published.version > current.version)
                 && published.version > channel.deleted_through.load(Ordering::Relaxed);
@@ -333,12 +430,13 @@ impl Hub {
                 }
                 *head = Some(Arc::new(published));
             }
-            newer
+            // No notification here: the caller wakes the receivers.
+            false
         });
-        if sent {
+        if newer {
             channel.published.fetch_add(1, Ordering::Relaxed);
         }
-        sent
+        newer
     }
 
     /// Like [`Self::publish`], but first builds the delta from the current
@@ -505,6 +603,50 @@ mod tests {
             1,
             Bytes::from(vec![version as u8]),
         )
+    }
+
+    #[tokio::test]
+    async fn a_deferred_publish_is_the_head_at_once_and_wakes_on_drop() {
+        let hub = Hub::new();
+        assert!(hub.publish(published("g", 1)));
+        let mut rx = hub.subscribe("g");
+        let wake = hub
+            .publish_prepared_deferred(published("g", 2))
+            .await
+            .expect("newer: published");
+        // The head already, for every reader; nobody woken yet.
+        assert_eq!(hub.head("g").unwrap().version, 2);
+        assert!(!rx.has_changed().unwrap());
+        let copy = wake.clone();
+        drop(wake);
+        assert!(rx.has_changed().unwrap(), "the first drop wakes");
+        assert_eq!(rx.borrow_and_update().as_ref().unwrap().version, 2);
+        drop(copy);
+        assert!(!rx.has_changed().unwrap(), "once only");
+        // Not newer: nothing to wake, the head stays.
+        assert!(
+            hub.publish_prepared_deferred(published("g", 2))
+                .await
+                .is_none()
+        );
+        assert!(
+            hub.publish_prepared_deferred(published("g", 1))
+                .await
+                .is_none()
+        );
+        assert_eq!(hub.head("g").unwrap().version, 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wake_never_dropped_still_wakes_after_the_deadline() {
+        let hub = Hub::new();
+        let mut rx = hub.subscribe("g");
+        let wake = hub.publish_prepared_deferred(published("g", 1)).await;
+        let started = Instant::now();
+        rx.changed().await.unwrap();
+        assert!(started.elapsed() >= WAKE_DEFERRED_AT_MOST);
+        assert_eq!(rx.borrow().as_ref().unwrap().version, 1);
+        drop(wake);
     }
 
     #[test]

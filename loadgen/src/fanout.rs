@@ -9,6 +9,11 @@
 //! reported beside them (`push_*_rpc_*`). Server memory is the `VmRSS` of its process
 //! before any agent connects (with the first version stored), once all
 //! agents are connected and synced (idle), and after the pushes.
+//!
+//! End to end (`*_e2e_*`, what a peer's watch is compared on): from the
+//! start of the push call to the last agent having received the version,
+//! one sample per push. The pushes are made from a thread of their own
+//! ([`crate::pusher`]), so the fleet's work cannot delay the pusher.
 
 use std::time::{Duration, Instant};
 
@@ -17,6 +22,7 @@ use serde::Serialize;
 use vane_proto as pb;
 
 use crate::fleet::{Carried, Fleet, FleetConfig, Verify};
+use crate::pusher::Pusher;
 use crate::snapshots::snapshot;
 use crate::stats::{Summary, round3};
 use crate::sys;
@@ -38,18 +44,61 @@ pub struct FanoutConfig {
     pub routes: usize,
     /// Pushes in each phase (whole, then one-route).
     pub pushes: usize,
+    /// Which phases run.
+    pub phases: Phases,
     /// How agents check responses.
     pub verify: Verify,
     /// Whether agents accept deltas.
     pub accept_delta: bool,
     /// Pause before memory is read, so the server settles.
     pub settle: Duration,
+    /// Pause after each push is ACKed by every agent, before the next (so
+    /// the server has read every ACK when the next push comes).
+    pub between_pushes: Duration,
     /// Longest wait for a push to be ACKed by every agent.
     pub ack_timeout: Duration,
     /// Connections opened at once.
     pub connect_parallelism: usize,
     /// Threads checking responses with `--verify every`.
     pub verify_threads: usize,
+}
+
+/// Which phases of pushes run (both by default).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Phases {
+    /// Pushes that change every route (sent whole).
+    pub whole: bool,
+    /// Pushes that change one route (sent as deltas).
+    pub one_route: bool,
+}
+
+impl Default for Phases {
+    fn default() -> Self {
+        Self {
+            whole: true,
+            one_route: true,
+        }
+    }
+}
+
+impl std::str::FromStr for Phases {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut phases = Self {
+            whole: false,
+            one_route: false,
+        };
+        for part in s.split(',') {
+            match part.trim() {
+                "whole" => phases.whole = true,
+                "one-route" => phases.one_route = true,
+                other => {
+                    return Err(format!("phases: {other:?} is not one of whole, one-route"));
+                }
+            }
+        }
+        Ok(phases)
+    }
 }
 
 /// The figures (one flat JSON object, so runs are easy to compare).
@@ -92,6 +141,19 @@ pub struct FanoutReport {
     pub delta_acked_p99_ms: f64,
     /// Slowest.
     pub delta_acked_max_ms: f64,
+    /// Whole-snapshot pushes, end to end: the start of the push call ->
+    /// the last agent received, one sample per push: median, ms.
+    pub full_e2e_p50_ms: f64,
+    /// Its 99th percentile.
+    pub full_e2e_p99_ms: f64,
+    /// The slowest push.
+    pub full_e2e_max_ms: f64,
+    /// The same for one-route pushes: median, ms.
+    pub delta_e2e_p50_ms: f64,
+    /// Its 99th percentile.
+    pub delta_e2e_p99_ms: f64,
+    /// The slowest push.
+    pub delta_e2e_max_ms: f64,
     /// Median time of the push call itself (validation, store, fsync),
     /// whole-snapshot pushes.
     pub push_full_rpc_p50_ms: f64,
@@ -149,6 +211,8 @@ struct Phase {
     received: Vec<f64>,
     acked: Vec<f64>,
     rpc: Vec<f64>,
+    /// Per push: the call's start -> the last agent received, ms.
+    e2e: Vec<f64>,
     carried: Vec<Carried>,
     server_cpu: f64,
     loadgen_cpu: f64,
@@ -163,16 +227,18 @@ pub async fn run(config: &FanoutConfig) -> Result<FanoutReport> {
             config.pushes
         );
     }
+    if !config.phases.whole && !config.phases.one_route {
+        bail!("phases: at least one of whole, one-route");
+    }
     let me = std::process::id();
     let rss = |pid: Option<u32>| pid.map(sys::rss_kib).transpose();
     let cpu = |pid: Option<u32>| pid.map(sys::cpu_seconds).transpose();
 
-    let mut admin = pb::admin_client::AdminClient::connect(config.server.clone())
-        .await
-        .with_context(|| format!("connecting to {}", config.server))?
-        .max_encoding_message_size(usize::MAX)
-        .max_decoding_message_size(usize::MAX);
-    let (mut head, _) = push(&mut admin, &config.group, snapshot(config.routes, 0, 0)).await?;
+    let admin = admin_pusher(&config.server).await?;
+    let initial = admin
+        .call(push_job(&config.group, snapshot(config.routes, 0, 0)))
+        .await?;
+    let mut head = initial.value;
     progress(format_args!(
         "pushed version {head} ({} routes)",
         config.routes
@@ -213,17 +279,28 @@ pub async fn run(config: &FanoutConfig) -> Result<FanoutReport> {
     let rss_idle = rss(config.server_pid)?.unwrap_or(0);
 
     let mut full = Phase::default();
-    for generation in 1..=config.pushes as u64 {
-        let s = snapshot(config.routes, generation, 0);
-        head = pushed(&fleet, &mut admin, config, head, s, &mut full).await?;
+    if config.phases.whole {
+        for generation in 1..=config.pushes as u64 {
+            let s = snapshot(config.routes, generation, 0);
+            head = pushed(&fleet, &admin, config, head, s, &mut full).await?;
+        }
+        progress(format_args!("{} whole-snapshot pushes done", config.pushes));
     }
-    progress(format_args!("{} whole-snapshot pushes done", config.pushes));
+    // One-route edits start from the last whole push's generation.
+    let generation = if config.phases.whole {
+        config.pushes as u64
+    } else {
+        0
+    };
     let mut delta = Phase::default();
-    for edited in 1..=config.pushes {
-        let s = snapshot(config.routes, config.pushes as u64, edited);
-        head = pushed(&fleet, &mut admin, config, head, s, &mut delta).await?;
+    if config.phases.one_route {
+        for edited in 1..=config.pushes {
+            let s = snapshot(config.routes, generation, edited);
+            head = pushed(&fleet, &admin, config, head, s, &mut delta).await?;
+        }
+        progress(format_args!("{} one-route pushes done", config.pushes));
     }
-    progress(format_args!("{} one-route pushes done", config.pushes));
+    drop(admin);
 
     tokio::time::sleep(config.settle).await;
     let rss_after = rss(config.server_pid)?.unwrap_or(0);
@@ -253,6 +330,7 @@ pub async fn run(config: &FanoutConfig) -> Result<FanoutReport> {
     };
     let (fc, dc) = (sum(&full), sum(&delta));
     let pushes = config.pushes as u64;
+    let (fe, de) = (Summary::of(&full.e2e), Summary::of(&delta.e2e));
     let full_bytes = fc.full_bytes.checked_div(fc.full).unwrap_or(0);
     let delta_bytes = dc.delta_bytes.checked_div(dc.delta).unwrap_or(0);
     Ok(FanoutReport {
@@ -274,6 +352,12 @@ pub async fn run(config: &FanoutConfig) -> Result<FanoutReport> {
         delta_acked_p50_ms: round3(da.p50_ms),
         delta_acked_p99_ms: round3(da.p99_ms),
         delta_acked_max_ms: round3(da.max_ms),
+        full_e2e_p50_ms: round3(fe.p50_ms),
+        full_e2e_p99_ms: round3(fe.p99_ms),
+        full_e2e_max_ms: round3(fe.max_ms),
+        delta_e2e_p50_ms: round3(de.p50_ms),
+        delta_e2e_p99_ms: round3(de.p99_ms),
+        delta_e2e_max_ms: round3(de.max_ms),
         push_full_rpc_p50_ms: round3(Summary::of(&full.rpc).p50_ms),
         push_full_rpc_p99_ms: round3(Summary::of(&full.rpc).p99_ms),
         push_delta_rpc_p50_ms: round3(Summary::of(&delta.rpc).p50_ms),
@@ -308,19 +392,21 @@ pub async fn run(config: &FanoutConfig) -> Result<FanoutReport> {
 /// the samples to `phase`. Returns the new head.
 async fn pushed(
     fleet: &Fleet,
-    admin: &mut pb::admin_client::AdminClient<tonic::transport::Channel>,
+    admin: &AdminPusher,
     config: &FanoutConfig,
     head: u64,
     s: pb::Snapshot,
     phase: &mut Phase,
 ) -> Result<u64> {
     let me = std::process::id();
+    tokio::time::sleep(config.between_pushes).await;
     let version = head + 1;
     let times = fleet.expect(version);
     let server_cpu = config.server_pid.map(sys::cpu_seconds).transpose()?;
     let loadgen_cpu = sys::cpu_seconds(me)?;
-    let (stored, took) = push(admin, &config.group, s).await?;
-    let accepted = Instant::now();
+    let call = admin.call(push_job(&config.group, s)).await?;
+    let (stored, took) = (call.value, call.took);
+    let accepted = call.started + took;
     if stored != version {
         bail!(
             "push: expected version {version}, the server stored {stored} (is another client pushing to group {:?}?)",
@@ -336,6 +422,10 @@ async fn pushed(
     }
     phase.loadgen_cpu += sys::cpu_seconds(me)? - loadgen_cpu;
     phase.rpc.push(took.as_secs_f64() * 1e3);
+    let from_call = times.received_ms(fleet.started(), call.started);
+    phase
+        .e2e
+        .push(from_call.iter().copied().fold(0.0, f64::max));
     phase
         .received
         .extend(times.received_ms(fleet.started(), accepted));
@@ -344,6 +434,32 @@ async fn pushed(
         .extend(times.acked_ms(fleet.started(), accepted));
     phase.carried.push(times.carried());
     Ok(version)
+}
+
+/// The Admin client on a thread of its own; a push answers the stored version.
+type AdminPusher = Pusher<pb::admin_client::AdminClient<tonic::transport::Channel>, u64>;
+
+/// Connects the Admin client on the pusher's thread.
+async fn admin_pusher(server: &str) -> Result<AdminPusher> {
+    let server = server.to_owned();
+    Pusher::start(move || async move {
+        let client = pb::admin_client::AdminClient::connect(server.clone())
+            .await
+            .with_context(|| format!("connecting to {server}"))?;
+        Ok(client
+            .max_encoding_message_size(usize::MAX)
+            .max_decoding_message_size(usize::MAX))
+    })
+    .await
+}
+
+/// A push of `s` to `group`, as a job for the pusher.
+fn push_job(
+    group: &str,
+    s: pb::Snapshot,
+) -> crate::pusher::Job<pb::admin_client::AdminClient<tonic::transport::Channel>, u64> {
+    let group = group.to_owned();
+    Box::new(move |admin| Box::pin(async move { Ok(push(admin, &group, s).await?.0) }))
 }
 
 /// Pushes `s` to `group`; returns the stored version and how long the call took.

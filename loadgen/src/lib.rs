@@ -18,7 +18,10 @@
 //!   response, `times` the per-agent time stamps.
 //! - [`snapshots`]: the snapshots the benchmark pushes (R routes).
 //! - [`fanout`]: the fan-out scenario (connect, full pushes, one-route
-//!   pushes) and its report.
+//!   pushes) and its report; [`pusher`] makes its writes from a thread of
+//!   their own.
+//! - [`etcd_fanout`]: the same fleet as plain etcd watches (its peer), for
+//!   `cargo xtask bench fanout --vs etcd`.
 //! - [`push`]: the durable-push throughput scenario and its report.
 //! - [`storm`]: the reconnect-storm scenario: a fleet that reconnects with
 //!   the agent's own pacing, and the time to re-sync after each outage.
@@ -30,11 +33,13 @@
 //! - [`stats`]: percentiles of latency samples.
 
 mod check;
+pub mod etcd_fanout;
 pub mod fanout;
 pub mod fleet;
 pub mod http1;
 pub mod longpoll;
 pub mod push;
+pub mod pusher;
 pub mod snapshots;
 pub mod stats;
 pub mod storm;

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use vane_loadgen::fanout::{self, FanoutConfig};
+use vane_loadgen::etcd_fanout::{self, EtcdFanoutConfig};
+use vane_loadgen::fanout::{self, FanoutConfig, Phases};
 use vane_loadgen::fleet::Verify;
 use vane_loadgen::longpoll::{self, LongpollConfig, Peer};
 use vane_loadgen::push::{self, PushConfig};
@@ -51,6 +52,9 @@ enum Scenario {
         /// Pushes per phase (whole, then one-route).
         #[arg(long, default_value_t = 5)]
         pushes: usize,
+        /// Which phases run: whole, one-route, or both (comma-separated).
+        #[arg(long, default_value = "whole,one-route")]
+        phases: Phases,
         /// How agents check responses: shared (each distinct response once
         /// for the fleet), every (each agent itself), none.
         #[arg(long, default_value = "shared")]
@@ -61,6 +65,10 @@ enum Scenario {
         /// Pause before reading the server's memory.
         #[arg(long, default_value = "2s", value_parser = humantime_secs)]
         settle: Duration,
+        /// Pause before each push (after the previous one was ACKed by
+        /// every agent), so the server has read every ACK.
+        #[arg(long, default_value = "0s", value_parser = humantime_secs)]
+        between_pushes: Duration,
         /// Longest wait for every agent to ACK one push.
         #[arg(long, default_value = "120s", value_parser = humantime_secs)]
         ack_timeout: Duration,
@@ -70,6 +78,46 @@ enum Scenario {
         /// Threads checking responses with `--verify every`.
         #[arg(long, default_value_t = 1)]
         verify_threads: usize,
+    },
+    /// The fan-out's peer: N plain etcd watches on one key over C
+    /// connections, then puts of the encoded R-route snapshot (whole, then
+    /// one route changed: etcd sends the whole value); end-to-end times,
+    /// server RSS per watcher and CPU per put.
+    EtcdFanout {
+        /// etcd's client URL.
+        #[arg(long, default_value = "http://127.0.0.1:2379")]
+        endpoint: String,
+        /// etcd's process id, for its RSS and CPU time.
+        #[arg(long)]
+        server_pid: Option<u32>,
+        /// The key watched.
+        #[arg(long, default_value = "bench")]
+        key: String,
+        /// Watchers (N).
+        #[arg(long, default_value_t = 1000)]
+        agents: usize,
+        /// Connections (C; default N: one per watcher).
+        #[arg(long)]
+        connections: Option<usize>,
+        /// Routes in the snapshot whose encoding is put (R).
+        #[arg(long, default_value_t = 100)]
+        routes: usize,
+        /// Puts per phase.
+        #[arg(long, default_value_t = 5)]
+        pushes: usize,
+        /// Which phases run: whole, one-route, or both (comma-separated).
+        #[arg(long, default_value = "whole,one-route")]
+        phases: Phases,
+        /// Pause before reading the server's memory.
+        #[arg(long, default_value = "2s", value_parser = humantime_secs)]
+        settle: Duration,
+        /// Longest wait for the watches to be created, and for one put to
+        /// reach every watcher.
+        #[arg(long, default_value = "120s", value_parser = humantime_secs)]
+        timeout: Duration,
+        /// Watches opened at once.
+        #[arg(long, default_value_t = 256)]
+        connect_parallelism: usize,
     },
     /// N agents that reconnect like `vane-agent`, synced; then, for each
     /// outage the driver announces on stdin (`outage NAME`, then `back`),
@@ -189,9 +237,11 @@ async fn run(args: Args) -> Result<()> {
             connections,
             routes,
             pushes,
+            phases,
             verify,
             no_delta,
             settle,
+            between_pushes,
             ack_timeout,
             connect_parallelism,
             verify_threads,
@@ -207,12 +257,45 @@ async fn run(args: Args) -> Result<()> {
                 connections,
                 routes,
                 pushes,
+                phases,
                 verify,
                 accept_delta: !no_delta,
                 settle,
+                between_pushes,
                 ack_timeout,
                 connect_parallelism,
                 verify_threads,
+            })
+            .await?;
+            serde_json::to_string(&report)?
+        }
+        Scenario::EtcdFanout {
+            endpoint,
+            server_pid,
+            key,
+            agents,
+            connections,
+            routes,
+            pushes,
+            phases,
+            settle,
+            timeout,
+            connect_parallelism,
+        } => {
+            let connections = connections.unwrap_or(agents);
+            sys::raise_nofile(connections as u64 + 256)?;
+            let report = etcd_fanout::run(&EtcdFanoutConfig {
+                endpoint,
+                server_pid,
+                key,
+                watchers: agents,
+                connections,
+                routes,
+                pushes,
+                phases,
+                settle,
+                timeout,
+                connect_parallelism,
             })
             .await?;
             serde_json::to_string(&report)?

@@ -38,15 +38,22 @@ impl pb::admin_server::Admin for AdminService {
         let outcome = self.push_as(&caller, request).await;
         match outcome {
             Ok(PushDone::DryRun(response)) => Ok(Response::new(response)),
-            Ok(PushDone::Committed(outcome, warnings)) => {
+            Ok(PushDone::Committed(outcome, warnings, wake)) => {
                 let outcome = Ok(outcome);
                 self.audited(&caller, "push", &group, &message, &outcome)
                     .await;
                 outcome.map(|o| {
-                    Response::new(pb::PushResponse {
+                    let mut response = Response::new(pb::PushResponse {
                         warnings,
                         ..push_response(&o)
-                    })
+                    });
+                    // The streams wake once the answer is handed over
+                    // (`metered.rs` keeps it with the body; without it,
+                    // when the response is dropped).
+                    if let Some(wake) = wake {
+                        response.extensions_mut().insert(wake);
+                    }
+                    response
                 })
             }
             Err(status) => {

@@ -11,6 +11,10 @@
 //! the trailers at the end of the body, whose end is also when the call is
 //! timed. A body dropped before its end (the client went away) counts as
 //! `Cancelled`.
+//!
+//! A push's [`Wake`] (in the response's extensions) is kept with the body
+//! and dropped with it, after its trailers went to the connection: the
+//! group's streams wake once the push is answered, not before.
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -26,6 +30,8 @@ use prometheus_client::registry::Registry;
 use tonic::body::Body;
 use tonic::codegen::Service;
 use tonic::server::NamedService;
+
+use crate::hub::Wake;
 
 /// Bucket bounds, in seconds: from a `WhoAmI` (well under a millisecond)
 /// to a large push on a loaded server.
@@ -162,14 +168,21 @@ where
         };
         let answer = self.inner.call(request);
         Box::pin(async move {
-            let Ok(response) = answer.await;
+            let Ok(mut response) = answer.await;
+            let wake = response.extensions_mut().remove::<Wake>();
             let mut call = call;
             if let Some(code) = status_in(response.headers()) {
                 // Trailers-only: the call ended with its headers.
                 call.finish(code);
                 return Ok(response);
             }
-            Ok(response.map(|body| Body::new(MeteredBody { body, call })))
+            Ok(response.map(|body| {
+                Body::new(MeteredBody {
+                    body,
+                    call,
+                    _wake: wake,
+                })
+            }))
         })
     }
 }
@@ -204,6 +217,8 @@ impl Drop for Call {
 struct MeteredBody {
     body: Body,
     call: Call,
+    /// Dropped with the body (hub.rs, `Wake`).
+    _wake: Option<Wake>,
 }
 
 impl http_body::Body for MeteredBody {
@@ -275,5 +290,64 @@ mod tests {
             text.contains(r#"vane_control_admin_call_duration_seconds_count{method="Get"} 1"#),
             "{text}"
         );
+    }
+
+    use http_body_util::BodyExt as _;
+
+    /// Answers every call with a push's answer carrying a `Wake`.
+    #[derive(Clone)]
+    struct Answers(std::sync::Arc<crate::hub::Hub>);
+
+    impl Service<http::Request<Body>> for Answers {
+        type Response = http::Response<Body>;
+        type Error = Infallible;
+        type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _: http::Request<Body>) -> Self::Future {
+            let hub = std::sync::Arc::clone(&self.0);
+            Box::pin(async move {
+                let published = crate::hub::Published::new(
+                    "g".into(),
+                    2,
+                    "h2".into(),
+                    1,
+                    Bytes::from_static(b"x"),
+                );
+                let wake = hub.publish_prepared_deferred(published).await;
+                let mut response = http::Response::new(Body::new(
+                    http_body_util::Full::new(Bytes::from_static(b"answer"))
+                        .map_err(|never| match never {}),
+                ));
+                if let Some(wake) = wake {
+                    response.extensions_mut().insert(wake);
+                }
+                Ok(response)
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_pushs_streams_wake_when_its_answer_body_is_dropped() {
+        let hub = std::sync::Arc::new(crate::hub::Hub::new());
+        let rx = hub.subscribe("g");
+        let mut service =
+            Metered::new(Answers(std::sync::Arc::clone(&hub)), CallMetrics::default());
+        let Ok(response) = service.call(http::Request::new(Body::empty())).await;
+        assert_eq!(hub.head("g").unwrap().version, 2);
+        assert!(!rx.has_changed().unwrap(), "not before the answer went");
+        assert!(
+            response.extensions().get::<Wake>().is_none(),
+            "moved to the body"
+        );
+        let mut body = response.into_body();
+        let frame = body.frame().await.unwrap().unwrap();
+        assert_eq!(frame.into_data().unwrap(), "answer");
+        assert!(!rx.has_changed().unwrap(), "still being answered");
+        drop(body);
+        assert!(rx.has_changed().unwrap(), "the answer is handed over: wake");
     }
 }

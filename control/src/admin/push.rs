@@ -17,7 +17,7 @@ use crate::admin::convert::{
 };
 use crate::admin::service::AdminService;
 use crate::auth::Caller;
-use crate::hub::Published;
+use crate::hub::{Published, Wake};
 use crate::integrity::{Corrupt, verify_off_thread};
 use crate::rollout::service::{Start, in_progress};
 use crate::rollout::spec::Spec;
@@ -32,6 +32,19 @@ impl AdminService {
         caller: &Caller,
         new: NewVersion,
     ) -> Result<PushOutcome, Status> {
+        // Dropped here: the streams wake now.
+        Ok(self.commit_deferred(caller, new).await?.0)
+    }
+
+    /// [`Self::commit`], but the group's streams wake when the returned
+    /// [`Wake`] is dropped (at the latest after
+    /// `hub::WAKE_DEFERRED_AT_MOST`): the version is stored and the head
+    /// already, so the caller can answer first (hub.rs).
+    pub(crate) async fn commit_deferred(
+        &self,
+        caller: &Caller,
+        new: NewVersion,
+    ) -> Result<(PushOutcome, Option<Wake>), Status> {
         let store = Arc::clone(&self.store);
         let hub = Arc::clone(&self.hub);
         let task = self.tasks.spawn(async move {
@@ -46,9 +59,11 @@ impl AdminService {
             // Publishing an unchanged head is a no-op; doing it anyway heals a
             // hub that missed a version.
             // With the delta from the previous head built first (hub.rs).
-            hub.publish_prepared(Published::from(outcome.record()))
+            // A caller that went away drops the wake with this task's output.
+            let wake = hub
+                .publish_prepared_deferred(Published::from(outcome.record()))
                 .await;
-            Ok::<_, StoreError>(Ok(outcome))
+            Ok::<_, StoreError>(Ok((outcome, wake)))
         });
         let outcome = task
             .await
@@ -64,6 +79,7 @@ impl AdminService {
                 let status = self.corrupt_status(corrupt);
                 Status::data_loss(capped(format!("{}{hint}", status.message())))
             })?;
+        let (outcome, wake) = outcome;
         let r = outcome.record();
         tracing::info!(
             identity = %caller.identity,
@@ -75,7 +91,7 @@ impl AdminService {
             rollback_of = r.rollback_of.unwrap_or(0),
             "push"
         );
-        Ok(outcome)
+        Ok((outcome, wake))
     }
 
     /// A version read from the store and checked against its hash (`get`,
@@ -262,8 +278,8 @@ impl AdminService {
         }
         let superseding = rollout.is_some();
         let group = request.group.clone();
-        let outcome = self
-            .commit(
+        let (outcome, wake) = self
+            .commit_deferred(
                 caller,
                 NewVersion {
                     candidate: None,
@@ -284,7 +300,7 @@ impl AdminService {
             self.rollouts.reread(&group).await;
             tracing::info!(group, "push superseded the running rollout");
         }
-        Ok(PushDone::Committed(outcome, warnings))
+        Ok(PushDone::Committed(outcome, warnings, wake))
     }
 
     /// A rollback by `caller`, after authorization, and its warnings. A
@@ -424,6 +440,7 @@ impl AdminService {
 /// What a push did: a dry run's report, or a stored (or unchanged) version.
 pub(crate) enum PushDone {
     DryRun(pb::PushResponse),
-    /// With the push's warnings.
-    Committed(PushOutcome, Vec<String>),
+    /// With the push's warnings, and what wakes the group's streams
+    /// (dropped once the answer is handed over: see `hub::Wake`).
+    Committed(PushOutcome, Vec<String>, Option<Wake>),
 }

@@ -48,6 +48,19 @@ pub(crate) struct Options {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub(crate) json: bool,
+    /// Compare with a peer, side by side: `etcd` (a plain etcd watch, one
+    /// member started here), in the layouts C = 100 and C = N (or the one
+    /// `--connections` gives), for a whole push of `--routes` routes and a
+    /// one-route change in `--delta-routes` routes.
+    #[arg(long, value_parser = ["etcd"])]
+    pub(crate) vs: Option<String>,
+    /// With `--vs`: runs of each peer per layout and case, alternating
+    /// which goes first.
+    #[arg(long, default_value_t = 2)]
+    pub(crate) rounds: usize,
+    /// With `--vs`: routes in the snapshot of the one-route case.
+    #[arg(long, default_value_t = 10_000)]
+    pub(crate) delta_routes: usize,
 }
 
 /// Builds the release binaries, measures, prints.
@@ -123,6 +136,10 @@ pub(crate) fn measure(bin_dir: &Path, o: &Options, settle: Duration) -> Result<V
                 "acks_total": metric(&metrics, "vane_control_acks_total", &[("group", GROUP)]),
                 "push_to_ack_seconds_count": metric(&metrics, "vane_control_push_to_ack_seconds_count", &[("group", GROUP)]),
                 "push_to_ack_seconds_sum": metric(&metrics, "vane_control_push_to_ack_seconds_sum", &[("group", GROUP)]),
+                // The server's own time in the push handler (the first push
+                // included), against what the load generator saw.
+                "push_call_seconds_count": metric(&metrics, "vane_control_admin_call_duration_seconds_count", &[("method", "Push")]),
+                "push_call_seconds_sum": metric(&metrics, "vane_control_admin_call_duration_seconds_sum", &[("method", "Push")]),
             }),
         );
     }
@@ -468,6 +485,9 @@ mod tests {
             pushes: 2,
             verify: "shared".into(),
             json: true,
+            vs: None,
+            rounds: 2,
+            delta_routes: 10_000,
         };
         let r = measure(&bin_dir, &o, Duration::ZERO).expect("the benchmark runs");
         assert_eq!(num(&r, "agents"), 30.0);

@@ -3,7 +3,8 @@
 //!
 //! - `cargo xtask bench proxy`: vane-proxy against nginx, driven by wrk.
 //! - `cargo xtask bench fanout`: N simulated agents (`vane-loadgen`) on a
-//!   release control server: convergence, bytes, memory and CPU per push.
+//!   release control server: convergence, bytes, memory and CPU per push;
+//!   with `--vs etcd`, side by side with N plain etcd watches.
 //! - `cargo xtask bench push`: durable pushes per second, 1/8/64 pushers.
 //! - `cargo xtask bench storm`: N simulated agents that reconnect like
 //!   `vane-agent`; the time to re-sync them after a SIGKILL and restart,
@@ -13,6 +14,7 @@
 //!   request, and the time until one write reached every client.
 
 mod fanout;
+mod fanout_etcd;
 mod longpoll;
 pub(crate) mod proxy;
 mod push;
@@ -34,7 +36,9 @@ pub(crate) enum Bench {
     /// A release vane-control and N simulated agents on C connections
     /// (vane-loadgen): whole-snapshot and one-route pushes of R routes;
     /// time to all received and all ACKed, bytes per push, server memory
-    /// per agent and CPU per push.
+    /// per agent and CPU per push. With `--vs etcd`: the same fleet
+    /// against plain etcd watches (installs etcd-server when missing),
+    /// alternating, with the ratios.
     Fanout(fanout::Options),
     /// Durable pushes per second on the embedded store with 1, 8 and 64
     /// concurrent pushers.
@@ -57,6 +61,7 @@ pub(crate) fn run(root: &Path, bench: Bench) -> Result<()> {
     crate::test::ensure_protoc(&mut crate::apt::Apt::default())?;
     match bench {
         Bench::Proxy(options) => proxy::run(root, &options),
+        Bench::Fanout(options) if options.vs.is_some() => fanout_etcd::run(root, &options),
         Bench::Fanout(options) => fanout::run(root, &options),
         Bench::Push(options) => push::run(root, &options),
         Bench::Storm(options) => storm::run(root, &options),
