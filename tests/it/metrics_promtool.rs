@@ -96,8 +96,13 @@ fn scrape(what: &str, admin: SocketAddr) -> String {
     );
     let om = dechunk(&head, om);
     assert!(om.ends_with("# EOF\n"), "{what}:\n{om}");
+    // CPU time is counted in clock ticks (10 ms): a quiet process may have
+    // used none yet, so it must be there, not above 0.
+    assert!(
+        metric_in(&text, "process_cpu_seconds_total", &[]).is_some_and(|v| v >= 0.0),
+        "{what}: no process_cpu_seconds_total:\n{text}"
+    );
     for series in [
-        "process_cpu_seconds_total",
         "process_resident_memory_bytes",
         "process_virtual_memory_bytes",
         "process_open_fds",
