@@ -5,27 +5,14 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context as _, Result, bail};
-use serde_json::Value;
+use anyhow::{Context as _, Result};
 
-use crate::process::cargo;
+use crate::process::workspace_metadata;
 
 /// The packages of the workspace at `root` whose library has a doctest,
 /// sorted.
 pub(crate) fn packages_with_doctests(root: &Path) -> Result<Vec<String>> {
-    let out = cargo()
-        .args(["metadata", "--format-version", "1", "--no-deps"])
-        .current_dir(root)
-        .output()
-        .context("running cargo metadata")?;
-    if !out.status.success() {
-        bail!(
-            "cargo metadata failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    let metadata: Value =
-        serde_json::from_slice(&out.stdout).context("`cargo metadata` did not print JSON")?;
+    let metadata = workspace_metadata(root)?;
     let mut found = Vec::new();
     for package in metadata["packages"].as_array().into_iter().flatten() {
         let Some(name) = package["name"].as_str() else {

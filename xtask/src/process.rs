@@ -114,6 +114,31 @@ pub(crate) fn ensure_built(bin: &Path, binaries: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// Runs `cmd`, returning its stdout; fails with its stderr.
+pub(crate) fn output(cmd: &mut Command) -> Result<Vec<u8>> {
+    let line = display(cmd);
+    let out = cmd
+        .output()
+        .with_context(|| format!("cannot run `{line}`"))?;
+    if !out.status.success() {
+        bail!(
+            "`{line}` failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(out.stdout)
+}
+
+/// `cargo metadata --no-deps` of the workspace at `root`: its packages,
+/// their targets and dependencies.
+pub(crate) fn workspace_metadata(root: &Path) -> Result<serde_json::Value> {
+    let mut cmd = cargo();
+    cmd.args(["metadata", "--format-version", "1", "--no-deps"])
+        .current_dir(root);
+    serde_json::from_slice(&output(&mut cmd)?).context("`cargo metadata` did not print JSON")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

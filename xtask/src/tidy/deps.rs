@@ -6,10 +6,10 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::Result;
 use serde_json::Value;
 
-use crate::process::{cargo, display};
+use crate::process::{cargo, output, workspace_metadata};
 
 /// Each workspace crate, and the workspace crates it may depend on.
 /// Adding a crate or an edge means adding it here, on purpose; the intent
@@ -135,11 +135,7 @@ pub(crate) struct Finding {
 /// Checks the workspace at `root`; returns how many crates were checked
 /// and what is wrong.
 pub(crate) fn check(root: &Path) -> Result<(usize, Vec<Finding>)> {
-    let mut cmd = cargo();
-    cmd.args(["metadata", "--format-version", "1", "--no-deps"])
-        .current_dir(root);
-    let metadata: Value = serde_json::from_slice(&output(&mut cmd)?)
-        .context("`cargo metadata` did not print JSON")?;
+    let metadata = workspace_metadata(root)?;
     let crates = workspace_crates(&metadata, root);
     let mut findings = direct(&crates);
     for (package, banned, why) in NOT_IN_TREE {
@@ -282,22 +278,6 @@ fn line_of(manifest: &str, key: &str) -> usize {
                 .is_some_and(|rest| rest.starts_with([' ', '=', '.']))
         })
         .map_or(1, |i| i + 1)
-}
-
-/// Runs `cmd`, returning its stdout; fails with its stderr.
-fn output(cmd: &mut std::process::Command) -> Result<Vec<u8>> {
-    let line = display(cmd);
-    let out = cmd
-        .output()
-        .with_context(|| format!("cannot run `{line}`"))?;
-    if !out.status.success() {
-        bail!(
-            "`{line}` failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(out.stdout)
 }
 
 #[cfg(test)]
